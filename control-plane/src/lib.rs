@@ -1,0 +1,238 @@
+//! pqmesh control plane: the mesh CA (`pqmesh.identity.v1.Identity`) served over hybrid
+//! post-quantum TLS, in local mode (CA material and bootstrap tokens from a directory).
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod config;
+pub mod csr;
+pub mod identity;
+pub mod metrics;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::{Method, StatusCode};
+use pqmesh_mtls::admin::{self, Reply};
+use pqmesh_mtls::tls::{ALPN_H2};
+use pqmesh_mtls::{Credentials, SpiffeId};
+use pqmesh_proto::identity::v1::identity_server::IdentityServer;
+use rustls::ServerConfig;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::ca::{write_atomic, CaPaths, CertificateAuthority};
+use crate::config::Config;
+use crate::identity::IdentityService;
+use crate::metrics::Metrics;
+use crate::tokens::BootstrapTokens;
+
+/// Largest Certify request accepted (an ML-DSA-65 CSR plus a token is ~6 KB).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.pem";
+pub const BOOTSTRAP_TOKENS_FILE: &str = "bootstrap-tokens.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("local directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenFileError),
+    #[error("serving certificate: {0}")]
+    Serving(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+pub struct RunningControlPlane {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub trust_bundle_path: PathBuf,
+    pub identity: SpiffeId,
+    pub metrics: Arc<Metrics>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    renewal: JoinHandle<()>,
+}
+
+impl RunningControlPlane {
+    /// Runs until the server stops (it only stops on error or shutdown).
+    pub async fn wait(mut self) -> Result<(), tonic::transport::Error> {
+        let result = (&mut self.server).await;
+        self.renewal.abort();
+        result.unwrap_or(Ok(()))
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+        self.renewal.abort();
+    }
+}
+
+pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
+    let dir = &config.local_dir;
+    create_private_dir(dir)?;
+    let ca = Arc::new(CertificateAuthority::load_or_create(
+        &CaPaths::in_dir(dir),
+        &config.trust_domain,
+        config.ca_key_alg,
+        config.leaf_lifetime,
+    )?);
+    let trust_bundle_path = dir.join(TRUST_BUNDLE_FILE);
+    write_atomic(
+        &trust_bundle_path,
+        pqmesh_mtls::x509::certs_to_pem(ca.bundle().roots()).as_bytes(),
+        0o644,
+    )?;
+    let tokens_path = dir.join(BOOTSTRAP_TOKENS_FILE);
+    if !tokens_path.exists() {
+        write_atomic(
+            &tokens_path,
+            b"# token -> identity for local mode; see README.md (Local mode)\ntokens: []\n",
+            0o600,
+        )?;
+    }
+    let tokens = Arc::new(BootstrapTokens::load(&tokens_path, &config.trust_domain)?);
+    let metrics = Arc::new(Metrics::new());
+    metrics
+        .root_expiry
+        .set(pqmesh_mtls::x509::unix_seconds(ca.root_not_after()) as f64);
+
+    let serving = issue_serving_config(&ca, &config, &metrics)?;
+    let (serving_tx, serving_rx) = watch::channel(serving.0);
+
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.grpc_addr,
+        source,
+    })?;
+
+    let admin_metrics = metrics.clone();
+    let route: admin::Route = Arc::new(move |method: &Method, path: &str, _remote| match (method, path) {
+        (&Method::GET, "/live") | (&Method::GET, "/ready") => Reply::text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => admin::render_metrics(&admin_metrics.registry),
+        _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
+    });
+    let admin_addr = admin::spawn(config.admin_addr, route).map_err(|source| StartError::Bind {
+        addr: config.admin_addr,
+        source,
+    })?;
+
+    let renewal = tokio::spawn(renew_serving_cert(ca.clone(), config.clone(), metrics.clone(), serving_tx, serving.1));
+
+    let failures = metrics.handshake_failures.clone();
+    let incoming = pqmesh_mtls::grpc_tls::tls_incoming(
+        listener,
+        serving_rx,
+        HANDSHAKE_TIMEOUT,
+        Arc::new(move |reason: &str| failures.with_label_values(&[reason]).inc()),
+    );
+    let identity = IdentityService {
+        ca: ca.clone(),
+        tokens,
+        metrics: metrics.clone(),
+    };
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(identity).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = shutdown_rx.await;
+            }),
+    );
+    tracing::info!(%grpc_addr, %admin_addr, identity = %config.identity, trust_domain = %config.trust_domain,
+        bundle = %trust_bundle_path.display(), "control plane serving");
+    Ok(RunningControlPlane {
+        grpc_addr,
+        admin_addr,
+        trust_bundle_path,
+        identity: config.identity.clone(),
+        metrics,
+        shutdown: Some(shutdown_tx),
+        server,
+        renewal,
+    })
+}
+
+/// Issues the control plane's own certificate from its CA, for a key made in this process.
+fn issue_serving_config(
+    ca: &CertificateAuthority,
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(Arc<ServerConfig>, SystemTime), StartError> {
+    let key = config
+        .ca_key_alg
+        .generate()
+        .map_err(|e| StartError::Serving(e.to_string()))?;
+    let leaf = ca
+        .issue_serving(&key, &config.identity, &config.serving_names)
+        .map_err(|e| StartError::Serving(e.to_string()))?;
+    let creds = Credentials::verified(
+        leaf.chain,
+        key.serialize_der(),
+        ca.bundle().clone(),
+        &config.identity,
+    )
+    .map_err(|e| StartError::Serving(e.to_string()))?;
+    metrics
+        .serving_cert_expiry
+        .set(pqmesh_mtls::x509::unix_seconds(creds.not_after) as f64);
+    let server = creds
+        .server_config(config.kx, &[ALPN_H2], true)
+        .map_err(|e| StartError::Serving(e.to_string()))?;
+    Ok((server, creds.not_after))
+}
+
+/// Re-issues the serving certificate at half its lifetime; on failure retries every 10 s while
+/// the current one stays in use.
+async fn renew_serving_cert(
+    ca: Arc<CertificateAuthority>,
+    config: Config,
+    metrics: Arc<Metrics>,
+    tx: watch::Sender<Arc<ServerConfig>>,
+    mut not_after: SystemTime,
+) {
+    loop {
+        let remaining = not_after.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        tokio::time::sleep(remaining / 2).await;
+        match issue_serving_config(&ca, &config, &metrics) {
+            Ok((server, next)) => {
+                let _ = tx.send(server);
+                not_after = next;
+                tracing::info!("renewed the control plane's serving certificate");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "serving certificate renewal failed; retrying in 10s");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StartError::Dir {
+            path: dir.to_owned(),
+            source,
+        })
+}

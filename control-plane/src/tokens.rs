@@ -1,0 +1,266 @@
+//! Local-mode workload authentication: a YAML file in the local directory maps bootstrap tokens
+//! to identities. The file is re-read when it changes; a broken edit keeps the last good table.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use pqmesh_mtls::SpiffeId;
+
+/// Shortest token accepted: bootstrap tokens are secrets, not names.
+const MIN_TOKEN_LEN: usize = 16;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    tokens: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TokenEntry {
+    token: String,
+    namespace: String,
+    service_account: String,
+    /// RFC 3339; absent = no expiry.
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    namespace: String,
+    service_account: String,
+    expires: Option<SystemTime>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("no bootstrap token presented")]
+    Missing,
+    #[error("unknown bootstrap token")]
+    Unknown,
+    #[error("bootstrap token for ns/{namespace}/sa/{service_account} expired at {expired}")]
+    Expired {
+        namespace: String,
+        service_account: String,
+        expired: String,
+    },
+    #[error("bootstrap token table is unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+struct Loaded {
+    modified: Option<SystemTime>,
+    by_hash: HashMap<[u8; 32], Grant>,
+}
+
+/// The bootstrap token table, reloaded from `path` when its modification time changes.
+pub struct BootstrapTokens {
+    path: PathBuf,
+    trust_domain: String,
+    state: Mutex<Option<Loaded>>,
+}
+
+impl BootstrapTokens {
+    /// Loads the file now; an invalid or missing file is an error at start-up.
+    pub fn load(path: &Path, trust_domain: &str) -> Result<Self, TokenFileError> {
+        let tokens = Self {
+            path: path.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+            state: Mutex::new(None),
+        };
+        let loaded = tokens.read_file()?;
+        *tokens.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
+        Ok(tokens)
+    }
+
+    fn read_file(&self) -> Result<Loaded, TokenFileError> {
+        let invalid = |reason: String| TokenFileError::Invalid {
+            path: self.path.clone(),
+            reason,
+        };
+        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let text = std::fs::read_to_string(&self.path).map_err(|e| invalid(e.to_string()))?;
+        parse_table(&text, &self.trust_domain)
+            .map(|by_hash| Loaded { modified, by_hash })
+            .map_err(invalid)
+    }
+
+    fn reload_if_changed(&self) {
+        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.as_ref().map(|s| s.modified) == Some(modified) {
+            return;
+        }
+        match self.read_file() {
+            Ok(loaded) => {
+                tracing::info!(path = %self.path.display(), tokens = loaded.by_hash.len(), "reloaded bootstrap tokens");
+                *state = Some(loaded);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "bootstrap token file is invalid; keeping the last good table");
+                // Remember the bad mtime so we do not re-parse on every request.
+                if let Some(s) = state.as_mut() {
+                    s.modified = modified;
+                }
+            }
+        }
+    }
+
+    /// The identity a token grants.
+    pub fn authenticate(&self, token: &str, now: SystemTime) -> Result<SpiffeId, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        self.reload_if_changed();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let table = state
+            .as_ref()
+            .ok_or_else(|| AuthError::Unavailable("never loaded".into()))?;
+        // Look up by digest: the comparison never runs over the secret itself.
+        let grant = table.by_hash.get(&digest(token)).ok_or(AuthError::Unknown)?;
+        if let Some(expires) = grant.expires {
+            if now >= expires {
+                return Err(AuthError::Expired {
+                    namespace: grant.namespace.clone(),
+                    service_account: grant.service_account.clone(),
+                    expired: format_time(expires),
+                });
+            }
+        }
+        SpiffeId::new(&self.trust_domain, &grant.namespace, &grant.service_account)
+            .map_err(|e| AuthError::Unavailable(e.to_string()))
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn parse_table(text: &str, trust_domain: &str) -> Result<HashMap<[u8; 32], Grant>, String> {
+    let file: TokenFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let mut table = HashMap::new();
+    for (i, entry) in file.tokens.into_iter().enumerate() {
+        let at = |msg: String| format!("tokens[{i}]: {msg}");
+        if entry.token.len() < MIN_TOKEN_LEN {
+            return Err(at(format!("token is shorter than {MIN_TOKEN_LEN} characters")));
+        }
+        SpiffeId::new(trust_domain, &entry.namespace, &entry.service_account).map_err(|e| at(e.to_string()))?;
+        let expires = entry
+            .expires
+            .as_deref()
+            .map(|s| parse_time(s).map_err(|e| at(format!("expires {s:?}: {e}"))))
+            .transpose()?;
+        let grant = Grant {
+            namespace: entry.namespace,
+            service_account: entry.service_account,
+            expires,
+        };
+        if table.insert(digest(&entry.token), grant).is_some() {
+            return Err(at("the same token appears twice".to_owned()));
+        }
+    }
+    Ok(table)
+}
+
+fn parse_time(s: &str) -> Result<SystemTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(SystemTime::from)
+        .map_err(|e| format!("not an RFC 3339 time: {e}"))
+}
+
+pub fn format_time(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const TD: &str = "cluster.local";
+
+    #[test]
+    fn maps_tokens_to_identities_and_checks_expiry() {
+        let table = parse_table(
+            "tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: shop\n  serviceAccount: web\n- token: bbbbbbbbbbbbbbbbbbbb\n  namespace: shop\n  serviceAccount: old\n  expires: 2020-01-01T00:00:00Z\n",
+            TD,
+        )
+        .unwrap();
+        assert_eq!(table.len(), 2);
+        let dir = tempdir();
+        let path = dir.join("tokens.yaml");
+        std::fs::write(&path, "tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: shop\n  serviceAccount: web\n- token: bbbbbbbbbbbbbbbbbbbb\n  namespace: shop\n  serviceAccount: old\n  expires: 2020-01-01T00:00:00Z\n").unwrap();
+        let tokens = BootstrapTokens::load(&path, TD).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(
+            tokens.authenticate("aaaaaaaaaaaaaaaaaaaa", now).unwrap().to_string(),
+            "spiffe://cluster.local/ns/shop/sa/web"
+        );
+        assert_eq!(tokens.authenticate("", now), Err(AuthError::Missing));
+        assert_eq!(tokens.authenticate("cccccccccccccccccccc", now), Err(AuthError::Unknown));
+        assert!(matches!(tokens.authenticate("bbbbbbbbbbbbbbbbbbbb", now), Err(AuthError::Expired { .. })));
+        let before = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+        assert!(tokens.authenticate("bbbbbbbbbbbbbbbbbbbb", before).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_files_with_the_reason() {
+        let cases = [
+            ("tokens: [yaml", "expected struct TokenEntry"),
+            ("tokens: {", "did not find"),
+            ("not: 1", "unknown field"),
+            ("tokens:\n- token: short\n  namespace: a\n  serviceAccount: b\n", "shorter than"),
+            ("tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: A\n  serviceAccount: b\n", "namespace"),
+            ("tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: a\n  serviceAccount: b\n  role: admin\n", "unknown field"),
+            ("tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: a\n  serviceAccount: b\n  expires: tomorrow\n", "RFC 3339"),
+            ("tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: a\n  serviceAccount: b\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: c\n  serviceAccount: d\n", "twice"),
+        ];
+        for (text, want) in cases {
+            let err = parse_table(text, TD).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_table() {
+        let dir = tempdir();
+        let path = dir.join("tokens.yaml");
+        std::fs::write(&path, "tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: a\n  serviceAccount: b\n").unwrap();
+        let tokens = BootstrapTokens::load(&path, TD).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, "tokens: [broken").unwrap();
+        bump_mtime(&path);
+        assert!(tokens.authenticate("aaaaaaaaaaaaaaaaaaaa", SystemTime::now()).is_ok());
+        std::fs::write(&path, "tokens:\n- token: dddddddddddddddddddd\n  namespace: a\n  serviceAccount: b\n").unwrap();
+        bump_mtime(&path);
+        assert_eq!(tokens.authenticate("aaaaaaaaaaaaaaaaaaaa", SystemTime::now()), Err(AuthError::Unknown));
+        assert!(tokens.authenticate("dddddddddddddddddddd", SystemTime::now()).is_ok());
+    }
+
+    fn bump_mtime(path: &Path) {
+        // Filesystems with coarse timestamps: make each write visibly newer.
+        static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let t = SystemTime::now() + Duration::from_secs(STEP.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pqmesh-tokens-{}-{}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,7 @@
+//! Generated tonic/prost code for pqmesh's gRPC APIs, and nothing else.
+
+pub mod identity {
+    pub mod v1 {
+        tonic::include_proto!("pqmesh.identity.v1");
+    }
+}
