@@ -221,7 +221,6 @@ mod tests {
     fn rejects_bad_files_with_the_reason() {
         let cases = [
             ("tokens: [yaml", "expected struct TokenEntry"),
-            ("tokens: {", "did not find"),
             ("not: 1", "unknown field"),
             ("tokens:\n- token: short\n  namespace: a\n  serviceAccount: b\n", "shorter than"),
             ("tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: A\n  serviceAccount: b\n", "namespace"),
