@@ -1,0 +1,75 @@
+//! Sidecar admin endpoints on 15000: /live, /ready (a certificate is in hand), /metrics,
+//! /config_dump (effective configuration and certificate summary; no secrets), POST /shutdown
+//! (loopback callers only).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::{Method, StatusCode};
+use pqmesh_mtls::admin::{self, Reply};
+use pqmesh_mtls::x509::unix_seconds;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::tls::MeshTls;
+
+pub fn spawn(
+    config: &Config,
+    tls: watch::Receiver<Option<Arc<MeshTls>>>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+) -> std::io::Result<SocketAddr> {
+    let static_config = json!({
+        "control_plane": { "addr": config.control_plane_addr, "identity": config.control_plane_id.to_string() },
+        "trust_domain": config.trust_domain,
+        "key_algorithm": config.key_alg.name(),
+        "key_exchange": format!("{:?}", config.kx),
+        "inbound": {
+            "listen": config.inbound_addr.to_string(),
+            "app": config.app_addr.to_string(),
+            "allow": config.inbound_allow.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        },
+        "outbound": config.outbound.as_ref().map(|o| json!({
+            "listen": o.listen.to_string(), "peer_addr": o.peer_addr, "peer_identity": o.peer_id.to_string(),
+        })),
+    });
+    let route: admin::Route = Arc::new(move |method: &Method, path: &str, remote: SocketAddr| match (method, path) {
+        (&Method::GET, "/live") => Reply::text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/ready") => match &*tls.borrow() {
+            Some(_) => Reply::text(StatusCode::OK, "ready\n"),
+            None => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first certificate\n"),
+        },
+        (&Method::GET, "/metrics") => admin::render_metrics(&metrics.registry),
+        (&Method::GET, "/config_dump") => {
+            let certificate = tls.borrow().as_ref().map(|t| {
+                let c = &t.creds;
+                json!({
+                    "spiffe_id": c.id.to_string(),
+                    "serial": c.serial_hex,
+                    "not_before": unix_seconds(c.not_before),
+                    "not_after": unix_seconds(c.not_after),
+                    "not_after_rfc3339": rfc3339(c.not_after),
+                    "signature_scheme": pqmesh_mtls::verify::signature_scheme_name(&c.chain[0]),
+                    "trust_bundle_roots": c.bundle.roots().len(),
+                })
+            });
+            let dump = json!({ "config": static_config, "certificate": certificate });
+            Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default())
+        }
+        (&Method::POST, "/shutdown") if remote.ip().is_loopback() => {
+            let _ = shutdown.send(true);
+            Reply::text(StatusCode::OK, "shutting down\n")
+        }
+        (&Method::POST, "/shutdown") => Reply::text(StatusCode::FORBIDDEN, "shutdown is allowed from localhost only\n"),
+        _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
+    });
+    admin::spawn(config.admin_addr, route)
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,180 @@
+//! Sidecar configuration from `PQMESH_*` variables, parsed once into a typed `Config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use pqmesh_mtls::env::{self, Env, EnvError};
+use pqmesh_mtls::{KeyAlgorithm, KeyExchangePolicy, PeerPattern, SpiffeId};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub control_plane_addr: String,
+    pub control_plane_id: SpiffeId,
+    pub trust_domain: String,
+    /// PEM roots used to authenticate the control plane before this workload has a certificate.
+    pub trust_bundle_path: PathBuf,
+    pub token: TokenSource,
+    pub key_alg: KeyAlgorithm,
+    pub kx: KeyExchangePolicy,
+    pub inbound_addr: SocketAddr,
+    pub app_addr: SocketAddr,
+    /// Peers allowed to connect inbound. Empty = nobody (fail closed).
+    pub inbound_allow: Vec<PeerPattern>,
+    pub outbound: Option<OutboundTarget>,
+    pub admin_addr: SocketAddr,
+}
+
+/// Explicit mode: the outbound listener forwards everything to one peer sidecar.
+#[derive(Debug, Clone)]
+pub struct OutboundTarget {
+    pub listen: SocketAddr,
+    pub peer_addr: String,
+    pub peer_id: SpiffeId,
+}
+
+#[derive(Clone)]
+pub enum TokenSource {
+    /// Re-read on every Certify (projected tokens rotate on disk).
+    File(PathBuf),
+    Inline(String),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::File(p) => write!(f, "File({})", p.display()),
+            TokenSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+        }
+    }
+}
+
+impl TokenSource {
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            TokenSource::Inline(t) => Ok(t.clone()),
+            TokenSource::File(p) => std::fs::read_to_string(p)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| format!("token file {}: {e}", p.display())),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_env(env: &dyn Env) -> Result<Self, EnvError> {
+        let trust_domain = env.var("PQMESH_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".to_owned());
+        let control_plane_id = match env.var("PQMESH_CONTROL_PLANE_ID") {
+            Some(v) => v.parse().map_err(|e| EnvError::new("PQMESH_CONTROL_PLANE_ID", &v, e))?,
+            None => SpiffeId::new(&trust_domain, "pqmesh-system", "pqmesh-control-plane")
+                .map_err(|e| EnvError::new("PQMESH_TRUST_DOMAIN", &trust_domain, e))?,
+        };
+        let token = match (env.var("PQMESH_BOOTSTRAP_TOKEN_FILE"), env.var("PQMESH_BOOTSTRAP_TOKEN")) {
+            (Some(path), None) => TokenSource::File(PathBuf::from(path)),
+            (None, Some(token)) => TokenSource::Inline(token),
+            (Some(_), Some(_)) => {
+                return Err(EnvError::new(
+                    "PQMESH_BOOTSTRAP_TOKEN",
+                    "<redacted>",
+                    "set either PQMESH_BOOTSTRAP_TOKEN or PQMESH_BOOTSTRAP_TOKEN_FILE, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(EnvError::new(
+                    "PQMESH_BOOTSTRAP_TOKEN_FILE",
+                    "",
+                    "is required (or PQMESH_BOOTSTRAP_TOKEN)",
+                ))
+            }
+        };
+        let inbound_allow = match env.var("PQMESH_INBOUND_ALLOW") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|p| PeerPattern::parse(p, &trust_domain).map_err(|e| EnvError::new("PQMESH_INBOUND_ALLOW", &v, e)))
+                .collect::<Result<_, _>>()?,
+        };
+        let outbound = match env.var("PQMESH_OUTBOUND_PEER_ADDR") {
+            None => None,
+            Some(peer_addr) => {
+                let id_text = env::required(env, "PQMESH_OUTBOUND_PEER_ID")
+                    .map_err(|_| EnvError::new("PQMESH_OUTBOUND_PEER_ID", "", "is required when PQMESH_OUTBOUND_PEER_ADDR is set"))?;
+                let peer_id = id_text
+                    .parse()
+                    .map_err(|e| EnvError::new("PQMESH_OUTBOUND_PEER_ID", &id_text, e))?;
+                Some(OutboundTarget {
+                    listen: env::parse_or(env, "PQMESH_OUTBOUND_ADDR", SocketAddr::from(([127, 0, 0, 1], 15001)))?,
+                    peer_addr,
+                    peer_id,
+                })
+            }
+        };
+        Ok(Self {
+            control_plane_addr: env::required(env, "PQMESH_CONTROL_PLANE_ADDR")?,
+            control_plane_id,
+            trust_bundle_path: PathBuf::from(env::required(env, "PQMESH_TRUST_BUNDLE")?),
+            token,
+            key_alg: env::parse_or(env, "PQMESH_KEY_ALG", KeyAlgorithm::EcdsaP256)?,
+            kx: KeyExchangePolicy::from_allow_classical(env::parse_bool(env, "PQMESH_ALLOW_CLASSICAL_KX", false)?),
+            inbound_addr: env::parse_or(env, "PQMESH_INBOUND_ADDR", SocketAddr::from(([0, 0, 0, 0], 15006)))?,
+            app_addr: env::parse_or(env, "PQMESH_INBOUND_APP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            inbound_allow,
+            outbound,
+            admin_addr: env::parse_or(env, "PQMESH_ADMIN_ADDR", SocketAddr::from(([127, 0, 0, 1], 15000)))?,
+            trust_domain,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut m: HashMap<String, String> = [
+            ("PQMESH_CONTROL_PLANE_ADDR", "127.0.0.1:15012"),
+            ("PQMESH_TRUST_BUNDLE", "/b.pem"),
+            ("PQMESH_BOOTSTRAP_TOKEN", "tok"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in pairs {
+            m.insert(k.to_string(), v.to_string());
+        }
+        m
+    }
+
+    #[test]
+    fn defaults_follow_the_port_table() {
+        let c = Config::from_env(&env(&[])).unwrap();
+        assert_eq!(c.inbound_addr.port(), 15006);
+        assert_eq!(c.admin_addr, "127.0.0.1:15000".parse().unwrap());
+        assert!(c.outbound.is_none());
+        assert!(c.inbound_allow.is_empty(), "no allow-list means nobody is allowed");
+        assert_eq!(c.kx, KeyExchangePolicy::HybridOnly);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("PQMESH_INBOUND_ALLOW", "spiffe://cluster.local/ns/a")], "PQMESH_INBOUND_ALLOW"),
+            (&[("PQMESH_OUTBOUND_PEER_ADDR", "127.0.0.1:1")], "PQMESH_OUTBOUND_PEER_ID"),
+            (&[("PQMESH_OUTBOUND_PEER_ADDR", "127.0.0.1:1"), ("PQMESH_OUTBOUND_PEER_ID", "web")], "PQMESH_OUTBOUND_PEER_ID"),
+            (&[("PQMESH_KEY_ALG", "rsa-2048")], "PQMESH_KEY_ALG"),
+            (&[("PQMESH_INBOUND_ADDR", "nope")], "PQMESH_INBOUND_ADDR"),
+            (&[("PQMESH_BOOTSTRAP_TOKEN_FILE", "/t")], "not both"),
+        ];
+        for (pairs, want) in cases {
+            let err = Config::from_env(&env(pairs)).unwrap_err().to_string();
+            assert!(err.contains(want), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn token_is_never_printed() {
+        let c = Config::from_env(&env(&[("PQMESH_BOOTSTRAP_TOKEN", "s3cr3t-token-value")])).unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The sidecar's one prometheus registry.
+
+use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub handshakes: IntCounterVec,
+    pub handshake_failures: IntCounterVec,
+    pub connections: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub bytes: IntCounterVec,
+    pub cert_expiry: Gauge,
+    pub cert_renewals: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("pqmesh".into()), None).expect("static prefix");
+        let handshakes = counter(
+            &registry,
+            "tls_handshakes_total",
+            "Completed mesh TLS handshakes, by direction, negotiated key-exchange group and peer signature scheme",
+            &["direction", "group", "signature_scheme"],
+        );
+        let handshake_failures = counter(
+            &registry,
+            "tls_handshake_failures_total",
+            "Failed mesh TLS handshakes, by direction and reason",
+            &["direction", "reason"],
+        );
+        let connections = counter(
+            &registry,
+            "connections_total",
+            "Proxied connections, by direction and outcome",
+            &["direction", "outcome"],
+        );
+        let bytes = counter(
+            &registry,
+            "proxied_bytes_total",
+            "Bytes proxied, by direction and flow (to_app / from_app)",
+            &["direction", "flow"],
+        );
+        let cert_renewals = counter(
+            &registry,
+            "certificate_renewals_total",
+            "Certify attempts, by outcome",
+            &["outcome"],
+        );
+        let connections_open = IntGauge::new("connections_open", "Proxied connections currently open").expect("static metric");
+        registry.register(Box::new(connections_open.clone())).expect("unique metric");
+        let cert_expiry = Gauge::new("certificate_expiry_timestamp_seconds", "notAfter of the workload certificate in use")
+            .expect("static metric");
+        registry.register(Box::new(cert_expiry.clone())).expect("unique metric");
+        Self {
+            registry,
+            handshakes,
+            handshake_failures,
+            connections,
+            connections_open,
+            bytes,
+            cert_expiry,
+            cert_renewals,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
