@@ -110,7 +110,7 @@ pub fn tls_incoming(
                     }
                     Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "control-plane TLS handshake refused");
-                        on_failure(&crate::handshake_failure_reason(&e));
+                        on_failure(crate::handshake_failure_reason(&e));
                     }
                     Err(_) => {
                         tracing::info!(%remote, "control-plane TLS handshake timed out");

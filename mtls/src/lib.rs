@@ -18,27 +18,32 @@ pub use provider::{crypto_provider, KeyExchangePolicy};
 pub use spiffe::{PeerPattern, SpiffeId};
 pub use tls::{Credentials, TrustBundle};
 
-/// A short, bounded label for why a handshake failed (metric label; no peer-controlled text).
-pub fn handshake_failure_reason(err: &std::io::Error) -> String {
-    let text = err.to_string();
-    let reason = if text.contains("NoKxGroupsInCommon") || text.contains("no kx groups") || text.contains("HandshakeFailure") {
-        "no_common_group_or_params"
-    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        "untrusted_certificate"
-    } else if text.contains("expected identity") || text.contains("not the expected") {
-        "wrong_identity"
-    } else if text.contains("Expired") || text.contains("NotValidYet") {
-        "certificate_validity"
-    } else if text.contains("NoCertificatesPresented") || text.contains("no client certificate") {
-        "no_client_certificate"
-    } else if text.contains("ProtocolVersion") || text.contains("protocol version") {
-        "protocol_version"
-    } else if text.contains("NoApplicationProtocol") || text.contains("application protocol") {
-        "alpn"
-    } else if text.contains("eof") || text.contains("EOF") || text.contains("reset") {
-        "connection_closed"
-    } else {
-        "other"
+/// A short, bounded label for why a handshake failed (a metric label: never peer-controlled text).
+pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E, PeerIncompatible as P};
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => "connection_closed",
+            _ => "io",
+        };
     };
-    reason.to_owned()
+    match tls {
+        E::InvalidCertificate(C::Other(other)) if other.0.downcast_ref::<verify::PeerIdentityError>().is_some() => {
+            "wrong_identity"
+        }
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => "untrusted_certificate",
+        E::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => "certificate_validity",
+        E::InvalidCertificate(_) => "invalid_certificate",
+        E::NoCertificatesPresented => "no_client_certificate",
+        E::PeerIncompatible(P::NoKxGroupsInCommon) => "no_common_group",
+        E::PeerIncompatible(P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled | P::SupportedVersionsExtensionRequired) => {
+            "protocol_version"
+        }
+        E::PeerIncompatible(_) => "peer_incompatible",
+        E::NoApplicationProtocol => "alpn",
+        E::AlertReceived(_) => "alert_received",
+        _ => "other",
+    }
 }

@@ -130,6 +130,12 @@ impl Credentials {
         })
     }
 
+    /// The private key, for tests that build their own TLS clients from mesh credentials.
+    #[doc(hidden)]
+    pub fn key_pkcs8_for_tests(&self) -> &PrivatePkcs8KeyDer<'static> {
+        &self.key_pkcs8
+    }
+
     fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key_pkcs8.clone_key())
     }

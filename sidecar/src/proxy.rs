@@ -68,7 +68,7 @@ impl Inbound {
             Ok(Err(e)) => {
                 let reason = pqmesh_mtls::handshake_failure_reason(&e);
                 tracing::info!(%remote, error = %e, "inbound handshake failed");
-                self.metrics.handshake_failures.with_label_values(&["inbound", &reason]).inc();
+                self.metrics.handshake_failures.with_label_values(&["inbound", reason]).inc();
                 return Err("TLS handshake failed");
             }
             Err(_) => {
@@ -154,7 +154,7 @@ impl Outbound {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let reason = pqmesh_mtls::handshake_failure_reason(&e);
-                self.metrics.handshake_failures.with_label_values(&["outbound", &reason]).inc();
+                self.metrics.handshake_failures.with_label_values(&["outbound", reason]).inc();
                 return Err(format!("TLS to {} ({}): {e}", target.peer_addr, target.peer_id));
             }
             Err(_) => {

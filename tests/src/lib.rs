@@ -1,1 +1,181 @@
+//! Harness for the end-to-end tests: a real control plane in local mode on a temporary directory,
+//! real sidecars configured through the same `PQMESH_*` map the binary reads, and small apps.
+#![forbid(unsafe_code)]
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pqmesh_control_plane::RunningControlPlane;
+use pqmesh_mtls::KeyAlgorithm;
+use pqmesh_sidecar::RunningSidecar;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pqmesh-{tag}-{}-{}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A control plane with a bootstrap token per service account in namespace `shop`.
+pub struct ControlPlane {
+    pub running: RunningControlPlane,
+    pub dir: TempDir,
+    tokens: HashMap<String, String>,
+}
+
+impl ControlPlane {
+    pub async fn start(root_alg: KeyAlgorithm, service_accounts: &[&str]) -> Self {
+        let dir = TempDir::new("cp");
+        let mut tokens = HashMap::new();
+        let mut yaml = String::from("tokens:\n");
+        for sa in service_accounts {
+            let token = format!("tok-{sa}-{:032x}", rand::random::<u128>());
+            yaml.push_str(&format!("  - token: {token}\n    namespace: shop\n    serviceAccount: {sa}\n"));
+            tokens.insert(sa.to_string(), token);
+        }
+        std::fs::write(dir.path().join("bootstrap-tokens.yaml"), yaml).unwrap();
+        let env: HashMap<String, String> = [
+            ("PQMESH_GRPC_ADDR", "127.0.0.1:0"),
+            ("PQMESH_ADMIN_ADDR", "127.0.0.1:0"),
+            ("PQMESH_CA_KEY_ALG", root_alg.name()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = pqmesh_control_plane::config::Config::from_env(dir.path().to_owned(), &env).unwrap();
+        let running = pqmesh_control_plane::start(config).await.expect("control plane starts");
+        Self { running, dir, tokens }
+    }
+
+    pub fn token(&self, sa: &str) -> &str {
+        &self.tokens[sa]
+    }
+
+    /// The `PQMESH_*` settings a sidecar for `sa` needs to reach this control plane.
+    pub fn sidecar_env(&self, sa: &str, key_alg: KeyAlgorithm) -> HashMap<String, String> {
+        [
+            ("PQMESH_CONTROL_PLANE_ADDR", self.running.grpc_addr.to_string()),
+            ("PQMESH_TRUST_BUNDLE", self.running.trust_bundle_path.display().to_string()),
+            ("PQMESH_BOOTSTRAP_TOKEN", self.token(sa).to_owned()),
+            ("PQMESH_KEY_ALG", key_alg.name().to_owned()),
+            ("PQMESH_INBOUND_ADDR", "127.0.0.1:0".to_owned()),
+            ("PQMESH_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+pub fn spiffe(sa: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/{sa}")
+}
+
+/// Starts a sidecar from an environment map and waits for its first certificate.
+pub async fn sidecar(env: HashMap<String, String>) -> RunningSidecar {
+    let config = pqmesh_sidecar::config::Config::from_env(&env).expect("valid sidecar config");
+    let running = pqmesh_sidecar::start(config).await.expect("sidecar starts");
+    tokio::time::timeout(std::time::Duration::from_secs(20), running.ready())
+        .await
+        .expect("sidecar got a certificate");
+    running
+}
+
+pub fn with(mut env: HashMap<String, String>, pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    for (k, v) in pairs {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+/// An app that echoes every byte and, once the client half-closes, writes `EOF-SEEN` and closes.
+/// Counts the connections it accepted, so tests can prove a refused peer never reached it.
+pub struct EchoApp {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+}
+
+pub const EOF_TRAILER: &[u8] = b"EOF-SEEN";
+
+impl EchoApp {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) => {
+                                let _ = tcp.write_all(EOF_TRAILER).await;
+                                let _ = tcp.shutdown().await;
+                                return;
+                            }
+                            Ok(n) => {
+                                if tcp.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, connections }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads a counter or gauge sample from a sidecar's or control plane's registry.
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            labels
+                .iter()
+                .all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v))
+        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+/// Waits up to 5 s for `cond` (counters are bumped by the peer's task, after the wire event
+/// a test observes).
+pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
