@@ -196,7 +196,7 @@ done
 # ---------------------------------------------------------------------------------------------
 check_ports # again: something may have started during the build
 rm -rf -- "$DEMO"
-mkdir -p "$DEMO"
+mkdir -m 700 "$DEMO"
 CP_DIR="$DEMO/control-plane"
 TOKENS_DIR="$DEMO/tokens"
 mkdir -m 700 "$CP_DIR" "$TOKENS_DIR"
@@ -232,7 +232,8 @@ if ((ML_DSA)); then KEY_ALG=ml-dsa-65; else KEY_ALG=ecdsa-p256; fi
 start() { # name command... (environment via `env` in the command)
     local name=$1
     shift
-    "$@" >"$DEMO/$name.log" 2>&1 </dev/null &
+    # NO_COLOR: plain log files (the binaries colour their logs even when not on a terminal).
+    NO_COLOR=1 "$@" >"$DEMO/$name.log" 2>&1 </dev/null &
     PIDS+=("$!")
     NAMES+=("$name")
 }

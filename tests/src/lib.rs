@@ -179,3 +179,47 @@ pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// PEM files for a TLS client outside pqmesh (OpenSSL, Node): a leaf for `shop/<sa>` issued by
+/// the control plane's CA for a key made here, at test time. Fake test fixtures, deleted with `dir`.
+pub struct ClientFixture {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+pub fn client_fixture(cp: &ControlPlane, sa: &str, alg: KeyAlgorithm, dir: &Path) -> ClientFixture {
+    use pqmesh_control_plane::ca::{CaPaths, CertificateAuthority};
+    let ca = CertificateAuthority::load_or_create(
+        &CaPaths::in_dir(cp.dir.path()),
+        TRUST_DOMAIN,
+        alg,
+        std::time::Duration::from_secs(3600),
+    )
+    .expect("reopen the test CA");
+    let key = alg.generate().unwrap();
+    let id: pqmesh_mtls::SpiffeId = spiffe(sa).parse().unwrap();
+    let leaf = ca.issue_serving(&key, &id, &[]).unwrap();
+    let fixture = ClientFixture {
+        cert: dir.join(format!("{sa}-cert.pem")),
+        key: dir.join(format!("{sa}-key.pem")),
+        ca: cp.running.trust_bundle_path.clone(),
+    };
+    std::fs::write(&fixture.cert, pqmesh_mtls::x509::certs_to_pem(&leaf.chain)).unwrap();
+    std::fs::write(&fixture.key, key.serialize_pem()).unwrap();
+    fixture
+}
+
+/// Path of an external tool for the `external_*` tests: `$var` if set, else `default` on PATH.
+/// Panics with the fix when missing: these tests are run by ./test.sh, which installs them.
+pub fn external_tool(var: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+    let found = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+        || std::process::Command::new(&path).arg("version").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(found, "{} not found ({var} or PATH): run ./test.sh, which installs the external peers", path.display());
+    path
+}
