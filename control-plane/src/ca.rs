@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use pqmesh_mtls::{KeyAlgorithm, SpiffeId, TrustBundle};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 
@@ -26,7 +26,10 @@ const BACKDATE: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     #[error("CA file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CA key file {path} is readable by group or others (mode {mode:o}); it must be 0600")]
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error("CA file {path} is invalid: {reason}")]
@@ -127,12 +130,12 @@ impl CertificateAuthority {
         })?;
         let mut roots = vec![root_der.clone()];
         if paths.extra_roots.exists() {
-            let extra = pqmesh_mtls::x509::certs_from_pem(&read(&paths.extra_roots)?).map_err(|reason| {
-                CaError::Invalid {
+            let extra = pqmesh_mtls::x509::certs_from_pem(&read(&paths.extra_roots)?).map_err(
+                |reason| CaError::Invalid {
                     path: paths.extra_roots.clone(),
                     reason,
-                }
-            })?;
+                },
+            )?;
             roots.extend(extra.into_iter().filter(|c| *c != root_der));
         }
         let bundle = TrustBundle::new(roots).map_err(|e| CaError::Invalid {
@@ -176,7 +179,12 @@ impl CertificateAuthority {
 
     /// Issues a leaf for a key held by this process (the control plane's own serving cert),
     /// with extra DNS/IP names so plain TLS clients can also reach it by name.
-    pub fn issue_serving(&self, key: &KeyPair, id: &SpiffeId, names: &[String]) -> Result<IssuedLeaf, CaError> {
+    pub fn issue_serving(
+        &self,
+        key: &KeyPair,
+        id: &SpiffeId,
+        names: &[String],
+    ) -> Result<IssuedLeaf, CaError> {
         self.issue_with_names(key, id, names)
     }
 
@@ -195,7 +203,10 @@ impl CertificateAuthority {
         params.serial_number = Some(random_serial());
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         let uri = id
             .to_string()
@@ -245,12 +256,18 @@ fn create_root(trust_domain: &str, alg: KeyAlgorithm) -> Result<(String, String)
 fn load_key(pem_text: &str) -> Result<CaKey, String> {
     let block = pem::parse(pem_text).map_err(|e| format!("invalid PEM: {e}"))?;
     if block.tag() != "PRIVATE KEY" {
-        return Err(format!("expected a PKCS#8 \"PRIVATE KEY\" block, found {:?}", block.tag()));
+        return Err(format!(
+            "expected a PKCS#8 \"PRIVATE KEY\" block, found {:?}",
+            block.tag()
+        ));
     }
     let der_bytes = block.contents();
     use aws_lc_rs::signature::KeyPair as _;
     use aws_lc_rs::signature::{PqdsaKeyPair, ML_DSA_44_SIGNING, ML_DSA_65_SIGNING};
-    for (alg, signing) in [(KeyAlgorithm::MlDsa44, &ML_DSA_44_SIGNING), (KeyAlgorithm::MlDsa65, &ML_DSA_65_SIGNING)] {
+    for (alg, signing) in [
+        (KeyAlgorithm::MlDsa44, &ML_DSA_44_SIGNING),
+        (KeyAlgorithm::MlDsa65, &ML_DSA_65_SIGNING),
+    ] {
         if let Ok(pair) = PqdsaKeyPair::from_pkcs8(signing, der_bytes) {
             let public = pair.public_key().as_ref().to_vec();
             return Ok(CaKey::MlDsa { alg, pair, public });
@@ -259,7 +276,10 @@ fn load_key(pem_text: &str) -> Result<CaKey, String> {
     let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der_bytes.to_vec());
     KeyPair::from_der_and_sign_algo(&pkcs8.into(), &rcgen::PKCS_ECDSA_P256_SHA256)
         .map(CaKey::Rcgen)
-        .map_err(|_| "not a PKCS#8 key of a supported algorithm (ecdsa-p256, ml-dsa-44, ml-dsa-65)".to_owned())
+        .map_err(|_| {
+            "not a PKCS#8 key of a supported algorithm (ecdsa-p256, ml-dsa-44, ml-dsa-65)"
+                .to_owned()
+        })
 }
 
 /// The CA's signing key. rcgen cannot load ML-DSA keys from PKCS#8, so those are held
@@ -294,7 +314,9 @@ impl rcgen::SigningKey for CaKey {
             CaKey::Rcgen(k) => k.sign(msg),
             CaKey::MlDsa { pair, .. } => {
                 let mut sig = vec![0; pair.algorithm().signature_len()];
-                let len = pair.sign(msg, &mut sig).map_err(|_| rcgen::Error::RingUnspecified)?;
+                let len = pair
+                    .sign(msg, &mut sig)
+                    .map_err(|_| rcgen::Error::RingUnspecified)?;
                 sig.truncate(len);
                 Ok(sig)
             }

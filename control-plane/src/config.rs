@@ -41,7 +41,9 @@ impl Config {
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--local" => {
-                    let dir = it.next().ok_or_else(|| ConfigError::Usage("--local needs a directory".into()))?;
+                    let dir = it
+                        .next()
+                        .ok_or_else(|| ConfigError::Usage("--local needs a directory".into()))?;
                     local_dir = Some(PathBuf::from(dir));
                 }
                 other => return Err(ConfigError::Usage(format!("unknown argument {other:?}"))),
@@ -59,13 +61,19 @@ impl Config {
     }
 
     pub fn from_env(local_dir: PathBuf, env: &dyn Env) -> Result<Self, ConfigError> {
-        let trust_domain = env.var("PQMESH_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".to_owned());
-        let namespace = env.var("PQMESH_NAMESPACE").unwrap_or_else(|| "pqmesh-system".to_owned());
-        let service_account =
-            env.var("PQMESH_SERVICE_ACCOUNT").unwrap_or_else(|| "pqmesh-control-plane".to_owned());
+        let trust_domain = env
+            .var("PQMESH_TRUST_DOMAIN")
+            .unwrap_or_else(|| "cluster.local".to_owned());
+        let namespace = env
+            .var("PQMESH_NAMESPACE")
+            .unwrap_or_else(|| "pqmesh-system".to_owned());
+        let service_account = env
+            .var("PQMESH_SERVICE_ACCOUNT")
+            .unwrap_or_else(|| "pqmesh-control-plane".to_owned());
         let identity = SpiffeId::new(&trust_domain, &namespace, &service_account)
             .map_err(|e| EnvError::new("PQMESH_TRUST_DOMAIN", &trust_domain, e))?;
-        let leaf_lifetime = env::duration_or(env, "PQMESH_LEAF_LIFETIME", Duration::from_secs(3600))?;
+        let leaf_lifetime =
+            env::duration_or(env, "PQMESH_LEAF_LIFETIME", Duration::from_secs(3600))?;
         if !(MIN_LEAF_LIFETIME..=MAX_LEAF_LIFETIME).contains(&leaf_lifetime) {
             return Err(EnvError::new(
                 "PQMESH_LEAF_LIFETIME",
@@ -83,12 +91,24 @@ impl Config {
             .collect();
         Ok(Self {
             local_dir,
-            grpc_addr: env::parse_or(env, "PQMESH_GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], 15012)))?,
-            admin_addr: env::parse_or(env, "PQMESH_ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 15014)))?,
+            grpc_addr: env::parse_or(
+                env,
+                "PQMESH_GRPC_ADDR",
+                SocketAddr::from(([0, 0, 0, 0], 15012)),
+            )?,
+            admin_addr: env::parse_or(
+                env,
+                "PQMESH_ADMIN_ADDR",
+                SocketAddr::from(([0, 0, 0, 0], 15014)),
+            )?,
             trust_domain,
             ca_key_alg: env::parse_or(env, "PQMESH_CA_KEY_ALG", KeyAlgorithm::EcdsaP256)?,
             leaf_lifetime,
-            kx: KeyExchangePolicy::from_allow_classical(env::parse_bool(env, "PQMESH_ALLOW_CLASSICAL_KX", false)?),
+            kx: KeyExchangePolicy::from_allow_classical(env::parse_bool(
+                env,
+                "PQMESH_ALLOW_CLASSICAL_KX",
+                false,
+            )?),
             identity,
             serving_names,
         })
@@ -101,7 +121,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -111,7 +134,10 @@ mod tests {
         assert_eq!(c.admin_addr.port(), 15014);
         assert_eq!(c.leaf_lifetime, Duration::from_secs(3600));
         assert_eq!(c.kx, KeyExchangePolicy::HybridOnly);
-        assert_eq!(c.identity.to_string(), "spiffe://cluster.local/ns/pqmesh-system/sa/pqmesh-control-plane");
+        assert_eq!(
+            c.identity.to_string(),
+            "spiffe://cluster.local/ns/pqmesh-system/sa/pqmesh-control-plane"
+        );
     }
 
     #[test]
@@ -125,10 +151,14 @@ mod tests {
             ("PQMESH_ALLOW_CLASSICAL_KX", "perhaps", "true or false"),
         ];
         for (name, value, want) in cases {
-            let err = Config::from_args_and_env(&["--local".into(), "/d".into()], &env(&[(name, value)]))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(name) && err.contains(want), "{name}={value}: {err}");
+            let err =
+                Config::from_args_and_env(&["--local".into(), "/d".into()], &env(&[(name, value)]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                err.contains(name) && err.contains(want),
+                "{name}={value}: {err}"
+            );
         }
         assert!(Config::from_args_and_env(&[], &env(&[])).is_err());
         assert!(Config::from_args_and_env(&["--bogus".into()], &env(&[])).is_err());

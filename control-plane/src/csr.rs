@@ -20,7 +20,9 @@ pub enum CsrError {
     TooLarge(usize),
     #[error("CSR is not a DER PKCS#10 CertificationRequest: {0}")]
     Malformed(String),
-    #[error("CSR requests subjectAltName(s) [{0}]; identities come only from the authenticated token")]
+    #[error(
+        "CSR requests subjectAltName(s) [{0}]; identities come only from the authenticated token"
+    )]
     RequestsSans(String),
     #[error("unsupported key type {0}: supported are ecdsa-p256, ml-dsa-44, ml-dsa-65")]
     UnsupportedKey(String),
@@ -63,7 +65,10 @@ pub fn verify_csr(der_bytes: &[u8]) -> Result<VerifiedCsr, CsrError> {
         .algorithm
         .to_der()
         .map_err(|e| CsrError::Malformed(e.to_string()))?;
-    let sig_alg = csr.algorithm.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let sig_alg = csr
+        .algorithm
+        .to_der()
+        .map_err(|e| CsrError::Malformed(e.to_string()))?;
     let (alg, verifier) = csr_algorithms()
         .into_iter()
         .find(|(_, v)| wrap_sequence(&v.public_key_alg_id()) == spki_alg)
@@ -85,7 +90,10 @@ pub fn verify_csr(der_bytes: &[u8]) -> Result<VerifiedCsr, CsrError> {
         .signature
         .as_bytes()
         .ok_or_else(|| CsrError::Malformed("signature is not a whole number of bytes".into()))?;
-    let message = csr.info.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let message = csr
+        .info
+        .to_der()
+        .map_err(|e| CsrError::Malformed(e.to_string()))?;
     verifier
         .verify_signature(&public_key, &message, signature)
         .map_err(|_| CsrError::BadSignature)?;
@@ -131,7 +139,11 @@ fn describe_name(name: &GeneralName) -> String {
 
 fn describe_key(csr: &CertReq) -> String {
     let alg = &csr.info.public_key.algorithm;
-    match alg.parameters.as_ref().and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok()) {
+    match alg
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok())
+    {
         Some(curve) => format!("{} (parameters {curve})", alg.oid),
         None => alg.oid.to_string(),
     }

@@ -38,29 +38,59 @@ fn refuses_bad_inputs_with_precise_errors() {
     let mut swapped = good.clone();
     let a = key.public_key_raw().to_vec();
     let b = other_key.public_key_raw().to_vec();
-    let pos = swapped.windows(a.len()).position(|w| w == a.as_slice()).unwrap();
+    let pos = swapped
+        .windows(a.len())
+        .position(|w| w == a.as_slice())
+        .unwrap();
     swapped[pos..pos + a.len()].copy_from_slice(&b);
 
     let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
     let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
 
-    let uri = SanType::URI("spiffe://cluster.local/ns/kube-system/sa/admin".try_into().unwrap());
+    let uri = SanType::URI(
+        "spiffe://cluster.local/ns/kube-system/sa/admin"
+            .try_into()
+            .unwrap(),
+    );
     let dns = SanType::DnsName("evil.example".try_into().unwrap());
 
-    let cases: Vec<(&str, Vec<u8>, fn(&CsrError) -> bool)> = vec![
+    type Expect = fn(&CsrError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
         ("empty", vec![], |e| matches!(e, CsrError::Empty)),
-        ("garbage", b"hello, I am a CSR".to_vec(), |e| matches!(e, CsrError::Malformed(_))),
-        ("truncated", good[..good.len() / 2].to_vec(), |e| matches!(e, CsrError::Malformed(_))),
-        ("trailing byte", trailing, |e| matches!(e, CsrError::Malformed(_))),
-        ("oversized", vec![0x30; MAX_CSR_BYTES + 1], |e| matches!(e, CsrError::TooLarge(_))),
-        ("flipped signature bit", flipped_sig, |e| matches!(e, CsrError::BadSignature)),
-        ("public key swapped", swapped, |e| matches!(e, CsrError::BadSignature)),
-        ("p-384 key", workload_csr(&p384).unwrap(), |e| matches!(e, CsrError::UnsupportedKey(_))),
-        ("ed25519 key", workload_csr(&ed25519).unwrap(), |e| matches!(e, CsrError::UnsupportedKey(_))),
-        ("URI SAN for another identity", csr_with_sans(&key, vec![uri]), |e| {
-            matches!(e, CsrError::RequestsSans(s) if s.contains("kube-system"))
+        ("garbage", b"hello, I am a CSR".to_vec(), |e| {
+            matches!(e, CsrError::Malformed(_))
         }),
-        ("DNS SAN", csr_with_sans(&key, vec![dns]), |e| matches!(e, CsrError::RequestsSans(s) if s.contains("evil.example"))),
+        ("truncated", good[..good.len() / 2].to_vec(), |e| {
+            matches!(e, CsrError::Malformed(_))
+        }),
+        ("trailing byte", trailing, |e| {
+            matches!(e, CsrError::Malformed(_))
+        }),
+        ("oversized", vec![0x30; MAX_CSR_BYTES + 1], |e| {
+            matches!(e, CsrError::TooLarge(_))
+        }),
+        ("flipped signature bit", flipped_sig, |e| {
+            matches!(e, CsrError::BadSignature)
+        }),
+        ("public key swapped", swapped, |e| {
+            matches!(e, CsrError::BadSignature)
+        }),
+        ("p-384 key", workload_csr(&p384).unwrap(), |e| {
+            matches!(e, CsrError::UnsupportedKey(_))
+        }),
+        ("ed25519 key", workload_csr(&ed25519).unwrap(), |e| {
+            matches!(e, CsrError::UnsupportedKey(_))
+        }),
+        (
+            "URI SAN for another identity",
+            csr_with_sans(&key, vec![uri]),
+            |e| matches!(e, CsrError::RequestsSans(s) if s.contains("kube-system")),
+        ),
+        (
+            "DNS SAN",
+            csr_with_sans(&key, vec![dns]),
+            |e| matches!(e, CsrError::RequestsSans(s) if s.contains("evil.example")),
+        ),
     ];
     for (name, input, expected) in cases {
         match verify_csr(&input) {

@@ -46,7 +46,9 @@ impl From<CsrError> for Refusal {
         let reason = match e {
             CsrError::Empty | CsrError::TooLarge(_) | CsrError::Malformed(_) => "csr_malformed",
             CsrError::RequestsSans(_) => "csr_requests_sans",
-            CsrError::UnsupportedKey(_) | CsrError::SignatureAlgorithmMismatch { .. } => "csr_unsupported_key",
+            CsrError::UnsupportedKey(_) | CsrError::SignatureAlgorithmMismatch { .. } => {
+                "csr_unsupported_key"
+            }
             CsrError::BadSignature => "csr_bad_signature",
         };
         Refusal {
@@ -57,7 +59,10 @@ impl From<CsrError> for Refusal {
 }
 
 impl IdentityService {
-    fn certify_inner(&self, req: &CertifyRequest) -> Result<(CertifyResponse, String, &'static str), Refusal> {
+    fn certify_inner(
+        &self,
+        req: &CertifyRequest,
+    ) -> Result<(CertifyResponse, String, &'static str), Refusal> {
         // Authenticate first: an anonymous caller learns nothing about CSR parsing.
         let id = self.tokens.authenticate(&req.token, SystemTime::now())?;
         let csr = verify_csr(&req.csr_der)?;
@@ -70,7 +75,13 @@ impl IdentityService {
         })?;
         let response = CertifyResponse {
             chain_der: leaf.chain.iter().map(|c| c.to_vec()).collect(),
-            trust_bundle_der: self.ca.bundle().roots().iter().map(|c| c.to_vec()).collect(),
+            trust_bundle_der: self
+                .ca
+                .bundle()
+                .roots()
+                .iter()
+                .map(|c| c.to_vec())
+                .collect(),
             not_after: pqmesh_mtls::x509::unix_seconds(leaf.not_after) as i64,
         };
         Ok((response, id.to_string(), csr.alg.name()))
@@ -79,7 +90,10 @@ impl IdentityService {
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
-    async fn certify(&self, request: Request<CertifyRequest>) -> Result<Response<CertifyResponse>, Status> {
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
         let started = Instant::now();
         let remote = request
             .extensions()
@@ -90,14 +104,26 @@ impl Identity for IdentityService {
         let elapsed = started.elapsed().as_secs_f64();
         match result {
             Ok((response, id, alg)) => {
-                self.metrics.certificates_issued.with_label_values(&[alg]).inc();
-                self.metrics.certify_duration.with_label_values(&["issued"]).observe(elapsed);
+                self.metrics
+                    .certificates_issued
+                    .with_label_values(&[alg])
+                    .inc();
+                self.metrics
+                    .certify_duration
+                    .with_label_values(&["issued"])
+                    .observe(elapsed);
                 tracing::info!(%remote, spiffe_id = %id, key_alg = alg, not_after = response.not_after, "certificate issued");
                 Ok(Response::new(response))
             }
             Err(refusal) => {
-                self.metrics.certificates_refused.with_label_values(&[refusal.reason]).inc();
-                self.metrics.certify_duration.with_label_values(&["refused"]).observe(elapsed);
+                self.metrics
+                    .certificates_refused
+                    .with_label_values(&[refusal.reason])
+                    .inc();
+                self.metrics
+                    .certify_duration
+                    .with_label_values(&["refused"])
+                    .observe(elapsed);
                 tracing::warn!(%remote, reason = refusal.reason, detail = %refusal.status.message(), "certify refused");
                 Err(refusal.status)
             }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use hyper::{Method, StatusCode};
 use pqmesh_mtls::admin::{self, Reply};
-use pqmesh_mtls::tls::{ALPN_H2};
+use pqmesh_mtls::tls::ALPN_H2;
 use pqmesh_mtls::{Credentials, SpiffeId};
 use pqmesh_proto::identity::v1::identity_server::IdentityServer;
 use rustls::ServerConfig;
@@ -38,7 +38,10 @@ pub const BOOTSTRAP_TOKENS_FILE: &str = "bootstrap-tokens.yaml";
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("local directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Ca(#[from] ca::CaError),
     #[error(transparent)]
@@ -46,7 +49,10 @@ pub enum StartError {
     #[error("serving certificate: {0}")]
     Serving(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub struct RunningControlPlane {
@@ -121,17 +127,28 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
     })?;
 
     let admin_metrics = metrics.clone();
-    let route: admin::Route = Arc::new(move |method: &Method, path: &str, _remote| match (method, path) {
-        (&Method::GET, "/live") | (&Method::GET, "/ready") => Reply::text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/metrics") => admin::render_metrics(&admin_metrics.registry),
-        _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
-    });
+    let route: admin::Route =
+        Arc::new(
+            move |method: &Method, path: &str, _remote| match (method, path) {
+                (&Method::GET, "/live") | (&Method::GET, "/ready") => {
+                    Reply::text(StatusCode::OK, "ok\n")
+                }
+                (&Method::GET, "/metrics") => admin::render_metrics(&admin_metrics.registry),
+                _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+        );
     let admin_addr = admin::spawn(config.admin_addr, route).map_err(|source| StartError::Bind {
         addr: config.admin_addr,
         source,
     })?;
 
-    let renewal = tokio::spawn(renew_serving_cert(ca.clone(), config.clone(), metrics.clone(), serving_tx, serving.1));
+    let renewal = tokio::spawn(renew_serving_cert(
+        ca.clone(),
+        config.clone(),
+        metrics.clone(),
+        serving_tx,
+        serving.1,
+    ));
 
     let failures = metrics.handshake_failures.clone();
     let incoming = pqmesh_mtls::grpc_tls::tls_incoming(
@@ -206,7 +223,9 @@ async fn renew_serving_cert(
     mut not_after: SystemTime,
 ) {
     loop {
-        let remaining = not_after.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        let remaining = not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
         tokio::time::sleep(remaining / 2).await;
         match issue_serving_config(&ca, &config, &metrics) {
             Ok((server, next)) => {

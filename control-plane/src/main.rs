@@ -10,7 +10,9 @@ async fn main() -> anyhow::Result<()> {
     pqmesh_mtls::provider::install_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = Config::from_args_and_env(&args, &ProcessEnv)?;
-    let running = pqmesh_control_plane::start(config).await.context("control plane failed to start")?;
+    let running = pqmesh_control_plane::start(config)
+        .await
+        .context("control plane failed to start")?;
     tokio::select! {
         result = running.wait() => result.context("gRPC server stopped")?,
         _ = pqmesh_mtls::logging::terminate_signal() => tracing::info!("shutting down"),

@@ -90,7 +90,9 @@ impl BootstrapTokens {
             path: self.path.clone(),
             reason,
         };
-        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
         let text = std::fs::read_to_string(&self.path).map_err(|e| invalid(e.to_string()))?;
         parse_table(&text, &self.trust_domain)
             .map(|by_hash| Loaded { modified, by_hash })
@@ -98,7 +100,9 @@ impl BootstrapTokens {
     }
 
     fn reload_if_changed(&self) {
-        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.as_ref().map(|s| s.modified) == Some(modified) {
             return;
@@ -129,7 +133,10 @@ impl BootstrapTokens {
             .as_ref()
             .ok_or_else(|| AuthError::Unavailable("never loaded".into()))?;
         // Look up by digest: the comparison never runs over the secret itself.
-        let grant = table.by_hash.get(&digest(token)).ok_or(AuthError::Unknown)?;
+        let grant = table
+            .by_hash
+            .get(&digest(token))
+            .ok_or(AuthError::Unknown)?;
         if let Some(expires) = grant.expires {
             if now >= expires {
                 return Err(AuthError::Expired {
@@ -154,9 +161,12 @@ fn parse_table(text: &str, trust_domain: &str) -> Result<HashMap<[u8; 32], Grant
     for (i, entry) in file.tokens.into_iter().enumerate() {
         let at = |msg: String| format!("tokens[{i}]: {msg}");
         if entry.token.len() < MIN_TOKEN_LEN {
-            return Err(at(format!("token is shorter than {MIN_TOKEN_LEN} characters")));
+            return Err(at(format!(
+                "token is shorter than {MIN_TOKEN_LEN} characters"
+            )));
         }
-        SpiffeId::new(trust_domain, &entry.namespace, &entry.service_account).map_err(|e| at(e.to_string()))?;
+        SpiffeId::new(trust_domain, &entry.namespace, &entry.service_account)
+            .map_err(|e| at(e.to_string()))?;
         let expires = entry
             .expires
             .as_deref()
@@ -207,12 +217,21 @@ mod tests {
         let tokens = BootstrapTokens::load(&path, TD).unwrap();
         let now = SystemTime::now();
         assert_eq!(
-            tokens.authenticate("aaaaaaaaaaaaaaaaaaaa", now).unwrap().to_string(),
+            tokens
+                .authenticate("aaaaaaaaaaaaaaaaaaaa", now)
+                .unwrap()
+                .to_string(),
             "spiffe://cluster.local/ns/shop/sa/web"
         );
         assert_eq!(tokens.authenticate("", now), Err(AuthError::Missing));
-        assert_eq!(tokens.authenticate("cccccccccccccccccccc", now), Err(AuthError::Unknown));
-        assert!(matches!(tokens.authenticate("bbbbbbbbbbbbbbbbbbbb", now), Err(AuthError::Expired { .. })));
+        assert_eq!(
+            tokens.authenticate("cccccccccccccccccccc", now),
+            Err(AuthError::Unknown)
+        );
+        assert!(matches!(
+            tokens.authenticate("bbbbbbbbbbbbbbbbbbbb", now),
+            Err(AuthError::Expired { .. })
+        ));
         let before = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
         assert!(tokens.authenticate("bbbbbbbbbbbbbbbbbbbb", before).is_ok());
     }
@@ -238,27 +257,52 @@ mod tests {
     fn a_broken_edit_keeps_the_last_good_table() {
         let dir = tempdir();
         let path = dir.join("tokens.yaml");
-        std::fs::write(&path, "tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: a\n  serviceAccount: b\n").unwrap();
+        std::fs::write(
+            &path,
+            "tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: a\n  serviceAccount: b\n",
+        )
+        .unwrap();
         let tokens = BootstrapTokens::load(&path, TD).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         std::fs::write(&path, "tokens: [broken").unwrap();
         bump_mtime(&path);
-        assert!(tokens.authenticate("aaaaaaaaaaaaaaaaaaaa", SystemTime::now()).is_ok());
-        std::fs::write(&path, "tokens:\n- token: dddddddddddddddddddd\n  namespace: a\n  serviceAccount: b\n").unwrap();
+        assert!(tokens
+            .authenticate("aaaaaaaaaaaaaaaaaaaa", SystemTime::now())
+            .is_ok());
+        std::fs::write(
+            &path,
+            "tokens:\n- token: dddddddddddddddddddd\n  namespace: a\n  serviceAccount: b\n",
+        )
+        .unwrap();
         bump_mtime(&path);
-        assert_eq!(tokens.authenticate("aaaaaaaaaaaaaaaaaaaa", SystemTime::now()), Err(AuthError::Unknown));
-        assert!(tokens.authenticate("dddddddddddddddddddd", SystemTime::now()).is_ok());
+        assert_eq!(
+            tokens.authenticate("aaaaaaaaaaaaaaaaaaaa", SystemTime::now()),
+            Err(AuthError::Unknown)
+        );
+        assert!(tokens
+            .authenticate("dddddddddddddddddddd", SystemTime::now())
+            .is_ok());
     }
 
     fn bump_mtime(path: &Path) {
         // Filesystems with coarse timestamps: make each write visibly newer.
         static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let t = SystemTime::now() + Duration::from_secs(STEP.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-        std::fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+        let t = SystemTime::now()
+            + Duration::from_secs(STEP.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
     }
 
     fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("pqmesh-tokens-{}-{}", std::process::id(), rand::random::<u64>()));
+        let dir = std::env::temp_dir().join(format!(
+            "pqmesh-tokens-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

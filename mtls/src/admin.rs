@@ -43,42 +43,49 @@ pub fn spawn(addr: SocketAddr, route: Route) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let bound = std_listener.local_addr()?;
-    std::thread::Builder::new().name("pqmesh-admin".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "admin runtime failed to start");
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                Ok(l) => l,
+    std::thread::Builder::new()
+        .name("pqmesh-admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
                 Err(e) => {
-                    tracing::error!(error = %e, "admin listener failed");
+                    tracing::error!(error = %e, "admin runtime failed to start");
                     return;
                 }
             };
-            loop {
-                let Ok((tcp, remote)) = listener.accept().await else {
-                    continue;
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener failed");
+                        return;
+                    }
                 };
-                let route = route.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let reply = route(req.method(), req.uri().path(), remote);
-                        let resp = Response::builder()
-                            .status(reply.status)
-                            .header("content-type", reply.content_type)
-                            .body(Full::new(Bytes::from(reply.body)))
-                            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
-                        async move { Ok::<_, Infallible>(resp) }
+                loop {
+                    let Ok((tcp, remote)) = listener.accept().await else {
+                        continue;
+                    };
+                    let route = route.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let reply = route(req.method(), req.uri().path(), remote);
+                            let resp = Response::builder()
+                                .status(reply.status)
+                                .header("content-type", reply.content_type)
+                                .body(Full::new(Bytes::from(reply.body)))
+                                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+                            async move { Ok::<_, Infallible>(resp) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
-                });
-            }
-        });
-    })?;
+                }
+            });
+        })?;
     Ok(bound)
 }
 

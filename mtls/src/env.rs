@@ -66,7 +66,8 @@ where
 }
 
 pub fn required(env: &dyn Env, name: &str) -> Result<String, EnvError> {
-    env.var(name).ok_or_else(|| EnvError::new(name, "", "is required"))
+    env.var(name)
+        .ok_or_else(|| EnvError::new(name, "", "is required"))
 }
 
 pub fn parse_bool(env: &dyn Env, name: &str, default: bool) -> Result<bool, EnvError> {
@@ -87,7 +88,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| "missing unit (ms, s, m or h)".to_owned())?;
     let (num, unit) = text.split_at(split);
-    let n: u64 = num.parse().map_err(|_| "expected a number followed by ms, s, m or h".to_owned())?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a number followed by ms, s, m or h".to_owned())?;
     let secs = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
         "s" => n,
@@ -124,6 +127,9 @@ mod tests {
     fn errors_name_the_variable_and_value() {
         let env: HashMap<String, String> = [("PQMESH_X".to_owned(), "maybe".to_owned())].into();
         let err = parse_bool(&env, "PQMESH_X", false).unwrap_err();
-        assert_eq!(err.to_string(), "PQMESH_X=\"maybe\": expected true or false");
+        assert_eq!(
+            err.to_string(),
+            "PQMESH_X=\"maybe\": expected true or false"
+        );
     }
 }

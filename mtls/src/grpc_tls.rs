@@ -41,13 +41,21 @@ impl Connected for TlsServerStream {
 }
 
 impl AsyncRead for TlsServerStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsServerStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -123,23 +131,17 @@ pub fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// The connection a tonic channel runs over.
+pub type ClientIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+type ConnectFuture = Pin<Box<dyn std::future::Future<Output = Result<ClientIo, io::Error>> + Send>>;
+
 /// A tonic connector that dials `addr` and speaks TLS with `config` (which pins the server's
 /// SPIFFE ID through its verifier).
 pub fn tls_connector(
     addr: String,
     config: Arc<ClientConfig>,
-) -> impl tower::Service<
-    http::Uri,
-    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
-    Error = io::Error,
-    Future = Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, io::Error>,
-                > + Send,
-        >,
-    >,
-> + Clone
+) -> impl tower::Service<http::Uri, Response = ClientIo, Error = io::Error, Future = ConnectFuture>
+       + Clone
        + Send
        + 'static {
     tower::service_fn(move |_uri: http::Uri| {
@@ -152,6 +154,6 @@ pub fn tls_connector(
             let name = ServerName::try_from("pqmesh-control-plane").map_err(io::Error::other)?;
             let tls = TlsConnector::from(config).connect(name, tcp).await?;
             Ok(hyper_util::rt::TokioIo::new(tls))
-        }) as Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        }) as ConnectFuture
     })
 }

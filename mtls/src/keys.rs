@@ -20,7 +20,10 @@ pub enum KeyError {
     #[error("unknown key algorithm {0:?}: expected one of ecdsa-p256, ml-dsa-44, ml-dsa-65")]
     UnknownAlgorithm(String),
     #[error("generating a {alg} key pair failed: {source}")]
-    Generate { alg: KeyAlgorithm, source: rcgen::Error },
+    Generate {
+        alg: KeyAlgorithm,
+        source: rcgen::Error,
+    },
     #[error("building the certificate signing request failed: {0}")]
     Csr(rcgen::Error),
 }
@@ -43,12 +46,17 @@ impl KeyAlgorithm {
     }
 
     pub fn all() -> [KeyAlgorithm; 3] {
-        [KeyAlgorithm::EcdsaP256, KeyAlgorithm::MlDsa44, KeyAlgorithm::MlDsa65]
+        [
+            KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::MlDsa44,
+            KeyAlgorithm::MlDsa65,
+        ]
     }
 
     /// Generates a fresh key pair of this algorithm.
     pub fn generate(self) -> Result<KeyPair, KeyError> {
-        KeyPair::generate_for(self.rcgen()).map_err(|source| KeyError::Generate { alg: self, source })
+        KeyPair::generate_for(self.rcgen())
+            .map_err(|source| KeyError::Generate { alg: self, source })
     }
 }
 
@@ -79,7 +87,10 @@ pub fn workload_csr(key: &KeyPair) -> Result<Vec<u8>, KeyError> {
 
 /// The signature verification algorithm of each key type the CA accepts in a CSR
 /// (the CSR's self-signature uses the key's own algorithm).
-pub fn csr_algorithms() -> [(KeyAlgorithm, &'static dyn rustls_pki_types::SignatureVerificationAlgorithm); 3] {
+pub fn csr_algorithms() -> [(
+    KeyAlgorithm,
+    &'static dyn rustls_pki_types::SignatureVerificationAlgorithm,
+); 3] {
     use webpki::aws_lc_rs as algs;
     [
         (KeyAlgorithm::EcdsaP256, algs::ECDSA_P256_SHA256),

@@ -23,12 +23,19 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
     use rustls::{CertificateError as C, Error as E, PeerIncompatible as P};
     let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
         return match err.kind() {
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => "connection_closed",
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                "connection_closed"
+            }
             _ => "io",
         };
     };
     match tls {
-        E::InvalidCertificate(C::Other(other)) if other.0.downcast_ref::<verify::PeerIdentityError>().is_some() => {
+        E::InvalidCertificate(C::Other(other))
+            if other
+                .0
+                .downcast_ref::<verify::PeerIdentityError>()
+                .is_some() =>
+        {
             "wrong_identity"
         }
         E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => "untrusted_certificate",
@@ -38,9 +45,11 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
         E::InvalidCertificate(_) => "invalid_certificate",
         E::NoCertificatesPresented => "no_client_certificate",
         E::PeerIncompatible(P::NoKxGroupsInCommon) => "no_common_group",
-        E::PeerIncompatible(P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled | P::SupportedVersionsExtensionRequired) => {
-            "protocol_version"
-        }
+        E::PeerIncompatible(
+            P::Tls12NotOffered
+            | P::Tls12NotOfferedOrEnabled
+            | P::SupportedVersionsExtensionRequired,
+        ) => "protocol_version",
         E::PeerIncompatible(_) => "peer_incompatible",
         E::NoApplicationProtocol => "alpn",
         E::AlertReceived(_) => "alert_received",

@@ -32,7 +32,11 @@ pub fn crypto_provider(kx: KeyExchangePolicy) -> Arc<CryptoProvider> {
     let mut provider = rustls_post_quantum::provider();
     provider.kx_groups = match kx {
         KeyExchangePolicy::HybridOnly => vec![kx_group::X25519MLKEM768],
-        KeyExchangePolicy::AllowClassical => vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1],
+        KeyExchangePolicy::AllowClassical => vec![
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+        ],
     };
     // TLS 1.3 suites only; TLS 1.2 is additionally excluded by the protocol versions we build with.
     provider

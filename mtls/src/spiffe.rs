@@ -28,7 +28,11 @@ pub enum SpiffeIdError {
 }
 
 impl SpiffeId {
-    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, SpiffeIdError> {
+    pub fn new(
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, SpiffeIdError> {
         let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
         check_trust_domain(&id, trust_domain)?;
         check_segment(&id, "namespace", namespace)?;
@@ -99,7 +103,9 @@ fn check_trust_domain(id: &str, td: &str) -> Result<(), SpiffeIdError> {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
     {
-        return Err(bad("only lowercase letters, digits, '.', '-' and '_' are allowed"));
+        return Err(bad(
+            "only lowercase letters, digits, '.', '-' and '_' are allowed",
+        ));
     }
     Ok(())
 }
@@ -125,7 +131,9 @@ fn check_segment(id: &str, part: &'static str, value: &str) -> Result<(), Spiffe
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
     {
-        return Err(bad("only lowercase letters, digits, '.' and '-' are allowed"));
+        return Err(bad(
+            "only lowercase letters, digits, '.' and '-' are allowed",
+        ));
     }
     Ok(())
 }
@@ -135,13 +143,19 @@ fn check_segment(id: &str, part: &'static str, value: &str) -> Result<(), Spiffe
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerPattern {
     Exact(SpiffeId),
-    Namespace { trust_domain: String, namespace: String },
+    Namespace {
+        trust_domain: String,
+        namespace: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PeerPatternError {
     #[error("peer pattern {pattern:?}: {source}")]
-    Id { pattern: String, source: SpiffeIdError },
+    Id {
+        pattern: String,
+        source: SpiffeIdError,
+    },
     #[error("peer pattern {0:?} must be a SPIFFE ID, spiffe://<td>/ns/<ns>/sa/*, or <ns>/*")]
     Shape(String),
 }
@@ -152,10 +166,13 @@ impl PeerPattern {
         let pattern = pattern.trim();
         if let Some(prefix) = pattern.strip_suffix("/sa/*") {
             // Validate by building a full ID with a placeholder service account.
-            let probe: SpiffeId = format!("{prefix}/sa/x").parse().map_err(|source| PeerPatternError::Id {
-                pattern: pattern.to_owned(),
-                source,
-            })?;
+            let probe: SpiffeId =
+                format!("{prefix}/sa/x")
+                    .parse()
+                    .map_err(|source| PeerPatternError::Id {
+                        pattern: pattern.to_owned(),
+                        source,
+                    })?;
             return Ok(PeerPattern::Namespace {
                 trust_domain: probe.trust_domain,
                 namespace: probe.namespace,
@@ -170,9 +187,11 @@ impl PeerPattern {
         }
         match pattern.split_once('/') {
             Some((ns, "*")) => {
-                let probe = SpiffeId::new(trust_domain, ns, "x").map_err(|source| PeerPatternError::Id {
-                    pattern: pattern.to_owned(),
-                    source,
+                let probe = SpiffeId::new(trust_domain, ns, "x").map_err(|source| {
+                    PeerPatternError::Id {
+                        pattern: pattern.to_owned(),
+                        source,
+                    }
                 })?;
                 Ok(PeerPattern::Namespace {
                     trust_domain: probe.trust_domain,
@@ -250,7 +269,9 @@ mod tests {
 
     #[test]
     fn error_names_the_offending_part() {
-        let err = "spiffe://cluster.local/ns/Bad/sa/b".parse::<SpiffeId>().unwrap_err();
+        let err = "spiffe://cluster.local/ns/Bad/sa/b"
+            .parse::<SpiffeId>()
+            .unwrap_err();
         assert!(err.to_string().contains("namespace \"Bad\""), "{err}");
     }
 
@@ -259,13 +280,22 @@ mod tests {
         let a: SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
         let b: SpiffeId = "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
         let c: SpiffeId = "spiffe://other.domain/ns/shop/sa/web".parse().unwrap();
-        let exact = PeerPattern::parse("spiffe://cluster.local/ns/shop/sa/web", "cluster.local").unwrap();
+        let exact =
+            PeerPattern::parse("spiffe://cluster.local/ns/shop/sa/web", "cluster.local").unwrap();
         assert!(exact.matches(&a) && !exact.matches(&b) && !exact.matches(&c));
         let ns = PeerPattern::parse("shop/*", "cluster.local").unwrap();
         assert!(ns.matches(&a) && ns.matches(&b) && !ns.matches(&c));
-        let full = PeerPattern::parse("spiffe://other.domain/ns/shop/sa/*", "cluster.local").unwrap();
+        let full =
+            PeerPattern::parse("spiffe://other.domain/ns/shop/sa/*", "cluster.local").unwrap();
         assert!(full.matches(&c) && !full.matches(&a));
-        for bad in ["*", "shop", "shop/web", "/*", "spiffe://cluster.local/ns/*/sa/*", "Shop/*"] {
+        for bad in [
+            "*",
+            "shop",
+            "shop/web",
+            "/*",
+            "spiffe://cluster.local/ns/*/sa/*",
+            "Shop/*",
+        ] {
             assert!(PeerPattern::parse(bad, "cluster.local").is_err(), "{bad:?}");
         }
     }

@@ -108,7 +108,8 @@ impl Credentials {
     ) -> Result<Self, TlsError> {
         let leaf = chain.first().ok_or(TlsError::EmptyChain)?.clone();
         let provider = crypto_provider(KeyExchangePolicy::HybridOnly);
-        verify_chain(&chain, &bundle.store, &provider, UnixTime::now()).map_err(TlsError::ChainInvalid)?;
+        verify_chain(&chain, &bundle.store, &provider, UnixTime::now())
+            .map_err(TlsError::ChainInvalid)?;
         check_identity(&leaf, expected)?;
         let key_pkcs8 = PrivatePkcs8KeyDer::from(key_pkcs8);
         let certified = rustls::sign::CertifiedKey::from_der(
@@ -149,7 +150,8 @@ impl Credentials {
         client_auth_optional: bool,
     ) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = crypto_provider(kx);
-        let builder = WebPkiClientVerifier::builder_with_provider(self.bundle.store(), provider.clone());
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(self.bundle.store(), provider.clone());
         let builder = if client_auth_optional {
             builder.allow_unauthenticated()
         } else {
@@ -174,7 +176,8 @@ impl Credentials {
         alpn: &[&[u8]],
     ) -> Result<Arc<ClientConfig>, TlsError> {
         let provider = crypto_provider(kx);
-        let verifier = SpiffeServerVerifier::new(self.bundle.store(), peer.clone(), provider.clone());
+        let verifier =
+            SpiffeServerVerifier::new(self.bundle.store(), peer.clone(), provider.clone());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(TlsError::Build)?
@@ -223,7 +226,9 @@ impl HandshakeInfo {
                 .negotiated_key_exchange_group()
                 .map(|g| crate::provider::group_name(g.name()))
                 .unwrap_or_else(|| "none".to_owned()),
-            peer_scheme: leaf.map(|c| crate::verify::signature_scheme_name(c)).unwrap_or("none"),
+            peer_scheme: leaf
+                .map(|c| crate::verify::signature_scheme_name(c))
+                .unwrap_or("none"),
             peer_id: leaf.and_then(|c| x509::spiffe_id(c).ok()),
             alpn: conn.alpn_protocol().map(|a| a.to_vec()),
         }

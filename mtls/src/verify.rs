@@ -8,7 +8,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, Error, OtherError, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::spiffe::SpiffeId;
@@ -20,7 +22,10 @@ pub enum PeerIdentityError {
     #[error("peer certificate has no usable SPIFFE ID: {0}")]
     NoIdentity(#[from] x509::CertError),
     #[error("peer identity {actual} is not the expected {expected}")]
-    WrongIdentity { expected: SpiffeId, actual: SpiffeId },
+    WrongIdentity {
+        expected: Box<SpiffeId>,
+        actual: Box<SpiffeId>,
+    },
 }
 
 /// Verifies a server (the destination sidecar or the control plane) by chain and exact SPIFFE ID.
@@ -31,7 +36,11 @@ pub struct SpiffeServerVerifier {
 }
 
 impl SpiffeServerVerifier {
-    pub fn new(roots: Arc<RootCertStore>, expected: SpiffeId, provider: Arc<CryptoProvider>) -> Self {
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        expected: SpiffeId,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
         Self {
             roots,
             expected,
@@ -65,8 +74,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        check_identity(end_entity, &self.expected)
-            .map_err(|e| Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e)))))?;
+        check_identity(end_entity, &self.expected).map_err(|e| {
+            Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -77,7 +87,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
         // The configs are TLS 1.3 only; a TLS 1.2 signature here means something is wrong.
-        Err(Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -86,11 +98,18 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -99,8 +118,8 @@ pub fn check_identity(leaf: &[u8], expected: &SpiffeId) -> Result<(), PeerIdenti
     let actual = x509::spiffe_id(leaf)?;
     if &actual != expected {
         return Err(PeerIdentityError::WrongIdentity {
-            expected: expected.clone(),
-            actual,
+            expected: Box::new(expected.clone()),
+            actual: Box::new(actual),
         });
     }
     Ok(())
@@ -114,9 +133,7 @@ pub fn verify_chain(
     provider: &CryptoProvider,
     now: UnixTime,
 ) -> Result<(), Error> {
-    let (leaf, intermediates) = chain
-        .split_first()
-        .ok_or(Error::NoCertificatesPresented)?;
+    let (leaf, intermediates) = chain.split_first().ok_or(Error::NoCertificatesPresented)?;
     let cert = ParsedCertificate::try_from(leaf)?;
     verify_server_cert_signed_by_trust_anchor(
         &cert,

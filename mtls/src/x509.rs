@@ -75,7 +75,9 @@ pub fn summary(cert_der: &[u8]) -> Result<CertSummary, CertError> {
 }
 
 pub fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
 }
 
 fn hex_upper(bytes: &[u8]) -> String {
@@ -83,7 +85,9 @@ fn hex_upper(bytes: &[u8]) -> String {
 }
 
 /// Parses all CERTIFICATE blocks of a PEM file.
-pub fn certs_from_pem(pem_text: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+pub fn certs_from_pem(
+    pem_text: &str,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
     let blocks = pem::parse_many(pem_text).map_err(|e| format!("invalid PEM: {e}"))?;
     let certs: Vec<_> = blocks
         .into_iter()

@@ -35,36 +35,44 @@ pub fn spawn(
             "listen": o.listen.to_string(), "peer_addr": o.peer_addr, "peer_identity": o.peer_id.to_string(),
         })),
     });
-    let route: admin::Route = Arc::new(move |method: &Method, path: &str, remote: SocketAddr| match (method, path) {
-        (&Method::GET, "/live") => Reply::text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/ready") => match &*tls.borrow() {
-            Some(_) => Reply::text(StatusCode::OK, "ready\n"),
-            None => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first certificate\n"),
+    let route: admin::Route = Arc::new(
+        move |method: &Method, path: &str, remote: SocketAddr| match (method, path) {
+            (&Method::GET, "/live") => Reply::text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/ready") => match &*tls.borrow() {
+                Some(_) => Reply::text(StatusCode::OK, "ready\n"),
+                None => Reply::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for the first certificate\n",
+                ),
+            },
+            (&Method::GET, "/metrics") => admin::render_metrics(&metrics.registry),
+            (&Method::GET, "/config_dump") => {
+                let certificate = tls.borrow().as_ref().map(|t| {
+                    let c = &t.creds;
+                    json!({
+                        "spiffe_id": c.id.to_string(),
+                        "serial": c.serial_hex,
+                        "not_before": unix_seconds(c.not_before),
+                        "not_after": unix_seconds(c.not_after),
+                        "not_after_rfc3339": rfc3339(c.not_after),
+                        "signature_scheme": pqmesh_mtls::verify::signature_scheme_name(&c.chain[0]),
+                        "trust_bundle_roots": c.bundle.roots().len(),
+                    })
+                });
+                let dump = json!({ "config": static_config, "certificate": certificate });
+                Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default())
+            }
+            (&Method::POST, "/shutdown") if remote.ip().is_loopback() => {
+                let _ = shutdown.send(true);
+                Reply::text(StatusCode::OK, "shutting down\n")
+            }
+            (&Method::POST, "/shutdown") => Reply::text(
+                StatusCode::FORBIDDEN,
+                "shutdown is allowed from localhost only\n",
+            ),
+            _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
         },
-        (&Method::GET, "/metrics") => admin::render_metrics(&metrics.registry),
-        (&Method::GET, "/config_dump") => {
-            let certificate = tls.borrow().as_ref().map(|t| {
-                let c = &t.creds;
-                json!({
-                    "spiffe_id": c.id.to_string(),
-                    "serial": c.serial_hex,
-                    "not_before": unix_seconds(c.not_before),
-                    "not_after": unix_seconds(c.not_after),
-                    "not_after_rfc3339": rfc3339(c.not_after),
-                    "signature_scheme": pqmesh_mtls::verify::signature_scheme_name(&c.chain[0]),
-                    "trust_bundle_roots": c.bundle.roots().len(),
-                })
-            });
-            let dump = json!({ "config": static_config, "certificate": certificate });
-            Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default())
-        }
-        (&Method::POST, "/shutdown") if remote.ip().is_loopback() => {
-            let _ = shutdown.send(true);
-            Reply::text(StatusCode::OK, "shutting down\n")
-        }
-        (&Method::POST, "/shutdown") => Reply::text(StatusCode::FORBIDDEN, "shutdown is allowed from localhost only\n"),
-        _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
-    });
+    );
     admin::spawn(config.admin_addr, route)
 }
 

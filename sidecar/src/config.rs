@@ -61,49 +61,67 @@ impl TokenSource {
 
 impl Config {
     pub fn from_env(env: &dyn Env) -> Result<Self, EnvError> {
-        let trust_domain = env.var("PQMESH_TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".to_owned());
+        let trust_domain = env
+            .var("PQMESH_TRUST_DOMAIN")
+            .unwrap_or_else(|| "cluster.local".to_owned());
         let control_plane_id = match env.var("PQMESH_CONTROL_PLANE_ID") {
-            Some(v) => v.parse().map_err(|e| EnvError::new("PQMESH_CONTROL_PLANE_ID", &v, e))?,
+            Some(v) => v
+                .parse()
+                .map_err(|e| EnvError::new("PQMESH_CONTROL_PLANE_ID", &v, e))?,
             None => SpiffeId::new(&trust_domain, "pqmesh-system", "pqmesh-control-plane")
                 .map_err(|e| EnvError::new("PQMESH_TRUST_DOMAIN", &trust_domain, e))?,
         };
-        let token = match (env.var("PQMESH_BOOTSTRAP_TOKEN_FILE"), env.var("PQMESH_BOOTSTRAP_TOKEN")) {
-            (Some(path), None) => TokenSource::File(PathBuf::from(path)),
-            (None, Some(token)) => TokenSource::Inline(token),
-            (Some(_), Some(_)) => {
-                return Err(EnvError::new(
+        let token =
+            match (
+                env.var("PQMESH_BOOTSTRAP_TOKEN_FILE"),
+                env.var("PQMESH_BOOTSTRAP_TOKEN"),
+            ) {
+                (Some(path), None) => TokenSource::File(PathBuf::from(path)),
+                (None, Some(token)) => TokenSource::Inline(token),
+                (Some(_), Some(_)) => return Err(EnvError::new(
                     "PQMESH_BOOTSTRAP_TOKEN",
                     "<redacted>",
                     "set either PQMESH_BOOTSTRAP_TOKEN or PQMESH_BOOTSTRAP_TOKEN_FILE, not both",
-                ))
-            }
-            (None, None) => {
-                return Err(EnvError::new(
-                    "PQMESH_BOOTSTRAP_TOKEN_FILE",
-                    "",
-                    "is required (or PQMESH_BOOTSTRAP_TOKEN)",
-                ))
-            }
-        };
+                )),
+                (None, None) => {
+                    return Err(EnvError::new(
+                        "PQMESH_BOOTSTRAP_TOKEN_FILE",
+                        "",
+                        "is required (or PQMESH_BOOTSTRAP_TOKEN)",
+                    ))
+                }
+            };
         let inbound_allow = match env.var("PQMESH_INBOUND_ALLOW") {
             None => Vec::new(),
             Some(v) => v
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|p| PeerPattern::parse(p, &trust_domain).map_err(|e| EnvError::new("PQMESH_INBOUND_ALLOW", &v, e)))
+                .map(|p| {
+                    PeerPattern::parse(p, &trust_domain)
+                        .map_err(|e| EnvError::new("PQMESH_INBOUND_ALLOW", &v, e))
+                })
                 .collect::<Result<_, _>>()?,
         };
         let outbound = match env.var("PQMESH_OUTBOUND_PEER_ADDR") {
             None => None,
             Some(peer_addr) => {
-                let id_text = env::required(env, "PQMESH_OUTBOUND_PEER_ID")
-                    .map_err(|_| EnvError::new("PQMESH_OUTBOUND_PEER_ID", "", "is required when PQMESH_OUTBOUND_PEER_ADDR is set"))?;
+                let id_text = env::required(env, "PQMESH_OUTBOUND_PEER_ID").map_err(|_| {
+                    EnvError::new(
+                        "PQMESH_OUTBOUND_PEER_ID",
+                        "",
+                        "is required when PQMESH_OUTBOUND_PEER_ADDR is set",
+                    )
+                })?;
                 let peer_id = id_text
                     .parse()
                     .map_err(|e| EnvError::new("PQMESH_OUTBOUND_PEER_ID", &id_text, e))?;
                 Some(OutboundTarget {
-                    listen: env::parse_or(env, "PQMESH_OUTBOUND_ADDR", SocketAddr::from(([127, 0, 0, 1], 15001)))?,
+                    listen: env::parse_or(
+                        env,
+                        "PQMESH_OUTBOUND_ADDR",
+                        SocketAddr::from(([127, 0, 0, 1], 15001)),
+                    )?,
                     peer_addr,
                     peer_id,
                 })
@@ -115,12 +133,28 @@ impl Config {
             trust_bundle_path: PathBuf::from(env::required(env, "PQMESH_TRUST_BUNDLE")?),
             token,
             key_alg: env::parse_or(env, "PQMESH_KEY_ALG", KeyAlgorithm::EcdsaP256)?,
-            kx: KeyExchangePolicy::from_allow_classical(env::parse_bool(env, "PQMESH_ALLOW_CLASSICAL_KX", false)?),
-            inbound_addr: env::parse_or(env, "PQMESH_INBOUND_ADDR", SocketAddr::from(([0, 0, 0, 0], 15006)))?,
-            app_addr: env::parse_or(env, "PQMESH_INBOUND_APP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            kx: KeyExchangePolicy::from_allow_classical(env::parse_bool(
+                env,
+                "PQMESH_ALLOW_CLASSICAL_KX",
+                false,
+            )?),
+            inbound_addr: env::parse_or(
+                env,
+                "PQMESH_INBOUND_ADDR",
+                SocketAddr::from(([0, 0, 0, 0], 15006)),
+            )?,
+            app_addr: env::parse_or(
+                env,
+                "PQMESH_INBOUND_APP_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            )?,
             inbound_allow,
             outbound,
-            admin_addr: env::parse_or(env, "PQMESH_ADMIN_ADDR", SocketAddr::from(([127, 0, 0, 1], 15000)))?,
+            admin_addr: env::parse_or(
+                env,
+                "PQMESH_ADMIN_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 15000)),
+            )?,
             trust_domain,
         })
     }
@@ -152,16 +186,31 @@ mod tests {
         assert_eq!(c.inbound_addr.port(), 15006);
         assert_eq!(c.admin_addr, "127.0.0.1:15000".parse().unwrap());
         assert!(c.outbound.is_none());
-        assert!(c.inbound_allow.is_empty(), "no allow-list means nobody is allowed");
+        assert!(
+            c.inbound_allow.is_empty(),
+            "no allow-list means nobody is allowed"
+        );
         assert_eq!(c.kx, KeyExchangePolicy::HybridOnly);
     }
 
     #[test]
     fn bad_values_name_the_variable() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("PQMESH_INBOUND_ALLOW", "spiffe://cluster.local/ns/a")], "PQMESH_INBOUND_ALLOW"),
-            (&[("PQMESH_OUTBOUND_PEER_ADDR", "127.0.0.1:1")], "PQMESH_OUTBOUND_PEER_ID"),
-            (&[("PQMESH_OUTBOUND_PEER_ADDR", "127.0.0.1:1"), ("PQMESH_OUTBOUND_PEER_ID", "web")], "PQMESH_OUTBOUND_PEER_ID"),
+            (
+                &[("PQMESH_INBOUND_ALLOW", "spiffe://cluster.local/ns/a")],
+                "PQMESH_INBOUND_ALLOW",
+            ),
+            (
+                &[("PQMESH_OUTBOUND_PEER_ADDR", "127.0.0.1:1")],
+                "PQMESH_OUTBOUND_PEER_ID",
+            ),
+            (
+                &[
+                    ("PQMESH_OUTBOUND_PEER_ADDR", "127.0.0.1:1"),
+                    ("PQMESH_OUTBOUND_PEER_ID", "web"),
+                ],
+                "PQMESH_OUTBOUND_PEER_ID",
+            ),
             (&[("PQMESH_KEY_ALG", "rsa-2048")], "PQMESH_KEY_ALG"),
             (&[("PQMESH_INBOUND_ADDR", "nope")], "PQMESH_INBOUND_ADDR"),
             (&[("PQMESH_BOOTSTRAP_TOKEN_FILE", "/t")], "not both"),
@@ -174,7 +223,8 @@ mod tests {
 
     #[test]
     fn token_is_never_printed() {
-        let c = Config::from_env(&env(&[("PQMESH_BOOTSTRAP_TOKEN", "s3cr3t-token-value")])).unwrap();
+        let c =
+            Config::from_env(&env(&[("PQMESH_BOOTSTRAP_TOKEN", "s3cr3t-token-value")])).unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 }

@@ -37,7 +37,10 @@ pub enum IdentityError {
 
 /// Something that turns a CSR into a signed chain (the control plane, or a test double).
 pub trait Certifier: Send + Sync + 'static {
-    fn certify(&self, csr_der: Vec<u8>) -> impl Future<Output = Result<CertifyResponse, IdentityError>> + Send;
+    fn certify(
+        &self,
+        csr_der: Vec<u8>,
+    ) -> impl Future<Output = Result<CertifyResponse, IdentityError>> + Send;
 }
 
 /// Certify over gRPC with hybrid-PQ TLS, pinning the control plane's SPIFFE ID.
@@ -53,7 +56,11 @@ pub struct GrpcCertifier {
 impl Certifier for GrpcCertifier {
     async fn certify(&self, csr_der: Vec<u8>) -> Result<CertifyResponse, IdentityError> {
         let token = self.token.read().map_err(IdentityError::Token)?;
-        let bundle = self.bundle.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let bundle = self
+            .bundle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let tls = anonymous_client_config(&bundle, &self.server_id, self.kx, &[ALPN_H2])
             .map_err(|e| IdentityError::Unreachable(e.to_string()))?;
         let endpoint = tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
@@ -76,7 +83,14 @@ impl Certifier for GrpcCertifier {
                 },
             })?
             .into_inner();
-        if let Ok(next) = TrustBundle::new(response.trust_bundle_der.iter().cloned().map(CertificateDer::from).collect()) {
+        if let Ok(next) = TrustBundle::new(
+            response
+                .trust_bundle_der
+                .iter()
+                .cloned()
+                .map(CertificateDer::from)
+                .collect(),
+        ) {
             *self.bundle.lock().unwrap_or_else(|p| p.into_inner()) = next;
         }
         Ok(response)
@@ -97,7 +111,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// When to renew: between 40 % and 50 % of the lifetime (`jitter` in [0, 1) spreads a fleet
 /// that started together).
 pub fn renew_at(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
-    let lifetime = not_after.duration_since(not_before).unwrap_or(Duration::ZERO);
+    let lifetime = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO);
     let fraction = 0.5 - 0.1 * jitter.clamp(0.0, 1.0);
     not_before + lifetime.mul_f64(fraction)
 }
@@ -121,11 +137,24 @@ pub async fn obtain<C: Certifier>(
     let key = alg.generate()?;
     let csr = pqmesh_mtls::keys::workload_csr(&key)?;
     let response = certifier.certify(csr).await?;
-    let chain: Vec<CertificateDer<'static>> = response.chain_der.into_iter().map(CertificateDer::from).collect();
-    let bundle = TrustBundle::new(response.trust_bundle_der.into_iter().map(CertificateDer::from).collect())
-        .map_err(|e| IdentityError::Rejected(e.to_string()))?;
-    let leaf = chain.first().ok_or_else(|| IdentityError::Rejected("empty chain".into()))?;
-    let issued_id = pqmesh_mtls::x509::spiffe_id(leaf).map_err(|e| IdentityError::Rejected(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = response
+        .chain_der
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let bundle = TrustBundle::new(
+        response
+            .trust_bundle_der
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect(),
+    )
+    .map_err(|e| IdentityError::Rejected(e.to_string()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| IdentityError::Rejected("empty chain".into()))?;
+    let issued_id =
+        pqmesh_mtls::x509::spiffe_id(leaf).map_err(|e| IdentityError::Rejected(e.to_string()))?;
     if let Some(current) = current_id {
         if *current != issued_id {
             return Err(IdentityError::Rejected(format!(
@@ -156,7 +185,9 @@ pub async fn maintain<C: Certifier>(
             Ok(tls) => {
                 failures = 0;
                 metrics.cert_renewals.with_label_values(&["ok"]).inc();
-                metrics.cert_expiry.set(pqmesh_mtls::x509::unix_seconds(tls.creds.not_after) as f64);
+                metrics
+                    .cert_expiry
+                    .set(pqmesh_mtls::x509::unix_seconds(tls.creds.not_after) as f64);
                 tracing::info!(
                     spiffe_id = %tls.creds.id,
                     serial = %tls.creds.serial_hex,
@@ -168,7 +199,9 @@ pub async fn maintain<C: Certifier>(
             Err(e) => {
                 failures += 1;
                 metrics.cert_renewals.with_label_values(&["error"]).inc();
-                let still_valid = current.as_ref().is_some_and(|t| t.creds.not_after > SystemTime::now());
+                let still_valid = current
+                    .as_ref()
+                    .is_some_and(|t| t.creds.not_after > SystemTime::now());
                 tracing::warn!(error = %e, attempt = failures, still_valid, "certify failed; backing off");
             }
         }

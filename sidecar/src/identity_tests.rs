@@ -31,6 +31,8 @@ fn backoff_doubles_with_jitter_and_caps_at_a_minute() {
     assert_eq!(backoff(u32::MAX, 0.0), MAX_BACKOFF / 2);
 }
 
+type Published = watch::Receiver<Option<Arc<MeshTls>>>;
+
 /// Issues real leaves for `spiffe://test.local/ns/app/sa/web` until the plan says fail.
 struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
@@ -40,16 +42,22 @@ struct TestCa {
     plan: Mutex<VecDeque<bool>>,
     calls: tokio::sync::mpsc::UnboundedSender<Instant>,
     /// What the sidecar had published when each call was made.
-    published: Arc<Mutex<Option<watch::Receiver<Option<Arc<MeshTls>>>>>>,
+    published: Arc<Mutex<Option<Published>>>,
     serial_at_call: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestCa {
-    fn new(lifetime: Duration, plan: &[bool]) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Instant>) {
+    fn new(
+        lifetime: Duration,
+        plan: &[bool],
+    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Instant>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
         let root = params.self_signed(&key).unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let ca = TestCa {
@@ -78,11 +86,15 @@ impl Certifier for TestCa {
         let now = SystemTime::now();
         csr.params.not_before = now.into();
         csr.params.not_after = (now + self.lifetime).into();
-        csr.params.subject_alt_names =
-            vec![rcgen::SanType::URI("spiffe://test.local/ns/app/sa/web".try_into().unwrap())];
-        csr.params.extended_key_usages =
-            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        csr.params.serial_number = Some(rcgen::SerialNumber::from_slice(&rand::random::<[u8; 8]>()));
+        csr.params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://test.local/ns/app/sa/web".try_into().unwrap(),
+        )];
+        csr.params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        csr.params.serial_number =
+            Some(rcgen::SerialNumber::from_slice(&rand::random::<[u8; 8]>()));
         let leaf = csr.signed_by(&self.issuer).unwrap();
         Ok(CertifyResponse {
             chain_der: vec![leaf.der().to_vec()],
@@ -108,7 +120,10 @@ fn spawn(ca: TestCa) -> (watch::Receiver<Option<Arc<MeshTls>>>, mpsc::Sender<()>
 }
 
 fn serial(rx: &watch::Receiver<Option<Arc<MeshTls>>>) -> String {
-    rx.borrow().as_ref().map(|t| t.creds.serial_hex.clone()).unwrap_or_default()
+    rx.borrow()
+        .as_ref()
+        .map(|t| t.creds.serial_hex.clone())
+        .unwrap_or_default()
 }
 
 #[tokio::test(start_paused = true)]
@@ -134,28 +149,42 @@ async fn renews_at_half_lifetime_with_jitter() {
 async fn backs_off_exponentially_and_keeps_the_valid_certificate() {
     let lifetime = Duration::from_secs(3600);
     // First issue works, then six failures in a row, then recovery.
-    let (ca, mut calls) = TestCa::new(lifetime, &[true, false, false, false, false, false, false, true]);
+    let (ca, mut calls) = TestCa::new(
+        lifetime,
+        &[true, false, false, false, false, false, false, true],
+    );
     let serial_at_call = ca.serial_at_call.clone();
     let (mut rx, _renew) = spawn(ca);
     let first = calls.recv().await.unwrap();
     rx.wait_for(|t| t.is_some()).await.unwrap();
     let original = serial(&rx);
     let mut last = calls.recv().await.unwrap();
-    assert!(last - first >= Duration::from_secs(1438), "first renewal only after ~half the lifetime");
+    assert!(
+        last - first >= Duration::from_secs(1438),
+        "first renewal only after ~half the lifetime"
+    );
     for attempt in 1..=6u32 {
         let next = calls.recv().await.unwrap();
         let gap = next - last;
         let step = Duration::from_secs(1 << (attempt - 1)).min(MAX_BACKOFF);
-        assert!(gap >= step / 2 && gap <= step, "retry {attempt} after {gap:?}, step {step:?}");
+        assert!(
+            gap >= step / 2 && gap <= step,
+            "retry {attempt} after {gap:?}, step {step:?}"
+        );
         last = next;
     }
     calls.recv().await.unwrap();
-    rx.wait_for(|t| t.as_ref().is_some_and(|t| t.creds.serial_hex != original)).await.unwrap();
+    rx.wait_for(|t| t.as_ref().is_some_and(|t| t.creds.serial_hex != original))
+        .await
+        .unwrap();
     let seen = serial_at_call.lock().unwrap().clone();
     // Calls 2..=8 (the failing ones and the recovery) all happened while the first certificate
     // was still the one published.
     assert!(seen.len() >= 8, "{seen:?}");
-    assert!(seen[1..8].iter().all(|s| *s == original), "{seen:?} vs {original}");
+    assert!(
+        seen[1..8].iter().all(|s| *s == original),
+        "{seen:?} vs {original}"
+    );
     // And the call after the recovery saw the new certificate.
     if let Some(after) = seen.get(8) {
         assert_ne!(*after, original);
@@ -190,6 +219,14 @@ async fn refuses_a_chain_that_does_not_verify() {
     let (ca, _calls) = TestCa::new(Duration::from_secs(3600), &[]);
     let (other, _c) = TestCa::new(Duration::from_secs(3600), &[]);
     let wrong = WrongBundle(ca, other.root.clone());
-    let err = obtain(&wrong, KeyAlgorithm::EcdsaP256, KeyExchangePolicy::HybridOnly, None).await.err().unwrap();
+    let err = obtain(
+        &wrong,
+        KeyAlgorithm::EcdsaP256,
+        KeyExchangePolicy::HybridOnly,
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("does not verify"), "{err}");
 }

@@ -28,7 +28,10 @@ pub enum StartError {
     #[error("trust bundle {path}: {reason}")]
     Bundle { path: String, reason: String },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub struct RunningSidecar {
@@ -76,10 +79,11 @@ impl RunningSidecar {
 }
 
 pub async fn start(config: Config) -> Result<RunningSidecar, StartError> {
-    let bundle_text = std::fs::read_to_string(&config.trust_bundle_path).map_err(|e| StartError::Bundle {
-        path: config.trust_bundle_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let bundle_text =
+        std::fs::read_to_string(&config.trust_bundle_path).map_err(|e| StartError::Bundle {
+            path: config.trust_bundle_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let bundle = TrustBundle::from_pem(&bundle_text).map_err(|reason| StartError::Bundle {
         path: config.trust_bundle_path.display().to_string(),
         reason,
@@ -93,13 +97,17 @@ pub async fn start(config: Config) -> Result<RunningSidecar, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
     };
     let inbound_listener = bind(config.inbound_addr).await?;
-    let inbound_addr = inbound_listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.inbound_addr,
-        source,
-    })?;
+    let inbound_addr = inbound_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.inbound_addr,
+            source,
+        })?;
     let mut tasks = Vec::new();
     let inbound = Arc::new(Inbound {
         app_addr: config.app_addr,
@@ -107,7 +115,11 @@ pub async fn start(config: Config) -> Result<RunningSidecar, StartError> {
         tls: tls_rx.clone(),
         metrics: metrics.clone(),
     });
-    tasks.push(tokio::spawn(proxy::serve_inbound(inbound_listener, inbound, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(proxy::serve_inbound(
+        inbound_listener,
+        inbound,
+        shutdown_rx.clone(),
+    )));
 
     let mut outbound_addr = None;
     if let Some(target) = config.outbound.clone() {
@@ -121,7 +133,11 @@ pub async fn start(config: Config) -> Result<RunningSidecar, StartError> {
             tls: tls_rx.clone(),
             metrics: metrics.clone(),
         });
-        tasks.push(tokio::spawn(proxy::serve_outbound(listener, outbound, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(proxy::serve_outbound(
+            listener,
+            outbound,
+            shutdown_rx.clone(),
+        )));
     }
 
     let certifier = GrpcCertifier {
@@ -140,11 +156,15 @@ pub async fn start(config: Config) -> Result<RunningSidecar, StartError> {
         metrics.clone(),
     )));
 
-    let admin_addr = admin::spawn(&config, tls_rx.clone(), metrics.clone(), shutdown_tx.clone()).map_err(|source| {
-        StartError::Bind {
-            addr: config.admin_addr,
-            source,
-        }
+    let admin_addr = admin::spawn(
+        &config,
+        tls_rx.clone(),
+        metrics.clone(),
+        shutdown_tx.clone(),
+    )
+    .map_err(|source| StartError::Bind {
+        addr: config.admin_addr,
+        source,
     })?;
     tracing::info!(%inbound_addr, outbound = ?outbound_addr, %admin_addr, control_plane = %config.control_plane_addr,
         kx = ?config.kx, key_alg = %config.key_alg, "sidecar started");

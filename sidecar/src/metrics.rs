@@ -15,7 +15,9 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
@@ -52,11 +54,20 @@ impl Metrics {
             "Certify attempts, by outcome",
             &["outcome"],
         );
-        let connections_open = IntGauge::new("connections_open", "Proxied connections currently open").expect("static metric");
-        registry.register(Box::new(connections_open.clone())).expect("unique metric");
-        let cert_expiry = Gauge::new("certificate_expiry_timestamp_seconds", "notAfter of the workload certificate in use")
-            .expect("static metric");
-        registry.register(Box::new(cert_expiry.clone())).expect("unique metric");
+        let connections_open =
+            IntGauge::new("connections_open", "Proxied connections currently open")
+                .expect("static metric");
+        registry
+            .register(Box::new(connections_open.clone()))
+            .expect("unique metric");
+        let cert_expiry = Gauge::new(
+            "certificate_expiry_timestamp_seconds",
+            "notAfter of the workload certificate in use",
+        )
+        .expect("static metric");
+        registry
+            .register(Box::new(cert_expiry.clone()))
+            .expect("unique metric");
         Self {
             registry,
             handshakes,

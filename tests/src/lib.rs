@@ -21,7 +21,11 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pqmesh-{tag}-{}-{}", std::process::id(), rand::random::<u64>()));
+        let dir = std::env::temp_dir().join(format!(
+            "pqmesh-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         Self(dir)
     }
@@ -50,7 +54,9 @@ impl ControlPlane {
         let mut yaml = String::from("tokens:\n");
         for sa in service_accounts {
             let token = format!("tok-{sa}-{:032x}", rand::random::<u128>());
-            yaml.push_str(&format!("  - token: {token}\n    namespace: shop\n    serviceAccount: {sa}\n"));
+            yaml.push_str(&format!(
+                "  - token: {token}\n    namespace: shop\n    serviceAccount: {sa}\n"
+            ));
             tokens.insert(sa.to_string(), token);
         }
         std::fs::write(dir.path().join("bootstrap-tokens.yaml"), yaml).unwrap();
@@ -62,9 +68,16 @@ impl ControlPlane {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let config = pqmesh_control_plane::config::Config::from_env(dir.path().to_owned(), &env).unwrap();
-        let running = pqmesh_control_plane::start(config).await.expect("control plane starts");
-        Self { running, dir, tokens }
+        let config =
+            pqmesh_control_plane::config::Config::from_env(dir.path().to_owned(), &env).unwrap();
+        let running = pqmesh_control_plane::start(config)
+            .await
+            .expect("control plane starts");
+        Self {
+            running,
+            dir,
+            tokens,
+        }
     }
 
     pub fn token(&self, sa: &str) -> &str {
@@ -74,8 +87,14 @@ impl ControlPlane {
     /// The `PQMESH_*` settings a sidecar for `sa` needs to reach this control plane.
     pub fn sidecar_env(&self, sa: &str, key_alg: KeyAlgorithm) -> HashMap<String, String> {
         [
-            ("PQMESH_CONTROL_PLANE_ADDR", self.running.grpc_addr.to_string()),
-            ("PQMESH_TRUST_BUNDLE", self.running.trust_bundle_path.display().to_string()),
+            (
+                "PQMESH_CONTROL_PLANE_ADDR",
+                self.running.grpc_addr.to_string(),
+            ),
+            (
+                "PQMESH_TRUST_BUNDLE",
+                self.running.trust_bundle_path.display().to_string(),
+            ),
             ("PQMESH_BOOTSTRAP_TOKEN", self.token(sa).to_owned()),
             ("PQMESH_KEY_ALG", key_alg.name().to_owned()),
             ("PQMESH_INBOUND_ADDR", "127.0.0.1:0".to_owned()),
@@ -162,9 +181,11 @@ pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str
         .filter(|f| f.name() == name)
         .flat_map(|f| f.get_metric().iter())
         .filter(|m| {
-            labels
-                .iter()
-                .all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v))
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
         })
         .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
         .sum()
@@ -175,7 +196,10 @@ pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str
 pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
@@ -213,13 +237,23 @@ pub fn client_fixture(cp: &ControlPlane, sa: &str, alg: KeyAlgorithm, dir: &Path
 /// Path of an external tool for the `external_*` tests: `$var` if set, else `default` on PATH.
 /// Panics with the fix when missing: these tests are run by ./test.sh, which installs them.
 pub fn external_tool(var: &str, default: &str) -> PathBuf {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
     let found = std::process::Command::new(&path)
         .arg("--version")
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-        || std::process::Command::new(&path).arg("version").output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(found, "{} not found ({var} or PATH): run ./test.sh, which installs the external peers", path.display());
+        || std::process::Command::new(&path)
+            .arg("version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    assert!(
+        found,
+        "{} not found ({var} or PATH): run ./test.sh, which installs the external peers",
+        path.display()
+    );
     path
 }

@@ -5,16 +5,19 @@
 //! `tests/external/capture_keyshare.sh`: loopback cannot be captured on this kernel, so it runs the
 //! binaries in two network namespaces joined by a veth pair.)
 
-use std::process::{Command, Stdio};
 use pqmesh_mtls::KeyAlgorithm;
 use pqmesh_tests::*;
+use std::process::{Command, Stdio};
 
 async fn server(alg: KeyAlgorithm) -> (ControlPlane, EchoApp, pqmesh_sidecar::RunningSidecar) {
     let cp = ControlPlane::start(alg, &["web", "api"]).await;
     let app = EchoApp::start().await;
     let b = sidecar(with(
         cp.sidecar_env("api", alg),
-        &[("PQMESH_INBOUND_APP_ADDR", &app.addr.to_string()), ("PQMESH_INBOUND_ALLOW", &spiffe("web"))],
+        &[
+            ("PQMESH_INBOUND_APP_ADDR", &app.addr.to_string()),
+            ("PQMESH_INBOUND_ALLOW", &spiffe("web")),
+        ],
     ))
     .await;
     (cp, app, b)
@@ -32,7 +35,12 @@ fn node_probe(b: &pqmesh_sidecar::RunningSidecar, f: &ClientFixture) -> serde_js
         .output()
         .expect("run node");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    serde_json_lite::parse(text.trim()).unwrap_or_else(|| panic!("node said {text:?} / {}", String::from_utf8_lossy(&out.stderr)))
+    serde_json_lite::parse(text.trim()).unwrap_or_else(|| {
+        panic!(
+            "node said {text:?} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 /// Tiny JSON field reader for the probe's one-line output (avoids a JSON dependency here).
@@ -50,7 +58,8 @@ mod serde_json_lite {
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs openssl and Node 24; run by ./test.sh"]
-async fn external_openssl_classical_client_is_refused_and_node_openssl35_hybrid_client_is_admitted() {
+async fn external_openssl_classical_client_is_refused_and_node_openssl35_hybrid_client_is_admitted()
+{
     let (cp, app, b) = server(KeyAlgorithm::EcdsaP256).await;
     let dir = TempDir::new("fixtures");
     let f = client_fixture(&cp, "web", KeyAlgorithm::EcdsaP256, dir.path());
@@ -58,27 +67,66 @@ async fn external_openssl_classical_client_is_refused_and_node_openssl35_hybrid_
     // OpenSSL from the distribution (3.0 on Debian 12: no ML-KEM at all), offering classical groups.
     let openssl = external_tool("PQMESH_OPENSSL", "openssl");
     let mut child = Command::new(&openssl)
-        .args(["s_client", "-connect", &b.inbound_addr.to_string(), "-tls1_3", "-groups", "X25519:P-256", "-alpn", "pqmesh/1"])
-        .arg("-cert").arg(&f.cert).arg("-key").arg(&f.key).arg("-CAfile").arg(&f.ca)
+        .args([
+            "s_client",
+            "-connect",
+            &b.inbound_addr.to_string(),
+            "-tls1_3",
+            "-groups",
+            "X25519:P-256",
+            "-alpn",
+            "pqmesh/1",
+        ])
+        .arg("-cert")
+        .arg(&f.cert)
+        .arg("-key")
+        .arg(&f.key)
+        .arg("-CAfile")
+        .arg(&f.ca)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run openssl");
     child.stdin.take().unwrap().write_all_sync(b"ping\n");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(all.contains("handshake failure"), "OpenSSL classical client was not refused:\n{all}");
-    assert!(all.contains("Cipher is (NONE)"), "no session may be established:\n{all}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("handshake failure"),
+        "OpenSSL classical client was not refused:\n{all}"
+    );
+    assert!(
+        all.contains("Cipher is (NONE)"),
+        "no session may be established:\n{all}"
+    );
     assert_eq!(app.connections(), 0);
 
     // Node 24 / OpenSSL 3.5 offering only X25519MLKEM768 completes mutual TLS and reaches the app.
     let v = node_probe(&b, &f);
-    assert!(v.has("ok", "true") && v.has("protocol", "\"TLSv1.3\"") && v.has("alpn", "\"pqmesh/1\""), "{}", v.0);
-    assert!(v.0.contains("URI:spiffe://cluster.local/ns/shop/sa/api"), "{}", v.0);
+    assert!(
+        v.has("ok", "true") && v.has("protocol", "\"TLSv1.3\"") && v.has("alpn", "\"pqmesh/1\""),
+        "{}",
+        v.0
+    );
+    assert!(
+        v.0.contains("URI:spiffe://cluster.local/ns/shop/sa/api"),
+        "{}",
+        v.0
+    );
     assert_eq!(app.connections(), 1);
     eventually("B recorded the hybrid handshake", || {
-        metric(&b.metrics.registry, "pqmesh_tls_handshakes_total", &[("group", "X25519MLKEM768")]) == 1.0
+        metric(
+            &b.metrics.registry,
+            "pqmesh_tls_handshakes_total",
+            &[("group", "X25519MLKEM768")],
+        ) == 1.0
     })
     .await;
 }
@@ -93,7 +141,11 @@ async fn external_node_openssl35_completes_mutual_tls_with_ml_dsa_65_certificate
     assert!(v.has("ok", "true"), "{}", v.0);
     assert_eq!(app.connections(), 1);
     eventually("B saw the client sign with ML-DSA-65", || {
-        metric(&b.metrics.registry, "pqmesh_tls_handshakes_total", &[("signature_scheme", "ML-DSA-65")]) == 1.0
+        metric(
+            &b.metrics.registry,
+            "pqmesh_tls_handshakes_total",
+            &[("signature_scheme", "ML-DSA-65")],
+        ) == 1.0
     })
     .await;
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pqmesh_mtls::{KeyAlgorithm, KeyExchangePolicy};
-use pqmesh_sidecar::identity::{obtain, GrpcCertifier};
 use pqmesh_sidecar::config::TokenSource;
+use pqmesh_sidecar::identity::{obtain, GrpcCertifier};
 use pqmesh_tests::*;
 use rustls::crypto::aws_lc_rs::kx_group;
 use rustls_pki_types::ServerName;
@@ -40,7 +40,10 @@ async fn web_credentials(cp: &ControlPlane) -> Arc<pqmesh_sidecar::tls::MeshTls>
 }
 
 async fn credentials_for(cp: &ControlPlane, sa: &str) -> Arc<pqmesh_sidecar::tls::MeshTls> {
-    let bundle = pqmesh_mtls::TrustBundle::from_pem(&std::fs::read_to_string(&cp.running.trust_bundle_path).unwrap()).unwrap();
+    let bundle = pqmesh_mtls::TrustBundle::from_pem(
+        &std::fs::read_to_string(&cp.running.trust_bundle_path).unwrap(),
+    )
+    .unwrap();
     let certifier = GrpcCertifier {
         addr: cp.running.grpc_addr.to_string(),
         server_id: cp.running.identity.clone(),
@@ -48,7 +51,14 @@ async fn credentials_for(cp: &ControlPlane, sa: &str) -> Arc<pqmesh_sidecar::tls
         token: TokenSource::Inline(cp.token(sa).to_owned()),
         bundle: std::sync::Mutex::new(bundle),
     };
-    obtain(&certifier, KeyAlgorithm::EcdsaP256, KeyExchangePolicy::HybridOnly, None).await.unwrap()
+    obtain(
+        &certifier,
+        KeyAlgorithm::EcdsaP256,
+        KeyExchangePolicy::HybridOnly,
+        None,
+    )
+    .await
+    .unwrap()
 }
 
 /// A client config with the mesh credentials but the given groups / versions / ALPN.
@@ -72,8 +82,13 @@ fn probe_config_trusting(
     let mut provider = rustls_post_quantum::provider();
     provider.kx_groups = groups;
     let provider = Arc::new(provider);
-    let verifier = pqmesh_mtls::verify::SpiffeServerVerifier::new(roots, spiffe("api").parse().unwrap(), provider.clone());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(creds.creds.key_pkcs8_for_tests().clone_key());
+    let verifier = pqmesh_mtls::verify::SpiffeServerVerifier::new(
+        roots,
+        spiffe("api").parse().unwrap(),
+        provider.clone(),
+    );
+    let key =
+        rustls::pki_types::PrivateKeyDer::Pkcs8(creds.creds.key_pkcs8_for_tests().clone_key());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .unwrap()
@@ -86,7 +101,10 @@ fn probe_config_trusting(
 }
 
 /// Handshakes and sends a line; Ok(echo) if the app answered, Err(reason) otherwise.
-async fn probe(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<Vec<u8>, String> {
+async fn probe(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Vec<u8>, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("pqmesh.mesh").unwrap(), tcp)
@@ -112,17 +130,49 @@ async fn only_hybrid_tls13_with_mesh_alpn_reaches_the_app() {
     let alpn = || vec![b"pqmesh/1".to_vec()];
 
     // Positive control: the same credentials with the hybrid group work.
-    let ok = probe(addr, probe_config(&creds, vec![kx_group::X25519MLKEM768], TLS13, alpn())).await;
+    let ok = probe(
+        addr,
+        probe_config(&creds, vec![kx_group::X25519MLKEM768], TLS13, alpn()),
+    )
+    .await;
     assert_eq!(ok, Ok(b"ping".to_vec()));
     assert_eq!(t.app.connections(), 1);
 
     let refused = [
-        ("X25519 only", probe_config(&creds, vec![kx_group::X25519], TLS13, alpn())),
-        ("P-256 only", probe_config(&creds, vec![kx_group::SECP256R1], TLS13, alpn())),
-        ("MLKEM768 alone (no hybrid)", probe_config(&creds, vec![kx_group::MLKEM768], TLS13, alpn())),
-        ("TLS 1.2 only", probe_config(&creds, vec![kx_group::X25519, kx_group::SECP256R1], TLS12, alpn())),
-        ("no ALPN", probe_config(&creds, vec![kx_group::X25519MLKEM768], TLS13, vec![])),
-        ("h2 ALPN", probe_config(&creds, vec![kx_group::X25519MLKEM768], TLS13, vec![b"h2".to_vec()])),
+        (
+            "X25519 only",
+            probe_config(&creds, vec![kx_group::X25519], TLS13, alpn()),
+        ),
+        (
+            "P-256 only",
+            probe_config(&creds, vec![kx_group::SECP256R1], TLS13, alpn()),
+        ),
+        (
+            "MLKEM768 alone (no hybrid)",
+            probe_config(&creds, vec![kx_group::MLKEM768], TLS13, alpn()),
+        ),
+        (
+            "TLS 1.2 only",
+            probe_config(
+                &creds,
+                vec![kx_group::X25519, kx_group::SECP256R1],
+                TLS12,
+                alpn(),
+            ),
+        ),
+        (
+            "no ALPN",
+            probe_config(&creds, vec![kx_group::X25519MLKEM768], TLS13, vec![]),
+        ),
+        (
+            "h2 ALPN",
+            probe_config(
+                &creds,
+                vec![kx_group::X25519MLKEM768],
+                TLS13,
+                vec![b"h2".to_vec()],
+            ),
+        ),
     ];
     for (name, config) in refused {
         let result = probe(addr, config).await;
@@ -130,7 +180,11 @@ async fn only_hybrid_tls13_with_mesh_alpn_reaches_the_app() {
     }
     assert_eq!(t.app.connections(), 1, "no refused client reached the app");
     assert!(
-        metric(&t.b.metrics.registry, "pqmesh_tls_handshake_failures_total", &[("direction", "inbound")]) >= 4.0,
+        metric(
+            &t.b.metrics.registry,
+            "pqmesh_tls_handshake_failures_total",
+            &[("direction", "inbound")]
+        ) >= 4.0,
         "group and version refusals are counted as handshake failures"
     );
 }
@@ -140,9 +194,20 @@ async fn the_migration_setting_admits_classical_groups_and_metrics_show_it() {
     let t = target(&[("PQMESH_ALLOW_CLASSICAL_KX", "true")]).await;
     let creds = web_credentials(&t.cp).await;
     let alpn = vec![b"pqmesh/1".to_vec()];
-    let ok = probe(t.b.inbound_addr, probe_config(&creds, vec![kx_group::X25519], TLS13, alpn)).await;
+    let ok = probe(
+        t.b.inbound_addr,
+        probe_config(&creds, vec![kx_group::X25519], TLS13, alpn),
+    )
+    .await;
     assert_eq!(ok, Ok(b"ping".to_vec()));
-    assert_eq!(metric(&t.b.metrics.registry, "pqmesh_tls_handshakes_total", &[("group", "X25519")]), 1.0);
+    assert_eq!(
+        metric(
+            &t.b.metrics.registry,
+            "pqmesh_tls_handshakes_total",
+            &[("group", "X25519")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -174,11 +239,21 @@ async fn a_client_certificate_from_another_ca_is_refused_even_when_the_client_tr
     let other = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web"]).await;
     let foreign = credentials_for(&other, "web").await;
     let trusts_b = web_credentials(&t.cp).await.creds.bundle.store();
-    let config = probe_config_trusting(&foreign, trusts_b, vec![kx_group::X25519MLKEM768], TLS13, vec![b"pqmesh/1".to_vec()]);
+    let config = probe_config_trusting(
+        &foreign,
+        trusts_b,
+        vec![kx_group::X25519MLKEM768],
+        TLS13,
+        vec![b"pqmesh/1".to_vec()],
+    );
     assert!(probe(t.b.inbound_addr, config).await.is_err());
     assert_eq!(t.app.connections(), 0);
     eventually("B counted the untrusted client certificate", || {
-        metric(&t.b.metrics.registry, "pqmesh_tls_handshake_failures_total", &[("reason", "untrusted_certificate")]) == 1.0
+        metric(
+            &t.b.metrics.registry,
+            "pqmesh_tls_handshake_failures_total",
+            &[("reason", "untrusted_certificate")],
+        ) == 1.0
     })
     .await;
 }

@@ -88,9 +88,20 @@ async fn one_mebibyte_arrives_exact_in_both_directions_and_half_close_propagates
     assert_eq!(back.len(), data.len() + EOF_TRAILER.len());
     assert!(back[..data.len()] == data[..], "echoed bytes differ");
     assert_eq!(&back[data.len()..], EOF_TRAILER);
-    assert_eq!(metric(&p.a.metrics.registry, "pqmesh_tls_handshakes_total", &[("group", "X25519MLKEM768")]), 1.0);
     assert_eq!(
-        metric(&p.b.metrics.registry, "pqmesh_tls_handshakes_total", &[("signature_scheme", "ecdsa_secp256r1_sha256")]),
+        metric(
+            &p.a.metrics.registry,
+            "pqmesh_tls_handshakes_total",
+            &[("group", "X25519MLKEM768")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &p.b.metrics.registry,
+            "pqmesh_tls_handshakes_total",
+            &[("signature_scheme", "ecdsa_secp256r1_sha256")]
+        ),
         1.0
     );
 }
@@ -98,7 +109,9 @@ async fn one_mebibyte_arrives_exact_in_both_directions_and_half_close_propagates
 #[tokio::test]
 async fn many_small_writes_and_round_trips_arrive_in_order() {
     let p = pair(KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP256).await;
-    let stream = TcpStream::connect(p.a.outbound_addr.unwrap()).await.unwrap();
+    let stream = TcpStream::connect(p.a.outbound_addr.unwrap())
+        .await
+        .unwrap();
     stream.set_nodelay(true).unwrap();
     let (mut rd, mut wr) = stream.into_split();
     // Ping-pong: 300 round trips of small messages of varying size.
@@ -126,7 +139,9 @@ async fn many_small_writes_and_round_trips_arrive_in_order() {
 #[tokio::test]
 async fn renewal_during_an_open_connection_breaks_nothing() {
     let p = pair(KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP256).await;
-    let stream = TcpStream::connect(p.a.outbound_addr.unwrap()).await.unwrap();
+    let stream = TcpStream::connect(p.a.outbound_addr.unwrap())
+        .await
+        .unwrap();
     let (mut rd, mut wr) = stream.into_split();
     wr.write_all(b"before").await.unwrap();
     let mut got = [0u8; 6];
@@ -138,7 +153,9 @@ async fn renewal_during_an_open_connection_breaks_nothing() {
     p.a.renew_now();
     p.b.renew_now();
     tokio::time::timeout(Duration::from_secs(20), async {
-        while p.a.current().unwrap().creds.serial_hex == serial_a || p.b.current().unwrap().creds.serial_hex == serial_b {
+        while p.a.current().unwrap().creds.serial_hex == serial_a
+            || p.b.current().unwrap().creds.serial_hex == serial_b
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -151,8 +168,18 @@ async fn renewal_during_an_open_connection_breaks_nothing() {
     rd.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"after");
     // ...and a new connection is made with the new certificates.
-    assert_eq!(exchange(p.a.outbound_addr.unwrap(), b"new").await, [b"new".as_slice(), EOF_TRAILER].concat());
-    assert_eq!(metric(&p.a.metrics.registry, "pqmesh_certificate_renewals_total", &[("outcome", "ok")]), 2.0);
+    assert_eq!(
+        exchange(p.a.outbound_addr.unwrap(), b"new").await,
+        [b"new".as_slice(), EOF_TRAILER].concat()
+    );
+    assert_eq!(
+        metric(
+            &p.a.metrics.registry,
+            "pqmesh_certificate_renewals_total",
+            &[("outcome", "ok")]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -171,7 +198,11 @@ async fn a_peer_with_an_identity_b_does_not_allow_is_refused_before_the_app() {
     assert!(back.is_empty(), "intruder got {back:?}");
     assert_eq!(p.app.connections(), 0, "the app never saw the intruder");
     eventually("B counted the denied identity", || {
-        metric(&p.b.metrics.registry, "pqmesh_connections_total", &[("outcome", "denied_identity")]) == 1.0
+        metric(
+            &p.b.metrics.registry,
+            "pqmesh_connections_total",
+            &[("outcome", "denied_identity")],
+        ) == 1.0
     })
     .await;
     // The allowed peer still gets through.
@@ -196,7 +227,11 @@ async fn a_client_requiring_another_identity_refuses_the_server() {
     assert!(back.is_empty());
     assert_eq!(p.app.connections(), 0);
     eventually("the confused client counted its refusal", || {
-        metric(&confused.metrics.registry, "pqmesh_tls_handshake_failures_total", &[("reason", "wrong_identity")]) == 1.0
+        metric(
+            &confused.metrics.registry,
+            "pqmesh_tls_handshake_failures_total",
+            &[("reason", "wrong_identity")],
+        ) == 1.0
     })
     .await;
 }
@@ -215,15 +250,27 @@ async fn peers_with_certificates_from_another_ca_are_refused_both_ways() {
         ],
     ))
     .await;
-    assert!(refused_exchange(foreign_client.outbound_addr.unwrap(), b"x").await.is_empty());
+    assert!(
+        refused_exchange(foreign_client.outbound_addr.unwrap(), b"x")
+            .await
+            .is_empty()
+    );
     assert_eq!(p.app.connections(), 0);
     // Both sides distrust each other; the client notices first and aborts with an alert.
     eventually("the foreign client refused B's certificate", || {
-        metric(&foreign_client.metrics.registry, "pqmesh_tls_handshake_failures_total", &[("reason", "untrusted_certificate")]) == 1.0
+        metric(
+            &foreign_client.metrics.registry,
+            "pqmesh_tls_handshake_failures_total",
+            &[("reason", "untrusted_certificate")],
+        ) == 1.0
     })
     .await;
     eventually("B counted the failed handshake", || {
-        metric(&p.b.metrics.registry, "pqmesh_tls_handshake_failures_total", &[("direction", "inbound")]) == 1.0
+        metric(
+            &p.b.metrics.registry,
+            "pqmesh_tls_handshake_failures_total",
+            &[("direction", "inbound")],
+        ) == 1.0
     })
     .await;
 
@@ -240,15 +287,24 @@ async fn peers_with_certificates_from_another_ca_are_refused_both_ways() {
         p.cp.sidecar_env("web", KeyAlgorithm::EcdsaP256),
         &[
             ("PQMESH_OUTBOUND_ADDR", "127.0.0.1:0"),
-            ("PQMESH_OUTBOUND_PEER_ADDR", &foreign_server.inbound_addr.to_string()),
+            (
+                "PQMESH_OUTBOUND_PEER_ADDR",
+                &foreign_server.inbound_addr.to_string(),
+            ),
             ("PQMESH_OUTBOUND_PEER_ID", &spiffe("api")),
         ],
     ))
     .await;
-    assert!(refused_exchange(a_to_foreign.outbound_addr.unwrap(), b"x").await.is_empty());
+    assert!(refused_exchange(a_to_foreign.outbound_addr.unwrap(), b"x")
+        .await
+        .is_empty());
     assert_eq!(foreign_app.connections(), 0);
     eventually("A counted the untrusted server", || {
-        metric(&a_to_foreign.metrics.registry, "pqmesh_tls_handshake_failures_total", &[("reason", "untrusted_certificate")]) == 1.0
+        metric(
+            &a_to_foreign.metrics.registry,
+            "pqmesh_tls_handshake_failures_total",
+            &[("reason", "untrusted_certificate")],
+        ) == 1.0
     })
     .await;
 }
@@ -260,15 +316,30 @@ async fn ml_dsa_65_mode_works_end_to_end() {
     let back = exchange(p.a.outbound_addr.unwrap(), &data).await;
     assert!(back[..data.len()] == data[..]);
     assert_eq!(
-        metric(&p.a.metrics.registry, "pqmesh_tls_handshakes_total", &[("group", "X25519MLKEM768"), ("signature_scheme", "ML-DSA-65")]),
+        metric(
+            &p.a.metrics.registry,
+            "pqmesh_tls_handshakes_total",
+            &[
+                ("group", "X25519MLKEM768"),
+                ("signature_scheme", "ML-DSA-65")
+            ]
+        ),
         1.0,
         "A saw B sign with ML-DSA-65"
     );
     assert_eq!(
-        metric(&p.b.metrics.registry, "pqmesh_tls_handshakes_total", &[("signature_scheme", "ML-DSA-65")]),
+        metric(
+            &p.b.metrics.registry,
+            "pqmesh_tls_handshakes_total",
+            &[("signature_scheme", "ML-DSA-65")]
+        ),
         1.0,
         "B saw A sign with ML-DSA-65"
     );
     let root = p.a.current().unwrap().creds.bundle.roots()[0].clone();
-    assert_eq!(pqmesh_mtls::verify::signature_scheme_name(&root), "ML-DSA-65", "the root is ML-DSA-65 too");
+    assert_eq!(
+        pqmesh_mtls::verify::signature_scheme_name(&root),
+        "ML-DSA-65",
+        "the root is ML-DSA-65 too"
+    );
 }
