@@ -1,10 +1,13 @@
 //! pqmesh control plane: the mesh CA (`pqmesh.identity.v1.Identity`) served over hybrid
-//! post-quantum TLS, in local mode (CA material and bootstrap tokens from a directory).
+//! post-quantum TLS, and mesh discovery (`pqmesh.discovery.v1.Discovery`), in local mode (CA
+//! material, bootstrap tokens and endpoints from a directory).
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod config;
 pub mod csr;
+pub mod discovery;
+pub mod endpoints;
 pub mod identity;
 pub mod metrics;
 pub mod tokens;
@@ -18,6 +21,7 @@ use hyper::{Method, StatusCode};
 use pqmesh_mtls::admin::{self, Reply};
 use pqmesh_mtls::tls::ALPN_H2;
 use pqmesh_mtls::{Credentials, SpiffeId};
+use pqmesh_proto::discovery::v1::discovery_server::DiscoveryServer;
 use pqmesh_proto::identity::v1::identity_server::IdentityServer;
 use rustls::ServerConfig;
 use tokio::sync::{oneshot, watch};
@@ -48,6 +52,8 @@ pub enum StartError {
     Tokens(#[from] tokens::TokenFileError),
     #[error("serving certificate: {0}")]
     Serving(String),
+    #[error("endpoints: {0}")]
+    Endpoints(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -157,6 +163,11 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         HANDSHAKE_TIMEOUT,
         Arc::new(move |reason: &str| failures.with_label_values(&[reason]).inc()),
     );
+    let table = endpoints::watch_file(dir, &config.trust_domain).map_err(StartError::Endpoints)?;
+    let discovery = discovery::DiscoveryService {
+        table,
+        metrics: metrics.clone(),
+    };
     let identity = IdentityService {
         ca: ca.clone(),
         tokens,
@@ -166,6 +177,7 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(IdentityServer::new(identity).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .add_service(DiscoveryServer::new(discovery).max_decoding_message_size(MAX_REQUEST_BYTES))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;
             }),

@@ -1,6 +1,6 @@
 //! The control plane's one prometheus registry.
 
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -10,6 +10,7 @@ pub struct Metrics {
     pub root_expiry: Gauge,
     pub serving_cert_expiry: Gauge,
     pub handshake_failures: IntCounterVec,
+    pub discovery_streams: IntGauge,
 }
 
 impl Metrics {
@@ -79,6 +80,9 @@ impl Metrics {
         registry
             .register(Box::new(serving_cert_expiry.clone()))
             .expect("unique metric");
+        let discovery_streams =
+            IntGauge::new("discovery_streams", "Connected sidecar discovery streams").expect("static metric");
+        registry.register(Box::new(discovery_streams.clone())).expect("unique metric");
         Self {
             registry,
             certificates_issued,
@@ -87,6 +91,7 @@ impl Metrics {
             root_expiry,
             serving_cert_expiry,
             handshake_failures,
+            discovery_streams,
         }
     }
 }

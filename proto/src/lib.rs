@@ -5,3 +5,9 @@ pub mod identity {
         tonic::include_proto!("pqmesh.identity.v1");
     }
 }
+
+pub mod discovery {
+    pub mod v1 {
+        tonic::include_proto!("pqmesh.discovery.v1");
+    }
+}

@@ -18,6 +18,7 @@ use crate::tls::MeshTls;
 pub fn spawn(
     config: &Config,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
+    discovery_ready: Option<watch::Receiver<bool>>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
 ) -> std::io::Result<SocketAddr> {
@@ -29,22 +30,32 @@ pub fn spawn(
         "inbound": {
             "listen": config.inbound_addr.to_string(),
             "app": config.app_addr.to_string(),
+            "mode": format!("{:?}", config.inbound_mode).to_uppercase(),
             "allow": config.inbound_allow.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         },
-        "outbound": config.outbound.as_ref().map(|o| json!({
-            "listen": o.listen.to_string(), "peer_addr": o.peer_addr, "peer_identity": o.peer_id.to_string(),
-        })),
+        "outbound": match &config.outbound {
+            crate::config::Outbound::Explicit(o) => json!({
+                "mode": "explicit", "listen": o.listen.to_string(), "peer_addr": o.peer_addr,
+                "peer_identity": o.peer_id.to_string(),
+            }),
+            crate::config::Outbound::Transparent { listen, unmeshed } => json!({
+                "mode": "transparent", "listen": listen.to_string(),
+                "unmeshed": format!("{unmeshed:?}").to_lowercase(),
+            }),
+        },
     });
     let route: admin::Route = Arc::new(
         move |method: &Method, path: &str, remote: SocketAddr| match (method, path) {
             (&Method::GET, "/live") => Reply::text(StatusCode::OK, "ok\n"),
-            (&Method::GET, "/ready") => match &*tls.borrow() {
-                Some(_) => Reply::text(StatusCode::OK, "ready\n"),
-                None => Reply::text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "waiting for the first certificate\n",
-                ),
-            },
+            (&Method::GET, "/ready") => {
+                // Discovery must have connected once; afterwards cached answers carry outages.
+                let discovery_ok = discovery_ready.as_ref().is_none_or(|d| *d.borrow());
+                match (tls.borrow().is_some(), discovery_ok) {
+                    (true, true) => Reply::text(StatusCode::OK, "ready\n"),
+                    (false, _) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first certificate\n"),
+                    (true, false) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for discovery\n"),
+                }
+            }
             (&Method::GET, "/metrics") => admin::render_metrics(&metrics.registry),
             (&Method::GET, "/config_dump") => {
                 let certificate = tls.borrow().as_ref().map(|t| {

@@ -20,8 +20,62 @@ pub struct Config {
     pub app_addr: SocketAddr,
     /// Peers allowed to connect inbound. Empty = nobody (fail closed).
     pub inbound_allow: Vec<PeerPattern>,
-    pub outbound: Option<OutboundTarget>,
+    /// STRICT refuses plaintext inbound; PERMISSIVE forwards it (migrations).
+    pub inbound_mode: InboundMode,
+    /// App ports whose protocol is never sniffed (server-first protocols such as databases would
+    /// otherwise wait for the detection timeout): proxied as opaque TCP at once.
+    pub opaque_ports: Vec<u16>,
+    pub outbound: Outbound,
     pub admin_addr: SocketAddr,
+}
+
+/// Server-first protocols (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, memcached),
+/// the same defaults as Linkerd's opaque ports.
+pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundMode {
+    Strict,
+    Permissive,
+}
+
+impl std::str::FromStr for InboundMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "STRICT" => Ok(InboundMode::Strict),
+            "PERMISSIVE" => Ok(InboundMode::Permissive),
+            _ => Err("expected STRICT or PERMISSIVE".into()),
+        }
+    }
+}
+
+/// What happens to the app's outbound connections.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// Transparent interception (iptables → 15001): the original destination decides, and the
+    /// control plane says which identity serves it.
+    Transparent { listen: SocketAddr, unmeshed: Unmeshed },
+    /// Everything to one configured peer sidecar (no iptables; loopback demos and tests).
+    Explicit(OutboundTarget),
+}
+
+/// Outbound to a destination that is not part of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmeshed {
+    Passthrough,
+    Refuse,
+}
+
+impl std::str::FromStr for Unmeshed {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "passthrough" => Ok(Unmeshed::Passthrough),
+            "refuse" => Ok(Unmeshed::Refuse),
+            _ => Err("expected passthrough or refuse".into()),
+        }
+    }
 }
 
 /// Explicit mode: the outbound listener forwards everything to one peer sidecar.
@@ -103,8 +157,12 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let outbound_listen = env::parse_or(env, "PQMESH_OUTBOUND_ADDR", SocketAddr::from(([127, 0, 0, 1], 15001)))?;
         let outbound = match env.var("PQMESH_OUTBOUND_PEER_ADDR") {
-            None => None,
+            None => Outbound::Transparent {
+                listen: outbound_listen,
+                unmeshed: env::parse_or(env, "PQMESH_OUTBOUND_UNMESHED", Unmeshed::Passthrough)?,
+            },
             Some(peer_addr) => {
                 let id_text = env::required(env, "PQMESH_OUTBOUND_PEER_ID").map_err(|_| {
                     EnvError::new(
@@ -116,12 +174,8 @@ impl Config {
                 let peer_id = id_text
                     .parse()
                     .map_err(|e| EnvError::new("PQMESH_OUTBOUND_PEER_ID", &id_text, e))?;
-                Some(OutboundTarget {
-                    listen: env::parse_or(
-                        env,
-                        "PQMESH_OUTBOUND_ADDR",
-                        SocketAddr::from(([127, 0, 0, 1], 15001)),
-                    )?,
+                Outbound::Explicit(OutboundTarget {
+                    listen: outbound_listen,
                     peer_addr,
                     peer_id,
                 })
@@ -149,6 +203,21 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 8080)),
             )?,
             inbound_allow,
+            inbound_mode: env::parse_or(env, "PQMESH_INBOUND_MODE", InboundMode::Strict)?,
+            opaque_ports: match env.var("PQMESH_OPAQUE_PORTS") {
+                None => DEFAULT_OPAQUE_PORTS.to_vec(),
+                Some(v) => v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        p.parse::<u16>()
+                            .ok()
+                            .filter(|n| *n != 0)
+                            .ok_or_else(|| EnvError::new("PQMESH_OPAQUE_PORTS", &v, format!("{p:?} is not a TCP port")))
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
             outbound,
             admin_addr: env::parse_or(
                 env,
@@ -185,7 +254,8 @@ mod tests {
         let c = Config::from_env(&env(&[])).unwrap();
         assert_eq!(c.inbound_addr.port(), 15006);
         assert_eq!(c.admin_addr, "127.0.0.1:15000".parse().unwrap());
-        assert!(c.outbound.is_none());
+        assert!(matches!(c.outbound, Outbound::Transparent { unmeshed: Unmeshed::Passthrough, .. }));
+        assert_eq!(c.inbound_mode, InboundMode::Strict);
         assert!(
             c.inbound_allow.is_empty(),
             "no allow-list means nobody is allowed"
@@ -214,6 +284,9 @@ mod tests {
             (&[("PQMESH_KEY_ALG", "rsa-2048")], "PQMESH_KEY_ALG"),
             (&[("PQMESH_INBOUND_ADDR", "nope")], "PQMESH_INBOUND_ADDR"),
             (&[("PQMESH_BOOTSTRAP_TOKEN_FILE", "/t")], "not both"),
+            (&[("PQMESH_INBOUND_MODE", "lenient")], "STRICT or PERMISSIVE"),
+            (&[("PQMESH_OUTBOUND_UNMESHED", "allow")], "passthrough or refuse"),
+            (&[("PQMESH_OPAQUE_PORTS", "5432,db")], "PQMESH_OPAQUE_PORTS"),
         ];
         for (pairs, want) in cases {
             let err = Config::from_env(&env(pairs)).unwrap_err().to_string();

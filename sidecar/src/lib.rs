@@ -4,9 +4,14 @@
 
 pub mod admin;
 pub mod config;
+pub mod discovery;
+pub mod http_proxy;
 pub mod identity;
+pub mod init;
+pub mod original_dst;
 pub mod metrics;
 pub mod proxy;
+pub mod sniff;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -17,10 +22,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Outbound as OutboundConfig};
+use crate::discovery::Discovery;
 use crate::identity::GrpcCertifier;
 use crate::metrics::Metrics;
-use crate::proxy::{Inbound, Outbound};
+use crate::original_dst::{OriginalDst, SoOriginalDst};
+use crate::proxy::{Inbound, Outbound, Route};
 use crate::tls::MeshTls;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +46,7 @@ pub struct RunningSidecar {
     pub outbound_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    discovery: Option<Discovery>,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
     renew_tx: mpsc::Sender<()>,
     shutdown_tx: watch::Sender<bool>,
@@ -46,10 +54,17 @@ pub struct RunningSidecar {
 }
 
 impl RunningSidecar {
-    /// Waits until the first certificate is in hand.
+    /// Waits until the first certificate is in hand (and, in transparent mode, discovery is up).
     pub async fn ready(&self) {
         let mut rx = self.tls.clone();
         let _ = rx.wait_for(|t| t.is_some()).await;
+        if let Some(d) = &self.discovery {
+            let _ = d.connected().wait_for(|c| *c).await;
+        }
+    }
+
+    pub fn discovery(&self) -> Option<&Discovery> {
+        self.discovery.as_ref()
     }
 
     pub fn current(&self) -> Option<Arc<MeshTls>> {
@@ -78,18 +93,28 @@ impl RunningSidecar {
     }
 }
 
+/// Starts the sidecar; original destinations come from the kernel (`SO_ORIGINAL_DST`).
 pub async fn start(config: Config) -> Result<RunningSidecar, StartError> {
-    let bundle_text =
-        std::fs::read_to_string(&config.trust_bundle_path).map_err(|e| StartError::Bundle {
-            path: config.trust_bundle_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    start_with(config, Arc::new(SoOriginalDst)).await
+}
+
+/// Starts the sidecar with an explicit source of original destinations (tests inject one).
+pub async fn start_with(config: Config, original_dst: Arc<dyn OriginalDst>) -> Result<RunningSidecar, StartError> {
+    let bundle_text = std::fs::read_to_string(&config.trust_bundle_path).map_err(|e| StartError::Bundle {
+        path: config.trust_bundle_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let bundle = TrustBundle::from_pem(&bundle_text).map_err(|reason| StartError::Bundle {
         path: config.trust_bundle_path.display().to_string(),
         reason,
     })?;
     if config.inbound_allow.is_empty() {
-        tracing::warn!("PQMESH_INBOUND_ALLOW is empty: every inbound connection will be refused");
+        tracing::warn!("PQMESH_INBOUND_ALLOW is empty: every inbound mesh connection will be refused");
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    if matches!(config.outbound, OutboundConfig::Transparent { .. }) && uid != 1337 {
+        tracing::warn!(uid, "transparent mode expects the sidecar to run as UID 1337 (the UID iptables exempts); \
+            running as another UID makes its own connections loop through 15001 when interception rules are installed");
     }
     let metrics = Arc::new(Metrics::new());
     let (tls_tx, tls_rx) = watch::channel(None);
@@ -97,48 +122,62 @@ pub async fn start(config: Config) -> Result<RunningSidecar, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
     };
     let inbound_listener = bind(config.inbound_addr).await?;
-    let inbound_addr = inbound_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.inbound_addr,
-            source,
-        })?;
+    let inbound_addr = inbound_listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.inbound_addr,
+        source,
+    })?;
+    let outbound_listen = match &config.outbound {
+        OutboundConfig::Transparent { listen, .. } => *listen,
+        OutboundConfig::Explicit(t) => t.listen,
+    };
+    let outbound_listener = bind(outbound_listen).await?;
+    let outbound_addr = outbound_listener.local_addr().map_err(|source| StartError::Bind {
+        addr: outbound_listen,
+        source,
+    })?;
     let mut tasks = Vec::new();
     let inbound = Arc::new(Inbound {
         app_addr: config.app_addr,
         allow: config.inbound_allow.clone(),
+        mode: config.inbound_mode,
+        own_ports: vec![inbound_addr.port(), outbound_addr.port(), config.admin_addr.port()],
+        opaque_ports: config.opaque_ports.clone(),
+        tls: tls_rx.clone(),
+        original_dst: original_dst.clone(),
+        clients: Arc::new(http_proxy::AppClients::default()),
+        metrics: metrics.clone(),
+    });
+    tasks.push(tokio::spawn(proxy::serve_inbound(inbound_listener, inbound, shutdown_rx.clone())));
+
+    let mut discovery = None;
+    let route = match config.outbound.clone() {
+        OutboundConfig::Explicit(target) => Route::Explicit(target),
+        OutboundConfig::Transparent { unmeshed, .. } => {
+            let (d, task) = Discovery::new();
+            tasks.push(tokio::spawn(task.run(
+                config.control_plane_addr.clone(),
+                config.control_plane_id.clone(),
+                config.kx,
+                tls_rx.clone(),
+            )));
+            discovery = Some(d.clone());
+            Route::Transparent {
+                discovery: d,
+                unmeshed,
+                original_dst,
+                own_addr: outbound_addr,
+            }
+        }
+    };
+    let outbound = Arc::new(Outbound {
+        route,
         tls: tls_rx.clone(),
         metrics: metrics.clone(),
     });
-    tasks.push(tokio::spawn(proxy::serve_inbound(
-        inbound_listener,
-        inbound,
-        shutdown_rx.clone(),
-    )));
-
-    let mut outbound_addr = None;
-    if let Some(target) = config.outbound.clone() {
-        let listener = bind(target.listen).await?;
-        outbound_addr = Some(listener.local_addr().map_err(|source| StartError::Bind {
-            addr: target.listen,
-            source,
-        })?);
-        let outbound = Arc::new(Outbound {
-            target,
-            tls: tls_rx.clone(),
-            metrics: metrics.clone(),
-        });
-        tasks.push(tokio::spawn(proxy::serve_outbound(
-            listener,
-            outbound,
-            shutdown_rx.clone(),
-        )));
-    }
+    tasks.push(tokio::spawn(proxy::serve_outbound(outbound_listener, outbound, shutdown_rx.clone())));
 
     let certifier = GrpcCertifier {
         addr: config.control_plane_addr.clone(),
@@ -156,26 +195,24 @@ pub async fn start(config: Config) -> Result<RunningSidecar, StartError> {
         metrics.clone(),
     )));
 
-    let admin_addr = admin::spawn(
-        &config,
-        tls_rx.clone(),
-        metrics.clone(),
-        shutdown_tx.clone(),
-    )
-    .map_err(|source| StartError::Bind {
-        addr: config.admin_addr,
-        source,
-    })?;
-    tracing::info!(%inbound_addr, outbound = ?outbound_addr, %admin_addr, control_plane = %config.control_plane_addr,
-        kx = ?config.kx, key_alg = %config.key_alg, "sidecar started");
+    let discovery_ready = discovery.as_ref().map(|d| d.connected());
+    let admin_addr = admin::spawn(&config, tls_rx.clone(), discovery_ready, metrics.clone(), shutdown_tx.clone())
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_addr,
+            source,
+        })?;
+    tracing::info!(%inbound_addr, %outbound_addr, %admin_addr, control_plane = %config.control_plane_addr,
+        kx = ?config.kx, key_alg = %config.key_alg, inbound_mode = ?config.inbound_mode, "sidecar started");
     Ok(RunningSidecar {
         inbound_addr,
-        outbound_addr,
+        outbound_addr: Some(outbound_addr),
         admin_addr,
         metrics,
+        discovery,
         tls: tls_rx,
         renew_tx,
         shutdown_tx,
         tasks,
     })
 }
+pub use pqmesh_mtls::tls::ALPN_MESH;

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub bytes: IntCounterVec,
     pub cert_expiry: Gauge,
     pub cert_renewals: IntCounterVec,
+    pub http_connections: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -54,6 +55,12 @@ impl Metrics {
             "Certify attempts, by outcome",
             &["outcome"],
         );
+        let http_connections = counter(
+            &registry,
+            "http_connections_total",
+            "Connections proxied per request, by direction and protocol",
+            &["direction", "protocol"],
+        );
         let connections_open =
             IntGauge::new("connections_open", "Proxied connections currently open")
                 .expect("static metric");
@@ -77,6 +84,7 @@ impl Metrics {
             bytes,
             cert_expiry,
             cert_renewals,
+            http_connections,
         }
     }
 }

@@ -1,47 +1,125 @@
-//! Explicit-mode L4 proxying. Outbound: app → this listener → mTLS to the configured peer sidecar,
-//! which must present the configured SPIFFE ID. Inbound: mTLS from a peer whose SPIFFE ID is on
-//! the allow-list → the local app. Bytes are copied both ways with half-close preserved.
+//! The data plane. Inbound (15006): find where the connection was going (the app port), tell a
+//! mesh client (TLS ClientHello with ALPN `pqmesh/1`) from plaintext, terminate mTLS and check the
+//! peer's identity, then proxy HTTP per request or other bytes as opaque TCP to the app.
+//! Outbound (15001): find the original destination, ask discovery which identity serves it, and
+//! connect with mTLS requiring that identity — or pass through / refuse an unmeshed destination.
+//! Explicit mode replaces discovery by one configured peer.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pqmesh_mtls::tls::{HandshakeInfo, ALPN_MESH};
-use pqmesh_mtls::PeerPattern;
+use pqmesh_mtls::{PeerPattern, SpiffeId};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::OutboundTarget;
+use crate::config::{InboundMode, OutboundTarget, Unmeshed};
+use crate::discovery::{Discovery, Resolved};
+use crate::http_proxy::{self, AppClients};
 use crate::metrics::Metrics;
+use crate::original_dst::OriginalDst;
+use crate::sniff::{self, AppProtocol, Transport};
 use crate::tls::MeshTls;
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an inbound connection may stay silent before it is judged (server-first protocols
+/// send nothing first: after this they are treated as plaintext / opaque TCP).
+pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub type TlsState = watch::Receiver<Option<Arc<MeshTls>>>;
 
-pub struct Inbound {
-    pub app_addr: SocketAddr,
-    pub allow: Vec<PeerPattern>,
-    pub tls: TlsState,
-    pub metrics: Arc<Metrics>,
+/// Bytes already read from a stream, replayed before the rest of it.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: S,
 }
 
-pub struct Outbound {
-    pub target: OutboundTarget,
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            offset: 0,
+            inner,
+        }
+    }
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let n = (self.prefix.len() - self.offset).min(buf.remaining());
+            let start = self.offset;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.offset += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads until `classify` decides, the limit is reached, EOF, or the timeout passes.
+/// Returns the verdict (`None` on timeout or EOF) and every byte read.
+async fn sniff<S, T>(stream: &mut S, limit: usize, classify: impl Fn(&[u8]) -> Option<T>) -> (Option<T>, Vec<u8>)
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = Vec::with_capacity(2048);
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    loop {
+        if let Some(v) = classify(&buf) {
+            return (Some(v), buf);
+        }
+        if buf.len() >= limit {
+            return (None, buf);
+        }
+        let mut chunk = vec![0u8; (limit - buf.len()).min(16 * 1024)];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return (None, buf),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+pub struct Inbound {
+    /// Where to send admitted traffic when the connection was not redirected (explicit mode).
+    pub app_addr: SocketAddr,
+    pub allow: Vec<PeerPattern>,
+    pub mode: InboundMode,
+    /// The sidecar's own ports: an original destination among them would loop.
+    pub own_ports: Vec<u16>,
+    pub opaque_ports: Vec<u16>,
     pub tls: TlsState,
+    pub original_dst: Arc<dyn OriginalDst>,
+    pub clients: Arc<AppClients>,
     pub metrics: Arc<Metrics>,
 }
 
 /// Accepts until `shutdown` flips to true; each connection is handled on its own task.
-pub async fn serve_inbound(
-    listener: TcpListener,
-    inbound: Arc<Inbound>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve_inbound(listener: TcpListener, inbound: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
@@ -60,32 +138,65 @@ pub async fn serve_inbound(
 }
 
 impl Inbound {
-    async fn handle(&self, tcp: TcpStream, remote: SocketAddr) -> Result<(), &'static str> {
+    fn deny(&self, outcome: &str, reason: &'static str) -> Result<(), &'static str> {
+        self.metrics.connections.with_label_values(&["inbound", outcome]).inc();
+        Err(reason)
+    }
+
+    /// The app address for a connection: 127.0.0.1:<original port> when iptables redirected it,
+    /// else the configured app address.
+    fn app_target(&self, tcp: &TcpStream) -> Result<SocketAddr, &'static str> {
+        let local = tcp.local_addr().map_err(|_| "no local address")?;
+        match self.original_dst.original_dst(tcp) {
+            Ok(orig) if orig != local => {
+                if self.own_ports.contains(&orig.port()) {
+                    return Err("original destination is one of the sidecar's own ports");
+                }
+                Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), orig.port()))
+            }
+            _ => Ok(self.app_addr),
+        }
+    }
+
+    async fn handle(&self, mut tcp: TcpStream, remote: SocketAddr) -> Result<(), &'static str> {
         let _ = tcp.set_nodelay(true);
+        let target = match self.app_target(&tcp) {
+            Ok(t) => t,
+            Err(reason) => return self.deny("denied_loop", reason),
+        };
+        let (transport, hello) = sniff(&mut tcp, sniff::MAX_HELLO_BYTES, sniff::classify_transport).await;
+        let stream = Prefixed::new(hello, tcp);
+        match transport {
+            Some(Transport::MeshTls) => self.handle_mesh(stream, remote, target).await,
+            other if self.mode == InboundMode::Strict => {
+                let _ = other;
+                tracing::warn!(%remote, "plaintext or non-mesh TLS refused (STRICT)");
+                self.deny("denied_plaintext", "not a mesh client (STRICT mode)")
+            }
+            _ => {
+                self.metrics.connections.with_label_values(&["inbound", "plaintext_permitted"]).inc();
+                let opaque = self.opaque_ports.contains(&target.port());
+                serve_app(stream, None, target, opaque, &self.clients, "inbound", &self.metrics).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn handle_mesh(&self, stream: Prefixed<TcpStream>, remote: SocketAddr, target: SocketAddr) -> Result<(), &'static str> {
         let Some(tls) = self.tls.borrow().clone() else {
-            self.metrics
-                .connections
-                .with_label_values(&["inbound", "no_certificate"])
-                .inc();
-            return Err("no workload certificate yet");
+            return self.deny("no_certificate", "no workload certificate yet");
         };
         let acceptor = TlsAcceptor::from(tls.server.clone());
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let reason = pqmesh_mtls::handshake_failure_reason(&e);
                 tracing::info!(%remote, error = %e, "inbound handshake failed");
-                self.metrics
-                    .handshake_failures
-                    .with_label_values(&["inbound", reason])
-                    .inc();
+                self.metrics.handshake_failures.with_label_values(&["inbound", reason]).inc();
                 return Err("TLS handshake failed");
             }
             Err(_) => {
-                self.metrics
-                    .handshake_failures
-                    .with_label_values(&["inbound", "timeout"])
-                    .inc();
+                self.metrics.handshake_failures.with_label_values(&["inbound", "timeout"]).inc();
                 return Err("TLS handshake timed out");
             }
         };
@@ -95,54 +206,87 @@ impl Inbound {
             .with_label_values(&["inbound", &hs.group, hs.peer_scheme])
             .inc();
         if hs.alpn.as_deref() != Some(ALPN_MESH) {
-            self.metrics
-                .connections
-                .with_label_values(&["inbound", "denied_alpn"])
-                .inc();
-            return Err("peer did not negotiate ALPN pqmesh/1");
+            return self.deny("denied_alpn", "peer did not negotiate ALPN pqmesh/1");
         }
         let Some(peer) = hs.peer_id else {
-            self.metrics
-                .connections
-                .with_label_values(&["inbound", "denied_identity"])
-                .inc();
-            return Err("peer certificate has no SPIFFE ID");
+            return self.deny("denied_identity", "peer certificate has no SPIFFE ID");
         };
         if !self.allow.iter().any(|p| p.matches(&peer)) {
-            self.metrics
-                .connections
-                .with_label_values(&["inbound", "denied_identity"])
-                .inc();
             tracing::warn!(%remote, peer = %peer, "peer identity not allowed");
-            return Err("peer identity not on the allow-list");
+            return self.deny("denied_identity", "peer identity not on the allow-list");
         }
-        let app =
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.app_addr)).await {
-                Ok(Ok(app)) => app,
-                _ => {
-                    self.metrics
-                        .connections
-                        .with_label_values(&["inbound", "app_unreachable"])
-                        .inc();
-                    return Err("local app unreachable");
-                }
-            };
-        let _ = app.set_nodelay(true);
-        tracing::debug!(%remote, peer = %peer, group = %hs.group, "inbound connection allowed");
-        self.metrics
-            .connections
-            .with_label_values(&["inbound", "allowed"])
-            .inc();
-        relay(stream, app, "inbound", &self.metrics).await;
+        tracing::debug!(%remote, peer = %peer, group = %hs.group, %target, "inbound connection allowed");
+        self.metrics.connections.with_label_values(&["inbound", "allowed"]).inc();
+        let opaque = self.opaque_ports.contains(&target.port());
+        serve_app(stream, Some(peer), target, opaque, &self.clients, "inbound", &self.metrics).await;
         Ok(())
     }
 }
 
-pub async fn serve_outbound(
-    listener: TcpListener,
-    outbound: Arc<Outbound>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Hands a connection to the app: HTTP per request, anything else as opaque bytes.
+async fn serve_app<S>(
+    mut stream: S,
+    peer: Option<SpiffeId>,
+    target: SocketAddr,
+    opaque: bool,
+    clients: &Arc<AppClients>,
+    direction: &'static str,
+    metrics: &Metrics,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (protocol, prefix) = if opaque {
+        (Some(AppProtocol::Opaque), Vec::new())
+    } else {
+        sniff(&mut stream, 8192, sniff::classify_app).await
+    };
+    let stream = Prefixed::new(prefix, stream);
+    match protocol {
+        Some(AppProtocol::Http1) => {
+            metrics.http_connections.with_label_values(&[direction, "http1"]).inc();
+            if let Err(e) = http_proxy::serve_http1(stream, peer, target, clients.clone()).await {
+                tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
+            }
+        }
+        Some(AppProtocol::Http2) => {
+            metrics.http_connections.with_label_values(&[direction, "http2"]).inc();
+            if let Err(e) = http_proxy::serve_http2(stream, peer, target, clients.clone()).await {
+                tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+            }
+        }
+        Some(AppProtocol::Opaque) | None => {
+            let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+                Ok(Ok(app)) => app,
+                _ => {
+                    metrics.connections.with_label_values(&[direction, "app_unreachable"]).inc();
+                    tracing::info!(%target, "local app unreachable");
+                    return;
+                }
+            };
+            let _ = app.set_nodelay(true);
+            relay(stream, app, direction, metrics).await;
+        }
+    }
+}
+
+/// How the outbound listener decides where a connection goes.
+pub enum Route {
+    Explicit(OutboundTarget),
+    Transparent {
+        discovery: Discovery,
+        unmeshed: Unmeshed,
+        original_dst: Arc<dyn OriginalDst>,
+        own_addr: SocketAddr,
+    },
+}
+
+pub struct Outbound {
+    pub route: Route,
+    pub tls: TlsState,
+    pub metrics: Arc<Metrics>,
+}
+
+pub async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
@@ -160,63 +304,102 @@ pub async fn serve_outbound(
     }
 }
 
+enum Decision {
+    Mesh { addr: String, peer: SpiffeId },
+    Passthrough(SocketAddr),
+}
+
 impl Outbound {
+    fn count(&self, outcome: &str) {
+        self.metrics.connections.with_label_values(&["outbound", outcome]).inc();
+    }
+
+    async fn decide(&self, app: &TcpStream) -> Result<Decision, String> {
+        match &self.route {
+            Route::Explicit(t) => Ok(Decision::Mesh {
+                addr: t.peer_addr.clone(),
+                peer: t.peer_id.clone(),
+            }),
+            Route::Transparent {
+                discovery,
+                unmeshed,
+                original_dst,
+                own_addr,
+            } => {
+                let orig = original_dst.original_dst(app).map_err(|e| {
+                    self.count("no_original_destination");
+                    format!("no original destination: {e}")
+                })?;
+                if orig == *own_addr || orig == app.local_addr().unwrap_or(*own_addr) {
+                    self.count("denied_loop");
+                    return Err("connection was not redirected (it would loop)".into());
+                }
+                match discovery.resolve(orig).await {
+                    Ok(Resolved::Meshed(peer)) => Ok(Decision::Mesh {
+                        addr: orig.to_string(),
+                        peer,
+                    }),
+                    Ok(Resolved::NotMeshed) if *unmeshed == Unmeshed::Passthrough => Ok(Decision::Passthrough(orig)),
+                    Ok(Resolved::NotMeshed) => {
+                        self.count("denied_unmeshed");
+                        Err(format!("{orig} is not in the mesh and this workload refuses unmeshed destinations"))
+                    }
+                    Err(e) => {
+                        self.count("discovery_unavailable");
+                        Err(e.to_string())
+                    }
+                }
+            }
+        }
+    }
+
     async fn handle(&self, app: TcpStream) -> Result<(), String> {
         let _ = app.set_nodelay(true);
+        let decision = self.decide(&app).await?;
+        let (addr, peer) = match decision {
+            Decision::Passthrough(orig) => {
+                let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(orig)).await {
+                    Ok(Ok(t)) => t,
+                    _ => {
+                        self.count("peer_unreachable");
+                        return Err(format!("connect {orig} failed"));
+                    }
+                };
+                let _ = upstream.set_nodelay(true);
+                self.count("passthrough");
+                relay(upstream, app, "outbound", &self.metrics).await;
+                return Ok(());
+            }
+            Decision::Mesh { addr, peer } => (addr, peer),
+        };
         let Some(tls) = self.tls.borrow().clone() else {
-            self.metrics
-                .connections
-                .with_label_values(&["outbound", "no_certificate"])
-                .inc();
+            self.count("no_certificate");
             return Err("no workload certificate yet".into());
         };
-        let target = &self.target;
-        let config = tls.client_for(&target.peer_id).map_err(|e| e.to_string())?;
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target.peer_addr))
-            .await
-        {
+        let config = tls.client_for(&peer).map_err(|e| e.to_string())?;
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
-                self.metrics
-                    .connections
-                    .with_label_values(&["outbound", "peer_unreachable"])
-                    .inc();
-                return Err(format!("connect {}: {e}", target.peer_addr));
+                self.count("peer_unreachable");
+                return Err(format!("connect {addr}: {e}"));
             }
             Err(_) => {
-                self.metrics
-                    .connections
-                    .with_label_values(&["outbound", "peer_unreachable"])
-                    .inc();
-                return Err(format!("connect {}: timed out", target.peer_addr));
+                self.count("peer_unreachable");
+                return Err(format!("connect {addr}: timed out"));
             }
         };
         let _ = tcp.set_nodelay(true);
         // The verifier pins the peer's SPIFFE ID; the name only fills SNI.
         let name = ServerName::try_from("pqmesh.mesh").map_err(|e| e.to_string())?;
-        let stream = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            TlsConnector::from(config).connect(name, tcp),
-        )
-        .await
-        {
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(config).connect(name, tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let reason = pqmesh_mtls::handshake_failure_reason(&e);
-                self.metrics
-                    .handshake_failures
-                    .with_label_values(&["outbound", reason])
-                    .inc();
-                return Err(format!(
-                    "TLS to {} ({}): {e}",
-                    target.peer_addr, target.peer_id
-                ));
+                self.metrics.handshake_failures.with_label_values(&["outbound", reason]).inc();
+                return Err(format!("TLS to {addr} ({peer}): {e}"));
             }
             Err(_) => {
-                self.metrics
-                    .handshake_failures
-                    .with_label_values(&["outbound", "timeout"])
-                    .inc();
+                self.metrics.handshake_failures.with_label_values(&["outbound", "timeout"]).inc();
                 return Err("TLS handshake timed out".into());
             }
         };
@@ -225,11 +408,8 @@ impl Outbound {
             .handshakes
             .with_label_values(&["outbound", &hs.group, hs.peer_scheme])
             .inc();
-        self.metrics
-            .connections
-            .with_label_values(&["outbound", "allowed"])
-            .inc();
-        tracing::debug!(peer = %target.peer_id, group = %hs.group, "outbound connection established");
+        self.count("allowed");
+        tracing::debug!(%peer, %addr, group = %hs.group, "outbound connection established");
         relay(stream, app, "outbound", &self.metrics).await;
         Ok(())
     }
@@ -243,16 +423,9 @@ where
 {
     metrics.connections_open.inc();
     match tokio::io::copy_bidirectional(&mut mesh, &mut app).await {
-        Ok((from_mesh, from_app)) => {
-            let (to_app, from_app_label) = ("to_app", "from_app");
-            metrics
-                .bytes
-                .with_label_values(&[direction, to_app])
-                .inc_by(from_mesh);
-            metrics
-                .bytes
-                .with_label_values(&[direction, from_app_label])
-                .inc_by(from_app);
+        Ok((to_app, from_app)) => {
+            metrics.bytes.with_label_values(&[direction, "to_app"]).inc_by(to_app);
+            metrics.bytes.with_label_values(&[direction, "from_app"]).inc_by(from_app);
         }
         Err(e) => tracing::debug!(error = %e, direction, "connection ended with an error"),
     }

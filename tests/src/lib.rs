@@ -2,6 +2,8 @@
 //! real sidecars configured through the same `PQMESH_*` map the binary reads, and small apps.
 #![forbid(unsafe_code)]
 
+pub mod http_app;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -98,6 +100,7 @@ impl ControlPlane {
             ("PQMESH_BOOTSTRAP_TOKEN", self.token(sa).to_owned()),
             ("PQMESH_KEY_ALG", key_alg.name().to_owned()),
             ("PQMESH_INBOUND_ADDR", "127.0.0.1:0".to_owned()),
+            ("PQMESH_OUTBOUND_ADDR", "127.0.0.1:0".to_owned()),
             ("PQMESH_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ]
         .into_iter()

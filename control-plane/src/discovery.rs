@@ -1,0 +1,120 @@
+//! `pqmesh.discovery.v1.Discovery/Watch`: per-destination answers to "which mesh identity serves
+//! IP:port?". Each stream keeps its own subscriptions and is re-evaluated when the endpoint table
+//! changes; only changed answers are sent. Callers must present a mesh certificate.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use pqmesh_mtls::grpc_tls::PeerInfo;
+use pqmesh_proto::discovery::v1::discovery_server::Discovery;
+use pqmesh_proto::discovery::v1::{Destination, DestinationUpdate, DiscoveryRequest};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::endpoints::{Answer, EndpointTable};
+use crate::metrics::Metrics;
+
+/// Bound on one sidecar's subscriptions (its app's distinct destinations).
+pub const MAX_SUBSCRIPTIONS: usize = 10_000;
+
+pub struct DiscoveryService {
+    pub table: watch::Receiver<Arc<EndpointTable>>,
+    pub metrics: Arc<Metrics>,
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<DestinationUpdate, Status>> + Send>>;
+
+fn parse(dest: &Destination) -> Result<(IpAddr, u16), Status> {
+    let ip = dest
+        .ip
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("destination ip {:?} is not an IP address", dest.ip)))?;
+    let port = u16::try_from(dest.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| Status::invalid_argument(format!("destination port {} is not a TCP port", dest.port)))?;
+    Ok((ip, port))
+}
+
+fn update(ip: IpAddr, port: u16, answer: &Answer) -> DestinationUpdate {
+    DestinationUpdate {
+        destination: Some(Destination {
+            ip: ip.to_string(),
+            port: port.into(),
+        }),
+        meshed: matches!(answer, Answer::Meshed(_)),
+        identity: match answer {
+            Answer::Meshed(id) => id.to_string(),
+            Answer::NotMeshed => String::new(),
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    type WatchStream = UpdateStream;
+
+    async fn watch(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<UpdateStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.peer_id.clone())
+            .ok_or_else(|| Status::unauthenticated("Discovery requires the workload's mesh certificate (mutual TLS)"))?;
+        let mut requests = request.into_inner();
+        let mut table = self.table.clone();
+        let metrics = self.metrics.clone();
+        let (tx, rx) = mpsc::channel(256);
+        metrics.discovery_streams.inc();
+        tracing::info!(peer = %peer, "discovery stream opened");
+        tokio::spawn(async move {
+            let mut subscriptions: HashMap<(IpAddr, u16), Answer> = HashMap::new();
+            let result: Result<(), Status> = async {
+                loop {
+                    tokio::select! {
+                        message = requests.message() => {
+                            let Some(message) = message? else { return Ok(()) };
+                            for dest in &message.unsubscribe {
+                                subscriptions.remove(&parse(dest)?);
+                            }
+                            let current = table.borrow().clone();
+                            for dest in &message.subscribe {
+                                let key = parse(dest)?;
+                                if !subscriptions.contains_key(&key) && subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                                    return Err(Status::resource_exhausted(format!(
+                                        "more than {MAX_SUBSCRIPTIONS} subscribed destinations")));
+                                }
+                                let answer = current.lookup(key.0, key.1);
+                                tx.send(Ok(update(key.0, key.1, &answer))).await.map_err(|_| Status::cancelled("gone"))?;
+                                subscriptions.insert(key, answer);
+                            }
+                        }
+                        changed = table.changed() => {
+                            if changed.is_err() {
+                                return Ok(());
+                            }
+                            let current = table.borrow_and_update().clone();
+                            for (key, answer) in subscriptions.iter_mut() {
+                                let fresh = current.lookup(key.0, key.1);
+                                if fresh != *answer {
+                                    tx.send(Ok(update(key.0, key.1, &fresh))).await.map_err(|_| Status::cancelled("gone"))?;
+                                    *answer = fresh;
+                                }
+                            }
+                        }
+                        _ = tx.closed() => return Ok(()),
+                    }
+                }
+            }
+            .await;
+            if let Err(status) = result {
+                tracing::warn!(peer = %peer, error = %status.message(), "discovery stream ended with an error");
+                let _ = tx.send(Err(status)).await;
+            }
+            metrics.discovery_streams.dec();
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,186 @@
+//! HTTP-aware inbound: after mTLS (or plaintext in PERMISSIVE mode) requests are proxied one by
+//! one to the app on 127.0.0.1:<original port> over pooled connections, HTTP/1.1 (with upgrades,
+//! e.g. WebSocket) or HTTP/2 with prior knowledge. The app learns the caller's verified SPIFFE ID
+//! from `x-pqmesh-peer-identity`; any copy of that header sent by a client is removed first.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, UPGRADE};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pqmesh_mtls::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub const PEER_IDENTITY_HEADER: &str = "x-pqmesh-peer-identity";
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Pooled clients towards the local app (one pool per app port, by URI authority).
+pub struct AppClients {
+    h1: Client<HttpConnector, Incoming>,
+    h2: Client<HttpConnector, Incoming>,
+}
+
+impl Default for AppClients {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Self {
+            h1: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(connector.clone()),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(connector),
+        }
+    }
+}
+
+/// Per-connection context of every request on it.
+struct Ctx {
+    peer: Option<SpiffeId>,
+    target: SocketAddr,
+    clients: Arc<AppClients>,
+}
+
+pub async fn serve_http1<IO>(io: IO, peer: Option<SpiffeId>, target: SocketAddr, clients: Arc<AppClients>) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(Ctx { peer, target, clients });
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(forward(req, &ctx, false).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+}
+
+pub async fn serve_http2<IO>(io: IO, peer: Option<SpiffeId>, target: SocketAddr, clients: Arc<AppClients>) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(Ctx { peer, target, clients });
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(forward(req, &ctx, true).await) }
+    });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("pqmesh: {text}\n"))).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<ProxyBody> {
+    // The identity header is the sidecar's statement; a client's own copy is never passed on.
+    let headers = req.headers_mut();
+    headers.remove(PEER_IDENTITY_HEADER);
+    if let Some(peer) = &ctx.peer {
+        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+            headers.insert(PEER_IDENTITY_HEADER, v);
+        }
+    }
+    let upgrade = !h2 && is_upgrade(&req);
+    if !upgrade {
+        strip_hop_by_hop(req.headers_mut());
+    }
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    if h2 {
+        if let Some(authority) = req.uri().authority().map(|a| a.to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                req.headers_mut().insert("x-forwarded-host", v);
+            }
+        }
+    }
+    match format!("http://{}{}", ctx.target, path).parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return error_response(StatusCode::BAD_REQUEST, "unparseable request target"),
+    }
+    let server_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let result = if h2 {
+        ctx.clients.h2.request(req).await
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        ctx.clients.h1.request(req).await
+    };
+    match result {
+        Ok(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(server_upgrade) = server_upgrade {
+                    let client_upgrade = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(async move {
+                        match tokio::try_join!(server_upgrade, client_upgrade) {
+                            Ok((downstream, upstream)) => {
+                                let mut downstream = TokioIo::new(downstream);
+                                let mut upstream = TokioIo::new(upstream);
+                                let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                        }
+                    });
+                }
+            } else if !h2 {
+                strip_hop_by_hop(resp.headers_mut());
+            }
+            resp.map(|b| b.boxed())
+        }
+        Err(e) => {
+            tracing::info!(target = %ctx.target, error = %e, "app request failed");
+            error_response(StatusCode::BAD_GATEWAY, "the application is unreachable")
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! A small, unmodified-app stand-in for the end-to-end tests (also the `pqmesh-test-app`
+//! binary used in the network-namespace suite). HTTP/1.1 and HTTP/2 with prior knowledge on one
+//! port: every response says which protocol arrived, which connection it came on and what
+//! `x-pqmesh-peer-identity` said; `Upgrade: pqmesh-echo` switches the connection to a raw echo.
+//! A second port echoes raw TCP.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+pub struct AppStats {
+    pub connections: AtomicUsize,
+    pub requests: AtomicUsize,
+}
+
+/// Serves HTTP on `listener` until the task is dropped.
+pub async fn serve_http(listener: TcpListener, name: String, stats: Arc<AppStats>) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        let conn_id = stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        let stats = stats.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                stats.requests.fetch_add(1, Ordering::SeqCst);
+                let name = name.clone();
+                async move { Ok::<_, Infallible>(respond(req, &name, conn_id).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Response<Full<Bytes>> {
+    let peer = req
+        .headers()
+        .get_all("x-pqmesh-peer-identity")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?").to_owned())
+        .collect::<Vec<_>>();
+    let peer = if peer.is_empty() { "none".to_owned() } else { peer.join(",") };
+    if req.headers().get("upgrade").is_some_and(|v| v == "pqmesh-echo") {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "pqmesh-echo")
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_default();
+    }
+    let version = format!("{:?}", req.version());
+    let path = req.uri().path().to_owned();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    Response::new(Full::new(Bytes::from(format!(
+        "app={name} proto={version} conn={conn_id} peer={peer} path={path} body={body}\n"
+    ))))
+}
+
+/// Echoes raw TCP on `listener`.
+pub async fn serve_tcp_echo(listener: TcpListener) {
+    while let Ok((mut tcp, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let (mut r, mut w) = tcp.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+    }
+}
+
+/// Starts both servers on ephemeral loopback ports (for in-process tests).
+pub async fn start(name: &str) -> (SocketAddr, SocketAddr, Arc<AppStats>) {
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addrs = (http.local_addr().expect("addr"), tcp.local_addr().expect("addr"));
+    let stats = Arc::new(AppStats::default());
+    tokio::spawn(serve_http(http, name.to_owned(), stats.clone()));
+    tokio::spawn(serve_tcp_echo(tcp));
+    (addrs.0, addrs.1, stats)
+}
