@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -94,10 +94,15 @@ impl CertificateAuthority {
         } else {
             let (cert, key) = create_root(trust_domain, alg)?;
             let dir = paths.root_cert.parent().unwrap_or(Path::new("."));
-            fs::create_dir_all(dir).map_err(|source| CaError::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
+            // The directory holds the root key: owner only.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| CaError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
             // Key first, so a crash never leaves a certificate without its key.
             write_atomic(&paths.root_key, key.as_bytes(), 0o600)?;
             write_atomic(&paths.root_cert, cert.as_bytes(), 0o644)?;

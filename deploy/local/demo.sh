@@ -52,14 +52,18 @@ DEMO="$ROOT/.demo"
 # ---------------------------------------------------------------------------------------------
 # Failure reporting and cleanup
 # ---------------------------------------------------------------------------------------------
+# Messages from traps go to the script's original stderr, kept on fd 9: a signal can
+# arrive while a command's output is redirected (e.g. a readiness probe's 2>/dev/null), and the
+# trap would inherit that redirection.
+exec 9>&2
 PIDS=()       # every process this script started
 NAMES=()      # ... and its name (its log is .demo/<name>.log)
 INTERRUPTED=0
 SLEEP_PID=    # the --keep-running loop's current `sleep`
 
 fail() {
-    echo >&2
-    echo "demo FAILED: $*" >&2
+    echo >&9
+    echo "demo FAILED: $*" >&9
     exit 1
 }
 
@@ -75,31 +79,38 @@ stop_all() {
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
-    # Anything still running after 5 s gets SIGKILL; `wait` reaps every child either way.
-    (
-        sleep 5
-        for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    ) &
-    local watchdog=$!
+    # Give them 5 s to shut down cleanly, then SIGKILL; `wait` reaps every child either way.
+    local deadline=$((SECONDS + 5)) running
+    while :; do
+        running=0
+        for pid in "${PIDS[@]}"; do
+            if alive "$pid"; then running=1; break; fi
+        done
+        ((running && SECONDS < deadline)) || break
+        sleep 0.1
+    done
     for pid in "${PIDS[@]}"; do
+        if alive "$pid"; then
+            echo "  $pid did not stop within 5 s, killing it" >&9
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
         wait "$pid" 2>/dev/null || true
     done
-    kill -TERM "$watchdog" 2>/dev/null || true
-    wait "$watchdog" 2>/dev/null || true
     PIDS=()
 }
 
 on_exit() {
     local rc=$?
+    set +e # clean up as much as possible, whatever fails
     trap '' INT TERM
-    trap - EXIT
-    if ((rc != 0 && INTERRUPTED == 0)) && [[ -d "$DEMO" ]]; then
-        local log
-        for log in "$DEMO"/*.log; do
-            [[ -f "$log" ]] || continue
-            echo >&2
-            echo "---- last 20 lines of ${log#"$ROOT"/} ----" >&2
-            tail -n 20 "$log" >&2 || true
+    trap - EXIT ERR
+    if ((rc != 0 && INTERRUPTED == 0)); then
+        local name # only this run's logs (an early failure must not show a previous run's)
+        for name in ${NAMES[@]+"${NAMES[@]}"}; do
+            [[ -f "$DEMO/$name.log" ]] || continue
+            echo >&9
+            echo "---- last 20 lines of .demo/$name.log ----" >&9
+            tail -n 20 "$DEMO/$name.log" >&9
         done
     fi
     if [[ -n "$SLEEP_PID" ]]; then
@@ -107,13 +118,13 @@ on_exit() {
         wait "$SLEEP_PID" 2>/dev/null || true
     fi
     if ((${#PIDS[@]} > 0)); then
-        echo "stopping the demo processes..." >&2
+        echo "stopping the demo processes..." >&9
         stop_all
     fi
     exit "$rc"
 }
 trap on_exit EXIT
-trap 'INTERRUPTED=1; echo >&2; echo "interrupted" >&2; exit 130' INT
+trap 'INTERRUPTED=1; echo >&9; echo "interrupted" >&9; exit 130' INT
 trap 'INTERRUPTED=1; exit 143' TERM
 trap 'fail "command failed (line $LINENO): $BASH_COMMAND"' ERR
 
@@ -233,7 +244,7 @@ start() { # name command... (environment via `env` in the command)
     local name=$1
     shift
     # NO_COLOR: plain log files (the binaries colour their logs even when not on a terminal).
-    NO_COLOR=1 "$@" >"$DEMO/$name.log" 2>&1 </dev/null &
+    NO_COLOR=1 "$@" >"$DEMO/$name.log" 2>&1 </dev/null 9>&- &
     PIDS+=("$!")
     NAMES+=("$name")
 }
