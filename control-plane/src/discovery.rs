@@ -23,19 +23,22 @@ pub const MAX_SUBSCRIPTIONS: usize = 10_000;
 pub struct DiscoveryService {
     pub table: watch::Receiver<Arc<EndpointTable>>,
     pub metrics: Arc<Metrics>,
+    /// Flips to true when the control plane stops: every stream ends so sidecars reconnect.
+    pub stopping: watch::Receiver<bool>,
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<DestinationUpdate, Status>> + Send>>;
 
 fn parse(dest: &Destination) -> Result<(IpAddr, u16), Status> {
-    let ip = dest
-        .ip
-        .parse()
-        .map_err(|_| Status::invalid_argument(format!("destination ip {:?} is not an IP address", dest.ip)))?;
+    let ip = dest.ip.parse().map_err(|_| {
+        Status::invalid_argument(format!("destination ip {:?} is not an IP address", dest.ip))
+    })?;
     let port = u16::try_from(dest.port)
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| Status::invalid_argument(format!("destination port {} is not a TCP port", dest.port)))?;
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("destination port {} is not a TCP port", dest.port))
+        })?;
     Ok((ip, port))
 }
 
@@ -57,14 +60,22 @@ fn update(ip: IpAddr, port: u16, answer: &Answer) -> DestinationUpdate {
 impl Discovery for DiscoveryService {
     type WatchStream = UpdateStream;
 
-    async fn watch(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<UpdateStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<UpdateStream>, Status> {
         let peer = request
             .extensions()
             .get::<PeerInfo>()
             .and_then(|p| p.peer_id.clone())
-            .ok_or_else(|| Status::unauthenticated("Discovery requires the workload's mesh certificate (mutual TLS)"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "Discovery requires the workload's mesh certificate (mutual TLS)",
+                )
+            })?;
         let mut requests = request.into_inner();
         let mut table = self.table.clone();
+        let mut stopping = self.stopping.clone();
         let metrics = self.metrics.clone();
         let (tx, rx) = mpsc::channel(256);
         metrics.discovery_streams.inc();
@@ -105,6 +116,9 @@ impl Discovery for DiscoveryService {
                             }
                         }
                         _ = tx.closed() => return Ok(()),
+                        _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                            return Err(Status::unavailable("control plane is shutting down"));
+                        }
                     }
                 }
             }
@@ -115,6 +129,8 @@ impl Discovery for DiscoveryService {
             }
             metrics.discovery_streams.dec();
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

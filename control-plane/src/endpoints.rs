@@ -41,9 +41,12 @@ pub enum Answer {
     NotMeshed,
 }
 
+/// The ports of an IP a workload serves (`None` = all) and its identity.
+type Served = (Option<Vec<u16>>, SpiffeId);
+
 #[derive(Debug, Default)]
 pub struct EndpointTable {
-    by_ip: HashMap<IpAddr, Vec<(Option<Vec<u16>>, SpiffeId)>>,
+    by_ip: HashMap<IpAddr, Vec<Served>>,
 }
 
 impl EndpointTable {
@@ -52,7 +55,9 @@ impl EndpointTable {
         let mut table = EndpointTable::default();
         for (i, e) in file.endpoints.into_iter().enumerate() {
             let at = |msg: String| format!("endpoints[{i}]: {msg}");
-            let ip: IpAddr = e.ip.parse().map_err(|_| at(format!("ip {:?} is not an IP address", e.ip)))?;
+            let ip: IpAddr =
+                e.ip.parse()
+                    .map_err(|_| at(format!("ip {:?} is not an IP address", e.ip)))?;
             if let Some(ports) = &e.ports {
                 if ports.is_empty() {
                     return Err(at("ports is empty; omit it to mean every port".into()));
@@ -61,7 +66,8 @@ impl EndpointTable {
                     return Err(at("port 0 is not a port".into()));
                 }
             }
-            let id = SpiffeId::new(trust_domain, &e.namespace, &e.service_account).map_err(|err| at(err.to_string()))?;
+            let id = SpiffeId::new(trust_domain, &e.namespace, &e.service_account)
+                .map_err(|err| at(err.to_string()))?;
             let entries = table.by_ip.entry(ip).or_default();
             for (ports, existing) in entries.iter() {
                 let overlap = match (ports, &e.ports) {
@@ -69,7 +75,9 @@ impl EndpointTable {
                     (Some(a), Some(b)) => a.iter().any(|p| b.contains(p)),
                 };
                 if overlap && *existing != id {
-                    return Err(at(format!("{ip} is already served by {existing} on an overlapping port")));
+                    return Err(at(format!(
+                        "{ip} is already served by {existing} on an overlapping port"
+                    )));
                 }
             }
             entries.push((e.ports, id));
@@ -99,12 +107,17 @@ impl EndpointTable {
 }
 
 /// Loads the table (a missing file is an empty table) and keeps it fresh in the background.
-pub fn watch_file(dir: &Path, trust_domain: &str) -> Result<watch::Receiver<Arc<EndpointTable>>, String> {
+pub fn watch_file(
+    dir: &Path,
+    trust_domain: &str,
+    loaded: prometheus::IntGauge,
+) -> Result<watch::Receiver<Arc<EndpointTable>>, String> {
     let path = dir.join(ENDPOINTS_FILE);
     let (initial, mtime) = load(&path, trust_domain)?;
+    loaded.set(initial.len() as i64);
     let (tx, rx) = watch::channel(Arc::new(initial));
     let trust_domain = trust_domain.to_owned();
-    tokio::spawn(poll(path, trust_domain, tx, mtime));
+    tokio::spawn(poll(path, trust_domain, tx, mtime, loaded));
     Ok(rx)
 }
 
@@ -119,7 +132,13 @@ fn load(path: &PathBuf, trust_domain: &str) -> Result<(EndpointTable, Option<Sys
     }
 }
 
-async fn poll(path: PathBuf, trust_domain: String, tx: watch::Sender<Arc<EndpointTable>>, mut mtime: Option<SystemTime>) {
+async fn poll(
+    path: PathBuf,
+    trust_domain: String,
+    tx: watch::Sender<Arc<EndpointTable>>,
+    mut mtime: Option<SystemTime>,
+    loaded: prometheus::IntGauge,
+) {
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
         if tx.is_closed() {
@@ -133,9 +152,12 @@ async fn poll(path: PathBuf, trust_domain: String, tx: watch::Sender<Arc<Endpoin
         match load(&path, &trust_domain) {
             Ok((table, _)) => {
                 tracing::info!(path = %path.display(), endpoints = table.len(), "reloaded endpoints");
+                loaded.set(table.len() as i64);
                 let _ = tx.send(Arc::new(table));
             }
-            Err(e) => tracing::error!(error = %e, "endpoints file is invalid; keeping the last good table"),
+            Err(e) => {
+                tracing::error!(error = %e, "endpoints file is invalid; keeping the last good table")
+            }
         }
     }
 }
@@ -154,10 +176,19 @@ mod tests {
         )
         .unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(t.lookup(ip("10.0.0.2"), 8080), Answer::Meshed("spiffe://cluster.local/ns/shop/sa/api".parse().unwrap()));
+        assert_eq!(
+            t.lookup(ip("10.0.0.2"), 8080),
+            Answer::Meshed("spiffe://cluster.local/ns/shop/sa/api".parse().unwrap())
+        );
         assert_eq!(t.lookup(ip("10.0.0.2"), 9090), Answer::NotMeshed);
-        assert_eq!(t.lookup(ip("10.0.0.3"), 1), Answer::Meshed("spiffe://cluster.local/ns/shop/sa/web".parse().unwrap()));
-        assert_eq!(t.lookup(ip("fd00::5"), 443), Answer::Meshed("spiffe://cluster.local/ns/shop/sa/db".parse().unwrap()));
+        assert_eq!(
+            t.lookup(ip("10.0.0.3"), 1),
+            Answer::Meshed("spiffe://cluster.local/ns/shop/sa/web".parse().unwrap())
+        );
+        assert_eq!(
+            t.lookup(ip("fd00::5"), 443),
+            Answer::Meshed("spiffe://cluster.local/ns/shop/sa/db".parse().unwrap())
+        );
         assert_eq!(t.lookup(ip("10.0.0.9"), 80), Answer::NotMeshed);
         assert_eq!(EndpointTable::parse("", TD).map(|t| t.len()), Ok(0));
     }

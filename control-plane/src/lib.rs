@@ -36,6 +36,7 @@ use crate::tokens::BootstrapTokens;
 /// Largest Certify request accepted (an ML-DSA-65 CSR plus a token is ~6 KB).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.pem";
 pub const BOOTSTRAP_TOKENS_FILE: &str = "bootstrap-tokens.yaml";
 
@@ -68,6 +69,7 @@ pub struct RunningControlPlane {
     pub identity: SpiffeId,
     pub metrics: Arc<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
+    stopping: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     renewal: JoinHandle<()>,
 }
@@ -80,11 +82,26 @@ impl RunningControlPlane {
         result.unwrap_or(Ok(()))
     }
 
+    /// Stops accepting, lets in-flight calls finish for up to `SHUTDOWN_GRACE`, then closes what
+    /// is left (long-lived Watch streams would otherwise hold it open forever).
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let _ = (&mut self.server).await;
+        let _ = self.stopping.send(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+        self.renewal.abort();
+    }
+
+    /// Stops at once, like a crash (outage tests).
+    pub fn kill(self) {
+        let _ = self.stopping.send(true);
+        self.server.abort();
         self.renewal.abort();
     }
 }
@@ -163,10 +180,13 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         HANDSHAKE_TIMEOUT,
         Arc::new(move |reason: &str| failures.with_label_values(&[reason]).inc()),
     );
-    let table = endpoints::watch_file(dir, &config.trust_domain).map_err(StartError::Endpoints)?;
+    let table = endpoints::watch_file(dir, &config.trust_domain, metrics.endpoints.clone())
+        .map_err(StartError::Endpoints)?;
+    let (stopping_tx, stopping) = watch::channel(false);
     let discovery = discovery::DiscoveryService {
         table,
         metrics: metrics.clone(),
+        stopping,
     };
     let identity = IdentityService {
         ca: ca.clone(),
@@ -177,7 +197,9 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(IdentityServer::new(identity).max_decoding_message_size(MAX_REQUEST_BYTES))
-            .add_service(DiscoveryServer::new(discovery).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .add_service(
+                DiscoveryServer::new(discovery).max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;
             }),
@@ -191,6 +213,7 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         identity: config.identity.clone(),
         metrics,
         shutdown: Some(shutdown_tx),
+        stopping: stopping_tx,
         server,
         renewal,
     })

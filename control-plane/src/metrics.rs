@@ -11,6 +11,7 @@ pub struct Metrics {
     pub serving_cert_expiry: Gauge,
     pub handshake_failures: IntCounterVec,
     pub discovery_streams: IntGauge,
+    pub endpoints: IntGauge,
 }
 
 impl Metrics {
@@ -81,8 +82,16 @@ impl Metrics {
             .register(Box::new(serving_cert_expiry.clone()))
             .expect("unique metric");
         let discovery_streams =
-            IntGauge::new("discovery_streams", "Connected sidecar discovery streams").expect("static metric");
-        registry.register(Box::new(discovery_streams.clone())).expect("unique metric");
+            IntGauge::new("discovery_streams", "Connected sidecar discovery streams")
+                .expect("static metric");
+        registry
+            .register(Box::new(discovery_streams.clone()))
+            .expect("unique metric");
+        let endpoints =
+            IntGauge::new("endpoints", "Endpoints in the discovery table").expect("static metric");
+        registry
+            .register(Box::new(endpoints.clone()))
+            .expect("unique metric");
         Self {
             registry,
             certificates_issued,
@@ -92,6 +101,7 @@ impl Metrics {
             serving_cert_expiry,
             handshake_failures,
             discovery_streams,
+            endpoints,
         }
     }
 }

@@ -29,7 +29,8 @@ pub fn spawn(
         "key_exchange": format!("{:?}", config.kx),
         "inbound": {
             "listen": config.inbound_addr.to_string(),
-            "app": config.app_addr.to_string(),
+            "app": config.app_addr.map(|a| a.to_string()),
+            "ports": config.inbound_ports,
             "mode": format!("{:?}", config.inbound_mode).to_uppercase(),
             "allow": config.inbound_allow.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         },
@@ -52,8 +53,13 @@ pub fn spawn(
                 let discovery_ok = discovery_ready.as_ref().is_none_or(|d| *d.borrow());
                 match (tls.borrow().is_some(), discovery_ok) {
                     (true, true) => Reply::text(StatusCode::OK, "ready\n"),
-                    (false, _) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first certificate\n"),
-                    (true, false) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for discovery\n"),
+                    (false, _) => Reply::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "waiting for the first certificate\n",
+                    ),
+                    (true, false) => {
+                        Reply::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for discovery\n")
+                    }
                 }
             }
             (&Method::GET, "/metrics") => admin::render_metrics(&metrics.registry),

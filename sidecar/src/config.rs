@@ -17,7 +17,12 @@ pub struct Config {
     pub key_alg: KeyAlgorithm,
     pub kx: KeyExchangePolicy,
     pub inbound_addr: SocketAddr,
-    pub app_addr: SocketAddr,
+    /// Where connections that were not redirected by iptables go (explicit mode). Unset: such
+    /// connections are refused — in a pod, inbound traffic always arrives redirected.
+    pub app_addr: Option<SocketAddr>,
+    /// When set, only these original destination ports are served inbound (the pod's declared
+    /// container ports); anything else is refused. Unset: every port.
+    pub inbound_ports: Option<Vec<u16>>,
     /// Peers allowed to connect inbound. Empty = nobody (fail closed).
     pub inbound_allow: Vec<PeerPattern>,
     /// STRICT refuses plaintext inbound; PERMISSIVE forwards it (migrations).
@@ -55,7 +60,10 @@ impl std::str::FromStr for InboundMode {
 pub enum Outbound {
     /// Transparent interception (iptables → 15001): the original destination decides, and the
     /// control plane says which identity serves it.
-    Transparent { listen: SocketAddr, unmeshed: Unmeshed },
+    Transparent {
+        listen: SocketAddr,
+        unmeshed: Unmeshed,
+    },
     /// Everything to one configured peer sidecar (no iptables; loopback demos and tests).
     Explicit(OutboundTarget),
 }
@@ -157,7 +165,11 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let outbound_listen = env::parse_or(env, "PQMESH_OUTBOUND_ADDR", SocketAddr::from(([127, 0, 0, 1], 15001)))?;
+        let outbound_listen = env::parse_or(
+            env,
+            "PQMESH_OUTBOUND_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 15001)),
+        )?;
         let outbound = match env.var("PQMESH_OUTBOUND_PEER_ADDR") {
             None => Outbound::Transparent {
                 listen: outbound_listen,
@@ -197,26 +209,16 @@ impl Config {
                 "PQMESH_INBOUND_ADDR",
                 SocketAddr::from(([0, 0, 0, 0], 15006)),
             )?,
-            app_addr: env::parse_or(
-                env,
-                "PQMESH_INBOUND_APP_ADDR",
-                SocketAddr::from(([127, 0, 0, 1], 8080)),
-            )?,
+            app_addr: env::parse_opt(env, "PQMESH_INBOUND_APP_ADDR")?,
+            inbound_ports: env
+                .var("PQMESH_INBOUND_PORTS")
+                .map(|v| parse_ports("PQMESH_INBOUND_PORTS", &v))
+                .transpose()?,
             inbound_allow,
             inbound_mode: env::parse_or(env, "PQMESH_INBOUND_MODE", InboundMode::Strict)?,
             opaque_ports: match env.var("PQMESH_OPAQUE_PORTS") {
                 None => DEFAULT_OPAQUE_PORTS.to_vec(),
-                Some(v) => v
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| {
-                        p.parse::<u16>()
-                            .ok()
-                            .filter(|n| *n != 0)
-                            .ok_or_else(|| EnvError::new("PQMESH_OPAQUE_PORTS", &v, format!("{p:?} is not a TCP port")))
-                    })
-                    .collect::<Result<_, _>>()?,
+                Some(v) => parse_ports("PQMESH_OPAQUE_PORTS", &v)?,
             },
             outbound,
             admin_addr: env::parse_or(
@@ -227,6 +229,19 @@ impl Config {
             trust_domain,
         })
     }
+}
+
+fn parse_ports(name: &str, v: &str) -> Result<Vec<u16>, EnvError> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|n| *n != 0)
+                .ok_or_else(|| EnvError::new(name, v, format!("{p:?} is not a TCP port")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -254,7 +269,13 @@ mod tests {
         let c = Config::from_env(&env(&[])).unwrap();
         assert_eq!(c.inbound_addr.port(), 15006);
         assert_eq!(c.admin_addr, "127.0.0.1:15000".parse().unwrap());
-        assert!(matches!(c.outbound, Outbound::Transparent { unmeshed: Unmeshed::Passthrough, .. }));
+        assert!(matches!(
+            c.outbound,
+            Outbound::Transparent {
+                unmeshed: Unmeshed::Passthrough,
+                ..
+            }
+        ));
         assert_eq!(c.inbound_mode, InboundMode::Strict);
         assert!(
             c.inbound_allow.is_empty(),
@@ -284,9 +305,23 @@ mod tests {
             (&[("PQMESH_KEY_ALG", "rsa-2048")], "PQMESH_KEY_ALG"),
             (&[("PQMESH_INBOUND_ADDR", "nope")], "PQMESH_INBOUND_ADDR"),
             (&[("PQMESH_BOOTSTRAP_TOKEN_FILE", "/t")], "not both"),
-            (&[("PQMESH_INBOUND_MODE", "lenient")], "STRICT or PERMISSIVE"),
-            (&[("PQMESH_OUTBOUND_UNMESHED", "allow")], "passthrough or refuse"),
+            (
+                &[("PQMESH_INBOUND_MODE", "lenient")],
+                "STRICT or PERMISSIVE",
+            ),
+            (
+                &[("PQMESH_OUTBOUND_UNMESHED", "allow")],
+                "passthrough or refuse",
+            ),
             (&[("PQMESH_OPAQUE_PORTS", "5432,db")], "PQMESH_OPAQUE_PORTS"),
+            (
+                &[("PQMESH_INBOUND_PORTS", "8080,0")],
+                "PQMESH_INBOUND_PORTS",
+            ),
+            (
+                &[("PQMESH_INBOUND_APP_ADDR", "8080")],
+                "PQMESH_INBOUND_APP_ADDR",
+            ),
         ];
         for (pairs, want) in cases {
             let err = Config::from_env(&env(pairs)).unwrap_err().to_string();

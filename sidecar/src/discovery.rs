@@ -109,9 +109,13 @@ impl Discovery {
     }
 
     fn apply(&self, update: DestinationUpdate) {
-        let Some(dest) = update.destination else { return };
+        let Some(dest) = update.destination else {
+            return;
+        };
         let Ok(ip) = dest.ip.parse() else { return };
-        let Ok(port) = u16::try_from(dest.port) else { return };
+        let Ok(port) = u16::try_from(dest.port) else {
+            return;
+        };
         let addr = SocketAddr::new(ip, port);
         let answer = if update.meshed {
             update
@@ -141,7 +145,12 @@ impl Discovery {
 
     fn subscribed(&self) -> Vec<SocketAddr> {
         let state = self.lock();
-        state.answers.keys().chain(state.pending.iter()).copied().collect()
+        state
+            .answers
+            .keys()
+            .chain(state.pending.iter())
+            .copied()
+            .collect()
     }
 }
 
@@ -163,7 +172,9 @@ impl DiscoveryTask {
     ) {
         let mut failures = 0u32;
         loop {
-            let Ok(current) = tls.wait_for(|t| t.is_some()).await.map(|t| t.clone()) else { return };
+            let Ok(current) = tls.wait_for(|t| t.is_some()).await.map(|t| t.clone()) else {
+                return;
+            };
             let Some(current) = current else { continue };
             match self.stream_once(&addr, &server_id, kx, &current).await {
                 Ok(()) => failures = 0,
@@ -173,7 +184,10 @@ impl DiscoveryTask {
                 }
             }
             let _ = self.discovery.connected.send(false);
-            tokio::time::sleep(backoff(failures.max(1), rand::random()).min(Duration::from_secs(30))).await;
+            tokio::time::sleep(
+                backoff(failures.max(1), rand::random()).min(Duration::from_secs(30)),
+            )
+            .await;
         }
     }
 
@@ -184,16 +198,27 @@ impl DiscoveryTask {
         kx: KeyExchangePolicy,
         tls: &MeshTls,
     ) -> Result<(), String> {
-        let config = tls.creds.client_config(server_id, kx, &[ALPN_H2]).map_err(|e| e.to_string())?;
+        let config = tls
+            .creds
+            .client_config(server_id, kx, &[ALPN_H2])
+            .map_err(|e| e.to_string())?;
         let channel = tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
             .connect_timeout(Duration::from_secs(10))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
-            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(addr.to_owned(), config))
+            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(
+                addr.to_owned(),
+                config,
+            ))
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let (tx, rx) = mpsc::channel(256);
-        let resubscribe: Vec<Destination> = self.discovery.subscribed().iter().map(destination).collect();
+        let resubscribe: Vec<Destination> = self
+            .discovery
+            .subscribed()
+            .iter()
+            .map(destination)
+            .collect();
         if !resubscribe.is_empty() {
             let _ = tx
                 .send(DiscoveryRequest {

@@ -50,13 +50,29 @@ struct Ctx {
     peer: Option<SpiffeId>,
     target: SocketAddr,
     clients: Arc<AppClients>,
+    direction: &'static str,
+    /// `pqmesh_http_requests_total{direction, outcome}`.
+    requests: prometheus::IntCounterVec,
 }
 
-pub async fn serve_http1<IO>(io: IO, peer: Option<SpiffeId>, target: SocketAddr, clients: Arc<AppClients>) -> Result<(), hyper::Error>
+pub async fn serve_http1<IO>(
+    io: IO,
+    peer: Option<SpiffeId>,
+    target: SocketAddr,
+    clients: Arc<AppClients>,
+    direction: &'static str,
+    requests: prometheus::IntCounterVec,
+) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ctx = Arc::new(Ctx { peer, target, clients });
+    let ctx = Arc::new(Ctx {
+        peer,
+        target,
+        clients,
+        direction,
+        requests,
+    });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(forward(req, &ctx, false).await) }
@@ -67,11 +83,24 @@ where
         .await
 }
 
-pub async fn serve_http2<IO>(io: IO, peer: Option<SpiffeId>, target: SocketAddr, clients: Arc<AppClients>) -> Result<(), hyper::Error>
+pub async fn serve_http2<IO>(
+    io: IO,
+    peer: Option<SpiffeId>,
+    target: SocketAddr,
+    clients: Arc<AppClients>,
+    direction: &'static str,
+    requests: prometheus::IntCounterVec,
+) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ctx = Arc::new(Ctx { peer, target, clients });
+    let ctx = Arc::new(Ctx {
+        peer,
+        target,
+        clients,
+        direction,
+        requests,
+    });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(forward(req, &ctx, true).await) }
@@ -96,11 +125,12 @@ const HOP_BY_HOP: &[&str] = &[
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.headers().contains_key(UPGRADE)
-        && req
-            .headers()
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
 }
 
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
@@ -120,7 +150,11 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 }
 
 fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(Full::new(Bytes::from(format!("pqmesh: {text}\n"))).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("pqmesh: {text}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
     resp
 }
@@ -138,7 +172,12 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
     if !upgrade {
         strip_hop_by_hop(req.headers_mut());
     }
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
     if h2 {
         if let Some(authority) = req.uri().authority().map(|a| a.to_string()) {
             if let Ok(v) = HeaderValue::from_str(&authority) {
@@ -148,7 +187,12 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
     }
     match format!("http://{}{}", ctx.target, path).parse() {
         Ok(uri) => *req.uri_mut() = uri,
-        Err(_) => return error_response(StatusCode::BAD_REQUEST, "unparseable request target"),
+        Err(_) => {
+            ctx.requests
+                .with_label_values(&[ctx.direction, "bad_request"])
+                .inc();
+            return error_response(StatusCode::BAD_REQUEST, "unparseable request target");
+        }
     }
     let server_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let result = if h2 {
@@ -159,6 +203,14 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
     };
     match result {
         Ok(mut resp) => {
+            let outcome = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                "upgraded"
+            } else {
+                "forwarded"
+            };
+            ctx.requests
+                .with_label_values(&[ctx.direction, outcome])
+                .inc();
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(server_upgrade) = server_upgrade {
                     let client_upgrade = hyper::upgrade::on(&mut resp);
@@ -167,7 +219,9 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
                             Ok((downstream, upstream)) => {
                                 let mut downstream = TokioIo::new(downstream);
                                 let mut upstream = TokioIo::new(upstream);
-                                let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                                        .await;
                             }
                             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                         }
@@ -180,6 +234,9 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
         }
         Err(e) => {
             tracing::info!(target = %ctx.target, error = %e, "app request failed");
+            ctx.requests
+                .with_label_values(&[ctx.direction, "app_unreachable"])
+                .inc();
             error_response(StatusCode::BAD_GATEWAY, "the application is unreachable")
         }
     }

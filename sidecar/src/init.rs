@@ -34,7 +34,10 @@ pub enum InitError {
     #[error("pqmesh-sidecar init: {0}")]
     Usage(String),
     #[error("{tool} was not found: install iptables in the init container image ({source})")]
-    Missing { tool: String, source: std::io::Error },
+    Missing {
+        tool: String,
+        source: std::io::Error,
+    },
     #[error("{tool} needs the NET_ADMIN and NET_RAW capabilities in the pod's network namespace: {stderr}")]
     Permission { tool: String, stderr: String },
     #[error("{command} failed: {stderr}")]
@@ -70,16 +73,28 @@ impl InitConfig {
                 "--proxy-uid" => config.proxy_uid = number(flag, &value(flag)?)?,
                 "--outbound-port" => config.outbound_port = port(flag, &value(flag)?)?,
                 "--inbound-port" => config.inbound_port = port(flag, &value(flag)?)?,
-                "--exclude-inbound-ports" => config.exclude_inbound_ports = ports(flag, &value(flag)?)?,
-                "--exclude-outbound-ports" => config.exclude_outbound_ports = ports(flag, &value(flag)?)?,
-                "--exclude-outbound-cidrs" => config.exclude_outbound_cidrs = cidrs(flag, &value(flag)?)?,
+                "--exclude-inbound-ports" => {
+                    config.exclude_inbound_ports = ports(flag, &value(flag)?)?
+                }
+                "--exclude-outbound-ports" => {
+                    config.exclude_outbound_ports = ports(flag, &value(flag)?)?
+                }
+                "--exclude-outbound-cidrs" => {
+                    config.exclude_outbound_cidrs = cidrs(flag, &value(flag)?)?
+                }
                 "--iptables" => config.iptables = value(flag)?,
                 "-h" | "--help" => return Err(InitError::Usage(USAGE.to_owned())),
-                other => return Err(InitError::Usage(format!("unknown argument {other:?}\n{USAGE}"))),
+                other => {
+                    return Err(InitError::Usage(format!(
+                        "unknown argument {other:?}\n{USAGE}"
+                    )))
+                }
             }
         }
         if config.outbound_port == config.inbound_port {
-            return Err(InitError::Usage("--outbound-port and --inbound-port must differ".into()));
+            return Err(InitError::Usage(
+                "--outbound-port and --inbound-port must differ".into(),
+            ));
         }
         Ok(config)
     }
@@ -98,18 +113,28 @@ impl InitConfig {
     /// applying twice leaves exactly one set of pqmesh rules.
     pub fn restore_input(&self) -> String {
         let mut out = String::from("*nat\n");
-        out.push_str(&format!(":{CHAIN_INBOUND} - [0:0]\n:{CHAIN_OUTPUT} - [0:0]\n"));
+        out.push_str(&format!(
+            ":{CHAIN_INBOUND} - [0:0]\n:{CHAIN_OUTPUT} - [0:0]\n"
+        ));
         for p in self.inbound_exclusions() {
-            out.push_str(&format!("-A {CHAIN_INBOUND} -p tcp --dport {p} -j RETURN\n"));
+            out.push_str(&format!(
+                "-A {CHAIN_INBOUND} -p tcp --dport {p} -j RETURN\n"
+            ));
         }
-        out.push_str(&format!("-A {CHAIN_INBOUND} -p tcp -j REDIRECT --to-ports {}\n", self.inbound_port));
+        out.push_str(&format!(
+            "-A {CHAIN_INBOUND} -p tcp -j REDIRECT --to-ports {}\n",
+            self.inbound_port
+        ));
         // The sidecar dialing its own pod IP (the app calling itself through the mesh) must enter
         // its own inbound listener, as a remote peer would.
         out.push_str(&format!(
             "-A {CHAIN_OUTPUT} -o lo ! -d 127.0.0.1/32 -p tcp -m owner --uid-owner {} -j REDIRECT --to-ports {}\n",
             self.proxy_uid, self.inbound_port
         ));
-        out.push_str(&format!("-A {CHAIN_OUTPUT} -m owner --uid-owner {} -j RETURN\n", self.proxy_uid));
+        out.push_str(&format!(
+            "-A {CHAIN_OUTPUT} -m owner --uid-owner {} -j RETURN\n",
+            self.proxy_uid
+        ));
         out.push_str(&format!("-A {CHAIN_OUTPUT} -d 127.0.0.0/8 -j RETURN\n"));
         for cidr in &self.exclude_outbound_cidrs {
             out.push_str(&format!("-A {CHAIN_OUTPUT} -d {cidr} -j RETURN\n"));
@@ -117,7 +142,10 @@ impl InitConfig {
         for p in &self.exclude_outbound_ports {
             out.push_str(&format!("-A {CHAIN_OUTPUT} -p tcp --dport {p} -j RETURN\n"));
         }
-        out.push_str(&format!("-A {CHAIN_OUTPUT} -p tcp -j REDIRECT --to-ports {}\n", self.outbound_port));
+        out.push_str(&format!(
+            "-A {CHAIN_OUTPUT} -p tcp -j REDIRECT --to-ports {}\n",
+            self.outbound_port
+        ));
         out.push_str("COMMIT\n");
         out
     }
@@ -132,7 +160,8 @@ impl InitConfig {
 }
 
 fn number(flag: &str, v: &str) -> Result<u32, InitError> {
-    v.parse().map_err(|_| InitError::Usage(format!("{flag} {v:?}: not a number")))
+    v.parse()
+        .map_err(|_| InitError::Usage(format!("{flag} {v:?}: not a number")))
 }
 
 fn port(flag: &str, v: &str) -> Result<u16, InitError> {
@@ -143,7 +172,11 @@ fn port(flag: &str, v: &str) -> Result<u16, InitError> {
 }
 
 fn ports(flag: &str, v: &str) -> Result<Vec<u16>, InitError> {
-    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|p| port(flag, p)).collect()
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|p| port(flag, p))
+        .collect()
 }
 
 fn cidrs(flag: &str, v: &str) -> Result<Vec<String>, InitError> {
@@ -152,7 +185,8 @@ fn cidrs(flag: &str, v: &str) -> Result<Vec<String>, InitError> {
         .filter(|s| !s.is_empty())
         .map(|c| {
             let (ip, len) = c.split_once('/').unwrap_or((c, "32"));
-            let ok = ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32);
+            let ok = ip.parse::<std::net::Ipv4Addr>().is_ok()
+                && len.parse::<u8>().is_ok_and(|l| l <= 32);
             if ok {
                 Ok(c.to_owned())
             } else {
@@ -166,7 +200,10 @@ fn cidrs(flag: &str, v: &str) -> Result<Vec<String>, InitError> {
 pub fn run(config: &InitConfig) -> Result<String, InitError> {
     match config.action {
         InitAction::DryRun => {
-            let mut text = format!("# iptables-restore --noflush <<EOF\n{}# EOF\n", config.restore_input());
+            let mut text = format!(
+                "# iptables-restore --noflush <<EOF\n{}# EOF\n",
+                config.restore_input()
+            );
             for jump in config.jumps() {
                 let [t, table, chain, p, proto, target] = jump;
                 text.push_str(&format!(
@@ -189,10 +226,12 @@ pub fn run(config: &InitConfig) -> Result<String, InitError> {
                     source,
                 })?;
             if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(config.restore_input().as_bytes()).map_err(|e| InitError::Failed {
-                    command: restore.clone(),
-                    stderr: e.to_string(),
-                })?;
+                stdin
+                    .write_all(config.restore_input().as_bytes())
+                    .map_err(|e| InitError::Failed {
+                        command: restore.clone(),
+                        stderr: e.to_string(),
+                    })?;
             }
             let out = child.wait_with_output().map_err(|e| InitError::Failed {
                 command: restore.clone(),
@@ -246,7 +285,11 @@ fn check(command: &str, out: std::process::Output) -> Result<(), InitError> {
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     if stderr.contains("Permission denied") || stderr.contains("Operation not permitted") {
         return Err(InitError::Permission {
-            tool: command.split_whitespace().next().unwrap_or(command).to_owned(),
+            tool: command
+                .split_whitespace()
+                .next()
+                .unwrap_or(command)
+                .to_owned(),
             stderr,
         });
     }
@@ -266,7 +309,10 @@ mod tests {
 
     #[test]
     fn default_rules_read_as_intended() {
-        let c = InitConfig::from_args(&args("--exclude-inbound-ports 9090 --exclude-outbound-cidrs 169.254.169.254/32")).unwrap();
+        let c = InitConfig::from_args(&args(
+            "--exclude-inbound-ports 9090 --exclude-outbound-cidrs 169.254.169.254/32",
+        ))
+        .unwrap();
         assert_eq!(
             c.restore_input(),
             "*nat

@@ -8,8 +8,8 @@ pub mod discovery;
 pub mod http_proxy;
 pub mod identity;
 pub mod init;
-pub mod original_dst;
 pub mod metrics;
+pub mod original_dst;
 pub mod proxy;
 pub mod sniff;
 pub mod tls;
@@ -99,17 +99,23 @@ pub async fn start(config: Config) -> Result<RunningSidecar, StartError> {
 }
 
 /// Starts the sidecar with an explicit source of original destinations (tests inject one).
-pub async fn start_with(config: Config, original_dst: Arc<dyn OriginalDst>) -> Result<RunningSidecar, StartError> {
-    let bundle_text = std::fs::read_to_string(&config.trust_bundle_path).map_err(|e| StartError::Bundle {
-        path: config.trust_bundle_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+pub async fn start_with(
+    config: Config,
+    original_dst: Arc<dyn OriginalDst>,
+) -> Result<RunningSidecar, StartError> {
+    let bundle_text =
+        std::fs::read_to_string(&config.trust_bundle_path).map_err(|e| StartError::Bundle {
+            path: config.trust_bundle_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let bundle = TrustBundle::from_pem(&bundle_text).map_err(|reason| StartError::Bundle {
         path: config.trust_bundle_path.display().to_string(),
         reason,
     })?;
     if config.inbound_allow.is_empty() {
-        tracing::warn!("PQMESH_INBOUND_ALLOW is empty: every inbound mesh connection will be refused");
+        tracing::warn!(
+            "PQMESH_INBOUND_ALLOW is empty: every inbound mesh connection will be refused"
+        );
     }
     let uid = nix::unistd::getuid().as_raw();
     if matches!(config.outbound, OutboundConfig::Transparent { .. }) && uid != 1337 {
@@ -122,35 +128,50 @@ pub async fn start_with(config: Config, original_dst: Arc<dyn OriginalDst>) -> R
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
     };
     let inbound_listener = bind(config.inbound_addr).await?;
-    let inbound_addr = inbound_listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.inbound_addr,
-        source,
-    })?;
+    let inbound_addr = inbound_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.inbound_addr,
+            source,
+        })?;
     let outbound_listen = match &config.outbound {
         OutboundConfig::Transparent { listen, .. } => *listen,
         OutboundConfig::Explicit(t) => t.listen,
     };
     let outbound_listener = bind(outbound_listen).await?;
-    let outbound_addr = outbound_listener.local_addr().map_err(|source| StartError::Bind {
-        addr: outbound_listen,
-        source,
-    })?;
+    let outbound_addr = outbound_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: outbound_listen,
+            source,
+        })?;
     let mut tasks = Vec::new();
     let inbound = Arc::new(Inbound {
         app_addr: config.app_addr,
+        ports: config.inbound_ports.clone(),
         allow: config.inbound_allow.clone(),
         mode: config.inbound_mode,
-        own_ports: vec![inbound_addr.port(), outbound_addr.port(), config.admin_addr.port()],
+        own_ports: vec![
+            inbound_addr.port(),
+            outbound_addr.port(),
+            config.admin_addr.port(),
+        ],
         opaque_ports: config.opaque_ports.clone(),
         tls: tls_rx.clone(),
         original_dst: original_dst.clone(),
         clients: Arc::new(http_proxy::AppClients::default()),
         metrics: metrics.clone(),
     });
-    tasks.push(tokio::spawn(proxy::serve_inbound(inbound_listener, inbound, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(proxy::serve_inbound(
+        inbound_listener,
+        inbound,
+        shutdown_rx.clone(),
+    )));
 
     let mut discovery = None;
     let route = match config.outbound.clone() {
@@ -177,7 +198,11 @@ pub async fn start_with(config: Config, original_dst: Arc<dyn OriginalDst>) -> R
         tls: tls_rx.clone(),
         metrics: metrics.clone(),
     });
-    tasks.push(tokio::spawn(proxy::serve_outbound(outbound_listener, outbound, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(proxy::serve_outbound(
+        outbound_listener,
+        outbound,
+        shutdown_rx.clone(),
+    )));
 
     let certifier = GrpcCertifier {
         addr: config.control_plane_addr.clone(),
@@ -196,11 +221,17 @@ pub async fn start_with(config: Config, original_dst: Arc<dyn OriginalDst>) -> R
     )));
 
     let discovery_ready = discovery.as_ref().map(|d| d.connected());
-    let admin_addr = admin::spawn(&config, tls_rx.clone(), discovery_ready, metrics.clone(), shutdown_tx.clone())
-        .map_err(|source| StartError::Bind {
-            addr: config.admin_addr,
-            source,
-        })?;
+    let admin_addr = admin::spawn(
+        &config,
+        tls_rx.clone(),
+        discovery_ready,
+        metrics.clone(),
+        shutdown_tx.clone(),
+    )
+    .map_err(|source| StartError::Bind {
+        addr: config.admin_addr,
+        source,
+    })?;
     tracing::info!(%inbound_addr, %outbound_addr, %admin_addr, control_plane = %config.control_plane_addr,
         kx = ?config.kx, key_alg = %config.key_alg, inbound_mode = ?config.inbound_mode, "sidecar started");
     Ok(RunningSidecar {

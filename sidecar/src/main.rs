@@ -23,7 +23,9 @@ async fn main() -> anyhow::Result<()> {
     }
     pqmesh_mtls::provider::install_default();
     let config = Config::from_env(&ProcessEnv)?;
-    let running = pqmesh_sidecar::start(config).await.context("sidecar failed to start")?;
+    let running = pqmesh_sidecar::start(config)
+        .await
+        .context("sidecar failed to start")?;
     tokio::select! {
         _ = pqmesh_mtls::logging::terminate_signal() => tracing::info!("signal received, shutting down"),
         _ = running.shutdown_requested() => tracing::info!("shutdown requested via admin API"),

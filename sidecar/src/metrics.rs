@@ -12,6 +12,7 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     pub cert_renewals: IntCounterVec,
     pub http_connections: IntCounterVec,
+    pub requests: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -61,6 +62,12 @@ impl Metrics {
             "Connections proxied per request, by direction and protocol",
             &["direction", "protocol"],
         );
+        let requests = counter(
+            &registry,
+            "http_requests_total",
+            "HTTP requests proxied to the app, by direction and outcome (forwarded, upgraded, app_unreachable, bad_request)",
+            &["direction", "outcome"],
+        );
         let connections_open =
             IntGauge::new("connections_open", "Proxied connections currently open")
                 .expect("static metric");
@@ -85,6 +92,7 @@ impl Metrics {
             cert_expiry,
             cert_renewals,
             http_connections,
+            requests,
         }
     }
 }

@@ -57,7 +57,11 @@ impl<S> Prefixed<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.offset < self.prefix.len() {
             let n = (self.prefix.len() - self.offset).min(buf.remaining());
             let start = self.offset;
@@ -70,7 +74,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -83,7 +91,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
 /// Reads until `classify` decides, the limit is reached, EOF, or the timeout passes.
 /// Returns the verdict (`None` on timeout or EOF) and every byte read.
-async fn sniff<S, T>(stream: &mut S, limit: usize, classify: impl Fn(&[u8]) -> Option<T>) -> (Option<T>, Vec<u8>)
+async fn sniff<S, T>(
+    stream: &mut S,
+    limit: usize,
+    classify: impl Fn(&[u8]) -> Option<T>,
+) -> (Option<T>, Vec<u8>)
 where
     S: AsyncRead + Unpin,
 {
@@ -105,8 +117,11 @@ where
 }
 
 pub struct Inbound {
-    /// Where to send admitted traffic when the connection was not redirected (explicit mode).
-    pub app_addr: SocketAddr,
+    /// Where to send admitted traffic when the connection was not redirected (explicit mode);
+    /// `None`: such connections are refused.
+    pub app_addr: Option<SocketAddr>,
+    /// Original destination ports that may be served; `None` = all.
+    pub ports: Option<Vec<u16>>,
     pub allow: Vec<PeerPattern>,
     pub mode: InboundMode,
     /// The sidecar's own ports: an original destination among them would loop.
@@ -119,7 +134,11 @@ pub struct Inbound {
 }
 
 /// Accepts until `shutdown` flips to true; each connection is handled on its own task.
-pub async fn serve_inbound(listener: TcpListener, inbound: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_inbound(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
@@ -139,22 +158,46 @@ pub async fn serve_inbound(listener: TcpListener, inbound: Arc<Inbound>, mut shu
 
 impl Inbound {
     fn deny(&self, outcome: &str, reason: &'static str) -> Result<(), &'static str> {
-        self.metrics.connections.with_label_values(&["inbound", outcome]).inc();
+        self.metrics
+            .connections
+            .with_label_values(&["inbound", outcome])
+            .inc();
         Err(reason)
     }
 
     /// The app address for a connection: 127.0.0.1:<original port> when iptables redirected it,
     /// else the configured app address.
-    fn app_target(&self, tcp: &TcpStream) -> Result<SocketAddr, &'static str> {
-        let local = tcp.local_addr().map_err(|_| "no local address")?;
+    fn app_target(&self, tcp: &TcpStream) -> Result<SocketAddr, (&'static str, &'static str)> {
+        let local = tcp
+            .local_addr()
+            .map_err(|_| ("denied_loop", "no local address"))?;
         match self.original_dst.original_dst(tcp) {
             Ok(orig) if orig != local => {
                 if self.own_ports.contains(&orig.port()) {
-                    return Err("original destination is one of the sidecar's own ports");
+                    return Err((
+                        "denied_loop",
+                        "original destination is one of the sidecar's own ports",
+                    ));
                 }
-                Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), orig.port()))
+                if self
+                    .ports
+                    .as_ref()
+                    .is_some_and(|p| !p.contains(&orig.port()))
+                {
+                    return Err((
+                        "denied_port",
+                        "original destination port is not a served port",
+                    ));
+                }
+                Ok(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    orig.port(),
+                ))
             }
-            _ => Ok(self.app_addr),
+            _ => self.app_addr.ok_or((
+                "denied_not_redirected",
+                "connection was not redirected and no app address is configured",
+            )),
         }
     }
 
@@ -162,9 +205,10 @@ impl Inbound {
         let _ = tcp.set_nodelay(true);
         let target = match self.app_target(&tcp) {
             Ok(t) => t,
-            Err(reason) => return self.deny("denied_loop", reason),
+            Err((outcome, reason)) => return self.deny(outcome, reason),
         };
-        let (transport, hello) = sniff(&mut tcp, sniff::MAX_HELLO_BYTES, sniff::classify_transport).await;
+        let (transport, hello) =
+            sniff(&mut tcp, sniff::MAX_HELLO_BYTES, sniff::classify_transport).await;
         let stream = Prefixed::new(hello, tcp);
         match transport {
             Some(Transport::MeshTls) => self.handle_mesh(stream, remote, target).await,
@@ -174,15 +218,32 @@ impl Inbound {
                 self.deny("denied_plaintext", "not a mesh client (STRICT mode)")
             }
             _ => {
-                self.metrics.connections.with_label_values(&["inbound", "plaintext_permitted"]).inc();
+                self.metrics
+                    .connections
+                    .with_label_values(&["inbound", "plaintext_permitted"])
+                    .inc();
                 let opaque = self.opaque_ports.contains(&target.port());
-                serve_app(stream, None, target, opaque, &self.clients, "inbound", &self.metrics).await;
+                serve_app(
+                    stream,
+                    None,
+                    target,
+                    opaque,
+                    &self.clients,
+                    "inbound",
+                    &self.metrics,
+                )
+                .await;
                 Ok(())
             }
         }
     }
 
-    async fn handle_mesh(&self, stream: Prefixed<TcpStream>, remote: SocketAddr, target: SocketAddr) -> Result<(), &'static str> {
+    async fn handle_mesh(
+        &self,
+        stream: Prefixed<TcpStream>,
+        remote: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<(), &'static str> {
         let Some(tls) = self.tls.borrow().clone() else {
             return self.deny("no_certificate", "no workload certificate yet");
         };
@@ -192,11 +253,17 @@ impl Inbound {
             Ok(Err(e)) => {
                 let reason = pqmesh_mtls::handshake_failure_reason(&e);
                 tracing::info!(%remote, error = %e, "inbound handshake failed");
-                self.metrics.handshake_failures.with_label_values(&["inbound", reason]).inc();
+                self.metrics
+                    .handshake_failures
+                    .with_label_values(&["inbound", reason])
+                    .inc();
                 return Err("TLS handshake failed");
             }
             Err(_) => {
-                self.metrics.handshake_failures.with_label_values(&["inbound", "timeout"]).inc();
+                self.metrics
+                    .handshake_failures
+                    .with_label_values(&["inbound", "timeout"])
+                    .inc();
                 return Err("TLS handshake timed out");
             }
         };
@@ -216,9 +283,21 @@ impl Inbound {
             return self.deny("denied_identity", "peer identity not on the allow-list");
         }
         tracing::debug!(%remote, peer = %peer, group = %hs.group, %target, "inbound connection allowed");
-        self.metrics.connections.with_label_values(&["inbound", "allowed"]).inc();
+        self.metrics
+            .connections
+            .with_label_values(&["inbound", "allowed"])
+            .inc();
         let opaque = self.opaque_ports.contains(&target.port());
-        serve_app(stream, Some(peer), target, opaque, &self.clients, "inbound", &self.metrics).await;
+        serve_app(
+            stream,
+            Some(peer),
+            target,
+            opaque,
+            &self.clients,
+            "inbound",
+            &self.metrics,
+        )
+        .await;
         Ok(())
     }
 }
@@ -243,22 +322,50 @@ async fn serve_app<S>(
     let stream = Prefixed::new(prefix, stream);
     match protocol {
         Some(AppProtocol::Http1) => {
-            metrics.http_connections.with_label_values(&[direction, "http1"]).inc();
-            if let Err(e) = http_proxy::serve_http1(stream, peer, target, clients.clone()).await {
+            metrics
+                .http_connections
+                .with_label_values(&[direction, "http1"])
+                .inc();
+            if let Err(e) = http_proxy::serve_http1(
+                stream,
+                peer,
+                target,
+                clients.clone(),
+                direction,
+                metrics.requests.clone(),
+            )
+            .await
+            {
                 tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
             }
         }
         Some(AppProtocol::Http2) => {
-            metrics.http_connections.with_label_values(&[direction, "http2"]).inc();
-            if let Err(e) = http_proxy::serve_http2(stream, peer, target, clients.clone()).await {
+            metrics
+                .http_connections
+                .with_label_values(&[direction, "http2"])
+                .inc();
+            if let Err(e) = http_proxy::serve_http2(
+                stream,
+                peer,
+                target,
+                clients.clone(),
+                direction,
+                metrics.requests.clone(),
+            )
+            .await
+            {
                 tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
             }
         }
         Some(AppProtocol::Opaque) | None => {
-            let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+            let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
+            {
                 Ok(Ok(app)) => app,
                 _ => {
-                    metrics.connections.with_label_values(&[direction, "app_unreachable"]).inc();
+                    metrics
+                        .connections
+                        .with_label_values(&[direction, "app_unreachable"])
+                        .inc();
                     tracing::info!(%target, "local app unreachable");
                     return;
                 }
@@ -286,7 +393,11 @@ pub struct Outbound {
     pub metrics: Arc<Metrics>,
 }
 
-pub async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_outbound(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
@@ -311,7 +422,10 @@ enum Decision {
 
 impl Outbound {
     fn count(&self, outcome: &str) {
-        self.metrics.connections.with_label_values(&["outbound", outcome]).inc();
+        self.metrics
+            .connections
+            .with_label_values(&["outbound", outcome])
+            .inc();
     }
 
     async fn decide(&self, app: &TcpStream) -> Result<Decision, String> {
@@ -339,7 +453,9 @@ impl Outbound {
                         addr: orig.to_string(),
                         peer,
                     }),
-                    Ok(Resolved::NotMeshed) if *unmeshed == Unmeshed::Passthrough => Ok(Decision::Passthrough(orig)),
+                    Ok(Resolved::NotMeshed) if *unmeshed == Unmeshed::Passthrough => {
+                        Ok(Decision::Passthrough(orig))
+                    }
                     Ok(Resolved::NotMeshed) => {
                         self.count("denied_unmeshed");
                         Err(format!("{orig} is not in the mesh and this workload refuses unmeshed destinations"))
@@ -358,13 +474,14 @@ impl Outbound {
         let decision = self.decide(&app).await?;
         let (addr, peer) = match decision {
             Decision::Passthrough(orig) => {
-                let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(orig)).await {
-                    Ok(Ok(t)) => t,
-                    _ => {
-                        self.count("peer_unreachable");
-                        return Err(format!("connect {orig} failed"));
-                    }
-                };
+                let upstream =
+                    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(orig)).await {
+                        Ok(Ok(t)) => t,
+                        _ => {
+                            self.count("peer_unreachable");
+                            return Err(format!("connect {orig} failed"));
+                        }
+                    };
                 let _ = upstream.set_nodelay(true);
                 self.count("passthrough");
                 relay(upstream, app, "outbound", &self.metrics).await;
@@ -391,15 +508,26 @@ impl Outbound {
         let _ = tcp.set_nodelay(true);
         // The verifier pins the peer's SPIFFE ID; the name only fills SNI.
         let name = ServerName::try_from("pqmesh.mesh").map_err(|e| e.to_string())?;
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(config).connect(name, tcp)).await {
+        let stream = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let reason = pqmesh_mtls::handshake_failure_reason(&e);
-                self.metrics.handshake_failures.with_label_values(&["outbound", reason]).inc();
+                self.metrics
+                    .handshake_failures
+                    .with_label_values(&["outbound", reason])
+                    .inc();
                 return Err(format!("TLS to {addr} ({peer}): {e}"));
             }
             Err(_) => {
-                self.metrics.handshake_failures.with_label_values(&["outbound", "timeout"]).inc();
+                self.metrics
+                    .handshake_failures
+                    .with_label_values(&["outbound", "timeout"])
+                    .inc();
                 return Err("TLS handshake timed out".into());
             }
         };
@@ -408,7 +536,9 @@ impl Outbound {
             .handshakes
             .with_label_values(&["outbound", &hs.group, hs.peer_scheme])
             .inc();
-        self.count("allowed");
+        // "established", not "allowed": in TLS 1.3 the server may still refuse our identity
+        // after our side of the handshake completed (its own metrics say so).
+        self.count("established");
         tracing::debug!(%peer, %addr, group = %hs.group, "outbound connection established");
         relay(stream, app, "outbound", &self.metrics).await;
         Ok(())
@@ -424,8 +554,14 @@ where
     metrics.connections_open.inc();
     match tokio::io::copy_bidirectional(&mut mesh, &mut app).await {
         Ok((to_app, from_app)) => {
-            metrics.bytes.with_label_values(&[direction, "to_app"]).inc_by(to_app);
-            metrics.bytes.with_label_values(&[direction, "from_app"]).inc_by(from_app);
+            metrics
+                .bytes
+                .with_label_values(&[direction, "to_app"])
+                .inc_by(to_app);
+            metrics
+                .bytes
+                .with_label_values(&[direction, "from_app"])
+                .inc_by(from_app);
         }
         Err(e) => tracing::debug!(error = %e, direction, "connection ended with an error"),
     }

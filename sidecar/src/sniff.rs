@@ -17,7 +17,7 @@ pub const MAX_HELLO_BYTES: usize = 16384 + 5;
 
 /// Classifies the bytes peeked so far; `None` = need more bytes.
 pub fn classify_transport(buf: &[u8]) -> Option<Transport> {
-    let Some(&first) = buf.first() else { return None };
+    let &first = buf.first()?;
     if first != 0x16 {
         return Some(Transport::Plaintext);
     }
@@ -95,7 +95,8 @@ impl<'a> Reader<'a> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
     fn u24(&mut self) -> Option<usize> {
-        self.take(3).map(|b| ((b[0] as usize) << 16) | ((b[1] as usize) << 8) | b[2] as usize)
+        self.take(3)
+            .map(|b| ((b[0] as usize) << 16) | ((b[1] as usize) << 8) | b[2] as usize)
     }
 }
 
@@ -110,7 +111,15 @@ pub enum AppProtocol {
 
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const METHODS: &[&[u8]] = &[
-    b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"TRACE ", b"CONNECT ",
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
 ];
 
 /// Classifies the first application bytes; `None` = need more bytes to decide.
@@ -120,7 +129,11 @@ pub fn classify_app(buf: &[u8]) -> Option<AppProtocol> {
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
-        return if buf.len() >= H2_PREFACE.len() { Some(AppProtocol::Http2) } else { None };
+        return if buf.len() >= H2_PREFACE.len() {
+            Some(AppProtocol::Http2)
+        } else {
+            None
+        };
     }
     for method in METHODS {
         let n = buf.len().min(method.len());
@@ -131,13 +144,19 @@ pub fn classify_app(buf: &[u8]) -> Option<AppProtocol> {
             // A method and a space: HTTP/1 unless the first line says otherwise.
             if let Some(end) = buf.iter().position(|&b| b == b'\n') {
                 let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-                return Some(if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
-                    AppProtocol::Http1
-                } else {
-                    AppProtocol::Opaque
-                });
+                return Some(
+                    if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
+                        AppProtocol::Http1
+                    } else {
+                        AppProtocol::Opaque
+                    },
+                );
             }
-            return if buf.len() >= 8192 { Some(AppProtocol::Opaque) } else { None };
+            return if buf.len() >= 8192 {
+                Some(AppProtocol::Opaque)
+            } else {
+                None
+            };
         }
     }
     Some(AppProtocol::Opaque)
@@ -157,9 +176,11 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-        let mut conn =
-            rustls::ClientConnection::new(Arc::new(config), rustls_pki_types::ServerName::try_from("x.test").unwrap())
-                .unwrap();
+        let mut conn = rustls::ClientConnection::new(
+            Arc::new(config),
+            rustls_pki_types::ServerName::try_from("x.test").unwrap(),
+        )
+        .unwrap();
         let mut out = Vec::new();
         conn.write_tls(&mut out).unwrap();
         out
@@ -183,9 +204,18 @@ mod tests {
 
     #[test]
     fn recognises_mesh_and_other_tls() {
-        assert_eq!(classify_transport(&hello(&[b"pqmesh/1"])), Some(Transport::MeshTls));
-        assert_eq!(classify_transport(&hello(&[b"h2", b"pqmesh/1"])), Some(Transport::MeshTls));
-        assert_eq!(classify_transport(&hello(&[b"h2"])), Some(Transport::OtherTls));
+        assert_eq!(
+            classify_transport(&hello(&[b"pqmesh/1"])),
+            Some(Transport::MeshTls)
+        );
+        assert_eq!(
+            classify_transport(&hello(&[b"h2", b"pqmesh/1"])),
+            Some(Transport::MeshTls)
+        );
+        assert_eq!(
+            classify_transport(&hello(&[b"h2"])),
+            Some(Transport::OtherTls)
+        );
         assert_eq!(classify_transport(&hello(&[])), Some(Transport::OtherTls));
         let full = hello(&[b"pqmesh/1"]);
         for cut in [1, 4, 5, 100, full.len() - 1] {
@@ -198,29 +228,72 @@ mod tests {
         let mut wrong_type = hello(&[b"pqmesh/1"]);
         wrong_type[5] = 2; // ServerHello
         let cases: Vec<(&str, Vec<u8>, Option<Transport>)> = vec![
-            ("http", b"GET / HTTP/1.1\r\n".to_vec(), Some(Transport::Plaintext)),
+            (
+                "http",
+                b"GET / HTTP/1.1\r\n".to_vec(),
+                Some(Transport::Plaintext),
+            ),
             ("ssh", b"SSH-2.0-x\r\n".to_vec(), Some(Transport::Plaintext)),
-            ("bad record version", vec![0x16, 0x02, 0x00, 0x00, 0x05], Some(Transport::Plaintext)),
-            ("zero-length record", vec![0x16, 0x03, 0x01, 0x00, 0x00], Some(Transport::OtherTls)),
-            ("record too long", vec![0x16, 0x03, 0x01, 0x48, 0x01], Some(Transport::OtherTls)),
+            (
+                "bad record version",
+                vec![0x16, 0x02, 0x00, 0x00, 0x05],
+                Some(Transport::Plaintext),
+            ),
+            (
+                "zero-length record",
+                vec![0x16, 0x03, 0x01, 0x00, 0x00],
+                Some(Transport::OtherTls),
+            ),
+            (
+                "record too long",
+                vec![0x16, 0x03, 0x01, 0x48, 0x01],
+                Some(Transport::OtherTls),
+            ),
             ("not a client hello", wrong_type, Some(Transport::OtherTls)),
-            ("truncated body", vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x00, 0x09], Some(Transport::OtherTls)),
+            (
+                "truncated body",
+                vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x00, 0x09],
+                Some(Transport::OtherTls),
+            ),
             ("empty", vec![], None),
         ];
         for (name, bytes, want) in cases {
             assert_eq!(classify_transport(&bytes), want, "{name}");
         }
         // Hand-built ClientHellos whose ALPN extension is malformed.
-        let alpn_ok = [0x00, 0x10, 0x00, 0x0b, 0x00, 0x09, 0x08, b'p', b'q', b'm', b'e', b's', b'h', b'/', b'1'];
-        assert_eq!(classify_transport(&raw_hello(&alpn_ok)), Some(Transport::MeshTls), "control");
+        let alpn_ok = [
+            0x00, 0x10, 0x00, 0x0b, 0x00, 0x09, 0x08, b'p', b'q', b'm', b'e', b's', b'h', b'/',
+            b'1',
+        ];
+        assert_eq!(
+            classify_transport(&raw_hello(&alpn_ok)),
+            Some(Transport::MeshTls),
+            "control"
+        );
         let malformed: [&[u8]; 4] = [
-            &[0x00, 0x10, 0x00, 0x0b, 0x00, 0x0a, 0x08, b'p', b'q', b'm', b'e', b's', b'h', b'/', b'1'], // list overruns
-            &[0x00, 0x10, 0x00, 0x0b, 0x00, 0x09, 0x09, b'p', b'q', b'm', b'e', b's', b'h', b'/', b'1'], // name overruns
-            &[0x00, 0x10, 0x00, 0x20, 0x00, 0x09, 0x08, b'p', b'q', b'm', b'e', b's', b'h', b'/', b'1'], // ext overruns
-            &[0x00, 0x10, 0x00, 0x0b, 0x00, 0x09, 0x08, b'p', b'q', b'm', b'e', b's', b'h', b'/', b'2'], // other name
+            &[
+                0x00, 0x10, 0x00, 0x0b, 0x00, 0x0a, 0x08, b'p', b'q', b'm', b'e', b's', b'h', b'/',
+                b'1',
+            ], // list overruns
+            &[
+                0x00, 0x10, 0x00, 0x0b, 0x00, 0x09, 0x09, b'p', b'q', b'm', b'e', b's', b'h', b'/',
+                b'1',
+            ], // name overruns
+            &[
+                0x00, 0x10, 0x00, 0x20, 0x00, 0x09, 0x08, b'p', b'q', b'm', b'e', b's', b'h', b'/',
+                b'1',
+            ], // ext overruns
+            &[
+                0x00, 0x10, 0x00, 0x0b, 0x00, 0x09, 0x08, b'p', b'q', b'm', b'e', b's', b'h', b'/',
+                b'2',
+            ], // other name
         ];
         for (i, ext) in malformed.iter().enumerate() {
-            assert_eq!(classify_transport(&raw_hello(ext)), Some(Transport::OtherTls), "malformed ALPN {i}");
+            assert_eq!(
+                classify_transport(&raw_hello(ext)),
+                Some(Transport::OtherTls),
+                "malformed ALPN {i}"
+            );
         }
         // Every prefix of garbage is handled without panicking.
         let noise: Vec<u8> = (0..600u32).map(|i| (i * 7919 % 251) as u8).collect();
@@ -233,8 +306,14 @@ mod tests {
 
     #[test]
     fn application_protocols() {
-        assert_eq!(classify_app(b"GET / HTTP/1.1\r\nHost: x\r\n"), Some(AppProtocol::Http1));
-        assert_eq!(classify_app(b"POST /api HTTP/1.0\r\n"), Some(AppProtocol::Http1));
+        assert_eq!(
+            classify_app(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Some(AppProtocol::Http1)
+        );
+        assert_eq!(
+            classify_app(b"POST /api HTTP/1.0\r\n"),
+            Some(AppProtocol::Http1)
+        );
         assert_eq!(classify_app(H2_PREFACE), Some(AppProtocol::Http2));
         assert_eq!(classify_app(&H2_PREFACE[..10]), None);
         assert_eq!(classify_app(b"GE"), None);
@@ -242,6 +321,9 @@ mod tests {
         assert_eq!(classify_app(b"GET / SMTP\r\n"), Some(AppProtocol::Opaque));
         assert_eq!(classify_app(b"\x00\x01binary"), Some(AppProtocol::Opaque));
         assert_eq!(classify_app(b"HELO mail\r\n"), Some(AppProtocol::Opaque));
-        assert_eq!(classify_app(&[b"GET /".as_slice(), &[b'a'; 9000]].concat()), Some(AppProtocol::Opaque));
+        assert_eq!(
+            classify_app(&[b"GET /".as_slice(), &[b'a'; 9000]].concat()),
+            Some(AppProtocol::Opaque)
+        );
     }
 }

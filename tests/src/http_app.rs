@@ -48,8 +48,16 @@ async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Resp
         .iter()
         .map(|v| v.to_str().unwrap_or("?").to_owned())
         .collect::<Vec<_>>();
-    let peer = if peer.is_empty() { "none".to_owned() } else { peer.join(",") };
-    if req.headers().get("upgrade").is_some_and(|v| v == "pqmesh-echo") {
+    let peer = if peer.is_empty() {
+        "none".to_owned()
+    } else {
+        peer.join(",")
+    };
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v == "pqmesh-echo")
+    {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(upgraded) = upgrade.await {
@@ -71,7 +79,12 @@ async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Resp
     }
     let version = format!("{:?}", req.version());
     let path = req.uri().path().to_owned();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     Response::new(Full::new(Bytes::from(format!(
         "app={name} proto={version} conn={conn_id} peer={peer} path={path} body={body}\n"
     ))))
@@ -91,7 +104,10 @@ pub async fn serve_tcp_echo(listener: TcpListener) {
 pub async fn start(name: &str) -> (SocketAddr, SocketAddr, Arc<AppStats>) {
     let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addrs = (http.local_addr().expect("addr"), tcp.local_addr().expect("addr"));
+    let addrs = (
+        http.local_addr().expect("addr"),
+        tcp.local_addr().expect("addr"),
+    );
     let stats = Arc::new(AppStats::default());
     tokio::spawn(serve_http(http, name.to_owned(), stats.clone()));
     tokio::spawn(serve_tcp_echo(tcp));

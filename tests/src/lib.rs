@@ -82,6 +82,30 @@ impl ControlPlane {
         }
     }
 
+    /// Replaces `endpoints.yaml` (discovery data) and waits until the control plane has loaded
+    /// `expected` endpoints from it.
+    pub async fn set_endpoints(&self, yaml: &str, expected: usize) {
+        let path = self.dir.path().join("endpoints.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        // Make every write visibly newer, even on filesystems with coarse timestamps.
+        static STEP: AtomicUsize = AtomicUsize::new(1);
+        let t = std::time::SystemTime::now()
+            + std::time::Duration::from_secs(STEP.fetch_add(1, Ordering::SeqCst) as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        let registry = &self.running.metrics.registry;
+        eventually("the control plane reloaded endpoints.yaml", || {
+            metric(registry, "pqmesh_endpoints", &[]) == expected as f64
+        })
+        .await;
+        // The reload and the push to connected streams happen together; give the push a moment.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     pub fn token(&self, sa: &str) -> &str {
         &self.tokens[sa]
     }
@@ -115,8 +139,27 @@ pub fn spiffe(sa: &str) -> String {
 
 /// Starts a sidecar from an environment map and waits for its first certificate.
 pub async fn sidecar(env: HashMap<String, String>) -> RunningSidecar {
+    sidecar_redirected(env, None).await
+}
+
+/// As `sidecar`, with every intercepted connection "originally going" to `original_dst`
+/// (what iptables REDIRECT + SO_ORIGINAL_DST give in a pod).
+pub async fn sidecar_redirected(
+    env: HashMap<String, String>,
+    original_dst: Option<SocketAddr>,
+) -> RunningSidecar {
     let config = pqmesh_sidecar::config::Config::from_env(&env).expect("valid sidecar config");
-    let running = pqmesh_sidecar::start(config).await.expect("sidecar starts");
+    let running = match original_dst {
+        Some(addr) => {
+            pqmesh_sidecar::start_with(
+                config,
+                Arc::new(pqmesh_sidecar::original_dst::FixedOriginalDst(addr)),
+            )
+            .await
+        }
+        None => pqmesh_sidecar::start(config).await,
+    }
+    .expect("sidecar starts");
     tokio::time::timeout(std::time::Duration::from_secs(20), running.ready())
         .await
         .expect("sidecar got a certificate");
@@ -259,4 +302,20 @@ pub fn external_tool(var: &str, default: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// As `eventually`, for conditions that need to await.
+pub async fn eventually_async<F, Fut>(what: &str, cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
