@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # README command 2: installs what the suite needs on a fresh Debian machine, then runs all of it:
 # formatting, clippy, unit + in-process end-to-end tests, external TLS peers (OpenSSL 3.0,
-# Node 24 / OpenSSL 3.5), the packet-capture check in network namespaces, and both demo modes.
-# Needs root for the namespace/capture step (CI runs as root); without root that step fails
-# loudly unless PQMESH_SKIP_ROOT_TESTS=1 is set, and then it is reported as SKIPPED, not passed.
+# Node 24 / OpenSSL 3.5), the transparent-interception suite in network namespaces (iptables,
+# packet capture), and the demo. Needs root for the namespace suite (CI runs as root); without root
+# that step fails loudly unless PQMESH_SKIP_ROOT_TESTS=1 is set, and then it is reported as
+# SKIPPED, not passed.
 set -euo pipefail
 cd "$(dirname "$0")"
 START=$(date +%s)
@@ -18,6 +19,8 @@ command -v tshark  >/dev/null || PKGS+=(tshark)
 command -v curl    >/dev/null || PKGS+=(curl)
 command -v python3 >/dev/null || PKGS+=(python3)
 command -v ip      >/dev/null || PKGS+=(iproute2)
+command -v iptables >/dev/null || PKGS+=(iptables)
+command -v setpriv >/dev/null || PKGS+=(util-linux)
 command -v npm     >/dev/null || PKGS+=(npm)
 if [ ${#PKGS[@]} -gt 0 ]; then
   # tshark's installer asks whether non-root users may capture; answer once, non-interactively.
@@ -54,13 +57,13 @@ step "unit and end-to-end tests (including external TLS peers)"
 TEST_START=$(date +%s)
 cargo nextest run --workspace --locked --run-ignored all --no-fail-fast
 
-step "packet capture in network namespaces: key share 0x11ec on the wire"
+step "transparent interception in network namespaces (iptables, SO_ORIGINAL_DST, capture)"
 if [ "$(id -u)" = 0 ]; then
-  bash tests/external/capture_keyshare.sh
+  bash tests/netns/run.sh
 elif [ "${PQMESH_SKIP_ROOT_TESTS:-}" = 1 ]; then
-  echo "SKIPPED (not root; PQMESH_SKIP_ROOT_TESTS=1): tests/external/capture_keyshare.sh did not run"
+  echo "SKIPPED (not root; PQMESH_SKIP_ROOT_TESTS=1): tests/netns/run.sh did not run"
 else
-  echo "FAILED: the capture check needs root (network namespaces, tcpdump). Run as root, or set PQMESH_SKIP_ROOT_TESTS=1 to skip it knowingly." >&2
+  echo "FAILED: the namespace suite needs root (ip netns, iptables, tcpdump). Run as root, or set PQMESH_SKIP_ROOT_TESTS=1 to skip it knowingly." >&2
   exit 1
 fi
 

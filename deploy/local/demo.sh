@@ -351,7 +351,8 @@ start app-b python3 -u "$SCRIPT_DIR/hello_app.py" --port "$B_APP" --requests-fil
 
 sidecar() { # name token-name admin inbound app allow [outbound peer-addr peer-id]
     local name=$1 token=$2 admin=$3 inbound=$4 app=$5 allow=$6
-    local outbound=()
+    # Without a peer the sidecar's outbound is transparent (iptables mode); keep it on a demo port.
+    local outbound=(PQMESH_OUTBOUND_ADDR="$HOST:$((admin + 1))")
     if (($# > 6)); then
         outbound=(PQMESH_OUTBOUND_ADDR="$HOST:$7" PQMESH_OUTBOUND_PEER_ADDR="$8" PQMESH_OUTBOUND_PEER_ID="$9")
     fi

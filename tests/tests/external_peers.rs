@@ -1,9 +1,9 @@
 //! pqmesh's inbound listener checked by peers that share no code with it: Debian's OpenSSL 3.0
 //! (no ML-KEM) and Node 24's OpenSSL 3.5 (X25519MLKEM768 and ML-DSA). They need those tools, so
 //! they are `#[ignore]`d for a plain `cargo test`; `./test.sh` installs the tools and runs them,
-//! and they fail loudly there if a tool is missing. (The packet-capture check is
-//! `tests/external/capture_keyshare.sh`: loopback cannot be captured on this kernel, so it runs the
-//! binaries in two network namespaces joined by a veth pair.)
+//! and they fail loudly there if a tool is missing. (The packet-level checks — key share 0x11ec,
+//! no plaintext on the wire — are in `tests/netns/run.sh`: loopback cannot be captured on this
+//! kernel, so they capture on veth links between network namespaces.)
 
 use pqmesh_mtls::KeyAlgorithm;
 use pqmesh_tests::*;
