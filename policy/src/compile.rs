@@ -1,0 +1,401 @@
+//! Parsing and validating policy documents, and compiling them into what one workload needs:
+//! the AccessPolicies that select it and the TokenIssuers those reference — with introspection
+//! client secrets resolved only for those issuers (a sidecar never receives other workloads'
+//! secrets). The compiled form is what the control plane pushes.
+
+use std::collections::{BTreeMap, HashSet};
+
+use pqmesh_mtls::PeerPattern;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{AccessPolicy, Resource, TokenIssuer, API_VERSION};
+use crate::path::PathPattern;
+
+/// A validated set of resources (the whole local directory or every CRD in the cluster).
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    pub issuers: Vec<TokenIssuer>,
+    pub policies: Vec<AccessPolicy>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{location}: {reason}")]
+pub struct PolicyError {
+    /// File and document index, or `<kind> <ns>/<name>`.
+    pub location: String,
+    pub reason: String,
+}
+
+fn err(location: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+    PolicyError {
+        location: location.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a (multi-document) YAML text; `source` names it in errors.
+pub fn parse_documents(text: &str, source: &str) -> Result<Vec<Resource>, PolicyError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| err(format!("{source} document {}", i + 1), e.to_string()))?;
+        if value.is_null() {
+            continue; // an empty document between `---` separators
+        }
+        let resource: Resource =
+            serde_yaml::from_value(value).map_err(|e| err(format!("{source} document {}", i + 1), e.to_string()))?;
+        out.push(resource);
+    }
+    Ok(out)
+}
+
+impl PolicySet {
+    /// Validates every resource and every cross-reference; the first problem is the error and
+    /// nothing of the set is usable (callers keep their previous set).
+    pub fn build(resources: Vec<Resource>, trust_domain: &str) -> Result<Self, PolicyError> {
+        let mut set = PolicySet::default();
+        let mut seen = HashSet::new();
+        for r in resources {
+            let (kind, meta) = match &r {
+                Resource::TokenIssuer(t) => ("TokenIssuer", &t.metadata),
+                Resource::AccessPolicy(p) => ("AccessPolicy", &p.metadata),
+            };
+            let location = format!("{kind} {}/{}", meta.namespace, meta.name);
+            check_name(&location, "metadata.name", &meta.name)?;
+            check_name(&location, "metadata.namespace", &meta.namespace)?;
+            if !seen.insert((kind, meta.namespace.clone(), meta.name.clone())) {
+                return Err(err(location, "defined twice"));
+            }
+            match r {
+                Resource::TokenIssuer(t) => {
+                    check_api_version(&location, &t.api_version)?;
+                    validate_issuer(&location, &t)?;
+                    set.issuers.push(t);
+                }
+                Resource::AccessPolicy(p) => {
+                    check_api_version(&location, &p.api_version)?;
+                    set.policies.push(p);
+                }
+            }
+        }
+        for p in &set.policies {
+            let location = format!("AccessPolicy {}/{}", p.metadata.namespace, p.metadata.name);
+            validate_policy(&location, p, &set.issuers, trust_domain)?;
+        }
+        Ok(set)
+    }
+}
+
+fn check_api_version(location: &str, v: &str) -> Result<(), PolicyError> {
+    if v != API_VERSION {
+        return Err(err(location, format!("apiVersion {v:?} is not {API_VERSION:?}")));
+    }
+    Ok(())
+}
+
+fn check_name(location: &str, field: &str, name: &str) -> Result<(), PolicyError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    if !ok {
+        return Err(err(location, format!("{field} {name:?} is not a DNS-1123 name")));
+    }
+    Ok(())
+}
+
+const ALLOWED_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+fn check_url(location: &str, field: &str, url: &str) -> Result<(), PolicyError> {
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/'])));
+    if !(url.starts_with("https://") && url.len() > "https://".len()) && !loopback {
+        return Err(err(location, format!("{field} {url:?} must be an https:// URL (http:// only on loopback)")));
+    }
+    Ok(())
+}
+
+fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), PolicyError> {
+    let s = &t.spec;
+    if s.issuer.is_empty() {
+        return Err(err(location, "spec.issuer is empty"));
+    }
+    if s.audiences.is_empty() || s.audiences.iter().any(String::is_empty) {
+        return Err(err(location, "spec.audiences must list at least one non-empty audience"));
+    }
+    check_url(location, "spec.jwksUri", &s.jwks_uri)?;
+    if s.allowed_algorithms.is_empty() {
+        return Err(err(location, "spec.allowedAlgorithms is empty"));
+    }
+    for alg in &s.allowed_algorithms {
+        if !ALLOWED_ALGS.contains(&alg.as_str()) {
+            return Err(err(
+                location,
+                format!("spec.allowedAlgorithms: {alg:?} is not allowed (none and HMAC never are); use {ALLOWED_ALGS:?}"),
+            ));
+        }
+    }
+    if s.clock_skew_seconds > 300 {
+        return Err(err(location, "spec.clockSkewSeconds must be at most 300"));
+    }
+    if s.jwks.refresh_seconds == 0 || s.jwks.min_refetch_seconds == 0 {
+        return Err(err(location, "spec.jwks intervals must be at least 1 second"));
+    }
+    if let Some(i) = &s.introspection {
+        check_url(location, "spec.introspection.endpoint", &i.endpoint)?;
+        if i.client_id.is_empty() {
+            return Err(err(location, "spec.introspection.clientId is empty"));
+        }
+        check_name(location, "spec.introspection.clientSecretRef.name", &i.client_secret_ref.name)?;
+        if i.client_secret_ref.key.is_empty() {
+            return Err(err(location, "spec.introspection.clientSecretRef.key is empty"));
+        }
+        if !matches!(i.response_format.as_str(), "token-introspection+jwt" | "jwt") {
+            return Err(err(
+                location,
+                format!("spec.introspection.responseFormat {:?}: use token-introspection+jwt or jwt", i.response_format),
+            ));
+        }
+        if i.cache.max_entries == 0 || i.cache.max_ttl_seconds == 0 {
+            return Err(err(location, "spec.introspection.cache bounds must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_policy(location: &str, p: &AccessPolicy, issuers: &[TokenIssuer], trust_domain: &str) -> Result<(), PolicyError> {
+    let s = &p.spec;
+    if !matches!(s.mtls.as_str(), "STRICT" | "PERMISSIVE") {
+        return Err(err(location, format!("spec.mtls {:?}: use STRICT or PERMISSIVE", s.mtls)));
+    }
+    if let Some(ports) = &s.ports {
+        if ports.is_empty() || ports.contains(&0) {
+            return Err(err(location, "spec.ports must list ports 1-65535 (omit it to mean every port)"));
+        }
+    }
+    if let Some(peers) = &s.peers {
+        if peers.is_empty() {
+            return Err(err(location, "spec.peers is empty (omit it to allow any caller)"));
+        }
+        for peer in peers {
+            PeerPattern::parse(peer, trust_domain).map_err(|e| err(location, format!("spec.peers: {e}")))?;
+        }
+    }
+    if let Some(token) = &s.token {
+        if token.issuers.is_empty() {
+            return Err(err(location, "spec.token.issuers is empty"));
+        }
+        for name in &token.issuers {
+            let found = issuers
+                .iter()
+                .any(|i| i.metadata.name == *name && i.metadata.namespace == p.metadata.namespace);
+            if !found {
+                return Err(err(
+                    location,
+                    format!("spec.token.issuers: unknown TokenIssuer {name:?} in namespace {:?}", p.metadata.namespace),
+                ));
+            }
+        }
+    }
+    for (i, rule) in s.rules.iter().enumerate() {
+        let at = |field: &str| format!("spec.rules[{i}].{field}");
+        for m in &rule.methods {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(err(location, format!("{}: {m:?} is not an upper-case HTTP method", at("methods"))));
+            }
+        }
+        for path in &rule.paths {
+            PathPattern::parse(path).map_err(|e| err(location, format!("{}: {e}", at("paths"))))?;
+        }
+        for scope in &rule.scopes {
+            if scope.is_empty() || scope.contains(char::is_whitespace) {
+                return Err(err(location, format!("{}: {scope:?} is empty or contains whitespace", at("scopes"))));
+            }
+        }
+        if (!rule.scopes.is_empty() || !rule.claims.is_empty()) && s.token.is_none() {
+            return Err(err(location, format!("spec.rules[{i}] requires scopes or claims but spec.token names no issuer")));
+        }
+        for c in &rule.claims {
+            if c.name.is_empty() || c.name.split('.').any(str::is_empty) {
+                return Err(err(location, format!("{}: claim name {:?} is empty", at("claims"), c.name)));
+            }
+            if c.values.is_empty() {
+                return Err(err(location, format!("{}: claim {:?} lists no values", at("claims"), c.name)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the control plane knows about a workload asking for its policy.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// From the authenticated identity, never from the request.
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything one sidecar needs, serialised as the snapshot it receives.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadPolicy {
+    pub policies: Vec<CompiledPolicy>,
+    pub issuers: Vec<CompiledIssuer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompiledPolicy {
+    /// `<namespace>/<name>`.
+    pub name: String,
+    pub ports: Option<Vec<u16>>,
+    pub permissive: bool,
+    pub peers: Option<Vec<String>>,
+    /// Issuer names (`<namespace>/<name>`) whose tokens satisfy this policy; `None` = no token needed.
+    pub token_issuers: Option<Vec<String>>,
+    pub rules: Vec<crate::model::RuleSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompiledIssuer {
+    /// `<namespace>/<name>`.
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks_uri: String,
+    pub allowed_algorithms: Vec<String>,
+    pub clock_skew_seconds: u32,
+    pub jwks_refresh_seconds: u32,
+    pub jwks_min_refetch_seconds: u32,
+    pub introspection: Option<CompiledIntrospection>,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompiledIntrospection {
+    pub endpoint: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub response_format: String,
+    pub cache_max_entries: u32,
+    pub cache_max_ttl_seconds: u32,
+    pub honor_no_store: bool,
+}
+
+impl std::fmt::Debug for CompiledIntrospection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledIntrospection")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Looks up `key` of Secret `name` in `namespace`.
+pub trait Secrets {
+    fn get(&self, namespace: &str, name: &str, key: &str) -> Option<String>;
+}
+
+impl WorkloadPolicy {
+    /// A content hash: the same policy always has the same version, across control-plane
+    /// restarts and replicas (secrets included, so a rotated secret is a new version).
+    pub fn version(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&bytes)[..8])
+    }
+
+    /// True when no AccessPolicy selects the workload (then the sidecar's local settings apply).
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+}
+
+impl PolicySet {
+    /// The policy of one workload. Fails if a referenced secret is missing (the workload then
+    /// keeps its previous snapshot; nothing half-configured is pushed).
+    pub fn compile(&self, workload: &Workload, secrets: &dyn Secrets) -> Result<WorkloadPolicy, PolicyError> {
+        let mut out = WorkloadPolicy::default();
+        let mut needed: Vec<&TokenIssuer> = Vec::new();
+        for p in self.policies.iter().filter(|p| {
+            p.metadata.namespace == workload.namespace
+                && p.spec
+                    .selector
+                    .match_labels
+                    .iter()
+                    .all(|(k, v)| workload.labels.get(k) == Some(v))
+        }) {
+            let ns = &p.metadata.namespace;
+            let token_issuers = p.spec.token.as_ref().map(|t| {
+                t.issuers
+                    .iter()
+                    .filter_map(|name| self.issuers.iter().find(|i| i.metadata.name == *name && i.metadata.namespace == *ns))
+                    .inspect(|i| {
+                        if !needed.iter().any(|n| n.metadata == i.metadata) {
+                            needed.push(i);
+                        }
+                    })
+                    .map(|i| format!("{}/{}", i.metadata.namespace, i.metadata.name))
+                    .collect()
+            });
+            out.policies.push(CompiledPolicy {
+                name: format!("{ns}/{}", p.metadata.name),
+                ports: p.spec.ports.clone(),
+                permissive: p.spec.mtls == "PERMISSIVE",
+                peers: p.spec.peers.clone(),
+                token_issuers,
+                rules: p.spec.rules.clone(),
+            });
+        }
+        out.policies.sort_by(|a, b| a.name.cmp(&b.name));
+        for i in needed {
+            let location = format!("TokenIssuer {}/{}", i.metadata.namespace, i.metadata.name);
+            let introspection = match &i.spec.introspection {
+                None => None,
+                Some(spec) => {
+                    let r = &spec.client_secret_ref;
+                    let secret = secrets.get(&i.metadata.namespace, &r.name, &r.key).ok_or_else(|| {
+                        err(&location, format!("Secret {}/{} has no key {:?}", i.metadata.namespace, r.name, r.key))
+                    })?;
+                    Some(CompiledIntrospection {
+                        endpoint: spec.endpoint.clone(),
+                        client_id: spec.client_id.clone(),
+                        client_secret: secret,
+                        response_format: spec.response_format.clone(),
+                        cache_max_entries: spec.cache.max_entries,
+                        cache_max_ttl_seconds: spec.cache.max_ttl_seconds,
+                        honor_no_store: spec.cache.honor_no_store,
+                    })
+                }
+            };
+            out.issuers.push(CompiledIssuer {
+                name: format!("{}/{}", i.metadata.namespace, i.metadata.name),
+                issuer: i.spec.issuer.clone(),
+                audiences: i.spec.audiences.clone(),
+                jwks_uri: i.spec.jwks_uri.clone(),
+                allowed_algorithms: i.spec.allowed_algorithms.clone(),
+                clock_skew_seconds: i.spec.clock_skew_seconds,
+                jwks_refresh_seconds: i.spec.jwks.refresh_seconds,
+                jwks_min_refetch_seconds: i.spec.jwks.min_refetch_seconds,
+                introspection,
+            });
+        }
+        out.issuers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Names (`<ns>/<name>`) of the AccessPolicies that select `workload`.
+    pub fn selecting(&self, workload: &Workload) -> Vec<String> {
+        self.policies
+            .iter()
+            .filter(|p| {
+                p.metadata.namespace == workload.namespace
+                    && p.spec.selector.match_labels.iter().all(|(k, v)| workload.labels.get(k) == Some(v))
+            })
+            .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
+            .collect()
+    }
+}
