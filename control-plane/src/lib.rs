@@ -10,6 +10,8 @@ pub mod discovery;
 pub mod endpoints;
 pub mod identity;
 pub mod metrics;
+pub mod policies;
+pub mod policy_push;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use pqmesh_mtls::tls::ALPN_H2;
 use pqmesh_mtls::{Credentials, SpiffeId};
 use pqmesh_proto::discovery::v1::discovery_server::DiscoveryServer;
 use pqmesh_proto::identity::v1::identity_server::IdentityServer;
+use pqmesh_proto::policy::v1::policy_server::PolicyServer;
 use rustls::ServerConfig;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -55,6 +58,8 @@ pub enum StartError {
     Serving(String),
     #[error("endpoints: {0}")]
     Endpoints(String),
+    #[error("policies: {0}")]
+    Policies(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -68,6 +73,7 @@ pub struct RunningControlPlane {
     pub trust_bundle_path: PathBuf,
     pub identity: SpiffeId,
     pub metrics: Arc<Metrics>,
+    pub policy_tracker: Arc<policy_push::PushTracker>,
     shutdown: Option<oneshot::Sender<()>>,
     stopping: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -149,7 +155,9 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         source,
     })?;
 
+    let tracker = Arc::new(policy_push::PushTracker::default());
     let admin_metrics = metrics.clone();
+    let admin_tracker = tracker.clone();
     let route: admin::Route =
         Arc::new(
             move |method: &Method, path: &str, _remote| match (method, path) {
@@ -157,6 +165,16 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
                     Reply::text(StatusCode::OK, "ok\n")
                 }
                 (&Method::GET, "/metrics") => admin::render_metrics(&admin_metrics.registry),
+                (&Method::GET, "/policy_status") => {
+                    let (acked, connected) = admin_tracker.acked_count();
+                    let body = serde_json::json!({
+                        "connected_sidecars": connected,
+                        "sidecars_on_current_version": acked,
+                        "policies": admin_tracker.policy_status(),
+                        "sidecars": admin_tracker.streams(),
+                    });
+                    Reply::json(serde_json::to_string_pretty(&body).unwrap_or_default())
+                }
                 _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
             },
         );
@@ -183,6 +201,14 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
     let table = endpoints::watch_file(dir, &config.trust_domain, metrics.endpoints.clone())
         .map_err(StartError::Endpoints)?;
     let (stopping_tx, stopping) = watch::channel(false);
+    let policy_state =
+        policies::watch_dir(dir, &config.trust_domain, metrics.clone()).map_err(StartError::Policies)?;
+    let policy = policy_push::PolicyService {
+        state: policy_state,
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        stopping: stopping.clone(),
+    };
     let discovery = discovery::DiscoveryService {
         table,
         metrics: metrics.clone(),
@@ -200,6 +226,7 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
             .add_service(
                 DiscoveryServer::new(discovery).max_decoding_message_size(MAX_REQUEST_BYTES),
             )
+            .add_service(PolicyServer::new(policy).max_decoding_message_size(MAX_REQUEST_BYTES))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;
             }),
@@ -212,6 +239,7 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         trust_bundle_path,
         identity: config.identity.clone(),
         metrics,
+        policy_tracker: tracker,
         shutdown: Some(shutdown_tx),
         stopping: stopping_tx,
         server,

@@ -11,3 +11,9 @@ pub mod discovery {
         tonic::include_proto!("pqmesh.discovery.v1");
     }
 }
+
+pub mod policy {
+    pub mod v1 {
+        tonic::include_proto!("pqmesh.policy.v1");
+    }
+}

@@ -19,6 +19,7 @@ pub fn spawn(
     config: &Config,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
     discovery_ready: Option<watch::Receiver<bool>>,
+    policy: crate::policy::PolicyState,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
 ) -> std::io::Result<SocketAddr> {
@@ -76,7 +77,19 @@ pub fn spawn(
                         "trust_bundle_roots": c.bundle.roots().len(),
                     })
                 });
-                let dump = json!({ "config": static_config, "certificate": certificate });
+                let policy = policy.borrow().as_ref().map(|p| {
+                json!({
+                    "version": p.version,
+                    "access_policies": p.policy.policies.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
+                    "token_issuers": p.policy.issuers.iter().map(|i| json!({
+                        "name": i.name, "issuer": i.issuer, "jwks_uri": i.jwks_uri,
+                        "introspection": i.introspection.as_ref().map(|x| json!({
+                            "endpoint": x.endpoint, "client_id": x.client_id, "client_secret": "<redacted>",
+                        })),
+                    })).collect::<Vec<_>>(),
+                })
+            });
+            let dump = json!({ "config": static_config, "certificate": certificate, "policy": policy });
                 Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default())
             }
             (&Method::POST, "/shutdown") if remote.ip().is_loopback() => {

@@ -1,5 +1,6 @@
 //! Sidecar configuration from `PQMESH_*` variables, parsed once into a typed `Config`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -32,6 +33,10 @@ pub struct Config {
     pub opaque_ports: Vec<u16>,
     pub outbound: Outbound,
     pub admin_addr: SocketAddr,
+    /// The workload's labels (AccessPolicy selectors match them). Local mode: from
+    /// `PQMESH_WORKLOAD_LABELS`; the namespace always comes from the certificate.
+    pub labels: BTreeMap<String, String>,
+    pub pod_name: String,
 }
 
 /// Server-first protocols (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, memcached),
@@ -226,9 +231,31 @@ impl Config {
                 "PQMESH_ADMIN_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 15000)),
             )?,
+            labels: parse_labels(env)?,
+            pod_name: env.var("PQMESH_POD_NAME").or_else(|| env.var("HOSTNAME")).unwrap_or_default(),
             trust_domain,
         })
     }
+}
+
+fn parse_labels(env: &dyn Env) -> Result<BTreeMap<String, String>, EnvError> {
+    let Some(v) = env.var("PQMESH_WORKLOAD_LABELS") else {
+        return Ok(BTreeMap::new());
+    };
+    let mut labels = BTreeMap::new();
+    for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, val) = pair
+            .split_once('=')
+            .ok_or_else(|| EnvError::new("PQMESH_WORKLOAD_LABELS", &v, format!("{pair:?} is not key=value")))?;
+        let valid = |s: &str, max: usize| {
+            s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+        };
+        if k.is_empty() || !valid(k, 317) || !valid(val, 63) {
+            return Err(EnvError::new("PQMESH_WORKLOAD_LABELS", &v, format!("{pair:?} is not a valid Kubernetes label")));
+        }
+        labels.insert(k.to_owned(), val.to_owned());
+    }
+    Ok(labels)
 }
 
 fn parse_ports(name: &str, v: &str) -> Result<Vec<u16>, EnvError> {

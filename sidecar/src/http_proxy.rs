@@ -46,33 +46,22 @@ impl Default for AppClients {
 }
 
 /// Per-connection context of every request on it.
-struct Ctx {
-    peer: Option<SpiffeId>,
-    target: SocketAddr,
-    clients: Arc<AppClients>,
-    direction: &'static str,
-    /// `pqmesh_http_requests_total{direction, outcome}`.
-    requests: prometheus::IntCounterVec,
+pub struct Ctx {
+    pub peer: Option<SpiffeId>,
+    pub target: SocketAddr,
+    pub clients: Arc<AppClients>,
+    pub direction: &'static str,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The workload's policy, read at every request (a change applies to open connections too).
+    pub policy: Option<crate::policy::PolicyState>,
+    pub trust_domain: String,
 }
 
-pub async fn serve_http1<IO>(
-    io: IO,
-    peer: Option<SpiffeId>,
-    target: SocketAddr,
-    clients: Arc<AppClients>,
-    direction: &'static str,
-    requests: prometheus::IntCounterVec,
-) -> Result<(), hyper::Error>
+pub async fn serve_http1<IO>(io: IO, ctx: Ctx) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ctx = Arc::new(Ctx {
-        peer,
-        target,
-        clients,
-        direction,
-        requests,
-    });
+    let ctx = Arc::new(ctx);
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(forward(req, &ctx, false).await) }
@@ -83,24 +72,11 @@ where
         .await
 }
 
-pub async fn serve_http2<IO>(
-    io: IO,
-    peer: Option<SpiffeId>,
-    target: SocketAddr,
-    clients: Arc<AppClients>,
-    direction: &'static str,
-    requests: prometheus::IntCounterVec,
-) -> Result<(), hyper::Error>
+pub async fn serve_http2<IO>(io: IO, ctx: Ctx) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ctx = Arc::new(Ctx {
-        peer,
-        target,
-        clients,
-        direction,
-        requests,
-    });
+    let ctx = Arc::new(ctx);
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(forward(req, &ctx, true).await) }
@@ -160,6 +136,9 @@ fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
 }
 
 async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<ProxyBody> {
+    if let Err(denied) = authorize(&mut req, ctx).await {
+        return denied;
+    }
     // The identity header is the sidecar's statement; a client's own copy is never passed on.
     let headers = req.headers_mut();
     headers.remove(PEER_IDENTITY_HEADER);
@@ -240,4 +219,119 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
             error_response(StatusCode::BAD_GATEWAY, "the application is unreachable")
         }
     }
+}
+
+/// Applies the workload's policy to a request: path normalisation, bearer token (JWT or phantom
+/// token), peer, scopes and claims. On allow the request is rewritten in place (normalised path;
+/// a phantom token replaced by the JWT the issuer signed); on deny the answer is returned.
+async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Response<ProxyBody>> {
+    use pqmesh_policy::{Decision, HttpRequest, Request as PolicyRequest, TokenState};
+    let Some(active) = ctx.policy.as_ref().and_then(|p| p.borrow().clone()) else {
+        return Ok(());
+    };
+    if active.policy.is_empty() {
+        return Ok(());
+    }
+    let deny = |status: StatusCode, reason: &'static str, text: &str, www: Option<String>| {
+        ctx.metrics.policy_decisions.with_label_values(&["deny", reason]).inc();
+        let mut resp = error_response(status, text);
+        if let Some(v) = www.and_then(|w| HeaderValue::from_str(&w).ok()) {
+            resp.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    };
+    let path = match pqmesh_policy::path::normalize(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return Err(deny(StatusCode::BAD_REQUEST, "bad_path", &e.to_string(), None)),
+    };
+    let port = ctx.target.port();
+    let bearer = match bearer_token(req.headers()) {
+        Ok(b) => b,
+        Err(why) => {
+            return Err(deny(
+                StatusCode::UNAUTHORIZED,
+                "token_invalid",
+                why,
+                Some("Bearer error=\"invalid_request\"".to_owned()),
+            ))
+        }
+    };
+    let authenticated = match (bearer, &active.validator) {
+        (Some(token), Some(validator)) if active.policy.wants_token(port) => Some(validator.authenticate(&token).await),
+        _ => None,
+    };
+    let token_state = match (&bearer_present(req.headers()), &authenticated) {
+        (_, Some(Ok(a))) => TokenState::Valid {
+            issuer: &a.issuer,
+            claims: &a.claims,
+        },
+        (_, Some(Err(e))) if e.status() == 503 => TokenState::Unavailable(e.metric_reason()),
+        (_, Some(Err(e))) => TokenState::Invalid(e.metric_reason()),
+        (true, None) if active.policy.wants_token(port) => TokenState::Invalid("no issuer can validate this token"),
+        _ => TokenState::Absent,
+    };
+    let decision = active.policy.evaluate(&PolicyRequest {
+        port,
+        peer: ctx.peer.as_ref(),
+        trust_domain: &ctx.trust_domain,
+        http: Some(HttpRequest {
+            method: req.method().as_str(),
+            path: &path,
+            token: token_state,
+        }),
+    });
+    match decision {
+        Decision::Allow { .. } => {
+            ctx.metrics.policy_decisions.with_label_values(&["allow", "allowed"]).inc();
+            if let Some(Ok(a)) = &authenticated {
+                if a.phantom {
+                    if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", a.jwt)) {
+                        req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
+                    }
+                }
+            }
+            let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            if let Ok(pq) = format!("{path}{query}").parse::<hyper::http::uri::PathAndQuery>() {
+                let mut parts = req.uri().clone().into_parts();
+                parts.path_and_query = Some(pq);
+                if let Ok(uri) = hyper::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+            Ok(())
+        }
+        Decision::Deny(d) => {
+            let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
+            let www = match (&d, &authenticated) {
+                (pqmesh_policy::Denial::TokenInvalid(_), Some(Err(e))) => e.www_authenticate().or_else(|| d.www_authenticate()),
+                _ => d.www_authenticate(),
+            };
+            tracing::info!(peer = ?ctx.peer.as_ref().map(|p| p.to_string()), reason = d.reason(), status = d.status(), "request denied by policy");
+            Err(deny(status, d.reason(), &format!("denied: {}", d.reason()), www))
+        }
+    }
+}
+
+fn bearer_present(headers: &hyper::HeaderMap) -> bool {
+    headers.contains_key(hyper::header::AUTHORIZATION)
+}
+
+/// The bearer token of `Authorization: Bearer <token>`; `Err` for a malformed header (several
+/// Authorization headers, another scheme, non-ASCII, empty token).
+fn bearer_token(headers: &hyper::HeaderMap) -> Result<Option<String>, &'static str> {
+    let mut values = headers.get_all(hyper::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err("more than one Authorization header");
+    }
+    let text = value.to_str().map_err(|_| "Authorization header is not ASCII")?;
+    let (scheme, token) = text.split_once(' ').ok_or("Authorization header is not 'Bearer <token>'")?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err("Authorization scheme is not Bearer");
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err("empty or malformed bearer token");
+    }
+    Ok(Some(token.to_owned()))
 }

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod init;
 pub mod metrics;
 pub mod original_dst;
+pub mod policy;
 pub mod proxy;
 pub mod sniff;
 pub mod tls;
@@ -47,6 +48,7 @@ pub struct RunningSidecar {
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     discovery: Option<Discovery>,
+    policy: policy::PolicyState,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
     renew_tx: mpsc::Sender<()>,
     shutdown_tx: watch::Sender<bool>,
@@ -61,6 +63,13 @@ impl RunningSidecar {
         if let Some(d) = &self.discovery {
             let _ = d.connected().wait_for(|c| *c).await;
         }
+        let mut policy = self.policy.clone();
+        let _ = policy.wait_for(|p| p.is_some()).await;
+    }
+
+    /// The policy in force (`None` until the first snapshot arrived).
+    pub fn policy(&self) -> Option<Arc<policy::ActivePolicy>> {
+        self.policy.borrow().clone()
     }
 
     pub fn discovery(&self) -> Option<&Discovery> {
@@ -151,6 +160,21 @@ pub async fn start_with(
             source,
         })?;
     let mut tasks = Vec::new();
+    let (policy_tx, policy_rx) = watch::channel(None);
+    tasks.push(tokio::spawn(
+        policy::PolicyClientTask {
+            labels: config.labels.clone(),
+            pod_name: config.pod_name.clone(),
+            state: policy_tx,
+            metrics: metrics.clone(),
+        }
+        .run(
+            config.control_plane_addr.clone(),
+            config.control_plane_id.clone(),
+            config.kx,
+            tls_rx.clone(),
+        ),
+    ));
     let inbound = Arc::new(Inbound {
         app_addr: config.app_addr,
         ports: config.inbound_ports.clone(),
@@ -166,6 +190,8 @@ pub async fn start_with(
         original_dst: original_dst.clone(),
         clients: Arc::new(http_proxy::AppClients::default()),
         metrics: metrics.clone(),
+        policy: policy_rx.clone(),
+        trust_domain: config.trust_domain.clone(),
     });
     tasks.push(tokio::spawn(proxy::serve_inbound(
         inbound_listener,
@@ -240,6 +266,7 @@ pub async fn start_with(
         admin_addr,
         metrics,
         discovery,
+        policy: policy_rx.clone(),
         tls: tls_rx,
         renew_tx,
         shutdown_tx,

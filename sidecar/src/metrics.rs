@@ -13,6 +13,11 @@ pub struct Metrics {
     pub cert_renewals: IntCounterVec,
     pub http_connections: IntCounterVec,
     pub requests: IntCounterVec,
+    pub policy_decisions: IntCounterVec,
+    pub policy_updates: IntCounterVec,
+    pub policy_policies: IntGauge,
+    /// Token outcomes, introspection and JWKS counters (shared by every policy's validator).
+    pub token: crate::token::TokenMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -68,6 +73,21 @@ impl Metrics {
             "HTTP requests proxied to the app, by direction and outcome (forwarded, upgraded, app_unreachable, bad_request)",
             &["direction", "outcome"],
         );
+        let policy_decisions = counter(
+            &registry,
+            "policy_decisions_total",
+            "Inbound policy decisions, by decision and reason",
+            &["decision", "reason"],
+        );
+        let policy_updates = counter(
+            &registry,
+            "policy_updates_total",
+            "Policy snapshots received, by outcome (applied, rejected)",
+            &["outcome"],
+        );
+        let policy_policies =
+            IntGauge::new("policy_access_policies", "AccessPolicies selecting this workload").expect("static metric");
+        registry.register(Box::new(policy_policies.clone())).expect("unique metric");
         let connections_open =
             IntGauge::new("connections_open", "Proxied connections currently open")
                 .expect("static metric");
@@ -93,6 +113,10 @@ impl Metrics {
             cert_renewals,
             http_connections,
             requests,
+            policy_decisions,
+            policy_updates,
+            token: crate::token::TokenMetrics::new(&registry).expect("token metrics register once"),
+            policy_policies,
         }
     }
 }

@@ -131,6 +131,9 @@ pub struct Inbound {
     pub original_dst: Arc<dyn OriginalDst>,
     pub clients: Arc<AppClients>,
     pub metrics: Arc<Metrics>,
+    /// Pushed AccessPolicies; once one selects the workload it replaces `allow` and `mode`.
+    pub policy: crate::policy::PolicyState,
+    pub trust_domain: String,
 }
 
 /// Accepts until `shutdown` flips to true; each connection is handled on its own task.
@@ -210,32 +213,28 @@ impl Inbound {
         let (transport, hello) =
             sniff(&mut tcp, sniff::MAX_HELLO_BYTES, sniff::classify_transport).await;
         let stream = Prefixed::new(hello, tcp);
+        let active = self.active_policy();
+        let plaintext_ok = match &active {
+            Some(a) => a.policy.permissive_on(target.port()),
+            None => self.mode == InboundMode::Permissive,
+        };
         match transport {
             Some(Transport::MeshTls) => self.handle_mesh(stream, remote, target).await,
-            other if self.mode == InboundMode::Strict => {
-                let _ = other;
+            _ if !plaintext_ok => {
                 tracing::warn!(%remote, "plaintext or non-mesh TLS refused (STRICT)");
                 self.deny("denied_plaintext", "not a mesh client (STRICT mode)")
             }
             _ => {
-                self.metrics
-                    .connections
-                    .with_label_values(&["inbound", "plaintext_permitted"])
-                    .inc();
-                let opaque = self.opaque_ports.contains(&target.port());
-                serve_app(
-                    stream,
-                    None,
-                    target,
-                    opaque,
-                    &self.clients,
-                    "inbound",
-                    &self.metrics,
-                )
-                .await;
+                self.metrics.connections.with_label_values(&["inbound", "plaintext_permitted"]).inc();
+                self.serve_app(stream, None, target).await;
                 Ok(())
             }
         }
+    }
+
+    /// The pushed policy, if one selects this workload.
+    fn active_policy(&self) -> Option<Arc<crate::policy::ActivePolicy>> {
+        self.policy.borrow().clone().filter(|a| !a.policy.is_empty())
     }
 
     async fn handle_mesh(
@@ -278,7 +277,8 @@ impl Inbound {
         let Some(peer) = hs.peer_id else {
             return self.deny("denied_identity", "peer certificate has no SPIFFE ID");
         };
-        if !self.allow.iter().any(|p| p.matches(&peer)) {
+        // With a pushed policy, its `peers` decide (per request); otherwise the local allow-list.
+        if self.active_policy().is_none() && !self.allow.iter().any(|p| p.matches(&peer)) {
             tracing::warn!(%remote, peer = %peer, "peer identity not allowed");
             return self.deny("denied_identity", "peer identity not on the allow-list");
         }
@@ -287,91 +287,73 @@ impl Inbound {
             .connections
             .with_label_values(&["inbound", "allowed"])
             .inc();
-        let opaque = self.opaque_ports.contains(&target.port());
-        serve_app(
-            stream,
-            Some(peer),
-            target,
-            opaque,
-            &self.clients,
-            "inbound",
-            &self.metrics,
-        )
-        .await;
+        self.serve_app(stream, Some(peer), target).await;
         Ok(())
     }
 }
 
-/// Hands a connection to the app: HTTP per request, anything else as opaque bytes.
-async fn serve_app<S>(
-    mut stream: S,
-    peer: Option<SpiffeId>,
-    target: SocketAddr,
-    opaque: bool,
-    clients: &Arc<AppClients>,
-    direction: &'static str,
-    metrics: &Metrics,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (protocol, prefix) = if opaque {
-        (Some(AppProtocol::Opaque), Vec::new())
-    } else {
-        sniff(&mut stream, 8192, sniff::classify_app).await
-    };
-    let stream = Prefixed::new(prefix, stream);
-    match protocol {
-        Some(AppProtocol::Http1) => {
-            metrics
-                .http_connections
-                .with_label_values(&[direction, "http1"])
-                .inc();
-            if let Err(e) = http_proxy::serve_http1(
-                stream,
-                peer,
-                target,
-                clients.clone(),
-                direction,
-                metrics.requests.clone(),
-            )
-            .await
-            {
-                tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
-            }
-        }
-        Some(AppProtocol::Http2) => {
-            metrics
-                .http_connections
-                .with_label_values(&[direction, "http2"])
-                .inc();
-            if let Err(e) = http_proxy::serve_http2(
-                stream,
-                peer,
-                target,
-                clients.clone(),
-                direction,
-                metrics.requests.clone(),
-            )
-            .await
-            {
-                tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
-            }
-        }
-        Some(AppProtocol::Opaque) | None => {
-            let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
-            {
-                Ok(Ok(app)) => app,
-                _ => {
-                    metrics
-                        .connections
-                        .with_label_values(&[direction, "app_unreachable"])
-                        .inc();
-                    tracing::info!(%target, "local app unreachable");
-                    return;
+impl Inbound {
+    /// Hands a connection to the app: HTTP per request (policy per request), anything else as
+    /// opaque bytes (policy on the peer identity only).
+    async fn serve_app<S>(&self, mut stream: S, peer: Option<SpiffeId>, target: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (protocol, prefix) = if self.opaque_ports.contains(&target.port()) {
+            (Some(AppProtocol::Opaque), Vec::new())
+        } else {
+            sniff(&mut stream, 8192, sniff::classify_app).await
+        };
+        let stream = Prefixed::new(prefix, stream);
+        let ctx = http_proxy::Ctx {
+            peer,
+            target,
+            clients: self.clients.clone(),
+            direction: "inbound",
+            metrics: self.metrics.clone(),
+            policy: Some(self.policy.clone()),
+            trust_domain: self.trust_domain.clone(),
+        };
+        match protocol {
+            Some(AppProtocol::Http1) => {
+                self.metrics.http_connections.with_label_values(&["inbound", "http1"]).inc();
+                if let Err(e) = http_proxy::serve_http1(stream, ctx).await {
+                    tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
                 }
-            };
-            let _ = app.set_nodelay(true);
-            relay(stream, app, direction, metrics).await;
+            }
+            Some(AppProtocol::Http2) => {
+                self.metrics.http_connections.with_label_values(&["inbound", "http2"]).inc();
+                if let Err(e) = http_proxy::serve_http2(stream, ctx).await {
+                    tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+                }
+            }
+            Some(AppProtocol::Opaque) | None => {
+                if let Some(active) = self.active_policy() {
+                    let decision = active.policy.evaluate(&pqmesh_policy::Request {
+                        port: target.port(),
+                        peer: ctx.peer.as_ref(),
+                        trust_domain: &self.trust_domain,
+                        http: None,
+                    });
+                    if let pqmesh_policy::Decision::Deny(d) = decision {
+                        self.metrics.policy_decisions.with_label_values(&["deny", d.reason()]).inc();
+                        self.metrics.connections.with_label_values(&["inbound", "denied_policy"]).inc();
+                        tracing::info!(peer = ?ctx.peer.as_ref().map(|p| p.to_string()), reason = d.reason(), "TCP connection denied by policy");
+                        return;
+                    }
+                    self.metrics.policy_decisions.with_label_values(&["allow", "allowed"]).inc();
+                }
+                let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+                    Ok(Ok(app)) => app,
+                    _ => {
+                        self.metrics.connections.with_label_values(&["inbound", "app_unreachable"]).inc();
+                        tracing::info!(%target, "local app unreachable");
+                        return;
+                    }
+                };
+                let _ = app.set_nodelay(true);
+                relay(stream, app, "inbound", &self.metrics).await;
+            }
         }
     }
 }

@@ -77,6 +77,12 @@ async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Resp
             .body(Full::new(Bytes::new()))
             .unwrap_or_default();
     }
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_owned();
     let version = format!("{:?}", req.version());
     let path = req.uri().path().to_owned();
     let body = req
@@ -86,7 +92,7 @@ async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Resp
         .map(|b| b.to_bytes().len())
         .unwrap_or(0);
     Response::new(Full::new(Bytes::from(format!(
-        "app={name} proto={version} conn={conn_id} peer={peer} path={path} body={body}\n"
+        "app={name} proto={version} conn={conn_id} peer={peer} path={path} body={body} authorization={auth}\n"
     ))))
 }
 

@@ -106,6 +106,27 @@ impl ControlPlane {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
+    /// Writes `policies/<file>` (TokenIssuer/AccessPolicy YAML) and waits until the control plane
+    /// holds `expected` resources.
+    pub async fn write_policy(&self, file: &str, yaml: &str, expected: usize) {
+        let dir = self.dir.path().join("policies");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(file), yaml).unwrap();
+        let registry = &self.running.metrics.registry;
+        eventually("the control plane loaded the policies", || {
+            metric(registry, "pqmesh_policy_resources", &[]) == expected as f64
+        })
+        .await;
+    }
+
+    /// Writes `secrets.yaml` (mode 0600).
+    pub fn write_secrets(&self, yaml: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join("secrets.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     pub fn token(&self, sa: &str) -> &str {
         &self.tokens[sa]
     }

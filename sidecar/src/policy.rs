@@ -1,0 +1,175 @@
+//! The workload's policy, pushed by the control plane (`pqmesh.policy.v1.Policy/Watch` over
+//! mutual TLS). Each snapshot is decoded, turned into a runtime (token validators for its issuers)
+//! and swapped in as one unit, then ACKed; a snapshot that cannot be applied is NACKed with the
+//! reason and the last good policy stays in force. The stream resumes after drops and control
+//! plane restarts, telling the control plane which version is already running.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pqmesh_mtls::tls::ALPN_H2;
+use pqmesh_mtls::{KeyExchangePolicy, SpiffeId};
+use pqmesh_policy::WorkloadPolicy;
+use pqmesh_proto::policy::v1::policy_client::PolicyClient;
+use pqmesh_proto::policy::v1::watch_request::Kind;
+use pqmesh_proto::policy::v1::{Ack, Nack, PolicySnapshot, WatchRequest, Workload};
+use tokio::sync::{mpsc, watch};
+
+use crate::identity::backoff;
+use crate::metrics::Metrics;
+use crate::tls::MeshTls;
+
+/// Largest snapshot accepted (policies plus issuer settings of one workload).
+pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
+
+/// A policy in force: the compiled snapshot and what enforcing it needs.
+pub struct ActivePolicy {
+    pub version: String,
+    pub policy: WorkloadPolicy,
+    /// Validates bearer tokens for the snapshot's issuers (`None` when no policy wants tokens).
+    pub validator: Option<Arc<crate::token::Validator>>,
+}
+
+impl std::fmt::Debug for ActivePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivePolicy")
+            .field("version", &self.version)
+            .field("policies", &self.policy.policies.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub type PolicyState = watch::Receiver<Option<Arc<ActivePolicy>>>;
+
+/// Decodes and prepares a snapshot; any problem is the NACK reason. The previous policy's token
+/// validator (with its JWKS and phantom-token caches) is kept when the issuers did not change.
+pub fn prepare(snapshot: &PolicySnapshot, previous: Option<&ActivePolicy>, metrics: &Metrics) -> Result<ActivePolicy, String> {
+    if snapshot.policy_json.len() > MAX_SNAPSHOT_BYTES {
+        return Err(format!("snapshot of {} bytes exceeds {MAX_SNAPSHOT_BYTES}", snapshot.policy_json.len()));
+    }
+    let policy: WorkloadPolicy =
+        serde_json::from_slice(&snapshot.policy_json).map_err(|e| format!("undecodable snapshot: {e}"))?;
+    if policy.version() != snapshot.version {
+        return Err(format!("snapshot content does not match its version {}", snapshot.version));
+    }
+    let validator = match previous {
+        Some(prev) if prev.policy.issuers == policy.issuers => prev.validator.clone(),
+        _ => build_validator(&policy, metrics)?.map(Arc::new),
+    };
+    Ok(ActivePolicy {
+        version: snapshot.version.clone(),
+        policy,
+        validator,
+    })
+}
+
+/// Token validation settings for the snapshot's issuers (`None` if it names none).
+fn build_validator(policy: &WorkloadPolicy, metrics: &Metrics) -> Result<Option<crate::token::Validator>, String> {
+    use crate::token::{IntrospectionConfig, IssuerConfig, ResponseFormat, Validator};
+    if policy.issuers.is_empty() {
+        return Ok(None);
+    }
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    let configs = policy
+        .issuers
+        .iter()
+        .map(|i| {
+            let mut c = IssuerConfig::new(i.name.clone(), i.issuer.clone(), i.audiences.clone(), i.jwks_uri.clone());
+            c.allowed_algs = i.allowed_algorithms.clone();
+            c.clock_skew = secs(i.clock_skew_seconds);
+            c.jwks_refresh = secs(i.jwks_refresh_seconds);
+            c.jwks_min_refetch = secs(i.jwks_min_refetch_seconds);
+            c.introspection = i.introspection.as_ref().map(|x| {
+                let mut ic = IntrospectionConfig::new(x.endpoint.clone(), x.client_id.clone(), x.client_secret.clone());
+                ic.accept = if x.response_format == "jwt" { ResponseFormat::Jwt } else { ResponseFormat::TokenIntrospectionJwt };
+                ic.cache_max_entries = x.cache_max_entries as usize;
+                ic.cache_max_ttl = secs(x.cache_max_ttl_seconds);
+                ic.honor_no_store = x.honor_no_store;
+                ic
+            });
+            c
+        })
+        .collect();
+    Validator::new(configs, metrics.token.clone()).map(Some).map_err(|e| format!("token issuers: {e}"))
+}
+
+pub struct PolicyClientTask {
+    pub labels: BTreeMap<String, String>,
+    pub pod_name: String,
+    pub state: watch::Sender<Option<Arc<ActivePolicy>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl PolicyClientTask {
+    pub async fn run(self, addr: String, server_id: SpiffeId, kx: KeyExchangePolicy, mut tls: watch::Receiver<Option<Arc<MeshTls>>>) {
+        let mut failures = 0u32;
+        loop {
+            let Ok(current) = tls.wait_for(|t| t.is_some()).await.map(|t| t.clone()) else { return };
+            let Some(current) = current else { continue };
+            match self.stream_once(&addr, &server_id, kx, &current).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, attempt = failures, "policy stream failed; the current policy stays in force");
+                }
+            }
+            tokio::time::sleep(backoff(failures.max(1), rand::random()).min(Duration::from_secs(30))).await;
+        }
+    }
+
+    async fn stream_once(&self, addr: &str, server_id: &SpiffeId, kx: KeyExchangePolicy, tls: &MeshTls) -> Result<(), String> {
+        let config = tls.creds.client_config(server_id, kx, &[ALPN_H2]).map_err(|e| e.to_string())?;
+        let channel = tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(addr.to_owned(), config))
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let (tx, rx) = mpsc::channel(8);
+        let current_version = self.state.borrow().as_ref().map(|p| p.version.clone()).unwrap_or_default();
+        let hello = Workload {
+            namespace: tls.creds.id.namespace().to_owned(),
+            pod_name: self.pod_name.clone(),
+            labels: self.labels.clone().into_iter().collect(),
+            ports: vec![],
+            current_version,
+        };
+        tx.send(WatchRequest { kind: Some(Kind::Hello(hello)) })
+            .await
+            .map_err(|_| "request stream closed".to_owned())?;
+        let mut snapshots = PolicyClient::new(channel)
+            .max_decoding_message_size(MAX_SNAPSHOT_BYTES + 4096)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("watch: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        tracing::info!(control_plane = %addr, "policy stream connected");
+        loop {
+            let snapshot = match snapshots.message().await {
+                Ok(Some(s)) => s,
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            };
+            let previous = self.state.borrow().clone();
+            let reply = match prepare(&snapshot, previous.as_deref(), &self.metrics) {
+                Ok(active) => {
+                    tracing::info!(version = %active.version, policies = active.policy.policies.len(), "policy applied");
+                    self.metrics.policy_updates.with_label_values(&["applied"]).inc();
+                    self.metrics.policy_policies.set(active.policy.policies.len() as i64);
+                    let _ = self.state.send(Some(Arc::new(active)));
+                    Kind::Ack(Ack { version: snapshot.version })
+                }
+                Err(reason) => {
+                    tracing::error!(version = %snapshot.version, %reason, "policy snapshot rejected; keeping the last good policy");
+                    self.metrics.policy_updates.with_label_values(&["rejected"]).inc();
+                    Kind::Nack(Nack { version: snapshot.version, reason })
+                }
+            };
+            if tx.send(WatchRequest { kind: Some(reply) }).await.is_err() {
+                return Err("request stream closed".into());
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Token policies end to end against a real OAuth server (oidc-provider 9, Node 24): policies are
+//! pushed by the control plane, B's sidecar validates tokens, exchanges phantom tokens for the
+//! signed JWT at the introspection endpoint and enforces scopes and claims per request.
+//! Needs Node 24 and the oidc-provider package, which `./test.sh` installs; they are `#[ignore]`d
+//! for a bare `cargo test` and always run by `./test.sh`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use pqmesh_mtls::KeyAlgorithm;
+use pqmesh_tests::oauth::{self, OAuthServer};
+use pqmesh_tests::*;
+use tokio::net::TcpStream;
+
+const ECDSA: KeyAlgorithm = KeyAlgorithm::EcdsaP256;
+
+struct Setup {
+    cp: ControlPlane,
+    oauth: OAuthServer,
+    a: pqmesh_sidecar::RunningSidecar,
+    b: pqmesh_sidecar::RunningSidecar,
+    app_stats: std::sync::Arc<http_app::AppStats>,
+}
+
+fn policies(oauth: &OAuthServer, app_port: u16, extra_issuer: &str) -> String {
+    format!(
+        r#"
+apiVersion: pqmesh.io/v1alpha1
+kind: TokenIssuer
+metadata: {{name: corp, namespace: shop}}
+spec:
+  issuer: {iss}
+  audiences: [orders]
+  jwksUri: {jwks}
+  allowedAlgorithms: [RS256]
+  jwks: {{minRefetchSeconds: 1}}
+  introspection:
+    endpoint: {introspect}
+    clientId: {client}
+    clientSecretRef: {{name: gateway, key: client-secret}}
+{extra_issuer}
+---
+apiVersion: pqmesh.io/v1alpha1
+kind: AccessPolicy
+metadata: {{name: orders, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  ports: [{app_port}]
+  peers: ["shop/*"]
+  token: {{issuers: [corp]}}
+  rules:
+    - methods: [GET]
+      paths: ["/orders/**"]
+      scopes: ["orders:read"]
+    - methods: [POST]
+      paths: ["/orders"]
+      scopes: ["orders:write"]
+    - methods: [GET]
+      paths: ["/tenants/acme/**"]
+      scopes: ["orders:read"]
+      claims: [{{name: tenant, values: [acme]}}]
+"#,
+        iss = oauth.issuer,
+        jwks = oauth.jwks_uri,
+        introspect = oauth.introspection_endpoint,
+        client = oauth::GATEWAY_CLIENT_ID,
+    )
+}
+
+async fn setup(ttl: u64) -> Setup {
+    let oauth = OAuthServer::start(ttl).await;
+    let cp = ControlPlane::start(ECDSA, &["web", "api"]).await;
+    let (app, _tcp, app_stats) = http_app::start("orders").await;
+    cp.write_secrets(&format!(
+        "secrets:\n  - namespace: shop\n    name: gateway\n    data: {{client-secret: {}}}\n",
+        oauth::GATEWAY_CLIENT_SECRET
+    ));
+    cp.write_policy("orders.yaml", &policies(&oauth, app.port(), ""), 2).await;
+    let b = sidecar_redirected(
+        with(cp.sidecar_env("api", ECDSA), &[("PQMESH_WORKLOAD_LABELS", "app=orders,tier=backend")]),
+        Some(app),
+    )
+    .await;
+    cp.set_endpoints(
+        &format!("endpoints:\n  - ip: 127.0.0.1\n    ports: [{}]\n    namespace: shop\n    serviceAccount: api\n", b.inbound_addr.port()),
+        1,
+    )
+    .await;
+    let a = sidecar_redirected(cp.sidecar_env("web", ECDSA), Some(b.inbound_addr)).await;
+    assert_eq!(b.policy().unwrap().policy.policies.len(), 1, "B runs the pushed policy");
+    Setup { cp, oauth, a, b, app_stats }
+}
+
+struct Answer {
+    status: u16,
+    www: String,
+    body: String,
+}
+
+async fn call(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> Answer {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path).header("host", "orders.shop");
+    if let Some(t) = bearer {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = send.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let www = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    Answer { status, www, body }
+}
+
+fn forwarded_jwt(body: &str) -> String {
+    body.split_whitespace()
+        .skip_while(|w| *w != "authorization=Bearer")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no bearer in {body}"))
+        .to_owned()
+}
+
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn phantom_token_is_exchanged_for_the_signed_jwt_and_scopes_and_claims_are_enforced() {
+    let s = setup(300).await;
+    let out = s.a.outbound_addr.unwrap();
+    let read = s.oauth.token("orders:read").await;
+    assert!(!read.contains('.'), "the outside client holds an opaque token");
+
+    let ok = call(out, "GET", "/orders/42", Some(&read)).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let jwt = forwarded_jwt(&ok.body);
+    let (header, payload) = oauth::decode_jwt(&jwt);
+    assert_eq!(header["typ"], "token-introspection+jwt", "the app got the JWT the OAuth server signed");
+    assert_eq!(payload["aud"], oauth::GATEWAY_CLIENT_ID);
+    assert_eq!(payload["token_introspection"]["scope"], "orders:read");
+    assert_eq!(payload["token_introspection"]["tenant"], "acme");
+    assert!(ok.body.contains(&format!("peer={}", spiffe("web"))));
+
+    // The second request is served from the phantom-token cache.
+    let before = introspections(&s.oauth);
+    assert_eq!(call(out, "GET", "/orders/43", Some(&read)).await.status, 200);
+    assert_eq!(introspections(&s.oauth), before, "cache hit: no second introspection");
+
+    // Coarse: scopes. Fine: claims.
+    let no_write = call(out, "POST", "/orders", Some(&read)).await;
+    assert_eq!(no_write.status, 403);
+    assert!(no_write.www.contains("error=\"insufficient_scope\""), "{}", no_write.www);
+    assert_eq!(call(out, "GET", "/tenants/acme/orders", Some(&read)).await.status, 200);
+    let globex = s.oauth.token_as(oauth::PARTNER_CLIENT_ID, oauth::PARTNER_CLIENT_SECRET, "orders:read").await;
+    assert_eq!(call(out, "GET", "/orders/1", Some(&globex)).await.status, 200, "partner may read orders");
+    assert_eq!(call(out, "GET", "/tenants/acme/orders", Some(&globex)).await.status, 403, "but not acme's tenant data");
+    let write = s.oauth.token("orders:write").await;
+    assert_eq!(call(out, "POST", "/orders", Some(&write)).await.status, 200);
+
+    // Missing, garbage and unknown tokens.
+    let none = call(out, "GET", "/orders/1", None).await;
+    assert_eq!((none.status, none.www.as_str()), (401, "Bearer"));
+    let garbage = call(out, "GET", "/orders/1", Some("not-a-real-token-at-all")).await;
+    assert_eq!(garbage.status, 401);
+    assert!(garbage.www.contains("invalid_token"), "{}", garbage.www);
+    // No rule for this path: default deny even with a good token.
+    assert_eq!(call(out, "DELETE", "/orders/1", Some(&read)).await.status, 403);
+    // Path tricks do not reach the tenant rule with the wrong token.
+    assert_eq!(call(out, "GET", "/orders/../tenants/acme/x", Some(&globex)).await.status, 403);
+
+    // Zero trust: the JWT the app received is accepted directly at the next hop, a tampered one is not.
+    assert_eq!(call(out, "GET", "/orders/7", Some(&jwt)).await.status, 200);
+    let mut tampered = jwt.clone();
+    tampered.replace_range(jwt.len() - 6..jwt.len() - 2, "AAAA");
+    assert_eq!(call(out, "GET", "/orders/7", Some(&tampered)).await.status, 401);
+    let counted = metric(&s.b.metrics.registry, "pqmesh_policy_decisions_total", &[("decision", "deny")]);
+    assert!(counted >= 6.0, "denials are counted: {counted}");
+    let _ = &s.app_stats;
+}
+
+fn introspections(oauth: &OAuthServer) -> usize {
+    oauth.log().lines().filter(|l| l.contains("/token/introspection")).count()
+}
+
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn revoked_expired_rotated_and_outage() {
+    let mut s = setup(4).await;
+    let out = s.a.outbound_addr.unwrap();
+    // Revoked before first use: 401. Revoked after use: served from cache until it expires (the
+    // documented bound: min(token exp, cache max TTL)).
+    let revoked = s.oauth.token("orders:read").await;
+    s.oauth.revoke(&revoked).await;
+    let r = call(out, "GET", "/orders/1", Some(&revoked)).await;
+    assert_eq!(r.status, 401);
+    assert!(r.www.contains("invalid_token"));
+
+    // Expired: with a 4 s token lifetime the cache never outlives the token.
+    let short = s.oauth.token("orders:read").await;
+    assert_eq!(call(out, "GET", "/orders/1", Some(&short)).await.status, 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(call(out, "GET", "/orders/1", Some(&short)).await.status, 401, "expired");
+
+    // Key rotation at the OAuth server: new tokens are accepted without restarting anything.
+    let old_kid = s.oauth.kid();
+    s.oauth.rotate_keys().await;
+    assert_ne!(s.oauth.kid(), old_kid);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past minRefetchSeconds
+    let after = s.oauth.token("orders:read").await;
+    assert_eq!(call(out, "GET", "/orders/1", Some(&after)).await.status, 200, "unknown kid → JWKS refetched");
+
+    // OAuth server down: cached tokens keep working, new ones get 503, never allowed.
+    let fresh = s.oauth.token("orders:read").await;
+    let never_seen = s.oauth.token("orders:read").await;
+    assert_eq!(call(out, "GET", "/orders/1", Some(&fresh)).await.status, 200);
+    s.oauth.stop().await;
+    assert_eq!(call(out, "GET", "/orders/2", Some(&fresh)).await.status, 200, "cached");
+    assert_eq!(call(out, "GET", "/orders/2", Some(&never_seen)).await.status, 503, "cannot decide: 503");
+    s.oauth.restart().await;
+    assert_eq!(call(out, "GET", "/orders/2", Some(&never_seen)).await.status, 200, "recovered without restarts");
+    let _ = &s.cp;
+}
+
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn policy_push_is_versioned_acked_and_a_bad_snapshot_is_nacked() {
+    let s = setup(300).await;
+    let tracker = &s.cp.running.policy_tracker;
+    let v1 = s.b.policy().unwrap().version.clone();
+    eventually("B ACKed its policy", || tracker.policy_status().get("shop/orders").is_some_and(|p| p.acked == 1)).await;
+
+    // An invalid edit at the control plane changes nothing anywhere.
+    let dir = s.cp.dir.path().join("policies");
+    std::fs::write(dir.join("broken.yaml"), "apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {name: x, namespace: shop}\nspec: {selector: {}, colour: blue}\n").unwrap();
+    eventually("the control plane rejected the edit", || {
+        metric(&s.cp.running.metrics.registry, "pqmesh_policy_reloads_total", &[("outcome", "invalid")]) >= 1.0
+    })
+    .await;
+    assert_eq!(s.b.policy().unwrap().version, v1);
+    std::fs::remove_file(dir.join("broken.yaml")).unwrap();
+
+    // A snapshot the sidecar cannot apply (two issuers claiming the same `iss`) is NACKed and
+    // the last good policy stays in force.
+    let dup = format!(
+        "---\napiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: corp2, namespace: shop}}\nspec:\n  issuer: {}\n  audiences: [orders]\n  jwksUri: {}\n",
+        s.oauth.issuer, s.oauth.jwks_uri
+    );
+    let with_dup = policies(&s.oauth, 0, &dup).replace("token: {issuers: [corp]}", "token: {issuers: [corp, corp2]}");
+    let app_port = s.b.policy().unwrap().policy.policies[0].ports.clone().unwrap()[0];
+    let with_dup = with_dup.replace("ports: [0]", &format!("ports: [{app_port}]"));
+    s.cp.write_policy("orders.yaml", &with_dup, 3).await;
+    eventually("B rejected the snapshot", || {
+        metric(&s.b.metrics.registry, "pqmesh_policy_updates_total", &[("outcome", "rejected")]) == 1.0
+    })
+    .await;
+    assert_eq!(s.b.policy().unwrap().version, v1, "last good policy kept");
+    eventually("the control plane saw the NACK", || tracker.policy_status().get("shop/orders").is_some_and(|p| p.rejected == 1)).await;
+    let read = s.oauth.token("orders:read").await;
+    assert_eq!(call(s.a.outbound_addr.unwrap(), "GET", "/orders/1", Some(&read)).await.status, 200, "still enforcing v1");
+
+    // A good change is applied and ACKed.
+    s.cp.write_policy("orders.yaml", &policies(&s.oauth, app_port, "").replace("orders:read", "orders:list"), 2).await;
+    eventually("B applied the new version", || s.b.policy().unwrap().version != v1).await;
+    eventually("and ACKed it", || tracker.policy_status().get("shop/orders").is_some_and(|p| p.acked == 1 && p.rejected == 0)).await;
+    assert_eq!(call(s.a.outbound_addr.unwrap(), "GET", "/orders/1", Some(&read)).await.status, 403, "orders:read no longer suffices");
+}
