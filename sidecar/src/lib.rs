@@ -13,6 +13,7 @@ pub mod original_dst;
 pub mod proxy;
 pub mod sniff;
 pub mod tls;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
