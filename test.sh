@@ -39,6 +39,10 @@ fi
 export PQMESH_NODE24="$PWD/$NODE24"
 echo "node $("$PQMESH_NODE24" -e 'console.log(process.versions.node + " with OpenSSL " + process.versions.openssl)')"
 
+step "install the OAuth server for the token-policy tests (oidc-provider, into tests/oauth/)"
+npm install --silent --no-package-lock --no-audit --no-fund --prefix tests/oauth
+echo "oidc-provider $("$PQMESH_NODE24" -p 'require("./tests/oauth/node_modules/oidc-provider/package.json").version')"
+
 step "install Rust tools"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

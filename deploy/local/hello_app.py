@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Workload B's app for deploy/local/demo.sh: a tiny HTTP server on 127.0.0.1.
+"""Workload B's app for deploy/local/demo.sh: a tiny HTTP server.
 
-Answers every GET (and HEAD) with "hello from workload B (shop/api)". Prints nothing per
-request; instead it appends one line per request to --requests-file, so the demo can count
-what actually reached the app (and prove that a refused peer's request never did).
+Answers every GET (and HEAD) with "hello from workload B (shop/api); caller: <identity>", where
+<identity> is the x-pqmesh-peer-identity header B's sidecar put on the request (the caller's
+SPIFFE ID), or "none" when the request carries no such header. It also prints one line per
+request to stdout (the app's log), and appends one line per request to --requests-file, so the
+demo can count what actually reached the app (and prove that a refused peer's request never did).
 
-usage: hello_app.py --port PORT --requests-file PATH
+usage: hello_app.py [--host 127.0.0.1] --port PORT --requests-file PATH
 """
 
 import argparse
@@ -14,7 +16,8 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-BODY = b"hello from workload B (shop/api)\n"
+GREETING = "hello from workload B (shop/api)"
+PEER_IDENTITY_HEADER = "x-pqmesh-peer-identity"
 
 
 def main() -> int:
@@ -27,13 +30,18 @@ def main() -> int:
     class Handler(BaseHTTPRequestHandler):
         server_version = "hello-app/1"
 
+        def _caller(self) -> str:
+            # The sidecar replaces any client-sent copy, so this is the authenticated peer.
+            return self.headers.get(PEER_IDENTITY_HEADER) or "none"
+
         def _reply(self, with_body: bool) -> None:
+            body = f"{GREETING}; caller: {self._caller()}\n".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(BODY)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if with_body:
-                self.wfile.write(BODY)
+                self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             self._reply(True)
@@ -42,10 +50,14 @@ def main() -> int:
             self._reply(False)
 
         def log_request(self, code="-", size="-") -> None:
-            # One line per request, flushed immediately: the demo counts these lines.
-            line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.command} {self.path} {code}\n"
+            # One line per request, flushed immediately: the demo counts the file's lines.
+            line = (
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.command} {self.path} {code} "
+                f"caller={self._caller()}\n"
+            )
             with open(args.requests_file, "a", encoding="utf-8") as f:
                 f.write(line)
+            print(f"request: {line.rstrip()}", flush=True)
 
         def log_message(self, format, *a) -> None:  # noqa: A002 - keep stderr quiet
             pass

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod proxy;
 pub mod sniff;
 pub mod tls;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod http_app;
+pub mod oauth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,251 @@
+//! Phantom tokens: an opaque bearer token is exchanged at the issuer's introspection endpoint
+//! (RFC 7662) for a signed JWT (RFC 9701, or Curity's `application/jwt`), which is verified like
+//! any other token, cached by the token's digest and forwarded as it was signed.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hyper::header::HeaderValue;
+use hyper::{StatusCode, Uri};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::cache::{InFlight, PhantomCache, TokenKey};
+use super::claims::{numeric, unix_now};
+use super::config::{endpoint, ConfigError, IntrospectionConfig};
+use super::error::{InvalidReason, TokenError};
+use super::http::HttpClient;
+use super::issuer::Issuer;
+use super::jws::{self, check_bearer};
+use super::metrics::TokenMetrics;
+use super::Authenticated;
+
+/// Introspection responses larger than this are refused (the JWT itself is capped at 16 KiB).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+pub(crate) struct Introspector {
+    pub config: IntrospectionConfig,
+    endpoint: Uri,
+    authorization: HeaderValue,
+    cache: PhantomCache,
+    in_flight: InFlight,
+}
+
+impl Introspector {
+    pub(crate) fn new(issuer: &str, config: IntrospectionConfig) -> Result<Self, ConfigError> {
+        let endpoint = endpoint(issuer, "introspection.endpoint", &config.endpoint)?;
+        // RFC 6749 §2.3.1: form-urlencode the id and secret before Basic-encoding them.
+        let credentials = format!(
+            "{}:{}",
+            form_encode(&config.client_id),
+            form_encode(&config.client_secret)
+        );
+        let mut authorization =
+            HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(credentials))).map_err(
+                |e| ConfigError::Invalid {
+                    issuer: issuer.to_string(),
+                    field: "introspection.client_id",
+                    value: config.client_id.clone(),
+                    reason: e.to_string(),
+                },
+            )?;
+        authorization.set_sensitive(true);
+        Ok(Introspector {
+            cache: PhantomCache::new(config.cache_max_entries),
+            in_flight: InFlight::default(),
+            config,
+            endpoint,
+            authorization,
+        })
+    }
+
+    /// How long an answer may be cached: min(token exp − now, cache_max_ttl, max-age); `None` for
+    /// not at all.
+    fn cache_ttl(
+        &self,
+        claims: &Map<String, Value>,
+        cache_control: &[String],
+        now: f64,
+    ) -> Option<Duration> {
+        let directive = |name: &str| cache_control.iter().any(|d| d == name);
+        if self.config.honor_no_store && (directive("no-store") || directive("no-cache")) {
+            return None;
+        }
+        let mut ttl = self.config.cache_max_ttl;
+        if let Ok(Some(exp)) = numeric(claims, "exp") {
+            let left = Duration::try_from_secs_f64(exp - now).ok()?;
+            ttl = ttl.min(left);
+        }
+        for d in cache_control {
+            if let Some(value) = d.strip_prefix("max-age=") {
+                // An unparsable max-age is treated as 0 (RFC 9111 §4.2.1: stale).
+                let secs = value.trim_matches('"').parse::<u64>().unwrap_or(0);
+                ttl = ttl.min(Duration::from_secs(secs));
+            }
+        }
+        (!ttl.is_zero()).then_some(ttl)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+pub(crate) fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(char::from(b))
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+pub(crate) fn token_key(token: &str) -> TokenKey {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn unavailable(reason: impl Into<String>) -> TokenError {
+    TokenError::IntrospectionUnavailable {
+        reason: reason.into(),
+    }
+}
+
+impl Issuer {
+    /// Authenticates an opaque token through this issuer's introspection endpoint (cached).
+    pub(crate) async fn introspect(
+        &self,
+        introspector: &Introspector,
+        token: &str,
+        http: &HttpClient,
+        metrics: &TokenMetrics,
+    ) -> Result<Authenticated, TokenError> {
+        let key = token_key(token);
+        let issuer = self.config.name.as_str();
+        if let Some(hit) = introspector.cache.get(&key) {
+            metrics
+                .introspection_cache
+                .with_label_values(&[issuer, "hit"])
+                .inc();
+            return Ok(hit);
+        }
+        metrics
+            .introspection_cache
+            .with_label_values(&[issuer, "miss"])
+            .inc();
+        let joined = introspector.in_flight.join(key);
+        joined
+            .cell
+            .get_or_init(|| async {
+                let result = self.call(introspector, token, http, metrics).await;
+                let outcome = match &result {
+                    Ok(_) => "active",
+                    Err(TokenError::Inactive) => "inactive",
+                    Err(_) => "error",
+                };
+                metrics
+                    .introspections
+                    .with_label_values(&[issuer, outcome])
+                    .inc();
+                let (auth, ttl) = result?;
+                if let Some(deadline) = ttl.and_then(|ttl| Instant::now().checked_add(ttl)) {
+                    introspector.cache.insert(key, auth.clone(), deadline);
+                }
+                Ok(auth)
+            })
+            .await
+            .clone()
+    }
+
+    /// One RFC 7662 call; returns the verified token and how long it may be cached.
+    async fn call(
+        &self,
+        introspector: &Introspector,
+        token: &str,
+        http: &HttpClient,
+        metrics: &TokenMetrics,
+    ) -> Result<(Authenticated, Option<Duration>), TokenError> {
+        let config = &introspector.config;
+        let body = format!("token={}&token_type_hint=access_token", form_encode(token));
+        let response = http
+            .post_form(
+                &introspector.endpoint,
+                introspector.authorization.clone(),
+                config.accept.accept(),
+                body,
+                MAX_RESPONSE_BYTES,
+                config.timeout,
+            )
+            .await
+            .map_err(unavailable)?;
+        match response.status {
+            StatusCode::OK => {}
+            // Curity answers an inactive token with 204 when asked for application/jwt.
+            StatusCode::NO_CONTENT => return Err(TokenError::Inactive),
+            status => return Err(unavailable(format!("HTTP status {status}"))),
+        }
+        let rfc9701 = match response.media_type().as_deref() {
+            Some("application/token-introspection+jwt") => true,
+            Some("application/jwt") => false,
+            other => {
+                return Err(unavailable(format!(
+                    "not a signed JWT response (Content-Type {})",
+                    other.unwrap_or("missing")
+                )))
+            }
+        };
+        let jwt = std::str::from_utf8(&response.body)
+            .map_err(|_| unavailable("response body is not UTF-8"))?
+            .trim();
+        let rejected = |e: TokenError| unavailable(format!("response rejected: {e}"));
+        check_bearer(jwt).map_err(rejected)?;
+        let decoded = jws::decode(jwt).map_err(rejected)?;
+        if rfc9701 && !decoded.is_introspection_response() {
+            return Err(unavailable("response typ is not token-introspection+jwt"));
+        }
+        if decoded.unverified_iss() != Some(self.config.issuer.as_str()) {
+            return Err(unavailable("response iss is not the introspecting issuer"));
+        }
+        let claims = self
+            .verify(decoded, http, metrics)
+            .await
+            .map_err(|e| match e {
+                // Until the signature is verified nothing in the response can be trusted; after
+                // that, a refusal is about the token itself and stays a 401.
+                TokenError::Malformed { .. }
+                | TokenError::Invalid {
+                    reason:
+                        InvalidReason::Algorithm
+                        | InvalidReason::Header
+                        | InvalidReason::UnknownKey
+                        | InvalidReason::KeyMismatch
+                        | InvalidReason::Signature,
+                    ..
+                } => rejected(e),
+                other => other,
+            })?;
+        let ttl = introspector.cache_ttl(&claims, &response.cache_control(), unix_now());
+        Ok((
+            Authenticated {
+                jwt: jwt.to_string(),
+                claims,
+                issuer: self.config.name.clone(),
+                phantom: true,
+            },
+            ttl,
+        ))
+    }
+}

@@ -1,0 +1,214 @@
+//! One issuer's JWKS: fetched on first use, refreshed every `jwks_refresh`, refetched on an unknown
+//! `kid` at most once per `jwks_min_refetch`. A failed fetch keeps the last good keys.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use hyper::{StatusCode, Uri};
+use tokio::time::Instant;
+
+use super::error::{InvalidReason, TokenError};
+use super::http::HttpClient;
+use super::jwk::{parse_jwks, Jwk};
+use super::jws::{truncate, Alg};
+use super::metrics::TokenMetrics;
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_JWKS_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    Initial,
+    Refresh,
+    UnknownKid,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Initial => "initial",
+            Trigger::Refresh => "refresh",
+            Trigger::UnknownKid => "unknown_kid",
+        }
+    }
+}
+
+#[derive(Default)]
+struct KeyState {
+    keys: Arc<Vec<Jwk>>,
+    /// Last successful fetch.
+    fetched: Option<Instant>,
+    /// Last fetch attempt, successful or not (the rate limit counts both).
+    attempted: Option<Instant>,
+    last_error: Option<String>,
+}
+
+pub(crate) struct KeyCache {
+    issuer: String,
+    uri: Uri,
+    refresh: Duration,
+    min_refetch: Duration,
+    state: RwLock<KeyState>,
+    /// Held while fetching, so concurrent requests share one fetch.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl KeyCache {
+    pub(crate) fn new(issuer: String, uri: Uri, refresh: Duration, min_refetch: Duration) -> Self {
+        KeyCache {
+            issuer,
+            uri,
+            refresh,
+            min_refetch,
+            state: RwLock::new(KeyState::default()),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    // Nothing panics while holding these locks, but a poisoned lock must not take auth down.
+    fn read(&self) -> RwLockReadGuard<'_, KeyState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, KeyState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attempted_recently(&self) -> bool {
+        self.read()
+            .attempted
+            .is_some_and(|t| t.elapsed() < self.min_refetch)
+    }
+
+    /// The key that verifies `alg` signatures for `kid`.
+    pub(crate) async fn key_for(
+        &self,
+        kid: &str,
+        alg: Alg,
+        http: &HttpClient,
+        metrics: &TokenMetrics,
+    ) -> Result<Jwk, TokenError> {
+        self.ensure_fresh(http, metrics).await?;
+        if let Some(found) = self.lookup(kid, alg) {
+            return found;
+        }
+        {
+            let _fetching = self.fetching.lock().await;
+            // Another request may have fetched while we waited.
+            if self.lookup(kid, alg).is_none() && !self.attempted_recently() {
+                self.fetch(Trigger::UnknownKid, http, metrics).await;
+            }
+        }
+        self.lookup(kid, alg).unwrap_or_else(|| {
+            Err(TokenError::invalid(
+                InvalidReason::UnknownKey,
+                format!(
+                    "issuer {}: no key with kid {:?}",
+                    self.issuer,
+                    truncate(kid)
+                ),
+            ))
+        })
+    }
+
+    /// `None` when no key has this `kid`; otherwise the first key with it that fits `alg`.
+    fn lookup(&self, kid: &str, alg: Alg) -> Option<Result<Jwk, TokenError>> {
+        let keys = self.read().keys.clone();
+        let mut with_kid = keys.iter().filter(|k| k.kid == kid).peekable();
+        with_kid.peek()?;
+        Some(with_kid.find(|k| k.fits(alg)).cloned().ok_or_else(|| {
+            TokenError::invalid(
+                InvalidReason::KeyMismatch,
+                format!(
+                    "issuer {}: key {:?} cannot verify {}",
+                    self.issuer,
+                    truncate(kid),
+                    alg.name()
+                ),
+            )
+        }))
+    }
+
+    async fn ensure_fresh(
+        &self,
+        http: &HttpClient,
+        metrics: &TokenMetrics,
+    ) -> Result<(), TokenError> {
+        let fetched = self.read().fetched;
+        match fetched {
+            None => {
+                let _fetching = self.fetching.lock().await;
+                if self.read().fetched.is_none() && !self.attempted_recently() {
+                    self.fetch(Trigger::Initial, http, metrics).await;
+                }
+                let state = self.read();
+                if state.fetched.is_none() {
+                    return Err(TokenError::KeysUnavailable {
+                        issuer: self.issuer.clone(),
+                        reason: state
+                            .last_error
+                            .clone()
+                            .unwrap_or_else(|| "not fetched yet".into()),
+                    });
+                }
+            }
+            Some(at) if at.elapsed() >= self.refresh && !self.attempted_recently() => {
+                // Stale but usable: one request refreshes, the others go on with the keys we have.
+                if let Ok(_fetching) = self.fetching.try_lock() {
+                    if self
+                        .read()
+                        .fetched
+                        .is_some_and(|t| t.elapsed() >= self.refresh)
+                    {
+                        self.fetch(Trigger::Refresh, http, metrics).await;
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Fetches and, on success, replaces the keys. Callers hold `fetching`.
+    async fn fetch(&self, trigger: Trigger, http: &HttpClient, metrics: &TokenMetrics) {
+        let result = http
+            .get(
+                &self.uri,
+                "application/jwk-set+json, application/json",
+                MAX_JWKS_BYTES,
+                FETCH_TIMEOUT,
+            )
+            .await
+            .and_then(|r| {
+                if r.status == StatusCode::OK {
+                    parse_jwks(&r.body)
+                } else {
+                    Err(format!("HTTP status {}", r.status))
+                }
+            });
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics
+            .jwks_fetches
+            .with_label_values(&[self.issuer.as_str(), trigger.as_str(), outcome])
+            .inc();
+        let now = Instant::now();
+        let mut state = self.write();
+        state.attempted = Some(now);
+        match result {
+            Ok((keys, skipped)) => {
+                for reason in &skipped {
+                    tracing::warn!(issuer = %self.issuer, %reason, "JWKS entry skipped");
+                }
+                tracing::debug!(issuer = %self.issuer, keys = keys.len(), trigger = trigger.as_str(), "JWKS fetched");
+                state.keys = Arc::new(keys);
+                state.fetched = Some(now);
+                state.last_error = None;
+            }
+            Err(reason) => {
+                tracing::warn!(issuer = %self.issuer, uri = %self.uri, trigger = trigger.as_str(), %reason,
+                    kept_keys = state.keys.len(), "JWKS fetch failed; keeping the last good keys");
+                state.last_error = Some(reason);
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Bearer-token authentication for the inbound HTTP path: JWTs are verified against their issuer's
+//! JWKS; opaque tokens are exchanged through the issuer's introspection endpoint for a signed JWT
+//! (the phantom-token pattern). The result is the JWT to forward to the app and its claims.
+//! Every failure refuses: 401 for a bad token, 503 when the sidecar cannot decide.
+
+mod cache;
+mod claims;
+mod config;
+mod error;
+mod http;
+mod introspect;
+mod issuer;
+mod jwk;
+mod jwks;
+mod jws;
+mod metrics;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+pub use claims::scopes;
+pub use config::{ConfigError, IntrospectionConfig, IssuerConfig, ResponseFormat};
+pub use error::{InvalidReason, TokenError};
+pub use jws::MAX_TOKEN_LEN;
+pub use metrics::TokenMetrics;
+
+use http::HttpClient;
+use issuer::Issuer;
+
+/// Runs every decoder of untrusted input in this module on `data`: the entry point for a fuzz
+/// target. Never panics; the results are discarded.
+#[doc(hidden)]
+pub fn fuzz_decoders(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = jws::check_bearer(text);
+        let _ = jws::looks_like_jws(text);
+        if let Ok(decoded) = jws::decode(text) {
+            let _ = decoded.is_introspection_response();
+            let config = IssuerConfig::new("fuzz", "https://as.example", vec!["api".into()], "");
+            let now = claims::unix_now();
+            let _ = claims::check_access_token(&decoded.claims, &config, now);
+            let _ = claims::check_introspection_response(decoded.claims.clone(), &config, "c", now);
+            let _ = scopes(&decoded.claims);
+        }
+    }
+    let _ = jwk::parse_jwks(data);
+}
+
+/// An accepted token.
+#[derive(Clone)]
+pub struct Authenticated {
+    /// The JWT to forward as `Authorization: Bearer`, exactly as the issuer signed it.
+    pub jwt: String,
+    /// Effective claims: the access token's, or `token_introspection` of an RFC 9701 response.
+    pub claims: Map<String, Value>,
+    /// The name of the issuer (`IssuerConfig::name`) that vouched for the token.
+    pub issuer: String,
+    /// Whether the bearer was an opaque token exchanged by introspection.
+    pub phantom: bool,
+}
+
+// The JWT is a bearer credential: keep it out of debug output.
+impl fmt::Debug for Authenticated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticated")
+            .field("jwt", &"<redacted>")
+            .field("claims", &self.claims)
+            .field("issuer", &self.issuer)
+            .field("phantom", &self.phantom)
+            .finish()
+    }
+}
+
+/// Validates bearer tokens for a set of issuers (one port policy's `TokenIssuer`s).
+pub struct Validator {
+    issuers: Vec<Issuer>,
+    http: HttpClient,
+    metrics: TokenMetrics,
+}
+
+impl Validator {
+    pub fn new(issuers: Vec<IssuerConfig>, metrics: TokenMetrics) -> Result<Self, ConfigError> {
+        let mut checked: Vec<Issuer> = Vec::with_capacity(issuers.len());
+        for config in issuers {
+            if let Some(other) = checked.iter().find(|i| i.config.issuer == config.issuer) {
+                return Err(ConfigError::DuplicateIssuer {
+                    first: other.config.name.clone(),
+                    second: config.name,
+                    iss: config.issuer,
+                });
+            }
+            checked.push(Issuer::new(config)?);
+        }
+        Ok(Validator {
+            issuers: checked,
+            http: HttpClient::new()?,
+            metrics,
+        })
+    }
+
+    /// `bearer` is the token from `Authorization: Bearer <token>`. Returns the JWT to forward and
+    /// its effective claims.
+    pub async fn authenticate(&self, bearer: &str) -> Result<Authenticated, TokenError> {
+        let result = self.decide(bearer).await;
+        let outcome = match &result {
+            Ok(_) => "accepted",
+            Err(e) => {
+                tracing::debug!(reason = e.metric_reason(), error = %e, "bearer token refused");
+                e.metric_reason()
+            }
+        };
+        self.metrics
+            .authentications
+            .with_label_values(&[outcome])
+            .inc();
+        result
+    }
+
+    async fn decide(&self, bearer: &str) -> Result<Authenticated, TokenError> {
+        jws::check_bearer(bearer)?;
+        if jws::looks_like_jws(bearer) {
+            return self.verify_jwt(bearer).await;
+        }
+        self.introspect(bearer).await
+    }
+
+    async fn verify_jwt(&self, bearer: &str) -> Result<Authenticated, TokenError> {
+        let decoded = jws::decode(bearer)?;
+        let iss = decoded
+            .unverified_iss()
+            .ok_or_else(|| TokenError::invalid(InvalidReason::Issuer, "iss is missing"))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.config.issuer == iss)
+            .ok_or_else(|| TokenError::NoMatchingIssuer {
+                iss: jws::truncate(iss),
+            })?;
+        let claims = issuer.verify(decoded, &self.http, &self.metrics).await?;
+        Ok(Authenticated {
+            jwt: bearer.to_string(),
+            claims,
+            issuer: issuer.config.name.clone(),
+            phantom: false,
+        })
+    }
+
+    /// Opaque token: ask each introspecting issuer in configuration order until one knows it.
+    /// A 503 from any of them wins over "inactive" elsewhere, since that issuer might have said yes.
+    async fn introspect(&self, bearer: &str) -> Result<Authenticated, TokenError> {
+        let mut refused: Option<TokenError> = None;
+        let mut unavailable: Option<TokenError> = None;
+        for issuer in &self.issuers {
+            let Some(introspector) = &issuer.introspection else {
+                continue;
+            };
+            match issuer
+                .introspect(introspector, bearer, &self.http, &self.metrics)
+                .await
+            {
+                Ok(auth) => return Ok(auth),
+                Err(e) if e.status() == 503 => unavailable = unavailable.or(Some(e)),
+                Err(e) => refused = refused.or(Some(e)),
+            }
+        }
+        Err(unavailable.or(refused).unwrap_or_else(|| {
+            TokenError::malformed("not a JWT, and no issuer introspects opaque tokens")
+        }))
+    }
+}
