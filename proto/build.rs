@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_protos(
-            &["proto/identity.proto", "proto/discovery.proto", "proto/policy.proto"],
+            &[
+                "proto/identity.proto",
+                "proto/discovery.proto",
+                "proto/policy.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

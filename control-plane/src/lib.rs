@@ -201,8 +201,8 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
     let table = endpoints::watch_file(dir, &config.trust_domain, metrics.endpoints.clone())
         .map_err(StartError::Endpoints)?;
     let (stopping_tx, stopping) = watch::channel(false);
-    let policy_state =
-        policies::watch_dir(dir, &config.trust_domain, metrics.clone()).map_err(StartError::Policies)?;
+    let policy_state = policies::watch_dir(dir, &config.trust_domain, metrics.clone())
+        .map_err(StartError::Policies)?;
     let policy = policy_push::PolicyService {
         state: policy_state,
         tracker: tracker.clone(),

@@ -1,6 +1,9 @@
 //! The control plane's one prometheus registry.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -100,37 +103,73 @@ impl Metrics {
         registry
             .register(Box::new(endpoints.clone()))
             .expect("unique metric");
-        let policy_streams = IntGauge::new("policy_streams", "Connected sidecar policy streams").expect("static metric");
-        let policy_resources =
-            IntGauge::new("policy_resources", "TokenIssuers and AccessPolicies in force").expect("static metric");
+        let policy_streams = IntGauge::new("policy_streams", "Connected sidecar policy streams")
+            .expect("static metric");
+        let policy_resources = IntGauge::new(
+            "policy_resources",
+            "TokenIssuers and AccessPolicies in force",
+        )
+        .expect("static metric");
         let policy_reloads = IntCounterVec::new(
-            Opts::new("policy_reloads_total", "Policy source changes, by outcome (ok, invalid: last good kept)"),
+            Opts::new(
+                "policy_reloads_total",
+                "Policy source changes, by outcome (ok, invalid: last good kept)",
+            ),
             &["outcome"],
         )
         .expect("static metric");
-        let policy_snapshots_sent =
-            IntCounter::new("policy_snapshots_sent_total", "Policy snapshots pushed to sidecars").expect("static metric");
-        let policy_acks = IntCounter::new("policy_acks_total", "Policy snapshots ACKed by sidecars").expect("static metric");
-        let policy_nacks =
-            IntCounter::new("policy_nacks_total", "Policy snapshots rejected (NACKed) by sidecars").expect("static metric");
+        let policy_snapshots_sent = IntCounter::new(
+            "policy_snapshots_sent_total",
+            "Policy snapshots pushed to sidecars",
+        )
+        .expect("static metric");
+        let policy_acks =
+            IntCounter::new("policy_acks_total", "Policy snapshots ACKed by sidecars")
+                .expect("static metric");
+        let policy_nacks = IntCounter::new(
+            "policy_nacks_total",
+            "Policy snapshots rejected (NACKed) by sidecars",
+        )
+        .expect("static metric");
         let policy_compile_errors = IntCounter::new(
             "policy_compile_errors_total",
             "Workload policies that could not be compiled (e.g. a missing secret)",
         )
         .expect("static metric");
         let policy_push_seconds = Histogram::with_opts(
-            HistogramOpts::new("policy_push_seconds", "Time from sending a policy snapshot to its ACK")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "policy_push_seconds",
+                "Time from sending a policy snapshot to its ACK",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
         )
         .expect("static metric");
-        registry.register(Box::new(policy_streams.clone())).expect("unique metric");
-        registry.register(Box::new(policy_resources.clone())).expect("unique metric");
-        registry.register(Box::new(policy_reloads.clone())).expect("unique metric");
-        registry.register(Box::new(policy_snapshots_sent.clone())).expect("unique metric");
-        registry.register(Box::new(policy_acks.clone())).expect("unique metric");
-        registry.register(Box::new(policy_nacks.clone())).expect("unique metric");
-        registry.register(Box::new(policy_compile_errors.clone())).expect("unique metric");
-        registry.register(Box::new(policy_push_seconds.clone())).expect("unique metric");
+        registry
+            .register(Box::new(policy_streams.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(policy_resources.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(policy_reloads.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(policy_snapshots_sent.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(policy_acks.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(policy_nacks.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(policy_compile_errors.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(policy_push_seconds.clone()))
+            .expect("unique metric");
         Self {
             registry,
             certificates_issued,

@@ -23,7 +23,10 @@ pub struct SecretTable(HashMap<(String, String), HashMap<String, String>>);
 
 impl Secrets for SecretTable {
     fn get(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
-        self.0.get(&(namespace.to_owned(), name.to_owned()))?.get(key).cloned()
+        self.0
+            .get(&(namespace.to_owned(), name.to_owned()))?
+            .get(key)
+            .cloned()
     }
 }
 
@@ -56,7 +59,9 @@ pub fn watch_dir(
 ) -> Result<watch::Receiver<Arc<PolicyState>>, String> {
     let dir = dir.to_owned();
     let (state, fingerprint) = load(&dir, trust_domain)?;
-    metrics.policy_resources.set((state.set.policies.len() + state.set.issuers.len()) as i64);
+    metrics
+        .policy_resources
+        .set((state.set.policies.len() + state.set.issuers.len()) as i64);
     let (tx, rx) = watch::channel(Arc::new(state));
     let trust_domain = trust_domain.to_owned();
     tokio::spawn(async move {
@@ -78,7 +83,9 @@ pub fn watch_dir(
                         issuers = state.set.issuers.len(),
                         "reloaded policies"
                     );
-                    metrics.policy_resources.set((state.set.policies.len() + state.set.issuers.len()) as i64);
+                    metrics
+                        .policy_resources
+                        .set((state.set.policies.len() + state.set.issuers.len()) as i64);
                     metrics.policy_reloads.with_label_values(&["ok"]).inc();
                     let _ = tx.send(Arc::new(state));
                 }
@@ -126,8 +133,11 @@ fn load(dir: &Path, trust_domain: &str) -> Result<(PolicyState, Fingerprint), St
     let fingerprint = fingerprint_of(dir);
     let mut resources = Vec::new();
     for file in policy_files(dir) {
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        resources.extend(parse_documents(&text, &file.display().to_string()).map_err(|e| e.to_string())?);
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        resources.extend(
+            parse_documents(&text, &file.display().to_string()).map_err(|e| e.to_string())?,
+        );
     }
     let set = PolicySet::build(resources, trust_domain).map_err(|e| e.to_string())?;
     let secrets = load_secrets(&dir.join(SECRETS_FILE))?;
@@ -142,14 +152,27 @@ fn load_secrets(path: &Path) -> Result<SecretTable, String> {
     };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!("{} is readable by group or others (mode {mode:o}); it must be 0600", path.display()));
+        return Err(format!(
+            "{} is readable by group or others (mode {mode:o}); it must be 0600",
+            path.display()
+        ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: SecretsFile = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: SecretsFile =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut table = SecretTable::default();
     for s in file.secrets {
-        if table.0.insert((s.namespace.clone(), s.name.clone()), s.data).is_some() {
-            return Err(format!("{}: secret {}/{} is defined twice", path.display(), s.namespace, s.name));
+        if table
+            .0
+            .insert((s.namespace.clone(), s.name.clone()), s.data)
+            .is_some()
+        {
+            return Err(format!(
+                "{}: secret {}/{} is defined twice",
+                path.display(),
+                s.namespace,
+                s.name
+            ));
         }
     }
     Ok(table)

@@ -53,13 +53,23 @@ pub struct PolicyStatus {
 
 impl PushTracker {
     fn update(&self, id: u64, f: impl FnOnce(&mut StreamStatus)) {
-        if let Some(s) = self.streams.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
+        if let Some(s) = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
             f(s);
         }
     }
 
     pub fn streams(&self) -> Vec<StreamStatus> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// A sidecar counts as acked for a policy when it ACKed the snapshot last sent to it.
@@ -67,7 +77,10 @@ impl PushTracker {
         let mut out: BTreeMap<String, PolicyStatus> = BTreeMap::new();
         for s in self.streams() {
             let current = s.sent_version.is_some() && s.sent_version == s.acked_version;
-            let rejected = s.nack.as_ref().is_some_and(|(v, _)| Some(v) == s.sent_version.as_ref());
+            let rejected = s
+                .nack
+                .as_ref()
+                .is_some_and(|(v, _)| Some(v) == s.sent_version.as_ref());
             for p in &s.policies {
                 let st = out.entry(p.clone()).or_default();
                 st.selected += 1;
@@ -81,7 +94,10 @@ impl PushTracker {
     /// Sidecars whose last snapshot is ACKed, and all connected sidecars.
     pub fn acked_count(&self) -> (usize, usize) {
         let streams = self.streams();
-        let acked = streams.iter().filter(|s| s.sent_version.is_some() && s.sent_version == s.acked_version).count();
+        let acked = streams
+            .iter()
+            .filter(|s| s.sent_version.is_some() && s.sent_version == s.acked_version)
+            .count();
         (acked, streams.len())
     }
 }
@@ -99,39 +115,63 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PolicySnapshot, Status>> 
 impl Policy for PolicyService {
     type WatchStream = SnapshotStream;
 
-    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<SnapshotStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<SnapshotStream>, Status> {
         let peer = request
             .extensions()
             .get::<PeerInfo>()
             .and_then(|p| p.peer_id.clone())
-            .ok_or_else(|| Status::unauthenticated("Policy/Watch requires the workload's mesh certificate (mutual TLS)"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "Policy/Watch requires the workload's mesh certificate (mutual TLS)",
+                )
+            })?;
         let mut requests = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, requests.message()).await {
-            Ok(Ok(Some(WatchRequest { kind: Some(Kind::Hello(h)) }))) => h,
-            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message of Policy/Watch must be hello")),
+            Ok(Ok(Some(WatchRequest {
+                kind: Some(Kind::Hello(h)),
+            }))) => h,
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message of Policy/Watch must be hello",
+                ))
+            }
             Ok(Err(s)) => return Err(s),
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10 s")),
         };
-        if hello.labels.len() > 64 || hello.labels.iter().any(|(k, v)| k.len() > 317 || v.len() > 63) {
-            return Err(Status::invalid_argument("workload labels exceed Kubernetes label limits"));
+        if hello.labels.len() > 64
+            || hello
+                .labels
+                .iter()
+                .any(|(k, v)| k.len() > 317 || v.len() > 63)
+        {
+            return Err(Status::invalid_argument(
+                "workload labels exceed Kubernetes label limits",
+            ));
         }
         let workload = Workload {
             namespace: peer.namespace().to_owned(),
             labels: hello.labels.clone().into_iter().collect(),
         };
         let id = self.tracker.next_id.fetch_add(1, Ordering::Relaxed);
-        self.tracker.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            id,
-            StreamStatus {
-                identity: peer.to_string(),
-                pod: hello.pod_name.clone(),
-                policies: vec![],
-                sent_version: None,
-                acked_version: None,
-                nack: None,
-                sent_at: None,
-            },
-        );
+        self.tracker
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                StreamStatus {
+                    identity: peer.to_string(),
+                    pod: hello.pod_name.clone(),
+                    policies: vec![],
+                    sent_version: None,
+                    acked_version: None,
+                    nack: None,
+                    sent_at: None,
+                },
+            );
         self.metrics.policy_streams.inc();
         tracing::info!(peer = %peer, pod = %hello.pod_name, "policy stream opened");
 
@@ -219,9 +259,15 @@ impl Policy for PolicyService {
             if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }
-            tracker.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            tracker
+                .streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             metrics.policy_streams.dec();
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

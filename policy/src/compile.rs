@@ -38,12 +38,13 @@ fn err(location: impl Into<String>, reason: impl Into<String>) -> PolicyError {
 pub fn parse_documents(text: &str, source: &str) -> Result<Vec<Resource>, PolicyError> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| err(format!("{source} document {}", i + 1), e.to_string()))?;
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| err(format!("{source} document {}", i + 1), e.to_string()))?;
         if value.is_null() {
             continue; // an empty document between `---` separators
         }
-        let resource: Resource =
-            serde_yaml::from_value(value).map_err(|e| err(format!("{source} document {}", i + 1), e.to_string()))?;
+        let resource: Resource = serde_yaml::from_value(value)
+            .map_err(|e| err(format!("{source} document {}", i + 1), e.to_string()))?;
         out.push(resource);
     }
     Ok(out)
@@ -88,7 +89,10 @@ impl PolicySet {
 
 fn check_api_version(location: &str, v: &str) -> Result<(), PolicyError> {
     if v != API_VERSION {
-        return Err(err(location, format!("apiVersion {v:?} is not {API_VERSION:?}")));
+        return Err(err(
+            location,
+            format!("apiVersion {v:?} is not {API_VERSION:?}"),
+        ));
     }
     Ok(())
 }
@@ -96,23 +100,37 @@ fn check_api_version(location: &str, v: &str) -> Result<(), PolicyError> {
 fn check_name(location: &str, field: &str, name: &str) -> Result<(), PolicyError> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !name.starts_with(['-', '.'])
         && !name.ends_with(['-', '.']);
     if !ok {
-        return Err(err(location, format!("{field} {name:?} is not a DNS-1123 name")));
+        return Err(err(
+            location,
+            format!("{field} {name:?} is not a DNS-1123 name"),
+        ));
     }
     Ok(())
 }
 
-const ALLOWED_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+const ALLOWED_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 fn check_url(location: &str, field: &str, url: &str) -> Result<(), PolicyError> {
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
         .iter()
-        .any(|p| url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/'])));
-    if !(url.starts_with("https://") && url.len() > "https://".len()) && !loopback {
-        return Err(err(location, format!("{field} {url:?} must be an https:// URL (http:// only on loopback)")));
+        .any(|p| {
+            url.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+        });
+    let https = url.starts_with("https://") && url.len() > "https://".len();
+    if !(https || loopback) {
+        return Err(err(
+            location,
+            format!("{field} {url:?} must be an https:// URL (http:// only on loopback)"),
+        ));
     }
     Ok(())
 }
@@ -123,7 +141,10 @@ fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), PolicyError> {
         return Err(err(location, "spec.issuer is empty"));
     }
     if s.audiences.is_empty() || s.audiences.iter().any(String::is_empty) {
-        return Err(err(location, "spec.audiences must list at least one non-empty audience"));
+        return Err(err(
+            location,
+            "spec.audiences must list at least one non-empty audience",
+        ));
     }
     check_url(location, "spec.jwksUri", &s.jwks_uri)?;
     if s.allowed_algorithms.is_empty() {
@@ -141,46 +162,80 @@ fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), PolicyError> {
         return Err(err(location, "spec.clockSkewSeconds must be at most 300"));
     }
     if s.jwks.refresh_seconds == 0 || s.jwks.min_refetch_seconds == 0 {
-        return Err(err(location, "spec.jwks intervals must be at least 1 second"));
+        return Err(err(
+            location,
+            "spec.jwks intervals must be at least 1 second",
+        ));
     }
     if let Some(i) = &s.introspection {
         check_url(location, "spec.introspection.endpoint", &i.endpoint)?;
         if i.client_id.is_empty() {
             return Err(err(location, "spec.introspection.clientId is empty"));
         }
-        check_name(location, "spec.introspection.clientSecretRef.name", &i.client_secret_ref.name)?;
+        check_name(
+            location,
+            "spec.introspection.clientSecretRef.name",
+            &i.client_secret_ref.name,
+        )?;
         if i.client_secret_ref.key.is_empty() {
-            return Err(err(location, "spec.introspection.clientSecretRef.key is empty"));
-        }
-        if !matches!(i.response_format.as_str(), "token-introspection+jwt" | "jwt") {
             return Err(err(
                 location,
-                format!("spec.introspection.responseFormat {:?}: use token-introspection+jwt or jwt", i.response_format),
+                "spec.introspection.clientSecretRef.key is empty",
+            ));
+        }
+        if !matches!(
+            i.response_format.as_str(),
+            "token-introspection+jwt" | "jwt"
+        ) {
+            return Err(err(
+                location,
+                format!(
+                    "spec.introspection.responseFormat {:?}: use token-introspection+jwt or jwt",
+                    i.response_format
+                ),
             ));
         }
         if i.cache.max_entries == 0 || i.cache.max_ttl_seconds == 0 {
-            return Err(err(location, "spec.introspection.cache bounds must be at least 1"));
+            return Err(err(
+                location,
+                "spec.introspection.cache bounds must be at least 1",
+            ));
         }
     }
     Ok(())
 }
 
-fn validate_policy(location: &str, p: &AccessPolicy, issuers: &[TokenIssuer], trust_domain: &str) -> Result<(), PolicyError> {
+fn validate_policy(
+    location: &str,
+    p: &AccessPolicy,
+    issuers: &[TokenIssuer],
+    trust_domain: &str,
+) -> Result<(), PolicyError> {
     let s = &p.spec;
     if !matches!(s.mtls.as_str(), "STRICT" | "PERMISSIVE") {
-        return Err(err(location, format!("spec.mtls {:?}: use STRICT or PERMISSIVE", s.mtls)));
+        return Err(err(
+            location,
+            format!("spec.mtls {:?}: use STRICT or PERMISSIVE", s.mtls),
+        ));
     }
     if let Some(ports) = &s.ports {
         if ports.is_empty() || ports.contains(&0) {
-            return Err(err(location, "spec.ports must list ports 1-65535 (omit it to mean every port)"));
+            return Err(err(
+                location,
+                "spec.ports must list ports 1-65535 (omit it to mean every port)",
+            ));
         }
     }
     if let Some(peers) = &s.peers {
         if peers.is_empty() {
-            return Err(err(location, "spec.peers is empty (omit it to allow any caller)"));
+            return Err(err(
+                location,
+                "spec.peers is empty (omit it to allow any caller)",
+            ));
         }
         for peer in peers {
-            PeerPattern::parse(peer, trust_domain).map_err(|e| err(location, format!("spec.peers: {e}")))?;
+            PeerPattern::parse(peer, trust_domain)
+                .map_err(|e| err(location, format!("spec.peers: {e}")))?;
         }
     }
     if let Some(token) = &s.token {
@@ -194,7 +249,10 @@ fn validate_policy(location: &str, p: &AccessPolicy, issuers: &[TokenIssuer], tr
             if !found {
                 return Err(err(
                     location,
-                    format!("spec.token.issuers: unknown TokenIssuer {name:?} in namespace {:?}", p.metadata.namespace),
+                    format!(
+                        "spec.token.issuers: unknown TokenIssuer {name:?} in namespace {:?}",
+                        p.metadata.namespace
+                    ),
                 ));
             }
         }
@@ -203,7 +261,10 @@ fn validate_policy(location: &str, p: &AccessPolicy, issuers: &[TokenIssuer], tr
         let at = |field: &str| format!("spec.rules[{i}].{field}");
         for m in &rule.methods {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(err(location, format!("{}: {m:?} is not an upper-case HTTP method", at("methods"))));
+                return Err(err(
+                    location,
+                    format!("{}: {m:?} is not an upper-case HTTP method", at("methods")),
+                ));
             }
         }
         for path in &rule.paths {
@@ -211,18 +272,33 @@ fn validate_policy(location: &str, p: &AccessPolicy, issuers: &[TokenIssuer], tr
         }
         for scope in &rule.scopes {
             if scope.is_empty() || scope.contains(char::is_whitespace) {
-                return Err(err(location, format!("{}: {scope:?} is empty or contains whitespace", at("scopes"))));
+                return Err(err(
+                    location,
+                    format!(
+                        "{}: {scope:?} is empty or contains whitespace",
+                        at("scopes")
+                    ),
+                ));
             }
         }
         if (!rule.scopes.is_empty() || !rule.claims.is_empty()) && s.token.is_none() {
-            return Err(err(location, format!("spec.rules[{i}] requires scopes or claims but spec.token names no issuer")));
+            return Err(err(
+                location,
+                format!("spec.rules[{i}] requires scopes or claims but spec.token names no issuer"),
+            ));
         }
         for c in &rule.claims {
             if c.name.is_empty() || c.name.split('.').any(str::is_empty) {
-                return Err(err(location, format!("{}: claim name {:?} is empty", at("claims"), c.name)));
+                return Err(err(
+                    location,
+                    format!("{}: claim name {:?} is empty", at("claims"), c.name),
+                ));
             }
             if c.values.is_empty() {
-                return Err(err(location, format!("{}: claim {:?} lists no values", at("claims"), c.name)));
+                return Err(err(
+                    location,
+                    format!("{}: claim {:?} lists no values", at("claims"), c.name),
+                ));
             }
         }
     }
@@ -317,7 +393,11 @@ impl WorkloadPolicy {
 impl PolicySet {
     /// The policy of one workload. Fails if a referenced secret is missing (the workload then
     /// keeps its previous snapshot; nothing half-configured is pushed).
-    pub fn compile(&self, workload: &Workload, secrets: &dyn Secrets) -> Result<WorkloadPolicy, PolicyError> {
+    pub fn compile(
+        &self,
+        workload: &Workload,
+        secrets: &dyn Secrets,
+    ) -> Result<WorkloadPolicy, PolicyError> {
         let mut out = WorkloadPolicy::default();
         let mut needed: Vec<&TokenIssuer> = Vec::new();
         for p in self.policies.iter().filter(|p| {
@@ -332,7 +412,11 @@ impl PolicySet {
             let token_issuers = p.spec.token.as_ref().map(|t| {
                 t.issuers
                     .iter()
-                    .filter_map(|name| self.issuers.iter().find(|i| i.metadata.name == *name && i.metadata.namespace == *ns))
+                    .filter_map(|name| {
+                        self.issuers
+                            .iter()
+                            .find(|i| i.metadata.name == *name && i.metadata.namespace == *ns)
+                    })
                     .inspect(|i| {
                         if !needed.iter().any(|n| n.metadata == i.metadata) {
                             needed.push(i);
@@ -357,9 +441,17 @@ impl PolicySet {
                 None => None,
                 Some(spec) => {
                     let r = &spec.client_secret_ref;
-                    let secret = secrets.get(&i.metadata.namespace, &r.name, &r.key).ok_or_else(|| {
-                        err(&location, format!("Secret {}/{} has no key {:?}", i.metadata.namespace, r.name, r.key))
-                    })?;
+                    let secret = secrets
+                        .get(&i.metadata.namespace, &r.name, &r.key)
+                        .ok_or_else(|| {
+                            err(
+                                &location,
+                                format!(
+                                    "Secret {}/{} has no key {:?}",
+                                    i.metadata.namespace, r.name, r.key
+                                ),
+                            )
+                        })?;
                     Some(CompiledIntrospection {
                         endpoint: spec.endpoint.clone(),
                         client_id: spec.client_id.clone(),
@@ -393,7 +485,11 @@ impl PolicySet {
             .iter()
             .filter(|p| {
                 p.metadata.namespace == workload.namespace
-                    && p.spec.selector.match_labels.iter().all(|(k, v)| workload.labels.get(k) == Some(v))
+                    && p.spec
+                        .selector
+                        .match_labels
+                        .iter()
+                        .all(|(k, v)| workload.labels.get(k) == Some(v))
             })
             .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
             .collect()

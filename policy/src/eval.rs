@@ -184,16 +184,25 @@ fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, 
     }
     let Some(http) = &req.http else {
         // Opaque TCP: identity is all we can check.
-        return if p.token_issuers.is_none() && p.rules.is_empty() { Ok(None) } else { Err(Denial::NotHttp) };
+        return if p.token_issuers.is_none() && p.rules.is_empty() {
+            Ok(None)
+        } else {
+            Err(Denial::NotHttp)
+        };
     };
     let claims = match (&p.token_issuers, &http.token) {
         (None, _) => None,
         (Some(_), TokenState::Absent) => return Err(Denial::TokenMissing),
         (Some(_), TokenState::Invalid(why)) => return Err(Denial::TokenInvalid((*why).to_owned())),
-        (Some(_), TokenState::Unavailable(why)) => return Err(Denial::TokenUnavailable((*why).to_owned())),
+        (Some(_), TokenState::Unavailable(why)) => {
+            return Err(Denial::TokenUnavailable((*why).to_owned()))
+        }
         (Some(issuers), TokenState::Valid { issuer, claims }) => {
             if !issuers.iter().any(|i| i == issuer) {
-                return Err(Denial::TokenInvalid(format!("issuer {issuer} is not accepted by {}", p.name)));
+                return Err(Denial::TokenInvalid(format!(
+                    "issuer {issuer} is not accepted by {}",
+                    p.name
+                )));
             }
             Some(*claims)
         }
@@ -202,7 +211,11 @@ fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, 
         return Ok(None);
     }
     for (i, rule) in p.rules.iter().enumerate() {
-        let method_ok = rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(http.method));
+        let method_ok = rule.methods.is_empty()
+            || rule
+                .methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(http.method));
         let path_ok = rule.paths.is_empty()
             || rule
                 .paths
@@ -216,7 +229,12 @@ fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, 
         if !rule.scopes.is_empty() || !rule.claims.is_empty() {
             let claims = claims.ok_or(Denial::TokenMissing)?;
             let have = scopes(claims);
-            let missing: Vec<String> = rule.scopes.iter().filter(|s| !have.contains(s)).cloned().collect();
+            let missing: Vec<String> = rule
+                .scopes
+                .iter()
+                .filter(|s| !have.contains(s))
+                .cloned()
+                .collect();
             if !missing.is_empty() {
                 return Err(Denial::InsufficientScope(rule.scopes.clone()));
             }
@@ -237,7 +255,9 @@ pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
     for key in ["scope", "scp"] {
         match claims.get(key) {
             Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_owned)),
-            Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str).map(str::to_owned)),
+            Some(Value::Array(a)) => {
+                out.extend(a.iter().filter_map(Value::as_str).map(str::to_owned))
+            }
             _ => {}
         }
     }
@@ -246,7 +266,9 @@ pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
 
 fn claim_matches(claims: &Map<String, Value>, name: &str, wanted: &[String]) -> bool {
     let mut parts = name.split('.');
-    let Some(first) = parts.next() else { return false };
+    let Some(first) = parts.next() else {
+        return false;
+    };
     let mut value = claims.get(first);
     for part in parts {
         value = value.and_then(|v| v.get(part));
@@ -258,7 +280,10 @@ fn claim_matches(claims: &Map<String, Value>, name: &str, wanted: &[String]) -> 
         _ => None,
     };
     match value {
-        Some(Value::Array(items)) => items.iter().filter_map(as_text).any(|t| wanted.contains(&t)),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(as_text)
+            .any(|t| wanted.contains(&t)),
         Some(v) => as_text(v).is_some_and(|t| wanted.contains(&t)),
         None => false,
     }

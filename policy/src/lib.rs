@@ -8,7 +8,10 @@ pub mod eval;
 pub mod model;
 pub mod path;
 
-pub use compile::{parse_documents, CompiledIssuer, CompiledPolicy, PolicyError, PolicySet, Secrets, Workload, WorkloadPolicy};
+pub use compile::{
+    parse_documents, CompiledIssuer, CompiledPolicy, PolicyError, PolicySet, Secrets, Workload,
+    WorkloadPolicy,
+};
 pub use eval::{Decision, Denial, HttpRequest, Request, TokenState};
 
 #[cfg(test)]

@@ -65,7 +65,12 @@ pub struct TokenIssuerSpec {
 }
 
 fn default_algs() -> Vec<String> {
-    vec!["RS256".into(), "PS256".into(), "ES256".into(), "EdDSA".into()]
+    vec![
+        "RS256".into(),
+        "PS256".into(),
+        "ES256".into(),
+        "EdDSA".into(),
+    ]
 }
 
 fn default_skew() -> u32 {

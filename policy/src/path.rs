@@ -13,7 +13,10 @@ pub enum PathError {
     #[error("path {0:?} climbs above the root")]
     AboveRoot(String),
     #[error("path pattern {pattern:?}: {reason}")]
-    BadPattern { pattern: String, reason: &'static str },
+    BadPattern {
+        pattern: String,
+        reason: &'static str,
+    },
 }
 
 /// Normalises the path part of a request target (no query).
@@ -30,7 +33,9 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
             return Err(PathError::Ambiguous(path.to_owned()));
         }
         if b == b'%' {
-            let hex = path.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = path
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             let Some(v) = hex else {
                 return Err(PathError::Ambiguous(path.to_owned()));
             };
@@ -92,11 +97,17 @@ impl PathPattern {
             return Err(bad("must start with '/'"));
         }
         let normal = normalize(pattern).map_err(|_| bad("is not a normal path"))?;
-        if normal != pattern && !(pattern.ends_with('/') && normal == pattern) {
-            return Err(bad("is not in normal form (no '//', '.', '..' or encoded unreserved characters)"));
+        if normal != pattern {
+            return Err(bad(
+                "is not in normal form (no '//', '.', '..' or encoded unreserved characters)",
+            ));
         }
         let body = pattern.trim_start_matches('/');
-        let mut parts: Vec<&str> = if body.is_empty() { vec![] } else { body.split('/').collect() };
+        let mut parts: Vec<&str> = if body.is_empty() {
+            vec![]
+        } else {
+            body.split('/').collect()
+        };
         let any_depth = parts.last() == Some(&"**");
         if any_depth {
             parts.pop();
@@ -111,14 +122,23 @@ impl PathPattern {
                 p => segments.push(Segment::Literal(p.to_owned())),
             }
         }
-        Ok(Self { segments, any_depth })
+        Ok(Self {
+            segments,
+            any_depth,
+        })
     }
 
     /// Matches a normalised path.
     pub fn matches(&self, path: &str) -> bool {
         let body = path.trim_start_matches('/').trim_end_matches('/');
-        let parts: Vec<&str> = if body.is_empty() { vec![] } else { body.split('/').collect() };
-        if parts.len() < self.segments.len() || (!self.any_depth && parts.len() != self.segments.len()) {
+        let parts: Vec<&str> = if body.is_empty() {
+            vec![]
+        } else {
+            body.split('/').collect()
+        };
+        if parts.len() < self.segments.len()
+            || (!self.any_depth && parts.len() != self.segments.len())
+        {
             return false;
         }
         self.segments.iter().zip(&parts).all(|(s, p)| match s {
@@ -150,7 +170,10 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(normalize(input).as_deref(), Ok(want), "{input}");
         }
-        for bad in ["orders", "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/..", "/a/../..", "/%", "/%zz", "/a\u{1}b", "/a%00"] {
+        for bad in [
+            "orders", "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/..", "/a/../..", "/%", "/%zz",
+            "/a\u{1}b", "/a%00",
+        ] {
             assert!(normalize(bad).is_err(), "{bad:?} must be refused");
         }
     }
@@ -160,13 +183,24 @@ mod tests {
         let p = |s: &str| PathPattern::parse(s).unwrap();
         assert!(p("/orders").matches("/orders") && p("/orders").matches("/orders/"));
         assert!(!p("/orders").matches("/orders/42") && !p("/orders").matches("/ordersx"));
-        assert!(p("/orders/*").matches("/orders/42") && !p("/orders/*").matches("/orders/42/items"));
+        assert!(
+            p("/orders/*").matches("/orders/42") && !p("/orders/*").matches("/orders/42/items")
+        );
         assert!(!p("/orders/*").matches("/orders"));
         assert!(p("/orders/**").matches("/orders") && p("/orders/**").matches("/orders/42/items"));
         assert!(!p("/orders/**").matches("/ordersx/1"));
         assert!(p("/a/*/c").matches("/a/b/c") && !p("/a/*/c").matches("/a/b/d"));
         assert!(p("/**").matches("/") && p("/**").matches("/anything/at/all"));
-        for bad in ["orders", "/orders*", "/**/x", "/a//b", "/a/./b", "/a/../b", "/*x/y", "/%6frders"] {
+        for bad in [
+            "orders",
+            "/orders*",
+            "/**/x",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/*x/y",
+            "/%6frders",
+        ] {
             assert!(PathPattern::parse(bad).is_err(), "{bad:?}");
         }
     }

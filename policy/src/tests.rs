@@ -71,26 +71,52 @@ fn set(docs: &[&str]) -> Result<PolicySet, PolicyError> {
 fn workload(labels: &[(&str, &str)]) -> Workload {
     Workload {
         namespace: "shop".into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
     }
 }
 
 #[test]
 fn a_valid_set_compiles_for_selected_workloads_only() {
     let s = set(&[ISSUER, OTHER_ISSUER, POLICY]).unwrap();
-    let w = s.compile(&workload(&[("app", "orders"), ("v", "1")]), &TestSecrets).unwrap();
+    let w = s
+        .compile(&workload(&[("app", "orders"), ("v", "1")]), &TestSecrets)
+        .unwrap();
     assert_eq!(w.policies.len(), 1);
     assert_eq!(w.issuers.len(), 1, "only the issuer its policy references");
     let i = w.issuers[0].introspection.as_ref().unwrap();
     assert_eq!(i.client_secret, "secret-of-gateway");
-    assert!(!serde_json::to_string(&w).unwrap().contains("secret-of-partner"), "never another issuer's secret");
-    assert!(!format!("{i:?}").contains("secret-of"), "secrets are redacted in Debug");
-    let other = s.compile(&workload(&[("app", "billing")]), &TestSecrets).unwrap();
+    assert!(
+        !serde_json::to_string(&w)
+            .unwrap()
+            .contains("secret-of-partner"),
+        "never another issuer's secret"
+    );
+    assert!(
+        !format!("{i:?}").contains("secret-of"),
+        "secrets are redacted in Debug"
+    );
+    let other = s
+        .compile(&workload(&[("app", "billing")]), &TestSecrets)
+        .unwrap();
     assert!(other.is_empty() && other.issuers.is_empty());
-    let other_ns = Workload { namespace: "billing".into(), labels: workload(&[("app", "orders")]).labels };
-    assert!(s.compile(&other_ns, &TestSecrets).unwrap().is_empty(), "policies select in their own namespace only");
+    let other_ns = Workload {
+        namespace: "billing".into(),
+        labels: workload(&[("app", "orders")]).labels,
+    };
+    assert!(
+        s.compile(&other_ns, &TestSecrets).unwrap().is_empty(),
+        "policies select in their own namespace only"
+    );
     // Versions are content hashes: stable, and they change with the content.
-    assert_eq!(w.version(), s.compile(&workload(&[("app", "orders")]), &TestSecrets).unwrap().version());
+    assert_eq!(
+        w.version(),
+        s.compile(&workload(&[("app", "orders")]), &TestSecrets)
+            .unwrap()
+            .version()
+    );
     assert_ne!(w.version(), other.version());
 }
 
@@ -103,14 +129,24 @@ fn a_missing_secret_fails_compilation() {
         }
     }
     let s = set(&[ISSUER, POLICY]).unwrap();
-    let e = s.compile(&workload(&[("app", "orders")]), &NoSecrets).unwrap_err();
-    assert!(e.to_string().contains("Secret shop/gateway has no key \"client-secret\""), "{e}");
+    let e = s
+        .compile(&workload(&[("app", "orders")]), &NoSecrets)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Secret shop/gateway has no key \"client-secret\""),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_documents_are_refused_with_a_precise_reason() {
-    let p = |spec: &str| format!("apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{spec}");
-    let i = |spec: &str| format!("apiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: i, namespace: shop}}\nspec:\n{spec}");
+    let p = |spec: &str| {
+        format!("apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{spec}")
+    };
+    let i = |spec: &str| {
+        format!("apiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: i, namespace: shop}}\nspec:\n{spec}")
+    };
     let ok_issuer = "  issuer: https://x\n  audiences: [a]\n  jwksUri: https://x/jwks\n";
     let cases: Vec<(String, &str)> = vec![
         (p("  selector: {}\n  colour: blue\n"), "unknown field `colour`"),
@@ -142,7 +178,11 @@ fn bad_documents_are_refused_with_a_precise_reason() {
     ];
     let issuer_i = i(ok_issuer);
     for (doc, want) in cases {
-        let docs: Vec<&str> = if doc.contains("issuers: [i]") { vec![issuer_i.as_str(), &doc] } else { vec![&doc] };
+        let docs: Vec<&str> = if doc.contains("issuers: [i]") {
+            vec![issuer_i.as_str(), &doc]
+        } else {
+            vec![&doc]
+        };
         let e = set(&docs).map(|_| ()).unwrap_err();
         assert!(e.to_string().contains(want), "{doc}\n=> {e}");
     }
@@ -151,11 +191,18 @@ fn bad_documents_are_refused_with_a_precise_reason() {
 }
 
 fn compiled() -> WorkloadPolicy {
-    set(&[ISSUER, POLICY]).unwrap().compile(&workload(&[("app", "orders")]), &TestSecrets).unwrap()
+    set(&[ISSUER, POLICY])
+        .unwrap()
+        .compile(&workload(&[("app", "orders")]), &TestSecrets)
+        .unwrap()
 }
 
 fn http<'a>(method: &'a str, path: &'a str, token: TokenState<'a>) -> Option<HttpRequest<'a>> {
-    Some(HttpRequest { method, path, token })
+    Some(HttpRequest {
+        method,
+        path,
+        token,
+    })
 }
 
 #[test]
@@ -164,27 +211,101 @@ fn decisions() {
     let web: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
     let evil: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/other/sa/web".parse().unwrap();
     let read = json!({"scope": "orders:read"}).as_object().unwrap().clone();
-    let write_acme = json!({"scp": ["orders:write"], "tenant": "acme"}).as_object().unwrap().clone();
-    let write_other = json!({"scope": "orders:write", "tenant": "globex"}).as_object().unwrap().clone();
-    let valid = |c| TokenState::Valid { issuer: "shop/corp", claims: c };
-    let req = |peer, http| Request { port: 8080, peer, trust_domain: TD, http };
+    let write_acme = json!({"scp": ["orders:write"], "tenant": "acme"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let write_other = json!({"scope": "orders:write", "tenant": "globex"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let valid = |c| TokenState::Valid {
+        issuer: "shop/corp",
+        claims: c,
+    };
+    let req = |peer, http| Request {
+        port: 8080,
+        peer,
+        trust_domain: TD,
+        http,
+    };
     let cases: Vec<(&str, Request<'_>, Result<(), &str>)> = vec![
-        ("read allowed", req(Some(&web), http("GET", "/orders/42", valid(&read))), Ok(())),
-        ("write with tenant", req(Some(&web), http("POST", "/orders", valid(&write_acme))), Ok(())),
-        ("wrong tenant", req(Some(&web), http("POST", "/orders", valid(&write_other))), Err("claim_mismatch")),
-        ("read scope cannot write", req(Some(&web), http("POST", "/orders", valid(&read))), Err("insufficient_scope")),
-        ("no rule for DELETE", req(Some(&web), http("DELETE", "/orders/1", valid(&read))), Err("no_rule_matched")),
-        ("no token", req(Some(&web), http("GET", "/orders/1", TokenState::Absent)), Err("token_missing")),
-        ("bad token", req(Some(&web), http("GET", "/orders/1", TokenState::Invalid("expired"))), Err("token_invalid")),
-        ("issuer down", req(Some(&web), http("GET", "/orders/1", TokenState::Unavailable("down"))), Err("token_unavailable")),
         (
-            "token from an issuer the policy does not name",
-            req(Some(&web), http("GET", "/orders/1", TokenState::Valid { issuer: "shop/partner", claims: &read })),
+            "read allowed",
+            req(Some(&web), http("GET", "/orders/42", valid(&read))),
+            Ok(()),
+        ),
+        (
+            "write with tenant",
+            req(Some(&web), http("POST", "/orders", valid(&write_acme))),
+            Ok(()),
+        ),
+        (
+            "wrong tenant",
+            req(Some(&web), http("POST", "/orders", valid(&write_other))),
+            Err("claim_mismatch"),
+        ),
+        (
+            "read scope cannot write",
+            req(Some(&web), http("POST", "/orders", valid(&read))),
+            Err("insufficient_scope"),
+        ),
+        (
+            "no rule for DELETE",
+            req(Some(&web), http("DELETE", "/orders/1", valid(&read))),
+            Err("no_rule_matched"),
+        ),
+        (
+            "no token",
+            req(Some(&web), http("GET", "/orders/1", TokenState::Absent)),
+            Err("token_missing"),
+        ),
+        (
+            "bad token",
+            req(
+                Some(&web),
+                http("GET", "/orders/1", TokenState::Invalid("expired")),
+            ),
             Err("token_invalid"),
         ),
-        ("peer from another namespace", req(Some(&evil), http("GET", "/orders/1", valid(&read))), Err("peer_not_allowed")),
-        ("plaintext on a STRICT policy", req(None, http("GET", "/orders/1", valid(&read))), Err("plaintext_refused")),
-        ("opaque TCP needs HTTP here", req(Some(&web), None), Err("not_http")),
+        (
+            "issuer down",
+            req(
+                Some(&web),
+                http("GET", "/orders/1", TokenState::Unavailable("down")),
+            ),
+            Err("token_unavailable"),
+        ),
+        (
+            "token from an issuer the policy does not name",
+            req(
+                Some(&web),
+                http(
+                    "GET",
+                    "/orders/1",
+                    TokenState::Valid {
+                        issuer: "shop/partner",
+                        claims: &read,
+                    },
+                ),
+            ),
+            Err("token_invalid"),
+        ),
+        (
+            "peer from another namespace",
+            req(Some(&evil), http("GET", "/orders/1", valid(&read))),
+            Err("peer_not_allowed"),
+        ),
+        (
+            "plaintext on a STRICT policy",
+            req(None, http("GET", "/orders/1", valid(&read))),
+            Err("plaintext_refused"),
+        ),
+        (
+            "opaque TCP needs HTTP here",
+            req(Some(&web), None),
+            Err("not_http"),
+        ),
     ];
     for (name, r, want) in cases {
         match (w.evaluate(&r), want) {
@@ -193,12 +314,27 @@ fn decisions() {
             (got, want) => panic!("{name}: got {got:?}, wanted {want:?}"),
         }
     }
-    let other_port = Request { port: 9090, peer: Some(&web), trust_domain: TD, http: http("GET", "/orders/1", valid(&read)) };
-    assert_eq!(w.evaluate(&other_port), Decision::Deny(Denial::NoPolicyForPort), "default deny on ports no policy covers");
+    let other_port = Request {
+        port: 9090,
+        peer: Some(&web),
+        trust_domain: TD,
+        http: http("GET", "/orders/1", valid(&read)),
+    };
+    assert_eq!(
+        w.evaluate(&other_port),
+        Decision::Deny(Denial::NoPolicyForPort),
+        "default deny on ports no policy covers"
+    );
     let d = Denial::InsufficientScope(vec!["orders:write".into()]);
     assert_eq!(d.status(), 403);
-    assert_eq!(d.www_authenticate().unwrap(), "Bearer error=\"insufficient_scope\", scope=\"orders:write\"");
-    assert_eq!(Denial::TokenInvalid("x".into()).www_authenticate().unwrap(), "Bearer error=\"invalid_token\"");
+    assert_eq!(
+        d.www_authenticate().unwrap(),
+        "Bearer error=\"insufficient_scope\", scope=\"orders:write\""
+    );
+    assert_eq!(
+        Denial::TokenInvalid("x".into()).www_authenticate().unwrap(),
+        "Bearer error=\"invalid_token\""
+    );
     assert_eq!(Denial::TokenUnavailable("x".into()).status(), 503);
 }
 
@@ -212,11 +348,19 @@ spec:
   selector: {matchLabels: {app: db}}
   mtls: PERMISSIVE
 "#;
-    let w = set(&[doc]).unwrap().compile(&workload(&[("app", "db")]), &TestSecrets).unwrap();
+    let w = set(&[doc])
+        .unwrap()
+        .compile(&workload(&[("app", "db")]), &TestSecrets)
+        .unwrap();
     assert!(w.permissive_on(5432) && !w.wants_token(5432));
     let web: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
     for peer in [None, Some(&web)] {
-        let r = Request { port: 5432, peer, trust_domain: TD, http: None };
+        let r = Request {
+            port: 5432,
+            peer,
+            trust_domain: TD,
+            http: None,
+        };
         assert!(matches!(w.evaluate(&r), Decision::Allow { .. }));
     }
 }

@@ -89,7 +89,7 @@ pub fn spawn(
                     })).collect::<Vec<_>>(),
                 })
             });
-            let dump = json!({ "config": static_config, "certificate": certificate, "policy": policy });
+                let dump = json!({ "config": static_config, "certificate": certificate, "policy": policy });
                 Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default())
             }
             (&Method::POST, "/shutdown") if remote.ip().is_loopback() => {

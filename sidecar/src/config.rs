@@ -232,7 +232,10 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 15000)),
             )?,
             labels: parse_labels(env)?,
-            pod_name: env.var("PQMESH_POD_NAME").or_else(|| env.var("HOSTNAME")).unwrap_or_default(),
+            pod_name: env
+                .var("PQMESH_POD_NAME")
+                .or_else(|| env.var("HOSTNAME"))
+                .unwrap_or_default(),
             trust_domain,
         })
     }
@@ -244,14 +247,24 @@ fn parse_labels(env: &dyn Env) -> Result<BTreeMap<String, String>, EnvError> {
     };
     let mut labels = BTreeMap::new();
     for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, val) = pair
-            .split_once('=')
-            .ok_or_else(|| EnvError::new("PQMESH_WORKLOAD_LABELS", &v, format!("{pair:?} is not key=value")))?;
+        let (k, val) = pair.split_once('=').ok_or_else(|| {
+            EnvError::new(
+                "PQMESH_WORKLOAD_LABELS",
+                &v,
+                format!("{pair:?} is not key=value"),
+            )
+        })?;
         let valid = |s: &str, max: usize| {
-            s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+            s.len() <= max
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
         };
         if k.is_empty() || !valid(k, 317) || !valid(val, 63) {
-            return Err(EnvError::new("PQMESH_WORKLOAD_LABELS", &v, format!("{pair:?} is not a valid Kubernetes label")));
+            return Err(EnvError::new(
+                "PQMESH_WORKLOAD_LABELS",
+                &v,
+                format!("{pair:?} is not a valid Kubernetes label"),
+            ));
         }
         labels.insert(k.to_owned(), val.to_owned());
     }

@@ -167,7 +167,8 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
     match format!("http://{}{}", ctx.target, path).parse() {
         Ok(uri) => *req.uri_mut() = uri,
         Err(_) => {
-            ctx.requests
+            ctx.metrics
+                .requests
                 .with_label_values(&[ctx.direction, "bad_request"])
                 .inc();
             return error_response(StatusCode::BAD_REQUEST, "unparseable request target");
@@ -187,7 +188,8 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
             } else {
                 "forwarded"
             };
-            ctx.requests
+            ctx.metrics
+                .requests
                 .with_label_values(&[ctx.direction, outcome])
                 .inc();
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -213,7 +215,8 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
         }
         Err(e) => {
             tracing::info!(target = %ctx.target, error = %e, "app request failed");
-            ctx.requests
+            ctx.metrics
+                .requests
                 .with_label_values(&[ctx.direction, "app_unreachable"])
                 .inc();
             error_response(StatusCode::BAD_GATEWAY, "the application is unreachable")
@@ -233,16 +236,27 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
         return Ok(());
     }
     let deny = |status: StatusCode, reason: &'static str, text: &str, www: Option<String>| {
-        ctx.metrics.policy_decisions.with_label_values(&["deny", reason]).inc();
+        ctx.metrics
+            .policy_decisions
+            .with_label_values(&["deny", reason])
+            .inc();
         let mut resp = error_response(status, text);
         if let Some(v) = www.and_then(|w| HeaderValue::from_str(&w).ok()) {
-            resp.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, v);
+            resp.headers_mut()
+                .insert(hyper::header::WWW_AUTHENTICATE, v);
         }
         resp
     };
     let path = match pqmesh_policy::path::normalize(req.uri().path()) {
         Ok(p) => p,
-        Err(e) => return Err(deny(StatusCode::BAD_REQUEST, "bad_path", &e.to_string(), None)),
+        Err(e) => {
+            return Err(deny(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                &e.to_string(),
+                None,
+            ))
+        }
     };
     let port = ctx.target.port();
     let bearer = match bearer_token(req.headers()) {
@@ -257,7 +271,9 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
         }
     };
     let authenticated = match (bearer, &active.validator) {
-        (Some(token), Some(validator)) if active.policy.wants_token(port) => Some(validator.authenticate(&token).await),
+        (Some(token), Some(validator)) if active.policy.wants_token(port) => {
+            Some(validator.authenticate(&token).await)
+        }
         _ => None,
     };
     let token_state = match (&bearer_present(req.headers()), &authenticated) {
@@ -267,7 +283,9 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
         },
         (_, Some(Err(e))) if e.status() == 503 => TokenState::Unavailable(e.metric_reason()),
         (_, Some(Err(e))) => TokenState::Invalid(e.metric_reason()),
-        (true, None) if active.policy.wants_token(port) => TokenState::Invalid("no issuer can validate this token"),
+        (true, None) if active.policy.wants_token(port) => {
+            TokenState::Invalid("no issuer can validate this token")
+        }
         _ => TokenState::Absent,
     };
     let decision = active.policy.evaluate(&PolicyRequest {
@@ -282,7 +300,10 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
     });
     match decision {
         Decision::Allow { .. } => {
-            ctx.metrics.policy_decisions.with_label_values(&["allow", "allowed"]).inc();
+            ctx.metrics
+                .policy_decisions
+                .with_label_values(&["allow", "allowed"])
+                .inc();
             if let Some(Ok(a)) = &authenticated {
                 if a.phantom {
                     if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", a.jwt)) {
@@ -290,7 +311,11 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
                     }
                 }
             }
-            let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            let query = req
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
             if let Ok(pq) = format!("{path}{query}").parse::<hyper::http::uri::PathAndQuery>() {
                 let mut parts = req.uri().clone().into_parts();
                 parts.path_and_query = Some(pq);
@@ -303,11 +328,18 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
         Decision::Deny(d) => {
             let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
             let www = match (&d, &authenticated) {
-                (pqmesh_policy::Denial::TokenInvalid(_), Some(Err(e))) => e.www_authenticate().or_else(|| d.www_authenticate()),
+                (pqmesh_policy::Denial::TokenInvalid(_), Some(Err(e))) => {
+                    e.www_authenticate().or_else(|| d.www_authenticate())
+                }
                 _ => d.www_authenticate(),
             };
             tracing::info!(peer = ?ctx.peer.as_ref().map(|p| p.to_string()), reason = d.reason(), status = d.status(), "request denied by policy");
-            Err(deny(status, d.reason(), &format!("denied: {}", d.reason()), www))
+            Err(deny(
+                status,
+                d.reason(),
+                &format!("denied: {}", d.reason()),
+                www,
+            ))
         }
     }
 }
@@ -320,12 +352,18 @@ fn bearer_present(headers: &hyper::HeaderMap) -> bool {
 /// Authorization headers, another scheme, non-ASCII, empty token).
 fn bearer_token(headers: &hyper::HeaderMap) -> Result<Option<String>, &'static str> {
     let mut values = headers.get_all(hyper::header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else { return Ok(None) };
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
     if values.next().is_some() {
         return Err("more than one Authorization header");
     }
-    let text = value.to_str().map_err(|_| "Authorization header is not ASCII")?;
-    let (scheme, token) = text.split_once(' ').ok_or("Authorization header is not 'Bearer <token>'")?;
+    let text = value
+        .to_str()
+        .map_err(|_| "Authorization header is not ASCII")?;
+    let (scheme, token) = text
+        .split_once(' ')
+        .ok_or("Authorization header is not 'Bearer <token>'")?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err("Authorization scheme is not Bearer");
     }

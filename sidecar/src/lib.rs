@@ -252,6 +252,7 @@ pub async fn start_with(
         &config,
         tls_rx.clone(),
         discovery_ready,
+        policy_rx.clone(),
         metrics.clone(),
         shutdown_tx.clone(),
     )

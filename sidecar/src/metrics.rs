@@ -85,9 +85,14 @@ impl Metrics {
             "Policy snapshots received, by outcome (applied, rejected)",
             &["outcome"],
         );
-        let policy_policies =
-            IntGauge::new("policy_access_policies", "AccessPolicies selecting this workload").expect("static metric");
-        registry.register(Box::new(policy_policies.clone())).expect("unique metric");
+        let policy_policies = IntGauge::new(
+            "policy_access_policies",
+            "AccessPolicies selecting this workload",
+        )
+        .expect("static metric");
+        registry
+            .register(Box::new(policy_policies.clone()))
+            .expect("unique metric");
         let connections_open =
             IntGauge::new("connections_open", "Proxied connections currently open")
                 .expect("static metric");
@@ -102,7 +107,10 @@ impl Metrics {
         registry
             .register(Box::new(cert_expiry.clone()))
             .expect("unique metric");
+        let token =
+            crate::token::TokenMetrics::new(&registry).expect("token metrics register once");
         Self {
+            token,
             registry,
             handshakes,
             handshake_failures,
@@ -115,7 +123,6 @@ impl Metrics {
             requests,
             policy_decisions,
             policy_updates,
-            token: crate::token::TokenMetrics::new(&registry).expect("token metrics register once"),
             policy_policies,
         }
     }

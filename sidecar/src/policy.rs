@@ -44,14 +44,24 @@ pub type PolicyState = watch::Receiver<Option<Arc<ActivePolicy>>>;
 
 /// Decodes and prepares a snapshot; any problem is the NACK reason. The previous policy's token
 /// validator (with its JWKS and phantom-token caches) is kept when the issuers did not change.
-pub fn prepare(snapshot: &PolicySnapshot, previous: Option<&ActivePolicy>, metrics: &Metrics) -> Result<ActivePolicy, String> {
+pub fn prepare(
+    snapshot: &PolicySnapshot,
+    previous: Option<&ActivePolicy>,
+    metrics: &Metrics,
+) -> Result<ActivePolicy, String> {
     if snapshot.policy_json.len() > MAX_SNAPSHOT_BYTES {
-        return Err(format!("snapshot of {} bytes exceeds {MAX_SNAPSHOT_BYTES}", snapshot.policy_json.len()));
+        return Err(format!(
+            "snapshot of {} bytes exceeds {MAX_SNAPSHOT_BYTES}",
+            snapshot.policy_json.len()
+        ));
     }
-    let policy: WorkloadPolicy =
-        serde_json::from_slice(&snapshot.policy_json).map_err(|e| format!("undecodable snapshot: {e}"))?;
+    let policy: WorkloadPolicy = serde_json::from_slice(&snapshot.policy_json)
+        .map_err(|e| format!("undecodable snapshot: {e}"))?;
     if policy.version() != snapshot.version {
-        return Err(format!("snapshot content does not match its version {}", snapshot.version));
+        return Err(format!(
+            "snapshot content does not match its version {}",
+            snapshot.version
+        ));
     }
     let validator = match previous {
         Some(prev) if prev.policy.issuers == policy.issuers => prev.validator.clone(),
@@ -65,7 +75,10 @@ pub fn prepare(snapshot: &PolicySnapshot, previous: Option<&ActivePolicy>, metri
 }
 
 /// Token validation settings for the snapshot's issuers (`None` if it names none).
-fn build_validator(policy: &WorkloadPolicy, metrics: &Metrics) -> Result<Option<crate::token::Validator>, String> {
+fn build_validator(
+    policy: &WorkloadPolicy,
+    metrics: &Metrics,
+) -> Result<Option<crate::token::Validator>, String> {
     use crate::token::{IntrospectionConfig, IssuerConfig, ResponseFormat, Validator};
     if policy.issuers.is_empty() {
         return Ok(None);
@@ -75,14 +88,27 @@ fn build_validator(policy: &WorkloadPolicy, metrics: &Metrics) -> Result<Option<
         .issuers
         .iter()
         .map(|i| {
-            let mut c = IssuerConfig::new(i.name.clone(), i.issuer.clone(), i.audiences.clone(), i.jwks_uri.clone());
+            let mut c = IssuerConfig::new(
+                i.name.clone(),
+                i.issuer.clone(),
+                i.audiences.clone(),
+                i.jwks_uri.clone(),
+            );
             c.allowed_algs = i.allowed_algorithms.clone();
             c.clock_skew = secs(i.clock_skew_seconds);
             c.jwks_refresh = secs(i.jwks_refresh_seconds);
             c.jwks_min_refetch = secs(i.jwks_min_refetch_seconds);
             c.introspection = i.introspection.as_ref().map(|x| {
-                let mut ic = IntrospectionConfig::new(x.endpoint.clone(), x.client_id.clone(), x.client_secret.clone());
-                ic.accept = if x.response_format == "jwt" { ResponseFormat::Jwt } else { ResponseFormat::TokenIntrospectionJwt };
+                let mut ic = IntrospectionConfig::new(
+                    x.endpoint.clone(),
+                    x.client_id.clone(),
+                    x.client_secret.clone(),
+                );
+                ic.accept = if x.response_format == "jwt" {
+                    ResponseFormat::Jwt
+                } else {
+                    ResponseFormat::TokenIntrospectionJwt
+                };
                 ic.cache_max_entries = x.cache_max_entries as usize;
                 ic.cache_max_ttl = secs(x.cache_max_ttl_seconds);
                 ic.honor_no_store = x.honor_no_store;
@@ -91,7 +117,9 @@ fn build_validator(policy: &WorkloadPolicy, metrics: &Metrics) -> Result<Option<
             c
         })
         .collect();
-    Validator::new(configs, metrics.token.clone()).map(Some).map_err(|e| format!("token issuers: {e}"))
+    Validator::new(configs, metrics.token.clone())
+        .map(Some)
+        .map_err(|e| format!("token issuers: {e}"))
 }
 
 pub struct PolicyClientTask {
@@ -102,10 +130,18 @@ pub struct PolicyClientTask {
 }
 
 impl PolicyClientTask {
-    pub async fn run(self, addr: String, server_id: SpiffeId, kx: KeyExchangePolicy, mut tls: watch::Receiver<Option<Arc<MeshTls>>>) {
+    pub async fn run(
+        self,
+        addr: String,
+        server_id: SpiffeId,
+        kx: KeyExchangePolicy,
+        mut tls: watch::Receiver<Option<Arc<MeshTls>>>,
+    ) {
         let mut failures = 0u32;
         loop {
-            let Ok(current) = tls.wait_for(|t| t.is_some()).await.map(|t| t.clone()) else { return };
+            let Ok(current) = tls.wait_for(|t| t.is_some()).await.map(|t| t.clone()) else {
+                return;
+            };
             let Some(current) = current else { continue };
             match self.stream_once(&addr, &server_id, kx, &current).await {
                 Ok(()) => failures = 0,
@@ -114,21 +150,41 @@ impl PolicyClientTask {
                     tracing::warn!(error = %e, attempt = failures, "policy stream failed; the current policy stays in force");
                 }
             }
-            tokio::time::sleep(backoff(failures.max(1), rand::random()).min(Duration::from_secs(30))).await;
+            tokio::time::sleep(
+                backoff(failures.max(1), rand::random()).min(Duration::from_secs(30)),
+            )
+            .await;
         }
     }
 
-    async fn stream_once(&self, addr: &str, server_id: &SpiffeId, kx: KeyExchangePolicy, tls: &MeshTls) -> Result<(), String> {
-        let config = tls.creds.client_config(server_id, kx, &[ALPN_H2]).map_err(|e| e.to_string())?;
+    async fn stream_once(
+        &self,
+        addr: &str,
+        server_id: &SpiffeId,
+        kx: KeyExchangePolicy,
+        tls: &MeshTls,
+    ) -> Result<(), String> {
+        let config = tls
+            .creds
+            .client_config(server_id, kx, &[ALPN_H2])
+            .map_err(|e| e.to_string())?;
         let channel = tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
             .connect_timeout(Duration::from_secs(10))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
-            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(addr.to_owned(), config))
+            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(
+                addr.to_owned(),
+                config,
+            ))
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let (tx, rx) = mpsc::channel(8);
-        let current_version = self.state.borrow().as_ref().map(|p| p.version.clone()).unwrap_or_default();
+        let current_version = self
+            .state
+            .borrow()
+            .as_ref()
+            .map(|p| p.version.clone())
+            .unwrap_or_default();
         let hello = Workload {
             namespace: tls.creds.id.namespace().to_owned(),
             pod_name: self.pod_name.clone(),
@@ -136,9 +192,11 @@ impl PolicyClientTask {
             ports: vec![],
             current_version,
         };
-        tx.send(WatchRequest { kind: Some(Kind::Hello(hello)) })
-            .await
-            .map_err(|_| "request stream closed".to_owned())?;
+        tx.send(WatchRequest {
+            kind: Some(Kind::Hello(hello)),
+        })
+        .await
+        .map_err(|_| "request stream closed".to_owned())?;
         let mut snapshots = PolicyClient::new(channel)
             .max_decoding_message_size(MAX_SNAPSHOT_BYTES + 4096)
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -156,15 +214,28 @@ impl PolicyClientTask {
             let reply = match prepare(&snapshot, previous.as_deref(), &self.metrics) {
                 Ok(active) => {
                     tracing::info!(version = %active.version, policies = active.policy.policies.len(), "policy applied");
-                    self.metrics.policy_updates.with_label_values(&["applied"]).inc();
-                    self.metrics.policy_policies.set(active.policy.policies.len() as i64);
+                    self.metrics
+                        .policy_updates
+                        .with_label_values(&["applied"])
+                        .inc();
+                    self.metrics
+                        .policy_policies
+                        .set(active.policy.policies.len() as i64);
                     let _ = self.state.send(Some(Arc::new(active)));
-                    Kind::Ack(Ack { version: snapshot.version })
+                    Kind::Ack(Ack {
+                        version: snapshot.version,
+                    })
                 }
                 Err(reason) => {
                     tracing::error!(version = %snapshot.version, %reason, "policy snapshot rejected; keeping the last good policy");
-                    self.metrics.policy_updates.with_label_values(&["rejected"]).inc();
-                    Kind::Nack(Nack { version: snapshot.version, reason })
+                    self.metrics
+                        .policy_updates
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    Kind::Nack(Nack {
+                        version: snapshot.version,
+                        reason,
+                    })
                 }
             };
             if tx.send(WatchRequest { kind: Some(reply) }).await.is_err() {

@@ -225,7 +225,10 @@ impl Inbound {
                 self.deny("denied_plaintext", "not a mesh client (STRICT mode)")
             }
             _ => {
-                self.metrics.connections.with_label_values(&["inbound", "plaintext_permitted"]).inc();
+                self.metrics
+                    .connections
+                    .with_label_values(&["inbound", "plaintext_permitted"])
+                    .inc();
                 self.serve_app(stream, None, target).await;
                 Ok(())
             }
@@ -234,7 +237,10 @@ impl Inbound {
 
     /// The pushed policy, if one selects this workload.
     fn active_policy(&self) -> Option<Arc<crate::policy::ActivePolicy>> {
-        self.policy.borrow().clone().filter(|a| !a.policy.is_empty())
+        self.policy
+            .borrow()
+            .clone()
+            .filter(|a| !a.policy.is_empty())
     }
 
     async fn handle_mesh(
@@ -316,13 +322,19 @@ impl Inbound {
         };
         match protocol {
             Some(AppProtocol::Http1) => {
-                self.metrics.http_connections.with_label_values(&["inbound", "http1"]).inc();
+                self.metrics
+                    .http_connections
+                    .with_label_values(&["inbound", "http1"])
+                    .inc();
                 if let Err(e) = http_proxy::serve_http1(stream, ctx).await {
                     tracing::debug!(error = %e, "HTTP/1 connection ended with an error");
                 }
             }
             Some(AppProtocol::Http2) => {
-                self.metrics.http_connections.with_label_values(&["inbound", "http2"]).inc();
+                self.metrics
+                    .http_connections
+                    .with_label_values(&["inbound", "http2"])
+                    .inc();
                 if let Err(e) = http_proxy::serve_http2(stream, ctx).await {
                     tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
                 }
@@ -336,21 +348,34 @@ impl Inbound {
                         http: None,
                     });
                     if let pqmesh_policy::Decision::Deny(d) = decision {
-                        self.metrics.policy_decisions.with_label_values(&["deny", d.reason()]).inc();
-                        self.metrics.connections.with_label_values(&["inbound", "denied_policy"]).inc();
+                        self.metrics
+                            .policy_decisions
+                            .with_label_values(&["deny", d.reason()])
+                            .inc();
+                        self.metrics
+                            .connections
+                            .with_label_values(&["inbound", "denied_policy"])
+                            .inc();
                         tracing::info!(peer = ?ctx.peer.as_ref().map(|p| p.to_string()), reason = d.reason(), "TCP connection denied by policy");
                         return;
                     }
-                    self.metrics.policy_decisions.with_label_values(&["allow", "allowed"]).inc();
+                    self.metrics
+                        .policy_decisions
+                        .with_label_values(&["allow", "allowed"])
+                        .inc();
                 }
-                let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-                    Ok(Ok(app)) => app,
-                    _ => {
-                        self.metrics.connections.with_label_values(&["inbound", "app_unreachable"]).inc();
-                        tracing::info!(%target, "local app unreachable");
-                        return;
-                    }
-                };
+                let app =
+                    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+                        Ok(Ok(app)) => app,
+                        _ => {
+                            self.metrics
+                                .connections
+                                .with_label_values(&["inbound", "app_unreachable"])
+                                .inc();
+                            tracing::info!(%target, "local app unreachable");
+                            return;
+                        }
+                    };
                 let _ = app.set_nodelay(true);
                 relay(stream, app, "inbound", &self.metrics).await;
             }

@@ -79,9 +79,13 @@ async fn setup(ttl: u64) -> Setup {
         "secrets:\n  - namespace: shop\n    name: gateway\n    data: {{client-secret: {}}}\n",
         oauth::GATEWAY_CLIENT_SECRET
     ));
-    cp.write_policy("orders.yaml", &policies(&oauth, app.port(), ""), 2).await;
+    cp.write_policy("orders.yaml", &policies(&oauth, app.port(), ""), 2)
+        .await;
     let b = sidecar_redirected(
-        with(cp.sidecar_env("api", ECDSA), &[("PQMESH_WORKLOAD_LABELS", "app=orders,tier=backend")]),
+        with(
+            cp.sidecar_env("api", ECDSA),
+            &[("PQMESH_WORKLOAD_LABELS", "app=orders,tier=backend")],
+        ),
         Some(app),
     )
     .await;
@@ -91,8 +95,18 @@ async fn setup(ttl: u64) -> Setup {
     )
     .await;
     let a = sidecar_redirected(cp.sidecar_env("web", ECDSA), Some(b.inbound_addr)).await;
-    assert_eq!(b.policy().unwrap().policy.policies.len(), 1, "B runs the pushed policy");
-    Setup { cp, oauth, a, b, app_stats }
+    assert_eq!(
+        b.policy().unwrap().policy.policies.len(),
+        1,
+        "B runs the pushed policy"
+    );
+    Setup {
+        cp,
+        oauth,
+        a,
+        b,
+        app_stats,
+    }
 }
 
 struct Answer {
@@ -103,16 +117,29 @@ struct Answer {
 
 async fn call(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> Answer {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::builder().method(method).uri(path).header("host", "orders.shop");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "orders.shop");
     if let Some(t) = bearer {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let resp = send.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+    let resp = send
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
-    let www = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-    let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
     Answer { status, www, body }
 }
 
@@ -130,13 +157,19 @@ async fn phantom_token_is_exchanged_for_the_signed_jwt_and_scopes_and_claims_are
     let s = setup(300).await;
     let out = s.a.outbound_addr.unwrap();
     let read = s.oauth.token("orders:read").await;
-    assert!(!read.contains('.'), "the outside client holds an opaque token");
+    assert!(
+        !read.contains('.'),
+        "the outside client holds an opaque token"
+    );
 
     let ok = call(out, "GET", "/orders/42", Some(&read)).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     let jwt = forwarded_jwt(&ok.body);
     let (header, payload) = oauth::decode_jwt(&jwt);
-    assert_eq!(header["typ"], "token-introspection+jwt", "the app got the JWT the OAuth server signed");
+    assert_eq!(
+        header["typ"], "token-introspection+jwt",
+        "the app got the JWT the OAuth server signed"
+    );
     assert_eq!(payload["aud"], oauth::GATEWAY_CLIENT_ID);
     assert_eq!(payload["token_introspection"]["scope"], "orders:read");
     assert_eq!(payload["token_introspection"]["tenant"], "acme");
@@ -144,17 +177,50 @@ async fn phantom_token_is_exchanged_for_the_signed_jwt_and_scopes_and_claims_are
 
     // The second request is served from the phantom-token cache.
     let before = introspections(&s.oauth);
-    assert_eq!(call(out, "GET", "/orders/43", Some(&read)).await.status, 200);
-    assert_eq!(introspections(&s.oauth), before, "cache hit: no second introspection");
+    assert_eq!(
+        call(out, "GET", "/orders/43", Some(&read)).await.status,
+        200
+    );
+    assert_eq!(
+        introspections(&s.oauth),
+        before,
+        "cache hit: no second introspection"
+    );
 
     // Coarse: scopes. Fine: claims.
     let no_write = call(out, "POST", "/orders", Some(&read)).await;
     assert_eq!(no_write.status, 403);
-    assert!(no_write.www.contains("error=\"insufficient_scope\""), "{}", no_write.www);
-    assert_eq!(call(out, "GET", "/tenants/acme/orders", Some(&read)).await.status, 200);
-    let globex = s.oauth.token_as(oauth::PARTNER_CLIENT_ID, oauth::PARTNER_CLIENT_SECRET, "orders:read").await;
-    assert_eq!(call(out, "GET", "/orders/1", Some(&globex)).await.status, 200, "partner may read orders");
-    assert_eq!(call(out, "GET", "/tenants/acme/orders", Some(&globex)).await.status, 403, "but not acme's tenant data");
+    assert!(
+        no_write.www.contains("error=\"insufficient_scope\""),
+        "{}",
+        no_write.www
+    );
+    assert_eq!(
+        call(out, "GET", "/tenants/acme/orders", Some(&read))
+            .await
+            .status,
+        200
+    );
+    let globex = s
+        .oauth
+        .token_as(
+            oauth::PARTNER_CLIENT_ID,
+            oauth::PARTNER_CLIENT_SECRET,
+            "orders:read",
+        )
+        .await;
+    assert_eq!(
+        call(out, "GET", "/orders/1", Some(&globex)).await.status,
+        200,
+        "partner may read orders"
+    );
+    assert_eq!(
+        call(out, "GET", "/tenants/acme/orders", Some(&globex))
+            .await
+            .status,
+        403,
+        "but not acme's tenant data"
+    );
     let write = s.oauth.token("orders:write").await;
     assert_eq!(call(out, "POST", "/orders", Some(&write)).await.status, 200);
 
@@ -165,22 +231,41 @@ async fn phantom_token_is_exchanged_for_the_signed_jwt_and_scopes_and_claims_are
     assert_eq!(garbage.status, 401);
     assert!(garbage.www.contains("invalid_token"), "{}", garbage.www);
     // No rule for this path: default deny even with a good token.
-    assert_eq!(call(out, "DELETE", "/orders/1", Some(&read)).await.status, 403);
+    assert_eq!(
+        call(out, "DELETE", "/orders/1", Some(&read)).await.status,
+        403
+    );
     // Path tricks do not reach the tenant rule with the wrong token.
-    assert_eq!(call(out, "GET", "/orders/../tenants/acme/x", Some(&globex)).await.status, 403);
+    assert_eq!(
+        call(out, "GET", "/orders/../tenants/acme/x", Some(&globex))
+            .await
+            .status,
+        403
+    );
 
     // Zero trust: the JWT the app received is accepted directly at the next hop, a tampered one is not.
     assert_eq!(call(out, "GET", "/orders/7", Some(&jwt)).await.status, 200);
     let mut tampered = jwt.clone();
     tampered.replace_range(jwt.len() - 6..jwt.len() - 2, "AAAA");
-    assert_eq!(call(out, "GET", "/orders/7", Some(&tampered)).await.status, 401);
-    let counted = metric(&s.b.metrics.registry, "pqmesh_policy_decisions_total", &[("decision", "deny")]);
+    assert_eq!(
+        call(out, "GET", "/orders/7", Some(&tampered)).await.status,
+        401
+    );
+    let counted = metric(
+        &s.b.metrics.registry,
+        "pqmesh_policy_decisions_total",
+        &[("decision", "deny")],
+    );
     assert!(counted >= 6.0, "denials are counted: {counted}");
     let _ = &s.app_stats;
 }
 
 fn introspections(oauth: &OAuthServer) -> usize {
-    oauth.log().lines().filter(|l| l.contains("/token/introspection")).count()
+    oauth
+        .log()
+        .lines()
+        .filter(|l| l.contains("/token/introspection"))
+        .count()
 }
 
 #[tokio::test]
@@ -198,9 +283,16 @@ async fn revoked_expired_rotated_and_outage() {
 
     // Expired: with a 4 s token lifetime the cache never outlives the token.
     let short = s.oauth.token("orders:read").await;
-    assert_eq!(call(out, "GET", "/orders/1", Some(&short)).await.status, 200);
+    assert_eq!(
+        call(out, "GET", "/orders/1", Some(&short)).await.status,
+        200
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(call(out, "GET", "/orders/1", Some(&short)).await.status, 401, "expired");
+    assert_eq!(
+        call(out, "GET", "/orders/1", Some(&short)).await.status,
+        401,
+        "expired"
+    );
 
     // Key rotation at the OAuth server: new tokens are accepted without restarting anything.
     let old_kid = s.oauth.kid();
@@ -208,17 +300,40 @@ async fn revoked_expired_rotated_and_outage() {
     assert_ne!(s.oauth.kid(), old_kid);
     tokio::time::sleep(Duration::from_millis(1100)).await; // past minRefetchSeconds
     let after = s.oauth.token("orders:read").await;
-    assert_eq!(call(out, "GET", "/orders/1", Some(&after)).await.status, 200, "unknown kid → JWKS refetched");
+    assert_eq!(
+        call(out, "GET", "/orders/1", Some(&after)).await.status,
+        200,
+        "unknown kid → JWKS refetched"
+    );
 
     // OAuth server down: cached tokens keep working, new ones get 503, never allowed.
     let fresh = s.oauth.token("orders:read").await;
     let never_seen = s.oauth.token("orders:read").await;
-    assert_eq!(call(out, "GET", "/orders/1", Some(&fresh)).await.status, 200);
+    assert_eq!(
+        call(out, "GET", "/orders/1", Some(&fresh)).await.status,
+        200
+    );
     s.oauth.stop().await;
-    assert_eq!(call(out, "GET", "/orders/2", Some(&fresh)).await.status, 200, "cached");
-    assert_eq!(call(out, "GET", "/orders/2", Some(&never_seen)).await.status, 503, "cannot decide: 503");
+    assert_eq!(
+        call(out, "GET", "/orders/2", Some(&fresh)).await.status,
+        200,
+        "cached"
+    );
+    assert_eq!(
+        call(out, "GET", "/orders/2", Some(&never_seen))
+            .await
+            .status,
+        503,
+        "cannot decide: 503"
+    );
     s.oauth.restart().await;
-    assert_eq!(call(out, "GET", "/orders/2", Some(&never_seen)).await.status, 200, "recovered without restarts");
+    assert_eq!(
+        call(out, "GET", "/orders/2", Some(&never_seen))
+            .await
+            .status,
+        200,
+        "recovered without restarts"
+    );
     let _ = &s.cp;
 }
 
@@ -228,13 +343,23 @@ async fn policy_push_is_versioned_acked_and_a_bad_snapshot_is_nacked() {
     let s = setup(300).await;
     let tracker = &s.cp.running.policy_tracker;
     let v1 = s.b.policy().unwrap().version.clone();
-    eventually("B ACKed its policy", || tracker.policy_status().get("shop/orders").is_some_and(|p| p.acked == 1)).await;
+    eventually("B ACKed its policy", || {
+        tracker
+            .policy_status()
+            .get("shop/orders")
+            .is_some_and(|p| p.acked == 1)
+    })
+    .await;
 
     // An invalid edit at the control plane changes nothing anywhere.
     let dir = s.cp.dir.path().join("policies");
     std::fs::write(dir.join("broken.yaml"), "apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {name: x, namespace: shop}\nspec: {selector: {}, colour: blue}\n").unwrap();
     eventually("the control plane rejected the edit", || {
-        metric(&s.cp.running.metrics.registry, "pqmesh_policy_reloads_total", &[("outcome", "invalid")]) >= 1.0
+        metric(
+            &s.cp.running.metrics.registry,
+            "pqmesh_policy_reloads_total",
+            &[("outcome", "invalid")],
+        ) >= 1.0
     })
     .await;
     assert_eq!(s.b.policy().unwrap().version, v1);
@@ -246,22 +371,64 @@ async fn policy_push_is_versioned_acked_and_a_bad_snapshot_is_nacked() {
         "---\napiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: corp2, namespace: shop}}\nspec:\n  issuer: {}\n  audiences: [orders]\n  jwksUri: {}\n",
         s.oauth.issuer, s.oauth.jwks_uri
     );
-    let with_dup = policies(&s.oauth, 0, &dup).replace("token: {issuers: [corp]}", "token: {issuers: [corp, corp2]}");
-    let app_port = s.b.policy().unwrap().policy.policies[0].ports.clone().unwrap()[0];
+    let with_dup = policies(&s.oauth, 0, &dup).replace(
+        "token: {issuers: [corp]}",
+        "token: {issuers: [corp, corp2]}",
+    );
+    let app_port = s.b.policy().unwrap().policy.policies[0]
+        .ports
+        .clone()
+        .unwrap()[0];
     let with_dup = with_dup.replace("ports: [0]", &format!("ports: [{app_port}]"));
     s.cp.write_policy("orders.yaml", &with_dup, 3).await;
     eventually("B rejected the snapshot", || {
-        metric(&s.b.metrics.registry, "pqmesh_policy_updates_total", &[("outcome", "rejected")]) == 1.0
+        metric(
+            &s.b.metrics.registry,
+            "pqmesh_policy_updates_total",
+            &[("outcome", "rejected")],
+        ) == 1.0
     })
     .await;
     assert_eq!(s.b.policy().unwrap().version, v1, "last good policy kept");
-    eventually("the control plane saw the NACK", || tracker.policy_status().get("shop/orders").is_some_and(|p| p.rejected == 1)).await;
+    eventually("the control plane saw the NACK", || {
+        tracker
+            .policy_status()
+            .get("shop/orders")
+            .is_some_and(|p| p.rejected == 1)
+    })
+    .await;
     let read = s.oauth.token("orders:read").await;
-    assert_eq!(call(s.a.outbound_addr.unwrap(), "GET", "/orders/1", Some(&read)).await.status, 200, "still enforcing v1");
+    assert_eq!(
+        call(s.a.outbound_addr.unwrap(), "GET", "/orders/1", Some(&read))
+            .await
+            .status,
+        200,
+        "still enforcing v1"
+    );
 
     // A good change is applied and ACKed.
-    s.cp.write_policy("orders.yaml", &policies(&s.oauth, app_port, "").replace("orders:read", "orders:list"), 2).await;
-    eventually("B applied the new version", || s.b.policy().unwrap().version != v1).await;
-    eventually("and ACKed it", || tracker.policy_status().get("shop/orders").is_some_and(|p| p.acked == 1 && p.rejected == 0)).await;
-    assert_eq!(call(s.a.outbound_addr.unwrap(), "GET", "/orders/1", Some(&read)).await.status, 403, "orders:read no longer suffices");
+    s.cp.write_policy(
+        "orders.yaml",
+        &policies(&s.oauth, app_port, "").replace("orders:read", "orders:list"),
+        2,
+    )
+    .await;
+    eventually("B applied the new version", || {
+        s.b.policy().unwrap().version != v1
+    })
+    .await;
+    eventually("and ACKed it", || {
+        tracker
+            .policy_status()
+            .get("shop/orders")
+            .is_some_and(|p| p.acked == 1 && p.rejected == 0)
+    })
+    .await;
+    assert_eq!(
+        call(s.a.outbound_addr.unwrap(), "GET", "/orders/1", Some(&read))
+            .await
+            .status,
+        403,
+        "orders:read no longer suffices"
+    );
 }

@@ -27,8 +27,15 @@ fn policy(scope: &str) -> String {
 #[tokio::main]
 async fn main() {
     pqmesh_mtls::provider::install_default();
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let sizes = if sizes.is_empty() { vec![100, 1000] } else { sizes };
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![100, 1000]
+    } else {
+        sizes
+    };
     println!("| sidecars | connect + first snapshot ACKed | file write → all ACKed | reload → all ACKed | per-ACK p50 / p99 (control plane histogram) |");
     println!("|---:|---:|---:|---:|---:|");
     for n in sizes {
@@ -39,7 +46,10 @@ async fn main() {
 async fn run(n: usize) {
     let cp = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web"]).await;
     cp.write_policy("orders.yaml", &policy("v1"), 1).await;
-    let bundle = pqmesh_mtls::TrustBundle::from_pem(&std::fs::read_to_string(&cp.running.trust_bundle_path).unwrap()).unwrap();
+    let bundle = pqmesh_mtls::TrustBundle::from_pem(
+        &std::fs::read_to_string(&cp.running.trust_bundle_path).unwrap(),
+    )
+    .unwrap();
     let certifier = GrpcCertifier {
         addr: cp.running.grpc_addr.to_string(),
         server_id: cp.running.identity.clone(),
@@ -47,15 +57,31 @@ async fn run(n: usize) {
         token: TokenSource::Inline(cp.token("web").to_owned()),
         bundle: std::sync::Mutex::new(bundle),
     };
-    let creds = obtain(&certifier, KeyAlgorithm::EcdsaP256, KeyExchangePolicy::HybridOnly, None).await.unwrap();
-    let config = creds.creds.client_config(&cp.running.identity, KeyExchangePolicy::HybridOnly, &[ALPN_H2]).unwrap();
+    let creds = obtain(
+        &certifier,
+        KeyAlgorithm::EcdsaP256,
+        KeyExchangePolicy::HybridOnly,
+        None,
+    )
+    .await
+    .unwrap();
+    let config = creds
+        .creds
+        .client_config(
+            &cp.running.identity,
+            KeyExchangePolicy::HybridOnly,
+            &[ALPN_H2],
+        )
+        .unwrap();
     let addr = cp.running.grpc_addr.to_string();
     let started = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
         let config = config.clone();
         let addr = addr.clone();
-        handles.push(tokio::spawn(async move { fake_sidecar(i, addr, config).await }));
+        handles.push(tokio::spawn(
+            async move { fake_sidecar(i, addr, config).await },
+        ));
         if i % 64 == 63 {
             tokio::task::yield_now().await;
         }
@@ -66,21 +92,38 @@ async fn run(n: usize) {
         acked == n && connected == n
     })
     .await
-    .unwrap_or_else(|| panic!("only {:?} of {n} sidecars ACKed the first snapshot", tracker.acked_count()));
+    .unwrap_or_else(|| {
+        panic!(
+            "only {:?} of {n} sidecars ACKed the first snapshot",
+            tracker.acked_count()
+        )
+    });
     let connect = started.elapsed();
 
     let registry = &cp.running.metrics.registry;
-    let reloads_before = metric(registry, "pqmesh_policy_reloads_total", &[("outcome", "ok")]);
+    let reloads_before = metric(
+        registry,
+        "pqmesh_policy_reloads_total",
+        &[("outcome", "ok")],
+    );
     let t0 = Instant::now();
     std::fs::write(cp.dir.path().join("policies/orders.yaml"), policy("v2")).unwrap();
     let mut reloaded_at = None;
     let done = wait_until(Duration::from_secs(300), || {
-        if reloaded_at.is_none() && metric(registry, "pqmesh_policy_reloads_total", &[("outcome", "ok")]) > reloads_before {
+        if reloaded_at.is_none()
+            && metric(
+                registry,
+                "pqmesh_policy_reloads_total",
+                &[("outcome", "ok")],
+            ) > reloads_before
+        {
             reloaded_at = Some(Instant::now());
         }
         let streams = tracker.streams();
         streams.len() == n
-            && streams.iter().all(|s| s.acked_version.is_some() && s.acked_version == s.sent_version)
+            && streams
+                .iter()
+                .all(|s| s.acked_version.is_some() && s.acked_version == s.sent_version)
             && metric(registry, "pqmesh_policy_acks_total", &[]) >= (2 * n) as f64
     })
     .await;
@@ -115,7 +158,11 @@ async fn fake_sidecar(i: usize, addr: String, config: Arc<rustls::ClientConfig>)
         ports: vec![],
         current_version: String::new(),
     };
-    tx.send(WatchRequest { kind: Some(Kind::Hello(hello)) }).await.unwrap();
+    tx.send(WatchRequest {
+        kind: Some(Kind::Hello(hello)),
+    })
+    .await
+    .unwrap();
     let mut stream = PolicyClient::new(channel)
         .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
@@ -123,7 +170,13 @@ async fn fake_sidecar(i: usize, addr: String, config: Arc<rustls::ClientConfig>)
         .into_inner();
     while let Ok(Some(snapshot)) = stream.message().await {
         // A real sidecar decodes and applies here; the bench ACKs what it received.
-        let _ = tx.send(WatchRequest { kind: Some(Kind::Ack(Ack { version: snapshot.version })) }).await;
+        let _ = tx
+            .send(WatchRequest {
+                kind: Some(Kind::Ack(Ack {
+                    version: snapshot.version,
+                })),
+            })
+            .await;
     }
 }
 
@@ -141,7 +194,11 @@ async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<(
 /// p50/p99 of `pqmesh_policy_push_seconds` (bucket upper bounds).
 fn quantiles(registry: &prometheus::Registry) -> (String, String) {
     let fams = registry.gather();
-    let Some(h) = fams.iter().find(|f| f.name() == "pqmesh_policy_push_seconds").and_then(|f| f.get_metric().first()) else {
+    let Some(h) = fams
+        .iter()
+        .find(|f| f.name() == "pqmesh_policy_push_seconds")
+        .and_then(|f| f.get_metric().first())
+    else {
         return ("-".into(), "-".into());
     };
     let h = h.get_histogram();
