@@ -9,6 +9,11 @@ async fn main() -> anyhow::Result<()> {
     pqmesh_mtls::logging::init();
     pqmesh_mtls::provider::install_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("crds") {
+        // The CustomResourceDefinitions, generated from the same types the control plane parses.
+        print!("{}", pqmesh_policy::crd::crds_yaml());
+        return Ok(());
+    }
     let config = Config::from_args_and_env(&args, &ProcessEnv)?;
     let running = pqmesh_control_plane::start(config)
         .await

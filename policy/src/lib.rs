@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compile;
+pub mod crd;
 pub mod eval;
 pub mod model;
 pub mod path;

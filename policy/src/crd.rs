@@ -1,0 +1,207 @@
+//! Kubernetes CustomResourceDefinitions for the policy resources, generated from the Rust types
+//! (the OpenAPI schema is the `JsonSchema` of each spec), so the chart's CRDs and the control
+//! plane's parser cannot drift apart. Schemas are made structural (Kubernetes' rules: no `$ref`,
+//! no `additionalProperties` beside `properties`) and unknown fields are pruned by the API server.
+
+use schemars::generate::SchemaSettings;
+use schemars::JsonSchema;
+use serde_json::{json, Map, Value};
+
+use crate::model::{AccessPolicySpec, TokenIssuerSpec, GROUP, VERSION};
+
+fn structural<T: JsonSchema>() -> Value {
+    let settings = SchemaSettings::openapi3().with(|s| {
+        s.inline_subschemas = true;
+    });
+    let schema = settings.into_generator().into_root_schema_for::<T>();
+    let mut value = serde_json::to_value(schema).unwrap_or(Value::Null);
+    clean(&mut value);
+    value
+}
+
+// Removes what apiextensions/v1 rejects in structural schemas.
+fn clean(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for key in ["$schema", "title", "definitions", "$defs", "examples"] {
+                map.remove(key);
+            }
+            if map.contains_key("properties") {
+                map.remove("additionalProperties");
+            }
+            if let Some(Value::String(f)) = map.get("format") {
+                if !matches!(f.as_str(), "int32" | "int64" | "byte" | "date-time" | "uri") {
+                    map.remove("format");
+                }
+            }
+            // Optional fields: `anyOf: [{...}, {nullable}]` forms are flattened to the inner schema.
+            if let Some(Value::Array(any)) = map.get("anyOf").cloned() {
+                if let Some(inner) = any
+                    .iter()
+                    .find(|s| s.get("type").is_some_and(|t| t != "null"))
+                {
+                    map.remove("anyOf");
+                    if let Value::Object(inner) = inner.clone() {
+                        for (k, val) in inner {
+                            map.entry(k).or_insert(val);
+                        }
+                    }
+                }
+            }
+            if let Some(Value::Array(types)) = map.get("type").cloned() {
+                if let Some(t) = types.iter().find(|t| *t != "null") {
+                    map.insert("type".into(), t.clone());
+                    map.insert("nullable".into(), Value::Bool(true));
+                }
+            }
+            for val in map.values_mut() {
+                clean(val);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(clean),
+        _ => {}
+    }
+}
+
+fn crd(kind: &str, plural: &str, short: &str, spec_schema: Value, columns: Value) -> Value {
+    let status = json!({
+        "type": "object",
+        "properties": {
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "selectedSidecars": {"type": "integer", "format": "int32", "description": "Connected sidecars this policy selects"},
+            "ackedSidecars": {"type": "integer", "format": "int32", "description": "Of those, how many run the current version"},
+            "rejectedSidecars": {"type": "integer", "format": "int32", "description": "Of those, how many NACKed it"},
+            "conditions": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+        }
+    });
+    let mut top = Map::new();
+    top.insert("spec".into(), spec_schema);
+    top.insert("status".into(), status);
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.{GROUP}"), "labels": {"app.kubernetes.io/part-of": "pqmesh"}},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "shortNames": [short], "categories": ["pqmesh"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION,
+                "served": true,
+                "storage": true,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": {"type": "object", "required": ["spec"], "properties": Value::Object(top)}}
+            }]
+        }
+    })
+}
+
+/// The two CRDs, as JSON values.
+pub fn crds() -> Vec<Value> {
+    vec![
+        crd(
+            "TokenIssuer",
+            "tokenissuers",
+            "ti",
+            structural::<TokenIssuerSpec>(),
+            json!([
+                {"name": "Issuer", "type": "string", "jsonPath": ".spec.issuer"},
+                {"name": "Introspection", "type": "string", "jsonPath": ".spec.introspection.endpoint", "priority": 1},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+            ]),
+        ),
+        crd(
+            "AccessPolicy",
+            "accesspolicies",
+            "ap",
+            structural::<AccessPolicySpec>(),
+            json!([
+                {"name": "mTLS", "type": "string", "jsonPath": ".spec.mtls"},
+                {"name": "Selected", "type": "integer", "jsonPath": ".status.selectedSidecars"},
+                {"name": "Acked", "type": "integer", "jsonPath": ".status.ackedSidecars"},
+                {"name": "Rejected", "type": "integer", "jsonPath": ".status.rejectedSidecars", "priority": 1},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+            ]),
+        ),
+    ]
+}
+
+/// The CRDs as a multi-document YAML text (what the chart ships).
+pub fn crds_yaml() -> String {
+    crds()
+        .iter()
+        .map(|c| serde_yaml::to_string(c).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk(v: &Value, path: &str, problems: &mut Vec<String>) {
+        if let Value::Object(m) = v {
+            if m.contains_key("$ref") {
+                problems.push(format!("{path}: $ref"));
+            }
+            if m.contains_key("properties") && m.contains_key("additionalProperties") {
+                problems.push(format!("{path}: properties + additionalProperties"));
+            }
+            if m.get("type").is_some_and(Value::is_array) {
+                problems.push(format!("{path}: type array"));
+            }
+            for (k, val) in m {
+                walk(val, &format!("{path}.{k}"), problems);
+            }
+        } else if let Value::Array(a) = v {
+            for (i, val) in a.iter().enumerate() {
+                walk(val, &format!("{path}[{i}]"), problems);
+            }
+        }
+    }
+
+    #[test]
+    fn crds_are_structural_and_describe_every_field() {
+        let crds = crds();
+        assert_eq!(crds.len(), 2);
+        for c in &crds {
+            let schema = &c["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            let mut problems = Vec::new();
+            walk(schema, "schema", &mut problems);
+            assert!(
+                problems.is_empty(),
+                "{}: {problems:?}",
+                c["metadata"]["name"]
+            );
+            assert_eq!(
+                c["spec"]["versions"][0]["subresources"]["status"],
+                json!({})
+            );
+        }
+        let policy = &crds[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"];
+        for field in ["selector", "ports", "mtls", "peers", "token", "rules"] {
+            assert!(
+                policy.get(field).is_some(),
+                "AccessPolicy spec lacks {field}: {policy}"
+            );
+        }
+        let rule = &policy["rules"]["items"]["properties"];
+        for field in ["methods", "paths", "scopes", "claims"] {
+            assert!(rule.get(field).is_some(), "rule lacks {field}");
+        }
+        let issuer = &crds[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"];
+        assert!(
+            issuer["introspection"]["properties"]["clientSecretRef"]["properties"]
+                .get("name")
+                .is_some()
+        );
+        let yaml = crds_yaml();
+        assert!(
+            yaml.contains("name: accesspolicies.pqmesh.io")
+                && yaml.contains("name: tokenissuers.pqmesh.io")
+        );
+    }
+}
