@@ -43,10 +43,15 @@ step "install the OAuth server for the token-policy tests (oidc-provider, into t
 npm install --silent --no-package-lock --no-audit --no-fund --prefix tests/oauth
 echo "oidc-provider $("$PQMESH_NODE24" -p 'require("./tests/oauth/node_modules/oidc-provider/package.json").version')"
 
+step "install kubernetes-validate (Kubernetes schemas for the chart and injected pods)"
+command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+kubernetes-validate --version
+
 step "install Rust tools"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 step "format and lint"
 cargo fmt --all --check
@@ -70,6 +75,12 @@ else
   echo "FAILED: the namespace suite needs root (ip netns, iptables, tcpdump). Run as root, or set PQMESH_SKIP_ROOT_TESTS=1 to skip it knowingly." >&2
   exit 1
 fi
+
+step "Helm chart: lint, render, schema, Kubernetes schemas, security contexts, RBAC"
+bash tests/chart/run.sh
+
+step "fuzzing smoke: every untrusted decoder for 10 s (longer runs: fuzz/run.sh 600)"
+bash fuzz/run.sh 10
 
 step "demo (README command 1), ECDSA and ML-DSA-65"
 bash deploy/local/demo.sh

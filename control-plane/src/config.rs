@@ -24,6 +24,11 @@ pub struct Config {
     pub identity: SpiffeId,
     /// Extra DNS names / IPs in the serving certificate.
     pub serving_names: Vec<String>,
+    /// The sidecar injection webhook (HTTPS, `POST /inject`) listens here when set
+    /// (`PQMESH_WEBHOOK_ADDR`; unset by default, as local mode has no API server).
+    pub webhook_addr: Option<SocketAddr>,
+    /// What the webhook injects (`PQMESH_SIDECAR_*`, `PQMESH_TRUST_BUNDLE_CONFIGMAP`).
+    pub inject: crate::inject::InjectConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,7 @@ impl Config {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect();
+        let inject = crate::inject::InjectConfig::from_env(env, &identity)?;
         Ok(Self {
             local_dir,
             grpc_addr: env::parse_or(
@@ -111,6 +117,8 @@ impl Config {
             )?),
             identity,
             serving_names,
+            webhook_addr: env::parse_opt(env, "PQMESH_WEBHOOK_ADDR")?,
+            inject,
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod csr;
 pub mod discovery;
 pub mod endpoints;
 pub mod identity;
+pub mod inject;
 pub mod metrics;
 pub mod policies;
 pub mod policy_push;
@@ -65,11 +66,15 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Webhook(#[from] inject::SpawnError),
 }
 
 pub struct RunningControlPlane {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The injection webhook's address, when `Config::webhook_addr` is set.
+    pub webhook_addr: Option<SocketAddr>,
     pub trust_bundle_path: PathBuf,
     pub identity: SpiffeId,
     pub metrics: Arc<Metrics>,
@@ -143,6 +148,19 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
 
     let serving = issue_serving_config(&ca, &config, &metrics)?;
     let (serving_tx, serving_rx) = watch::channel(serving.0);
+    // Stops with the renewal task, which owns `serving_tx`.
+    let webhook_addr = match config.webhook_addr {
+        Some(addr) => Some(
+            inject::spawn(
+                addr,
+                serving_rx.clone(),
+                config.inject.clone(),
+                &metrics.registry,
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
@@ -236,6 +254,7 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
     Ok(RunningControlPlane {
         grpc_addr,
         admin_addr,
+        webhook_addr,
         trust_bundle_path,
         identity: config.identity.clone(),
         metrics,

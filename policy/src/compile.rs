@@ -146,7 +146,10 @@ fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), PolicyError> {
     // Without audiences no access-token JWT is accepted; that only makes sense for an issuer
     // used through introspection (phantom tokens), whose JWT is checked against the client id.
     if s.audiences.is_empty() && s.introspection.is_none() {
-        return Err(err(location, "spec.audiences must list at least one audience (or configure introspection)"));
+        return Err(err(
+            location,
+            "spec.audiences must list at least one audience (or configure introspection)",
+        ));
     }
     check_url(location, "spec.jwksUri", &s.jwks_uri)?;
     if s.allowed_algorithms.is_empty() {

@@ -373,5 +373,8 @@ fn callers_no_policy_admits_are_known_before_any_token_work() {
     assert!(w.admits_peer(8080, Some(&web), TD));
     assert!(!w.admits_peer(8080, Some(&other), TD), "peers: shop/* only");
     assert!(!w.admits_peer(8080, None, TD), "STRICT: no plaintext");
-    assert!(!w.admits_peer(9090, Some(&web), TD), "no policy on this port");
+    assert!(
+        !w.admits_peer(9090, Some(&web), TD),
+        "no policy on this port"
+    );
 }

@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""Assertions over `helm template` output for tests/chart/run.sh (no yq needed).
+
+Each subcommand prints what it found wrong, one line each, and exits 1 if anything was; it exits
+0 silently otherwise. Needs PyYAML and jsonschema (both come with kubernetes-validate).
+
+  security RENDERED          every container/initContainer locked down; no host namespaces
+  rbac RENDERED              no wildcards, no escalation verbs, Secrets only as intended
+  labels RENDERED            standard app.kubernetes.io/* + helm.sh/chart on every object
+  defaults RENDERED NS       the default install is what the design says
+  custom RENDERED NS         tests/chart/values-custom.yaml took effect
+  single-replica RENDERED    replicaCount 1: no PodDisruptionBudget
+  crs CRDS FILE...           custom resources validate against the CRDs' schemas (strict)
+  crs-invalid CRDS FILE...   every document in these files is REJECTED by the CRDs' schemas
+"""
+
+import copy
+import sys
+
+import jsonschema
+import yaml
+
+POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+STANDARD_LABELS = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "helm.sh/chart",
+]
+
+
+def load(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def name_of(doc):
+    meta = doc.get("metadata", {})
+    ns = meta.get("namespace")
+    return f"{doc.get('kind')}/{(ns + '/') if ns else ''}{meta.get('name')}"
+
+
+def find(docs, kind, name):
+    hits = [d for d in docs if d.get("kind") == kind and d["metadata"].get("name") == name]
+    return hits[0] if len(hits) == 1 else None
+
+
+def pod_specs(docs):
+    for d in docs:
+        kind = d.get("kind")
+        if kind == "Pod":
+            yield name_of(d), d["spec"]
+        elif kind in POD_TEMPLATE_KINDS:
+            yield name_of(d), d["spec"]["template"]["spec"]
+        elif kind == "CronJob":
+            yield name_of(d), d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def check_security(docs):
+    errors = []
+    seen = 0
+    for where, spec in pod_specs(docs):
+        pod_sc = spec.get("securityContext") or {}
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(flag):
+                errors.append(f"{where}: {flag} is set")
+        containers = [("container", c) for c in spec.get("containers", [])]
+        containers += [("initContainer", c) for c in spec.get("initContainers", [])]
+        containers += [("ephemeralContainer", c) for c in spec.get("ephemeralContainers", [])]
+        for role, c in containers:
+            seen += 1
+            at = f"{where} {role} {c.get('name')}"
+            sc = c.get("securityContext")
+            if not sc:
+                errors.append(f"{at}: no securityContext")
+                continue
+            if sc.get("runAsNonRoot") is not True:
+                errors.append(f"{at}: runAsNonRoot is not true")
+            if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+                errors.append(f"{at}: runAsUser is 0")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                errors.append(f"{at}: readOnlyRootFilesystem is not true")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                errors.append(f"{at}: allowPrivilegeEscalation is not false")
+            if sc.get("privileged"):
+                errors.append(f"{at}: privileged")
+            caps = sc.get("capabilities") or {}
+            if caps.get("drop") != ["ALL"]:
+                errors.append(f"{at}: capabilities.drop is {caps.get('drop')!r}, not ['ALL']")
+            if caps.get("add"):
+                errors.append(f"{at}: capabilities.add is {caps['add']!r}")
+            seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                errors.append(f"{at}: seccompProfile is {seccomp!r}")
+    if seen == 0:
+        errors.append("no containers found: the check would prove nothing")
+    return errors
+
+
+def check_rbac(docs):
+    errors = []
+    roles = [d for d in docs if d.get("kind") in ("Role", "ClusterRole")]
+    if not roles:
+        errors.append("no Role or ClusterRole rendered")
+    for d in roles:
+        where = name_of(d)
+        if d.get("aggregationRule"):
+            errors.append(f"{where}: aggregationRule (grants whatever matches)")
+        for i, rule in enumerate(d.get("rules") or []):
+            at = f"{where} rule {i}"
+            for field in ("verbs", "resources", "apiGroups", "resourceNames", "nonResourceURLs"):
+                if any("*" in v for v in rule.get(field) or []):
+                    errors.append(f"{at}: '*' in {field}")
+            if rule.get("nonResourceURLs"):
+                errors.append(f"{at}: nonResourceURLs")
+            verbs = set(rule.get("verbs") or [])
+            for bad in ("escalate", "bind", "impersonate", "deletecollection"):
+                if bad in verbs:
+                    errors.append(f"{at}: verb {bad}")
+            resources = set(rule.get("resources") or [])
+            if "" in (rule.get("apiGroups") or []) and "secrets" in resources:
+                named = bool(rule.get("resourceNames"))
+                if d["kind"] == "ClusterRole" and verbs - {"get"}:
+                    errors.append(f"{at}: cluster-wide Secret verbs beyond get: {sorted(verbs)}")
+                if not named and verbs & {"list", "watch", "update", "patch", "delete"}:
+                    errors.append(f"{at}: Secrets {sorted(verbs)} not limited by resourceNames")
+            if "create" in verbs and rule.get("resourceNames"):
+                errors.append(f"{at}: create with resourceNames never matches (documented limit)")
+    for d in docs:
+        if d.get("kind") in ("RoleBinding", "ClusterRoleBinding"):
+            for s in d.get("subjects") or []:
+                if s.get("kind") != "ServiceAccount":
+                    errors.append(f"{name_of(d)}: binds {s.get('kind')} {s.get('name')}")
+            if d["roleRef"]["name"] in ("cluster-admin", "admin", "edit"):
+                errors.append(f"{name_of(d)}: binds built-in role {d['roleRef']['name']}")
+    return errors
+
+
+def check_labels(docs):
+    errors = []
+    for d in docs:
+        labels = d.get("metadata", {}).get("labels") or {}
+        missing = [k for k in STANDARD_LABELS if k not in labels]
+        if missing:
+            errors.append(f"{name_of(d)}: missing labels {missing}")
+        for k, v in labels.items():
+            if not isinstance(v, str):
+                errors.append(f"{name_of(d)}: label {k} is {type(v).__name__}, not a string")
+    for d in docs:
+        if d.get("kind") in POD_TEMPLATE_KINDS:
+            labels = d["spec"]["template"]["metadata"].get("labels") or {}
+            missing = [k for k in STANDARD_LABELS if k not in labels]
+            if missing:
+                errors.append(f"{name_of(d)} pod template: missing labels {missing}")
+    return errors
+
+
+def env_of(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def common_expectations(docs, ns, errors):
+    """What holds for every values file: names, ports, probes, webhook shape."""
+    dep = find(docs, "Deployment", "pqmesh-control-plane")
+    if not dep:
+        errors.append("no Deployment pqmesh-control-plane")
+        return None, None
+    spec = dep["spec"]["template"]["spec"]
+    cps = [c for c in spec["containers"] if c["name"] == "control-plane"]
+    if len(cps) != 1:
+        errors.append("no container named control-plane")
+        return dep, None
+    c = cps[0]
+    if c.get("args") != ["--kubernetes"]:
+        errors.append(f"control-plane args {c.get('args')!r}")
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    if ports != {"grpc": 15012, "http-admin": 15014, "https-webhook": 15017}:
+        errors.append(f"control-plane ports {ports!r}")
+    for probe, path in (("livenessProbe", "/live"), ("readinessProbe", "/ready")):
+        got = (c.get(probe) or {}).get("httpGet") or {}
+        if got.get("path") != path or ports.get(got.get("port"), got.get("port")) != 15014:
+            errors.append(f"{probe} is {got!r}, expected {path} on 15014")
+    env = env_of(c)
+    for k, v in {
+        "PQMESH_WEBHOOK_ADDR": "0.0.0.0:15017",
+        "PQMESH_GRPC_ADDR": "0.0.0.0:15012",
+        "PQMESH_ADMIN_ADDR": "0.0.0.0:15014",
+    }.items():
+        if env.get(k) != v:
+            errors.append(f"env {k}={env.get(k)!r}, expected {v!r}")
+    if env.get("POD_NAMESPACE") != {"fieldRef": {"fieldPath": "metadata.namespace"}}:
+        errors.append(f"POD_NAMESPACE is {env.get('POD_NAMESPACE')!r}")
+    if env.get("PQMESH_SIDECAR_CONTROL_PLANE_ADDR") != f"pqmesh-control-plane.{ns}.svc:15012":
+        errors.append(f"PQMESH_SIDECAR_CONTROL_PLANE_ADDR is {env.get('PQMESH_SIDECAR_CONTROL_PLANE_ADDR')!r}")
+    if f"pqmesh-webhook.{ns}.svc" not in env.get("PQMESH_SERVING_NAMES", "").split(","):
+        errors.append("PQMESH_SERVING_NAMES lacks the webhook Service's DNS name")
+    if spec.get("serviceAccountName") != "pqmesh-control-plane":
+        errors.append(f"serviceAccountName {spec.get('serviceAccountName')!r}")
+    if (dep["spec"]["template"]["metadata"]["labels"] or {}).get("pqmesh.io/inject") != "false":
+        errors.append("control-plane pods are not labelled pqmesh.io/inject=false")
+
+    svc = find(docs, "Service", "pqmesh-control-plane")
+    if not svc or {p["port"] for p in svc["spec"]["ports"]} != {15012, 15014}:
+        errors.append("Service pqmesh-control-plane must expose 15012 and 15014")
+    wsvc = find(docs, "Service", "pqmesh-webhook")
+    if not wsvc or [(p["port"], p["targetPort"]) for p in wsvc["spec"]["ports"]] != [(443, "https-webhook")]:
+        errors.append("Service pqmesh-webhook must map 443 to https-webhook (15017)")
+    for s in (svc, wsvc):
+        if s and s["spec"]["selector"] != dep["spec"]["selector"]["matchLabels"]:
+            errors.append(f"{name_of(s)} selector does not match the Deployment's")
+
+    mwc = find(docs, "MutatingWebhookConfiguration", "pqmesh")
+    if not mwc or len(mwc["webhooks"]) != 1:
+        errors.append("MutatingWebhookConfiguration pqmesh with one webhook is missing")
+        return dep, None
+    wh = mwc["webhooks"][0]
+    want = {
+        "name": "inject.pqmesh.io",
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "reinvocationPolicy": "Never",
+    }
+    for k, v in want.items():
+        if wh.get(k) != v:
+            errors.append(f"webhook {k}={wh.get(k)!r}, expected {v!r}")
+    cc = wh["clientConfig"]
+    if cc.get("service") != {"name": "pqmesh-webhook", "namespace": ns, "path": "/inject", "port": 443}:
+        errors.append(f"webhook clientConfig.service {cc.get('service')!r}")
+    if "caBundle" in cc:
+        errors.append("webhook caBundle is rendered: the control plane owns it")
+    if wh.get("rules") != [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                            "resources": ["pods"], "scope": "Namespaced"}]:
+        errors.append(f"webhook rules {wh.get('rules')!r}")
+    nsel = wh.get("namespaceSelector") or {}
+    if nsel.get("matchLabels") != {"pqmesh.io/inject": "enabled"}:
+        errors.append(f"namespaceSelector matchLabels {nsel.get('matchLabels')!r}")
+    excluded = [e for e in nsel.get("matchExpressions", [])
+                if e["key"] == "kubernetes.io/metadata.name" and e["operator"] == "NotIn"]
+    if not excluded or ns not in excluded[0]["values"]:
+        errors.append("namespaceSelector does not exclude the release namespace")
+    osel = (wh.get("objectSelector") or {}).get("matchExpressions", [])
+    if {"key": "pqmesh.io/inject", "operator": "NotIn", "values": ["false"]} not in osel:
+        errors.append("objectSelector does not exclude pods labelled pqmesh.io/inject=false")
+    return dep, wh
+
+
+def rules_of(docs, kind, name):
+    d = find(docs, kind, name)
+    return d.get("rules", []) if d else None
+
+
+def check_defaults(docs, ns):
+    errors = []
+    dep, wh = common_expectations(docs, ns, errors)
+    if dep:
+        if dep["spec"]["replicas"] != 2:
+            errors.append(f"replicas {dep['spec']['replicas']}, expected 2")
+        aff = dep["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {})
+        pref = aff.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+        if not pref or pref[0]["podAffinityTerm"]["topologyKey"] != "kubernetes.io/hostname":
+            errors.append("no preferred pod anti-affinity by hostname")
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        if c["image"] != "pqmesh:0.1.0":
+            errors.append(f"image {c['image']!r}, expected pqmesh:<appVersion>")
+        env = env_of(c)
+        if env.get("PQMESH_LOG_FORMAT") != "json":
+            errors.append("PQMESH_LOG_FORMAT is not json")
+    if wh:
+        if wh.get("failurePolicy") != "Fail" or wh.get("timeoutSeconds") != 10:
+            errors.append(f"webhook failurePolicy/timeout {wh.get('failurePolicy')}/{wh.get('timeoutSeconds')}")
+    pdb = find(docs, "PodDisruptionBudget", "pqmesh-control-plane")
+    if not pdb or pdb["spec"].get("minAvailable") != 1:
+        errors.append("PodDisruptionBudget with minAvailable 1 is missing")
+    if not find(docs, "ClusterRoleBinding", "pqmesh-tokenissuer-secrets"):
+        errors.append("the TokenIssuer-secrets ClusterRoleBinding should be on by default")
+    role = rules_of(docs, "Role", "pqmesh-control-plane") or []
+    if not any("secrets" in r["resources"] and r["verbs"] == ["create"] for r in role):
+        errors.append("default Role cannot create the CA Secret")
+    if not any("leases" in r["resources"] for r in role):
+        errors.append("default Role has no Lease rule (leader election is on by default)")
+    cr = rules_of(docs, "ClusterRole", "pqmesh-control-plane") or []
+    needs = [
+        ("", "pods", "watch"), ("", "namespaces", "watch"), ("discovery.k8s.io", "endpointslices", "watch"),
+        ("authentication.k8s.io", "tokenreviews", "create"), ("pqmesh.io", "accesspolicies", "watch"),
+        ("pqmesh.io", "tokenissuers", "watch"), ("pqmesh.io", "accesspolicies/status", "patch"),
+        ("pqmesh.io", "tokenissuers/status", "update"), ("", "configmaps", "create"),
+        ("", "configmaps", "update"), ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
+    ]
+    for group, res, verb in needs:
+        if not any(group in r["apiGroups"] and res in r["resources"] and verb in r["verbs"] for r in cr):
+            errors.append(f"ClusterRole pqmesh-control-plane cannot {verb} {res}.{group or 'core'}")
+    return errors
+
+
+def check_custom(docs, ns):
+    """Expectations for tests/chart/values-custom.yaml."""
+    errors = []
+    dep, wh = common_expectations(docs, ns, errors)
+    if dep:
+        spec = dep["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        if dep["spec"]["replicas"] != 3:
+            errors.append(f"replicas {dep['spec']['replicas']}, expected 3")
+        if c["image"] != "registry.example/team/pqmesh:1.2.3" or c["imagePullPolicy"] != "Always":
+            errors.append(f"image {c['image']!r} {c['imagePullPolicy']!r}")
+        req = spec.get("affinity", {}).get("podAntiAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+        if not req:
+            errors.append("antiAffinity=required did not render a required anti-affinity")
+        env = env_of(c)
+        for k, v in {
+            "PQMESH_TRUST_DOMAIN": "mesh.example",
+            "PQMESH_LEAF_LIFETIME": "30m",
+            "PQMESH_CA_KEY_ALG": "ml-dsa-65",
+            "PQMESH_CA_USER_PROVIDED": "true",
+            "PQMESH_LEADER_ELECTION": "false",
+            "PQMESH_LOG": "debug",
+            "PQMESH_SIDECAR_IMAGE": "registry.example/team/pqmesh-sidecar:1.2.3",
+            "PQMESH_SIDECAR_TOKEN_EXPIRY": "20m",
+            "PQMESH_SIDECAR_EXCLUDE_OUTBOUND_CIDRS": "169.254.169.254/32,10.96.0.10",
+            "PQMESH_SIDECAR_EXCLUDE_INBOUND_PORTS": "9090",
+            "PQMESH_SIDECAR_EXCLUDE_OUTBOUND_PORTS": "5432,6379",
+            "PQMESH_SIDECAR_RESOURCES": '{"limits":{"memory":"128Mi"},"requests":{"cpu":"20m","memory":"32Mi"}}',
+            "EXTRA_THING": "yes",
+        }.items():
+            if env.get(k) != v:
+                errors.append(f"env {k}={env.get(k)!r}, expected {v!r}")
+        if spec.get("priorityClassName") != "system-cluster-critical":
+            errors.append("priorityClassName not applied")
+        if spec.get("tolerations", [{}])[0].get("key") != "dedicated":
+            errors.append("tolerations not applied")
+        if spec.get("imagePullSecrets") != [{"name": "regcred"}]:
+            errors.append("imagePullSecrets not applied")
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        if labels.get("team") != "platform" or labels.get("app.kubernetes.io/name") != "pqmesh":
+            errors.append(f"podLabels merge wrong: {labels!r}")
+    if wh:
+        if wh.get("failurePolicy") != "Ignore" or wh.get("timeoutSeconds") != 5:
+            errors.append(f"webhook failurePolicy/timeout {wh.get('failurePolicy')}/{wh.get('timeoutSeconds')}")
+        vals = wh["namespaceSelector"]["matchExpressions"][0]["values"]
+        if vals != [ns, "kube-system", "legacy"]:
+            errors.append(f"excluded namespaces {vals!r}")
+    pdb = find(docs, "PodDisruptionBudget", "pqmesh-control-plane")
+    if not pdb or pdb["spec"].get("minAvailable") != 2:
+        errors.append("PodDisruptionBudget minAvailable 2 missing")
+    svc = find(docs, "Service", "pqmesh-control-plane")
+    if svc and (svc["metadata"].get("annotations") or {}).get("prometheus.io/scrape"):
+        errors.append("prometheus annotations rendered although metrics.prometheusAnnotations=false")
+    if find(docs, "ClusterRoleBinding", "pqmesh-tokenissuer-secrets"):
+        errors.append("cluster-wide TokenIssuer-secrets binding rendered although clusterWide=false")
+    for team in ("team-a", "team-b"):
+        rb = [d for d in docs if d.get("kind") == "RoleBinding"
+              and d["metadata"]["name"] == "pqmesh-tokenissuer-secrets" and d["metadata"]["namespace"] == team]
+        if len(rb) != 1:
+            errors.append(f"no TokenIssuer-secrets RoleBinding in {team}")
+    role = rules_of(docs, "Role", "pqmesh-control-plane") or []
+    for r in role:
+        if "secrets" in r["resources"] and set(r["verbs"]) - {"get", "list", "watch"}:
+            errors.append(f"user-provided CA but the Role may {r['verbs']} Secrets")
+        if "leases" in r["resources"]:
+            errors.append("leader election off but the Role has a Lease rule")
+    return errors
+
+
+def check_single_replica(docs):
+    if find(docs, "PodDisruptionBudget", "pqmesh-control-plane"):
+        return ["replicaCount 1 rendered a PodDisruptionBudget (it would block every drain)"]
+    return []
+
+
+# ---- custom resources against the CRDs' structural schemas ----
+
+def to_json_schema(node):
+    """OpenAPI v3 (Kubernetes structural schema) -> JSON schema, strict like kubectl's
+    server-side field validation: unknown fields are errors unless preserved."""
+    node = copy.deepcopy(node)
+
+    def walk(s):
+        if not isinstance(s, dict):
+            return s
+        if s.pop("nullable", False) and "type" in s:
+            s["type"] = [s["type"], "null"]
+        if s.get("type") == "object" or (isinstance(s.get("type"), list) and "object" in s["type"]):
+            preserve = s.get("x-kubernetes-preserve-unknown-fields")
+            if "properties" in s and "additionalProperties" not in s and not preserve:
+                s["additionalProperties"] = False
+        for key in ("properties",):
+            for k, v in (s.get(key) or {}).items():
+                s[key][k] = walk(v)
+        for key in ("items", "additionalProperties"):
+            if isinstance(s.get(key), dict):
+                s[key] = walk(s[key])
+        for key in ("allOf", "anyOf", "oneOf"):
+            if key in s:
+                s[key] = [walk(x) for x in s[key]]
+        return s
+
+    return walk(node)
+
+
+def crd_validators(crd_path):
+    validators = {}
+    for crd in load(crd_path):
+        group = crd["spec"]["group"]
+        kind = crd["spec"]["names"]["kind"]
+        for v in crd["spec"]["versions"]:
+            schema = to_json_schema(v["schema"]["openAPIV3Schema"])
+            schema.setdefault("properties", {}).update({
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"}},
+                },
+            })
+            schema["additionalProperties"] = False
+            validators[(f"{group}/{v['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+def crs(crd_path, files, expect_valid):
+    validators = crd_validators(crd_path)
+    errors = []
+    count = 0
+    for path in files:
+        for doc in load(path):
+            count += 1
+            key = (doc.get("apiVersion"), doc.get("kind"))
+            where = f"{path}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            if key not in validators:
+                errors.append(f"{where}: no CRD for {key}")
+                continue
+            problems = sorted(validators[key].iter_errors(doc), key=lambda e: list(e.path))
+            if expect_valid:
+                for e in problems:
+                    errors.append(f"{where}: {'.'.join(map(str, e.path)) or '<root>'}: {e.message}")
+            elif not problems:
+                errors.append(f"{where}: was accepted but must be rejected")
+            else:
+                print(f"  rejected as expected: {where}: {problems[0].message}")
+    if count == 0:
+        errors.append("no custom resources found")
+    return errors
+
+
+def main(argv):
+    if len(argv) < 3:
+        print(__doc__)
+        return 2
+    cmd, path = argv[1], argv[2]
+    if cmd == "security":
+        errors = check_security(load(path))
+    elif cmd == "rbac":
+        errors = check_rbac(load(path))
+    elif cmd == "labels":
+        errors = check_labels(load(path))
+    elif cmd == "defaults":
+        errors = check_defaults(load(path), argv[3])
+    elif cmd == "custom":
+        errors = check_custom(load(path), argv[3])
+    elif cmd == "single-replica":
+        errors = check_single_replica(load(path))
+    elif cmd in ("crs", "crs-invalid"):
+        errors = crs(path, argv[3:], expect_valid=(cmd == "crs"))
+    else:
+        print(f"unknown check {cmd!r}\n{__doc__}")
+        return 2
+    for e in errors:
+        print(f"  {e}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
