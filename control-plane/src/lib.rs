@@ -12,6 +12,7 @@ pub mod identity;
 pub mod metrics;
 pub mod policies;
 pub mod policy_push;
+pub mod token_review;
 pub mod tokens;
 
 use std::net::SocketAddr;
