@@ -77,8 +77,7 @@ impl TokenReviewer {
         if !status
             .audiences
             .unwrap_or_default()
-            .iter()
-            .any(|a| *a == self.audience)
+            .contains(&self.audience)
         {
             return Err(AuthError::Rejected(format!(
                 "the token is not valid for audience {:?}",
