@@ -31,7 +31,8 @@ impl From<AuthError> for Refusal {
             AuthError::Missing => "token_missing",
             AuthError::Unknown => "token_unknown",
             AuthError::Expired { .. } => "token_expired",
-            AuthError::Unavailable(_) => "token_table_unavailable",
+            AuthError::Unavailable(_) => "token_review_unavailable",
+            AuthError::Rejected(_) => "token_rejected",
         };
         let status = match e {
             AuthError::Unavailable(_) => Status::unavailable(e.to_string()),

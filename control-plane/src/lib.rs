@@ -13,6 +13,7 @@ pub mod inject;
 pub mod metrics;
 pub mod policies;
 pub mod policy_push;
+pub mod token_review;
 pub mod tokens;
 
 use std::net::SocketAddr;

@@ -52,6 +52,8 @@ pub enum AuthError {
     },
     #[error("bootstrap token table is unavailable: {0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Rejected(String),
 }
 
 #[derive(Debug, thiserror::Error)]
