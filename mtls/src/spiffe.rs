@@ -156,7 +156,9 @@ pub enum PeerPatternError {
         pattern: String,
         source: SpiffeIdError,
     },
-    #[error("peer pattern {0:?} must be a SPIFFE ID, spiffe://<td>/ns/<ns>/sa/*, or <ns>/*")]
+    #[error(
+        "peer pattern {0:?} must be a SPIFFE ID, spiffe://<td>/ns/<ns>/sa/*, <ns>/<sa> or <ns>/*"
+    )]
     Shape(String),
 }
 
@@ -186,6 +188,14 @@ impl PeerPattern {
             return Ok(PeerPattern::Exact(id));
         }
         match pattern.split_once('/') {
+            Some((ns, sa)) if sa != "*" => {
+                let id =
+                    SpiffeId::new(trust_domain, ns, sa).map_err(|source| PeerPatternError::Id {
+                        pattern: pattern.to_owned(),
+                        source,
+                    })?;
+                Ok(PeerPattern::Exact(id))
+            }
             Some((ns, "*")) => {
                 let probe = SpiffeId::new(trust_domain, ns, "x").map_err(|source| {
                     PeerPatternError::Id {
@@ -276,6 +286,14 @@ mod tests {
     }
 
     #[test]
+    fn short_exact_patterns_name_one_service_account() {
+        let web: SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
+        let api: SpiffeId = "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
+        let short = PeerPattern::parse("shop/web", "cluster.local").unwrap();
+        assert!(short.matches(&web) && !short.matches(&api));
+    }
+
+    #[test]
     fn patterns_match_exact_and_namespace() {
         let a: SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
         let b: SpiffeId = "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
@@ -291,7 +309,8 @@ mod tests {
         for bad in [
             "*",
             "shop",
-            "shop/web",
+            "shop/web/x",
+            "shop/Web",
             "/*",
             "spiffe://cluster.local/ns/*/sa/*",
             "Shop/*",

@@ -140,11 +140,13 @@ fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), PolicyError> {
     if s.issuer.is_empty() {
         return Err(err(location, "spec.issuer is empty"));
     }
-    if s.audiences.is_empty() || s.audiences.iter().any(String::is_empty) {
-        return Err(err(
-            location,
-            "spec.audiences must list at least one non-empty audience",
-        ));
+    if s.audiences.iter().any(String::is_empty) {
+        return Err(err(location, "spec.audiences contains an empty audience"));
+    }
+    // Without audiences no access-token JWT is accepted; that only makes sense for an issuer
+    // used through introspection (phantom tokens), whose JWT is checked against the client id.
+    if s.audiences.is_empty() && s.introspection.is_none() {
+        return Err(err(location, "spec.audiences must list at least one audience (or configure introspection)"));
     }
     check_url(location, "spec.jwksUri", &s.jwks_uri)?;
     if s.allowed_algorithms.is_empty() {

@@ -139,6 +139,14 @@ impl WorkloadPolicy {
         self.for_port(port).any(|p| p.token_issuers.is_some())
     }
 
+    /// Whether some policy on `port` admits this caller at all (mTLS mode and peers). Checked
+    /// before any token work, so callers no policy admits cannot make the sidecar call the
+    /// OAuth server.
+    pub fn admits_peer(&self, port: u16, peer: Option<&SpiffeId>, trust_domain: &str) -> bool {
+        self.for_port(port)
+            .any(|p| peer_ok(p, peer, trust_domain).is_ok())
+    }
+
     /// Allow if any applicable policy allows (policies are alternatives); otherwise the most
     /// actionable denial. Default deny: no applicable policy → deny.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
@@ -162,26 +170,27 @@ impl WorkloadPolicy {
     }
 }
 
-fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, Denial> {
-    match req.peer {
-        None if !p.permissive => return Err(Denial::PlaintextRefused),
-        None => {
-            if p.peers.is_some() {
-                return Err(Denial::PeerNotAllowed);
-            }
-        }
-        Some(id) => {
-            if let Some(peers) = &p.peers {
-                let allowed = peers
+fn peer_ok(p: &CompiledPolicy, peer: Option<&SpiffeId>, trust_domain: &str) -> Result<(), Denial> {
+    match peer {
+        None if !p.permissive => Err(Denial::PlaintextRefused),
+        None if p.peers.is_some() => Err(Denial::PeerNotAllowed),
+        None => Ok(()),
+        Some(id) => match &p.peers {
+            Some(peers)
+                if !peers
                     .iter()
-                    .filter_map(|s| PeerPattern::parse(s, req.trust_domain).ok())
-                    .any(|pat| pat.matches(id));
-                if !allowed {
-                    return Err(Denial::PeerNotAllowed);
-                }
+                    .filter_map(|s| PeerPattern::parse(s, trust_domain).ok())
+                    .any(|pat| pat.matches(id)) =>
+            {
+                Err(Denial::PeerNotAllowed)
             }
-        }
+            _ => Ok(()),
+        },
     }
+}
+
+fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, Denial> {
+    peer_ok(p, req.peer, req.trust_domain)?;
     let Some(http) = &req.http else {
         // Opaque TCP: identity is all we can check.
         return if p.token_issuers.is_none() && p.rules.is_empty() {

@@ -48,7 +48,9 @@ pub struct TokenIssuer {
 pub struct TokenIssuerSpec {
     /// Expected `iss` claim.
     pub issuer: String,
-    /// Accepted `aud` values (an access token must carry at least one).
+    /// Accepted `aud` values (an access token must carry at least one). May be empty only when
+    /// `introspection` is set (then only phantom tokens are accepted).
+    #[serde(default)]
     pub audiences: Vec<String>,
     /// Where the issuer's signing keys are published (https, or http on loopback only).
     pub jwks_uri: String,

@@ -50,7 +50,13 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
             i += 3;
             continue;
         }
-        decoded.push(b as char);
+        if b >= 0x80 {
+            // Non-ASCII: canonical percent-encoding (pushing the byte as a char would re-encode
+            // each UTF-8 byte as another character; found by the request_path fuzz target).
+            decoded.push_str(&format!("%{b:02X}"));
+        } else {
+            decoded.push(b as char);
+        }
         i += 1;
     }
     let mut segments: Vec<&str> = Vec::new();
@@ -166,6 +172,8 @@ mod tests {
             ("/a%20b", "/a%20b"),
             ("/", "/"),
             ("/orders/42/.", "/orders/42"),
+            ("/`/\u{3a1}a/]aa/", "/`/%CE%A1a/]aa/"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input).as_deref(), Ok(want), "{input}");

@@ -364,3 +364,14 @@ spec:
         assert!(matches!(w.evaluate(&r), Decision::Allow { .. }));
     }
 }
+
+#[test]
+fn callers_no_policy_admits_are_known_before_any_token_work() {
+    let w = compiled();
+    let web: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
+    let other: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/billing/sa/web".parse().unwrap();
+    assert!(w.admits_peer(8080, Some(&web), TD));
+    assert!(!w.admits_peer(8080, Some(&other), TD), "peers: shop/* only");
+    assert!(!w.admits_peer(8080, None, TD), "STRICT: no plaintext");
+    assert!(!w.admits_peer(9090, Some(&web), TD), "no policy on this port");
+}

@@ -52,15 +52,21 @@ pub fn spawn(
             (&Method::GET, "/ready") => {
                 // Discovery must have connected once; afterwards cached answers carry outages.
                 let discovery_ok = discovery_ready.as_ref().is_none_or(|d| *d.borrow());
-                match (tls.borrow().is_some(), discovery_ok) {
-                    (true, true) => Reply::text(StatusCode::OK, "ready\n"),
-                    (false, _) => Reply::text(
+                // Serving before the first policy snapshot would enforce only local settings.
+                let policy_ok = policy.borrow().is_some();
+                match (tls.borrow().is_some(), discovery_ok, policy_ok) {
+                    (true, true, true) => Reply::text(StatusCode::OK, "ready\n"),
+                    (false, _, _) => Reply::text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "waiting for the first certificate\n",
                     ),
-                    (true, false) => {
+                    (true, false, _) => {
                         Reply::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for discovery\n")
                     }
+                    (true, true, false) => Reply::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "waiting for the first policy snapshot\n",
+                    ),
                 }
             }
             (&Method::GET, "/metrics") => admin::render_metrics(&metrics.registry),

@@ -259,6 +259,26 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
         }
     };
     let port = ctx.target.port();
+    // Peers first: a caller no policy admits never makes this sidecar call the OAuth server.
+    if !active
+        .policy
+        .admits_peer(port, ctx.peer.as_ref(), &ctx.trust_domain)
+    {
+        let d = if ctx.peer.is_none() && !active.policy.permissive_on(port) {
+            pqmesh_policy::Denial::PlaintextRefused
+        } else if active.policy.for_port(port).next().is_none() {
+            pqmesh_policy::Denial::NoPolicyForPort
+        } else {
+            pqmesh_policy::Denial::PeerNotAllowed
+        };
+        tracing::info!(peer = ?ctx.peer.as_ref().map(|p| p.to_string()), reason = d.reason(), "request denied by policy");
+        return Err(deny(
+            StatusCode::FORBIDDEN,
+            d.reason(),
+            &format!("denied: {}", d.reason()),
+            None,
+        ));
+    }
     let bearer = match bearer_token(req.headers()) {
         Ok(b) => b,
         Err(why) => {
