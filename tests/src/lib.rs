@@ -128,6 +128,44 @@ impl ControlPlane {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
+    /// Kills the control plane like a crash and starts a new one on the same directory (same CA,
+    /// tokens, policies) and the same gRPC address, as a restarted pod behind its Service.
+    pub async fn restart(self) -> Self {
+        let ControlPlane {
+            running,
+            dir,
+            tokens,
+        } = self;
+        let grpc = running.grpc_addr;
+        running.kill();
+        let env: HashMap<String, String> = [
+            ("PQMESH_GRPC_ADDR", grpc.to_string()),
+            ("PQMESH_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let config =
+            pqmesh_control_plane::config::Config::from_env(dir.path().to_owned(), &env).unwrap();
+        // The old listener closes once its accept task notices the server is gone.
+        let mut attempts = 0;
+        let running = loop {
+            match pqmesh_control_plane::start(config.clone()).await {
+                Ok(r) => break r,
+                Err(_) if attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("control plane did not restart: {e}"),
+            }
+        };
+        ControlPlane {
+            running,
+            dir,
+            tokens,
+        }
+    }
+
     pub fn token(&self, sa: &str) -> &str {
         &self.tokens[sa]
     }
