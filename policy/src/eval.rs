@@ -143,31 +143,50 @@ impl WorkloadPolicy {
     /// before any token work, so callers no policy admits cannot make the sidecar call the
     /// OAuth server.
     pub fn admits_peer(&self, port: u16, peer: Option<&SpiffeId>, trust_domain: &str) -> bool {
-        self.for_port(port)
-            .any(|p| peer_ok(p, peer, trust_domain).is_ok())
+        self.check_peer(port, peer, trust_domain).is_ok()
+    }
+
+    /// As `admits_peer`, with the denial `evaluate` would give when no policy admits the caller.
+    pub fn check_peer(
+        &self,
+        port: u16,
+        peer: Option<&SpiffeId>,
+        trust_domain: &str,
+    ) -> Result<(), Denial> {
+        first_allowed(self.for_port(port), |p| peer_ok(p, peer, trust_domain)).map(|_| ())
     }
 
     /// Allow if any applicable policy allows (policies are alternatives); otherwise the most
     /// actionable denial. Default deny: no applicable policy → deny.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
-        let mut best: Option<Denial> = None;
-        for policy in self.for_port(req.port) {
-            match evaluate_one(policy, req) {
-                Ok(rule) => {
-                    return Decision::Allow {
-                        policy: policy.name.clone(),
-                        rule,
-                    }
-                }
-                Err(d) => {
-                    if best.as_ref().is_none_or(|b| d.rank() > b.rank()) {
-                        best = Some(d);
-                    }
+        match first_allowed(self.for_port(req.port), |p| evaluate_one(p, req)) {
+            Ok((policy, rule)) => Decision::Allow {
+                policy: policy.name.clone(),
+                rule,
+            },
+            Err(d) => Decision::Deny(d),
+        }
+    }
+}
+
+/// The first policy `check` allows (policies are alternatives), or the most actionable of their
+/// denials; `NoPolicyForPort` when there are none.
+fn first_allowed<'p, T>(
+    policies: impl Iterator<Item = &'p CompiledPolicy>,
+    check: impl Fn(&CompiledPolicy) -> Result<T, Denial>,
+) -> Result<(&'p CompiledPolicy, T), Denial> {
+    let mut best: Option<Denial> = None;
+    for policy in policies {
+        match check(policy) {
+            Ok(t) => return Ok((policy, t)),
+            Err(d) => {
+                if best.as_ref().is_none_or(|b| d.rank() > b.rank()) {
+                    best = Some(d);
                 }
             }
         }
-        Decision::Deny(best.unwrap_or(Denial::NoPolicyForPort))
     }
+    Err(best.unwrap_or(Denial::NoPolicyForPort))
 }
 
 fn peer_ok(p: &CompiledPolicy, peer: Option<&SpiffeId>, trust_domain: &str) -> Result<(), Denial> {

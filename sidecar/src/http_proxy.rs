@@ -260,20 +260,14 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
     };
     let port = ctx.target.port();
     // Peers first: a caller no policy admits never makes this sidecar call the OAuth server.
-    if !active
+    if let Err(d) = active
         .policy
-        .admits_peer(port, ctx.peer.as_ref(), &ctx.trust_domain)
+        .check_peer(port, ctx.peer.as_ref(), &ctx.trust_domain)
     {
-        let d = if ctx.peer.is_none() && !active.policy.permissive_on(port) {
-            pqmesh_policy::Denial::PlaintextRefused
-        } else if active.policy.for_port(port).next().is_none() {
-            pqmesh_policy::Denial::NoPolicyForPort
-        } else {
-            pqmesh_policy::Denial::PeerNotAllowed
-        };
         tracing::info!(peer = ?ctx.peer.as_ref().map(|p| p.to_string()), reason = d.reason(), "request denied by policy");
+        let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
         return Err(deny(
-            StatusCode::FORBIDDEN,
+            status,
             d.reason(),
             &format!("denied: {}", d.reason()),
             None,
