@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use pqmesh_mtls::grpc_tls::PeerInfo;
+use pqmesh_mtls::grpc_tls::authenticated_peer;
 use pqmesh_proto::discovery::v1::discovery_server::Discovery;
 use pqmesh_proto::discovery::v1::{Destination, DestinationUpdate, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
@@ -64,15 +64,7 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|p| p.peer_id.clone())
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "Discovery requires the workload's mesh certificate (mutual TLS)",
-                )
-            })?;
+        let peer = authenticated_peer(&request, "Discovery")?;
         let mut requests = request.into_inner();
         let mut table = self.table.clone();
         let mut stopping = self.stopping.clone();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pqmesh_mtls::grpc_tls::PeerInfo;
+use pqmesh_mtls::grpc_tls::authenticated_peer;
 use pqmesh_policy::Workload;
 use pqmesh_proto::policy::v1::policy_server::Policy;
 use pqmesh_proto::policy::v1::watch_request::Kind;
@@ -119,15 +119,7 @@ impl Policy for PolicyService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|p| p.peer_id.clone())
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "Policy/Watch requires the workload's mesh certificate (mutual TLS)",
-                )
-            })?;
+        let peer = authenticated_peer(&request, "Policy/Watch")?;
         let mut requests = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, requests.message()).await {
             Ok(Ok(Some(WatchRequest {

@@ -28,6 +28,23 @@ pub struct PeerInfo {
     pub group: String,
 }
 
+/// The caller's verified mesh identity, or `Unauthenticated` naming `api` (the streams that need
+/// mutual TLS, on a port where client certificates are optional).
+pub fn authenticated_peer<T>(
+    request: &tonic::Request<T>,
+    api: &str,
+) -> Result<SpiffeId, tonic::Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.peer_id.clone())
+        .ok_or_else(|| {
+            tonic::Status::unauthenticated(format!(
+                "{api} requires the workload's mesh certificate (mutual TLS)"
+            ))
+        })
+}
+
 pub struct TlsServerStream {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
