@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pqmesh_mtls::tls::ALPN_H2;
-use pqmesh_mtls::{KeyExchangePolicy, SpiffeId};
+use pqmesh_mtls::SpiffeId;
 use pqmesh_proto::discovery::v1::discovery_client::DiscoveryClient;
 use pqmesh_proto::discovery::v1::{Destination, DestinationUpdate, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
@@ -167,7 +166,6 @@ impl DiscoveryTask {
         mut self,
         addr: String,
         server_id: SpiffeId,
-        kx: KeyExchangePolicy,
         mut tls: watch::Receiver<Option<Arc<MeshTls>>>,
     ) {
         let mut failures = 0u32;
@@ -176,7 +174,7 @@ impl DiscoveryTask {
                 return;
             };
             let Some(current) = current else { continue };
-            match self.stream_once(&addr, &server_id, kx, &current).await {
+            match self.stream_once(&addr, &server_id, &current).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
@@ -195,23 +193,9 @@ impl DiscoveryTask {
         &mut self,
         addr: &str,
         server_id: &SpiffeId,
-        kx: KeyExchangePolicy,
         tls: &MeshTls,
     ) -> Result<(), String> {
-        let config = tls
-            .creds
-            .client_config(server_id, kx, &[ALPN_H2])
-            .map_err(|e| e.to_string())?;
-        let channel = tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
-            .connect_timeout(Duration::from_secs(10))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(
-                addr.to_owned(),
-                config,
-            ))
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let channel = tls.control_plane_channel(addr, server_id).await?;
         let (tx, rx) = mpsc::channel(256);
         let resubscribe: Vec<Destination> = self
             .discovery

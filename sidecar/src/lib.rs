@@ -172,7 +172,6 @@ pub async fn start_with(
         .run(
             config.control_plane_addr.clone(),
             config.control_plane_id.clone(),
-            config.kx,
             tls_rx.clone(),
         ),
     ));
@@ -208,7 +207,6 @@ pub async fn start_with(
             tasks.push(tokio::spawn(task.run(
                 config.control_plane_addr.clone(),
                 config.control_plane_id.clone(),
-                config.kx,
                 tls_rx.clone(),
             )));
             discovery = Some(d.clone());

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pqmesh_mtls::tls::ALPN_H2;
-use pqmesh_mtls::{KeyExchangePolicy, SpiffeId};
+use pqmesh_mtls::SpiffeId;
 use pqmesh_policy::WorkloadPolicy;
 use pqmesh_proto::policy::v1::policy_client::PolicyClient;
 use pqmesh_proto::policy::v1::watch_request::Kind;
@@ -134,7 +133,6 @@ impl PolicyClientTask {
         self,
         addr: String,
         server_id: SpiffeId,
-        kx: KeyExchangePolicy,
         mut tls: watch::Receiver<Option<Arc<MeshTls>>>,
     ) {
         let mut failures = 0u32;
@@ -143,7 +141,7 @@ impl PolicyClientTask {
                 return;
             };
             let Some(current) = current else { continue };
-            match self.stream_once(&addr, &server_id, kx, &current).await {
+            match self.stream_once(&addr, &server_id, &current).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
@@ -161,23 +159,9 @@ impl PolicyClientTask {
         &self,
         addr: &str,
         server_id: &SpiffeId,
-        kx: KeyExchangePolicy,
         tls: &MeshTls,
     ) -> Result<(), String> {
-        let config = tls
-            .creds
-            .client_config(server_id, kx, &[ALPN_H2])
-            .map_err(|e| e.to_string())?;
-        let channel = tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
-            .connect_timeout(Duration::from_secs(10))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(
-                addr.to_owned(),
-                config,
-            ))
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let channel = tls.control_plane_channel(addr, server_id).await?;
         let (tx, rx) = mpsc::channel(8);
         let current_version = self
             .state

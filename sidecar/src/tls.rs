@@ -28,6 +28,29 @@ impl MeshTls {
         }))
     }
 
+    /// A gRPC channel to the control plane over mutual TLS with these credentials, for the
+    /// long-lived Watch streams (keep-alives detect a dead peer).
+    pub async fn control_plane_channel(
+        &self,
+        addr: &str,
+        server_id: &SpiffeId,
+    ) -> Result<tonic::transport::Channel, String> {
+        let config = self
+            .creds
+            .client_config(server_id, self.kx, &[pqmesh_mtls::tls::ALPN_H2])
+            .map_err(|e| e.to_string())?;
+        tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_timeout(std::time::Duration::from_secs(10))
+            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(
+                addr.to_owned(),
+                config,
+            ))
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))
+    }
+
     pub fn client_for(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(peer) {
