@@ -136,27 +136,45 @@ pub struct Inbound {
     pub trust_domain: String,
 }
 
-/// Accepts until `shutdown` flips to true; each connection is handled on its own task.
-pub async fn serve_inbound(
+/// Accepts until `shutdown` flips to true; each connection is handled on its own task and a
+/// refusal is logged with `what`.
+async fn accept_until<F, Fut, E>(
     listener: TcpListener,
-    inbound: Arc<Inbound>,
     mut shutdown: watch::Receiver<bool>,
-) {
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
-                Err(e) => { tracing::warn!(error = %e, "inbound accept failed"); continue; }
+                Err(e) => { tracing::warn!(error = %e, what, "accept failed"); continue; }
             },
         };
-        let inbound = inbound.clone();
+        let connection = handle(tcp, remote);
         tokio::spawn(async move {
-            if let Err(reason) = inbound.handle(tcp, remote).await {
-                tracing::info!(%remote, reason, "inbound connection refused");
+            if let Err(reason) = connection.await {
+                tracing::info!(%remote, %reason, "{what} connection refused or failed");
             }
         });
     }
+}
+
+pub async fn serve_inbound(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    shutdown: watch::Receiver<bool>,
+) {
+    accept_until(listener, shutdown, "inbound", move |tcp, remote| {
+        let inbound = inbound.clone();
+        async move { inbound.handle(tcp, remote).await }
+    })
+    .await
 }
 
 impl Inbound {
@@ -403,23 +421,13 @@ pub struct Outbound {
 pub async fn serve_outbound(
     listener: TcpListener,
     outbound: Arc<Outbound>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => { tracing::warn!(error = %e, "outbound accept failed"); continue; }
-            },
-        };
+    accept_until(listener, shutdown, "outbound", move |tcp, _remote| {
         let outbound = outbound.clone();
-        tokio::spawn(async move {
-            if let Err(reason) = outbound.handle(tcp).await {
-                tracing::info!(%remote, reason = %reason, "outbound connection failed");
-            }
-        });
-    }
+        async move { outbound.handle(tcp).await }
+    })
+    .await
 }
 
 enum Decision {
