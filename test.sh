@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 START=$(date +%s)
+# No incremental caches: CI builds once from a clean clone, and they would double the disk used.
+export CARGO_INCREMENTAL=0
+disk() { echo "disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free; target/ $(du -sh target 2>/dev/null | cut -f1), fuzz/target $(du -sh fuzz/target 2>/dev/null | cut -f1)"; }
 step() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
@@ -61,6 +64,7 @@ step "build"
 BUILD_START=$(date +%s)
 cargo build --workspace --bins --tests --locked
 BUILD_SECS=$(( $(date +%s) - BUILD_START ))
+disk
 
 step "unit and end-to-end tests (including external TLS peers)"
 TEST_START=$(date +%s)
@@ -81,6 +85,7 @@ bash tests/chart/run.sh
 
 step "fuzzing smoke: every untrusted decoder for 10 s (longer runs: fuzz/run.sh 600)"
 bash fuzz/run.sh 10
+disk
 
 step "demo (README command 1), ECDSA and ML-DSA-65"
 bash deploy/local/demo.sh
@@ -88,4 +93,5 @@ bash deploy/local/demo.sh --ml-dsa
 TEST_SECS=$(( $(date +%s) - TEST_START ))
 
 step "all green"
+disk
 echo "build ${BUILD_SECS}s, tests ${TEST_SECS}s, total $(( $(date +%s) - START ))s"
