@@ -44,6 +44,8 @@ pub enum CaError {
     KeyGen(#[from] pqmesh_mtls::keys::KeyError),
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
+    #[error("CA roots: {0}")]
+    Roots(String),
 }
 
 /// A leaf the CA issued.
@@ -58,6 +60,8 @@ pub struct CertificateAuthority {
     issuer: Issuer<'static, CaKey>,
     root_der: CertificateDer<'static>,
     root_not_after: SystemTime,
+    signing_alg: &'static rcgen::SignatureAlgorithm,
+    version: String,
     bundle: TrustBundle,
     leaf_lifetime: Duration,
 }
@@ -68,6 +72,11 @@ pub struct CaPaths {
     pub root_key: PathBuf,
     /// Optional: more roots to trust (PEM), e.g. the next root during a rotation.
     pub extra_roots: PathBuf,
+    /// Optional: a staged next root (trusted, not yet signing) and its key (rotation step 1).
+    pub next_cert: PathBuf,
+    pub next_key: PathBuf,
+    /// Optional: the root that signed before the last activation (trusted until `finish`).
+    pub previous_cert: PathBuf,
 }
 
 impl CaPaths {
@@ -77,8 +86,67 @@ impl CaPaths {
             root_cert: ca.join("root-cert.pem"),
             root_key: ca.join("root-key.pem"),
             extra_roots: ca.join("extra-trusted-roots.pem"),
+            next_cert: ca.join("next-root-cert.pem"),
+            next_key: ca.join("next-root-key.pem"),
+            previous_cert: ca.join("previous-root-cert.pem"),
         }
     }
+
+    /// Every file whose change changes the CA (polled by the reloader).
+    pub fn watched(&self) -> Vec<&Path> {
+        vec![
+            &self.root_cert,
+            &self.root_key,
+            &self.extra_roots,
+            &self.next_cert,
+            &self.previous_cert,
+        ]
+    }
+}
+
+/// The roots a CA works with, independent of where they are kept (files in local mode, a Secret
+/// in Kubernetes): the signing root with its key, and more roots to trust. The trust bundle is
+/// the signing root plus `also_trusted`, so a root is rotated by trusting the next one first,
+/// then signing with it while the old one stays trusted, then dropping the old one.
+#[derive(Clone)]
+pub struct CaRoots {
+    pub signing_cert_pem: String,
+    /// PKCS#8 PEM. Never logged.
+    pub signing_key_pem: String,
+    /// PEM texts, each with one or more CERTIFICATE blocks.
+    pub also_trusted_pem: Vec<String>,
+}
+
+impl std::fmt::Debug for CaRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRoots")
+            .field("also_trusted", &self.also_trusted_pem.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaRoots {
+    /// Reads the local directory's CA files (the signing root must exist).
+    pub fn read(paths: &CaPaths) -> Result<Self, CaError> {
+        let signing_cert_pem = read(&paths.root_cert)?;
+        let signing_key_pem = read_private(&paths.root_key)?;
+        let mut also_trusted_pem = Vec::new();
+        for path in [&paths.next_cert, &paths.previous_cert, &paths.extra_roots] {
+            if path.exists() {
+                also_trusted_pem.push(read(path)?);
+            }
+        }
+        Ok(Self {
+            signing_cert_pem,
+            signing_key_pem,
+            also_trusted_pem,
+        })
+    }
+}
+
+/// A new self-signed root for `trust_domain`: (certificate PEM, PKCS#8 key PEM).
+pub fn generate_root(trust_domain: &str, alg: KeyAlgorithm) -> Result<(String, String), CaError> {
+    create_root(trust_domain, alg)
 }
 
 impl CertificateAuthority {
@@ -89,9 +157,7 @@ impl CertificateAuthority {
         alg: KeyAlgorithm,
         leaf_lifetime: Duration,
     ) -> Result<Self, CaError> {
-        let (root_pem, key_pem) = if paths.root_cert.exists() || paths.root_key.exists() {
-            (read(&paths.root_cert)?, read_private(&paths.root_key)?)
-        } else {
+        if !paths.root_cert.exists() && !paths.root_key.exists() {
             let (cert, key) = create_root(trust_domain, alg)?;
             let dir = paths.root_cert.parent().unwrap_or(Path::new("."));
             // The directory holds the root key: owner only.
@@ -107,54 +173,95 @@ impl CertificateAuthority {
             write_atomic(&paths.root_key, key.as_bytes(), 0o600)?;
             write_atomic(&paths.root_cert, cert.as_bytes(), 0o644)?;
             tracing::info!(path = %paths.root_cert.display(), %alg, "created a new mesh root CA");
-            (cert, key)
-        };
-        let root_der = pqmesh_mtls::x509::certs_from_pem(&root_pem)
-            .map_err(|reason| CaError::Invalid {
-                path: paths.root_cert.clone(),
-                reason,
-            })?
-            .remove(0);
-        let key = load_key(&key_pem).map_err(|reason| CaError::Invalid {
-            path: paths.root_key.clone(),
-            reason,
-        })?;
-        if rcgen::PublicKeyData::algorithm(&key) != alg.rcgen() {
+        }
+        let ca =
+            Self::from_roots(&CaRoots::read(paths)?, trust_domain, leaf_lifetime).map_err(|e| {
+                match e {
+                    // Name the file the problem is in.
+                    CaError::Roots(reason) => CaError::Invalid {
+                        path: if reason.starts_with("signing root certificate") {
+                            paths.root_cert.clone()
+                        } else if reason.starts_with("signing root key") {
+                            paths.root_key.clone()
+                        } else {
+                            paths
+                                .root_cert
+                                .parent()
+                                .unwrap_or(Path::new("."))
+                                .to_owned()
+                        },
+                        reason,
+                    },
+                    other => other,
+                }
+            })?;
+        if ca.signing_alg != alg.rcgen() {
             tracing::warn!(
                 configured = %alg,
                 "the existing root's key algorithm differs from the configured one; using the existing root"
             );
         }
-        let issuer = Issuer::from_ca_cert_der(&root_der, key).map_err(|e| CaError::Invalid {
-            path: paths.root_cert.clone(),
-            reason: e.to_string(),
-        })?;
-        let summary = pqmesh_mtls::x509::summary(&root_der).map_err(|e| CaError::Invalid {
-            path: paths.root_cert.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut roots = vec![root_der.clone()];
-        if paths.extra_roots.exists() {
-            let extra = pqmesh_mtls::x509::certs_from_pem(&read(&paths.extra_roots)?).map_err(
-                |reason| CaError::Invalid {
-                    path: paths.extra_roots.clone(),
-                    reason,
-                },
-            )?;
-            roots.extend(extra.into_iter().filter(|c| *c != root_der));
+        Ok(ca)
+    }
+
+    /// A CA from roots held anywhere. Refuses a key that does not belong to the signing
+    /// certificate, a signing certificate that is not a CA, and unparsable trusted roots.
+    pub fn from_roots(
+        roots: &CaRoots,
+        trust_domain: &str,
+        leaf_lifetime: Duration,
+    ) -> Result<Self, CaError> {
+        let bad = |what: &str, reason: String| CaError::Roots(format!("{what}: {reason}"));
+        let mut signing = pqmesh_mtls::x509::certs_from_pem(&roots.signing_cert_pem)
+            .map_err(|r| bad("signing root certificate", r))?;
+        if signing.len() != 1 {
+            return Err(bad(
+                "signing root certificate",
+                format!("expected one CERTIFICATE block, found {}", signing.len()),
+            ));
         }
-        let bundle = TrustBundle::new(roots).map_err(|e| CaError::Invalid {
-            path: paths.root_cert.clone(),
-            reason: e.to_string(),
-        })?;
+        let root_der = signing.remove(0);
+        let key = load_key(&roots.signing_key_pem).map_err(|r| bad("signing root key", r))?;
+        let spki_key =
+            subject_public_key(&root_der).map_err(|r| bad("signing root certificate", r))?;
+        if rcgen::PublicKeyData::der_bytes(&key) != spki_key.as_slice() {
+            return Err(bad(
+                "signing root key",
+                "does not belong to the signing root certificate".into(),
+            ));
+        }
+        let summary = pqmesh_mtls::x509::summary(&root_der)
+            .map_err(|e| bad("signing root certificate", e.to_string()))?;
+        let signing_alg = rcgen::PublicKeyData::algorithm(&key);
+        let issuer = Issuer::from_ca_cert_der(&root_der, key)
+            .map_err(|e| bad("signing root certificate", e.to_string()))?;
+        let mut roots_der = vec![root_der.clone()];
+        for (i, text) in roots.also_trusted_pem.iter().enumerate() {
+            let certs = pqmesh_mtls::x509::certs_from_pem(text)
+                .map_err(|r| bad(&format!("trusted roots #{}", i + 1), r))?;
+            for cert in certs {
+                if !roots_der.contains(&cert) {
+                    roots_der.push(cert);
+                }
+            }
+        }
+        let bundle = TrustBundle::new(roots_der).map_err(|e| bad("trust bundle", e.to_string()))?;
         Ok(Self {
+            version: ca_version(&root_der, bundle.roots()),
             trust_domain: trust_domain.to_owned(),
             issuer,
             root_der,
             root_not_after: summary.not_after,
+            signing_alg,
             bundle,
             leaf_lifetime,
         })
+    }
+
+    /// A content hash of the signing root and the trust bundle: sidecars whose certificate was
+    /// issued under another version re-certify.
+    pub fn version(&self) -> String {
+        self.version.clone()
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -256,6 +363,32 @@ fn create_root(trust_domain: &str, alg: KeyAlgorithm) -> Result<(String, String)
     ];
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn ca_version(signing: &[u8], bundle: &[CertificateDer<'static>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((signing.len() as u64).to_be_bytes());
+    h.update(signing);
+    let mut trusted: Vec<&[u8]> = bundle.iter().map(|c| c.as_ref()).collect();
+    trusted.sort();
+    for t in trusted {
+        h.update((t.len() as u64).to_be_bytes());
+        h.update(t);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// The raw public key of a certificate (the subjectPublicKeyInfo BIT STRING).
+fn subject_public_key(cert_der: &[u8]) -> Result<Vec<u8>, String> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| e.to_string())?;
+    Ok(cert
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+        .to_vec())
 }
 
 fn load_key(pem_text: &str) -> Result<CaKey, String> {

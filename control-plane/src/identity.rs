@@ -6,17 +6,22 @@ use std::time::{Instant, SystemTime};
 use pqmesh_mtls::grpc_tls::PeerInfo;
 use pqmesh_proto::identity::v1::identity_server::Identity;
 use pqmesh_proto::identity::v1::{CertifyRequest, CertifyResponse};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::ca::CertificateAuthority;
 use crate::csr::{verify_csr, CsrError};
 use crate::metrics::Metrics;
+use crate::revocation::RevocationList;
 use crate::tokens::{AuthError, BootstrapTokens};
 
 pub struct IdentityService {
-    pub ca: Arc<CertificateAuthority>,
+    /// The current CA (replaced on root rotation).
+    pub ca: watch::Receiver<Arc<CertificateAuthority>>,
     pub tokens: Arc<BootstrapTokens>,
     pub metrics: Arc<Metrics>,
+    /// Revoked identities get no certificate.
+    pub revoked: watch::Receiver<Arc<RevocationList>>,
 }
 
 /// A refusal with a bounded metric reason and the status the caller sees.
@@ -66,8 +71,15 @@ impl IdentityService {
     ) -> Result<(CertifyResponse, String, &'static str), Refusal> {
         // Authenticate first: an anonymous caller learns nothing about CSR parsing.
         let id = self.tokens.authenticate(&req.token, SystemTime::now())?;
+        if self.revoked.borrow().is_identity_revoked(&id) {
+            return Err(Refusal {
+                reason: "revoked",
+                status: Status::permission_denied(format!("identity {id} is revoked")),
+            });
+        }
         let csr = verify_csr(&req.csr_der)?;
-        let leaf = self.ca.issue(&csr, &id).map_err(|e| {
+        let ca = self.ca.borrow().clone();
+        let leaf = ca.issue(&csr, &id).map_err(|e| {
             tracing::error!(error = %e, %id, "signing failed");
             Refusal {
                 reason: "internal",
@@ -76,14 +88,9 @@ impl IdentityService {
         })?;
         let response = CertifyResponse {
             chain_der: leaf.chain.iter().map(|c| c.to_vec()).collect(),
-            trust_bundle_der: self
-                .ca
-                .bundle()
-                .roots()
-                .iter()
-                .map(|c| c.to_vec())
-                .collect(),
+            trust_bundle_der: ca.bundle().roots().iter().map(|c| c.to_vec()).collect(),
             not_after: pqmesh_mtls::x509::unix_seconds(leaf.not_after) as i64,
+            ca_version: ca.version(),
         };
         Ok((response, id.to_string(), csr.alg.name()))
     }

@@ -13,6 +13,8 @@ pub mod inject;
 pub mod metrics;
 pub mod policies;
 pub mod policy_push;
+pub mod revocation;
+pub mod rotation;
 pub mod token_review;
 pub mod tokens;
 
@@ -62,6 +64,8 @@ pub enum StartError {
     Endpoints(String),
     #[error("policies: {0}")]
     Policies(String),
+    #[error("revocations: {0}")]
+    Revocations(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -80,6 +84,9 @@ pub struct RunningControlPlane {
     pub identity: SpiffeId,
     pub metrics: Arc<Metrics>,
     pub policy_tracker: Arc<policy_push::PushTracker>,
+    /// The CA in force (replaced on root rotation).
+    pub ca: watch::Receiver<Arc<CertificateAuthority>>,
+    shutdown_requested: watch::Sender<bool>,
     shutdown: Option<oneshot::Sender<()>>,
     stopping: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -108,6 +115,25 @@ impl RunningControlPlane {
             self.server.abort();
         }
         self.renewal.abort();
+    }
+
+    /// Serves until `stop` resolves or an admin `POST /shutdown` arrives, then shuts down
+    /// gracefully (`shutdown`).
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let mut requested = self.shutdown_requested.subscribe();
+        tokio::select! {
+            result = &mut self.server => {
+                self.renewal.abort();
+                return result.unwrap_or(Ok(()));
+            }
+            _ = stop => tracing::info!("signal received, shutting down"),
+            _ = requested.wait_for(|r| *r) => tracing::info!("shutdown requested via admin API"),
+        }
+        self.shutdown().await;
+        Ok(())
     }
 
     /// Stops at once, like a crash (outage tests).
@@ -143,11 +169,10 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
     }
     let tokens = Arc::new(BootstrapTokens::load(&tokens_path, &config.trust_domain)?);
     let metrics = Arc::new(Metrics::new());
-    metrics
-        .root_expiry
-        .set(pqmesh_mtls::x509::unix_seconds(ca.root_not_after()) as f64);
-
     let serving = issue_serving_config(&ca, &config, &metrics)?;
+    let ca = rotation::watch_dir(dir, ca, trust_bundle_path.clone(), metrics.clone());
+    let revoked = revocation::watch_file(dir, &config.trust_domain, metrics.clone())
+        .map_err(StartError::Revocations)?;
     let (serving_tx, serving_rx) = watch::channel(serving.0);
     // Stops with the renewal task, which owns `serving_tx`.
     let webhook_addr = match config.webhook_addr {
@@ -177,18 +202,54 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
     let tracker = Arc::new(policy_push::PushTracker::default());
     let admin_metrics = metrics.clone();
     let admin_tracker = tracker.clone();
+    let admin_ca = ca.clone();
+    let admin_revoked = revoked.clone();
+    let shutdown_requested = watch::Sender::new(false);
+    let admin_shutdown = shutdown_requested.clone();
+    let dump_config = serde_json::json!({
+        "trust_domain": config.trust_domain,
+        "identity": config.identity.to_string(),
+        "leaf_lifetime_seconds": config.leaf_lifetime.as_secs(),
+        "grpc_addr": config.grpc_addr.to_string(),
+        "local_dir": config.local_dir.display().to_string(),
+    });
     let route: admin::Route =
         Arc::new(
-            move |method: &Method, path: &str, _remote| match (method, path) {
+            move |method: &Method, path: &str, remote| match (method, path) {
                 (&Method::GET, "/live") | (&Method::GET, "/ready") => {
                     Reply::text(StatusCode::OK, "ok\n")
                 }
-                (&Method::GET, "/metrics") => admin::render_metrics(&admin_metrics.registry),
+                (&Method::GET, "/metrics") => {
+                    let ca_version = admin_ca.borrow().version();
+                    admin_metrics
+                        .sidecars_on_current_ca
+                        .set(admin_tracker.on_ca_version(&ca_version) as i64);
+                    admin::render_metrics(&admin_metrics.registry)
+                }
+                (&Method::GET, "/config_dump") => {
+                    let body = serde_json::json!({
+                        "config": dump_config,
+                        "ca": rotation::summary(&admin_ca.borrow()),
+                        "revocations": revocation::summary(&admin_revoked.borrow()),
+                    });
+                    Reply::json(serde_json::to_string_pretty(&body).unwrap_or_default())
+                }
+                (&Method::POST, "/shutdown") if remote.ip().is_loopback() => {
+                    admin_shutdown.send_replace(true);
+                    Reply::text(StatusCode::OK, "shutting down\n")
+                }
+                (&Method::POST, "/shutdown") => Reply::text(
+                    StatusCode::FORBIDDEN,
+                    "shutdown is allowed from localhost only\n",
+                ),
                 (&Method::GET, "/policy_status") => {
                     let (acked, connected) = admin_tracker.acked_count();
+                    let ca_version = admin_ca.borrow().version();
                     let body = serde_json::json!({
                         "connected_sidecars": connected,
                         "sidecars_on_current_version": acked,
+                        "ca_version": ca_version,
+                        "sidecars_on_current_ca": admin_tracker.on_ca_version(&ca_version),
                         "policies": admin_tracker.policy_status(),
                         "sidecars": admin_tracker.streams(),
                     });
@@ -227,6 +288,8 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         tracker: tracker.clone(),
         metrics: metrics.clone(),
         stopping: stopping.clone(),
+        ca: ca.clone(),
+        revoked: revoked.clone(),
     };
     let discovery = discovery::DiscoveryService {
         table,
@@ -237,6 +300,7 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         ca: ca.clone(),
         tokens,
         metrics: metrics.clone(),
+        revoked,
     };
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let server = tokio::spawn(
@@ -260,6 +324,8 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         identity: config.identity.clone(),
         metrics,
         policy_tracker: tracker,
+        ca,
+        shutdown_requested,
         shutdown: Some(shutdown_tx),
         stopping: stopping_tx,
         server,
@@ -296,10 +362,11 @@ fn issue_serving_config(
     Ok((server, creds.not_after))
 }
 
-/// Re-issues the serving certificate at half its lifetime; on failure retries every 10 s while
-/// the current one stays in use.
+/// Re-issues the serving certificate at half its lifetime, and at once when the CA changes (root
+/// rotation: new signing root or trust bundle); on failure retries every 10 s while the current
+/// one stays in use.
 async fn renew_serving_cert(
-    ca: Arc<CertificateAuthority>,
+    mut ca: watch::Receiver<Arc<CertificateAuthority>>,
     config: Config,
     metrics: Arc<Metrics>,
     tx: watch::Sender<Arc<ServerConfig>>,
@@ -309,8 +376,12 @@ async fn renew_serving_cert(
         let remaining = not_after
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        tokio::time::sleep(remaining / 2).await;
-        match issue_serving_config(&ca, &config, &metrics) {
+        tokio::select! {
+            _ = tokio::time::sleep(remaining / 2) => {}
+            changed = ca.changed() => if changed.is_err() { return },
+        }
+        let current = ca.borrow_and_update().clone();
+        match issue_serving_config(&current, &config, &metrics) {
             Ok((server, next)) => {
                 let _ = tx.send(server);
                 not_after = next;

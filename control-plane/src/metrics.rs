@@ -1,8 +1,8 @@
 //! The control plane's one prometheus registry.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
@@ -23,6 +23,12 @@ pub struct Metrics {
     pub policy_nacks: IntCounter,
     pub policy_compile_errors: IntCounter,
     pub policy_push_seconds: Histogram,
+    pub ca_reloads: IntCounterVec,
+    pub trusted_roots: IntGauge,
+    pub sidecars_on_current_ca: IntGauge,
+    pub revocation_reloads: IntCounterVec,
+    pub revoked: IntGaugeVec,
+    pub revoked_streams_closed: IntCounter,
 }
 
 impl Metrics {
@@ -170,8 +176,57 @@ impl Metrics {
         registry
             .register(Box::new(policy_push_seconds.clone()))
             .expect("unique metric");
+        let ca_reloads = IntCounterVec::new(
+            Opts::new(
+                "ca_reloads_total",
+                "Changes of the CA roots, by outcome (ok, invalid: last good kept)",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric");
+        let trusted_roots =
+            IntGauge::new("ca_trusted_roots", "Roots in the trust bundle").expect("static metric");
+        let sidecars_on_current_ca = IntGauge::new(
+            "sidecars_on_current_ca",
+            "Connected sidecars whose certificate was issued under the current CA version",
+        )
+        .expect("static metric");
+        let revocation_reloads = IntCounterVec::new(
+            Opts::new(
+                "revocation_reloads_total",
+                "Changes of the revocation list, by outcome (ok, invalid: last good kept)",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric");
+        let revoked = IntGaugeVec::new(
+            Opts::new("revoked_entries", "Entries in the revocation list, by kind"),
+            &["kind"],
+        )
+        .expect("static metric");
+        let revoked_streams_closed = IntCounter::new(
+            "revoked_streams_closed_total",
+            "Policy streams refused or closed because the sidecar's identity or certificate is revoked",
+        )
+        .expect("static metric");
+        for m in [
+            Box::new(ca_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(trusted_roots.clone()),
+            Box::new(sidecars_on_current_ca.clone()),
+            Box::new(revocation_reloads.clone()),
+            Box::new(revoked.clone()),
+            Box::new(revoked_streams_closed.clone()),
+        ] {
+            registry.register(m).expect("unique metric");
+        }
         Self {
             registry,
+            ca_reloads,
+            trusted_roots,
+            sidecars_on_current_ca,
+            revocation_reloads,
+            revoked,
+            revoked_streams_closed,
             certificates_issued,
             certificates_refused,
             certify_duration,

@@ -8,18 +8,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pqmesh_mtls::grpc_tls::authenticated_peer;
+use pqmesh_mtls::grpc_tls::{authenticated_peer, PeerInfo};
+use pqmesh_mtls::SpiffeId;
 use pqmesh_policy::Workload;
 use pqmesh_proto::policy::v1::policy_server::Policy;
 use pqmesh_proto::policy::v1::watch_request::Kind;
-use pqmesh_proto::policy::v1::{PolicySnapshot, WatchRequest};
+use pqmesh_proto::policy::v1::{MeshState, PolicySnapshot, WatchRequest};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::ca::CertificateAuthority;
 use crate::metrics::Metrics;
 use crate::policies::PolicyState;
+use crate::revocation::RevocationList;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,6 +42,10 @@ pub struct StreamStatus {
     pub sent_version: Option<String>,
     pub acked_version: Option<String>,
     pub nack: Option<(String, String)>,
+    /// The CA version of the sidecar's certificate, as it last reported it.
+    pub ca_version: Option<String>,
+    /// The revocation list version it last ACKed ("" = empty list).
+    pub revocation_version: Option<String>,
     #[serde(skip)]
     sent_at: Option<Instant>,
 }
@@ -91,6 +98,14 @@ impl PushTracker {
         out
     }
 
+    /// Connected sidecars whose certificate was issued under `ca_version`.
+    pub fn on_ca_version(&self, ca_version: &str) -> usize {
+        self.streams()
+            .iter()
+            .filter(|s| s.ca_version.as_deref() == Some(ca_version))
+            .count()
+    }
+
     /// Sidecars whose last snapshot is ACKed, and all connected sidecars.
     pub fn acked_count(&self) -> (usize, usize) {
         let streams = self.streams();
@@ -107,9 +122,26 @@ pub struct PolicyService {
     pub tracker: Arc<PushTracker>,
     pub metrics: Arc<Metrics>,
     pub stopping: watch::Receiver<bool>,
+    /// The current CA: its version is pushed so sidecars re-certify after a root change.
+    pub ca: watch::Receiver<Arc<CertificateAuthority>>,
+    /// The deny list, pushed to every sidecar; a revoked sidecar's own stream is closed.
+    pub revoked: watch::Receiver<Arc<RevocationList>>,
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PolicySnapshot, Status>> + Send>>;
+
+fn mesh_state(ca: &CertificateAuthority, revoked: &RevocationList) -> MeshState {
+    MeshState {
+        ca_version: ca.version(),
+        revocation_version: revoked.version(),
+        revoked_identities: revoked.identities.iter().cloned().collect(),
+        revoked_serials: revoked.serials.iter().cloned().collect(),
+    }
+}
+
+fn is_revoked(revoked: &RevocationList, peer: &SpiffeId, serial: Option<&String>) -> bool {
+    revoked.is_identity_revoked(peer) || serial.is_some_and(|s| revoked.serials.contains(s))
+}
 
 #[tonic::async_trait]
 impl Policy for PolicyService {
@@ -120,6 +152,17 @@ impl Policy for PolicyService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<SnapshotStream>, Status> {
         let peer = authenticated_peer(&request, "Policy/Watch")?;
+        let serial = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.peer_serial.clone());
+        if is_revoked(&self.revoked.borrow(), &peer, serial.as_ref()) {
+            self.metrics.revoked_streams_closed.inc();
+            return Err(Status::permission_denied(format!(
+                "{peer} (certificate {}) is revoked",
+                serial.as_deref().unwrap_or("?")
+            )));
+        }
         let mut requests = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, requests.message()).await {
             Ok(Ok(Some(WatchRequest {
@@ -161,6 +204,8 @@ impl Policy for PolicyService {
                     sent_version: None,
                     acked_version: None,
                     nack: None,
+                    ca_version: Some(hello.ca_version.clone()).filter(|v| !v.is_empty()),
+                    revocation_version: Some(hello.revocation_version.clone()),
                     sent_at: None,
                 },
             );
@@ -169,51 +214,79 @@ impl Policy for PolicyService {
 
         let (tx, rx) = mpsc::channel(4);
         let mut state = self.state.clone();
+        let mut ca = self.ca.clone();
+        let mut revoked = self.revoked.clone();
         let mut stopping = self.stopping.clone();
         let tracker = self.tracker.clone();
         let metrics = self.metrics.clone();
         let mut last_sent = Some(hello.current_version).filter(|v| !v.is_empty());
-        let already_running = last_sent.clone();
+        // What the sidecar holds, by version; the lists themselves are resent on any change.
+        let mut last_mesh = (hello.ca_version, hello.revocation_version);
         tokio::spawn(async move {
             let mut first = true;
+            // The last policy sent, so mesh changes still reach a workload whose policy cannot
+            // be compiled right now.
+            let mut last_compiled: Option<(String, Vec<u8>)> = None;
             let result: Result<(), Status> = async {
                 loop {
-                    // (Re)compile for this workload and push if it changed.
                     let current = state.borrow_and_update().clone();
-                    match current.set.compile(&workload, &current.secrets) {
+                    let mesh = mesh_state(&ca.borrow_and_update(), &revoked.borrow_and_update());
+                    if is_revoked(&revoked.borrow(), &peer, serial.as_ref()) {
+                        metrics.revoked_streams_closed.inc();
+                        tracing::warn!(peer = %peer, "closing the policy stream of a revoked sidecar");
+                        return Err(Status::permission_denied(format!("{peer} is revoked")));
+                    }
+                    let mesh_changed = (mesh.ca_version.as_str(), mesh.revocation_version.as_str())
+                        != (last_mesh.0.as_str(), last_mesh.1.as_str());
+                    // (Re)compile for this workload and push if it or the mesh state changed.
+                    let compiled = match current.set.compile(&workload, &current.secrets) {
                         Ok(compiled) => {
                             let version = compiled.version();
-                            let selected = current.set.selecting(&workload);
-                            tracker.update(id, |s| s.policies = selected);
-                            if first && already_running.as_deref() == Some(version.as_str()) {
-                                // Reconnected with what it already runs: nothing to resend.
-                                tracker.update(id, |s| {
-                                    s.sent_version = Some(version.clone());
-                                    s.acked_version = Some(version.clone());
-                                });
-                            } else if last_sent.as_deref() != Some(version.as_str()) || first {
-                                let json = serde_json::to_vec(&compiled).map_err(|e| Status::internal(e.to_string()))?;
-                                tx.send(Ok(PolicySnapshot { version: version.clone(), policy_json: json }))
-                                    .await
-                                    .map_err(|_| Status::cancelled("gone"))?;
-                                metrics.policy_snapshots_sent.inc();
-                                tracker.update(id, |s| {
-                                    s.sent_version = Some(version.clone());
-                                    s.sent_at = Some(Instant::now());
-                                });
-                                last_sent = Some(version);
-                            }
+                            tracker.update(id, |s| s.policies = current.set.selecting(&workload));
+                            let json = serde_json::to_vec(&compiled).map_err(|e| Status::internal(e.to_string()))?;
+                            Some((version, json))
                         }
                         Err(e) => {
                             metrics.policy_compile_errors.inc();
                             tracing::error!(peer = %peer, error = %e, "cannot compile this workload's policy; it keeps its last snapshot");
+                            if mesh_changed { last_compiled.clone() } else { None }
                         }
+                    };
+                    if let Some((version, json)) = compiled {
+                        let policy_changed = last_sent.as_deref() != Some(version.as_str());
+                        if first && !policy_changed && !mesh_changed {
+                            // Reconnected with what it already runs: nothing to resend.
+                            tracker.update(id, |s| {
+                                s.sent_version = Some(version.clone());
+                                s.acked_version = Some(version.clone());
+                            });
+                        } else if policy_changed || mesh_changed {
+                            last_mesh = (mesh.ca_version.clone(), mesh.revocation_version.clone());
+                            tx.send(Ok(PolicySnapshot { version: version.clone(), policy_json: json.clone(), mesh: Some(mesh) }))
+                                .await
+                                .map_err(|_| Status::cancelled("gone"))?;
+                            metrics.policy_snapshots_sent.inc();
+                            tracker.update(id, |s| {
+                                s.sent_version = Some(version.clone());
+                                s.sent_at = Some(Instant::now());
+                            });
+                            last_sent = Some(version.clone());
+                        }
+                        last_compiled = Some((version, json));
                     }
                     first = false;
-                    // Wait for a policy change, an ACK/NACK, or shutdown.
+                    // Wait for a policy, CA or revocation change, an ACK/NACK, or shutdown.
                     loop {
                         tokio::select! {
                             changed = state.changed() => {
+                                if changed.is_err() { return Ok(()); }
+                                break;
+                            }
+                            changed = ca.changed() => {
+                                if changed.is_err() { return Ok(()); }
+                                break;
+                            }
+                            changed = revoked.changed() => {
                                 if changed.is_err() { return Ok(()); }
                                 break;
                             }
@@ -227,6 +300,10 @@ impl Policy for PolicyService {
                                         }
                                         s.acked_version = Some(ack.version.clone());
                                         s.nack = None;
+                                        if !ack.ca_version.is_empty() {
+                                            s.ca_version = Some(ack.ca_version.clone());
+                                        }
+                                        s.revocation_version = Some(ack.revocation_version.clone());
                                     });
                                     metrics.policy_acks.inc();
                                     if let Some(l) = latency {

@@ -1,5 +1,7 @@
 //! The small HTTP/1 server both binaries use for their admin endpoints (health, metrics, dumps).
 //! It runs on its own single-threaded runtime so a slow scrape never competes with the data plane.
+//! `/logging` is served here for both: `GET` shows the log filter, `POST /logging?level=<filter>`
+//! (loopback callers only) replaces it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -71,7 +73,11 @@ pub fn spawn(addr: SocketAddr, route: Route) -> std::io::Result<SocketAddr> {
                     let route = route.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let reply = route(req.method(), req.uri().path(), remote);
+                            let reply = if req.uri().path() == "/logging" {
+                                logging(req.method(), req.uri().query(), remote)
+                            } else {
+                                route(req.method(), req.uri().path(), remote)
+                            };
                             let resp = Response::builder()
                                 .status(reply.status)
                                 .header("content-type", reply.content_type)
@@ -101,5 +107,43 @@ pub fn render_metrics(registry: &prometheus::Registry) -> Reply {
             body: String::from_utf8_lossy(&buf).into_owned(),
         },
         Err(e) => Reply::text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /logging`, `POST /logging?level=<EnvFilter directive>` (loopback only).
+fn logging(method: &Method, query: Option<&str>, remote: SocketAddr) -> Reply {
+    match *method {
+        Method::GET => match crate::logging::current_filter() {
+            Some(f) => Reply::text(StatusCode::OK, format!("{f}\n")),
+            None => Reply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "logging was not initialised by this process\n",
+            ),
+        },
+        Method::POST if !remote.ip().is_loopback() => Reply::text(
+            StatusCode::FORBIDDEN,
+            "changing the log level is allowed from localhost only\n",
+        ),
+        Method::POST => {
+            let level = query
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("level="))
+                .map(|v| v.replace("%2C", ",").replace("%3D", "="));
+            let Some(level) = level.filter(|l| !l.is_empty()) else {
+                return Reply::text(
+                    StatusCode::BAD_REQUEST,
+                    "use POST /logging?level=<filter>, e.g. level=debug or level=info,pqmesh_sidecar=debug\n",
+                );
+            };
+            match crate::logging::set_filter(&level) {
+                Ok(()) => Reply::text(StatusCode::OK, format!("{level}\n")),
+                Err(e @ crate::logging::LogLevelError::Invalid { .. }) => {
+                    Reply::text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+                }
+                Err(e) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
+        }
+        _ => Reply::text(StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n"),
     }
 }

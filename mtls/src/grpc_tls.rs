@@ -25,6 +25,8 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
     /// Set only when the client presented a certificate that verified against the bundle.
     pub peer_id: Option<SpiffeId>,
+    /// The client certificate's serial (upper-case hex), when one was presented.
+    pub peer_serial: Option<String>,
     pub group: String,
 }
 
@@ -129,6 +131,7 @@ pub fn tls_incoming(
                         let info = PeerInfo {
                             remote,
                             peer_id: hs.peer_id,
+                            peer_serial: hs.peer_serial,
                             group: hs.group,
                         };
                         let _ = tx.send(Ok(TlsServerStream { inner: tls, info })).await;

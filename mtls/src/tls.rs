@@ -215,6 +215,8 @@ pub struct HandshakeInfo {
     pub group: String,
     pub peer_scheme: &'static str,
     pub peer_id: Option<SpiffeId>,
+    /// The peer leaf's serial number, upper-case hex (revocation checks).
+    pub peer_serial: Option<String>,
     pub alpn: Option<Vec<u8>>,
 }
 
@@ -230,6 +232,9 @@ impl HandshakeInfo {
                 .map(|c| crate::verify::signature_scheme_name(c))
                 .unwrap_or("none"),
             peer_id: leaf.and_then(|c| x509::spiffe_id(c).ok()),
+            peer_serial: leaf
+                .and_then(|c| x509::summary(c).ok())
+                .map(|s| s.serial_hex),
             alpn: conn.alpn_protocol().map(|a| a.to_vec()),
         }
     }

@@ -20,6 +20,7 @@ pub fn spawn(
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
     discovery_ready: Option<watch::Receiver<bool>>,
     policy: crate::policy::PolicyState,
+    revoked: crate::revocation::RevokedState,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
 ) -> std::io::Result<SocketAddr> {
@@ -35,6 +36,8 @@ pub fn spawn(
             "mode": format!("{:?}", config.inbound_mode).to_uppercase(),
             "allow": config.inbound_allow.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         },
+        "drain_timeout_seconds": config.drain_timeout.as_secs_f64(),
+        "access_log": config.access_log,
         "outbound": match &config.outbound {
             crate::config::Outbound::Explicit(o) => json!({
                 "mode": "explicit", "listen": o.listen.to_string(), "peer_addr": o.peer_addr,
@@ -80,7 +83,8 @@ pub fn spawn(
                         "not_after": unix_seconds(c.not_after),
                         "not_after_rfc3339": rfc3339(c.not_after),
                         "signature_scheme": pqmesh_mtls::verify::signature_scheme_name(&c.chain[0]),
-                        "trust_bundle_roots": c.bundle.roots().len(),
+                        "ca_version": t.ca_version,
+                        "trust_bundle": c.bundle.roots().iter().map(|r| root_summary(r)).collect::<Vec<_>>(),
                     })
                 });
                 let policy = policy.borrow().as_ref().map(|p| {
@@ -95,7 +99,11 @@ pub fn spawn(
                     })).collect::<Vec<_>>(),
                 })
             });
-                let dump = json!({ "config": static_config, "certificate": certificate, "policy": policy });
+                let revocations = {
+                    let r = revoked.borrow();
+                    json!({ "version": r.version, "entries": r.len() })
+                };
+                let dump = json!({ "config": static_config, "certificate": certificate, "policy": policy, "revocations": revocations });
                 Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default())
             }
             (&Method::POST, "/shutdown") if remote.ip().is_loopback() => {
@@ -116,4 +124,16 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Subject, expiry, signature scheme and SHA-256 fingerprint of a trusted root.
+fn root_summary(root: &rustls_pki_types::CertificateDer<'_>) -> serde_json::Value {
+    use sha2::{Digest, Sha256};
+    let summary = pqmesh_mtls::x509::summary(root).ok();
+    json!({
+        "sha256": hex::encode(Sha256::digest(root.as_ref())),
+        "not_after": summary.as_ref().map(|s| unix_seconds(s.not_after)),
+        "serial": summary.map(|s| s.serial_hex),
+        "signature_scheme": pqmesh_mtls::verify::signature_scheme_name(root),
+    })
 }

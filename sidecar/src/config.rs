@@ -37,7 +37,15 @@ pub struct Config {
     /// `PQMESH_WORKLOAD_LABELS`; the namespace always comes from the certificate.
     pub labels: BTreeMap<String, String>,
     pub pod_name: String,
+    /// On SIGTERM or `POST /shutdown`: how long in-flight connections may finish after the
+    /// listeners closed, before the rest are cut.
+    pub drain_timeout: std::time::Duration,
+    /// One log line per proxied HTTP request (peer identity, method, status, decision, latency).
+    pub access_log: bool,
 }
+
+/// Default drain deadline: Kubernetes' default grace period is 30 s, so this leaves room.
+pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Server-first protocols (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, memcached),
 /// the same defaults as Linkerd's opaque ports.
@@ -237,6 +245,8 @@ impl Config {
                 .or_else(|| env.var("HOSTNAME"))
                 .unwrap_or_default(),
             trust_domain,
+            drain_timeout: env::duration_or(env, "PQMESH_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
+            access_log: env::parse_bool(env, "PQMESH_ACCESS_LOG", false)?,
         })
     }
 }

@@ -55,6 +55,53 @@ pub struct Ctx {
     /// The workload's policy, read at every request (a change applies to open connections too).
     pub policy: Option<crate::policy::PolicyState>,
     pub trust_domain: String,
+    /// Log one line per request (`PQMESH_ACCESS_LOG`).
+    pub access_log: bool,
+}
+
+/// Marks a response the sidecar produced because the policy denied the request.
+#[derive(Clone, Copy)]
+struct Denied;
+
+/// `forward` plus the latency histogram and the access log line (never headers or the query,
+/// where credentials travel).
+async fn forward_observed(req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<ProxyBody> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path: String = req.uri().path().chars().take(256).collect();
+    let resp = forward(req, ctx, h2).await;
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    ctx.metrics
+        .request_duration
+        .with_label_values(&[ctx.direction, class])
+        .observe(elapsed.as_secs_f64());
+    if ctx.access_log {
+        let decision = if resp.extensions().get::<Denied>().is_some() {
+            "deny"
+        } else {
+            "allow"
+        };
+        tracing::info!(
+            target: "pqmesh::access",
+            direction = ctx.direction,
+            peer = %ctx.peer.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            %method,
+            %path,
+            status,
+            decision,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    resp
 }
 
 pub async fn serve_http1<IO>(io: IO, ctx: Ctx) -> Result<(), hyper::Error>
@@ -64,7 +111,7 @@ where
     let ctx = Arc::new(ctx);
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(forward(req, &ctx, false).await) }
+        async move { Ok::<_, Infallible>(forward_observed(req, &ctx, false).await) }
     });
     hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)
@@ -79,7 +126,7 @@ where
     let ctx = Arc::new(ctx);
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(forward(req, &ctx, true).await) }
+        async move { Ok::<_, Infallible>(forward_observed(req, &ctx, true).await) }
     });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), service)
@@ -136,7 +183,8 @@ fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
 }
 
 async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<ProxyBody> {
-    if let Err(denied) = authorize(&mut req, ctx).await {
+    if let Err(mut denied) = authorize(&mut req, ctx).await {
+        denied.extensions_mut().insert(Denied);
         return denied;
     }
     // The identity header is the sidecar's statement; a client's own copy is never passed on.

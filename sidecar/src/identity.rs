@@ -137,6 +137,7 @@ pub async fn obtain<C: Certifier>(
     let key = alg.generate()?;
     let csr = pqmesh_mtls::keys::workload_csr(&key)?;
     let response = certifier.certify(csr).await?;
+    let ca_version = response.ca_version.clone();
     let chain: Vec<CertificateDer<'static>> = response
         .chain_der
         .into_iter()
@@ -164,7 +165,7 @@ pub async fn obtain<C: Certifier>(
     }
     let creds = Credentials::verified(chain, key.serialize_der(), bundle, &issued_id)
         .map_err(|e| IdentityError::Rejected(e.to_string()))?;
-    MeshTls::new(creds, kx).map_err(|e| IdentityError::Rejected(e.to_string()))
+    MeshTls::new(creds, kx, ca_version).map_err(|e| IdentityError::Rejected(e.to_string()))
 }
 
 /// Keeps `tx` holding valid credentials for as long as the task runs. A message on `renew_now`
@@ -188,9 +189,13 @@ pub async fn maintain<C: Certifier>(
                 metrics
                     .cert_expiry
                     .set(pqmesh_mtls::x509::unix_seconds(tls.creds.not_after) as f64);
+                metrics
+                    .trust_bundle_roots
+                    .set(tls.creds.bundle.roots().len() as i64);
                 tracing::info!(
                     spiffe_id = %tls.creds.id,
                     serial = %tls.creds.serial_hex,
+                    ca_version = %tls.ca_version,
                     not_after = %pqmesh_mtls::x509::unix_seconds(tls.creds.not_after),
                     "certificate issued"
                 );

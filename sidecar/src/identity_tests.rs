@@ -100,6 +100,7 @@ impl Certifier for TestCa {
             chain_der: vec![leaf.der().to_vec()],
             trust_bundle_der: vec![self.root.clone()],
             not_after: 0,
+            ca_version: String::new(),
         })
     }
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod discovery;
+pub mod drain;
 pub mod http_proxy;
 pub mod identity;
 pub mod init;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod original_dst;
 pub mod policy;
 pub mod proxy;
+pub mod revocation;
 pub mod sniff;
 pub mod tls;
 pub mod token;
@@ -26,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, Outbound as OutboundConfig};
 use crate::discovery::Discovery;
+use crate::drain::Drain;
 use crate::identity::GrpcCertifier;
 use crate::metrics::Metrics;
 use crate::original_dst::{OriginalDst, SoOriginalDst};
@@ -51,8 +54,13 @@ pub struct RunningSidecar {
     discovery: Option<Discovery>,
     policy: policy::PolicyState,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
+    revoked: revocation::RevokedState,
     renew_tx: mpsc::Sender<()>,
     shutdown_tx: watch::Sender<bool>,
+    drain: Drain,
+    drain_timeout: std::time::Duration,
+    /// The two accept loops (they end when shutdown begins).
+    listeners: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -92,14 +100,53 @@ impl RunningSidecar {
         let _ = rx.wait_for(|s| *s).await;
     }
 
-    /// Stops accepting and stops renewing. Established connections finish on their own tasks.
-    pub async fn shutdown(self) {
+    /// The deny list in force.
+    pub fn revoked(&self) -> Arc<revocation::Revoked> {
+        self.revoked.borrow().clone()
+    }
+
+    /// Connections in flight (what a drain waits for).
+    pub fn active_connections(&self) -> usize {
+        self.drain.active()
+    }
+
+    /// Graceful drain: stops accepting, lets in-flight connections finish for up to the drain
+    /// deadline (`PQMESH_DRAIN_TIMEOUT`), then stops renewing and the control-plane streams.
+    /// Returns how many connections were still open at the deadline (they close when the
+    /// runtime ends).
+    pub async fn shutdown(self) -> usize {
+        let timeout = self.drain_timeout;
+        self.shutdown_with_deadline(timeout).await
+    }
+
+    pub async fn shutdown_with_deadline(self, deadline: std::time::Duration) -> usize {
         let _ = self.shutdown_tx.send(true);
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
+        let in_flight = self.drain.active();
+        self.metrics.draining_connections.set(in_flight as i64);
+        tracing::info!(
+            in_flight,
+            deadline_s = deadline.as_secs_f64(),
+            "draining: listeners closed"
+        );
+        let left = self.drain.wait_idle(deadline).await;
+        self.metrics.draining_connections.set(left as i64);
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "drain deadline reached; closing the remaining connections"
+            );
+        } else {
+            tracing::info!("drained: no connection in flight");
+        }
         drop(self.renew_tx);
         for task in self.tasks {
             task.abort();
             let _ = task.await;
         }
+        left
     }
 }
 
@@ -161,6 +208,9 @@ pub async fn start_with(
             source,
         })?;
     let mut tasks = Vec::new();
+    let mut listeners = Vec::new();
+    let drain = Drain::new(shutdown_rx.clone());
+    let (revoked_tx, revoked_rx) = watch::channel(Arc::new(revocation::Revoked::default()));
     let (policy_tx, policy_rx) = watch::channel(None);
     tasks.push(tokio::spawn(
         policy::PolicyClientTask {
@@ -168,6 +218,8 @@ pub async fn start_with(
             pod_name: config.pod_name.clone(),
             state: policy_tx,
             metrics: metrics.clone(),
+            revoked: revoked_tx,
+            renew: renew_tx.clone(),
         }
         .run(
             config.control_plane_addr.clone(),
@@ -192,11 +244,13 @@ pub async fn start_with(
         metrics: metrics.clone(),
         policy: policy_rx.clone(),
         trust_domain: config.trust_domain.clone(),
+        revoked: revoked_rx.clone(),
+        access_log: config.access_log,
     });
-    tasks.push(tokio::spawn(proxy::serve_inbound(
+    listeners.push(tokio::spawn(proxy::serve_inbound(
         inbound_listener,
         inbound,
-        shutdown_rx.clone(),
+        drain.clone(),
     )));
 
     let mut discovery = None;
@@ -222,11 +276,12 @@ pub async fn start_with(
         route,
         tls: tls_rx.clone(),
         metrics: metrics.clone(),
+        revoked: revoked_rx.clone(),
     });
-    tasks.push(tokio::spawn(proxy::serve_outbound(
+    listeners.push(tokio::spawn(proxy::serve_outbound(
         outbound_listener,
         outbound,
-        shutdown_rx.clone(),
+        drain.clone(),
     )));
 
     let certifier = GrpcCertifier {
@@ -251,6 +306,7 @@ pub async fn start_with(
         tls_rx.clone(),
         discovery_ready,
         policy_rx.clone(),
+        revoked_rx.clone(),
         metrics.clone(),
         shutdown_tx.clone(),
     )
@@ -268,8 +324,12 @@ pub async fn start_with(
         discovery,
         policy: policy_rx.clone(),
         tls: tls_rx,
+        revoked: revoked_rx,
         renew_tx,
         shutdown_tx,
+        drain,
+        drain_timeout: config.drain_timeout,
+        listeners,
         tasks,
     })
 }

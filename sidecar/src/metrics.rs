@@ -1,6 +1,8 @@
 //! The sidecar's one prometheus registry.
 
-use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -16,6 +18,14 @@ pub struct Metrics {
     pub policy_decisions: IntCounterVec,
     pub policy_updates: IntCounterVec,
     pub policy_policies: IntGauge,
+    /// 1 for the policy version in force (one series at a time).
+    pub policy_version: IntGaugeVec,
+    pub request_duration: HistogramVec,
+    pub trust_bundle_roots: IntGauge,
+    pub revocation_entries: IntGauge,
+    pub revoked_connections_closed: IntCounterVec,
+    /// Connections still open while draining.
+    pub draining_connections: IntGauge,
     /// Token outcomes, introspection and JWKS counters (shared by every policy's validator).
     pub token: crate::token::TokenMetrics,
 }
@@ -107,9 +117,64 @@ impl Metrics {
         registry
             .register(Box::new(cert_expiry.clone()))
             .expect("unique metric");
+        let policy_version = IntGaugeVec::new(
+            Opts::new(
+                "policy_version_info",
+                "1 for the policy snapshot version in force",
+            ),
+            &["version"],
+        )
+        .expect("static metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time from a request's arrival to the app's response headers (incl. policy and token checks), by direction and status class",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["direction", "status_class"],
+        )
+        .expect("static metric");
+        let trust_bundle_roots = IntGauge::new(
+            "trust_bundle_roots",
+            "Roots in the trust bundle of the certificate in use",
+        )
+        .expect("static metric");
+        let revocation_entries = IntGauge::new(
+            "revocation_entries",
+            "Revoked identities and serials enforced",
+        )
+        .expect("static metric");
+        let draining_connections = IntGauge::new(
+            "draining_connections",
+            "Connections still open after a shutdown began",
+        )
+        .expect("static metric");
+        for m in [
+            Box::new(policy_version.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(trust_bundle_roots.clone()),
+            Box::new(revocation_entries.clone()),
+            Box::new(draining_connections.clone()),
+        ] {
+            registry.register(m).expect("unique metric");
+        }
+        let revoked_connections_closed = counter(
+            &registry,
+            "revoked_connections_closed_total",
+            "Established connections closed because the peer was revoked, by direction",
+            &["direction"],
+        );
         let token =
             crate::token::TokenMetrics::new(&registry).expect("token metrics register once");
         Self {
+            policy_version,
+            request_duration,
+            trust_bundle_roots,
+            revocation_entries,
+            revoked_connections_closed,
+            draining_connections,
             token,
             registry,
             handshakes,

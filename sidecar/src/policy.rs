@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::identity::backoff;
 use crate::metrics::Metrics;
+use crate::revocation::Revoked;
 use crate::tls::MeshTls;
 
 /// Largest snapshot accepted (policies plus issuer settings of one workload).
@@ -126,6 +127,10 @@ pub struct PolicyClientTask {
     pub pod_name: String,
     pub state: watch::Sender<Option<Arc<ActivePolicy>>>,
     pub metrics: Arc<Metrics>,
+    /// The deny list pushed with the snapshots.
+    pub revoked: watch::Sender<Arc<Revoked>>,
+    /// Asks the identity task to re-certify (the pushed CA version differs from ours).
+    pub renew: mpsc::Sender<()>,
 }
 
 impl PolicyClientTask {
@@ -141,7 +146,10 @@ impl PolicyClientTask {
                 return;
             };
             let Some(current) = current else { continue };
-            match self.stream_once(&addr, &server_id, &current).await {
+            match self
+                .stream_once(&addr, &server_id, &current, tls.clone())
+                .await
+            {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
@@ -160,6 +168,7 @@ impl PolicyClientTask {
         addr: &str,
         server_id: &SpiffeId,
         tls: &MeshTls,
+        mut tls_rx: watch::Receiver<Option<Arc<MeshTls>>>,
     ) -> Result<(), String> {
         let channel = tls.control_plane_channel(addr, server_id).await?;
         let (tx, rx) = mpsc::channel(8);
@@ -175,6 +184,8 @@ impl PolicyClientTask {
             labels: self.labels.clone().into_iter().collect(),
             ports: vec![],
             current_version,
+            ca_version: held_ca_version(&tls_rx),
+            revocation_version: self.revoked.borrow().version.clone(),
         };
         tx.send(WatchRequest {
             kind: Some(Kind::Hello(hello)),
@@ -188,14 +199,71 @@ impl PolicyClientTask {
             .map_err(|s| format!("watch: {:?}: {}", s.code(), s.message()))?
             .into_inner();
         tracing::info!(control_plane = %addr, "policy stream connected");
+        tls_rx.mark_unchanged();
         loop {
-            let snapshot = match snapshots.message().await {
-                Ok(Some(s)) => s,
-                Ok(None) => return Ok(()),
-                Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            let snapshot = tokio::select! {
+                message = snapshots.message() => match message {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Ok(()),
+                    Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+                },
+                changed = tls_rx.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    // Re-certified: tell the control plane which CA version we hold now.
+                    let Some(version) = self.state.borrow().as_ref().map(|p| p.version.clone()) else {
+                        continue;
+                    };
+                    let ack = Ack {
+                        version,
+                        ca_version: held_ca_version(&tls_rx),
+                        revocation_version: self.revoked.borrow().version.clone(),
+                    };
+                    if tx.send(WatchRequest { kind: Some(Kind::Ack(ack)) }).await.is_err() {
+                        return Err("request stream closed".into());
+                    }
+                    continue;
+                }
             };
-            let previous = self.state.borrow().clone();
-            let reply = match prepare(&snapshot, previous.as_deref(), &self.metrics) {
+            let reply = self.apply(snapshot, &tls_rx);
+            if tx.send(WatchRequest { kind: Some(reply) }).await.is_err() {
+                return Err("request stream closed".into());
+            }
+        }
+    }
+
+    /// Applies a snapshot: the mesh state (revocations at once; a CA change starts a
+    /// re-certification), then the policy unless it is the version already in force.
+    fn apply(
+        &self,
+        snapshot: PolicySnapshot,
+        tls_rx: &watch::Receiver<Option<Arc<MeshTls>>>,
+    ) -> Kind {
+        let mut problem = None;
+        if let Some(mesh) = &snapshot.mesh {
+            match Revoked::from_mesh(mesh) {
+                Ok(list) => {
+                    if list != **self.revoked.borrow() {
+                        tracing::info!(version = %list.version, entries = list.len(), "revocation list applied");
+                        self.metrics.revocation_entries.set(list.len() as i64);
+                        self.revoked.send_replace(Arc::new(list));
+                    }
+                }
+                Err(e) => problem = Some(e),
+            }
+            let held = held_ca_version(tls_rx);
+            if !mesh.ca_version.is_empty() && mesh.ca_version != held {
+                tracing::info!(held = %held, current = %mesh.ca_version, "the mesh CA changed; re-certifying now");
+                let _ = self.renew.try_send(());
+            }
+        }
+        let previous = self.state.borrow().clone();
+        let same = previous
+            .as_ref()
+            .is_some_and(|p| p.version == snapshot.version);
+        if !same && problem.is_none() {
+            match prepare(&snapshot, previous.as_deref(), &self.metrics) {
                 Ok(active) => {
                     tracing::info!(version = %active.version, policies = active.policy.policies.len(), "policy applied");
                     self.metrics
@@ -205,26 +273,40 @@ impl PolicyClientTask {
                     self.metrics
                         .policy_policies
                         .set(active.policy.policies.len() as i64);
-                    let _ = self.state.send(Some(Arc::new(active)));
-                    Kind::Ack(Ack {
-                        version: snapshot.version,
-                    })
-                }
-                Err(reason) => {
-                    tracing::error!(version = %snapshot.version, %reason, "policy snapshot rejected; keeping the last good policy");
+                    self.metrics.policy_version.reset();
                     self.metrics
-                        .policy_updates
-                        .with_label_values(&["rejected"])
-                        .inc();
-                    Kind::Nack(Nack {
-                        version: snapshot.version,
-                        reason,
-                    })
+                        .policy_version
+                        .with_label_values(&[&active.version])
+                        .set(1);
+                    let _ = self.state.send(Some(Arc::new(active)));
                 }
-            };
-            if tx.send(WatchRequest { kind: Some(reply) }).await.is_err() {
-                return Err("request stream closed".into());
+                Err(reason) => problem = Some(reason),
+            }
+        }
+        match problem {
+            None => Kind::Ack(Ack {
+                version: snapshot.version,
+                ca_version: held_ca_version(tls_rx),
+                revocation_version: self.revoked.borrow().version.clone(),
+            }),
+            Some(reason) => {
+                tracing::error!(version = %snapshot.version, %reason, "policy snapshot rejected; keeping the last good policy");
+                self.metrics
+                    .policy_updates
+                    .with_label_values(&["rejected"])
+                    .inc();
+                Kind::Nack(Nack {
+                    version: snapshot.version,
+                    reason,
+                })
             }
         }
     }
+}
+
+fn held_ca_version(tls: &watch::Receiver<Option<Arc<MeshTls>>>) -> String {
+    tls.borrow()
+        .as_ref()
+        .map(|t| t.ca_version.clone())
+        .unwrap_or_default()
 }

@@ -22,9 +22,11 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{InboundMode, OutboundTarget, Unmeshed};
 use crate::discovery::{Discovery, Resolved};
+use crate::drain::Drain;
 use crate::http_proxy::{self, AppClients};
 use crate::metrics::Metrics;
 use crate::original_dst::OriginalDst;
+use crate::revocation::{until_revoked, RevokedState};
 use crate::sniff::{self, AppProtocol, Transport};
 use crate::tls::MeshTls;
 
@@ -134,20 +136,20 @@ pub struct Inbound {
     /// Pushed AccessPolicies; once one selects the workload it replaces `allow` and `mode`.
     pub policy: crate::policy::PolicyState,
     pub trust_domain: String,
+    /// Revoked peers are refused after the handshake and their open connections closed.
+    pub revoked: RevokedState,
+    pub access_log: bool,
 }
 
-/// Accepts until `shutdown` flips to true; each connection is handled on its own task and a
-/// refusal is logged with `what`.
-async fn accept_until<F, Fut, E>(
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-    what: &'static str,
-    handle: F,
-) where
+/// Accepts until shutdown begins; each connection is handled on its own task (tracked for the
+/// drain) and a refusal is logged with `what`.
+async fn accept_until<F, Fut, E>(listener: TcpListener, drain: Drain, what: &'static str, handle: F)
+where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display,
 {
+    let mut shutdown = drain.shutdown();
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
@@ -156,8 +158,13 @@ async fn accept_until<F, Fut, E>(
                 Err(e) => { tracing::warn!(error = %e, what, "accept failed"); continue; }
             },
         };
-        let connection = handle(tcp, remote);
+        let connection = tracing::Instrument::instrument(
+            handle(tcp, remote),
+            tracing::info_span!("connection", direction = what, %remote),
+        );
+        let guard = drain.track();
         tokio::spawn(async move {
+            let _guard = guard;
             if let Err(reason) = connection.await {
                 tracing::info!(%remote, %reason, "{what} connection refused or failed");
             }
@@ -165,12 +172,8 @@ async fn accept_until<F, Fut, E>(
     }
 }
 
-pub async fn serve_inbound(
-    listener: TcpListener,
-    inbound: Arc<Inbound>,
-    shutdown: watch::Receiver<bool>,
-) {
-    accept_until(listener, shutdown, "inbound", move |tcp, remote| {
+pub async fn serve_inbound(listener: TcpListener, inbound: Arc<Inbound>, drain: Drain) {
+    accept_until(listener, drain, "inbound", move |tcp, remote| {
         let inbound = inbound.clone();
         async move { inbound.handle(tcp, remote).await }
     })
@@ -306,12 +309,27 @@ impl Inbound {
             tracing::warn!(%remote, peer = %peer, "peer identity not allowed");
             return self.deny("denied_identity", "peer identity not on the allow-list");
         }
+        if self
+            .revoked
+            .borrow()
+            .covers(&peer, hs.peer_serial.as_deref())
+        {
+            tracing::warn!(%remote, peer = %peer, serial = ?hs.peer_serial, "revoked peer refused");
+            return self.deny("denied_revoked", "peer identity or certificate is revoked");
+        }
         tracing::debug!(%remote, peer = %peer, group = %hs.group, %target, "inbound connection allowed");
         self.metrics
             .connections
             .with_label_values(&["inbound", "allowed"])
             .inc();
-        self.serve_app(stream, Some(peer), target).await;
+        let revoked = until_revoked(self.revoked.clone(), peer.clone(), hs.peer_serial);
+        tokio::select! {
+            _ = self.serve_app(stream, Some(peer.clone()), target) => {}
+            _ = revoked => {
+                self.metrics.revoked_connections_closed.with_label_values(&["inbound"]).inc();
+                tracing::warn!(%remote, peer = %peer, "closed a connection: the peer was revoked");
+            }
+        }
         Ok(())
     }
 }
@@ -337,6 +355,7 @@ impl Inbound {
             metrics: self.metrics.clone(),
             policy: Some(self.policy.clone()),
             trust_domain: self.trust_domain.clone(),
+            access_log: self.access_log,
         };
         match protocol {
             Some(AppProtocol::Http1) => {
@@ -416,14 +435,11 @@ pub struct Outbound {
     pub route: Route,
     pub tls: TlsState,
     pub metrics: Arc<Metrics>,
+    pub revoked: RevokedState,
 }
 
-pub async fn serve_outbound(
-    listener: TcpListener,
-    outbound: Arc<Outbound>,
-    shutdown: watch::Receiver<bool>,
-) {
-    accept_until(listener, shutdown, "outbound", move |tcp, _remote| {
+pub async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {
+    accept_until(listener, drain, "outbound", move |tcp, _remote| {
         let outbound = outbound.clone();
         async move { outbound.handle(tcp).await }
     })
@@ -551,11 +567,26 @@ impl Outbound {
             .handshakes
             .with_label_values(&["outbound", &hs.group, hs.peer_scheme])
             .inc();
+        if self
+            .revoked
+            .borrow()
+            .covers(&peer, hs.peer_serial.as_deref())
+        {
+            self.count("denied_revoked");
+            return Err(format!("{peer} at {addr} is revoked"));
+        }
         // "established", not "allowed": in TLS 1.3 the server may still refuse our identity
         // after our side of the handshake completed (its own metrics say so).
         self.count("established");
         tracing::debug!(%peer, %addr, group = %hs.group, "outbound connection established");
-        relay(stream, app, "outbound", &self.metrics).await;
+        let revoked = until_revoked(self.revoked.clone(), peer.clone(), hs.peer_serial);
+        tokio::select! {
+            _ = relay(stream, app, "outbound", &self.metrics) => {}
+            _ = revoked => {
+                self.metrics.revoked_connections_closed.with_label_values(&["outbound"]).inc();
+                tracing::warn!(%peer, %addr, "closed a connection: the peer was revoked");
+            }
+        }
         Ok(())
     }
 }
@@ -566,7 +597,15 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    // A guard, so a connection cut short (revoked peer, drain deadline) is uncounted too.
+    struct Open<'a>(&'a prometheus::IntGauge);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
     metrics.connections_open.inc();
+    let _open = Open(&metrics.connections_open);
     match tokio::io::copy_bidirectional(&mut mesh, &mut app).await {
         Ok((to_app, from_app)) => {
             metrics
@@ -580,5 +619,4 @@ where
         }
         Err(e) => tracing::debug!(error = %e, direction, "connection ended with an error"),
     }
-    metrics.connections_open.dec();
 }

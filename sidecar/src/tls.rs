@@ -12,18 +12,25 @@ pub struct MeshTls {
     pub creds: Credentials,
     pub kx: KeyExchangePolicy,
     pub server: Arc<ServerConfig>,
+    /// The CA version the certificate was issued under ("" from control planes without one).
+    pub ca_version: String,
     /// Client configs per required peer identity, built on first use (they carry the
     /// session-resumption cache, so reusing them matters).
     clients: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
 }
 
 impl MeshTls {
-    pub fn new(creds: Credentials, kx: KeyExchangePolicy) -> Result<Arc<Self>, TlsError> {
+    pub fn new(
+        creds: Credentials,
+        kx: KeyExchangePolicy,
+        ca_version: String,
+    ) -> Result<Arc<Self>, TlsError> {
         let server = creds.server_config(kx, &[ALPN_MESH], false)?;
         Ok(Arc::new(Self {
             creds,
             kx,
             server,
+            ca_version,
             clients: Mutex::new(HashMap::new()),
         }))
     }

@@ -157,6 +157,7 @@ async fn fake_sidecar(i: usize, addr: String, config: Arc<rustls::ClientConfig>)
         labels: [("app".to_owned(), "orders".to_owned())].into(),
         ports: vec![],
         current_version: String::new(),
+        ..Default::default()
     };
     tx.send(WatchRequest {
         kind: Some(Kind::Hello(hello)),
@@ -174,6 +175,7 @@ async fn fake_sidecar(i: usize, addr: String, config: Arc<rustls::ClientConfig>)
             .send(WatchRequest {
                 kind: Some(Kind::Ack(Ack {
                     version: snapshot.version,
+                    ..Default::default()
                 })),
             })
             .await;

@@ -7,6 +7,8 @@ mod external_peers;
 mod handshake_policy;
 mod mesh;
 mod oauth_server;
+mod operations;
 mod policy;
 mod policy_resume;
+mod rotation;
 mod transparent;

@@ -1,0 +1,126 @@
+//! The mesh deny list as this sidecar enforces it: pushed by the control plane with each policy
+//! snapshot, checked right after every handshake (both directions), and watched by every
+//! established connection, which closes as soon as its peer becomes revoked.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use pqmesh_mtls::SpiffeId;
+use pqmesh_proto::policy::v1::MeshState;
+use tokio::sync::watch;
+
+/// Revoked identities (SPIFFE ID text) and certificate serials (upper-case hex).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Revoked {
+    pub version: String,
+    identities: HashSet<String>,
+    serials: HashSet<String>,
+}
+
+pub type RevokedState = watch::Receiver<Arc<Revoked>>;
+
+/// The largest list accepted from the control plane (a sanity bound, not a design limit).
+const MAX_ENTRIES: usize = 100_000;
+
+impl Revoked {
+    /// Builds the list from a pushed mesh state; refuses an oversized one (the sidecar NACKs it
+    /// and keeps the previous list).
+    pub fn from_mesh(mesh: &MeshState) -> Result<Self, String> {
+        if mesh.revoked_identities.len() + mesh.revoked_serials.len() > MAX_ENTRIES {
+            return Err(format!("revocation list exceeds {MAX_ENTRIES} entries"));
+        }
+        Ok(Self {
+            version: mesh.revocation_version.clone(),
+            identities: mesh.revoked_identities.iter().cloned().collect(),
+            serials: mesh
+                .revoked_serials
+                .iter()
+                .map(|s| s.to_ascii_uppercase())
+                .collect(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.identities.len() + self.serials.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a peer with this identity and certificate serial is revoked.
+    pub fn covers(&self, id: &SpiffeId, serial: Option<&str>) -> bool {
+        (!self.identities.is_empty() && self.identities.contains(&id.to_string()))
+            || serial.is_some_and(|s| self.serials.contains(s))
+    }
+}
+
+/// Resolves once the peer is revoked (never, if it stays allowed or the sender goes away).
+pub async fn until_revoked(mut state: RevokedState, id: SpiffeId, serial: Option<String>) {
+    if state
+        .wait_for(|r| r.covers(&id, serial.as_deref()))
+        .await
+        .is_err()
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::new("cluster.local", "shop", sa).unwrap()
+    }
+
+    #[test]
+    fn covers_identities_and_serials() {
+        let r = Revoked::from_mesh(&MeshState {
+            revocation_version: "v".into(),
+            revoked_identities: vec![id("web").to_string()],
+            revoked_serials: vec!["0abc".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(r.covers(&id("web"), None));
+        assert!(r.covers(&id("api"), Some("0ABC")));
+        assert!(!r.covers(&id("api"), Some("0ABD")));
+        assert!(!r.covers(&id("api"), None));
+        let huge = MeshState {
+            revoked_serials: vec!["01".into(); MAX_ENTRIES + 1],
+            ..Default::default()
+        };
+        assert!(Revoked::from_mesh(&huge).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watcher_resolves_when_its_peer_is_revoked_and_not_before() {
+        let (tx, rx) = watch::channel(Arc::new(Revoked::default()));
+        let waiter = tokio::spawn(until_revoked(rx, id("web"), Some("01".into())));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiter.is_finished());
+        // Someone else revoked: still open.
+        tx.send_replace(Arc::new(
+            Revoked::from_mesh(&MeshState {
+                revoked_identities: vec![id("api").to_string()],
+                ..Default::default()
+            })
+            .unwrap(),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiter.is_finished());
+        tx.send_replace(Arc::new(
+            Revoked::from_mesh(&MeshState {
+                revoked_serials: vec!["01".into()],
+                ..Default::default()
+            })
+            .unwrap(),
+        ));
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("closed at once")
+            .unwrap();
+    }
+}
