@@ -182,9 +182,10 @@ impl Load {
     }
 }
 
-/// Waits until both sidecars hold certificates issued under the control plane's current CA and
-/// the control plane counts them as current; returns that CA version.
-async fn all_on_current_ca(m: &Mesh, step: &str) -> String {
+/// Waits until the control plane's CA version differs from `previous` (it loaded the step), both
+/// sidecars hold certificates issued under it and the control plane counts them as current;
+/// returns that CA version.
+async fn all_on_current_ca(m: &Mesh, step: &str, previous: &str) -> String {
     let cp_ca = m.cp.running.ca.clone();
     let tracker = m.cp.running.policy_tracker.clone();
     let started = Instant::now();
@@ -192,7 +193,7 @@ async fn all_on_current_ca(m: &Mesh, step: &str) -> String {
     loop {
         let version = cp_ca.borrow().version();
         let on = |s: &RunningSidecar| s.current().is_some_and(|t| t.ca_version == version);
-        if on(&m.a) && on(&m.b) && tracker.on_ca_version(&version) == 2 {
+        if version != previous && on(&m.a) && on(&m.b) && tracker.on_ca_version(&version) == 2 {
             println!(
                 "{step}: both sidecars re-certified under CA {version} in {} ms",
                 started.elapsed().as_millis()
@@ -211,13 +212,13 @@ async fn rotate_under_load(from: KeyAlgorithm, to: KeyAlgorithm) {
     let m = mesh(from, &[]).await;
     let dir = m.cp.dir.path().to_owned();
     let old_root = m.cp.running.ca.borrow().root_der().clone();
-    let first = all_on_current_ca(&m, "start").await;
+    let first = all_on_current_ca(&m, "start", "").await;
     let outbound = m.a.outbound_addr.unwrap();
     let load = Load::start(outbound, 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!("{}", rotation::prepare(&dir, TRUST_DOMAIN, to).unwrap());
-    let staged = all_on_current_ca(&m, "prepare").await;
+    let staged = all_on_current_ca(&m, "prepare", &first).await;
     assert_ne!(staged, first);
     assert_eq!(m.a.current().unwrap().creds.bundle.roots().len(), 2);
     assert_eq!(
@@ -228,14 +229,14 @@ async fn rotate_under_load(from: KeyAlgorithm, to: KeyAlgorithm) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!("{}", rotation::activate(&dir, TRUST_DOMAIN).unwrap());
-    let active = all_on_current_ca(&m, "activate").await;
+    let active = all_on_current_ca(&m, "activate", &staged).await;
     assert_ne!(active, staged);
     let new_root = m.cp.running.ca.borrow().root_der().clone();
     assert_ne!(new_root, old_root, "the new root signs");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!("{}", rotation::finish(&dir).unwrap());
-    all_on_current_ca(&m, "finish").await;
+    all_on_current_ca(&m, "finish", &active).await;
     for s in [&m.a, &m.b] {
         let tls = s.current().unwrap();
         assert_eq!(
@@ -286,7 +287,7 @@ async fn migration_from_an_ecdsa_to_an_ml_dsa_65_root_fails_no_request() {
 #[tokio::test]
 async fn an_invalid_ca_change_changes_nothing() {
     let m = mesh(KeyAlgorithm::EcdsaP256, &[]).await;
-    let before = all_on_current_ca(&m, "start").await;
+    let before = all_on_current_ca(&m, "start", "").await;
     let paths = pqmesh_control_plane::ca::CaPaths::in_dir(m.cp.dir.path());
     std::fs::write(
         &paths.extra_roots,
