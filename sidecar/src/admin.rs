@@ -52,6 +52,9 @@ pub fn spawn(
     let route: admin::Route = Arc::new(
         move |method: &Method, path: &str, remote: SocketAddr| match (method, path) {
             (&Method::GET, "/live") => Reply::text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/ready") if *shutdown.borrow() => {
+                Reply::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
             (&Method::GET, "/ready") => {
                 // Discovery must have connected once; afterwards cached answers carry outages.
                 let discovery_ok = discovery_ready.as_ref().is_none_or(|d| *d.borrow());

@@ -69,7 +69,8 @@ async fn forward_observed(req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Respon
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(256).collect();
-    let resp = forward(req, ctx, h2).await;
+    let span = tracing::info_span!("request", %method);
+    let resp = tracing::Instrument::instrument(forward(req, ctx, h2), span).await;
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     let class = match status {
@@ -83,6 +84,8 @@ async fn forward_observed(req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Respon
         .request_duration
         .with_label_values(&[ctx.direction, class])
         .observe(elapsed.as_secs_f64());
+    ctx.metrics
+        .count_peer_request(ctx.direction, ctx.peer.as_ref(), class);
     if ctx.access_log {
         let decision = if resp.extensions().get::<Denied>().is_some() {
             "deny"

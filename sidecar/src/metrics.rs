@@ -26,6 +26,9 @@ pub struct Metrics {
     pub revoked_connections_closed: IntCounterVec,
     /// Connections still open while draining.
     pub draining_connections: IntGauge,
+    pub peer_requests: IntCounterVec,
+    /// Peers that have a series of their own in `peer_requests` (bounded).
+    peers_seen: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Token outcomes, introspection and JWKS counters (shared by every policy's validator).
     pub token: crate::token::TokenMetrics,
 }
@@ -166,9 +169,17 @@ impl Metrics {
             "Established connections closed because the peer was revoked, by direction",
             &["direction"],
         );
+        let peer_requests = counter(
+            &registry,
+            "peer_requests_total",
+            "HTTP requests by direction, caller identity (at most 512 identities, then \"other\"; \"none\" for plaintext) and status class",
+            &["direction", "peer", "status_class"],
+        );
         let token =
             crate::token::TokenMetrics::new(&registry).expect("token metrics register once");
         Self {
+            peer_requests,
+            peers_seen: Default::default(),
             policy_version,
             request_duration,
             trust_bundle_roots,
@@ -193,8 +204,66 @@ impl Metrics {
     }
 }
 
+/// Distinct peer identities that get their own series; the rest count as "other", so a flood
+/// of identities cannot grow the registry without bound.
+const MAX_PEER_SERIES: usize = 512;
+
+impl Metrics {
+    pub fn count_peer_request(
+        &self,
+        direction: &str,
+        peer: Option<&pqmesh_mtls::SpiffeId>,
+        status_class: &str,
+    ) {
+        let label = match peer {
+            None => "none".to_owned(),
+            Some(p) => {
+                let id = p.to_string();
+                let mut seen = self.peers_seen.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.contains(&id) || seen.len() < MAX_PEER_SERIES {
+                    seen.insert(id.clone());
+                    id
+                } else {
+                    "other".to_owned()
+                }
+            }
+        };
+        self.peer_requests
+            .with_label_values(&[direction, &label, status_class])
+            .inc();
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_series_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_PEER_SERIES + 100 {
+            let id =
+                pqmesh_mtls::SpiffeId::new("cluster.local", "shop", &format!("sa{i}")).unwrap();
+            m.count_peer_request("inbound", Some(&id), "2xx");
+        }
+        m.count_peer_request("inbound", None, "4xx");
+        let series = m.peer_requests.clone();
+        let family = prometheus::core::Collector::collect(&series);
+        let count = family[0].get_metric().len();
+        assert_eq!(
+            count,
+            MAX_PEER_SERIES + 2,
+            "512 peers, \"other\" and \"none\""
+        );
+        assert_eq!(
+            series.with_label_values(&["inbound", "other", "2xx"]).get(),
+            100
+        );
     }
 }

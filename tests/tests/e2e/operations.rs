@@ -146,6 +146,14 @@ async fn metrics_are_scraped_over_http_parsed_and_bounded() {
         .unwrap()
         .as_secs_f64();
     assert!(expiry > now && expiry < now + 25.0 * 3600.0, "{expiry}");
+    assert_eq!(
+        sum(
+            &b,
+            "pqmesh_peer_requests_total",
+            &[("peer", &spiffe("web")), ("status_class", "2xx")]
+        ),
+        5.0
+    );
     assert_eq!(sum(&b, "pqmesh_trust_bundle_roots", &[]), 1.0);
     assert_eq!(
         sum(&b, "pqmesh_policy_version_info", &[]),
@@ -346,6 +354,8 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
     tokio::time::timeout(Duration::from_secs(1), b.shutdown_requested())
         .await
         .expect("shutdown requested");
+    let (status, body) = admin(b.admin_addr, Method::GET, "/ready").await;
+    assert_eq!((status, body.trim()), (503, "draining"));
     let started = Instant::now();
     let drain = tokio::spawn(b.shutdown_with_deadline(Duration::from_secs(10)));
     tokio::time::sleep(Duration::from_millis(100)).await;
