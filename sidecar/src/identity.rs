@@ -50,6 +50,8 @@ pub struct GrpcCertifier {
     pub kx: KeyExchangePolicy,
     pub token: TokenSource,
     /// Roots trusted for the control plane: the bootstrap file, then each Certify's bundle.
+    /// Roots trusted for the control plane: the bootstrap file, then each Certify's bundle or the
+    /// bundle pushed on the policy stream, whichever came last.
     pub bundle: std::sync::Mutex<TrustBundle>,
 }
 
@@ -94,6 +96,16 @@ impl Certifier for GrpcCertifier {
             *self.bundle.lock().unwrap_or_else(|p| p.into_inner()) = next;
         }
         Ok(response)
+    }
+}
+
+/// Shared: the sidecar's identity task certifies, its policy task updates the bundle.
+impl<C: Certifier> Certifier for Arc<C> {
+    fn certify(
+        &self,
+        csr_der: Vec<u8>,
+    ) -> impl Future<Output = Result<CertifyResponse, IdentityError>> + Send {
+        (**self).certify(csr_der)
     }
 }
 

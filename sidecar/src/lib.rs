@@ -211,6 +211,13 @@ pub async fn start_with(
     let mut listeners = Vec::new();
     let drain = Drain::new(shutdown_rx.clone());
     let (revoked_tx, revoked_rx) = watch::channel(Arc::new(revocation::Revoked::default()));
+    let certifier = Arc::new(GrpcCertifier {
+        addr: config.control_plane_addr.clone(),
+        server_id: config.control_plane_id.clone(),
+        kx: config.kx,
+        token: config.token.clone(),
+        bundle: std::sync::Mutex::new(bundle),
+    });
     let (policy_tx, policy_rx) = watch::channel(None);
     tasks.push(tokio::spawn(
         policy::PolicyClientTask {
@@ -220,6 +227,7 @@ pub async fn start_with(
             metrics: metrics.clone(),
             revoked: revoked_tx,
             renew: renew_tx.clone(),
+            certifier: certifier.clone(),
         }
         .run(
             config.control_plane_addr.clone(),
@@ -284,13 +292,6 @@ pub async fn start_with(
         drain.clone(),
     )));
 
-    let certifier = GrpcCertifier {
-        addr: config.control_plane_addr.clone(),
-        server_id: config.control_plane_id.clone(),
-        kx: config.kx,
-        token: config.token.clone(),
-        bundle: std::sync::Mutex::new(bundle),
-    };
     tasks.push(tokio::spawn(identity::maintain(
         certifier,
         config.key_alg,

@@ -131,6 +131,8 @@ pub struct PolicyClientTask {
     pub revoked: watch::Sender<Arc<Revoked>>,
     /// Asks the identity task to re-certify (the pushed CA version differs from ours).
     pub renew: mpsc::Sender<()>,
+    /// Its bundle (the roots trusted for the control plane) is replaced by the pushed one.
+    pub certifier: Arc<crate::identity::GrpcCertifier>,
 }
 
 impl PolicyClientTask {
@@ -252,8 +254,26 @@ impl PolicyClientTask {
                 }
                 Err(e) => problem = Some(e),
             }
+            if !mesh.trust_bundle_der.is_empty() {
+                let roots = mesh
+                    .trust_bundle_der
+                    .iter()
+                    .cloned()
+                    .map(rustls_pki_types::CertificateDer::from)
+                    .collect();
+                match pqmesh_mtls::TrustBundle::new(roots) {
+                    Ok(bundle) => {
+                        *self
+                            .certifier
+                            .bundle
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = bundle
+                    }
+                    Err(e) => problem = Some(format!("pushed trust bundle: {e}")),
+                }
+            }
             let held = held_ca_version(tls_rx);
-            if !mesh.ca_version.is_empty() && mesh.ca_version != held {
+            if !mesh.ca_version.is_empty() && mesh.ca_version != held && problem.is_none() {
                 tracing::info!(held = %held, current = %mesh.ca_version, "the mesh CA changed; re-certifying now");
                 let _ = self.renew.try_send(());
             }

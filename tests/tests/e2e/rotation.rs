@@ -309,3 +309,28 @@ async fn an_invalid_ca_change_changes_nothing() {
         .await
         .unwrap();
 }
+
+/// An operator who activates without waiting after `prepare`: the control plane's serving
+/// certificate already chains to a root the sidecars' certificates do not carry. They still
+/// re-certify, because the bundle pushed on the policy stream is trusted for the control plane
+/// (without it they would be locked out of Certify for good).
+#[tokio::test]
+async fn activating_without_waiting_does_not_lock_sidecars_out() {
+    let m = mesh(KeyAlgorithm::EcdsaP256, &[]).await;
+    let dir = m.cp.dir.path().to_owned();
+    let first = all_on_current_ca(&m, "start", "").await;
+    rotation::prepare(&dir, TRUST_DOMAIN, KeyAlgorithm::MlDsa65).unwrap();
+    rotation::activate(&dir, TRUST_DOMAIN).unwrap();
+    all_on_current_ca(&m, "prepare+activate at once", &first).await;
+    let new_root = m.cp.running.ca.borrow().root_der().clone();
+    for s in [&m.a, &m.b] {
+        assert!(s
+            .current()
+            .unwrap()
+            .creds
+            .bundle
+            .roots()
+            .contains(&new_root));
+    }
+    get(m.a.outbound_addr.unwrap(), "/after").await.unwrap();
+}
