@@ -226,6 +226,10 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
                         .set(admin_tracker.on_ca_version(&ca_version) as i64);
                     admin::render_metrics(&admin_metrics.registry)
                 }
+                (&Method::GET, "/config_dump") if !remote.ip().is_loopback() => Reply::text(
+                    StatusCode::FORBIDDEN,
+                    "config_dump is allowed from localhost only\n",
+                ),
                 (&Method::GET, "/config_dump") => {
                     let body = serde_json::json!({
                         "config": dump_config,

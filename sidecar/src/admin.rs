@@ -76,6 +76,12 @@ pub fn spawn(
                 }
             }
             (&Method::GET, "/metrics") => admin::render_metrics(&metrics.registry),
+            // Readable only from inside the pod (kubectl port-forward arrives on loopback): it
+            // describes the workload's security settings to whoever asks.
+            (&Method::GET, "/config_dump") if !remote.ip().is_loopback() => Reply::text(
+                StatusCode::FORBIDDEN,
+                "config_dump is allowed from localhost only\n",
+            ),
             (&Method::GET, "/config_dump") => {
                 let certificate = tls.borrow().as_ref().map(|t| {
                     let c = &t.creds;
@@ -87,6 +93,7 @@ pub fn spawn(
                         "not_after_rfc3339": rfc3339(c.not_after),
                         "signature_scheme": pqmesh_mtls::verify::signature_scheme_name(&c.chain[0]),
                         "ca_version": t.ca_version,
+                        "trust_bundle_roots": c.bundle.roots().len(),
                         "trust_bundle": c.bundle.roots().iter().map(|r| root_summary(r)).collect::<Vec<_>>(),
                     })
                 });
