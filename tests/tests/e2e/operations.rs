@@ -298,6 +298,7 @@ async fn the_access_log_has_one_json_line_per_request_and_no_token() {
         .filter(|v| v["target"] == "pqmesh::access")
         .collect();
     assert_eq!(access.len(), 3, "one line per request: {text}");
+    println!("access log line: {}", access[0]);
     for line in &access {
         assert_eq!(line["peer"], spiffe("web"));
         assert_eq!(line["status"], 200);
