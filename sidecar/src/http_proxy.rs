@@ -364,10 +364,15 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
         }),
     });
     match decision {
-        Decision::Allow { .. } => {
+        Decision::Allow { policy, rule } => {
             ctx.metrics
                 .policy_decisions
                 .with_label_values(&["allow", "allowed"])
+                .inc();
+            let rule = rule.map_or_else(|| "none".to_owned(), |r| r.to_string());
+            ctx.metrics
+                .policy_allows
+                .with_label_values(&[&policy, &rule])
                 .inc();
             if let Some(Ok(a)) = &authenticated {
                 if a.phantom {

@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Connections still open while draining.
     pub draining_connections: IntGauge,
     pub peer_requests: IntCounterVec,
+    /// Allowed requests by AccessPolicy and rule index (both bounded by the pushed policy).
+    pub policy_allows: IntCounterVec,
     /// Peers that have a series of their own in `peer_requests` (bounded).
     peers_seen: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Token outcomes, introspection and JWKS counters (shared by every policy's validator).
@@ -175,9 +177,16 @@ impl Metrics {
             "HTTP requests by direction, caller identity (at most 512 identities, then \"other\"; \"none\" for plaintext) and status class",
             &["direction", "peer", "status_class"],
         );
+        let policy_allows = counter(
+            &registry,
+            "policy_allows_total",
+            "Requests allowed, by AccessPolicy (namespace/name) and the index of the rule that matched (none: the policy has no rules)",
+            &["policy", "rule"],
+        );
         let token =
             crate::token::TokenMetrics::new(&registry).expect("token metrics register once");
         Self {
+            policy_allows,
             peer_requests,
             peers_seen: Default::default(),
             policy_version,

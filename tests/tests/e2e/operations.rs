@@ -563,3 +563,53 @@ async fn an_invalid_revocation_edit_keeps_the_last_good_list() {
     assert_eq!(m.a.revoked().len(), 1, "last good list kept");
     get(out, "/fine").await.unwrap();
 }
+
+#[tokio::test]
+async fn policy_decisions_are_counted_by_policy_rule_and_reason() {
+    let m = mesh(
+        KeyAlgorithm::EcdsaP256,
+        &[("PQMESH_WORKLOAD_LABELS", "app=orders")],
+    )
+    .await;
+    m.cp.write_policy(
+        "orders.yaml",
+        "apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {name: orders, namespace: shop}\nspec:\n  selector: {matchLabels: {app: orders}}\n  peers: [\"shop/web\"]\n  rules:\n    - {methods: [POST], paths: [\"/admin\"]}\n    - {methods: [GET], paths: [\"/orders/**\"]}\n",
+        1,
+    )
+    .await;
+    eventually("B applied the policy", || {
+        m.b.policy().is_some_and(|p| !p.policy.policies.is_empty())
+    })
+    .await;
+    let out = m.a.outbound_addr.unwrap();
+    get(out, "/orders/7").await.unwrap();
+    get(out, "/orders/8").await.unwrap();
+    assert!(get(out, "/elsewhere").await.is_err(), "no rule matches");
+    let (_, text) = admin(m.b.admin_addr, Method::GET, "/metrics").await;
+    let b = parse_prometheus(&text);
+    assert_eq!(
+        sum(
+            &b,
+            "pqmesh_policy_allows_total",
+            &[("policy", "shop/orders"), ("rule", "1")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sum(
+            &b,
+            "pqmesh_policy_decisions_total",
+            &[("decision", "deny"), ("reason", "no_rule_matched")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum(
+            &b,
+            "pqmesh_peer_requests_total",
+            &[("peer", &spiffe("web")), ("status_class", "4xx")]
+        ),
+        1.0
+    );
+}
