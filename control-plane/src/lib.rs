@@ -224,6 +224,9 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
                     admin_metrics
                         .sidecars_on_current_ca
                         .set(admin_tracker.on_ca_version(&ca_version) as i64);
+                    admin_metrics
+                        .sidecars_on_current_policy
+                        .set(admin_tracker.acked_count().0 as i64);
                     admin::render_metrics(&admin_metrics.registry)
                 }
                 (&Method::GET, "/config_dump") if !remote.ip().is_loopback() => Reply::text(

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub ca_reloads: IntCounterVec,
     pub trusted_roots: IntGauge,
     pub sidecars_on_current_ca: IntGauge,
+    pub sidecars_on_current_policy: IntGauge,
     pub revocation_reloads: IntCounterVec,
     pub revoked: IntGaugeVec,
     pub revoked_streams_closed: IntCounter,
@@ -191,6 +192,11 @@ impl Metrics {
             "Connected sidecars whose certificate was issued under the current CA version",
         )
         .expect("static metric");
+        let sidecars_on_current_policy = IntGauge::new(
+            "sidecars_on_current_policy",
+            "Connected sidecars that ACKed the policy snapshot last sent to them",
+        )
+        .expect("static metric");
         let revocation_reloads = IntCounterVec::new(
             Opts::new(
                 "revocation_reloads_total",
@@ -213,6 +219,7 @@ impl Metrics {
             Box::new(ca_reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(trusted_roots.clone()),
             Box::new(sidecars_on_current_ca.clone()),
+            Box::new(sidecars_on_current_policy.clone()),
             Box::new(revocation_reloads.clone()),
             Box::new(revoked.clone()),
             Box::new(revoked_streams_closed.clone()),
@@ -224,6 +231,7 @@ impl Metrics {
             ca_reloads,
             trusted_roots,
             sidecars_on_current_ca,
+            sidecars_on_current_policy,
             revocation_reloads,
             revoked,
             revoked_streams_closed,

@@ -187,6 +187,7 @@ async fn metrics_are_scraped_over_http_parsed_and_bounded() {
     assert_eq!(sum(&cp, "pqmesh_ca_trusted_roots", &[]), 1.0);
     assert_eq!(sum(&cp, "pqmesh_policy_streams", &[]), 2.0);
     assert_eq!(sum(&cp, "pqmesh_sidecars_on_current_ca", &[]), 2.0);
+    assert_eq!(sum(&cp, "pqmesh_sidecars_on_current_policy", &[]), 2.0);
     assert_eq!(sum(&cp, "pqmesh_revoked_entries", &[]), 0.0);
 }
 
