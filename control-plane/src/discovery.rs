@@ -25,6 +25,8 @@ pub struct DiscoveryService {
     pub metrics: Arc<Metrics>,
     /// Flips to true when the control plane stops: every stream ends so sidecars reconnect.
     pub stopping: watch::Receiver<bool>,
+    /// A revoked sidecar gets no answers.
+    pub revoked: watch::Receiver<Arc<crate::revocation::RevocationList>>,
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<DestinationUpdate, Status>> + Send>>;
@@ -65,6 +67,14 @@ impl Discovery for DiscoveryService {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<UpdateStream>, Status> {
         let peer = authenticated_peer(&request, "Discovery")?;
+        let serial = request
+            .extensions()
+            .get::<pqmesh_mtls::grpc_tls::PeerInfo>()
+            .and_then(|p| p.peer_serial.clone());
+        if self.revoked.borrow().covers(&peer, serial.as_deref()) {
+            self.metrics.revoked_streams_closed.inc();
+            return Err(Status::permission_denied(format!("{peer} is revoked")));
+        }
         let mut requests = request.into_inner();
         let mut table = self.table.clone();
         let mut stopping = self.stopping.clone();

@@ -302,6 +302,7 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         table,
         metrics: metrics.clone(),
         stopping,
+        revoked: revoked.clone(),
     };
     let identity = IdentityService {
         ca: ca.clone(),

@@ -141,7 +141,7 @@ fn mesh_state(ca: &CertificateAuthority, revoked: &RevocationList) -> MeshState 
 }
 
 fn is_revoked(revoked: &RevocationList, peer: &SpiffeId, serial: Option<&String>) -> bool {
-    revoked.is_identity_revoked(peer) || serial.is_some_and(|s| revoked.serials.contains(s))
+    revoked.covers(peer, serial.map(String::as_str))
 }
 
 #[tonic::async_trait]

@@ -90,6 +90,11 @@ impl RevocationList {
         self.identities.contains(&id.to_string())
     }
 
+    /// Whether a peer with this identity and certificate serial (upper-case hex) is revoked.
+    pub fn covers(&self, id: &SpiffeId, serial: Option<&str>) -> bool {
+        self.is_identity_revoked(id) || serial.is_some_and(|s| self.serials.contains(s))
+    }
+
     /// A content hash ("" for an empty list, so a mesh without revocations shows none).
     pub fn version(&self) -> String {
         if self.identities.is_empty() && self.serials.is_empty() {

@@ -473,6 +473,29 @@ async fn a_revoked_workload_is_cut_off_within_seconds() {
     // Others are unaffected.
     get(other.outbound_addr.unwrap(), "/other").await.unwrap();
 
+    // With its still-valid certificate it gets neither discovery answers nor policy.
+    let tls = m.a.current().unwrap();
+    let cp_addr = m.cp.running.grpc_addr.to_string();
+    let channel = tls
+        .control_plane_channel(&cp_addr, &m.cp.running.identity)
+        .await
+        .unwrap();
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let status =
+        pqmesh_proto::discovery::v1::discovery_client::DiscoveryClient::new(channel.clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .err()
+            .expect("discovery refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let status = pqmesh_proto::policy::v1::policy_client::PolicyClient::new(channel)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .err()
+        .expect("policy refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
     // The revoked workload cannot obtain a new certificate.
     let certifier = pqmesh_sidecar::identity::GrpcCertifier {
         addr: m.cp.running.grpc_addr.to_string(),
