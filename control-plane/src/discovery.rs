@@ -78,6 +78,7 @@ impl Discovery for DiscoveryService {
         let mut requests = request.into_inner();
         let mut table = self.table.clone();
         let mut stopping = self.stopping.clone();
+        let mut revoked = self.revoked.clone();
         let metrics = self.metrics.clone();
         let (tx, rx) = mpsc::channel(256);
         metrics.discovery_streams.inc();
@@ -118,6 +119,14 @@ impl Discovery for DiscoveryService {
                             }
                         }
                         _ = tx.closed() => return Ok(()),
+                        _ = async {
+                            if revoked.wait_for(|r| r.covers(&peer, serial.as_deref())).await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        } => {
+                            metrics.revoked_streams_closed.inc();
+                            return Err(Status::permission_denied(format!("{peer} is revoked")));
+                        }
                         _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
                             return Err(Status::unavailable("control plane is shutting down"));
                         }

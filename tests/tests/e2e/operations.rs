@@ -637,3 +637,24 @@ async fn policy_decisions_are_counted_by_policy_rule_and_reason() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_revoked_sidecars_control_plane_streams_are_closed() {
+    let cp = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web"]).await;
+    let a = sidecar_redirected(
+        cp.sidecar_env("web", KeyAlgorithm::EcdsaP256),
+        Some("127.0.0.1:9".parse().unwrap()),
+    )
+    .await;
+    let registry = cp.running.metrics.registry.clone();
+    let streams = |name: &str| metric(&registry, name, &[]);
+    assert_eq!(streams("pqmesh_discovery_streams"), 1.0);
+    assert_eq!(streams("pqmesh_policy_streams"), 1.0);
+    write_revocations(&cp, "identities: [shop/web]\n");
+    eventually("both streams were closed", || {
+        streams("pqmesh_discovery_streams") == 0.0 && streams("pqmesh_policy_streams") == 0.0
+    })
+    .await;
+    assert!(streams("pqmesh_revoked_streams_closed_total") >= 2.0);
+    drop(a);
+}
