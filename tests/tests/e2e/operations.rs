@@ -485,15 +485,13 @@ async fn a_revoked_workload_is_cut_off_within_seconds() {
         pqmesh_proto::discovery::v1::discovery_client::DiscoveryClient::new(channel.clone())
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .err()
-            .expect("discovery refused");
+            .expect_err("discovery refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     let (_tx, rx) = tokio::sync::mpsc::channel(1);
     let status = pqmesh_proto::policy::v1::policy_client::PolicyClient::new(channel)
         .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .err()
-        .expect("policy refused");
+        .expect_err("policy refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 
     // The revoked workload cannot obtain a new certificate.
