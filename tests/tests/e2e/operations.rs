@@ -418,29 +418,58 @@ async fn a_revoked_workload_is_cut_off_within_seconds() {
 
     let revoked_at = Instant::now();
     write_revocations(&m.cp, "identities: [shop/web]\n");
-    // The open connection: requests on it fail once B closes it.
+    // Each latency ends when the client sees the failure; B's metrics must then show that B's
+    // revocation enforcement caused it (so an unrelated error cannot pass for a fast revocation;
+    // B counts right after it dropped the connection, hence the short wait).
+    let caused_by_b = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+        let registry = m.b.metrics.registry.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while metric(&registry, name, labels) < 1.0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "a request failed, but not because B enforced the revocation ({name})"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
     let existing = async {
         loop {
             if get_on(&mut keep_alive, "/existing").await.is_err() {
-                return revoked_at.elapsed();
+                let at = revoked_at.elapsed();
+                caused_by_b(
+                    "pqmesh_revoked_connections_closed_total",
+                    &[("direction", "inbound")],
+                )
+                .await;
+                return at;
             }
             assert!(
                 revoked_at.elapsed() < Duration::from_secs(10),
                 "never closed"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
     let fresh = async {
         loop {
             if get(out, "/new").await.is_err() {
-                return revoked_at.elapsed();
+                let at = revoked_at.elapsed();
+                // Refused after its handshake, or (when it was already open as the list
+                // arrived) closed like the keep-alive connection.
+                caused_by_b(
+                    "pqmesh_revoked_connections_closed_total",
+                    &[("direction", "inbound")],
+                )
+                .await;
+                return at;
             }
             assert!(
                 revoked_at.elapsed() < Duration::from_secs(10),
                 "never refused"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
     let (closed_after, refused_after) = tokio::join!(existing, fresh);
