@@ -377,13 +377,12 @@ async fn two_replicas_one_ca_bundles_webhook_policy_status_end_to_end() {
 
     // Discovery follows the cluster: pods and the Service's cluster IP are known; when api's
     // pod goes away, its IP and the Service (no meshed backend left) leave the table.
-    eventually(
-        "discovery has web, api, intruder and the api Service",
-        || cp0.metrics.endpoints.get() == 4,
-    )
+    eventually_async("discovery has web, api, intruder and the api Service", || async {
+        cp0.metrics.endpoints.get() == 4
+    })
     .await;
     api.delete("api/v1/pods", "shop", "api-7d9f8c6b5d-x2x9q");
-    eventually("api's pod and Service left discovery", || {
+    eventually_async("api's pod and Service left discovery", || async {
         cp0.metrics.endpoints.get() == 2
     })
     .await;
@@ -500,4 +499,97 @@ async fn user_provided_ca_is_used_and_never_written() {
         "the user's Secret was written: {writes:?}"
     );
     cp.shutdown().await;
+}
+
+/// `GET path` on `addr`; the status code and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// The kubelet's probes of a STRICT pod's app: the injector moves them to the sidecar's admin
+/// port and the sidecar runs them against the app (which the kubelet's plaintext probe to the
+/// app port could not reach through a STRICT inbound listener).
+#[tokio::test]
+async fn app_probes_reach_the_app_through_the_sidecar_admin_port() {
+    let cp = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web"]).await;
+    let (http_addr, tcp_addr, stats) = pqmesh_tests::http_app::start("web").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": "shop"},
+        "spec": {"containers": [{"name": "web", "image": "registry.example/shop/web:1",
+            "ports": [{"name": "http", "containerPort": http_addr.port()}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
+            "livenessProbe": {"tcpSocket": {"port": tcp_addr.port()}},
+            "startupProbe": {"httpGet": {"path": "/", "port": closed}}}]}});
+    let identity = pqmesh_mtls::SpiffeId::new(TRUST_DOMAIN, CP_NS, "pqmesh-control-plane").unwrap();
+    let cfg = pqmesh_control_plane::inject::InjectConfig::from_env(
+        &HashMap::<String, String>::new(),
+        &identity,
+    )
+    .unwrap();
+    let pqmesh_control_plane::inject::Plan::Inject(injected) =
+        pqmesh_control_plane::inject::plan(&pod, None, &cfg).unwrap()
+    else {
+        panic!("the pod must be injected")
+    };
+    let app = &injected["spec"]["containers"][0];
+    for (probe, kind) in [
+        ("readinessProbe", "readyz"),
+        ("livenessProbe", "livez"),
+        ("startupProbe", "startupz"),
+    ] {
+        assert_eq!(
+            app[probe]["httpGet"],
+            json!({"path": format!("/app-health/web/{kind}"), "port": 15000, "scheme": "HTTP"})
+        );
+    }
+    assert_eq!(app["readinessProbe"]["periodSeconds"], 5);
+    let table = injected["spec"]["initContainers"][1]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "PQMESH_APP_PROBES")
+        .and_then(|e| e["value"].as_str())
+        .expect("PQMESH_APP_PROBES")
+        .to_owned();
+
+    let sidecar = sidecar(with(
+        cp.sidecar_env("web", KeyAlgorithm::EcdsaP256),
+        &[("PQMESH_APP_PROBES", &table)],
+    ))
+    .await;
+    let before = stats.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = http_get(sidecar.admin_addr, "/app-health/web/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        stats.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "the app itself answered"
+    );
+    assert_eq!(
+        http_get(sidecar.admin_addr, "/app-health/web/livez")
+            .await
+            .0,
+        200
+    );
+    let (status, body) = http_get(sidecar.admin_addr, "/app-health/web/startupz").await;
+    assert_eq!(status, 503, "a closed app port fails the probe: {body}");
+    assert_eq!(
+        http_get(sidecar.admin_addr, "/app-health/other/readyz")
+            .await
+            .0,
+        404
+    );
 }
