@@ -362,7 +362,8 @@ pub fn endpoint_table(stores: &WorkloadStores, trust_domain: &str) -> EndpointTa
         ) else {
             continue;
         };
-        let cluster_ips: Vec<IpAddr> = spec
+        // clusterIPs repeats clusterIP (its first entry) on current API servers.
+        let cluster_ips: std::collections::BTreeSet<IpAddr> = spec
             .cluster_ips
             .iter()
             .flatten()

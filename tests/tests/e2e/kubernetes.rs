@@ -375,11 +375,30 @@ async fn two_replicas_one_ca_bundles_webhook_policy_status_end_to_end() {
     })
     .await;
 
+    // A change arrives as a watch event: `kubectl apply` admitting shop/intruder too. The new
+    // version is pushed, ACKed (observedGeneration 2), and the intruder now gets through.
+    let mut policy = api
+        .get("apis/pqmesh.io/v1alpha1/accesspolicies", "shop", "api")
+        .unwrap();
+    policy["spec"]["peers"] = json!(["shop/web", "shop/intruder"]);
+    api.put(policy);
+    eventually_async("the changed policy is ACKed", || async {
+        api.get("apis/pqmesh.io/v1alpha1/accesspolicies", "shop", "api")
+            .is_some_and(|p| {
+                p["status"]["observedGeneration"] == json!(2)
+                    && p["status"]["ackedSidecars"] == json!(1)
+            })
+    })
+    .await;
+    let admitted = exchange(intruder.outbound_addr.unwrap(), b"now allowed").await;
+    assert_eq!(String::from_utf8_lossy(&admitted), "now allowedEOF-SEEN");
+
     // Discovery follows the cluster: pods and the Service's cluster IP are known; when api's
     // pod goes away, its IP and the Service (no meshed backend left) leave the table.
-    eventually_async("discovery has web, api, intruder and the api Service", || async {
-        cp0.metrics.endpoints.get() == 4
-    })
+    eventually_async(
+        "discovery has web, api, intruder and the api Service",
+        || async { cp0.metrics.endpoints.get() == 4 },
+    )
     .await;
     api.delete("api/v1/pods", "shop", "api-7d9f8c6b5d-x2x9q");
     eventually_async("api's pod and Service left discovery", || async {
