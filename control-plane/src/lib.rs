@@ -249,7 +249,9 @@ async fn start_with(
     // an ECDSA CA (Go cannot verify ML-DSA); in local mode from the mesh CA.
     let webhook_addr = match config.webhook_addr {
         Some(addr) => {
-            let webhook_rx = if Arc::ptr_eq(&sources.webhook_ca, &ca) {
+            // Local mode: the control plane's own serving certificate. Kubernetes: always an
+            // ECDSA key, which the API server can verify.
+            let webhook_rx = if sources.cluster.is_none() {
                 serving_rx.clone()
             } else {
                 let webhook = ServingCert {

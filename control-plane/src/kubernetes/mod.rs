@@ -1,7 +1,7 @@
 //! Kubernetes mode (`--kubernetes`): the same services as local mode, fed from the API server.
 //! - CA root and key in a Secret (`ca_secret`), created once race-safely or provided by the
-//!   operator; a separate ECDSA CA Secret signs the webhook's serving certificate, because the
-//!   API server (Go) cannot verify ML-DSA.
+//!   operator. The mesh CA also signs the webhook's serving certificate, unless its root is
+//!   ML-DSA: the API server (Go) cannot verify ML-DSA, so then a separate ECDSA CA Secret does.
 //! - Workloads authenticate with projected service-account tokens (audience `pqmesh-ca`),
 //!   checked by TokenReview (`token_review`).
 //! - Policies from AccessPolicy/TokenIssuer objects, discovery from Pods/Services/EndpointSlices,
@@ -51,7 +51,8 @@ pub struct Cluster {
     pub client: kube::Client,
     pub settings: KubernetesSettings,
     pub ca: Arc<CertificateAuthority>,
-    /// Signs the webhook's serving certificate; its root is the webhook's caBundle.
+    /// Signs the webhook's serving certificate (the mesh CA itself unless its root is ML-DSA);
+    /// its root is the webhook's caBundle.
     pub webhook_ca: Arc<CertificateAuthority>,
     pub authenticator: Authenticator,
     pub policies: watch::Receiver<Arc<PolicyState>>,
@@ -97,9 +98,16 @@ impl Cluster {
         )
         .load_or_create()
         .await?;
-        let webhook_ca = secret(&settings.webhook_ca_secret, false, KeyAlgorithm::EcdsaP256)
-            .load_or_create()
-            .await?;
+        let ca = Arc::new(ca);
+        let webhook_ca = if root_is_ecdsa(ca.root_der()) {
+            ca.clone()
+        } else {
+            Arc::new(
+                secret(&settings.webhook_ca_secret, false, KeyAlgorithm::EcdsaP256)
+                    .load_or_create()
+                    .await?,
+            )
+        };
         let authenticator = Authenticator::TokenReview(Arc::new(TokenReviewer::new(
             client.clone(),
             &settings.token_audience,
@@ -121,8 +129,8 @@ impl Cluster {
             labels: Arc::new(sources::PodLabels(workloads.pods.clone())),
             client,
             settings: settings.clone(),
-            ca: Arc::new(ca),
-            webhook_ca: Arc::new(webhook_ca),
+            ca,
+            webhook_ca,
             authenticator,
             policies,
             endpoints,
@@ -170,4 +178,17 @@ impl Cluster {
             tracker,
         );
     }
+}
+
+/// Whether a root's key is ECDSA (which the API server can verify), from its SPKI algorithm.
+fn root_is_ecdsa(root_der: &[u8]) -> bool {
+    const ID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+    <x509_cert::Certificate as der::Decode>::from_der(root_der).is_ok_and(|c| {
+        c.tbs_certificate
+            .subject_public_key_info
+            .algorithm
+            .oid
+            .to_string()
+            == ID_EC_PUBLIC_KEY
+    })
 }

@@ -165,6 +165,49 @@ fn same_certs(a: Option<&str>, b: &str) -> bool {
     a.is_some_and(|a| !parse(a).is_empty() && parse(a) == parse(b))
 }
 
+/// The webhook configuration's caBundle becomes `expected_root`, and the webhook's certificate
+/// verifies against it for the Service name the API server dials.
+async fn webhook_trusts(api: &ApiServer, cp: &RunningControlPlane, expected_root: &str) {
+    eventually("webhook caBundle", || {
+        api.get(
+            "apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+            "",
+            "pqmesh",
+        )
+        .is_some_and(|w| {
+            use base64::Engine;
+            let got = w["webhooks"][0]["clientConfig"]["caBundle"]
+                .as_str()
+                .unwrap_or_default();
+            let got = base64::engine::general_purpose::STANDARD
+                .decode(got)
+                .unwrap_or_default();
+            same_certs(std::str::from_utf8(&got).ok(), expected_root)
+        })
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pqmesh_mtls::x509::certs_from_pem(expected_root).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    // A plain TLS client trusting only the caBundle, as the API server does.
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(cp.webhook_addr.unwrap()).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(
+            rustls_pki_types::ServerName::try_from(WEBHOOK_NAME).unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the webhook's certificate verifies against the published caBundle");
+}
+
 /// What the kubelet would mount from the trust-bundle ConfigMap.
 fn mounted_bundle(api: &ApiServer, dir: &TempDir) -> String {
     let cm = api
@@ -225,11 +268,7 @@ async fn two_replicas_one_ca_bundles_webhook_policy_status_end_to_end() {
                 && r.status == 201
         })
         .collect();
-    assert_eq!(
-        created.len(),
-        2,
-        "one mesh CA Secret and one webhook CA Secret: {created:?}"
-    );
+    assert_eq!(created.len(), 1, "one CA Secret: {created:?}");
     let ca = api
         .get("api/v1/secrets", CP_NS, "pqmesh-ca")
         .expect("CA Secret");
@@ -250,50 +289,8 @@ async fn two_replicas_one_ca_bundles_webhook_policy_status_end_to_end() {
         "unmeshed namespaces get nothing"
     );
 
-    // The webhook's caBundle is the webhook CA, and the webhook's certificate verifies against it
-    // for the Service name the API server dials.
-    let webhook_root = data(
-        &api.get("api/v1/secrets", CP_NS, "pqmesh-ca-webhook")
-            .unwrap(),
-        "ca.crt",
-    );
-    eventually("webhook caBundle", || {
-        api.get(
-            "apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
-            "",
-            "pqmesh",
-        )
-        .is_some_and(|w| {
-            use base64::Engine;
-            let got = w["webhooks"][0]["clientConfig"]["caBundle"]
-                .as_str()
-                .unwrap_or_default();
-            let got = base64::engine::general_purpose::STANDARD
-                .decode(got)
-                .unwrap_or_default();
-            same_certs(std::str::from_utf8(&got).ok(), &webhook_root)
-        })
-    })
-    .await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in pqmesh_mtls::x509::certs_from_pem(&webhook_root).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(cp0.webhook_addr.unwrap()).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(client))
-        .connect(
-            rustls_pki_types::ServerName::try_from(WEBHOOK_NAME).unwrap(),
-            tcp,
-        )
-        .await
-        .expect("the webhook's certificate verifies against the published caBundle");
+    // ECDSA root: the mesh CA signs the webhook's certificate too.
+    webhook_trusts(&api, &cp0, &root).await;
 
     // Real sidecars: api behind replica 0, web behind replica 1, both trusting the mounted bundle.
     let dir = TempDir::new("k8s-sidecars");
@@ -508,9 +505,18 @@ async fn user_provided_ca_is_used_and_never_written() {
             .is_some_and(|cm| same_certs(cm["data"]["trust-bundle.pem"].as_str(), &cert))
     })
     .await;
+    // ML-DSA root: the API server could not verify it, so an ECDSA webhook CA signs the
+    // webhook's certificate.
+    let webhook_root = data(
+        &api.get("api/v1/secrets", CP_NS, "pqmesh-ca-webhook")
+            .expect("webhook CA Secret"),
+        "ca.crt",
+    );
+    assert!(!same_certs(Some(&webhook_root), &cert));
+    webhook_trusts(&api, &cp, &webhook_root).await;
     let writes: Vec<_> = api.requests()[before..]
         .iter()
-        .filter(|r| r.path.contains("/secrets/pqmesh-ca") && r.method != "GET")
+        .filter(|r| r.path.ends_with("/secrets/pqmesh-ca") && r.method != "GET")
         .cloned()
         .collect();
     assert!(
