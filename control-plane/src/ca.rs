@@ -204,6 +204,45 @@ impl CertificateAuthority {
         Ok(ca)
     }
 
+    /// The CA from PEM text: the signing root certificate, its PKCS#8 key, and optionally more
+    /// roots to trust (as `from_roots`). `source` names where the text came from (a file, a
+    /// Secret) in errors; a root whose algorithm differs from `alg` is used with a warning.
+    pub fn from_pem(
+        root_pem: &str,
+        key_pem: &str,
+        extra_roots_pem: Option<&str>,
+        source: &Path,
+        trust_domain: &str,
+        alg: KeyAlgorithm,
+        leaf_lifetime: Duration,
+    ) -> Result<Self, CaError> {
+        // The first certificate signs (a user-provided tls.crt may carry more after it).
+        let first = pqmesh_mtls::x509::certs_from_pem(root_pem)
+            .ok()
+            .and_then(|certs| certs.into_iter().next())
+            .map(|c| pqmesh_mtls::x509::certs_to_pem(&[c]))
+            .unwrap_or_else(|| root_pem.to_owned());
+        let roots = CaRoots {
+            signing_cert_pem: first,
+            signing_key_pem: key_pem.to_owned(),
+            also_trusted_pem: extra_roots_pem.map(str::to_owned).into_iter().collect(),
+        };
+        let ca = Self::from_roots(&roots, trust_domain, leaf_lifetime).map_err(|e| match e {
+            CaError::Roots(reason) => CaError::Invalid {
+                path: source.to_owned(),
+                reason,
+            },
+            other => other,
+        })?;
+        if ca.signing_alg != alg.rcgen() {
+            tracing::warn!(
+                configured = %alg,
+                "the existing root's key algorithm differs from the configured one; using the existing root"
+            );
+        }
+        Ok(ca)
+    }
+
     /// A CA from roots held anywhere. Refuses a key that does not belong to the signing
     /// certificate, a signing certificate that is not a CA, and unparsable trusted roots.
     pub fn from_roots(
@@ -344,7 +383,8 @@ impl CertificateAuthority {
     }
 }
 
-fn create_root(trust_domain: &str, alg: KeyAlgorithm) -> Result<(String, String), CaError> {
+/// A new self-signed root for `trust_domain`: (certificate PEM, PKCS#8 key PEM).
+pub fn create_root(trust_domain: &str, alg: KeyAlgorithm) -> Result<(String, String), CaError> {
     let key = alg.generate()?;
     let now = SystemTime::now();
     let mut params = CertificateParams::default();

@@ -42,6 +42,8 @@ pub struct Config {
     pub drain_timeout: std::time::Duration,
     /// One log line per proxied HTTP request (peer identity, method, status, decision, latency).
     pub access_log: bool,
+    /// `PQMESH_APP_PROBES`: the app's probes the injector moved to the admin port.
+    pub app_probes: crate::app_probe::ProbeTable,
 }
 
 /// Default drain deadline: Kubernetes' default grace period is 30 s, so this leaves room.
@@ -244,6 +246,11 @@ impl Config {
                 .var("PQMESH_POD_NAME")
                 .or_else(|| env.var("HOSTNAME"))
                 .unwrap_or_default(),
+            app_probes: match env.var("PQMESH_APP_PROBES") {
+                None => Default::default(),
+                Some(v) => crate::app_probe::parse_table(&v)
+                    .map_err(|e| EnvError::new("PQMESH_APP_PROBES", &v, e))?,
+            },
             trust_domain,
             drain_timeout: env::duration_or(env, "PQMESH_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
             access_log: env::parse_bool(env, "PQMESH_ACCESS_LOG", false)?,

@@ -5,6 +5,7 @@
 mod certify;
 mod external_peers;
 mod handshake_policy;
+mod kubernetes;
 mod mesh;
 mod oauth_server;
 mod operations;
