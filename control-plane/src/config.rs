@@ -39,6 +39,9 @@ pub struct KubernetesSettings {
     pub webhook_configuration: Option<String>,
     /// Audience sidecar tokens must carry (`PQMESH_TOKEN_AUDIENCE`, default `pqmesh-ca`).
     pub token_audience: String,
+    /// ConfigMap (in `namespace`) whose `revocations.yaml` lists revoked identities and serials
+    /// (`PQMESH_REVOCATIONS_CONFIGMAP`, default `pqmesh-revocations`; absent = none revoked).
+    pub revocations_configmap: String,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +198,9 @@ impl KubernetesSettings {
             token_audience: env
                 .var("PQMESH_TOKEN_AUDIENCE")
                 .unwrap_or_else(|| "pqmesh-ca".to_owned()),
+            revocations_configmap: env
+                .var("PQMESH_REVOCATIONS_CONFIGMAP")
+                .unwrap_or_else(|| "pqmesh-revocations".to_owned()),
         })
     }
 }

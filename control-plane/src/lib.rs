@@ -228,9 +228,8 @@ async fn kubernetes_sources(
 
 fn cluster_sources(cluster: kubernetes::Cluster) -> Sources {
     Sources {
-        // Not yet replaced at runtime in Kubernetes mode: fixed values.
-        ca_updates: fixed(cluster.ca.clone()),
-        revoked: fixed(Arc::new(revocation::RevocationList::default())),
+        ca_updates: cluster.ca_updates.clone(),
+        revoked: cluster.revoked.clone(),
         ca: cluster.ca.clone(),
         trust_bundle_path: PathBuf::new(),
         auth: cluster.authenticator.clone(),
@@ -578,14 +577,6 @@ impl ServingCert {
             }
         }
     }
-}
-
-/// A `watch` channel that never changes (its sender lives as long as any receiver, so receivers
-/// never see it closed).
-fn fixed<T: Send + Sync + 'static>(value: T) -> watch::Receiver<T> {
-    let (tx, rx) = watch::channel(value);
-    tokio::spawn(async move { tx.closed().await });
-    rx
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StartError> {

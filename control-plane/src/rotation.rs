@@ -217,7 +217,7 @@ pub fn summary(ca: &CertificateAuthority) -> serde_json::Value {
     })
 }
 
-fn record(ca: &CertificateAuthority, metrics: &Metrics) {
+pub(crate) fn record(ca: &CertificateAuthority, metrics: &Metrics) {
     metrics
         .root_expiry
         .set(pqmesh_mtls::x509::unix_seconds(ca.root_not_after()) as f64);

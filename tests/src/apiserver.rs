@@ -273,6 +273,12 @@ async fn handle(
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+    // `fieldSelector=metadata.name=<name>` (percent-encoded by the client) is the one selector
+    // supported: it is what watches of a single object use.
+    let only_name: Option<String> = params
+        .get("fieldSelector")
+        .map(|f| f.replace("%3D", "=").replace("%3d", "="))
+        .and_then(|f| f.strip_prefix("metadata.name=").map(str::to_owned));
     let Some((collection, ns, name, sub)) = parse_path(&path) else {
         return Ok(json_response(
             404,
@@ -288,6 +294,12 @@ async fn handle(
             .get("resourceVersion")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let named = only_name.clone();
+        let named = move |e: &Value| {
+            named
+                .as_ref()
+                .is_none_or(|n| e["object"]["metadata"]["name"] == json!(n))
+        };
         let mut live = events.subscribe();
         let backlog: Vec<Value> = {
             let mut s = state.lock().unwrap();
@@ -305,6 +317,7 @@ async fn handle(
                     *v > since
                         && *c == collection
                         && (ns.is_empty() || e["object"]["metadata"]["namespace"] == json!(ns))
+                        && named(e)
                 })
                 .map(|(_, _, e)| e.clone())
                 .collect()
@@ -323,6 +336,7 @@ async fn handle(
             while let Ok((c, e)) = live.recv().await {
                 if c != collection
                     || (!ns.is_empty() && e["object"]["metadata"]["namespace"] != json!(ns))
+                    || !named(&e)
                 {
                     continue;
                 }
@@ -372,7 +386,11 @@ async fn handle(
             let items: Vec<Value> = s
                 .objects
                 .iter()
-                .filter(|((c, n, _), _)| *c == collection && (ns.is_empty() || *n == ns))
+                .filter(|((c, n, o), _)| {
+                    *c == collection
+                        && (ns.is_empty() || *n == ns)
+                        && only_name.as_ref().is_none_or(|want| want == o)
+                })
                 .map(|(_, v)| v.clone())
                 .collect();
             let kind = items

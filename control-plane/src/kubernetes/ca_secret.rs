@@ -2,23 +2,38 @@
 //! the Secret (a 409 Conflict tells the others someone won the race, and they read the winner's);
 //! the key never leaves the Secret and the process. User-provided mode (a cert-manager style
 //! `tls.crt`/`tls.key` Secret): read only, never created or changed.
+//!
+//! The Secret is watched: root rotation is an edit of it, with the same three steps as the local
+//! files (`next-root-cert.pem` trusted → it signs as `ca.crt`/`ca.key` while the old root stays
+//! as `previous-root-cert.pem` → that key is removed); every replica loads a change that is valid
+//! as a whole and pushes the new CA version, and sidecars re-certify at once.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::runtime::{watcher, WatchStreamExt};
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+
+use crate::metrics::Metrics;
+use crate::revocation::RevocationList;
 use k8s_openapi::ByteString;
 use kube::api::{Api, ObjectMeta, PostParams};
 use pqmesh_mtls::KeyAlgorithm;
 
-use crate::ca::{create_root, CaError, CertificateAuthority};
+use crate::ca::{create_root, CaError, CaRoots, CertificateAuthority};
 
 /// Keys of a generated CA Secret.
 pub const ROOT_CERT_KEY: &str = "ca.crt";
 pub const ROOT_KEY_KEY: &str = "ca.key";
-/// Optional, in either kind of Secret: more roots to trust (PEM), e.g. the next root.
+/// Optional, in either kind of Secret: more roots to trust (PEM).
 pub const EXTRA_ROOTS_KEY: &str = "extra-trusted-roots.pem";
+/// Rotation, as in local mode: the staged next root (trusted) and the previous one (trusted).
+pub const NEXT_CERT_KEY: &str = "next-root-cert.pem";
+pub const PREVIOUS_CERT_KEY: &str = "previous-root-cert.pem";
 /// Keys of a user-provided (cert-manager style) Secret; `ca.crt` there is trusted too.
 pub const TLS_CERT_KEY: &str = "tls.crt";
 pub const TLS_KEY_KEY: &str = "tls.key";
@@ -109,52 +124,12 @@ impl CaSecret<'_> {
     }
 
     fn parse(&self, secret: &Secret) -> Result<CertificateAuthority, CaSecretError> {
-        let data = secret.data.clone().unwrap_or_default();
-        let text = |key: &'static str| -> Result<Option<String>, CaSecretError> {
-            data.get(key)
-                .map(|b| {
-                    String::from_utf8(b.0.clone()).map_err(|_| {
-                        CaError::Invalid {
-                            path: self.source(),
-                            reason: format!("{key} is not UTF-8 PEM"),
-                        }
-                        .into()
-                    })
-                })
-                .transpose()
-        };
-        let required = |key: &'static str| -> Result<String, CaSecretError> {
-            text(key)?.ok_or_else(|| CaSecretError::MissingKey {
-                namespace: self.namespace.to_owned(),
-                name: self.name.to_owned(),
-                key,
-            })
-        };
-        let (cert, key, mut extra) = if self.user_provided {
-            (
-                required(TLS_CERT_KEY)?,
-                required(TLS_KEY_KEY)?,
-                text(ROOT_CERT_KEY)?,
-            )
-        } else {
-            (required(ROOT_CERT_KEY)?, required(ROOT_KEY_KEY)?, None)
-        };
-        if let Some(more) = text(EXTRA_ROOTS_KEY)? {
-            extra = Some(extra.map_or(more.clone(), |e| format!("{e}\n{more}")));
-        }
-        Ok(CertificateAuthority::from_pem(
-            &cert,
-            &key,
-            extra.as_deref(),
-            &self.source(),
+        let roots = roots_of(secret, self.user_provided, self.namespace, self.name)?;
+        Ok(CertificateAuthority::from_roots(
+            &roots,
             self.trust_domain,
-            self.alg,
             self.leaf_lifetime,
         )?)
-    }
-
-    fn source(&self) -> PathBuf {
-        PathBuf::from(format!("Secret {}/{}", self.namespace, self.name))
     }
 
     fn api(&self, source: kube::Error) -> CaSecretError {
@@ -164,4 +139,181 @@ impl CaSecret<'_> {
             source,
         }
     }
+}
+
+/// The roots a CA Secret holds: the signing root and key (`ca.crt`/`ca.key`, or `tls.crt`/
+/// `tls.key` when user-provided, whose `ca.crt` is then trusted too) and the trusted extras.
+pub fn roots_of(
+    secret: &Secret,
+    user_provided: bool,
+    namespace: &str,
+    name: &str,
+) -> Result<CaRoots, CaSecretError> {
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |key: &'static str| -> Result<Option<String>, CaSecretError> {
+        data.get(key)
+            .map(|b| {
+                String::from_utf8(b.0.clone()).map_err(|_| {
+                    CaError::Roots(format!("Secret {namespace}/{name}: {key} is not UTF-8 PEM"))
+                        .into()
+                })
+            })
+            .transpose()
+    };
+    let required = |key: &'static str| -> Result<String, CaSecretError> {
+        text(key)?.ok_or_else(|| CaSecretError::MissingKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            key,
+        })
+    };
+    let (signing_cert_pem, signing_key_pem) = if user_provided {
+        (required(TLS_CERT_KEY)?, required(TLS_KEY_KEY)?)
+    } else {
+        (required(ROOT_CERT_KEY)?, required(ROOT_KEY_KEY)?)
+    };
+    let mut also_trusted_pem = Vec::new();
+    let extras: &[&'static str] = if user_provided {
+        &[
+            ROOT_CERT_KEY,
+            NEXT_CERT_KEY,
+            PREVIOUS_CERT_KEY,
+            EXTRA_ROOTS_KEY,
+        ]
+    } else {
+        &[NEXT_CERT_KEY, PREVIOUS_CERT_KEY, EXTRA_ROOTS_KEY]
+    };
+    for key in extras {
+        also_trusted_pem.extend(text(key)?);
+    }
+    Ok(CaRoots {
+        signing_cert_pem,
+        signing_key_pem,
+        also_trusted_pem,
+    })
+}
+
+/// Follows the CA Secret: every change that loads as a whole becomes the CA in force (new
+/// leaves, new bundle, new CA version pushed); anything else is logged and the last good CA
+/// stays. A deleted Secret changes nothing (the CA in memory keeps serving).
+pub fn watch_ca_secret(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    user_provided: bool,
+    initial: Arc<CertificateAuthority>,
+    metrics: Arc<Metrics>,
+) -> watch::Receiver<Arc<CertificateAuthority>> {
+    crate::rotation::record(&initial, &metrics);
+    let (tx, rx) = watch::channel(initial);
+    tokio::spawn(async move {
+        let api: Api<Secret> = Api::namespaced(client, &namespace);
+        // RBAC grants list/watch on this one name, which needs the field selector.
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = watcher(api, config).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let secret = match event {
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
+                Ok(watcher::Event::Delete(_)) => {
+                    tracing::error!(%namespace, %name, "the CA Secret was deleted; the CA in memory keeps serving");
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(%namespace, %name, error = %e, "CA Secret watch failed; retrying");
+                    continue;
+                }
+            };
+            if secret.metadata.name.as_deref() != Some(name.as_str()) {
+                continue;
+            }
+            let current = tx.borrow().clone();
+            let next = roots_of(&secret, user_provided, &namespace, &name).and_then(|roots| {
+                Ok(CertificateAuthority::from_roots(
+                    &roots,
+                    current.trust_domain(),
+                    current.leaf_lifetime(),
+                )?)
+            });
+            match next {
+                Ok(ca) if ca.version() == current.version() => {}
+                Ok(ca) => {
+                    tracing::info!(ca_version = %ca.version(), trusted_roots = ca.bundle().roots().len(),
+                        "CA Secret changed; sidecars will re-certify");
+                    metrics.ca_reloads.with_label_values(&["ok"]).inc();
+                    let ca = Arc::new(ca);
+                    crate::rotation::record(&ca, &metrics);
+                    if tx.send(ca).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    metrics.ca_reloads.with_label_values(&["invalid"]).inc();
+                    tracing::error!(error = %e, "CA Secret change rejected; the last good roots stay in force");
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Key of the revocations ConfigMap: the same YAML as local mode's `revocations.yaml`.
+pub const REVOCATIONS_KEY: &str = "revocations.yaml";
+
+/// Follows the revocations ConfigMap (absent = nothing revoked); an invalid edit is logged and
+/// the last good list stays.
+pub fn watch_revocations(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    trust_domain: String,
+) -> watch::Receiver<Arc<RevocationList>> {
+    let (tx, rx) = watch::channel(Arc::new(RevocationList::default()));
+    tokio::spawn(async move {
+        let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = watcher(api, config).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let text = match event {
+                Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))
+                    if cm.metadata.name.as_deref() != Some(name.as_str()) =>
+                {
+                    continue
+                }
+                Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => cm
+                    .data
+                    .and_then(|d| d.get(REVOCATIONS_KEY).cloned())
+                    .unwrap_or_default(),
+                Ok(watcher::Event::Delete(cm))
+                    if cm.metadata.name.as_deref() == Some(name.as_str()) =>
+                {
+                    String::new()
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(%namespace, %name, error = %e, "revocations watch failed; retrying");
+                    continue;
+                }
+            };
+            match RevocationList::parse(&text, &trust_domain) {
+                Ok(list) if list == **tx.borrow() => {}
+                Ok(list) => {
+                    tracing::info!(
+                        identities = list.identities.len(),
+                        serials = list.serials.len(),
+                        "revocations changed"
+                    );
+                    if tx.send(Arc::new(list)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "revocations change rejected; the last good list stays in force")
+                }
+            }
+        }
+    });
+    rx
 }

@@ -51,6 +51,10 @@ pub struct Cluster {
     pub client: kube::Client,
     pub settings: KubernetesSettings,
     pub ca: Arc<CertificateAuthority>,
+    /// The CA in force, following the CA Secret (root rotation).
+    pub ca_updates: watch::Receiver<Arc<CertificateAuthority>>,
+    /// The deny list, following the revocations ConfigMap.
+    pub revoked: watch::Receiver<Arc<crate::revocation::RevocationList>>,
     /// Signs the webhook's serving certificate (the mesh CA itself unless its root is ML-DSA);
     /// its root is the webhook's caBundle.
     pub webhook_ca: Arc<CertificateAuthority>,
@@ -108,6 +112,20 @@ impl Cluster {
                     .await?,
             )
         };
+        let ca_updates = ca_secret::watch_ca_secret(
+            client.clone(),
+            settings.namespace.clone(),
+            settings.ca_secret.clone(),
+            settings.ca_user_provided,
+            ca.clone(),
+            metrics.clone(),
+        );
+        let revoked = ca_secret::watch_revocations(
+            client.clone(),
+            settings.namespace.clone(),
+            settings.revocations_configmap.clone(),
+            config.trust_domain.clone(),
+        );
         let authenticator = Authenticator::TokenReview(Arc::new(TokenReviewer::new(
             client.clone(),
             &settings.token_audience,
@@ -130,6 +148,8 @@ impl Cluster {
             client,
             settings: settings.clone(),
             ca,
+            ca_updates,
+            revoked,
             webhook_ca,
             authenticator,
             policies,

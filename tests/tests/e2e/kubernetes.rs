@@ -618,3 +618,167 @@ async fn app_probes_reach_the_app_through_the_sidecar_admin_port() {
         404
     );
 }
+
+/// Root rotation and revocation in Kubernetes mode: the operator edits the CA Secret in the
+/// three steps of the local-mode rotation (next root trusted → it signs, the old one still
+/// trusted → the old one dropped) — here from an ECDSA to an ML-DSA-65 root — while web's sidecar
+/// keeps calling api's; then revokes web through the revocations ConfigMap.
+#[tokio::test]
+async fn ca_secret_rotation_under_traffic_then_revocation_by_configmap() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let api = ApiServer::start().await;
+    cluster(&api);
+    let cp = replica(&api, "cp-0", &[]).await.unwrap();
+    eventually("trust bundle ConfigMap", || {
+        api.get("api/v1/configmaps", "shop", "pqmesh-trust-bundle")
+            .is_some()
+    })
+    .await;
+    let dir = TempDir::new("k8s-rotation");
+    let bundle = mounted_bundle(&api, &dir);
+    let app = EchoApp::start().await;
+    let b = sidecar(with(
+        sidecar_env(&cp, &bundle, "api", "api-7d9f8c6b5d-x2x9q"),
+        &[("PQMESH_INBOUND_APP_ADDR", &app.addr.to_string())],
+    ))
+    .await;
+    let a = sidecar(with(
+        sidecar_env(&cp, &bundle, "web", "web-7d9f8c6b5d-x2x9q"),
+        &[
+            ("PQMESH_OUTBOUND_PEER_ADDR", &b.inbound_addr.to_string()),
+            ("PQMESH_OUTBOUND_PEER_ID", &spiffe("api")),
+        ],
+    ))
+    .await;
+    let outbound = a.outbound_addr.unwrap();
+
+    // Continuous traffic through the whole rotation.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let back = exchange(outbound, b"ping").await;
+                if back == b"pingEOF-SEEN" {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        })
+    };
+    let on_current_ca = || async {
+        let (_, body) = http_get(cp.admin_addr, "/policy_status").await;
+        let body = &body[body.find("\r\n\r\n").map_or(0, |i| i + 4)..];
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        v["sidecars_on_current_ca"] == json!(2) && v["connected_sidecars"] == json!(2)
+    };
+    let bundle_roots = || {
+        api.get("api/v1/configmaps", "shop", "pqmesh-trust-bundle")
+            .and_then(|cm| cm["data"]["trust-bundle.pem"].as_str().map(str::to_owned))
+            .map(|pem| pqmesh_mtls::x509::certs_from_pem(&pem).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let old = api.get("api/v1/secrets", CP_NS, "pqmesh-ca").unwrap();
+    let (old_cert, old_key) = (data(&old, "ca.crt"), data(&old, "ca.key"));
+    let (new_cert, new_key) =
+        pqmesh_control_plane::ca::create_root(TRUST_DOMAIN, KeyAlgorithm::MlDsa65).unwrap();
+    let secret = |pairs: &[(&str, &str)]| {
+        let data: serde_json::Map<String, Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(b64(v))))
+            .collect();
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "pqmesh-ca", "namespace": CP_NS}, "data": data})
+    };
+    eventually_async("both sidecars on the first CA", on_current_ca).await;
+    let reloads = || {
+        metric(
+            &cp.metrics.registry,
+            "pqmesh_ca_reloads_total",
+            &[("outcome", "ok")],
+        )
+    };
+
+    // 1. prepare: the next root is trusted, not yet signing.
+    api.put(secret(&[
+        ("ca.crt", &old_cert),
+        ("ca.key", &old_key),
+        ("next-root-cert.pem", &new_cert),
+        ("next-root-key.pem", &new_key),
+    ]));
+    eventually("the CA Secret change is loaded (prepare)", || {
+        reloads() == 1.0
+    })
+    .await;
+    eventually("the bundle trusts both roots", || bundle_roots().len() == 2).await;
+    eventually_async("both sidecars re-certified (prepare)", on_current_ca).await;
+    // 2. activate: the new root signs; the old one stays trusted.
+    api.put(secret(&[
+        ("ca.crt", &new_cert),
+        ("ca.key", &new_key),
+        ("previous-root-cert.pem", &old_cert),
+    ]));
+    eventually("the CA Secret change is loaded (activate)", || {
+        reloads() == 2.0
+    })
+    .await;
+    eventually_async("both sidecars re-certified (activate)", on_current_ca).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 3. finish: only the new root.
+    api.put(secret(&[("ca.crt", &new_cert), ("ca.key", &new_key)]));
+    eventually("the CA Secret change is loaded (finish)", || {
+        reloads() == 3.0
+    })
+    .await;
+    eventually("the bundle trusts only the new root", || {
+        bundle_roots() == pqmesh_mtls::x509::certs_from_pem(&new_cert).unwrap()
+    })
+    .await;
+    eventually_async("both sidecars re-certified (finish)", on_current_ca).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = traffic.await.unwrap();
+    eprintln!("rotation ECDSA -> ML-DSA-65 through the CA Secret: {ok} requests, {failed} failed");
+    assert!(ok > 20, "traffic ran through the rotation ({ok} requests)");
+    assert_eq!(failed, 0, "no request failed across the rotation");
+    // A broken edit (a key that does not match its certificate) changes nothing.
+    api.put(secret(&[("ca.crt", &new_cert), ("ca.key", &old_key)]));
+    eventually("the broken edit is rejected", || {
+        metric(
+            &cp.metrics.registry,
+            "pqmesh_ca_reloads_total",
+            &[("outcome", "invalid")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(exchange(outbound, b"still").await, b"stillEOF-SEEN");
+
+    // Revocation: web is listed in the revocations ConfigMap; its calls are refused.
+    let started = std::time::Instant::now();
+    api.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "pqmesh-revocations", "namespace": CP_NS},
+        "data": {"revocations.yaml": format!("identities:\n  - {}\n", spiffe("web"))}}));
+    let before = app.connections();
+    eventually_async("web is refused after its revocation", || async {
+        exchange(outbound, b"revoked?").await.is_empty()
+    })
+    .await;
+    eprintln!(
+        "revocation through the ConfigMap took effect after {:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = app.connections();
+    assert!(exchange(outbound, b"again").await.is_empty());
+    assert_eq!(
+        app.connections(),
+        after,
+        "a revoked caller never reaches the app"
+    );
+    assert!(after >= before);
+}
