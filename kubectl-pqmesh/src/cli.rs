@@ -92,6 +92,34 @@ pub enum Command {
     Policy(PolicyArgs),
     /// Offline sidecar injection of every pod template in a (multi-document) YAML file, for GitOps.
     Inject(InjectArgs),
+    /// One step of a zero-downtime CA root rotation, as an edit of the CA Secret: prepare (a new
+    /// root is trusted), activate (it signs; the old one stays trusted), finish (the old one is
+    /// dropped). Wait for `kubectl pqmesh check` to show every sidecar on the current CA between
+    /// steps.
+    RotateRoot(RotateRootArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RotateStep {
+    Prepare,
+    Activate,
+    Finish,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateRootArgs {
+    /// The step to take
+    #[arg(value_enum)]
+    pub step: RotateStep,
+    /// Key algorithm of the new root (prepare only): ecdsa-p256, ml-dsa-44 or ml-dsa-65
+    #[arg(long, value_name = "ALG", default_value = "ecdsa-p256")]
+    pub alg: String,
+    /// Name of the CA Secret in the control plane's namespace
+    #[arg(long, value_name = "NAME", default_value = "pqmesh-ca")]
+    pub ca_secret: String,
+    /// Trust domain of the new root (prepare only)
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
 }
 
 #[derive(Debug, Args)]

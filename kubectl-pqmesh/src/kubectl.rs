@@ -149,6 +149,42 @@ impl Kubectl {
         })
     }
 
+    /// `kubectl [-n ns] replace -f -` with `object` on standard input. The object carries the
+    /// resourceVersion it was read at, so a concurrent change makes this fail (409) instead of
+    /// being overwritten.
+    pub async fn replace(
+        &self,
+        namespace: Option<&str>,
+        object: &Value,
+    ) -> Result<(), KubectlError> {
+        use tokio::io::AsyncWriteExt;
+        let (mut cmd, shown) = self.command(namespace, &["replace", "-f", "-"]);
+        cmd.stdin(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
+        let body = serde_json::to_vec(object).unwrap_or_default();
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(&body)
+                .await
+                .map_err(|e| self.spawn_error(e))?;
+        }
+        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
+            .await
+            .map_err(|_| KubectlError::Timeout {
+                args: shown.clone(),
+                secs: self.timeout.as_secs(),
+            })?
+            .map_err(|e| self.spawn_error(e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(KubectlError::Failed {
+                args: shown,
+                stderr: one_line(&String::from_utf8_lossy(&out.stderr)),
+            })
+        }
+    }
+
     /// `kubectl -n ns port-forward --address 127.0.0.1 <target> :<remote_port>`: waits until
     /// kubectl reports the local port it chose.
     pub async fn port_forward(

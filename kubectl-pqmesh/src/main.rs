@@ -10,6 +10,7 @@ mod kubectl;
 mod policy;
 mod prom;
 mod render;
+mod rotate;
 mod target;
 
 use std::io::Write;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Command::Identity(_) => "identity",
         Command::Policy(_) => "policy",
         Command::Inject(_) => "inject",
+        Command::RotateRoot(_) => "rotate-root",
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
             Command::Identity(args) => identity::run(&cli.cluster, args).await,
             Command::Policy(args) => policy::run(&cli.cluster, args).await,
             Command::Inject(args) => inject::run(&cli.cluster, args).await,
+            Command::RotateRoot(args) => rotate::run(&cli.cluster, args).await,
         }
     });
     match result {

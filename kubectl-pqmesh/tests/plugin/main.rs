@@ -8,4 +8,5 @@ mod admin_url;
 mod cluster;
 mod errors;
 mod inject;
+mod rotate;
 mod support;

@@ -218,6 +218,11 @@ case "$*" in
       echo 'Error from server (NotFound): mutatingwebhookconfigurations.admissionregistration.k8s.io "pqmesh" not found' >&2; exit 1; fi ;;
   *"get endpointslices "*) cat "$FAKE_DIR/slices.json" ;;
   *"get deployment pqmesh-control-plane "*) cat "$FAKE_DIR/deployment.json" ;;
+  *"get secret "*) cat "$FAKE_DIR/secret.json" ;;
+  *"replace -f -"*)
+    if [ -n "${FAKE_CONFLICT:-}" ]; then
+      echo 'Error from server (Conflict): Operation cannot be fulfilled on secrets "pqmesh-ca": the object has been modified; please apply your changes to the latest version and try again' >&2; exit 1; fi
+    cat > "$FAKE_DIR/replaced.json" ;;
   *) echo "fake kubectl: unexpected arguments: $*" >&2; exit 1 ;;
 esac
 "#;
