@@ -2,30 +2,47 @@
 //! one to the app on 127.0.0.1:<original port> over pooled connections, HTTP/1.1 (with upgrades,
 //! e.g. WebSocket) or HTTP/2 with prior knowledge. The app learns the caller's verified SPIFFE ID
 //! from `x-pqmesh-peer-identity`; any copy of that header sent by a client is removed first.
+//! Hostile clients are bounded here: request heads over [`MAX_HEADER_BYTES`] get 431, a head not
+//! complete within [`HEADER_READ_TIMEOUT`] closes the connection (slowloris), and request bodies
+//! over [`MAX_REQUEST_BODY_BYTES`] get 413 without (Content-Length) or before the rest reaches
+//! the app (chunked: the app's request is aborted).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pqmesh_mtls::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub const PEER_IDENTITY_HEADER: &str = "x-pqmesh-peer-identity";
 
+/// Largest request head (request line + headers; HTTP/2: decoded header list) accepted: 431 above.
+/// Envoy's default is 60 KiB, nginx's 32 KiB.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// A request head must arrive within this time of the connection (or the previous request)
+/// waiting for it; a slowloris client is disconnected after it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body passed to the app: 413 above.
+pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// HTTP/2 streams one client may have open at once on a connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// A request body on its way to the app, cut off at [`MAX_REQUEST_BODY_BYTES`].
+type AppBody = Limited<Incoming>;
 
 /// Pooled clients towards the local app (one pool per app port, by URI authority).
 pub struct AppClients {
-    h1: Client<HttpConnector, Incoming>,
-    h2: Client<HttpConnector, Incoming>,
+    h1: Client<HttpConnector, AppBody>,
+    h2: Client<HttpConnector, AppBody>,
 }
 
 impl Default for AppClients {
@@ -67,6 +84,9 @@ where
         async move { Ok::<_, Infallible>(forward(req, &ctx, false).await) }
     });
     hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades()
         .await
@@ -82,6 +102,9 @@ where
         async move { Ok::<_, Infallible>(forward(req, &ctx, true).await) }
     });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .serve_connection(TokioIo::new(io), service)
         .await
 }
@@ -135,9 +158,38 @@ fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
     resp
 }
 
+/// Whether `req` declares a body larger than [`MAX_REQUEST_BODY_BYTES`] (an unparsable
+/// Content-Length never gets this far: hyper answers it with 400).
+fn declares_oversized_body(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|len| len > MAX_REQUEST_BODY_BYTES as u64)
+}
+
+/// Whether a failed app request failed because the client's body went over the limit.
+fn body_over_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<ProxyBody> {
     if let Err(denied) = authorize(&mut req, ctx).await {
         return denied;
+    }
+    if declares_oversized_body(&req) {
+        ctx.metrics
+            .requests
+            .with_label_values(&[ctx.direction, "body_too_large"])
+            .inc();
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
     // The identity header is the sidecar's statement; a client's own copy is never passed on.
     let headers = req.headers_mut();
@@ -175,6 +227,7 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
         }
     }
     let server_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut req = req.map(|body| Limited::new(body, MAX_REQUEST_BODY_BYTES));
     let result = if h2 {
         ctx.clients.h2.request(req).await
     } else {
@@ -212,6 +265,13 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
                 strip_hop_by_hop(resp.headers_mut());
             }
             resp.map(|b| b.boxed())
+        }
+        Err(e) if body_over_limit(&e) => {
+            ctx.metrics
+                .requests
+                .with_label_values(&[ctx.direction, "body_too_large"])
+                .inc();
+            error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
         }
         Err(e) => {
             tracing::info!(target = %ctx.target, error = %e, "app request failed");
