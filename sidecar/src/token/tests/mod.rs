@@ -5,6 +5,7 @@ mod https;
 mod jwt;
 mod phantom;
 mod robustness;
+mod throttle;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
