@@ -1,7 +1,9 @@
 //! A small, unmodified-app stand-in for the end-to-end tests (also the `pqmesh-test-app`
 //! binary used in the network-namespace suite). HTTP/1.1 and HTTP/2 with prior knowledge on one
-//! port: every response says which protocol arrived, which connection it came on and what
-//! `x-pqmesh-peer-identity` said; `Upgrade: pqmesh-echo` switches the connection to a raw echo.
+//! port: every response says which protocol arrived, which connection it came on (and how many
+//! requests the app has served, this one included) and what
+//! `x-pqmesh-peer-identity` said; `Upgrade: pqmesh-echo` switches the connection to a raw echo;
+//! `GET /bytes/N` answers N bytes.
 //! A second port echoes raw TCP.
 
 use std::convert::Infallible;
@@ -30,9 +32,9 @@ pub async fn serve_http(listener: TcpListener, name: String, stats: Arc<AppStats
         let name = name.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                stats.requests.fetch_add(1, Ordering::SeqCst);
+                let req_id = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
                 let name = name.clone();
-                async move { Ok::<_, Infallible>(respond(req, &name, conn_id).await) }
+                async move { Ok::<_, Infallible>(respond(req, &name, conn_id, req_id).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tcp), service)
@@ -41,7 +43,12 @@ pub async fn serve_http(listener: TcpListener, name: String, stats: Arc<AppStats
     }
 }
 
-async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Response<Full<Bytes>> {
+async fn respond(
+    mut req: Request<Incoming>,
+    name: &str,
+    conn_id: usize,
+    req_id: usize,
+) -> Response<Full<Bytes>> {
     let peer = req
         .headers()
         .get_all("x-pqmesh-peer-identity")
@@ -85,6 +92,13 @@ async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Resp
         .to_owned();
     let version = format!("{:?}", req.version());
     let path = req.uri().path().to_owned();
+    // `/bytes/N`: a body of N bytes (for slow-read clients).
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return Response::new(Full::new(Bytes::from(vec![b'x'; n.min(1 << 30)])));
+    }
     let body = req
         .into_body()
         .collect()
@@ -92,7 +106,7 @@ async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Resp
         .map(|b| b.to_bytes().len())
         .unwrap_or(0);
     Response::new(Full::new(Bytes::from(format!(
-        "app={name} proto={version} conn={conn_id} peer={peer} path={path} body={body} authorization={auth}\n"
+        "app={name} proto={version} conn={conn_id} req={req_id} peer={peer} path={path} body={body} authorization={auth}\n"
     ))))
 }
 

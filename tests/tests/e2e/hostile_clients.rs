@@ -1,0 +1,505 @@
+//! Hostile clients against a sidecar pair (A's outbound → hybrid-PQ mTLS → B's HTTP-aware
+//! inbound → app): oversized heads (431) and bodies (413), slowloris and slow-read clients
+//! (bounded by timeouts while other clients are served), a connection flood, and many concurrent
+//! connections with file descriptors and open-connection gauges back to baseline after they
+//! close. `PQMESH_SOAK_CONNECTIONS` scales the last one (tests/reliability/soak.sh: 10,000).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pqmesh_mtls::KeyAlgorithm;
+use pqmesh_sidecar::http_proxy::{HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, MAX_REQUEST_BODY_BYTES};
+use pqmesh_tests::report::Table;
+use pqmesh_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::adversarial::raw;
+
+const ECDSA: KeyAlgorithm = KeyAlgorithm::EcdsaP256;
+
+pub(crate) struct Pair {
+    pub cp: ControlPlane,
+    pub a: pqmesh_sidecar::RunningSidecar,
+    pub b: pqmesh_sidecar::RunningSidecar,
+    pub app: Arc<http_app::AppStats>,
+    pub app_addr: SocketAddr,
+}
+
+pub(crate) async fn pair(b_extra: &[(&str, &str)]) -> Pair {
+    let cp = ControlPlane::start(ECDSA, &["web", "api"]).await;
+    let (app_addr, _tcp, app) = http_app::start("b").await;
+    let b = sidecar(with(
+        with(
+            cp.sidecar_env("api", ECDSA),
+            &[
+                ("PQMESH_INBOUND_APP_ADDR", &app_addr.to_string()),
+                ("PQMESH_INBOUND_ALLOW", "shop/web"),
+            ],
+        ),
+        b_extra,
+    ))
+    .await;
+    cp.set_endpoints(
+        &format!("endpoints:\n  - ip: 127.0.0.1\n    ports: [{}]\n    namespace: shop\n    serviceAccount: api\n", b.inbound_addr.port()),
+        1,
+    )
+    .await;
+    let a = sidecar_redirected(cp.sidecar_env("web", ECDSA), Some(b.inbound_addr)).await;
+    Pair {
+        cp,
+        a,
+        b,
+        app,
+        app_addr,
+    }
+}
+
+impl Pair {
+    pub fn out(&self) -> SocketAddr {
+        self.a.outbound_addr.unwrap()
+    }
+    pub fn requests(&self) -> usize {
+        self.app.requests.load(Ordering::SeqCst)
+    }
+    /// One ordinary request's latency (panics if it fails: other clients must be unaffected).
+    pub async fn timed_get(&self) -> Duration {
+        let start = Instant::now();
+        let (status, _) = raw(self.out(), "GET", "/ok", &[]).await;
+        assert_eq!(status, 200, "an ordinary client was not served");
+        start.elapsed()
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn oversized_heads_and_bodies_are_refused_before_the_app() {
+    let p = pair(&[]).await;
+    let mut t = Table::new("hostile-limits");
+    let big = |n: usize| "x".repeat(n);
+    let cases: Vec<(&str, Vec<(&str, String)>, &str, u16)> = vec![
+        (
+            "control: one 48 KiB header",
+            vec![("x-big", big(48 * 1024))],
+            "GET",
+            200,
+        ),
+        (
+            "one 100 KiB header",
+            vec![("x-big", big(100 * 1024))],
+            "GET",
+            431,
+        ),
+        (
+            "200 headers of 500 bytes (100 KiB)",
+            (0..200).map(|_| ("x-many", big(500))).collect(),
+            "GET",
+            431,
+        ),
+        (
+            "1 MiB header",
+            vec![("x-big", big(1024 * 1024))],
+            "GET",
+            431,
+        ),
+        (
+            "Content-Length: 100 MiB (body not sent)",
+            vec![("content-length", (100 << 20).to_string())],
+            "POST",
+            413,
+        ),
+        (
+            "Content-Length: u64::MAX",
+            vec![("content-length", u64::MAX.to_string())],
+            "POST",
+            413,
+        ),
+    ];
+    for (name, headers, method, expected) in cases {
+        let before = p.requests();
+        let (status, _) = raw(p.out(), method, "/upload", &headers).await;
+        let reached = p.requests() - before;
+        if expected == 200 {
+            t.allow(name, expected, status, reached, 1);
+        } else {
+            t.deny(name, expected, status, reached);
+        }
+    }
+    // A chunked body that goes over the limit: the app's request is cut off and the client gets
+    // 413. The app saw the start of the request (the head was fine), never the whole body.
+    let before = p.requests();
+    let started = Instant::now();
+    let status = chunked_upload(p.out(), MAX_REQUEST_BODY_BYTES + (1 << 20)).await;
+    t.allow(
+        &format!(
+            "chunked body of {} MiB + 1 MiB (app saw an aborted request)",
+            MAX_REQUEST_BODY_BYTES >> 20
+        ),
+        413,
+        status,
+        p.requests() - before,
+        1,
+    );
+    println!(
+        "chunked over-limit upload answered in {:?}",
+        started.elapsed()
+    );
+    let before = p.requests();
+    let status = chunked_upload(p.out(), 4 << 20).await;
+    t.allow(
+        "control: chunked body of 4 MiB",
+        200,
+        status,
+        p.requests() - before,
+        1,
+    );
+    // The sidecars are still fine.
+    p.timed_get().await;
+    t.check();
+    let _ = (&p.cp, &p.b, MAX_HEADER_BYTES);
+}
+
+/// POSTs `n` bytes with chunked transfer encoding; the status (0 if none came).
+async fn chunked_upload(addr: SocketAddr, n: usize) -> u16 {
+    let run = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let (mut rd, mut wr) = tcp.into_split();
+        let writer = tokio::spawn(async move {
+            wr.write_all(b"POST /upload HTTP/1.1\r\nhost: b\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").await?;
+            let chunk = vec![b'y'; 64 * 1024];
+            let mut left = n;
+            while left > 0 {
+                let len = left.min(chunk.len());
+                wr.write_all(format!("{len:x}\r\n").as_bytes()).await?;
+                wr.write_all(&chunk[..len]).await?;
+                wr.write_all(b"\r\n").await?;
+                left -= len;
+            }
+            wr.write_all(b"0\r\n\r\n").await?;
+            Ok::<_, std::io::Error>(())
+        });
+        let mut out = Vec::new();
+        let _ = rd.read_to_end(&mut out).await;
+        writer.abort();
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn slowloris_and_slow_readers_are_bounded_and_other_clients_are_served() {
+    let p = pair(&[]).await;
+    let mut t = Table::new("hostile-slow");
+    let baseline = p.timed_get().await;
+
+    // 50 slowloris connections: a request line and one header byte per second, never finished.
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let out = p.out();
+        slow.push(tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(out).await.ok()?;
+            tcp.write_all(b"GET /slow HTTP/1.1\r\nhost: b\r\nx-drip: ")
+                .await
+                .ok()?;
+            let t0 = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if tcp.write_all(b"a").await.is_err() {
+                    return Some(t0.elapsed());
+                }
+                let mut buf = [0u8; 256];
+                match tokio::time::timeout(Duration::from_millis(10), tcp.read(&mut buf)).await {
+                    Ok(Ok(_)) | Ok(Err(_)) => return Some(t0.elapsed()),
+                    Err(_) if t0.elapsed() > Duration::from_secs(60) => return None,
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+    // Meanwhile ordinary clients are served as fast as before.
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        worst = worst.max(p.timed_get().await);
+    }
+    let mut closed_after = Vec::new();
+    for s in slow {
+        closed_after.push(s.await.unwrap());
+    }
+    let max = closed_after.iter().flatten().max().copied();
+    let all_closed = closed_after.iter().all(Option::is_some);
+    let limit = HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    t.deny(
+        &format!(
+            "50 slowloris clients (1 header byte/s): closed within {}s",
+            limit.as_secs()
+        ),
+        "closed",
+        if all_closed && max.is_some_and(|m| m <= limit) {
+            "closed".to_owned()
+        } else {
+            format!("{closed_after:?}")
+        },
+        0,
+    );
+    println!("slowloris: all closed after at most {max:?} (run {:?}); ordinary GET baseline {baseline:?}, worst during {worst:?}", started.elapsed());
+    t.allow(
+        "ordinary GETs during the slowloris: each under 1 s",
+        "served",
+        if worst < Duration::from_secs(1) {
+            "served".to_owned()
+        } else {
+            format!("worst {worst:?}")
+        },
+        0,
+        0,
+    );
+
+    // Slow readers: 20 clients ask for 32 MiB each and read nothing; others are unaffected, and
+    // once the slow readers go away their connections are released.
+    let open_before = metric(&p.b.metrics.registry, "pqmesh_connections_open", &[]);
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = TcpStream::connect(p.out()).await.unwrap();
+        tcp.write_all(b"GET /bytes/33554432 HTTP/1.1\r\nhost: b\r\n\r\n")
+            .await
+            .unwrap();
+        readers.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        worst = worst.max(p.timed_get().await);
+    }
+    t.allow(
+        "20 slow readers of 32 MiB each: ordinary GETs under 1 s",
+        "served",
+        if worst < Duration::from_secs(1) {
+            "served".to_owned()
+        } else {
+            format!("worst {worst:?}")
+        },
+        0,
+        0,
+    );
+    drop(readers);
+    let released = async {
+        while metric(&p.b.metrics.registry, "pqmesh_connections_open", &[]) > open_before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let released = tokio::time::timeout(Duration::from_secs(10), released)
+        .await
+        .is_ok();
+    t.allow(
+        "slow readers gone: B's open connections back to before",
+        "released",
+        if released { "released" } else { "still open" },
+        0,
+        0,
+    );
+    t.check();
+}
+
+/// Opens `n` connections through the pair, each doing one request and staying open until all
+/// are open, then closes them; fds and open-connection gauges must return to baseline.
+async fn concurrent_connections(n: usize) {
+    let p = pair(&[]).await;
+    let mut t = Table::new(if n > 2000 {
+        "soak-connections"
+    } else {
+        "hostile-connections"
+    });
+    p.timed_get().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fds0, rss0) = (open_fds(), rss_kib());
+    let gauge = |s: &pqmesh_sidecar::RunningSidecar| {
+        metric(&s.metrics.registry, "pqmesh_connections_open", &[])
+    };
+    let (a0, b0) = (gauge(&p.a), gauge(&p.b));
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut held = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let out = p.out();
+        let sem = sem.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.ok()?;
+            let mut tcp = TcpStream::connect(out).await.ok()?;
+            tcp.write_all(b"GET /held HTTP/1.1\r\nhost: b\r\n\r\n")
+                .await
+                .ok()?;
+            let mut buf = vec![0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            buf[..n].starts_with(b"HTTP/1.1 200").then_some(tcp)
+        }));
+    }
+    for task in tasks {
+        if let Some(tcp) = task.await.unwrap() {
+            held.push(tcp);
+        }
+    }
+    let opened = held.len();
+    let peak_fds = open_fds();
+    let peak_rss = rss_kib();
+    let open_a = gauge(&p.a) - a0;
+    println!("{opened}/{n} connections open after {:?}; fds {fds0} -> {peak_fds}; RSS {rss0} -> {peak_rss} KiB; A open {open_a}", started.elapsed());
+    p.timed_get().await;
+    drop(held);
+    let back = async {
+        while gauge(&p.a) > a0 || gauge(&p.b) > b0 || open_fds() > fds0 + 8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let back = tokio::time::timeout(Duration::from_secs(30), back)
+        .await
+        .is_ok();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fds1, rss1) = (open_fds(), rss_kib());
+    println!("after close: fds {fds1} (baseline {fds0}); RSS {rss1} KiB (baseline {rss0}, peak {peak_rss})");
+    t.allow(
+        &format!("{n} concurrent connections through the pair, each served"),
+        n,
+        opened,
+        0,
+        0,
+    );
+    t.allow(
+        "after they close: fds and open-connection gauges at baseline",
+        "baseline",
+        if back {
+            "baseline".to_owned()
+        } else {
+            format!("fds {fds1} vs {fds0}, A {} B {}", gauge(&p.a), gauge(&p.b))
+        },
+        0,
+        0,
+    );
+    // The allocator may keep freed pages; what must not happen is growth per connection.
+    let grown = rss1.saturating_sub(rss0);
+    let per_conn_peak = peak_rss.saturating_sub(rss0) / n.max(1) as u64;
+    t.allow(
+        &format!(
+            "RSS after close: +{grown} KiB over baseline (peak +{} KiB, {per_conn_peak} KiB/conn)",
+            peak_rss.saturating_sub(rss0)
+        ),
+        "under half the peak growth",
+        if grown <= peak_rss.saturating_sub(rss0) / 2 + 16 * 1024 {
+            "under half the peak growth".to_owned()
+        } else {
+            format!("+{grown} KiB")
+        },
+        0,
+        0,
+    );
+    p.timed_get().await;
+    t.check();
+}
+
+#[tokio::test]
+async fn many_concurrent_connections_leave_no_leak() {
+    let n = std::env::var("PQMESH_SOAK_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    concurrent_connections(n).await;
+}
+
+#[tokio::test]
+async fn a_connection_flood_does_not_crash_the_sidecars() {
+    let p = pair(&[]).await;
+    let mut t = Table::new("hostile-flood");
+    // 2,000 connects straight at B's inbound that never send a byte, plus 2,000 at A's outbound
+    // that close at once: the handshake and sniff timeouts reclaim the first, and ordinary
+    // clients are served throughout.
+    let mut idle = Vec::new();
+    let mut refused = 0;
+    for _ in 0..2000 {
+        match TcpStream::connect(p.b.inbound_addr).await {
+            Ok(s) => idle.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    for _ in 0..2000 {
+        if let Ok(s) = TcpStream::connect(p.out()).await {
+            drop(s);
+        }
+    }
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        worst = worst.max(p.timed_get().await);
+    }
+    let before = p.requests();
+    t.allow(
+        "4,000 connects (2,000 idle at B's inbound): ordinary GETs served",
+        "served",
+        if worst < Duration::from_secs(2) {
+            "served".to_owned()
+        } else {
+            format!("worst {worst:?}")
+        },
+        0,
+        0,
+    );
+    println!(
+        "flood: {} idle held, {refused} refused by the kernel, worst GET {worst:?}",
+        idle.len()
+    );
+    // The idle ones are closed by the sidecar after its handshake timeout (10 s).
+    let closed = async {
+        for s in &mut idle {
+            let mut buf = [0u8; 1];
+            let _ = s.read(&mut buf).await;
+        }
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .is_ok();
+    t.allow(
+        "idle connects closed by B within 20 s",
+        "closed",
+        if closed { "closed" } else { "open" },
+        0,
+        0,
+    );
+    t.deny(
+        "requests from the flood that reached the app",
+        0,
+        p.requests() - before,
+        0,
+    );
+    t.check();
+    let _ = &p.cp;
+}
