@@ -34,6 +34,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// HTTP/2 streams one client may have open at once on a connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Idle pooled connections kept per app port: a burst of N concurrent requests must not leave N
+/// idle connections (2 descriptors each) behind for the idle timeout.
+pub const MAX_IDLE_APP_CONNECTIONS: usize = 32;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// A request body on its way to the app, cut off at [`MAX_REQUEST_BODY_BYTES`].
@@ -53,10 +56,12 @@ impl Default for AppClients {
         Self {
             h1: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
                 .build(connector.clone()),
             h2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
                 .build(connector),
         }
     }
@@ -86,6 +91,7 @@ where
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
         .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades()
