@@ -128,11 +128,17 @@ pub(crate) async fn raw(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
+    // Write and read at once: a server that answers early (431, 413) and closes is still heard.
     let exchange = async {
-        let mut tcp = TcpStream::connect(addr).await?;
-        tcp.write_all(head.as_bytes()).await?;
+        let tcp = TcpStream::connect(addr).await?;
+        let (mut rd, mut wr) = tcp.into_split();
+        let writer = tokio::spawn(async move { wr.write_all(head.as_bytes()).await.map(|_| wr) });
         let mut out = Vec::new();
-        tcp.read_to_end(&mut out).await?;
+        let read = rd.read_to_end(&mut out).await;
+        drop(writer.await);
+        if out.is_empty() {
+            read?;
+        }
         Ok::<_, std::io::Error>(out)
     };
     let out = match tokio::time::timeout(Duration::from_secs(15), exchange).await {
