@@ -1,10 +1,11 @@
 //! Fault injection under steady traffic: the control plane killed (certificates stay valid, 0
 //! failed requests; renewal fails during the outage and resumes on its own when it returns),
 //! the OAuth server down (cached phantom tokens keep working, new ones 503, recovery without a
-//! restart) and its JWKS gone with a key rotation, and sidecar restarts (the app's connections
-//! fail fast and recover). `PQMESH_SOAK_CP_DOWN_SECS` lengthens the control-plane outage
-//! (tests/reliability/soak.sh: 600 s); the fast suite uses 20 s. A network partition between
-//! pods needs real links: tests/netns/reliability.sh.
+//! restart) and its JWKS gone with a key rotation, sidecar restarts (the app's connections
+//! fail fast and recover), and certificate clock skew within and beyond the CA's 60 s backdate.
+//! `PQMESH_SOAK_CP_DOWN_SECS` lengthens the control-plane outage (tests/reliability/soak.sh:
+//! 600 s); the fast suite uses 20 s. A network partition between pods needs real links:
+//! tests/netns/reliability.sh.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -448,4 +449,79 @@ async fn start_redirected_on(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("sidecar did not restart on its address");
+}
+
+/// A clock `offset` away from the real one (rustls asks its time provider when it verifies).
+#[derive(Debug)]
+struct SkewedClock(i64);
+
+impl rustls::time_provider::TimeProvider for SkewedClock {
+    fn current_time(&self) -> Option<rustls_pki_types::UnixTime> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs() as i64;
+        Some(rustls_pki_types::UnixTime::since_unix_epoch(
+            Duration::from_secs((now + self.0).max(0) as u64),
+        ))
+    }
+}
+
+/// Certificates and clock skew: leaves are backdated 60 s by the CA, so a peer whose clock is
+/// up to a minute behind accepts a fresh certificate; further behind (or past the leaf's
+/// expiry) the handshake fails closed. Token skew is in the JWT table (`clockSkewSeconds`).
+#[tokio::test]
+async fn certificate_clock_skew_within_and_beyond_tolerance() {
+    use crate::handshake_policy::{probe, target, web_credentials, TLS13};
+    use rustls::crypto::aws_lc_rs::kx_group;
+    let b = target(&[]).await;
+    let creds = web_credentials(&b.cp).await;
+    let mut t = Table::new("faults-clock-skew");
+    for (name, offset, expected) in [
+        (
+            "client clock 30 s behind (B's fresh certificate backdated 60 s)",
+            -30,
+            "echo",
+        ),
+        (
+            "client clock 5 min behind (B's certificate not yet valid)",
+            -300,
+            "refused",
+        ),
+        (
+            "client clock 2 h ahead (B's 1 h certificate expired)",
+            7200,
+            "refused",
+        ),
+    ] {
+        let mut provider = rustls_post_quantum::provider();
+        provider.kx_groups = vec![kx_group::X25519MLKEM768];
+        let provider = Arc::new(provider);
+        let verifier = pqmesh_mtls::verify::SpiffeServerVerifier::new(
+            creds.creds.bundle.store(),
+            spiffe("api").parse().unwrap(),
+            provider.clone(),
+        );
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(creds.creds.key_pkcs8_for_tests().clone_key());
+        let mut config =
+            rustls::ClientConfig::builder_with_details(provider, Arc::new(SkewedClock(offset)))
+                .with_protocol_versions(TLS13)
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_client_auth_cert(creds.creds.chain.clone(), key)
+                .unwrap();
+        config.alpn_protocols = vec![b"pqmesh/1".to_vec()];
+        let before = b.app.connections();
+        let got = probe(b.b.inbound_addr, Arc::new(config)).await;
+        let reached = b.app.connections() - before;
+        let actual = if got.is_ok() { "echo" } else { "refused" };
+        if expected == "echo" {
+            t.allow(name, expected, actual, reached, 1);
+        } else {
+            t.deny(name, expected, actual, reached);
+        }
+    }
+    t.check();
 }

@@ -97,7 +97,9 @@ async fn oversized_heads_and_bodies_are_refused_before_the_app() {
     let p = pair(&[]).await;
     let mut t = Table::new("hostile-limits");
     let big = |n: usize| "x".repeat(n);
-    let cases: Vec<(&str, Vec<(&str, String)>, &str, u16)> = vec![
+    // (case, headers, method, expected status)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, u16);
+    let cases: Vec<Case> = vec![
         (
             "control: one 48 KiB header",
             vec![("x-big", big(48 * 1024))],
