@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -48,7 +48,7 @@ async fn respond(
     name: &str,
     conn_id: usize,
     req_id: usize,
-) -> Response<Full<Bytes>> {
+) -> Response<AppBody> {
     let peer = req
         .headers()
         .get_all("x-pqmesh-peer-identity")
@@ -81,8 +81,8 @@ async fn respond(
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("connection", "upgrade")
             .header("upgrade", "pqmesh-echo")
-            .body(Full::new(Bytes::new()))
-            .unwrap_or_default();
+            .body(Either::Left(Full::new(Bytes::new())))
+            .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new()))));
     }
     let auth = req
         .headers()
@@ -97,7 +97,7 @@ async fn respond(
         .strip_prefix("/bytes/")
         .and_then(|n| n.parse::<usize>().ok())
     {
-        return Response::new(Full::new(Bytes::from(vec![b'x'; n.min(1 << 30)])));
+        return Response::new(Either::Right(Repeat { left: n }));
     }
     let body = req
         .into_body()
@@ -105,9 +105,40 @@ async fn respond(
         .await
         .map(|b| b.to_bytes().len())
         .unwrap_or(0);
-    Response::new(Full::new(Bytes::from(format!(
+    Response::new(Either::Left(Full::new(Bytes::from(format!(
         "app={name} proto={version} conn={conn_id} req={req_id} peer={peer} path={path} body={body} authorization={auth}\n"
-    ))))
+    )))))
+}
+
+type AppBody = Either<Full<Bytes>, Repeat>;
+
+/// A body of `left` bytes made on the fly, 1 MiB at a time (`/bytes/N` may be gigabytes).
+pub struct Repeat {
+    left: usize,
+}
+
+impl hyper::body::Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        static CHUNK: [u8; 1 << 20] = [b'x'; 1 << 20];
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len());
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &CHUNK[..n],
+        )))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left as u64)
+    }
 }
 
 /// Echoes raw TCP on `listener`.
