@@ -303,7 +303,6 @@ async fn slowloris_and_slow_readers_are_bounded_and_other_clients_are_served() {
 
     // Slow readers: 4 clients ask for 1 GiB each and read nothing (the socket buffers along the
     // path hold ~80 MB per connection here, so B's writes stall); others are unaffected.
-    let open_before = metric(&p.b.metrics.registry, "pqmesh_connections_open", &[]);
     let mut readers = Vec::new();
     for _ in 0..4 {
         let mut tcp = TcpStream::connect(p.out()).await.unwrap();
