@@ -14,6 +14,8 @@ pub struct Row {
     pub reached: usize,
     /// Requests the app may see: 0 for every deny case.
     pub allowed_reach: usize,
+    /// A case that must be refused (as opposed to a control or a documented bound).
+    pub deny: bool,
 }
 
 pub struct Table {
@@ -37,7 +39,7 @@ impl Table {
         actual: impl ToString,
         reached: usize,
     ) {
-        self.push(case, expected, actual, reached, 0);
+        self.push(case, expected, actual, reached, 0, true);
     }
 
     /// A case that is allowed (a control, or a documented bound): `reached` must be `allowed`.
@@ -49,7 +51,7 @@ impl Table {
         reached: usize,
         allowed: usize,
     ) {
-        self.push(case, expected, actual, reached, allowed);
+        self.push(case, expected, actual, reached, allowed, false);
     }
 
     fn push(
@@ -59,6 +61,7 @@ impl Table {
         actual: impl ToString,
         reached: usize,
         allowed_reach: usize,
+        deny: bool,
     ) {
         self.rows.push(Row {
             case: case.to_owned(),
@@ -66,12 +69,14 @@ impl Table {
             actual: actual.to_string(),
             reached,
             allowed_reach,
+            deny,
         });
     }
 
     pub fn markdown(&self) -> String {
-        let mut out =
-            String::from("| case | expected | actual | reached app | |\n|---|---|---|---:|---|\n");
+        let mut out = String::from(
+            "| case | kind | expected | actual | reached app | |\n|---|---|---|---|---:|---|\n",
+        );
         for r in &self.rows {
             let ok = if r.expected == r.actual && r.reached == r.allowed_reach {
                 "ok"
@@ -79,9 +84,10 @@ impl Table {
                 "**FAIL**"
             };
             let esc = |s: &str| s.replace('|', "\\|");
+            let kind = if r.deny { "deny" } else { "allow" };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {ok} |",
+                "| {} | {kind} | {} | {} | {} | {ok} |",
                 esc(&r.case),
                 esc(&r.expected),
                 esc(&r.actual),
