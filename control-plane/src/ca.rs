@@ -109,44 +109,57 @@ impl CertificateAuthority {
             tracing::info!(path = %paths.root_cert.display(), %alg, "created a new mesh root CA");
             (cert, key)
         };
-        let root_der = pqmesh_mtls::x509::certs_from_pem(&root_pem)
-            .map_err(|reason| CaError::Invalid {
-                path: paths.root_cert.clone(),
-                reason,
-            })?
-            .remove(0);
-        let key = load_key(&key_pem).map_err(|reason| CaError::Invalid {
-            path: paths.root_key.clone(),
+        let extra = if paths.extra_roots.exists() {
+            Some(read(&paths.extra_roots)?)
+        } else {
+            None
+        };
+        Self::from_pem(
+            &root_pem,
+            &key_pem,
+            extra.as_deref(),
+            &paths.root_cert,
+            trust_domain,
+            alg,
+            leaf_lifetime,
+        )
+    }
+
+    /// The CA from PEM text: the root certificate, its PKCS#8 key, and optionally more roots to
+    /// trust. `source` names where the text came from (a file, a Secret) in errors.
+    pub fn from_pem(
+        root_pem: &str,
+        key_pem: &str,
+        extra_roots_pem: Option<&str>,
+        source: &Path,
+        trust_domain: &str,
+        alg: KeyAlgorithm,
+        leaf_lifetime: Duration,
+    ) -> Result<Self, CaError> {
+        let invalid = |reason: String| CaError::Invalid {
+            path: source.to_owned(),
             reason,
-        })?;
+        };
+        let root_der = pqmesh_mtls::x509::certs_from_pem(root_pem)
+            .map_err(invalid)?
+            .remove(0);
+        let key = load_key(key_pem).map_err(|reason| invalid(format!("key: {reason}")))?;
         if rcgen::PublicKeyData::algorithm(&key) != alg.rcgen() {
             tracing::warn!(
                 configured = %alg,
                 "the existing root's key algorithm differs from the configured one; using the existing root"
             );
         }
-        let issuer = Issuer::from_ca_cert_der(&root_der, key).map_err(|e| CaError::Invalid {
-            path: paths.root_cert.clone(),
-            reason: e.to_string(),
-        })?;
-        let summary = pqmesh_mtls::x509::summary(&root_der).map_err(|e| CaError::Invalid {
-            path: paths.root_cert.clone(),
-            reason: e.to_string(),
-        })?;
+        let issuer =
+            Issuer::from_ca_cert_der(&root_der, key).map_err(|e| invalid(e.to_string()))?;
+        let summary = pqmesh_mtls::x509::summary(&root_der).map_err(|e| invalid(e.to_string()))?;
         let mut roots = vec![root_der.clone()];
-        if paths.extra_roots.exists() {
-            let extra = pqmesh_mtls::x509::certs_from_pem(&read(&paths.extra_roots)?).map_err(
-                |reason| CaError::Invalid {
-                    path: paths.extra_roots.clone(),
-                    reason,
-                },
-            )?;
+        if let Some(extra) = extra_roots_pem {
+            let extra = pqmesh_mtls::x509::certs_from_pem(extra)
+                .map_err(|reason| invalid(format!("extra trusted roots: {reason}")))?;
             roots.extend(extra.into_iter().filter(|c| *c != root_der));
         }
-        let bundle = TrustBundle::new(roots).map_err(|e| CaError::Invalid {
-            path: paths.root_cert.clone(),
-            reason: e.to_string(),
-        })?;
+        let bundle = TrustBundle::new(roots).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
             issuer,
@@ -237,7 +250,8 @@ impl CertificateAuthority {
     }
 }
 
-fn create_root(trust_domain: &str, alg: KeyAlgorithm) -> Result<(String, String), CaError> {
+/// A new self-signed root for `trust_domain`: (certificate PEM, PKCS#8 key PEM).
+pub fn create_root(trust_domain: &str, alg: KeyAlgorithm) -> Result<(String, String), CaError> {
     let key = alg.generate()?;
     let now = SystemTime::now();
     let mut params = CertificateParams::default();

@@ -1,4 +1,5 @@
-//! Control-plane configuration: `--local DIR` plus `PQMESH_*` variables, parsed once.
+//! Control-plane configuration: `--local DIR` or `--kubernetes`, plus `PQMESH_*` variables,
+//! parsed once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,10 +10,40 @@ use pqmesh_mtls::{KeyAlgorithm, KeyExchangePolicy, SpiffeId};
 
 use crate::ca::{MAX_LEAF_LIFETIME, MIN_LEAF_LIFETIME};
 
+/// Where the control plane's state comes from.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// CA material, bootstrap tokens, endpoints and policies live in this directory.
+    Local(PathBuf),
+    /// In a cluster: CA in a Secret, TokenReview authentication, policies from CRDs, discovery
+    /// from Pods/Services/EndpointSlices.
+    Kubernetes(KubernetesSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct KubernetesSettings {
+    /// The control plane's own namespace (`POD_NAMESPACE`): the CA Secret lives here.
+    pub namespace: String,
+    /// This replica's pod name (`POD_NAME`): names its entry in policy status.
+    pub pod_name: String,
+    /// Secret holding the root (`PQMESH_CA_SECRET`, default `pqmesh-ca`).
+    pub ca_secret: String,
+    /// The Secret is provided by the operator (cert-manager style `tls.crt`/`tls.key`) and is
+    /// never created or changed (`PQMESH_CA_USER_PROVIDED`).
+    pub ca_user_provided: bool,
+    /// Secret holding the ECDSA CA that signs the webhook's serving certificate (the API server
+    /// cannot verify ML-DSA), `PQMESH_WEBHOOK_CA_SECRET`, default `<ca secret>-webhook`.
+    pub webhook_ca_secret: String,
+    /// MutatingWebhookConfiguration whose caBundle the control plane keeps current
+    /// (`PQMESH_WEBHOOK_CONFIGURATION`; unset = none).
+    pub webhook_configuration: Option<String>,
+    /// Audience sidecar tokens must carry (`PQMESH_TOKEN_AUDIENCE`, default `pqmesh-ca`).
+    pub token_audience: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Local mode: CA material, bootstrap tokens and policies live here.
-    pub local_dir: PathBuf,
+    pub mode: Mode,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub trust_domain: String,
@@ -35,16 +66,18 @@ pub struct Config {
 pub enum ConfigError {
     #[error(transparent)]
     Env(#[from] EnvError),
-    #[error("usage: pqmesh-control-plane --local DIR ({0})")]
+    #[error("usage: pqmesh-control-plane --local DIR | --kubernetes ({0})")]
     Usage(String),
 }
 
 impl Config {
     pub fn from_args_and_env(args: &[String], env: &dyn Env) -> Result<Self, ConfigError> {
         let mut local_dir = None;
+        let mut kubernetes = false;
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             match arg.as_str() {
+                "--kubernetes" => kubernetes = true,
                 "--local" => {
                     let dir = it
                         .next()
@@ -54,18 +87,29 @@ impl Config {
                 other => return Err(ConfigError::Usage(format!("unknown argument {other:?}"))),
             }
         }
-        let local_dir = match local_dir.or_else(|| env.var("PQMESH_LOCAL_DIR").map(PathBuf::from)) {
-            Some(d) => d,
-            None => {
-                return Err(ConfigError::Usage(
-                    "local mode is the only mode in this build; pass --local DIR or set PQMESH_LOCAL_DIR".into(),
-                ))
+        match (
+            local_dir.or_else(|| env.var("PQMESH_LOCAL_DIR").map(PathBuf::from)),
+            kubernetes,
+        ) {
+            (Some(_), true) => Err(ConfigError::Usage(
+                "--local and --kubernetes exclude each other".into(),
+            )),
+            (Some(dir), false) => Self::from_env(dir, env),
+            (None, true) => {
+                Self::with_mode(Mode::Kubernetes(KubernetesSettings::from_env(env)?), env)
             }
-        };
-        Self::from_env(local_dir, env)
+            (None, false) => Err(ConfigError::Usage(
+                "pass --local DIR (or set PQMESH_LOCAL_DIR), or --kubernetes".into(),
+            )),
+        }
     }
 
+    /// Local mode with its directory (what tests and the demo use).
     pub fn from_env(local_dir: PathBuf, env: &dyn Env) -> Result<Self, ConfigError> {
+        Self::with_mode(Mode::Local(local_dir), env)
+    }
+
+    pub fn with_mode(mode: Mode, env: &dyn Env) -> Result<Self, ConfigError> {
         let trust_domain = env
             .var("PQMESH_TRUST_DOMAIN")
             .unwrap_or_else(|| "cluster.local".to_owned());
@@ -96,7 +140,7 @@ impl Config {
             .collect();
         let inject = crate::inject::InjectConfig::from_env(env, &identity)?;
         Ok(Self {
-            local_dir,
+            mode,
             grpc_addr: env::parse_or(
                 env,
                 "PQMESH_GRPC_ADDR",
@@ -119,6 +163,38 @@ impl Config {
             serving_names,
             webhook_addr: env::parse_opt(env, "PQMESH_WEBHOOK_ADDR")?,
             inject,
+        })
+    }
+}
+
+impl KubernetesSettings {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let required = |name: &str| {
+            env.var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                EnvError::new(
+                    name,
+                    "",
+                    "must be set in Kubernetes mode (the chart sets it from the downward API)",
+                )
+            })
+        };
+        let ca_secret = env
+            .var("PQMESH_CA_SECRET")
+            .unwrap_or_else(|| "pqmesh-ca".to_owned());
+        Ok(Self {
+            namespace: required("POD_NAMESPACE")?,
+            pod_name: required("POD_NAME")?,
+            webhook_ca_secret: env
+                .var("PQMESH_WEBHOOK_CA_SECRET")
+                .unwrap_or_else(|| format!("{ca_secret}-webhook")),
+            ca_secret,
+            ca_user_provided: env::parse_bool(env, "PQMESH_CA_USER_PROVIDED", false)?,
+            webhook_configuration: env
+                .var("PQMESH_WEBHOOK_CONFIGURATION")
+                .filter(|v| !v.is_empty()),
+            token_audience: env
+                .var("PQMESH_TOKEN_AUDIENCE")
+                .unwrap_or_else(|| "pqmesh-ca".to_owned()),
         })
     }
 }
@@ -149,6 +225,28 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_mode() {
+        let c = Config::from_args_and_env(
+            &["--kubernetes".into()],
+            &env(&[
+                ("POD_NAMESPACE", "pqmesh-system"),
+                ("POD_NAME", "cp-0"),
+                ("PQMESH_WEBHOOK_CONFIGURATION", "pqmesh"),
+                ("PQMESH_CA_USER_PROVIDED", "true"),
+            ]),
+        )
+        .unwrap();
+        let Mode::Kubernetes(k) = c.mode else {
+            panic!("not kubernetes mode")
+        };
+        assert_eq!(k.ca_secret, "pqmesh-ca");
+        assert_eq!(k.webhook_ca_secret, "pqmesh-ca-webhook");
+        assert!(k.ca_user_provided);
+        assert_eq!(k.webhook_configuration.as_deref(), Some("pqmesh"));
+        assert_eq!(k.token_audience, "pqmesh-ca");
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let cases = [
             ("PQMESH_LEAF_LIFETIME", "1m", "between 5m and 24h"),
@@ -169,6 +267,12 @@ mod tests {
             );
         }
         assert!(Config::from_args_and_env(&[], &env(&[])).is_err());
+        let both = ["--local".into(), "/d".into(), "--kubernetes".into()];
+        assert!(Config::from_args_and_env(&both, &env(&[])).is_err());
+        let err = Config::from_args_and_env(&["--kubernetes".into()], &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("POD_NAMESPACE"), "{err}");
         assert!(Config::from_args_and_env(&["--bogus".into()], &env(&[])).is_err());
     }
 }

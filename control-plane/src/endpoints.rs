@@ -68,21 +68,33 @@ impl EndpointTable {
             }
             let id = SpiffeId::new(trust_domain, &e.namespace, &e.service_account)
                 .map_err(|err| at(err.to_string()))?;
-            let entries = table.by_ip.entry(ip).or_default();
-            for (ports, existing) in entries.iter() {
-                let overlap = match (ports, &e.ports) {
-                    (None, _) | (_, None) => true,
-                    (Some(a), Some(b)) => a.iter().any(|p| b.contains(p)),
-                };
-                if overlap && *existing != id {
-                    return Err(at(format!(
-                        "{ip} is already served by {existing} on an overlapping port"
-                    )));
-                }
-            }
-            entries.push((e.ports, id));
+            table.insert(ip, e.ports, id).map_err(at)?;
         }
         Ok(table)
+    }
+
+    /// Adds that `id` serves `ports` of `ip` (`None` = every port); refuses an overlap with a
+    /// different identity, since a destination must have exactly one expected identity.
+    pub fn insert(
+        &mut self,
+        ip: IpAddr,
+        ports: Option<Vec<u16>>,
+        id: SpiffeId,
+    ) -> Result<(), String> {
+        let entries = self.by_ip.entry(ip).or_default();
+        for (served, existing) in entries.iter() {
+            let overlap = match (served, &ports) {
+                (None, _) | (_, None) => true,
+                (Some(a), Some(b)) => a.iter().any(|p| b.contains(p)),
+            };
+            if overlap && *existing != id {
+                return Err(format!(
+                    "{ip} is already served by {existing} on an overlapping port"
+                ));
+            }
+        }
+        entries.push((ports, id));
+        Ok(())
     }
 
     pub fn lookup(&self, ip: IpAddr, port: u16) -> Answer {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use pqmesh_mtls::grpc_tls::PeerInfo;
+use pqmesh_mtls::SpiffeId;
 use pqmesh_proto::identity::v1::identity_server::Identity;
 use pqmesh_proto::identity::v1::{CertifyRequest, CertifyResponse};
 use tonic::{Request, Response, Status};
@@ -11,11 +12,30 @@ use tonic::{Request, Response, Status};
 use crate::ca::CertificateAuthority;
 use crate::csr::{verify_csr, CsrError};
 use crate::metrics::Metrics;
+use crate::token_review::TokenReviewer;
 use crate::tokens::{AuthError, BootstrapTokens};
+
+/// How a workload proves who it is.
+#[derive(Clone)]
+pub enum Authenticator {
+    /// Local mode: a bootstrap token from `DIR/bootstrap-tokens.yaml`.
+    Bootstrap(Arc<BootstrapTokens>),
+    /// Kubernetes: a projected service-account token, checked by TokenReview.
+    TokenReview(Arc<TokenReviewer>),
+}
+
+impl Authenticator {
+    pub async fn authenticate(&self, token: &str, now: SystemTime) -> Result<SpiffeId, AuthError> {
+        match self {
+            Authenticator::Bootstrap(tokens) => tokens.authenticate(token, now),
+            Authenticator::TokenReview(reviewer) => reviewer.authenticate(token, now).await,
+        }
+    }
+}
 
 pub struct IdentityService {
     pub ca: Arc<CertificateAuthority>,
-    pub tokens: Arc<BootstrapTokens>,
+    pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
 }
 
@@ -60,12 +80,15 @@ impl From<CsrError> for Refusal {
 }
 
 impl IdentityService {
-    fn certify_inner(
+    async fn certify_inner(
         &self,
         req: &CertifyRequest,
     ) -> Result<(CertifyResponse, String, &'static str), Refusal> {
         // Authenticate first: an anonymous caller learns nothing about CSR parsing.
-        let id = self.tokens.authenticate(&req.token, SystemTime::now())?;
+        let id = self
+            .auth
+            .authenticate(&req.token, SystemTime::now())
+            .await?;
         let csr = verify_csr(&req.csr_der)?;
         let leaf = self.ca.issue(&csr, &id).map_err(|e| {
             tracing::error!(error = %e, %id, "signing failed");
@@ -101,7 +124,7 @@ impl Identity for IdentityService {
             .get::<PeerInfo>()
             .map(|p| p.remote.to_string())
             .unwrap_or_default();
-        let result = self.certify_inner(request.get_ref());
+        let result = self.certify_inner(request.get_ref()).await;
         let elapsed = started.elapsed().as_secs_f64();
         match result {
             Ok((response, id, alg)) => {

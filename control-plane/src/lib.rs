@@ -1,6 +1,7 @@
 //! pqmesh control plane: the mesh CA (`pqmesh.identity.v1.Identity`) served over hybrid
-//! post-quantum TLS, and mesh discovery (`pqmesh.discovery.v1.Discovery`), in local mode (CA
-//! material, bootstrap tokens and endpoints from a directory).
+//! post-quantum TLS, mesh discovery (`pqmesh.discovery.v1.Discovery`) and policy push
+//! (`pqmesh.policy.v1.Policy`), in local mode (CA material, bootstrap tokens, endpoints and
+//! policies from a directory) or Kubernetes mode (`kubernetes`).
 #![forbid(unsafe_code)]
 
 pub mod ca;
@@ -10,6 +11,7 @@ pub mod discovery;
 pub mod endpoints;
 pub mod identity;
 pub mod inject;
+pub mod kubernetes;
 pub mod metrics;
 pub mod policies;
 pub mod policy_push;
@@ -33,8 +35,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::ca::{write_atomic, CaPaths, CertificateAuthority};
-use crate::config::Config;
-use crate::identity::IdentityService;
+use crate::config::{Config, Mode};
+use crate::identity::{Authenticator, IdentityService};
 use crate::metrics::Metrics;
 use crate::tokens::BootstrapTokens;
 
@@ -69,6 +71,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Webhook(#[from] inject::SpawnError),
+    #[error(transparent)]
+    Kubernetes(#[from] kubernetes::KubernetesError),
 }
 
 pub struct RunningControlPlane {
@@ -76,6 +80,8 @@ pub struct RunningControlPlane {
     pub admin_addr: SocketAddr,
     /// The injection webhook's address, when `Config::webhook_addr` is set.
     pub webhook_addr: Option<SocketAddr>,
+    /// Local mode: `DIR/trust-bundle.pem`. Kubernetes mode: empty (the bundle is published as
+    /// a ConfigMap in every meshed namespace).
     pub trust_bundle_path: PathBuf,
     pub identity: SpiffeId,
     pub metrics: Arc<Metrics>,
@@ -84,6 +90,8 @@ pub struct RunningControlPlane {
     stopping: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     renewal: JoinHandle<()>,
+    /// The public trust bundle (PEM) the Kubernetes publisher follows.
+    _bundle: watch::Sender<Arc<String>>,
 }
 
 impl RunningControlPlane {
@@ -118,8 +126,24 @@ impl RunningControlPlane {
     }
 }
 
-pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
-    let dir = &config.local_dir;
+/// Where the services' state comes from, per mode.
+struct Sources {
+    ca: Arc<CertificateAuthority>,
+    trust_bundle_path: PathBuf,
+    auth: Authenticator,
+    endpoints: watch::Receiver<Arc<endpoints::EndpointTable>>,
+    policies: watch::Receiver<Arc<policies::PolicyState>>,
+    labels: Option<Arc<dyn policy_push::WorkloadLabels>>,
+    /// Signs the webhook's serving certificate (Kubernetes: a separate ECDSA CA).
+    webhook_ca: Arc<CertificateAuthority>,
+    cluster: Option<kubernetes::Cluster>,
+}
+
+fn local_sources(
+    dir: &Path,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Sources, StartError> {
     create_private_dir(dir)?;
     let ca = Arc::new(CertificateAuthority::load_or_create(
         &CaPaths::in_dir(dir),
@@ -142,24 +166,107 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         )?;
     }
     let tokens = Arc::new(BootstrapTokens::load(&tokens_path, &config.trust_domain)?);
+    Ok(Sources {
+        webhook_ca: ca.clone(),
+        ca,
+        trust_bundle_path,
+        auth: Authenticator::Bootstrap(tokens),
+        endpoints: endpoints::watch_file(dir, &config.trust_domain, metrics.endpoints.clone())
+            .map_err(StartError::Endpoints)?,
+        policies: policies::watch_dir(dir, &config.trust_domain, metrics.clone())
+            .map_err(StartError::Policies)?,
+        labels: None,
+        cluster: None,
+    })
+}
+
+async fn kubernetes_sources(
+    settings: &config::KubernetesSettings,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Sources, StartError> {
+    let cluster = kubernetes::Cluster::connect(config, settings, metrics.clone()).await?;
+    Ok(cluster_sources(cluster))
+}
+
+fn cluster_sources(cluster: kubernetes::Cluster) -> Sources {
+    Sources {
+        ca: cluster.ca.clone(),
+        trust_bundle_path: PathBuf::new(),
+        auth: cluster.authenticator.clone(),
+        endpoints: cluster.endpoints.clone(),
+        policies: cluster.policies.clone(),
+        labels: Some(cluster.labels.clone()),
+        webhook_ca: cluster.webhook_ca.clone(),
+        cluster: Some(cluster),
+    }
+}
+
+pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
     let metrics = Arc::new(Metrics::new());
+    let sources = match &config.mode {
+        Mode::Local(dir) => local_sources(dir, &config, &metrics)?,
+        Mode::Kubernetes(settings) => kubernetes_sources(settings, &config, &metrics).await?,
+    };
+    start_with(config, sources, metrics).await
+}
+
+/// Kubernetes mode against a given API client (tests use a recorded API server).
+pub async fn start_kubernetes_with_client(
+    config: Config,
+    client: kube::Client,
+) -> Result<RunningControlPlane, StartError> {
+    let Mode::Kubernetes(settings) = &config.mode else {
+        return Err(StartError::Serving("not Kubernetes mode".into()));
+    };
+    let metrics = Arc::new(Metrics::new());
+    let cluster =
+        kubernetes::Cluster::with_client(client, &config, settings, metrics.clone()).await?;
+    start_with(config, cluster_sources(cluster), metrics).await
+}
+
+async fn start_with(
+    config: Config,
+    sources: Sources,
+    metrics: Arc<Metrics>,
+) -> Result<RunningControlPlane, StartError> {
+    let ca = sources.ca.clone();
     metrics
         .root_expiry
         .set(pqmesh_mtls::x509::unix_seconds(ca.root_not_after()) as f64);
 
-    let serving = issue_serving_config(&ca, &config, &metrics)?;
-    let (serving_tx, serving_rx) = watch::channel(serving.0);
-    // Stops with the renewal task, which owns `serving_tx`.
+    let serving = ServingCert {
+        ca: ca.clone(),
+        key_alg: config.ca_key_alg,
+        identity: config.identity.clone(),
+        names: config.serving_names.clone(),
+        kx: config.kx,
+        expiry: Some(metrics.serving_cert_expiry.clone()),
+    };
+    let (serving_config, serving_not_after) = serving.issue()?;
+    let (serving_tx, serving_rx) = watch::channel(serving_config);
+    // The webhook is called by the API server: in Kubernetes mode its certificate comes from
+    // an ECDSA CA (Go cannot verify ML-DSA); in local mode from the mesh CA.
     let webhook_addr = match config.webhook_addr {
-        Some(addr) => Some(
-            inject::spawn(
-                addr,
-                serving_rx.clone(),
-                config.inject.clone(),
-                &metrics.registry,
-            )
-            .await?,
-        ),
+        Some(addr) => {
+            // Local mode: the control plane's own serving certificate. Kubernetes: always an
+            // ECDSA key, which the API server can verify.
+            let webhook_rx = if sources.cluster.is_none() {
+                serving_rx.clone()
+            } else {
+                let webhook = ServingCert {
+                    ca: sources.webhook_ca.clone(),
+                    key_alg: pqmesh_mtls::KeyAlgorithm::EcdsaP256,
+                    expiry: None,
+                    ..serving.clone()
+                };
+                let (cfg, not_after) = webhook.issue()?;
+                let (tx, rx) = watch::channel(cfg);
+                tokio::spawn(webhook.renew(tx, not_after));
+                rx
+            };
+            Some(inject::spawn(addr, webhook_rx, config.inject.clone(), &metrics.registry).await?)
+        }
         None => None,
     };
 
@@ -202,13 +309,7 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         source,
     })?;
 
-    let renewal = tokio::spawn(renew_serving_cert(
-        ca.clone(),
-        config.clone(),
-        metrics.clone(),
-        serving_tx,
-        serving.1,
-    ));
+    let renewal = tokio::spawn(serving.renew(serving_tx, serving_not_after));
 
     let failures = metrics.handshake_failures.clone();
     let incoming = pqmesh_mtls::grpc_tls::tls_incoming(
@@ -217,25 +318,33 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         HANDSHAKE_TIMEOUT,
         Arc::new(move |reason: &str| failures.with_label_values(&[reason]).inc()),
     );
-    let table = endpoints::watch_file(dir, &config.trust_domain, metrics.endpoints.clone())
-        .map_err(StartError::Endpoints)?;
     let (stopping_tx, stopping) = watch::channel(false);
-    let policy_state = policies::watch_dir(dir, &config.trust_domain, metrics.clone())
-        .map_err(StartError::Policies)?;
+    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(pqmesh_mtls::x509::certs_to_pem(
+        ca.bundle().roots(),
+    )));
+    if let Some(cluster) = &sources.cluster {
+        cluster.spawn_writers(
+            &config.inject.trust_bundle_configmap,
+            bundle_rx,
+            tracker.clone(),
+        );
+    }
     let policy = policy_push::PolicyService {
-        state: policy_state,
+        state: sources.policies,
+        labels: sources.labels,
         tracker: tracker.clone(),
         metrics: metrics.clone(),
         stopping: stopping.clone(),
     };
     let discovery = discovery::DiscoveryService {
-        table,
+        table: sources.endpoints,
         metrics: metrics.clone(),
         stopping,
     };
+    let trust_bundle_path = sources.trust_bundle_path;
     let identity = IdentityService {
         ca: ca.clone(),
-        tokens,
+        auth: sources.auth,
         metrics: metrics.clone(),
     };
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -264,61 +373,66 @@ pub async fn start(config: Config) -> Result<RunningControlPlane, StartError> {
         stopping: stopping_tx,
         server,
         renewal,
+        _bundle: bundle_tx,
     })
 }
 
-/// Issues the control plane's own certificate from its CA, for a key made in this process.
-fn issue_serving_config(
-    ca: &CertificateAuthority,
-    config: &Config,
-    metrics: &Metrics,
-) -> Result<(Arc<ServerConfig>, SystemTime), StartError> {
-    let key = config
-        .ca_key_alg
-        .generate()
-        .map_err(|e| StartError::Serving(e.to_string()))?;
-    let leaf = ca
-        .issue_serving(&key, &config.identity, &config.serving_names)
-        .map_err(|e| StartError::Serving(e.to_string()))?;
-    let creds = Credentials::verified(
-        leaf.chain,
-        key.serialize_der(),
-        ca.bundle().clone(),
-        &config.identity,
-    )
-    .map_err(|e| StartError::Serving(e.to_string()))?;
-    metrics
-        .serving_cert_expiry
-        .set(pqmesh_mtls::x509::unix_seconds(creds.not_after) as f64);
-    let server = creds
-        .server_config(config.kx, &[ALPN_H2], true)
-        .map_err(|e| StartError::Serving(e.to_string()))?;
-    Ok((server, creds.not_after))
+/// A serving certificate the control plane issues itself from a CA, for a key made in this
+/// process, and keeps renewed.
+#[derive(Clone)]
+struct ServingCert {
+    ca: Arc<CertificateAuthority>,
+    key_alg: pqmesh_mtls::KeyAlgorithm,
+    identity: SpiffeId,
+    names: Vec<String>,
+    kx: pqmesh_mtls::KeyExchangePolicy,
+    expiry: Option<prometheus::Gauge>,
 }
 
-/// Re-issues the serving certificate at half its lifetime; on failure retries every 10 s while
-/// the current one stays in use.
-async fn renew_serving_cert(
-    ca: Arc<CertificateAuthority>,
-    config: Config,
-    metrics: Arc<Metrics>,
-    tx: watch::Sender<Arc<ServerConfig>>,
-    mut not_after: SystemTime,
-) {
-    loop {
-        let remaining = not_after
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        tokio::time::sleep(remaining / 2).await;
-        match issue_serving_config(&ca, &config, &metrics) {
-            Ok((server, next)) => {
-                let _ = tx.send(server);
-                not_after = next;
-                tracing::info!("renewed the control plane's serving certificate");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "serving certificate renewal failed; retrying in 10s");
-                tokio::time::sleep(Duration::from_secs(10)).await;
+impl ServingCert {
+    fn issue(&self) -> Result<(Arc<ServerConfig>, SystemTime), StartError> {
+        let serving = |e: &dyn std::fmt::Display| StartError::Serving(e.to_string());
+        let key = self.key_alg.generate().map_err(|e| serving(&e))?;
+        let leaf = self
+            .ca
+            .issue_serving(&key, &self.identity, &self.names)
+            .map_err(|e| serving(&e))?;
+        let creds = Credentials::verified(
+            leaf.chain,
+            key.serialize_der(),
+            self.ca.bundle().clone(),
+            &self.identity,
+        )
+        .map_err(|e| serving(&e))?;
+        if let Some(gauge) = &self.expiry {
+            gauge.set(pqmesh_mtls::x509::unix_seconds(creds.not_after) as f64);
+        }
+        let server = creds
+            .server_config(self.kx, &[ALPN_H2], true)
+            .map_err(|e| serving(&e))?;
+        Ok((server, creds.not_after))
+    }
+
+    /// Re-issues at half the lifetime; on failure retries every 10 s while the current one
+    /// stays in use.
+    async fn renew(self, tx: watch::Sender<Arc<ServerConfig>>, mut not_after: SystemTime) {
+        loop {
+            let remaining = not_after
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::sleep(remaining / 2).await;
+            match self.issue() {
+                Ok((server, next)) => {
+                    if tx.send(server).is_err() {
+                        return;
+                    }
+                    not_after = next;
+                    tracing::info!(names = ?self.names, "renewed a serving certificate");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "serving certificate renewal failed; retrying in 10s");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
             }
         }
     }

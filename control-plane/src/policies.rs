@@ -21,6 +21,15 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 #[derive(Default)]
 pub struct SecretTable(HashMap<(String, String), HashMap<String, String>>);
 
+impl SecretTable {
+    /// Adds Secret `namespace/name`'s data; false if it was already there.
+    pub fn insert(&mut self, namespace: &str, name: &str, data: HashMap<String, String>) -> bool {
+        self.0
+            .insert((namespace.to_owned(), name.to_owned()), data)
+            .is_none()
+    }
+}
+
 impl Secrets for SecretTable {
     fn get(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
         self.0

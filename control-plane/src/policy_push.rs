@@ -102,8 +102,22 @@ impl PushTracker {
     }
 }
 
+/// Where a workload's labels come from when the control plane can look them up itself.
+pub trait WorkloadLabels: Send + Sync {
+    /// The labels of `pod` in `namespace`; the pod must run as `service_account` (a sidecar may
+    /// not borrow another workload's labels, and with them its policies).
+    fn labels(
+        &self,
+        namespace: &str,
+        pod: &str,
+        service_account: &str,
+    ) -> Result<BTreeMap<String, String>, Status>;
+}
+
 pub struct PolicyService {
     pub state: watch::Receiver<Arc<PolicyState>>,
+    /// `None` (local mode): the labels the sidecar reports in its hello.
+    pub labels: Option<Arc<dyn WorkloadLabels>>,
     pub tracker: Arc<PushTracker>,
     pub metrics: Arc<Metrics>,
     pub stopping: watch::Receiver<bool>,
@@ -143,9 +157,15 @@ impl Policy for PolicyService {
                 "workload labels exceed Kubernetes label limits",
             ));
         }
+        let labels = match &self.labels {
+            Some(source) => {
+                source.labels(peer.namespace(), &hello.pod_name, peer.service_account())?
+            }
+            None => hello.labels.clone().into_iter().collect(),
+        };
         let workload = Workload {
             namespace: peer.namespace().to_owned(),
-            labels: hello.labels.clone().into_iter().collect(),
+            labels,
         };
         let id = self.tracker.next_id.fetch_add(1, Ordering::Relaxed);
         self.tracker

@@ -129,10 +129,48 @@ fn assert_injected_shape(before: &Value, after: &Value) {
             .unwrap_or(&[])[..],
         "the pod's own init containers are unchanged"
     );
-    assert_eq!(
-        spec["containers"], before["spec"]["containers"],
-        "app containers unchanged"
-    );
+    // App containers are unchanged but for probes moved to the sidecar's admin port, whose
+    // original targets the sidecar gets in PQMESH_APP_PROBES.
+    let probe_table: serde_json::Map<String, Value> = env_of(&after["spec"]["initContainers"][1])
+        .get("PQMESH_APP_PROBES")
+        .and_then(|v| v.as_str())
+        .map(|t| serde_json::from_str(t).expect("PQMESH_APP_PROBES is JSON"))
+        .unwrap_or_default();
+    let original = before["spec"]["containers"].as_array().unwrap();
+    let injected = spec["containers"].as_array().unwrap();
+    assert_eq!(original.len(), injected.len());
+    for (was, now) in original.iter().zip(injected) {
+        let strip = |c: &Value| {
+            let mut c = c.clone();
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                c.as_object_mut().unwrap().remove(probe);
+            }
+            c
+        };
+        assert_eq!(
+            strip(was),
+            strip(now),
+            "app containers unchanged but for probes"
+        );
+        for (probe, kind) in [
+            ("livenessProbe", "livez"),
+            ("readinessProbe", "readyz"),
+            ("startupProbe", "startupz"),
+        ] {
+            let key = format!("/app-health/{}/{kind}", now["name"].as_str().unwrap());
+            match probe_table.get(&key) {
+                Some(target) => {
+                    assert_eq!(
+                        now[probe]["httpGet"],
+                        serde_json::json!({"path": key, "port": 15000, "scheme": "HTTP"})
+                    );
+                    assert!(target["port"].as_u64().is_some(), "{target}");
+                    assert_eq!(now[probe]["periodSeconds"], was[probe]["periodSeconds"]);
+                }
+                None => assert_eq!(now.get(probe), was.get(probe), "{probe} unchanged"),
+            }
+        }
+    }
     for key in [
         "restartPolicy",
         "serviceAccountName",
@@ -282,7 +320,8 @@ fn assert_injected_shape(before: &Value, after: &Value) {
 fn deployment_pod_is_injected() {
     let (before, patch, after) = injected("deployment-pod.json");
     assert_injected_shape(&before, &after);
-    // initContainers was absent: one `add` of the whole array; annotations existed: one key.
+    // initContainers was absent: one `add` of the whole array; annotations existed: one key;
+    // the readiness probe (httpGet on the intercepted port "http") moves to the admin port.
     assert_eq!(
         patch
             .as_array()
@@ -292,6 +331,8 @@ fn deployment_pod_is_injected() {
             .collect::<Vec<_>>(),
         [
             ("add", "/metadata/annotations/pqmesh.io~1injected"),
+            ("replace", "/spec/containers/0/readinessProbe/httpGet/path"),
+            ("replace", "/spec/containers/0/readinessProbe/httpGet/port"),
             ("add", "/spec/initContainers"),
             ("add", "/spec/volumes/1"),
             ("add", "/spec/volumes/2"),
@@ -300,6 +341,10 @@ fn deployment_pod_is_injected() {
     );
     let env = env_of(&after["spec"]["initContainers"][1]);
     assert_eq!(env["PQMESH_INBOUND_PORTS"], "8080,9090");
+    assert_eq!(
+        env["PQMESH_APP_PROBES"], r#"{"/app-health/web/readyz":{"path":"/healthz","port":8080}}"#,
+        "the named port is resolved for the sidecar"
+    );
     assert_eq!(
         env["PQMESH_WORKLOAD_LABELS"],
         "app.kubernetes.io/name=web,app.kubernetes.io/version=2.4.1,pod-template-hash=7c5ddbdf54"

@@ -71,7 +71,24 @@ fn crd(kind: &str, plural: &str, short: &str, spec_schema: Value, columns: Value
             "selectedSidecars": {"type": "integer", "format": "int32", "description": "Connected sidecars this policy selects"},
             "ackedSidecars": {"type": "integer", "format": "int32", "description": "Of those, how many run the current version"},
             "rejectedSidecars": {"type": "integer", "format": "int32", "description": "Of those, how many NACKed it"},
-            "conditions": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            "conditions": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+            "replicas": {
+                "type": "array",
+                "description": "Per control-plane replica: the sidecars connected to it (each replica applies its own entry)",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "selected": {"type": "integer", "format": "int32"},
+                        "acked": {"type": "integer", "format": "int32"},
+                        "rejected": {"type": "integer", "format": "int32"},
+                        "heartbeat": {"type": "string", "format": "date-time"}
+                    }
+                }
+            }
         }
     });
     let mut top = Map::new();

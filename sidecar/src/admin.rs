@@ -46,9 +46,19 @@ pub fn spawn(
             }),
         },
     });
+    let app_probes = config.app_probes.clone();
     let route: admin::Route = Arc::new(
         move |method: &Method, path: &str, remote: SocketAddr| match (method, path) {
             (&Method::GET, "/live") => Reply::text(StatusCode::OK, "ok\n"),
+            (&Method::GET, p) if p.starts_with(crate::app_probe::PATH_PREFIX) => {
+                match app_probes.get(p).map(crate::app_probe::check) {
+                    Some(Ok(note)) => Reply::text(StatusCode::OK, format!("{note}\n")),
+                    Some(Err(why)) => {
+                        Reply::text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
+                    }
+                    None => Reply::text(StatusCode::NOT_FOUND, "no such app probe\n"),
+                }
+            }
             (&Method::GET, "/ready") => {
                 // Discovery must have connected once; afterwards cached answers carry outages.
                 let discovery_ok = discovery_ready.as_ref().is_none_or(|d| *d.borrow());

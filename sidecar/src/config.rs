@@ -37,6 +37,8 @@ pub struct Config {
     /// `PQMESH_WORKLOAD_LABELS`; the namespace always comes from the certificate.
     pub labels: BTreeMap<String, String>,
     pub pod_name: String,
+    /// `PQMESH_APP_PROBES`: the app's probes the injector moved to the admin port.
+    pub app_probes: crate::app_probe::ProbeTable,
 }
 
 /// Server-first protocols (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, memcached),
@@ -236,6 +238,11 @@ impl Config {
                 .var("PQMESH_POD_NAME")
                 .or_else(|| env.var("HOSTNAME"))
                 .unwrap_or_default(),
+            app_probes: match env.var("PQMESH_APP_PROBES") {
+                None => Default::default(),
+                Some(v) => crate::app_probe::parse_table(&v)
+                    .map_err(|e| EnvError::new("PQMESH_APP_PROBES", &v, e))?,
+            },
             trust_domain,
         })
     }

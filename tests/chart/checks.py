@@ -32,6 +32,9 @@ STANDARD_LABELS = [
 ]
 
 
+CUSTOM_CA_SECRET = "corp-mesh-ca"  # ca.secretName in values-custom.yaml
+
+
 def load(path):
     with open(path) as f:
         return [d for d in yaml.safe_load_all(f) if d]
@@ -279,8 +282,10 @@ def check_defaults(docs, ns):
     role = rules_of(docs, "Role", "pqmesh-control-plane") or []
     if not any("secrets" in r["resources"] and r["verbs"] == ["create"] for r in role):
         errors.append("default Role cannot create the CA Secret")
-    if not any("leases" in r["resources"] for r in role):
-        errors.append("default Role has no Lease rule (leader election is on by default)")
+    if any("leases" in r["resources"] for r in role):
+        errors.append("the Role grants Leases, but there is no leader election")
+    if not any("secrets" in r["resources"] and "pqmesh-ca-webhook" in r.get("resourceNames", []) for r in role):
+        errors.append("default Role cannot read the webhook CA Secret")
     cr = rules_of(docs, "ClusterRole", "pqmesh-control-plane") or []
     needs = [
         ("", "pods", "watch"), ("", "namespaces", "watch"), ("discovery.k8s.io", "endpointslices", "watch"),
@@ -315,7 +320,6 @@ def check_custom(docs, ns):
             "PQMESH_LEAF_LIFETIME": "30m",
             "PQMESH_CA_KEY_ALG": "ml-dsa-65",
             "PQMESH_CA_USER_PROVIDED": "true",
-            "PQMESH_LEADER_ELECTION": "false",
             "PQMESH_LOG": "debug",
             "PQMESH_SIDECAR_IMAGE": "registry.example/team/pqmesh-sidecar:1.2.3",
             "PQMESH_SIDECAR_TOKEN_EXPIRY": "20m",
@@ -357,10 +361,16 @@ def check_custom(docs, ns):
             errors.append(f"no TokenIssuer-secrets RoleBinding in {team}")
     role = rules_of(docs, "Role", "pqmesh-control-plane") or []
     for r in role:
-        if "secrets" in r["resources"] and set(r["verbs"]) - {"get", "list", "watch"}:
-            errors.append(f"user-provided CA but the Role may {r['verbs']} Secrets")
+        writes = set(r["verbs"]) - {"get", "list", "watch"}
+        # Only the generated webhook CA Secret may be created or updated; the user's CA never.
+        webhook_ca_only = r.get("resourceNames") == [f"{CUSTOM_CA_SECRET}-webhook"] or (
+            r["verbs"] == ["create"] and "resourceNames" not in r)
+        if "secrets" in r["resources"] and writes and not webhook_ca_only:
+            errors.append(f"user-provided CA but the Role may {r['verbs']} Secrets {r.get('resourceNames')}")
+        if "secrets" in r["resources"] and CUSTOM_CA_SECRET in r.get("resourceNames", []) and writes:
+            errors.append(f"the user-provided CA Secret may be written: {r}")
         if "leases" in r["resources"]:
-            errors.append("leader election off but the Role has a Lease rule")
+            errors.append("the Role grants Leases, but there is no leader election")
     return errors
 
 

@@ -2,6 +2,7 @@
 //! real sidecars configured through the same `PQMESH_*` map the binary reads, and small apps.
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
 pub mod forge;
 pub mod http_app;
 pub mod oauth;

@@ -14,6 +14,7 @@ mod config;
 mod metrics;
 mod patch;
 mod pod;
+mod probes;
 mod review;
 mod server;
 mod syntax;

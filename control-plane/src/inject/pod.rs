@@ -266,10 +266,12 @@ pub fn plan(
     inbound_ports.dedup();
     inbound_ports.retain(|p| !exclusions.inbound_ports.contains(p));
     let workload_labels = render_labels(&labels)?;
+    let (app_containers, app_probes) =
+        super::probes::rewrite(&containers, &exclusions.inbound_ports);
 
     let mut inits = vec![
         init_container(cfg, &exclusions),
-        proxy_container(cfg, &workload_labels, &inbound_ports),
+        proxy_container(cfg, &workload_labels, &inbound_ports, &app_probes),
     ];
     inits.extend(
         init_containers
@@ -295,6 +297,7 @@ pub fn plan(
     metadata.insert("annotations".into(), Value::Object(annotations));
     let mut spec = spec.clone();
     spec.insert("initContainers".into(), Value::Array(inits));
+    spec.insert("containers".into(), Value::Array(app_containers));
     spec.insert("volumes".into(), Value::Array(all_volumes));
     let mut injected = root.clone();
     injected.insert("metadata".into(), Value::Object(metadata));
@@ -568,7 +571,12 @@ fn init_container(cfg: &InjectConfig, ex: &Exclusions) -> Value {
 
 /// `pqmesh-proxy`: the native sidecar (an init container with `restartPolicy: Always`), so it
 /// is up before the app's containers start and does not keep a Job's pod alive.
-fn proxy_container(cfg: &InjectConfig, workload_labels: &str, inbound_ports: &[u16]) -> Value {
+fn proxy_container(
+    cfg: &InjectConfig,
+    workload_labels: &str,
+    inbound_ports: &[u16],
+    app_probes: &BTreeMap<String, Value>,
+) -> Value {
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
             "httpGet": {"path": path, "port": ADMIN_PORT, "scheme": "HTTP"},
@@ -590,6 +598,10 @@ fn proxy_container(cfg: &InjectConfig, workload_labels: &str, inbound_ports: &[u
     ];
     if !inbound_ports.is_empty() {
         env.push(json!({"name": "PQMESH_INBOUND_PORTS", "value": join(inbound_ports)}));
+    }
+    if !app_probes.is_empty() {
+        let table = serde_json::to_string(app_probes).unwrap_or_default();
+        env.push(json!({"name": "PQMESH_APP_PROBES", "value": table}));
     }
     json!({
         "name": PROXY_CONTAINER,

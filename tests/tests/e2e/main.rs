@@ -10,6 +10,7 @@ mod external_peers;
 mod faults;
 mod handshake_policy;
 mod hostile_clients;
+mod kubernetes;
 mod mesh;
 mod oauth_server;
 mod policy;

@@ -1,0 +1,463 @@
+//! Kubernetes mode's view of the cluster, kept by reflectors (list, then watch; resumed with
+//! back-off after errors): AccessPolicies and TokenIssuers compile into the same `PolicyState`
+//! local mode reads from files; meshed Pods, Services and EndpointSlices become the discovery
+//! `EndpointTable`; Pods also answer "which labels does this sidecar's workload have".
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Resource;
+use pqmesh_mtls::SpiffeId;
+use pqmesh_policy::model::{Resource as PolicyResource, GROUP, VERSION};
+use pqmesh_policy::PolicySet;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tonic::Status;
+
+use crate::endpoints::EndpointTable;
+use crate::inject::PROXY_CONTAINER;
+use crate::metrics::Metrics;
+use crate::policies::{PolicyState, SecretTable};
+use crate::policy_push::WorkloadLabels;
+
+/// Changes arriving together (an apply of several objects) are compiled once.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// A change counter: every reflector of a group bumps it after each change it applies.
+pub type Changes = watch::Sender<u64>;
+
+/// Drives a reflector for `K` in the background and returns its store.
+pub fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changes: Changes,
+    kind: &str,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let store = writer.as_reader();
+    let kind = kind.to_owned();
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => changes.send_modify(|n| *n += 1),
+                Err(e) => tracing::warn!(%kind, error = %e, "watch failed; retrying with back-off"),
+            }
+        }
+    });
+    store
+}
+
+/// The same for pqmesh's custom resources, whose type is only known at run time.
+fn reflect_custom(client: &kube::Client, kind: &str, changes: Changes) -> Store<DynamicObject> {
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, VERSION, kind));
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    reflect(api, reflector::store::Writer::new(ar), changes, kind)
+}
+
+/// The policy resources, as reflected from the API server.
+#[derive(Clone)]
+pub struct PolicyStores {
+    pub policies: Store<DynamicObject>,
+    pub issuers: Store<DynamicObject>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("the {0} watch never completed its first list (is the API server reachable, are the CRDs installed, does the RBAC allow list/watch?)")]
+    NotReady(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Watches AccessPolicies and TokenIssuers; returns the compiled state (after the first full
+/// list) and keeps it current. An invalid change is logged and the last good state stays.
+pub async fn watch_policies(
+    client: &kube::Client,
+    trust_domain: &str,
+    metrics: Arc<Metrics>,
+    ready_within: Duration,
+) -> Result<(watch::Receiver<Arc<PolicyState>>, PolicyStores), SourceError> {
+    let (changes, mut changed) = watch::channel(0u64);
+    let stores = PolicyStores {
+        policies: reflect_custom(client, "AccessPolicy", changes.clone()),
+        issuers: reflect_custom(client, "TokenIssuer", changes),
+    };
+    for (kind, store) in [
+        ("AccessPolicy", &stores.policies),
+        ("TokenIssuer", &stores.issuers),
+    ] {
+        tokio::time::timeout(ready_within, store.wait_until_ready())
+            .await
+            .map_err(|_| SourceError::NotReady(kind.to_owned()))?
+            .map_err(|_| SourceError::NotReady(kind.to_owned()))?;
+    }
+    changed.borrow_and_update();
+    let initial = compile(client, &stores, trust_domain)
+        .await
+        .map_err(SourceError::Invalid)?;
+    record(&metrics, &initial, "ok");
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    let (client, trust_domain, loop_stores) =
+        (client.clone(), trust_domain.to_owned(), stores.clone());
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            tokio::time::sleep(DEBOUNCE).await;
+            changed.borrow_and_update();
+            if tx.is_closed() {
+                return;
+            }
+            match compile(&client, &loop_stores, &trust_domain).await {
+                Ok(state) => {
+                    record(&metrics, &state, "ok");
+                    tracing::info!(
+                        policies = state.set.policies.len(),
+                        issuers = state.set.issuers.len(),
+                        "policies changed"
+                    );
+                    let _ = tx.send(Arc::new(state));
+                }
+                Err(e) => {
+                    metrics.policy_reloads.with_label_values(&["invalid"]).inc();
+                    tracing::error!(error = %e, "policy change rejected; the last good policies stay in force");
+                }
+            }
+        }
+    });
+    Ok((rx, stores))
+}
+
+fn record(metrics: &Metrics, state: &PolicyState, outcome: &str) {
+    metrics
+        .policy_resources
+        .set((state.set.policies.len() + state.set.issuers.len()) as i64);
+    metrics.policy_reloads.with_label_values(&[outcome]).inc();
+}
+
+/// Compiles every reflected object, and reads the introspection client Secrets the issuers name.
+async fn compile(
+    client: &kube::Client,
+    stores: &PolicyStores,
+    trust_domain: &str,
+) -> Result<PolicyState, String> {
+    let mut resources = Vec::new();
+    for (kind, store) in [
+        ("TokenIssuer", &stores.issuers),
+        ("AccessPolicy", &stores.policies),
+    ] {
+        let mut objects = store.state();
+        objects.sort_by_key(|o| (o.metadata.namespace.clone(), o.metadata.name.clone()));
+        for object in objects {
+            resources.push(to_policy_resource(kind, &object)?);
+        }
+    }
+    let set = PolicySet::build(resources, trust_domain).map_err(|e| e.to_string())?;
+    let mut secrets = SecretTable::default();
+    for issuer in &set.issuers {
+        let Some(introspection) = &issuer.spec.introspection else {
+            continue;
+        };
+        let (ns, name) = (
+            issuer.metadata.namespace.as_str(),
+            introspection.client_secret_ref.name.as_str(),
+        );
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        match api.get_opt(name).await {
+            Ok(Some(secret)) => {
+                let data: HashMap<String, String> = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(k, v)| String::from_utf8(v.0).ok().map(|v| (k, v)))
+                    .collect();
+                secrets.insert(ns, name, data);
+            }
+            // The workloads using this issuer fail to compile and keep their last snapshot.
+            Ok(None) => {
+                tracing::error!(namespace = ns, secret = name, issuer = %issuer.metadata.name, "introspection client Secret not found")
+            }
+            Err(e) => {
+                tracing::error!(namespace = ns, secret = name, error = %e, "cannot read an introspection client Secret")
+            }
+        }
+    }
+    Ok(PolicyState { set, secrets })
+}
+
+/// A reflected custom resource as the policy crate's resource: only name, namespace, labels,
+/// annotations and spec are carried over (status and server-set metadata are not policy).
+pub fn to_policy_resource(kind: &str, object: &DynamicObject) -> Result<PolicyResource, String> {
+    let meta = &object.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let value = serde_json::json!({
+        "kind": kind,
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": meta.labels.clone().unwrap_or_default(),
+            "annotations": meta.annotations.clone().unwrap_or_default(),
+        },
+        "spec": object.data.get("spec").cloned().unwrap_or(serde_json::Value::Null),
+    });
+    serde_json::from_value(value).map_err(|e| format!("{kind} {namespace}/{name}: {e}"))
+}
+
+/// Pods, Services and EndpointSlices, reflected cluster-wide.
+#[derive(Clone)]
+pub struct WorkloadStores {
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+}
+
+/// Watches pods, services and slices; returns the discovery table and the pod store.
+pub async fn watch_workloads(
+    client: &kube::Client,
+    trust_domain: &str,
+    metrics: Arc<Metrics>,
+    ready_within: Duration,
+) -> Result<(watch::Receiver<Arc<EndpointTable>>, WorkloadStores), SourceError> {
+    let (changes, mut changed) = watch::channel(0u64);
+    let stores = WorkloadStores {
+        pods: reflect(
+            Api::all(client.clone()),
+            Default::default(),
+            changes.clone(),
+            "Pod",
+        ),
+        services: reflect(
+            Api::all(client.clone()),
+            Default::default(),
+            changes.clone(),
+            "Service",
+        ),
+        slices: reflect(
+            Api::all(client.clone()),
+            Default::default(),
+            changes,
+            "EndpointSlice",
+        ),
+    };
+    let wait = async {
+        stores.pods.wait_until_ready().await.ok();
+        stores.services.wait_until_ready().await.ok();
+        stores.slices.wait_until_ready().await.ok();
+    };
+    tokio::time::timeout(ready_within, wait)
+        .await
+        .map_err(|_| SourceError::NotReady("Pod/Service/EndpointSlice".into()))?;
+    changed.borrow_and_update();
+    let table = endpoint_table(&stores, trust_domain);
+    metrics.endpoints.set(table.len() as i64);
+    let (tx, rx) = watch::channel(Arc::new(table));
+    let (trust_domain, loop_stores) = (trust_domain.to_owned(), stores.clone());
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            tokio::time::sleep(DEBOUNCE).await;
+            changed.borrow_and_update();
+            let table = endpoint_table(&loop_stores, &trust_domain);
+            metrics.endpoints.set(table.len() as i64);
+            if tx.send(Arc::new(table)).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((rx, stores))
+}
+
+/// Whether the injector gave this pod a sidecar (the native sidecar init container).
+pub fn is_meshed(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .any(|c| c.name == PROXY_CONTAINER)
+    })
+}
+
+fn pod_identity(pod: &Pod, trust_domain: &str) -> Option<SpiffeId> {
+    let ns = pod.metadata.namespace.as_deref()?;
+    let sa = pod
+        .spec
+        .as_ref()?
+        .service_account_name
+        .as_deref()
+        .unwrap_or("default");
+    SpiffeId::new(trust_domain, ns, sa).ok()
+}
+
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return vec![];
+    };
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    ips
+}
+
+/// The discovery table: every meshed pod's IPs (all ports) with its service account's identity,
+/// and each Service's cluster IPs and ports when every backend is a meshed pod of one identity
+/// (kube-proxy, not the sidecar, picks the backend, so a mixed Service has no one identity to
+/// require; it is left out and logged).
+pub fn endpoint_table(stores: &WorkloadStores, trust_domain: &str) -> EndpointTable {
+    let mut table = EndpointTable::default();
+    let mut by_ip: HashMap<IpAddr, Option<SpiffeId>> = HashMap::new();
+    for pod in stores.pods.state() {
+        let finished = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if finished || pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            continue;
+        }
+        let id = if is_meshed(&pod) {
+            pod_identity(&pod, trust_domain)
+        } else {
+            None
+        };
+        for ip in pod_ips(&pod) {
+            by_ip.insert(ip, id.clone());
+            if let Some(id) = &id {
+                if let Err(e) = table.insert(ip, None, id.clone()) {
+                    tracing::warn!(error = %e, pod = ?pod.metadata.name, "pod IP left out of discovery");
+                }
+            }
+        }
+    }
+    for service in stores.services.state() {
+        let (Some(ns), Some(name), Some(spec)) = (
+            service.metadata.namespace.as_deref(),
+            service.metadata.name.as_deref(),
+            service.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        // clusterIPs repeats clusterIP (its first entry) on current API servers.
+        let cluster_ips: std::collections::BTreeSet<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        if cluster_ips.is_empty() {
+            continue; // headless: clients dial pod IPs, which are in the table already
+        }
+        let ports: Vec<u16> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| u16::try_from(p.port).ok())
+            .collect();
+        let mut ids = BTreeMap::new();
+        let mut unmeshed = 0usize;
+        for slice in stores.slices.state() {
+            let owner = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"));
+            if slice.metadata.namespace.as_deref() != Some(ns)
+                || owner.map(String::as_str) != Some(name)
+            {
+                continue;
+            }
+            for endpoint in &slice.endpoints {
+                for address in &endpoint.addresses {
+                    match address
+                        .parse()
+                        .ok()
+                        .and_then(|ip: IpAddr| by_ip.get(&ip).cloned())
+                    {
+                        Some(Some(id)) => {
+                            ids.insert(id.to_string(), id);
+                        }
+                        _ => unmeshed += 1,
+                    }
+                }
+            }
+        }
+        match (ids.len(), unmeshed) {
+            (0, _) => {}
+            (1, 0) => {
+                let id = ids.into_values().next().expect("one identity");
+                for ip in &cluster_ips {
+                    let ports = (!ports.is_empty()).then(|| ports.clone());
+                    if let Err(e) = table.insert(*ip, ports, id.clone()) {
+                        tracing::warn!(error = %e, service = %format!("{ns}/{name}"), "service left out of discovery");
+                    }
+                }
+            }
+            _ => {
+                tracing::warn!(service = %format!("{ns}/{name}"), identities = ids.len(), unmeshed,
+                "service has backends of several identities or unmeshed backends; clients must dial pod IPs to get mTLS")
+            }
+        }
+    }
+    table
+}
+
+/// Labels straight from the Pod object, for policy selection.
+pub struct PodLabels(pub Store<Pod>);
+
+impl WorkloadLabels for PodLabels {
+    fn labels(
+        &self,
+        namespace: &str,
+        pod: &str,
+        service_account: &str,
+    ) -> Result<BTreeMap<String, String>, Status> {
+        if pod.is_empty() {
+            return Err(Status::invalid_argument(
+                "hello.pod_name is required in Kubernetes mode (POD_NAME from the downward API)",
+            ));
+        }
+        let object = self
+            .0
+            .get(&ObjectRef::new(pod).within(namespace))
+            .ok_or_else(|| {
+                Status::unavailable(format!("pod {namespace}/{pod} is not known (yet); retry"))
+            })?;
+        let runs_as = object
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref())
+            .unwrap_or("default");
+        if runs_as != service_account {
+            return Err(Status::permission_denied(format!(
+                "pod {namespace}/{pod} runs as service account {runs_as:?}, not {service_account:?}"
+            )));
+        }
+        Ok(object.metadata.labels.clone().unwrap_or_default())
+    }
+}

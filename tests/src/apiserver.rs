@@ -1,0 +1,473 @@
+//! A recording stand-in for kube-apiserver, for the Kubernetes-mode tests. There is no API
+//! server on this machine, so this serves objects in the shape a v1.33 API server returns them
+//! (list, watch, get, create, replace, server-side apply, TokenReview) over plain HTTP to the
+//! control plane's real kube-rs client, and records every request for the tests to inspect.
+//! Simplifications, on purpose: no authentication/authorization, no field or label selectors,
+//! no pagination, and server-side apply merges objects key by key (lists of objects keyed by
+//! `name` merge by that key, as `x-kubernetes-list-type: map` lists do) without ownership
+//! tracking.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+/// `(collection, namespace, name)`; collection is e.g. `api/v1/pods` or
+/// `apis/pqmesh.io/v1alpha1/accesspolicies`.
+type Key = (String, String, String);
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<Key, Value>,
+    version: u64,
+    /// (resourceVersion, collection, event) for watches resuming from a version.
+    log: Vec<(u64, String, Value)>,
+    requests: Vec<Recorded>,
+    /// Token → TokenReview status.
+    reviews: HashMap<String, Value>,
+}
+
+pub struct ApiServer {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<(String, Value)>,
+}
+
+fn kind_to_collection(kind: &str, api_version: &str) -> String {
+    let plural = match kind {
+        "AccessPolicy" => "accesspolicies".to_owned(),
+        "EndpointSlice" => "endpointslices".to_owned(),
+        "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations".to_owned(),
+        k => format!("{}s", k.to_lowercase()),
+    };
+    if api_version.contains('/') {
+        format!("apis/{api_version}/{plural}")
+    } else {
+        format!("api/{api_version}/{plural}")
+    }
+}
+
+/// Splits a request path into (collection, namespace, name, subresource).
+fn parse_path(path: &str) -> Option<(String, String, String, String)> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (prefix, rest) = match *parts.first()? {
+        "api" => (parts.get(..2)?.join("/"), &parts[2..]),
+        "apis" => (parts.get(..3)?.join("/"), &parts[3..]),
+        _ => return None,
+    };
+    let (ns, rest) = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        (rest[1].to_owned(), &rest[2..])
+    } else {
+        (String::new(), rest)
+    };
+    let resource = rest.first()?;
+    Some((
+        format!("{prefix}/{resource}"),
+        ns,
+        rest.get(1).map(|s| s.to_string()).unwrap_or_default(),
+        rest.get(2).map(|s| s.to_string()).unwrap_or_default(),
+    ))
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+/// Server-side-apply style merge: objects merge key by key, lists of named objects by name.
+fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (Value::Array(a), Value::Array(b))
+            if b.iter().all(|e| e.get("name").is_some())
+                && a.iter().all(|e| e.get("name").is_some()) =>
+        {
+            for item in b {
+                match a.iter_mut().find(|e| e.get("name") == item.get("name")) {
+                    Some(existing) => merge(existing, item),
+                    None => a.push(item.clone()),
+                }
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+impl ApiServer {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let (events, _) = broadcast::channel(1024);
+        let server = Self {
+            url: format!("http://{addr}"),
+            state: state.clone(),
+            events: events.clone(),
+        };
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (state, events) = (state.clone(), events.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(state.clone(), events.clone(), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    /// A kube client for this server.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url.parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Stores an object as if someone had created or changed it (watchers see the event).
+    pub fn put(&self, object: Value) {
+        let mut state = self.state.lock().unwrap();
+        store(&mut state, &self.events, object);
+    }
+
+    pub fn delete(&self, collection: &str, ns: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(mut obj) = state
+            .objects
+            .remove(&(collection.into(), ns.into(), name.into()))
+        {
+            state.version += 1;
+            obj["metadata"]["resourceVersion"] = json!(state.version.to_string());
+            let event = json!({"type": "DELETED", "object": obj});
+            let v = state.version;
+            state.log.push((v, collection.to_owned(), event.clone()));
+            let _ = self.events.send((collection.to_owned(), event));
+        }
+    }
+
+    pub fn get(&self, collection: &str, ns: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state
+            .objects
+            .get(&(collection.into(), ns.into(), name.into()))
+            .cloned()
+    }
+
+    /// What TokenReview answers for `token` (the `status` of the review).
+    pub fn review(&self, token: &str, status: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .reviews
+            .insert(token.to_owned(), status);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+fn store(
+    state: &mut State,
+    events: &broadcast::Sender<(String, Value)>,
+    mut object: Value,
+) -> Value {
+    let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+    let api_version = object["apiVersion"].as_str().unwrap_or_default().to_owned();
+    let collection = kind_to_collection(&kind, &api_version);
+    let ns = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let key = (collection.clone(), ns, name.clone());
+    let existing = state.objects.get(&key).cloned();
+    state.version += 1;
+    let spec_changed = existing
+        .as_ref()
+        .is_some_and(|old| old.get("spec") != object.get("spec"));
+    let meta = &mut object["metadata"];
+    meta["resourceVersion"] = json!(state.version.to_string());
+    let (generation, event_type) = match &existing {
+        Some(old) => {
+            let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            meta["uid"] = old["metadata"]["uid"].clone();
+            meta["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+            (if spec_changed { g + 1 } else { g }, "MODIFIED")
+        }
+        None => {
+            meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012}", state.version));
+            meta["creationTimestamp"] = json!("2026-11-22T08:00:00Z");
+            (1, "ADDED")
+        }
+    };
+    object["metadata"]["generation"] = json!(generation);
+    state.objects.insert(key, object.clone());
+    let event = json!({"type": event_type, "object": object});
+    let v = state.version;
+    state.log.push((v, collection.clone(), event.clone()));
+    let _ = events.send((collection, event));
+    object
+}
+
+fn json_response(
+    status: u16,
+    body: &Value,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    resp
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<(String, Value)>,
+    req: Request<Incoming>,
+) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let params: HashMap<String, String> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let Some((collection, ns, name, sub)) = parse_path(&path) else {
+        return Ok(json_response(
+            404,
+            &status_body(404, "NotFound", "no such path"),
+        ));
+    };
+
+    if method == Method::GET
+        && name.is_empty()
+        && params.get("watch").map(String::as_str) == Some("true")
+    {
+        let since: u64 = params
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut live = events.subscribe();
+        let backlog: Vec<Value> = {
+            let mut s = state.lock().unwrap();
+            s.requests.push(Recorded {
+                method: "WATCH".into(),
+                path: path.clone(),
+                query,
+                content_type,
+                body,
+                status: 200,
+            });
+            s.log
+                .iter()
+                .filter(|(v, c, e)| {
+                    *v > since
+                        && *c == collection
+                        && (ns.is_empty() || e["object"]["metadata"]["namespace"] == json!(ns))
+                })
+                .map(|(_, _, e)| e.clone())
+                .collect()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+        tokio::spawn(async move {
+            for e in backlog {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(format!("{e}\n")))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            while let Ok((c, e)) = live.recv().await {
+                if c != collection
+                    || (!ns.is_empty() && e["object"]["metadata"]["namespace"] != json!(ns))
+                {
+                    continue;
+                }
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(format!("{e}\n")))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut resp = Response::new(BodyExt::boxed(body));
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return Ok(resp);
+    }
+
+    let mut s = state.lock().unwrap();
+    let key = (collection.clone(), ns.clone(), name.clone());
+    let (status, answer) = match (&method, name.is_empty()) {
+        (&Method::POST, true) if collection == "apis/authentication.k8s.io/v1/tokenreviews" => {
+            let token = body["spec"]["token"].as_str().unwrap_or_default();
+            match s.reviews.get(token) {
+                Some(review) if review.get("code").is_some() => {
+                    let code = review["code"].as_u64().unwrap_or(500) as u16;
+                    (
+                        code,
+                        status_body(code, "InternalError", "recorded API error"),
+                    )
+                }
+                Some(review) => (
+                    201,
+                    json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null}, "spec": body["spec"], "status": review}),
+                ),
+                None => (
+                    201,
+                    json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null}, "spec": body["spec"],
+                    "status": {"user": {}, "error": "[invalid bearer token, token lookup failed]"}}),
+                ),
+            }
+        }
+        (&Method::GET, true) => {
+            let items: Vec<Value> = s
+                .objects
+                .iter()
+                .filter(|((c, n, _), _)| *c == collection && (ns.is_empty() || *n == ns))
+                .map(|(_, v)| v.clone())
+                .collect();
+            let kind = items
+                .first()
+                .and_then(|i| i["kind"].as_str())
+                .unwrap_or("Object")
+                .to_owned();
+            (
+                200,
+                json!({"kind": format!("{kind}List"), "apiVersion": "v1",
+                "metadata": {"resourceVersion": s.version.to_string()}, "items": items}),
+            )
+        }
+        (&Method::GET, false) => match s.objects.get(&key) {
+            Some(o) => (200, o.clone()),
+            None => (
+                404,
+                status_body(404, "NotFound", &format!("{name} not found")),
+            ),
+        },
+        (&Method::POST, true) => {
+            let mut object = body.clone();
+            if !ns.is_empty() {
+                object["metadata"]["namespace"] = json!(ns);
+            }
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if s.objects
+                .contains_key(&(collection.clone(), ns.clone(), name.clone()))
+            {
+                (
+                    409,
+                    status_body(409, "AlreadyExists", &format!("{name} already exists")),
+                )
+            } else {
+                (201, store(&mut s, &events, object))
+            }
+        }
+        (&Method::PUT, false) => match s.objects.get(&key) {
+            Some(old)
+                if old["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"] =>
+            {
+                (
+                    409,
+                    status_body(409, "Conflict", "the object has been modified"),
+                )
+            }
+            Some(_) => (200, store(&mut s, &events, body.clone())),
+            None => (
+                404,
+                status_body(404, "NotFound", &format!("{name} not found")),
+            ),
+        },
+        (&Method::PATCH, false) if content_type.starts_with("application/apply-patch") => {
+            let mut object = s.objects.get(&key).cloned().unwrap_or_else(|| {
+                json!({"apiVersion": body["apiVersion"], "kind": body["kind"],
+                       "metadata": {"name": name, "namespace": if ns.is_empty() { Value::Null } else { json!(ns) }}})
+            });
+            if sub == "status" {
+                if !s.objects.contains_key(&key) {
+                    (
+                        404,
+                        status_body(404, "NotFound", &format!("{name} not found")),
+                    )
+                } else {
+                    merge(&mut object["status"], &body["status"]);
+                    (200, store(&mut s, &events, object))
+                }
+            } else {
+                let mut patch = body.clone();
+                if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("resourceVersion");
+                }
+                merge(&mut object, &patch);
+                (200, store(&mut s, &events, object))
+            }
+        }
+        _ => (
+            405,
+            status_body(
+                405,
+                "MethodNotAllowed",
+                "not supported by the recorded API server",
+            ),
+        ),
+    };
+    s.requests.push(Recorded {
+        method: method.to_string(),
+        path,
+        query,
+        content_type,
+        body,
+        status,
+    });
+    Ok(json_response(status, &answer))
+}
