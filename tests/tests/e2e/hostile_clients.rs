@@ -597,3 +597,40 @@ async fn a_connection_flood_does_not_crash_the_sidecars() {
     t.check();
     let _ = &p.cp;
 }
+
+/// A request line longer than the inbound sniffer's 8 KiB window must still be handled as HTTP
+/// (identity header replaced, limits applied), not relayed as opaque bytes.
+#[tokio::test]
+async fn a_long_request_line_cannot_smuggle_the_identity_header() {
+    let p = pair(&[]).await;
+    let mut t = Table::new("hostile-long-request-line");
+    let forged = format!("spiffe://{TRUST_DOMAIN}/ns/kube-system/sa/admin");
+    for len in [4 * 1024, 9 * 1024, 60 * 1024] {
+        let path = format!("/{}", "a".repeat(len));
+        let before = p.requests();
+        let (status, body) = raw(
+            p.out(),
+            "GET",
+            &path,
+            &[("x-pqmesh-peer-identity", forged.clone())],
+        )
+        .await;
+        let peer = body
+            .split_whitespace()
+            .find(|w| w.starts_with("peer="))
+            .unwrap_or("peer=none")
+            .to_owned();
+        let reached = p.requests() - before;
+        t.allow(
+            &format!(
+                "{} KiB request line with a forged identity header",
+                len / 1024
+            ),
+            format!("200 peer={}", spiffe("web")),
+            format!("{status} {peer}"),
+            reached,
+            1,
+        );
+    }
+    t.check();
+}
