@@ -154,6 +154,8 @@ spoof_check() { # id name curl-args...
 spoof_check H1 "HTTP/1.1, forged header" -H "x-pqmesh-peer-identity: $FORGED" "http://$IP_B:8080/h1"
 spoof_check H2 "HTTP/1.1, mixed case + a second copy" -H "X-PQMesh-Peer-Identity: $FORGED" -H "x-pqmesh-peer-identity: $FORGED" "http://$IP_B:8080/h1-dup"
 spoof_check H3 "HTTP/2 prior knowledge, forged header" --http2-prior-knowledge -H "x-pqmesh-peer-identity: $FORGED" "http://$IP_B:8080/h2"
+LONG_PATH=/$(head -c 9216 /dev/zero | tr '\0' a)
+spoof_check H6 "9 KiB request line (past the sniff window), forged header" -H "x-pqmesh-peer-identity: $FORGED" "http://$IP_B:8080$LONG_PATH"
 before=$(b_reqs)
 run_cap in_ns "$NS_C" curl -sS --max-time 5 -H "x-pqmesh-peer-identity: $SPIFFE_A" "http://$IP_B:8080/plain"
 after=$(b_reqs)
