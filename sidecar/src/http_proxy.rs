@@ -2,30 +2,56 @@
 //! one to the app on 127.0.0.1:<original port> over pooled connections, HTTP/1.1 (with upgrades,
 //! e.g. WebSocket) or HTTP/2 with prior knowledge. The app learns the caller's verified SPIFFE ID
 //! from `x-pqmesh-peer-identity`; any copy of that header sent by a client is removed first.
+//! Hostile clients are bounded here: request heads over [`MAX_HEADER_BYTES`] get 431, a head not
+//! complete within [`HEADER_READ_TIMEOUT`] closes the connection (slowloris), and request bodies
+//! over [`MAX_REQUEST_BODY_BYTES`] get 413 without (Content-Length) or before the rest reaches
+//! the app (chunked: the app's request is aborted); a client that reads nothing of its answer
+//! for [`WRITE_STALL_TIMEOUT`] (a slow reader) is disconnected.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pqmesh_mtls::SpiffeId;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub const PEER_IDENTITY_HEADER: &str = "x-pqmesh-peer-identity";
 
+/// Largest request head (request line + headers; HTTP/2: decoded header list) accepted: 431 above.
+/// Envoy's default is 60 KiB, nginx's 32 KiB.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// A request head must arrive within this time of the connection (or the previous request)
+/// waiting for it; a slowloris client is disconnected after it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection whose client takes no bytes of a pending write for this long is closed.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request body passed to the app: 413 above.
+pub const MAX_REQUEST_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// HTTP/2 streams one client may have open at once on a connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Idle pooled connections kept per app port: a burst of N concurrent requests must not leave N
+/// idle connections (2 descriptors each) behind for the idle timeout.
+pub const MAX_IDLE_APP_CONNECTIONS: usize = 32;
+
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// A request body on its way to the app, cut off at [`MAX_REQUEST_BODY_BYTES`].
+type AppBody = Limited<Incoming>;
 
 /// Pooled clients towards the local app (one pool per app port, by URI authority).
 pub struct AppClients {
-    h1: Client<HttpConnector, Incoming>,
-    h2: Client<HttpConnector, Incoming>,
+    h1: Client<HttpConnector, AppBody>,
+    h2: Client<HttpConnector, AppBody>,
 }
 
 impl Default for AppClients {
@@ -36,10 +62,12 @@ impl Default for AppClients {
         Self {
             h1: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
                 .build(connector.clone()),
             h2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
                 .build(connector),
         }
     }
@@ -107,6 +135,97 @@ async fn forward_observed(req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Respon
     resp
 }
 
+/// Fails writes that make no progress for `limit`: a client that stops reading its answer
+/// would otherwise hold the connection (and what hyper buffered for it) for as long as it likes.
+struct WriteStallGuard<IO> {
+    inner: IO,
+    limit: Duration,
+    stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> WriteStallGuard<IO> {
+    fn new(inner: IO, limit: Duration) -> Self {
+        WriteStallGuard {
+            inner,
+            limit,
+            stalled_since: None,
+        }
+    }
+
+    /// After the inner write returned `Pending`: pending too, unless the stall lasted `limit`.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let limit = self.limit;
+        let timer = self
+            .stalled_since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progressed<T>(
+        &mut self,
+        result: Poll<std::io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        match result {
+            Poll::Ready(r) => {
+                self.stalled_since = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stalled(cx),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for WriteStallGuard<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteStallGuard<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progressed(result, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progressed(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progressed(result, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progressed(result, cx)
+    }
+}
+
 pub async fn serve_http1<IO>(io: IO, ctx: Ctx) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -117,7 +236,14 @@ where
         async move { Ok::<_, Infallible>(forward_observed(req, &ctx, false).await) }
     });
     hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(
+            TokioIo::new(WriteStallGuard::new(io, WRITE_STALL_TIMEOUT)),
+            service,
+        )
         .with_upgrades()
         .await
 }
@@ -132,7 +258,13 @@ where
         async move { Ok::<_, Infallible>(forward_observed(req, &ctx, true).await) }
     });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), service)
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .serve_connection(
+            TokioIo::new(WriteStallGuard::new(io, WRITE_STALL_TIMEOUT)),
+            service,
+        )
         .await
 }
 
@@ -185,10 +317,39 @@ fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
     resp
 }
 
+/// Whether `req` declares a body larger than [`MAX_REQUEST_BODY_BYTES`] (an unparsable
+/// Content-Length never gets this far: hyper answers it with 400).
+fn declares_oversized_body(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|len| len > MAX_REQUEST_BODY_BYTES as u64)
+}
+
+/// Whether a failed app request failed because the client's body went over the limit.
+fn body_over_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<ProxyBody> {
     if let Err(mut denied) = authorize(&mut req, ctx).await {
         denied.extensions_mut().insert(Denied);
         return denied;
+    }
+    if declares_oversized_body(&req) {
+        ctx.metrics
+            .requests
+            .with_label_values(&[ctx.direction, "body_too_large"])
+            .inc();
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
     // The identity header is the sidecar's statement; a client's own copy is never passed on.
     let headers = req.headers_mut();
@@ -226,6 +387,7 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
         }
     }
     let server_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut req = req.map(|body| Limited::new(body, MAX_REQUEST_BODY_BYTES));
     let result = if h2 {
         ctx.clients.h2.request(req).await
     } else {
@@ -263,6 +425,13 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
                 strip_hop_by_hop(resp.headers_mut());
             }
             resp.map(|b| b.boxed())
+        }
+        Err(e) if body_over_limit(&e) => {
+            ctx.metrics
+                .requests
+                .with_label_values(&[ctx.direction, "body_too_large"])
+                .inc();
+            error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
         }
         Err(e) => {
             tracing::info!(target = %ctx.target, error = %e, "app request failed");
@@ -442,4 +611,34 @@ fn bearer_token(headers: &hyper::HeaderMap) -> Result<Option<String>, &'static s
         return Err("empty or malformed bearer token");
     }
     Ok(Some(token.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_with_no_progress_fails_after_the_limit_and_progress_resets_it() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut guarded = WriteStallGuard::new(near, Duration::from_secs(30));
+        // Fill the pipe: nobody reads `far`.
+        guarded.write_all(&[0u8; 1024]).await.unwrap();
+        let stuck = tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let err = guarded.write_all(&[1u8; 4096]).await.unwrap_err();
+            (err.kind(), started.elapsed())
+        });
+        // Reading a little in time resets the clock once; then the reader stops again.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let mut buf = [0u8; 512];
+        far.read_exact(&mut buf).await.unwrap();
+        let (kind, after) = stuck.await.unwrap();
+        assert_eq!(kind, std::io::ErrorKind::TimedOut);
+        assert!(
+            after >= Duration::from_secs(50) && after < Duration::from_secs(51),
+            "30 s measured from the last progress (at 20 s): {after:?}"
+        );
+        drop(far);
+    }
 }

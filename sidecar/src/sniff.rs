@@ -152,8 +152,11 @@ pub fn classify_app(buf: &[u8]) -> Option<AppProtocol> {
                     },
                 );
             }
+            // A method and no line end within the sniff window: a long request line. Relaying it
+            // as opaque bytes would pass a client's own identity header to the app, so HTTP/1
+            // it is (hyper answers 414/431/400 if it is not acceptable HTTP).
             return if buf.len() >= 8192 {
-                Some(AppProtocol::Opaque)
+                Some(AppProtocol::Http1)
             } else {
                 None
             };
@@ -321,9 +324,11 @@ mod tests {
         assert_eq!(classify_app(b"GET / SMTP\r\n"), Some(AppProtocol::Opaque));
         assert_eq!(classify_app(b"\x00\x01binary"), Some(AppProtocol::Opaque));
         assert_eq!(classify_app(b"HELO mail\r\n"), Some(AppProtocol::Opaque));
+        // A request line longer than the window is still HTTP: as opaque bytes it would carry a
+        // client's own x-pqmesh-peer-identity to the app.
         assert_eq!(
             classify_app(&[b"GET /".as_slice(), &[b'a'; 9000]].concat()),
-            Some(AppProtocol::Opaque)
+            Some(AppProtocol::Http1)
         );
     }
 }

@@ -1,7 +1,9 @@
 //! A small, unmodified-app stand-in for the end-to-end tests (also the `pqmesh-test-app`
 //! binary used in the network-namespace suite). HTTP/1.1 and HTTP/2 with prior knowledge on one
-//! port: every response says which protocol arrived, which connection it came on and what
-//! `x-pqmesh-peer-identity` said; `Upgrade: pqmesh-echo` switches the connection to a raw echo.
+//! port: every response says which protocol arrived, which connection it came on (and how many
+//! requests the app has served, this one included) and what
+//! `x-pqmesh-peer-identity` said; `Upgrade: pqmesh-echo` switches the connection to a raw echo;
+//! `GET /bytes/N` answers N bytes.
 //! A second port echoes raw TCP.
 
 use std::convert::Infallible;
@@ -9,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -30,9 +32,9 @@ pub async fn serve_http(listener: TcpListener, name: String, stats: Arc<AppStats
         let name = name.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                stats.requests.fetch_add(1, Ordering::SeqCst);
+                let req_id = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
                 let name = name.clone();
-                async move { Ok::<_, Infallible>(respond(req, &name, conn_id).await) }
+                async move { Ok::<_, Infallible>(respond(req, &name, conn_id, req_id).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tcp), service)
@@ -41,7 +43,12 @@ pub async fn serve_http(listener: TcpListener, name: String, stats: Arc<AppStats
     }
 }
 
-async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Response<Full<Bytes>> {
+async fn respond(
+    mut req: Request<Incoming>,
+    name: &str,
+    conn_id: usize,
+    req_id: usize,
+) -> Response<AppBody> {
     let peer = req
         .headers()
         .get_all("x-pqmesh-peer-identity")
@@ -74,8 +81,8 @@ async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Resp
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("connection", "upgrade")
             .header("upgrade", "pqmesh-echo")
-            .body(Full::new(Bytes::new()))
-            .unwrap_or_default();
+            .body(Either::Left(Full::new(Bytes::new())))
+            .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new()))));
     }
     let auth = req
         .headers()
@@ -85,15 +92,53 @@ async fn respond(mut req: Request<Incoming>, name: &str, conn_id: usize) -> Resp
         .to_owned();
     let version = format!("{:?}", req.version());
     let path = req.uri().path().to_owned();
+    // `/bytes/N`: a body of N bytes (for slow-read clients).
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return Response::new(Either::Right(Repeat { left: n }));
+    }
     let body = req
         .into_body()
         .collect()
         .await
         .map(|b| b.to_bytes().len())
         .unwrap_or(0);
-    Response::new(Full::new(Bytes::from(format!(
-        "app={name} proto={version} conn={conn_id} peer={peer} path={path} body={body} authorization={auth}\n"
-    ))))
+    Response::new(Either::Left(Full::new(Bytes::from(format!(
+        "app={name} proto={version} conn={conn_id} req={req_id} peer={peer} path={path} body={body} authorization={auth}\n"
+    )))))
+}
+
+type AppBody = Either<Full<Bytes>, Repeat>;
+
+/// A body of `left` bytes made on the fly, 1 MiB at a time (`/bytes/N` may be gigabytes).
+pub struct Repeat {
+    left: usize,
+}
+
+impl hyper::body::Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        static CHUNK: [u8; 1 << 20] = [b'x'; 1 << 20];
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len());
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &CHUNK[..n],
+        )))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left as u64)
+    }
 }
 
 /// Echoes raw TCP on `listener`.

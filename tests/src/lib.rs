@@ -3,8 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod forge;
 pub mod http_app;
 pub mod oauth;
+pub mod report;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -132,6 +134,11 @@ impl ControlPlane {
     /// Kills the control plane like a crash and starts a new one on the same directory (same CA,
     /// tokens, policies) and the same gRPC address, as a restarted pod behind its Service.
     pub async fn restart(self) -> Self {
+        self.restart_after(std::time::Duration::ZERO).await
+    }
+
+    /// As `restart`, with the control plane down for `down` in between (an outage).
+    pub async fn restart_after(self, down: std::time::Duration) -> Self {
         let ControlPlane {
             running,
             dir,
@@ -139,6 +146,7 @@ impl ControlPlane {
         } = self;
         let grpc = running.grpc_addr;
         running.kill();
+        tokio::time::sleep(down).await;
         let env: HashMap<String, String> = [
             ("PQMESH_GRPC_ADDR", grpc.to_string()),
             ("PQMESH_ADMIN_ADDR", "127.0.0.1:0".to_owned()),

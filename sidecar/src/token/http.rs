@@ -43,6 +43,7 @@ impl Fetched {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }

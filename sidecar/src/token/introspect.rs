@@ -25,12 +25,60 @@ use super::Authenticated;
 /// Introspection responses larger than this are refused (the JWT itself is capped at 16 KiB).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// Inactive answers an issuer may give in a burst before cache misses are throttled, and how many
+/// per second refill that budget. Random opaque tokens are never cached, so without this budget a
+/// client could make the sidecar call the OAuth server once per request; with it, each sidecar
+/// sends at most `BURST + RATE × seconds` introspections that come back inactive. Once it is
+/// spent, cache misses get 503 (fail closed) until it refills; cached tokens are unaffected.
+pub(crate) const INACTIVE_BURST: f64 = 100.0;
+pub(crate) const INACTIVE_PER_SECOND: f64 = 10.0;
+
+/// A token bucket for inactive introspection answers (tokio's clock, so tests can pause it).
+pub(crate) struct InactiveBudget {
+    available: f64,
+    updated: Instant,
+}
+
+impl InactiveBudget {
+    pub(crate) fn new() -> Self {
+        InactiveBudget {
+            available: INACTIVE_BURST,
+            updated: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.available = (self.available + elapsed * INACTIVE_PER_SECOND).min(INACTIVE_BURST);
+        self.updated = now;
+    }
+
+    /// Reserves one unit for an introspection about to be sent; `false` when the budget is spent.
+    /// Reserving before the call keeps concurrent misses from all passing an empty-budget check.
+    pub(crate) fn reserve(&mut self) -> bool {
+        self.refill();
+        if self.available < 1.0 {
+            return false;
+        }
+        self.available -= 1.0;
+        true
+    }
+
+    /// Gives a reserved unit back: the answer was not "inactive" (active, or the server failed).
+    pub(crate) fn refund(&mut self) {
+        self.refill();
+        self.available = (self.available + 1.0).min(INACTIVE_BURST);
+    }
+}
+
 pub(crate) struct Introspector {
     pub config: IntrospectionConfig,
     endpoint: Uri,
     authorization: HeaderValue,
     cache: PhantomCache,
     in_flight: InFlight,
+    inactive_budget: std::sync::Mutex<InactiveBudget>,
 }
 
 impl Introspector {
@@ -55,6 +103,7 @@ impl Introspector {
         Ok(Introspector {
             cache: PhantomCache::new(config.cache_max_entries),
             in_flight: InFlight::default(),
+            inactive_budget: std::sync::Mutex::new(InactiveBudget::new()),
             config,
             endpoint,
             authorization,
@@ -86,6 +135,12 @@ impl Introspector {
             }
         }
         (!ttl.is_zero()).then_some(ttl)
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, InactiveBudget> {
+        self.inactive_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     #[cfg(test)]
@@ -150,12 +205,24 @@ impl Issuer {
         joined
             .cell
             .get_or_init(|| async {
+                if !introspector.budget().reserve() {
+                    metrics
+                        .introspections
+                        .with_label_values(&[issuer, "throttled"])
+                        .inc();
+                    return Err(unavailable(
+                        "introspection throttled: too many inactive tokens recently",
+                    ));
+                }
                 let result = self.call(introspector, token, http, metrics).await;
                 let outcome = match &result {
                     Ok(_) => "active",
                     Err(TokenError::Inactive) => "inactive",
                     Err(_) => "error",
                 };
+                if outcome != "inactive" {
+                    introspector.budget().refund();
+                }
                 metrics
                     .introspections
                     .with_label_values(&[issuer, outcome])

@@ -15,7 +15,7 @@ use super::metrics::TokenMetrics;
 pub(crate) struct Issuer {
     pub config: IssuerConfig,
     algs: Vec<Alg>,
-    keys: KeyCache,
+    keys: std::sync::Arc<KeyCache>,
     pub introspection: Option<Introspector>,
 }
 
@@ -23,12 +23,12 @@ impl Issuer {
     pub(crate) fn new(config: IssuerConfig) -> Result<Self, ConfigError> {
         let algs = config.check()?;
         let jwks_uri = endpoint(&config.name, "jwks_uri", &config.jwks_uri)?;
-        let keys = KeyCache::new(
+        let keys = std::sync::Arc::new(KeyCache::new(
             config.name.clone(),
             jwks_uri,
             config.jwks_refresh,
             config.jwks_min_refetch,
-        );
+        ));
         let introspection = match &config.introspection {
             Some(i) => Some(Introspector::new(&config.name, i.clone())?),
             None => None,

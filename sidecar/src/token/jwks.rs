@@ -1,6 +1,9 @@
 //! One issuer's JWKS: fetched on first use, refreshed every `jwks_refresh`, refetched on an unknown
-//! `kid` at most once per `jwks_min_refetch`. A failed fetch keeps the last good keys.
+//! `kid` at most once per `jwks_min_refetch`. A failed fetch keeps the last good keys. The
+//! periodic refresh runs in the background: a slow or hung JWKS server never delays a request
+//! that already has keys.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -51,6 +54,8 @@ pub(crate) struct KeyCache {
     state: RwLock<KeyState>,
     /// Held while fetching, so concurrent requests share one fetch.
     fetching: tokio::sync::Mutex<()>,
+    /// A background refresh is under way.
+    refreshing: AtomicBool,
 }
 
 impl KeyCache {
@@ -62,6 +67,7 @@ impl KeyCache {
             min_refetch,
             state: RwLock::new(KeyState::default()),
             fetching: tokio::sync::Mutex::new(()),
+            refreshing: AtomicBool::new(false),
         }
     }
 
@@ -82,7 +88,7 @@ impl KeyCache {
 
     /// The key that verifies `alg` signatures for `kid`.
     pub(crate) async fn key_for(
-        &self,
+        self: &Arc<Self>,
         kid: &str,
         alg: Alg,
         http: &HttpClient,
@@ -130,7 +136,7 @@ impl KeyCache {
     }
 
     async fn ensure_fresh(
-        &self,
+        self: &Arc<Self>,
         http: &HttpClient,
         metrics: &TokenMetrics,
     ) -> Result<(), TokenError> {
@@ -153,15 +159,22 @@ impl KeyCache {
                 }
             }
             Some(at) if at.elapsed() >= self.refresh && !self.attempted_recently() => {
-                // Stale but usable: one request refreshes, the others go on with the keys we have.
-                if let Ok(_fetching) = self.fetching.try_lock() {
-                    if self
-                        .read()
-                        .fetched
-                        .is_some_and(|t| t.elapsed() >= self.refresh)
-                    {
-                        self.fetch(Trigger::Refresh, http, metrics).await;
-                    }
+                // Stale but usable: refresh in the background and go on with the keys we have.
+                if !self.refreshing.swap(true, Ordering::AcqRel) {
+                    let (this, http, metrics) = (self.clone(), http.clone(), metrics.clone());
+                    tokio::spawn(async move {
+                        {
+                            let _fetching = this.fetching.lock().await;
+                            let stale = this
+                                .read()
+                                .fetched
+                                .is_some_and(|t| t.elapsed() >= this.refresh);
+                            if stale && !this.attempted_recently() {
+                                this.fetch(Trigger::Refresh, &http, &metrics).await;
+                            }
+                        }
+                        this.refreshing.store(false, Ordering::Release);
+                    });
                 }
             }
             Some(_) => {}

@@ -130,7 +130,7 @@ fn decode_json(segment: &str, what: &str) -> Result<Map<String, Value>, TokenErr
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|e| TokenError::malformed(format!("{what} is not base64url: {e}")))?;
-    match serde_json::from_slice(&bytes) {
+    match serde_json::from_slice::<super::strict_json::StrictValue>(&bytes).map(|v| v.0) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(TokenError::malformed(format!(
             "{what} is not a JSON object"

@@ -8,7 +8,8 @@ pub struct TokenMetrics {
     pub authentications: IntCounterVec,
     /// `token_introspection_cache_total{issuer, result=hit|miss}`.
     pub introspection_cache: IntCounterVec,
-    /// `token_introspections_total{issuer, outcome=active|inactive|error}`: calls to the endpoint.
+    /// `token_introspections_total{issuer, outcome=active|inactive|error|throttled}`:
+    /// calls to the endpoint (`throttled`: not sent, the inactive-answer budget is spent).
     pub introspections: IntCounterVec,
     /// `token_jwks_fetches_total{issuer, trigger=initial|refresh|unknown_kid, outcome=ok|error}`.
     pub jwks_fetches: IntCounterVec,
@@ -44,7 +45,7 @@ impl TokenMetrics {
             introspections: counter(
                 registry,
                 "token_introspections_total",
-                "Introspection calls, by issuer and outcome (active, inactive or error)",
+                "Introspection calls, by issuer and outcome (active, inactive, error, or throttled: not sent)",
                 &["issuer", "outcome"],
             )?,
             jwks_fetches: counter(

@@ -14,6 +14,7 @@ mod jwk;
 mod jwks;
 mod jws;
 mod metrics;
+mod strict_json;
 
 #[cfg(test)]
 mod tests;

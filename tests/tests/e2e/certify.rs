@@ -10,7 +10,7 @@ use pqmesh_proto::identity::v1::CertifyRequest;
 use pqmesh_tests::*;
 use tonic::Code;
 
-async fn client(cp: &ControlPlane) -> IdentityClient<tonic::transport::Channel> {
+pub(crate) async fn client(cp: &ControlPlane) -> IdentityClient<tonic::transport::Channel> {
     let bundle =
         TrustBundle::from_pem(&std::fs::read_to_string(&cp.running.trust_bundle_path).unwrap())
             .unwrap();
@@ -31,11 +31,11 @@ async fn client(cp: &ControlPlane) -> IdentityClient<tonic::transport::Channel> 
     IdentityClient::new(channel)
 }
 
-fn csr(alg: KeyAlgorithm) -> Vec<u8> {
+pub(crate) fn csr(alg: KeyAlgorithm) -> Vec<u8> {
     pqmesh_mtls::keys::workload_csr(&alg.generate().unwrap()).unwrap()
 }
 
-fn csr_with_san(san: &str) -> Vec<u8> {
+pub(crate) fn csr_with_san(san: &str) -> Vec<u8> {
     let key = KeyAlgorithm::EcdsaP256.generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.subject_alt_names = vec![rcgen::SanType::URI(san.try_into().unwrap())];

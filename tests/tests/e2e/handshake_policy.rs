@@ -13,13 +13,13 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Target {
-    cp: ControlPlane,
-    app: EchoApp,
-    b: pqmesh_sidecar::RunningSidecar,
+pub(crate) struct Target {
+    pub cp: ControlPlane,
+    pub app: EchoApp,
+    pub b: pqmesh_sidecar::RunningSidecar,
 }
 
-async fn target(extra: &[(&str, &str)]) -> Target {
+pub(crate) async fn target(extra: &[(&str, &str)]) -> Target {
     let cp = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web", "api"]).await;
     let app = EchoApp::start().await;
     let mut env = with(
@@ -35,11 +35,14 @@ async fn target(extra: &[(&str, &str)]) -> Target {
 }
 
 /// Valid shop/web credentials, obtained from the control plane like a sidecar does.
-async fn web_credentials(cp: &ControlPlane) -> Arc<pqmesh_sidecar::tls::MeshTls> {
+pub(crate) async fn web_credentials(cp: &ControlPlane) -> Arc<pqmesh_sidecar::tls::MeshTls> {
     credentials_for(cp, "web").await
 }
 
-async fn credentials_for(cp: &ControlPlane, sa: &str) -> Arc<pqmesh_sidecar::tls::MeshTls> {
+pub(crate) async fn credentials_for(
+    cp: &ControlPlane,
+    sa: &str,
+) -> Arc<pqmesh_sidecar::tls::MeshTls> {
     let bundle = pqmesh_mtls::TrustBundle::from_pem(
         &std::fs::read_to_string(&cp.running.trust_bundle_path).unwrap(),
     )
@@ -62,7 +65,7 @@ async fn credentials_for(cp: &ControlPlane, sa: &str) -> Arc<pqmesh_sidecar::tls
 }
 
 /// A client config with the mesh credentials but the given groups / versions / ALPN.
-fn probe_config(
+pub(crate) fn probe_config(
     creds: &pqmesh_sidecar::tls::MeshTls,
     groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
     versions: &[&'static rustls::SupportedProtocolVersion],
@@ -72,7 +75,7 @@ fn probe_config(
 }
 
 /// As `probe_config`, verifying the server against `roots` instead of the creds' own bundle.
-fn probe_config_trusting(
+pub(crate) fn probe_config_trusting(
     creds: &pqmesh_sidecar::tls::MeshTls,
     roots: Arc<rustls::RootCertStore>,
     groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
@@ -101,7 +104,7 @@ fn probe_config_trusting(
 }
 
 /// Handshakes and sends a line; Ok(echo) if the app answered, Err(reason) otherwise.
-async fn probe(
+pub(crate) async fn probe(
     addr: std::net::SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<Vec<u8>, String> {
@@ -119,8 +122,8 @@ async fn probe(
     }
 }
 
-const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
-const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+pub(crate) const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+pub(crate) const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
 
 #[tokio::test]
 async fn only_hybrid_tls13_with_mesh_alpn_reaches_the_app() {

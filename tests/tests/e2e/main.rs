@@ -2,9 +2,14 @@
 //! the build small and fast on a 2-core CI machine). Each module's own doc comment says what it
 //! covers and what it needs.
 
+mod adversarial;
+mod adversarial_identity;
+mod adversarial_phantom;
 mod certify;
 mod external_peers;
+mod faults;
 mod handshake_policy;
+mod hostile_clients;
 mod kubernetes;
 mod mesh;
 mod oauth_server;

@@ -422,7 +422,7 @@ async fn jwks_server_down_keeps_the_last_good_keys() {
         .authenticate(&access_token())
         .await
         .expect("still accepted");
-    assert_eq!(fake.jwks_hits(), 2, "the refresh was attempted");
+    wait_for_jwks_hits(&fake, 2).await;
     validator
         .authenticate(&access_token())
         .await
@@ -447,7 +447,7 @@ async fn jwks_server_down_keeps_the_last_good_keys() {
         .authenticate(&access_token())
         .await
         .expect("still accepted");
-    assert_eq!(fake.jwks_hits(), 3);
+    wait_for_jwks_hits(&fake, 3).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -460,15 +460,62 @@ async fn jwks_is_refreshed_periodically() {
     assert_eq!(fake.jwks_hits(), 1);
     tokio::time::advance(Duration::from_secs(2)).await;
     validator.authenticate(&access_token()).await.expect("good");
-    assert_eq!(fake.jwks_hits(), 2);
-    assert_eq!(
+    wait_for_jwks_hits(&fake, 2).await;
+    wait_for(|| {
         counter(
             &registry,
             "token_jwks_fetches_total",
-            &[("trigger", "refresh"), ("outcome", "ok")]
-        ),
-        1
-    );
+            &[("trigger", "refresh"), ("outcome", "ok")],
+        ) == 1
+    })
+    .await;
+}
+
+/// The periodic refresh runs in the background, after the request that noticed it was due.
+async fn wait_for_jwks_hits(fake: &FakeAs, n: usize) {
+    wait_for(|| fake.jwks_hits() == n).await;
+    assert_eq!(fake.jwks_hits(), n);
+}
+
+async fn wait_for(cond: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached");
+}
+
+#[tokio::test]
+async fn a_hung_jwks_server_does_not_delay_requests_when_a_refresh_is_due() {
+    let fake = FakeAs::start().await;
+    let mut config = fake.issuer();
+    config.jwks_refresh = Duration::from_millis(300);
+    config.jwks_min_refetch = Duration::from_millis(100);
+    let (validator, _) = validator(config);
+    validator
+        .authenticate(&access_token())
+        .await
+        .expect("keys fetched");
+    // The JWKS server now hangs: the refresh that falls due waits for its 5 s timeout.
+    fake.jwks_hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        validator
+            .authenticate(&access_token())
+            .await
+            .expect("still accepted");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a request waited {:?} for the JWKS refresh",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(fake.jwks_hits() >= 2, "the refresh was attempted");
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@ mod https;
 mod jwt;
 mod phantom;
 mod robustness;
+mod throttle;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -223,6 +224,8 @@ pub(super) struct FakeAs {
     pub jwks_hits: Arc<AtomicUsize>,
     pub introspection_hits: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// When set, `/jwks` accepts the request and answers only after a minute (a hung server).
+    pub jwks_hang: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeAs {
@@ -238,6 +241,7 @@ impl FakeAs {
             jwks_hits: Arc::default(),
             introspection_hits: Arc::default(),
             seen: Arc::default(),
+            jwks_hang: Arc::default(),
         };
         let state = fake.handles();
         tokio::spawn(async move {
@@ -268,6 +272,7 @@ impl FakeAs {
             jwks_hits: self.jwks_hits.clone(),
             introspection_hits: self.introspection_hits.clone(),
             seen: self.seen.clone(),
+            jwks_hang: self.jwks_hang.clone(),
         })
     }
 
@@ -283,6 +288,9 @@ impl FakeAs {
         let reply = match path.as_str() {
             "/jwks" => {
                 self.jwks_hits.fetch_add(1, Ordering::SeqCst);
+                if self.jwks_hang.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
                 match self.jwks.lock().expect("lock").clone() {
                     Some(jwks) => Reply {
                         content_type: Some("application/json".into()),
