@@ -73,8 +73,9 @@ cargo nextest run --workspace --locked --run-ignored all --no-fail-fast
 step "transparent interception in network namespaces (iptables, SO_ORIGINAL_DST, capture)"
 if [ "$(id -u)" = 0 ]; then
   bash tests/netns/run.sh
+  bash tests/netns/reliability.sh
 elif [ "${PQMESH_SKIP_ROOT_TESTS:-}" = 1 ]; then
-  echo "SKIPPED (not root; PQMESH_SKIP_ROOT_TESTS=1): tests/netns/run.sh did not run"
+  echo "SKIPPED (not root; PQMESH_SKIP_ROOT_TESTS=1): tests/netns/run.sh and tests/netns/reliability.sh did not run"
 else
   echo "FAILED: the namespace suite needs root (ip netns, iptables, tcpdump). Run as root, or set PQMESH_SKIP_ROOT_TESTS=1 to skip it knowingly." >&2
   exit 1
