@@ -35,6 +35,12 @@ struct Options {
     out: PathBuf,
     plots: PathBuf,
     command: String,
+    /// Only these pairs (default: all).
+    only: Option<Vec<String>>,
+    /// Latency/CPU only: no bulk, handshakes, idle connections, CA or fan-out (for profiling).
+    latency_only: bool,
+    /// Skip idle connections, CA issuance and fan-out (A/B runs of the proxy scenarios).
+    no_extras: bool,
 }
 
 fn options() -> Options {
@@ -69,6 +75,9 @@ fn options() -> Options {
             .map(PathBuf::from)
             .unwrap_or_else(|| "docs/benchmarks".into()),
         command: value("--command").unwrap_or_else(|| "bench/run.sh".into()),
+        only: value("--only").map(|v| v.split(',').map(str::to_owned).collect()),
+        latency_only: args.iter().any(|a| a == "--latency-only"),
+        no_extras: args.iter().any(|a| a == "--no-extras"),
     };
     if smoke {
         o.repeats = 1;
@@ -187,6 +196,9 @@ async fn measure(o: &Options, t: &Target<'_>, backend: SocketAddr, idle: (f64, f
         run.rss_load_client = procstat::rss_mib(p.client_pid);
         run.rss_load_server = procstat::rss_mib(p.server_pid);
     }
+    if o.latency_only {
+        return run;
+    }
     run.bulk_mib_s = load::bulk(
         entry,
         4,
@@ -278,9 +290,16 @@ async fn main() {
         "ecdsa-p256",
         &["web", "api"],
     );
-    let mut pairs = vec![peers::start_pqmesh(&o.bin_dir, &cp, "ecdsa-p256", backend)];
-    for name in peers::PEERS {
+    let wanted = |name: &str| o.only.as_ref().is_none_or(|only| only.iter().any(|n| n == name));
+    let mut pairs = Vec::new();
+    if wanted("pqmesh") {
+        pairs.push(peers::start_pqmesh(&o.bin_dir, &cp, "ecdsa-p256", backend));
+    }
+    for name in peers::PEERS.into_iter().filter(|n| wanted(n)) {
         pairs.push(peers::start_peer(name, &work, backend));
+    }
+    for p in &pairs {
+        eprintln!("{}: client pid {}, server pid {}", p.name, p.client_pid, p.server_pid);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Idle memory: started, certificates in hand, no traffic yet.
@@ -330,7 +349,7 @@ async fn main() {
             o.repeats
         );
         let mut order: Vec<usize> = (1..targets.len()).collect();
-        let shift = repeat % order.len();
+        let shift = repeat % order.len().max(1);
         order.rotate_left(shift);
         order.insert(0, 0);
         for i in order {
@@ -341,6 +360,16 @@ async fn main() {
                 .or_default()
                 .push(run);
         }
+    }
+    if o.latency_only || o.no_extras {
+        for (name, runs) in &systems {
+            let m = |f: fn(&Run) -> f64| report::med(runs, f);
+            eprintln!(
+                "{name}: p50 {:.3} ms p99 {:.3} ms cpu {:.3}/{:.3} vCPU per 1k rps, bulk {:.0} MiB/s (medians of {})",
+                m(|r| r.p50_ms), m(|r| r.p99_ms), m(|r| r.cpu_client), m(|r| r.cpu_server), m(|r| r.bulk_mib_s), runs.len()
+            );
+        }
+        return;
     }
     eprintln!("idle connections");
     let mut idle_rows = Vec::new();
