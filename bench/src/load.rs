@@ -205,7 +205,6 @@ pub async fn latency(
 pub async fn bulk(target: SocketAddr, conns: u32, ramp: Duration, duration: Duration) -> f64 {
     let bytes = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conns {
         let (bytes, stop) = (bytes.clone(), stop.clone());
@@ -266,7 +265,6 @@ pub async fn bulk(target: SocketAddr, conns: u32, ramp: Duration, duration: Dura
     for t in tasks {
         t.abort();
     }
-    let _ = t0;
     (b1 - b0) as f64 / secs
 }
 

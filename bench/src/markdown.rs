@@ -175,7 +175,12 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
             .flatten()
             .filter(|x| x.sidecars == *n)
             .collect();
-        let _ = writeln!(s, "| policy push: reload → all {n} streams ACKed (file write → ACKed incl. 250 ms polling) | report | {} ms ({} ms) | – | – | reported |", f(median(rows.iter().map(|x| x.reload_ms).collect()), 0), f(median(rows.iter().map(|x| x.write_ms).collect()), 0));
+        let runs_note = if rows.len() < r.repeats {
+            format!("; {} of {} runs completed", rows.len(), r.repeats)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(s, "| policy push: reload → all {n} streams ACKed (file write → ACKed incl. 250 ms polling) | report | {} ms ({} ms{runs_note}) | – | – | reported |", f(median(rows.iter().map(|x| x.reload_ms).collect()), 0), f(median(rows.iter().map(|x| x.write_ms).collect()), 0));
     }
     let _ = writeln!(s, "\nAnchors from the issue (published figures, not measured here): Istio sidecar ≈ 0.20 vCPU and 60 MB per 1,000 rps and +2.8 ms p99 for two proxies; ztunnel ≈ 0.06 vCPU and 12 MB; Linkerd proxy ≈ 26 MB.\n");
 
@@ -339,6 +344,7 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
     }
     let _ = writeln!(s, "## Machine\n\n{}", machine());
     s.push_str(include_str!("methods.md"));
+    s.push_str(include_str!("findings.md"));
     std::fs::write(out, s).expect("write report");
     println!("HEADLINE added p50 {} ms, p99 {} ms; bulk {}× best peer; full handshakes {}× best peer; {} vCPU/1k rps; idle {} MiB",
         f(a50, 3), f(a99, 3), f(b / bp, 2), f(hs_full(pq) / best_peer(&hs_full, false), 2), f(c, 3), f(m, 1));

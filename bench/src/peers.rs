@@ -293,7 +293,10 @@ pub fn start_pqmesh(
             .env("PQMESH_LOG", "warn");
         // `PQMESH_BENCH_SIDECAR_ENV="K=V K2=V2"`: extra settings for both sidecars only (e.g. a
         // runtime setting under test), not for the load generator.
-        for kv in std::env::var("PQMESH_BENCH_SIDECAR_ENV").unwrap_or_default().split_whitespace() {
+        for kv in std::env::var("PQMESH_BENCH_SIDECAR_ENV")
+            .unwrap_or_default()
+            .split_whitespace()
+        {
             if let Some((k, v)) = kv.split_once('=') {
                 c.env(k, v);
             }

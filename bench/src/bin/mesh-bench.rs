@@ -290,7 +290,11 @@ async fn main() {
         "ecdsa-p256",
         &["web", "api"],
     );
-    let wanted = |name: &str| o.only.as_ref().is_none_or(|only| only.iter().any(|n| n == name));
+    let wanted = |name: &str| {
+        o.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|n| n == name))
+    };
     let mut pairs = Vec::new();
     if wanted("pqmesh") {
         pairs.push(peers::start_pqmesh(&o.bin_dir, &cp, "ecdsa-p256", backend));
@@ -299,7 +303,10 @@ async fn main() {
         pairs.push(peers::start_peer(name, &work, backend));
     }
     for p in &pairs {
-        eprintln!("{}: client pid {}, server pid {}", p.name, p.client_pid, p.server_pid);
+        eprintln!(
+            "{}: client pid {}, server pid {}",
+            p.name, p.client_pid, p.server_pid
+        );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Idle memory: started, certificates in hand, no traffic yet.

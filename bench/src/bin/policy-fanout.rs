@@ -186,12 +186,35 @@ async fn client_process(args: &[String]) {
     let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
 }
 
+fn note_retry(i: usize, e: &tonic::transport::Error) {
+    if i.is_multiple_of(1000) {
+        eprintln!("stream {i}: connect failed ({e}), retrying");
+    }
+}
+
 async fn fake_sidecar(i: usize, addr: String, config: Arc<rustls::ClientConfig>) {
-    let channel = tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
-        .connect_timeout(Duration::from_secs(60))
-        .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(addr, config))
-        .await
-        .expect("connect");
+    // Like a real sidecar, retry with jittered back-off: in a 10,000-connection storm the
+    // listen backlog overflows and some handshakes are reset.
+    let mut attempt = 0u32;
+    let channel = loop {
+        match tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
+            .connect_timeout(Duration::from_secs(60))
+            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(
+                addr.clone(),
+                config.clone(),
+            ))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                let ms = 100 * u64::from(attempt.min(10)) + rand::random::<u64>() % 200;
+                note_retry(i, &e);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Err(e) => panic!("stream {i}: connect failed 20 times: {e}"),
+        }
+    };
     let (tx, rx) = mpsc::channel(4);
     let hello = Workload {
         namespace: "shop".into(),
