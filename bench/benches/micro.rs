@@ -207,6 +207,15 @@ fn tokens(c: &mut Criterion) {
 fn policy(c: &mut Criterion) {
     let yaml = r#"
 apiVersion: pqmesh.io/v1alpha1
+kind: TokenIssuer
+metadata: {name: corp, namespace: shop}
+spec:
+  issuer: https://login.example.com
+  audiences: [orders]
+  jwksUri: https://login.example.com/jwks
+  allowedAlgorithms: [ES256]
+---
+apiVersion: pqmesh.io/v1alpha1
 kind: AccessPolicy
 metadata: {name: orders, namespace: shop}
 spec:
@@ -214,6 +223,7 @@ spec:
   ports: [8080]
   mtls: STRICT
   peers: ["shop/*", "spiffe://cluster.local/ns/gateway/sa/ingress"]
+  token: {issuers: [corp]}
   rules:
     - {methods: [GET], paths: ["/healthz"]}
     - {methods: [DELETE], paths: ["/orders/**"], scopes: ["orders:admin"]}
@@ -248,12 +258,12 @@ spec:
                     method: "GET",
                     path: &path,
                     token: pqmesh_policy::TokenState::Valid {
-                        issuer: "corp",
+                        issuer: "shop/corp",
                         claims: &claims,
                     },
                 }),
             });
-            assert!(matches!(d, pqmesh_policy::Decision::Allow { .. }));
+            assert!(matches!(d, pqmesh_policy::Decision::Allow { .. }), "{d:?}");
         })
     });
     g.finish();
