@@ -3,7 +3,10 @@
 //! (one connection each, as N sidecars would), waits for every initial snapshot and ACK, then
 //! edits the policy file and measures the time until all N streams ACKed the new version.
 //! The figure includes local mode's file polling (up to 250 ms); the push itself is reported as
-//! "reload → all ACKed". Prints a table; no thresholds.
+//! "reload → all ACKed". Prints a table and one `RESULT {json}` line per size; no thresholds.
+//! The streams live in child processes (this binary with `--client`), at most
+//! `STREAMS_PER_PROCESS` each: one process cannot hold 10,000 client and 10,000 server
+//! connections under the 20,000 open-file limit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,9 +27,15 @@ fn policy(scope: &str) -> String {
     )
 }
 
+const STREAMS_PER_PROCESS: usize = 2500;
+
 #[tokio::main]
 async fn main() {
     pqmesh_mtls::provider::install_default();
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--client") {
+        return client_process(&args[2..]).await;
+    }
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -46,45 +55,26 @@ async fn main() {
 async fn run(n: usize) {
     let cp = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web"]).await;
     cp.write_policy("orders.yaml", &policy("v1"), 1).await;
-    let bundle = pqmesh_mtls::TrustBundle::from_pem(
-        &std::fs::read_to_string(&cp.running.trust_bundle_path).unwrap(),
-    )
-    .unwrap();
-    let certifier = GrpcCertifier {
-        addr: cp.running.grpc_addr.to_string(),
-        server_id: cp.running.identity.clone(),
-        kx: KeyExchangePolicy::HybridOnly,
-        token: TokenSource::Inline(cp.token("web").to_owned()),
-        bundle: std::sync::Mutex::new(bundle),
-    };
-    let creds = obtain(
-        &certifier,
-        KeyAlgorithm::EcdsaP256,
-        KeyExchangePolicy::HybridOnly,
-        None,
-    )
-    .await
-    .unwrap();
-    let config = creds
-        .creds
-        .client_config(
-            &cp.running.identity,
-            KeyExchangePolicy::HybridOnly,
-            &[ALPN_H2],
-        )
-        .unwrap();
-    let addr = cp.running.grpc_addr.to_string();
     let started = Instant::now();
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        let config = config.clone();
-        let addr = addr.clone();
-        handles.push(tokio::spawn(
-            async move { fake_sidecar(i, addr, config).await },
-        ));
-        if i % 64 == 63 {
-            tokio::task::yield_now().await;
-        }
+    let exe = std::env::current_exe().expect("own path");
+    let mut children = Vec::new();
+    let mut first = 0;
+    while first < n {
+        let count = STREAMS_PER_PROCESS.min(n - first);
+        children.push(
+            std::process::Command::new(&exe)
+                .arg("--client")
+                .arg(cp.running.grpc_addr.to_string())
+                .arg(&cp.running.trust_bundle_path)
+                .arg(cp.running.identity.to_string())
+                .arg(cp.token("web"))
+                .arg(first.to_string())
+                .arg(count.to_string())
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a client process"),
+        );
+        first += count;
     }
     let tracker = cp.running.policy_tracker.clone();
     wait_until(Duration::from_secs(300), || {
@@ -138,18 +128,93 @@ async fn run(n: usize) {
         total.as_secs_f64() * 1e3,
         push.as_secs_f64() * 1e3,
     );
-    for h in handles {
-        h.abort();
+    println!(
+        "RESULT {{\"sidecars\":{n},\"connect_ms\":{:.1},\"write_to_all_acked_ms\":{:.1},\"reload_to_all_acked_ms\":{:.1}}}",
+        connect.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3,
+        push.as_secs_f64() * 1e3,
+    );
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
     }
     cp.running.kill();
 }
 
+/// `--client ADDR TRUST_BUNDLE CP_ID TOKEN FIRST COUNT`: gets a certificate like a sidecar, opens
+/// COUNT Watch streams (pods FIRST..), ACKs every snapshot; ends when stdin closes (the parent
+/// exits or kills it).
+async fn client_process(args: &[String]) {
+    let [addr, bundle, cp_id, token, first, count] = args else {
+        panic!("usage: policy-fanout --client ADDR TRUST_BUNDLE CP_ID TOKEN FIRST COUNT");
+    };
+    let (first, count): (usize, usize) =
+        (first.parse().expect("FIRST"), count.parse().expect("COUNT"));
+    let cp_id: pqmesh_mtls::SpiffeId = cp_id.parse().expect("CP_ID");
+    let bundle = pqmesh_mtls::TrustBundle::from_pem(
+        &std::fs::read_to_string(bundle).expect("read trust bundle"),
+    )
+    .expect("trust bundle");
+    let certifier = GrpcCertifier {
+        addr: addr.clone(),
+        server_id: cp_id.clone(),
+        kx: KeyExchangePolicy::HybridOnly,
+        token: TokenSource::Inline(token.clone()),
+        bundle: std::sync::Mutex::new(bundle),
+    };
+    let creds = obtain(
+        &certifier,
+        KeyAlgorithm::EcdsaP256,
+        KeyExchangePolicy::HybridOnly,
+        None,
+    )
+    .await
+    .expect("certificate");
+    let config = creds
+        .creds
+        .client_config(&cp_id, KeyExchangePolicy::HybridOnly, &[ALPN_H2])
+        .expect("client config");
+    for i in first..first + count {
+        let (config, addr) = (config.clone(), addr.clone());
+        tokio::spawn(async move { fake_sidecar(i, addr, config).await });
+        if i % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Parent gone → stdin closes → exit.
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+}
+
+fn note_retry(i: usize, e: &tonic::transport::Error) {
+    if i.is_multiple_of(1000) {
+        eprintln!("stream {i}: connect failed ({e}), retrying");
+    }
+}
+
 async fn fake_sidecar(i: usize, addr: String, config: Arc<rustls::ClientConfig>) {
-    let channel = tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
-        .connect_timeout(Duration::from_secs(60))
-        .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(addr, config))
-        .await
-        .expect("connect");
+    // Like a real sidecar, retry with jittered back-off: in a 10,000-connection storm the
+    // listen backlog overflows and some handshakes are reset.
+    let mut attempt = 0u32;
+    let channel = loop {
+        match tonic::transport::Endpoint::from_static("http://pqmesh-control-plane")
+            .connect_timeout(Duration::from_secs(60))
+            .connect_with_connector(pqmesh_mtls::grpc_tls::tls_connector(
+                addr.clone(),
+                config.clone(),
+            ))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                let ms = 100 * u64::from(attempt.min(10)) + rand::random::<u64>() % 200;
+                note_retry(i, &e);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Err(e) => panic!("stream {i}: connect failed 20 times: {e}"),
+        }
+    };
     let (tx, rx) = mpsc::channel(4);
     let hello = Workload {
         namespace: "shop".into(),

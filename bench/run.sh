@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One command for every benchmark figure in docs/benchmarks.md: installs the classical peers
+# (Debian packages) when missing, builds pqmesh in release, runs bench/src/bin/mesh-bench.rs
+# (latency, CPU, memory, bulk, handshakes, idle connections, CA issuance, policy fan-out; pqmesh
+# and the peers side by side, repeated) and rewrites docs/benchmarks.md and docs/benchmarks/*.svg.
+#
+#   bench/run.sh                  full run (3 repeats, ~10 min on 2 cores)
+#   bench/run.sh --repeats 5      options after the first are passed to mesh-bench
+#   bench/run.sh --smoke          < 60 s check that the harness works end to end (debug build,
+#                                 report to a temporary file, docs/ untouched); exits non-zero
+#                                 when a scenario produced no figure
+# Not part of ./test.sh's timed runs: the machine is shared, so figures are noisy (ratios
+# against peers measured in the same run are what the report leads with).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SMOKE=0
+ARGS=()
+for a in "$@"; do
+    [[ "$a" == --smoke ]] && SMOKE=1
+    ARGS+=("$a")
+done
+
+need=()
+command -v openssl >/dev/null || need+=(openssl)
+command -v nginx >/dev/null || need+=(nginx)
+[[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || need+=(libnginx-mod-stream)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v stunnel4 >/dev/null || need+=(stunnel4)
+if ((${#need[@]})); then
+    if [[ $(id -u) != 0 ]]; then
+        echo "bench/run.sh: missing ${need[*]}; run as root (apt-get install) or install them" >&2
+        exit 1
+    fi
+    echo "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian starts the packaged nginx/haproxy services on install; the benchmark runs its own.
+for svc in nginx haproxy; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+        systemctl stop "$svc" || true
+    fi
+done
+
+# 10,000 idle connections and 10,000 policy streams need file descriptors.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+PKGS=(-p pqmesh-sidecar -p pqmesh-control-plane -p pqmesh-bench)
+if ((SMOKE)); then
+    cargo build -q "${PKGS[@]}" --bins
+    BIN=target/debug
+    OUT=$(mktemp -d)
+    trap 'rm -rf "$OUT"' EXIT
+    start=$SECONDS
+    "$BIN/mesh-bench" --bin-dir "$BIN" --out "$OUT/benchmarks.md" --plots "$OUT/plots" \
+        --command "bench/run.sh --smoke" "${ARGS[@]}" | tee "$OUT/stdout"
+    table=$(sed -n '/^## Targets/,/^Anchors/p' "$OUT/benchmarks.md")
+    echo "$table"
+    # Every target row must carry a figure ("–" is what the report prints for a missing one).
+    if [[ -z "$table" ]] || grep -qE '\| – (ms|/s|MiB|vCPU)|NaN|inf' <<<"$table"; then
+        echo "bench smoke: a target has no figure" >&2
+        exit 1
+    fi
+    for f in latency throughput handshakes cpu-memory; do
+        [[ -s "$OUT/plots/$f.svg" ]] || { echo "bench smoke: plot $f.svg missing" >&2; exit 1; }
+    done
+    grep -q '^HEADLINE' "$OUT/stdout" || { echo "bench smoke: no headline" >&2; exit 1; }
+    echo "bench smoke: harness OK in $((SECONDS - start)) s"
+else
+    cargo build --release "${PKGS[@]}" --bins
+    BIN=target/release
+    "$BIN/mesh-bench" --bin-dir "$BIN" --out docs/benchmarks.md --plots docs/benchmarks \
+        --command "bench/run.sh${ARGS[*]:+ ${ARGS[*]}}" "${ARGS[@]}"
+    echo "wrote docs/benchmarks.md and docs/benchmarks/*.svg"
+fi
