@@ -84,6 +84,9 @@ fi
 step "Helm chart: lint, render, schema, Kubernetes schemas, security contexts, RBAC"
 bash tests/chart/run.sh
 
+step "benchmark harness smoke: pqmesh and nginx/haproxy/stunnel4 pairs, every scenario briefly (full run: bench/run.sh)"
+bash bench/run.sh --smoke
+
 step "fuzzing smoke: every untrusted decoder for 10 s (longer runs: fuzz/run.sh 600)"
 bash fuzz/run.sh 10
 disk
