@@ -163,10 +163,12 @@ impl Kubectl {
         let mut child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
         let body = serde_json::to_vec(object).unwrap_or_default();
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(&body)
-                .await
-                .map_err(|e| self.spawn_error(e))?;
+            // A kubectl that exits early closes the pipe: its exit status and stderr say why.
+            if let Err(e) = stdin.write_all(&body).await {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(self.spawn_error(e));
+                }
+            }
         }
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await

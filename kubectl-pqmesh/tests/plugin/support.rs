@@ -221,6 +221,7 @@ case "$*" in
   *"get secret "*) cat "$FAKE_DIR/secret.json" ;;
   *"replace -f -"*)
     if [ -n "${FAKE_CONFLICT:-}" ]; then
+      # exits without reading the object: the plugin must report the 409, not the closed pipe
       echo 'Error from server (Conflict): Operation cannot be fulfilled on secrets "pqmesh-ca": the object has been modified; please apply your changes to the latest version and try again' >&2; exit 1; fi
     cat > "$FAKE_DIR/replaced.json" ;;
   *) echo "fake kubectl: unexpected arguments: $*" >&2; exit 1 ;;
