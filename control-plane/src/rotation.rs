@@ -171,31 +171,46 @@ pub fn watch_dir(
                     current.leaf_lifetime(),
                 )
             });
-            match next {
-                Ok(ca) if ca.version() == current.version() => {}
-                Ok(ca) => {
-                    let bundle = pqmesh_mtls::x509::certs_to_pem(ca.bundle().roots());
-                    if let Err(e) = write_atomic(&bundle_file, bundle.as_bytes(), 0o644) {
-                        tracing::error!(error = %e, "cannot rewrite the trust bundle file");
-                    }
-                    tracing::info!(
-                        ca_version = %ca.version(),
-                        trusted_roots = ca.bundle().roots().len(),
-                        "CA roots changed; sidecars will re-certify"
-                    );
-                    metrics.ca_reloads.with_label_values(&["ok"]).inc();
-                    let ca = Arc::new(ca);
-                    record(&ca, &metrics);
-                    let _ = tx.send(ca);
-                }
-                Err(e) => {
-                    metrics.ca_reloads.with_label_values(&["invalid"]).inc();
-                    tracing::error!(error = %e, "CA change rejected; the last good roots stay in force");
-                }
+            let Some(ca) = publish_change(&tx, next, &metrics) else {
+                continue;
+            };
+            let bundle = pqmesh_mtls::x509::certs_to_pem(ca.bundle().roots());
+            if let Err(e) = write_atomic(&bundle_file, bundle.as_bytes(), 0o644) {
+                tracing::error!(error = %e, "cannot rewrite the trust bundle file");
             }
         }
     });
     rx
+}
+
+/// One CA change, wherever the roots came from (local files, the Kubernetes Secret): a CA with
+/// a new version becomes the CA in force and is returned; an unchanged one is ignored; one that
+/// did not load is counted and logged, and the last good CA stays.
+pub(crate) fn publish_change(
+    tx: &watch::Sender<Arc<CertificateAuthority>>,
+    next: Result<CertificateAuthority, impl std::fmt::Display>,
+    metrics: &Metrics,
+) -> Option<Arc<CertificateAuthority>> {
+    match next {
+        Ok(ca) if ca.version() == tx.borrow().version() => None,
+        Ok(ca) => {
+            tracing::info!(
+                ca_version = %ca.version(),
+                trusted_roots = ca.bundle().roots().len(),
+                "CA roots changed; sidecars will re-certify"
+            );
+            metrics.ca_reloads.with_label_values(&["ok"]).inc();
+            let ca = Arc::new(ca);
+            record(&ca, metrics);
+            let _ = tx.send(ca.clone());
+            Some(ca)
+        }
+        Err(e) => {
+            metrics.ca_reloads.with_label_values(&["invalid"]).inc();
+            tracing::error!(error = %e, "CA change rejected; the last good roots stay in force");
+            None
+        }
+    }
 }
 
 /// The CA as `/config_dump` shows it: version, signing root, trusted roots (no key material).

@@ -206,55 +206,24 @@ pub fn watch_ca_secret(
 ) -> watch::Receiver<Arc<CertificateAuthority>> {
     crate::rotation::record(&initial, &metrics);
     let (tx, rx) = watch::channel(initial);
-    tokio::spawn(async move {
-        let api: Api<Secret> = Api::namespaced(client, &namespace);
-        // RBAC grants list/watch on this one name, which needs the field selector.
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = watcher(api, config).default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            let secret = match event {
-                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
-                Ok(watcher::Event::Delete(_)) => {
-                    tracing::error!(%namespace, %name, "the CA Secret was deleted; the CA in memory keeps serving");
-                    continue;
-                }
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(%namespace, %name, error = %e, "CA Secret watch failed; retrying");
-                    continue;
-                }
-            };
-            if secret.metadata.name.as_deref() != Some(name.as_str()) {
-                continue;
-            }
-            let current = tx.borrow().clone();
-            let next = roots_of(&secret, user_provided, &namespace, &name).and_then(|roots| {
-                Ok(CertificateAuthority::from_roots(
-                    &roots,
-                    current.trust_domain(),
-                    current.leaf_lifetime(),
-                )?)
-            });
-            match next {
-                Ok(ca) if ca.version() == current.version() => {}
-                Ok(ca) => {
-                    tracing::info!(ca_version = %ca.version(), trusted_roots = ca.bundle().roots().len(),
-                        "CA Secret changed; sidecars will re-certify");
-                    metrics.ca_reloads.with_label_values(&["ok"]).inc();
-                    let ca = Arc::new(ca);
-                    crate::rotation::record(&ca, &metrics);
-                    if tx.send(ca).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    metrics.ca_reloads.with_label_values(&["invalid"]).inc();
-                    tracing::error!(error = %e, "CA Secret change rejected; the last good roots stay in force");
-                }
-            }
-        }
-    });
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    tokio::spawn(watch_one(api, name.clone(), move |secret| {
+        // A deleted Secret changes nothing: the CA in memory keeps serving.
+        let Some(secret) = secret else {
+            tracing::error!(%namespace, %name, "the CA Secret was deleted; the CA in memory keeps serving");
+            return true;
+        };
+        let current = tx.borrow().clone();
+        let next = roots_of(&secret, user_provided, &namespace, &name).and_then(|roots| {
+            Ok(CertificateAuthority::from_roots(
+                &roots,
+                current.trust_domain(),
+                current.leaf_lifetime(),
+            )?)
+        });
+        crate::rotation::publish_change(&tx, next, &metrics);
+        !tx.is_closed()
+    }));
     rx
 }
 
@@ -270,50 +239,58 @@ pub fn watch_revocations(
     trust_domain: String,
 ) -> watch::Receiver<Arc<RevocationList>> {
     let (tx, rx) = watch::channel(Arc::new(RevocationList::default()));
-    tokio::spawn(async move {
-        let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = watcher(api, config).default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            let text = match event {
-                Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))
-                    if cm.metadata.name.as_deref() != Some(name.as_str()) =>
-                {
-                    continue
-                }
-                Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => cm
-                    .data
-                    .and_then(|d| d.get(REVOCATIONS_KEY).cloned())
-                    .unwrap_or_default(),
-                Ok(watcher::Event::Delete(cm))
-                    if cm.metadata.name.as_deref() == Some(name.as_str()) =>
-                {
-                    String::new()
-                }
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(%namespace, %name, error = %e, "revocations watch failed; retrying");
-                    continue;
-                }
-            };
-            match RevocationList::parse(&text, &trust_domain) {
-                Ok(list) if list == **tx.borrow() => {}
-                Ok(list) => {
-                    tracing::info!(
-                        identities = list.identities.len(),
-                        serials = list.serials.len(),
-                        "revocations changed"
-                    );
-                    if tx.send(Arc::new(list)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "revocations change rejected; the last good list stays in force")
-                }
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    tokio::spawn(watch_one(api, name, move |cm| {
+        let text = cm
+            .and_then(|cm| cm.data)
+            .and_then(|d| d.get(REVOCATIONS_KEY).cloned())
+            .unwrap_or_default();
+        match RevocationList::parse(&text, &trust_domain) {
+            Ok(list) if list == **tx.borrow() => {}
+            Ok(list) => {
+                tracing::info!(
+                    identities = list.identities.len(),
+                    serials = list.serials.len(),
+                    "revocations changed"
+                );
+                return tx.send(Arc::new(list)).is_ok();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "revocations change rejected; the last good list stays in force")
             }
         }
-    });
+        true
+    }));
     rx
+}
+
+/// Follows one named object (RBAC grants list/watch on one name, which needs the field
+/// selector): `apply` gets the object after every change, or `None` once it is deleted, until
+/// it returns false. Watch errors are logged and retried with back-off.
+async fn watch_one<K>(api: Api<K>, name: String, mut apply: impl FnMut(Option<K>) -> bool)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&Default::default()).into_owned();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(api, config).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        let (object, deleted) = match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
+            Ok(watcher::Event::Delete(o)) => (o, true),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(%kind, %name, error = %e, "watch failed; retrying");
+                continue;
+            }
+        };
+        if object.meta().name.as_deref() != Some(name.as_str()) {
+            continue;
+        }
+        if !apply((!deleted).then_some(object)) {
+            return;
+        }
+    }
 }
