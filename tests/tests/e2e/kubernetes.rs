@@ -242,6 +242,23 @@ fn sidecar_env(
     .collect()
 }
 
+/// A sidecar for `sa` whose explicit outbound listener leads to api's sidecar `b`.
+fn caller_env(
+    cp: &RunningControlPlane,
+    bundle: &str,
+    sa: &str,
+    pod: &str,
+    b: &pqmesh_sidecar::RunningSidecar,
+) -> HashMap<String, String> {
+    with(
+        sidecar_env(cp, bundle, sa, pod),
+        &[
+            ("PQMESH_OUTBOUND_PEER_ADDR", &b.inbound_addr.to_string()),
+            ("PQMESH_OUTBOUND_PEER_ID", &spiffe("api")),
+        ],
+    )
+}
+
 async fn exchange(addr: std::net::SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(data).await.unwrap();
@@ -301,15 +318,7 @@ async fn two_replicas_one_ca_bundles_webhook_policy_status_end_to_end() {
         &[("PQMESH_INBOUND_APP_ADDR", &app.addr.to_string())],
     ))
     .await;
-    let a = sidecar(with(
-        sidecar_env(&cp1, &bundle, "web", "web-7d9f8c6b5d-x2x9q"),
-        &[
-            ("PQMESH_OUTBOUND_ADDR", "127.0.0.1:0"),
-            ("PQMESH_OUTBOUND_PEER_ADDR", &b.inbound_addr.to_string()),
-            ("PQMESH_OUTBOUND_PEER_ID", &spiffe("api")),
-        ],
-    ))
-    .await;
+    let a = sidecar(caller_env(&cp1, &bundle, "web", "web-7d9f8c6b5d-x2x9q", &b)).await;
     let back = exchange(a.outbound_addr.unwrap(), b"hello through kubernetes mode").await;
     assert_eq!(
         String::from_utf8_lossy(&back),
@@ -317,14 +326,7 @@ async fn two_replicas_one_ca_bundles_webhook_policy_status_end_to_end() {
     );
 
     // The intruder (shop/intruder) is authenticated but not admitted by the pushed policy.
-    let intruder = sidecar(with(
-        sidecar_env(&cp1, &bundle, "intruder", "intruder-0"),
-        &[
-            ("PQMESH_OUTBOUND_ADDR", "127.0.0.1:0"),
-            ("PQMESH_OUTBOUND_PEER_ADDR", &b.inbound_addr.to_string()),
-            ("PQMESH_OUTBOUND_PEER_ID", &spiffe("api")),
-        ],
-    ));
+    let intruder = sidecar(caller_env(&cp1, &bundle, "intruder", "intruder-0", &b));
     // Its pod is not in the cluster, so its policy stream is refused and it never becomes ready.
     assert!(
         tokio::time::timeout(Duration::from_secs(5), intruder)
@@ -339,15 +341,7 @@ async fn two_replicas_one_ca_bundles_webhook_policy_status_end_to_end() {
         "intruder",
         true,
     ));
-    let intruder = sidecar(with(
-        sidecar_env(&cp1, &bundle, "intruder", "intruder-0"),
-        &[
-            ("PQMESH_OUTBOUND_ADDR", "127.0.0.1:0"),
-            ("PQMESH_OUTBOUND_PEER_ADDR", &b.inbound_addr.to_string()),
-            ("PQMESH_OUTBOUND_PEER_ID", &spiffe("api")),
-        ],
-    ))
-    .await;
+    let intruder = sidecar(caller_env(&cp1, &bundle, "intruder", "intruder-0", &b)).await;
     let before = app.connections();
     let refused = exchange(intruder.outbound_addr.unwrap(), b"let me in").await;
     assert!(refused.is_empty(), "the intruder got {refused:?}");
@@ -643,14 +637,7 @@ async fn ca_secret_rotation_under_traffic_then_revocation_by_configmap() {
         &[("PQMESH_INBOUND_APP_ADDR", &app.addr.to_string())],
     ))
     .await;
-    let a = sidecar(with(
-        sidecar_env(&cp, &bundle, "web", "web-7d9f8c6b5d-x2x9q"),
-        &[
-            ("PQMESH_OUTBOUND_PEER_ADDR", &b.inbound_addr.to_string()),
-            ("PQMESH_OUTBOUND_PEER_ID", &spiffe("api")),
-        ],
-    ))
-    .await;
+    let a = sidecar(caller_env(&cp, &bundle, "web", "web-7d9f8c6b5d-x2x9q", &b)).await;
     let outbound = a.outbound_addr.unwrap();
 
     // Continuous traffic through the whole rotation.
