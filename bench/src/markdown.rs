@@ -183,6 +183,10 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
         let _ = writeln!(s, "| policy push: reload → all {n} streams ACKed (file write → ACKed incl. 250 ms polling) | report | {} ms ({} ms{runs_note}) | – | – | reported |", f(median(rows.iter().map(|x| x.reload_ms).collect()), 0), f(median(rows.iter().map(|x| x.write_ms).collect()), 0));
     }
     let _ = writeln!(s, "\nAnchors from the issue (published figures, not measured here): Istio sidecar ≈ 0.20 vCPU and 60 MB per 1,000 rps and +2.8 ms p99 for two proxies; ztunnel ≈ 0.06 vCPU and 12 MB; Linkerd proxy ≈ 26 MB.\n");
+    let floor = runs(crate::peers::FLOOR);
+    if !floor.is_empty() {
+        let _ = writeln!(s, "Floor of this machine (`{}`: the same pair of relays in plaintext — haproxy in TCP mode, no TLS, no HTTP): added latency p50 {} ms, p99 {} ms; {} vCPU per 1,000 rps on the busier side; bulk {} MiB/s. No proxy pair can add less than moving the bytes through two more processes costs here; a target below this floor cannot be met on this machine by any proxy.\n", crate::peers::FLOOR, f(add50(floor), 3), f(add99(floor), 3), f(cpu(floor), 3), f(bulk(floor), 0));
+    }
 
     // Detail table.
     let _ = writeln!(s, "## All measurements (medians)\n");
@@ -193,6 +197,7 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
     );
     let mut names: Vec<String> = vec!["direct".into(), "pqmesh".into()];
     names.extend(peers.iter().cloned());
+    names.push(crate::peers::FLOOR.into());
     for n in &names {
         let x = runs(n);
         if x.is_empty() {
@@ -278,6 +283,13 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
         .collect();
     let pairs: Vec<String> = names.iter().filter(|n| *n != "direct").cloned().collect();
     let per = |g: &dyn Fn(&[Run]) -> f64| pairs.iter().map(|n| g(runs(n))).collect::<Vec<f64>>();
+    let tls_pairs: Vec<String> = pairs
+        .iter()
+        .filter(|n| *n != crate::peers::FLOOR)
+        .cloned()
+        .collect();
+    let per_tls =
+        |g: &dyn Fn(&[Run]) -> f64| tls_pairs.iter().map(|n| g(runs(n))).collect::<Vec<f64>>();
     let files = [
         (
             "latency.svg",
@@ -303,10 +315,10 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
             bar_chart(
                 "New mutual-TLS connections per second (server side)",
                 "connections/s",
-                &pairs,
+                &tls_pairs,
                 &[
-                    ("full handshake".into(), per(&hs_full)),
-                    ("resumed".into(), per(&hs_res)),
+                    ("full handshake".into(), per_tls(&hs_full)),
+                    ("resumed".into(), per_tls(&hs_res)),
                 ],
             ),
         ),

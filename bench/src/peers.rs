@@ -9,6 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const PEERS: [&str; 3] = ["nginx", "haproxy", "stunnel"];
+/// The machine's floor, not a peer: a pair of plaintext TCP relays (haproxy in TCP mode, no TLS)
+/// — what moving the bytes through two more processes costs here before any cryptography or
+/// HTTP. Reported beside the targets, never counted as the best peer.
+pub const FLOOR: &str = "tcp-relay";
 /// The name the classical server certificate carries (SAN DNS).
 pub const PEER_SERVER_NAME: &str = "localhost";
 pub const CP_ID: &str = "spiffe://cluster.local/ns/pqmesh-system/sa/pqmesh-control-plane";
@@ -27,8 +31,19 @@ pub struct Pair {
 }
 
 impl Drop for Pair {
+    /// SIGTERM first, so nginx's master stops its workers (a SIGKILLed master leaves them
+    /// running, holding CPU and ports into the next measurement), then SIGKILL after 2 s.
     fn drop(&mut self) {
+        for c in &self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
         for c in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -152,6 +167,13 @@ pub fn start_peer(name: &str, dir: &Path, backend: SocketAddr) -> Pair {
             );
             (c, s)
         }
+        FLOOR => {
+            let common = "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n";
+            let relay = |from: SocketAddr, to: SocketAddr| {
+                format!("{common}frontend fe\n  bind {from}\n  default_backend be\nbackend be\n  server s {to}\n")
+            };
+            (relay(entry, tls), relay(tls, backend))
+        }
         "stunnel" => {
             let common = "foreground = yes\npid =\ndebug = 3\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n";
             let c = format!(
@@ -175,7 +197,7 @@ pub fn start_peer(name: &str, dir: &Path, backend: SocketAddr) -> Pair {
                 c.arg("-p").arg(dir).arg("-c").arg(file);
                 c
             }
-            "haproxy" => {
+            "haproxy" | FLOOR => {
                 let mut c = Command::new("haproxy");
                 c.arg("-db").arg("-f").arg(file);
                 c
@@ -276,6 +298,7 @@ impl ControlPlaneProcess {
 /// Two sidecars in explicit mode: `web` (client side, outbound to `api`) and `api` (server
 /// side, inbound to `backend`, admitting `shop/web`).
 pub fn start_pqmesh(
+    name: &str,
     bin_dir: &Path,
     cp: &ControlPlaneProcess,
     key_alg: &str,
@@ -318,17 +341,17 @@ pub fn start_pqmesh(
         .env("PQMESH_OUTBOUND_PEER_ID", API_ID);
     let s = spawn(
         &mut server,
-        &cp.dir.join(format!("sidecar-api-{key_alg}.log")),
+        &cp.dir.join(format!("{name}-api-{key_alg}.log")),
     );
     let c = spawn(
         &mut client,
-        &cp.dir.join(format!("sidecar-web-{key_alg}.log")),
+        &cp.dir.join(format!("{name}-web-{key_alg}.log")),
     );
     for admin in admins {
         wait_ready(admin);
     }
     Pair {
-        name: "pqmesh".to_owned(),
+        name: name.to_owned(),
         entry,
         tls,
         client_pid: c.id(),

@@ -231,7 +231,7 @@ impl Results {
     pub fn peers(&self) -> Vec<String> {
         self.systems
             .keys()
-            .filter(|k| *k != "direct" && *k != "pqmesh")
+            .filter(|k| *k != "direct" && *k != "pqmesh" && *k != crate::peers::FLOOR)
             .cloned()
             .collect()
     }

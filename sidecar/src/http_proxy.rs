@@ -85,6 +85,74 @@ pub struct Ctx {
     pub trust_domain: String,
     /// Log one line per request (`PQMESH_ACCESS_LOG`).
     pub access_log: bool,
+    /// What every request carries in [`PEER_IDENTITY_HEADER`] (the peer's SPIFFE ID).
+    peer_header: Option<HeaderValue>,
+    /// This connection's request series by status class (1xx..5xx), looked up on first use:
+    /// a labelled lookup hashes the labels and takes a lock, too much to repeat per request.
+    series: [std::sync::OnceLock<ClassSeries>; 5],
+    peer_label: String,
+}
+
+struct ClassSeries {
+    duration: prometheus::Histogram,
+    by_peer: prometheus::IntCounter,
+}
+
+impl Ctx {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        peer: Option<SpiffeId>,
+        target: SocketAddr,
+        clients: Arc<AppClients>,
+        direction: &'static str,
+        metrics: Arc<crate::metrics::Metrics>,
+        policy: Option<crate::policy::PolicyState>,
+        trust_domain: String,
+        access_log: bool,
+    ) -> Self {
+        let peer_header = peer
+            .as_ref()
+            .and_then(|p| HeaderValue::from_str(&p.to_string()).ok());
+        let peer_label = metrics.peer_label(peer.as_ref());
+        Ctx {
+            peer,
+            target,
+            clients,
+            direction,
+            metrics,
+            policy,
+            trust_domain,
+            access_log,
+            peer_header,
+            series: Default::default(),
+            peer_label,
+        }
+    }
+
+    /// Records one finished request in the latency histogram and the per-peer counter.
+    fn observe(&self, status: u16, elapsed: Duration) {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let i = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        let series = self.series[i].get_or_init(|| ClassSeries {
+            duration: self
+                .metrics
+                .request_duration
+                .with_label_values(&[self.direction, CLASSES[i]]),
+            by_peer: self.metrics.peer_requests.with_label_values(&[
+                self.direction,
+                &self.peer_label,
+                CLASSES[i],
+            ]),
+        });
+        series.duration.observe(elapsed.as_secs_f64());
+        series.by_peer.inc();
+    }
 }
 
 /// Marks a response the sidecar produced because the policy denied the request.
@@ -95,43 +163,37 @@ struct Denied;
 /// where credentials travel).
 async fn forward_observed(req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<ProxyBody> {
     let started = std::time::Instant::now();
+    // Debug level: a span per request costs more than the rest of the observation at 1,000 rps;
+    // `POST /logging` with a debug filter turns it on for a running sidecar.
+    let span = tracing::debug_span!("request", method = %req.method());
+    let forward = |req| tracing::Instrument::instrument(forward(req, ctx, h2), span);
+    if !ctx.access_log {
+        let resp = forward(req).await;
+        ctx.observe(resp.status().as_u16(), started.elapsed());
+        return resp;
+    }
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(256).collect();
-    let span = tracing::info_span!("request", %method);
-    let resp = tracing::Instrument::instrument(forward(req, ctx, h2), span).await;
+    let resp = forward(req).await;
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    ctx.observe(status, elapsed);
+    let decision = if resp.extensions().get::<Denied>().is_some() {
+        "deny"
+    } else {
+        "allow"
     };
-    ctx.metrics
-        .request_duration
-        .with_label_values(&[ctx.direction, class])
-        .observe(elapsed.as_secs_f64());
-    ctx.metrics
-        .count_peer_request(ctx.direction, ctx.peer.as_ref(), class);
-    if ctx.access_log {
-        let decision = if resp.extensions().get::<Denied>().is_some() {
-            "deny"
-        } else {
-            "allow"
-        };
-        tracing::info!(
-            target: "pqmesh::access",
-            direction = ctx.direction,
-            peer = %ctx.peer.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            %method,
-            %path,
-            status,
-            decision,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
-    }
+    tracing::info!(
+        target: "pqmesh::access",
+        direction = ctx.direction,
+        peer = %ctx.peer.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        %method,
+        %path,
+        status,
+        decision,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
     resp
 }
 
@@ -354,10 +416,8 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
     // The identity header is the sidecar's statement; a client's own copy is never passed on.
     let headers = req.headers_mut();
     headers.remove(PEER_IDENTITY_HEADER);
-    if let Some(peer) = &ctx.peer {
-        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-            headers.insert(PEER_IDENTITY_HEADER, v);
-        }
+    if let Some(v) = &ctx.peer_header {
+        headers.insert(PEER_IDENTITY_HEADER, v.clone());
     }
     let upgrade = !h2 && is_upgrade(&req);
     if !upgrade {

@@ -224,7 +224,16 @@ impl Metrics {
         peer: Option<&pqmesh_mtls::SpiffeId>,
         status_class: &str,
     ) {
-        let label = match peer {
+        let label = self.peer_label(peer);
+        self.peer_requests
+            .with_label_values(&[direction, &label, status_class])
+            .inc();
+    }
+
+    /// The `peer` label for a caller: its SPIFFE ID while fewer than [`MAX_PEER_SERIES`] peers
+    /// have a series, then "other"; "none" for a plaintext caller. Resolved once per connection.
+    pub fn peer_label(&self, peer: Option<&pqmesh_mtls::SpiffeId>) -> String {
+        match peer {
             None => "none".to_owned(),
             Some(p) => {
                 let id = p.to_string();
@@ -236,10 +245,7 @@ impl Metrics {
                     "other".to_owned()
                 }
             }
-        };
-        self.peer_requests
-            .with_label_values(&[direction, &label, status_class])
-            .inc();
+        }
     }
 }
 

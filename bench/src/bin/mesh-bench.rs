@@ -41,6 +41,10 @@ struct Options {
     latency_only: bool,
     /// Skip idle connections, CA issuance and fan-out (A/B runs of the proxy scenarios).
     no_extras: bool,
+    /// A second pqmesh pair from another build ("pqmesh-baseline"), measured in the same run
+    /// as the current one: before/after comparisons of a change (with --latency-only or
+    /// --no-extras only; the report has no row for it).
+    baseline_bin_dir: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -78,7 +82,12 @@ fn options() -> Options {
         only: value("--only").map(|v| v.split(',').map(str::to_owned).collect()),
         latency_only: args.iter().any(|a| a == "--latency-only"),
         no_extras: args.iter().any(|a| a == "--no-extras"),
+        baseline_bin_dir: value("--baseline-bin-dir").map(PathBuf::from),
     };
+    if o.baseline_bin_dir.is_some() && !(o.latency_only || o.no_extras) {
+        eprintln!("mesh-bench: --baseline-bin-dir needs --latency-only or --no-extras");
+        std::process::exit(2);
+    }
     if smoke {
         o.repeats = 1;
         o.seconds = 1;
@@ -297,9 +306,28 @@ async fn main() {
     };
     let mut pairs = Vec::new();
     if wanted("pqmesh") {
-        pairs.push(peers::start_pqmesh(&o.bin_dir, &cp, "ecdsa-p256", backend));
+        pairs.push(peers::start_pqmesh(
+            "pqmesh",
+            &o.bin_dir,
+            &cp,
+            "ecdsa-p256",
+            backend,
+        ));
     }
-    for name in peers::PEERS.into_iter().filter(|n| wanted(n)) {
+    if let Some(dir) = &o.baseline_bin_dir {
+        pairs.push(peers::start_pqmesh(
+            "pqmesh-baseline",
+            dir,
+            &cp,
+            "ecdsa-p256",
+            backend,
+        ));
+    }
+    for name in peers::PEERS
+        .into_iter()
+        .chain([peers::FLOOR])
+        .filter(|n| wanted(n))
+    {
         pairs.push(peers::start_peer(name, &work, backend));
     }
     for p in &pairs {
@@ -327,7 +355,18 @@ async fn main() {
         server_name: PEER_SERVER_NAME,
     }];
     for p in &pairs {
-        let (full, resumed, server_name) = if p.name == "pqmesh" {
+        if p.name == peers::FLOOR {
+            // Plaintext: latency, CPU and bulk only, no handshakes or idle mTLS connections.
+            targets.push(Target {
+                name: p.name.clone(),
+                pair: Some(p),
+                full: None,
+                resumed: None,
+                server_name: PEER_SERVER_NAME,
+            });
+            continue;
+        }
+        let (full, resumed, server_name) = if p.name.starts_with("pqmesh") {
             (
                 pqmesh_config(&cp, false).await,
                 pqmesh_config(&cp, true).await,
@@ -372,8 +411,9 @@ async fn main() {
         for (name, runs) in &systems {
             let m = |f: fn(&Run) -> f64| report::med(runs, f);
             eprintln!(
-                "{name}: p50 {:.3} ms p99 {:.3} ms cpu {:.3}/{:.3} vCPU per 1k rps, bulk {:.0} MiB/s (medians of {})",
-                m(|r| r.p50_ms), m(|r| r.p99_ms), m(|r| r.cpu_client), m(|r| r.cpu_server), m(|r| r.bulk_mib_s), runs.len()
+                "{name}: p50 {:.3} ms p99 {:.3} ms cpu {:.3}/{:.3} vCPU per 1k rps, idle RSS {:.1}/{:.1} MiB, bulk {:.0} MiB/s (medians of {})",
+                m(|r| r.p50_ms), m(|r| r.p99_ms), m(|r| r.cpu_client), m(|r| r.cpu_server),
+                m(|r| r.rss_idle_client), m(|r| r.rss_idle_server), m(|r| r.bulk_mib_s), runs.len()
             );
         }
         return;
