@@ -62,6 +62,14 @@ if ((SMOKE)); then
         echo "bench smoke: a target has no figure" >&2
         exit 1
     fi
+    grep -qE 'X25519MLKEM768 [0-9]+ /s \| X25519 [0-9]+ /s' <<<"$table" || {
+        echo "bench smoke: no PQ-share figures" >&2
+        exit 1
+    }
+    grep -q '^Floor of this machine' "$OUT/benchmarks.md" || {
+        echo "bench smoke: no plaintext-relay floor" >&2
+        exit 1
+    }
     for f in latency throughput handshakes cpu-memory; do
         [[ -s "$OUT/plots/$f.svg" ]] || { echo "bench smoke: plot $f.svg missing" >&2; exit 1; }
     done

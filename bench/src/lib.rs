@@ -8,5 +8,6 @@ pub mod issuance;
 pub mod load;
 pub mod markdown;
 pub mod peers;
+pub mod pqcost;
 pub mod procstat;
 pub mod report;

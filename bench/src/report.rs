@@ -80,6 +80,9 @@ pub struct Results {
     pub idle: Vec<(String, IdleConnections)>,
     pub issuance: Vec<Vec<Issuance>>,
     pub fanout: Vec<Vec<Fanout>>,
+    /// Per repeat: in-memory full mutual handshakes per second with X25519MLKEM768 and with
+    /// X25519 (`pqcost`).
+    pub pq_cost: Vec<(f64, f64)>,
     pub rate: u32,
     pub seconds: u64,
     pub repeats: usize,

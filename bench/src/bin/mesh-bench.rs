@@ -478,6 +478,25 @@ async fn main() {
         }
         issuance_runs.push(rows);
     }
+    eprintln!("PQ share of a handshake (in memory, same stack)");
+    let mut pq_cost = Vec::new();
+    for _ in 0..o.repeats {
+        let secs = Duration::from_millis(o.seconds * 1000 / 2);
+        let hybrid = pqmesh_bench::pqcost::handshakes_per_second(
+            &work,
+            PEER_SERVER_NAME,
+            rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+            secs,
+        );
+        let classical = pqmesh_bench::pqcost::handshakes_per_second(
+            &work,
+            PEER_SERVER_NAME,
+            rustls::crypto::aws_lc_rs::kx_group::X25519,
+            secs,
+        );
+        eprintln!("  X25519MLKEM768 {hybrid:.0}/s, X25519 {classical:.0}/s");
+        pq_cost.push((hybrid, classical));
+    }
     eprintln!("policy fan-out");
     let mut fanout_runs = Vec::new();
     for _ in 0..o.repeats {
@@ -492,6 +511,7 @@ async fn main() {
         idle: idle_rows,
         issuance: issuance_runs,
         fanout: fanout_runs,
+        pq_cost,
         rate: o.rate,
         seconds: o.seconds,
         repeats: o.repeats,
