@@ -211,6 +211,14 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
         }
         let pair = n != "direct";
         let opt = |v: f64, d: usize| if pair { f(v, d) } else { "–".into() };
+        // The plaintext floor makes no TLS handshakes.
+        let tls = |v: f64, d: usize| {
+            if pair && n != crate::peers::FLOOR {
+                f(v, d)
+            } else {
+                "–".into()
+            }
+        };
         let _ = writeln!(
             s,
             "| {n} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} | {} ({}) | {} | {} |",
@@ -225,9 +233,9 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
             opt(med(x, |r| r.rss_load_client), 1),
             opt(med(x, |r| r.rss_load_server), 1),
             f(med(x, |r| r.bulk_mib_s), 0),
-            opt(med(x, |r| r.hs_full), 0),
-            opt(med(x, |r| r.hs_full_p99_ms), 1),
-            opt(med(x, |r| r.hs_resumed), 0),
+            tls(med(x, |r| r.hs_full), 0),
+            tls(med(x, |r| r.hs_full_p99_ms), 1),
+            tls(med(x, |r| r.hs_resumed), 0),
             x.iter().map(|r| r.errors).sum::<u64>()
         );
     }
