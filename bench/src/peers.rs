@@ -137,6 +137,9 @@ pub fn wait_listening(addr: SocketAddr, what: &str) {
     }
 }
 
+/// Global and default settings of every haproxy relay (the TLS peer and the plaintext floor).
+const HAPROXY_COMMON: &str = "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n";
+
 /// Starts one classical pair in front of `backend`; `dir` holds the certificates.
 pub fn start_peer(name: &str, dir: &Path, backend: SocketAddr) -> Pair {
     let (entry, tls) = (free_port(), free_port());
@@ -158,19 +161,17 @@ pub fn start_peer(name: &str, dir: &Path, backend: SocketAddr) -> Pair {
             (c, s)
         }
         "haproxy" => {
-            let common = "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n";
             let c = format!(
-                "{common}frontend fe\n  bind {entry}\n  default_backend be\nbackend be\n  server s {tls} ssl crt {d}/client-combined.pem ca-file {d}/ca.pem verify required verifyhost {PEER_SERVER_NAME} sni str({PEER_SERVER_NAME}) ssl-min-ver TLSv1.3\n"
+                "{HAPROXY_COMMON}frontend fe\n  bind {entry}\n  default_backend be\nbackend be\n  server s {tls} ssl crt {d}/client-combined.pem ca-file {d}/ca.pem verify required verifyhost {PEER_SERVER_NAME} sni str({PEER_SERVER_NAME}) ssl-min-ver TLSv1.3\n"
             );
             let s = format!(
-                "{common}frontend fe\n  bind {tls} ssl crt {d}/server-combined.pem ca-file {d}/ca.pem verify required ssl-min-ver TLSv1.3\n  default_backend be\nbackend be\n  server app {backend}\n"
+                "{HAPROXY_COMMON}frontend fe\n  bind {tls} ssl crt {d}/server-combined.pem ca-file {d}/ca.pem verify required ssl-min-ver TLSv1.3\n  default_backend be\nbackend be\n  server app {backend}\n"
             );
             (c, s)
         }
         FLOOR => {
-            let common = "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n";
             let relay = |from: SocketAddr, to: SocketAddr| {
-                format!("{common}frontend fe\n  bind {from}\n  default_backend be\nbackend be\n  server s {to}\n")
+                format!("{HAPROXY_COMMON}frontend fe\n  bind {from}\n  default_backend be\nbackend be\n  server s {to}\n")
             };
             (relay(entry, tls), relay(tls, backend))
         }

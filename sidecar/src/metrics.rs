@@ -218,18 +218,6 @@ impl Metrics {
 const MAX_PEER_SERIES: usize = 512;
 
 impl Metrics {
-    pub fn count_peer_request(
-        &self,
-        direction: &str,
-        peer: Option<&pqmesh_mtls::SpiffeId>,
-        status_class: &str,
-    ) {
-        let label = self.peer_label(peer);
-        self.peer_requests
-            .with_label_values(&[direction, &label, status_class])
-            .inc();
-    }
-
     /// The `peer` label for a caller: its SPIFFE ID while fewer than [`MAX_PEER_SERIES`] peers
     /// have a series, then "other"; "none" for a plaintext caller. Resolved once per connection.
     pub fn peer_label(&self, peer: Option<&pqmesh_mtls::SpiffeId>) -> String {
@@ -265,9 +253,14 @@ mod tests {
         for i in 0..MAX_PEER_SERIES + 100 {
             let id =
                 pqmesh_mtls::SpiffeId::new("cluster.local", "shop", &format!("sa{i}")).unwrap();
-            m.count_peer_request("inbound", Some(&id), "2xx");
+            let label = m.peer_label(Some(&id));
+            m.peer_requests
+                .with_label_values(&["inbound", &label, "2xx"])
+                .inc();
         }
-        m.count_peer_request("inbound", None, "4xx");
+        m.peer_requests
+            .with_label_values(&["inbound", &m.peer_label(None), "4xx"])
+            .inc();
         let series = m.peer_requests.clone();
         let family = prometheus::core::Collector::collect(&series);
         let count = family[0].get_metric().len();
