@@ -4,9 +4,11 @@
 
 pub mod admin;
 pub mod app_probe;
+pub mod canonical;
 pub mod config;
 pub mod discovery;
 pub mod drain;
+pub mod first_line_gate;
 pub mod http_proxy;
 pub mod identity;
 pub mod init;

@@ -359,10 +359,18 @@ impl Inbound {
     /// plaintext connections alike, instead of one per stream type (smaller code, fewer resident
     /// pages per sidecar; a virtual call per read or write costs nothing measurable).
     async fn serve_app(&self, mut stream: AppStream, peer: Option<SpiffeId>, target: SocketAddr) {
-        let (protocol, prefix) = if self.opaque_ports.contains(&target.port()) {
+        let declared_opaque = self.opaque_ports.contains(&target.port());
+        let (protocol, prefix) = if declared_opaque {
             (Some(AppProtocol::Opaque), Vec::new())
         } else {
             sniff(&mut stream, 8192, sniff::classify_app).await
+        };
+        // Undecided: a client that said nothing may face a server that speaks first (relayed
+        // opaque); bytes that may still become an HTTP head go to the HTTP path (fail closed).
+        let protocol = match protocol {
+            None if prefix.is_empty() => Some(AppProtocol::Opaque),
+            None => Some(AppProtocol::Http1),
+            known => known,
         };
         let stream = Prefixed::new(prefix, stream);
         let ctx = http_proxy::Ctx::new(
@@ -432,7 +440,12 @@ impl Inbound {
                         }
                     };
                 let _ = app.set_nodelay(true);
-                relay(stream, app, "inbound", &self.metrics).await;
+                if declared_opaque {
+                    relay(stream, app, "inbound", &self.metrics).await;
+                } else {
+                    let gated = crate::first_line_gate::FirstLineGate::new(stream);
+                    relay(gated, app, "inbound", &self.metrics).await;
+                }
             }
         }
     }

@@ -473,7 +473,7 @@ check 4c "HTTP/2: 3 concurrent streams on one connection" "$r" "rc=$RC protos=$p
 
 run_cap as_app "$NS_A" python3 "$BIN/rawclient.py" upgrade "$IP_B" 8080
 echo "    $OUT"
-check 4d "HTTP/1.1 Upgrade: pqmesh-echo -> 101 then raw echo" "$RC" "$OUT"
+check 4d "HTTP/1.1 Upgrade: websocket -> 101 then raw echo" "$RC" "$OUT"
 
 run_cap as_app "$NS_A" python3 "$BIN/rawclient.py" echo "$IP_B" 9000 102400
 echo "    $OUT"

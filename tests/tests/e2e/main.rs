@@ -5,6 +5,7 @@
 mod adversarial;
 mod adversarial_identity;
 mod adversarial_phantom;
+mod app_receives;
 mod certify;
 mod external_peers;
 mod faults;
