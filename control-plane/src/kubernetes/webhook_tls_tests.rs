@@ -40,7 +40,10 @@ fn the_ca_bundle_holds_every_trusted_root_that_can_sign_the_webhook() {
         ca_bundle_for(&[new.clone(), old.clone()], Some(&webhook)),
         vec![new.clone(), old.clone()]
     );
-    assert_eq!(ca_bundle_for(&[new.clone()], None), vec![new.clone()]);
+    assert_eq!(
+        ca_bundle_for(std::slice::from_ref(&new), None),
+        vec![new.clone()]
+    );
     // ECDSA -> ML-DSA: the ML-DSA root stands for the ECDSA webhook CA.
     assert_eq!(
         ca_bundle_for(&[old.clone(), ml_dsa.clone()], Some(&webhook)),
@@ -69,7 +72,7 @@ fn the_ca_bundle_is_written_only_when_it_differs_and_at_the_version_read() {
     // In place (in any order, in every webhook): nothing to write.
     assert!(ca_bundle_apply(&configuration(&[Some(&both), Some(&reversed)]), &wanted).is_none());
     // Anything else is rewritten, every webhook, at the resourceVersion read.
-    let only_old = pem(&[old.clone()]);
+    let only_old = pem(std::slice::from_ref(&old));
     let with_extra = pem(&[old.clone(), new.clone(), root(KeyAlgorithm::EcdsaP256)]);
     for stored in [
         vec![None],

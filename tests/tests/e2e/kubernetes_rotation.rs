@@ -158,7 +158,7 @@ async fn rotate_with_two_replicas(new_alg: KeyAlgorithm) {
     let (old_cert, old_key) = (data(&secret, "ca.crt"), data(&secret, "ca.key"));
     let old = der(&old_cert);
     eventually("the caBundle holds the first root", || {
-        as_set(&stored_ca_bundle(&api)) == as_set(&[old.clone()])
+        as_set(&stored_ca_bundle(&api)) == as_set(std::slice::from_ref(&old))
     })
     .await;
 
@@ -304,7 +304,11 @@ async fn rotate_with_two_replicas(new_alg: KeyAlgorithm) {
     }
     assert_eq!(
         written,
-        vec![as_set(&[old.clone()]), during, as_set(&[new.clone()])],
+        vec![
+            as_set(std::slice::from_ref(&old)),
+            during,
+            as_set(std::slice::from_ref(&new))
+        ],
         "caBundle writes in order"
     );
     let conflicts = writes.iter().filter(|w| w.status == 409).count();
@@ -334,4 +338,98 @@ async fn two_replicas_webhook_through_ecdsa_root_rotation() {
 #[tokio::test]
 async fn two_replicas_webhook_through_ecdsa_to_ml_dsa_root_rotation() {
     rotate_with_two_replicas(KeyAlgorithm::MlDsa65).await;
+}
+
+/// The stand-in's strictness the test above relies on: a write without a field manager is
+/// refused, a stale resourceVersion is a 409 for replace and apply, and managers are recorded.
+#[tokio::test]
+async fn the_recording_api_server_checks_field_managers_and_resource_versions() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let api = ApiServer::start().await;
+    api.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "c", "namespace": CP_NS}, "data": {"k": "1"}}));
+    let configmaps: Api<ConfigMap> = Api::namespaced(api.client(), CP_NS);
+    let status = |r: kube::Result<ConfigMap>| match r {
+        Ok(_) => 200,
+        Err(kube::Error::Api(s)) => s.code,
+        Err(e) => panic!("{e}"),
+    };
+    let read = configmaps.get("c").await.unwrap();
+    let with_manager = PostParams {
+        field_manager: Some("test-writer".into()),
+        ..Default::default()
+    };
+    // No field manager: refused, whatever the version.
+    assert_eq!(
+        status(configmaps.replace("c", &PostParams::default(), &read).await),
+        422
+    );
+    // A stale version: 409, for replace and for apply.
+    api.put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "c", "namespace": CP_NS}, "data": {"k": "2"}}));
+    assert_eq!(
+        status(configmaps.replace("c", &with_manager, &read).await),
+        409
+    );
+    let apply = |rv: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "c", "namespace": CP_NS, "resourceVersion": rv}, "data": {"k": "3"}})
+    };
+    let params = PatchParams::apply("test-applier").force();
+    let stale_rv = read.metadata.resource_version.clone().unwrap();
+    assert_eq!(
+        status(
+            configmaps
+                .patch("c", &params, &Patch::Apply(apply(&stale_rv)))
+                .await
+        ),
+        409
+    );
+    // The current version: accepted, and the managers are recorded.
+    let current = configmaps.get("c").await.unwrap();
+    let rv = current.metadata.resource_version.clone().unwrap();
+    assert_eq!(
+        status(
+            configmaps
+                .patch("c", &params, &Patch::Apply(apply(&rv)))
+                .await
+        ),
+        200
+    );
+    let current = configmaps.get("c").await.unwrap();
+    assert_eq!(
+        status(configmaps.replace("c", &with_manager, &current).await),
+        200
+    );
+    let managers: Vec<(String, String)> = configmaps
+        .get("c")
+        .await
+        .unwrap()
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            (
+                m.manager.unwrap_or_default(),
+                m.operation.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        managers,
+        [
+            ("test-applier".to_owned(), "Apply".to_owned()),
+            ("test-writer".to_owned(), "Update".to_owned())
+        ]
+    );
+    let recorded: Vec<Option<String>> = api
+        .requests()
+        .iter()
+        .filter(|r| r.is_write())
+        .map(|r| r.field_manager.clone())
+        .collect();
+    assert_eq!(recorded.first(), Some(&None));
+    assert!(recorded[1..].iter().all(Option::is_some));
 }
