@@ -263,7 +263,7 @@ async fn rotate_with_two_replicas(new_alg: KeyAlgorithm) {
         failed.len()
     );
     assert!(failed.is_empty(), "refused admissions: {failed:#?}");
-    assert!(ok > 50, "admissions ran throughout ({ok})");
+    assert!(ok > 20, "admissions ran throughout ({ok})");
     assert_eq!(
         stored_ca_bundle(&api),
         vec![new.clone()],
