@@ -12,6 +12,7 @@ mod faults;
 mod handshake_policy;
 mod hostile_clients;
 mod kubernetes;
+mod kubernetes_rotation;
 mod mesh;
 mod oauth_server;
 mod operations;
