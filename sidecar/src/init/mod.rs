@@ -53,10 +53,10 @@ pub enum InitError {
     Permission { tool: String, stderr: String },
     #[error("{command} failed: {stderr}")]
     Failed { command: String, stderr: String },
-    #[error("IPv6 is enabled in this pod's network namespace ({evidence}) but its interception rules could not be installed, so IPv6 would bypass the sidecar; refusing to start the pod. Make ip6tables with the nat table work (the node's kernel needs ip6table_nat or nft_chain_nat) or disable IPv6 in the pod: {source}")]
+    #[error("IPv6 is enabled in this pod's network namespace ({evidence}) but its interception rules could not be installed, so IPv6 would bypass the sidecar; refusing to start the pod. Make ip6tables with the nat table work (the node's kernel needs ip6table_nat or nft_chain_nat) or disable IPv6 in the pod: {reason}")]
     Ipv6Open {
         evidence: String,
-        source: Box<InitError>,
+        reason: Box<InitError>,
     },
 }
 
@@ -167,9 +167,9 @@ pub fn run_with(config: &InitConfig, ipv6: &Ipv6State) -> Result<String, InitErr
                     "pqmesh: no IPv6 in this network namespace ({why}): IPv4 rules only\n"
                 )),
                 Ipv6State::Present(evidence) => {
-                    apply(config, Family::V6).map_err(|source| InitError::Ipv6Open {
+                    apply(config, Family::V6).map_err(|reason| InitError::Ipv6Open {
                         evidence: evidence.clone(),
-                        source: Box::new(source),
+                        reason: Box::new(reason),
                     })?;
                     text.push_str(&applied_line(config, Family::V6));
                 }
