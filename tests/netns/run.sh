@@ -369,7 +369,7 @@ echo "  setup done in $((SECONDS - T0))s"
 section "1. pqmesh-sidecar init: --dry-run output and idempotency"
 echo "  --- pqmesh-sidecar init --dry-run (in $NS_A) ---"
 in_ns "$NS_A" "$BIN/pqmesh-sidecar" init --dry-run | sed 's/^/  | /'
-nat_rules() { in_ns "$NS_A" "${1:-iptables}-save" -t nat | grep -E '^(-A|:PQMESH)' | sed 's/\[[0-9]*:[0-9]*\]//'; }
+nat_rules() { in_ns "$NS_A" "${1:-iptables}-save" -t nat | { grep -E '^(-A|:PQMESH)' || true; } | sed 's/\[[0-9]*:[0-9]*\]//'; }
 before=$(nat_rules) before6=$(nat_rules ip6tables)
 run_cap in_ns "$NS_A" "$BIN/pqmesh-sidecar" init
 after=$(nat_rules) after6=$(nat_rules ip6tables)
@@ -522,11 +522,14 @@ sum2=$(metric "$NS_A" pqmesh_connections_total)
 run_cap as_app "$NS_A" curl -sS --max-time 5 "http://$IP_C:8080/not-excluded-v4"
 v4=$RC v4_app=$(field app "$OUT")
 sum3=$(metric "$NS_A" pqmesh_connections_total)
+# ...and IPv6 not excluded is still intercepted under these rules.
+run_cap as_app "$NS_A" curl -gsS --max-time 5 "http://[$IP6_B]:8080/still-meshed-v6"
+meshed_peer=$(field peer "$OUT")
 [ "$ex_rc" = 0 ] && [ "$in4" = 0 ] && [ "$in6" = 1 ] && [ "$ex6" = 0 ] && [ "$ex6_app" = c ] &&
     [ "$ex_port" = 0 ] && [ "$sum0" = "$sum1" ] && [ "$sum1" = "$sum2" ] &&
-    [ "$v4" = 0 ] && [ "$v4_app" = c ] && [ "$sum3" = $((sum2 + 1)) ] && r=0 || r=1
+    [ "$v4" = 0 ] && [ "$v4_app" = c ] && [ "$sum3" = $((sum2 + 1)) ] && [ "$meshed_peer" = "$SPIFFE_A" ] && r=0 || r=1
 check v6d "outbound exclusions over IPv6 (CIDR, port); IPv6 CIDR only in ip6tables" "$r" \
-    "rule for $IP6_C in iptables: $in4, in ip6tables: $in6; [${IP6_C}]:8080 rc=$ex6 app=$ex6_app, [${IP6_C}]:9000 rc=$ex_port; A's connections_total $sum0 -> $sum1 -> $sum2 (unchanged = not redirected); $IP_C:8080 rc=$v4 app=$v4_app, total -> $sum3 (+1: through the sidecar)"
+    "rule for $IP6_C in iptables: $in4, in ip6tables: $in6; [${IP6_C}]:8080 rc=$ex6 app=$ex6_app, [${IP6_C}]:9000 rc=$ex_port; A's connections_total $sum0 -> $sum1 -> $sum2 (unchanged = not redirected); $IP_C:8080 rc=$v4 app=$v4_app, total -> $sum3 (+1: through the sidecar); [$IP6_B]:8080 still meshed: peer=$meshed_peer"
 run_cap in_ns "$NS_A" "$BIN/pqmesh-sidecar" init
 [ "$RC" = 0 ] || die "re-running init with the default exclusions in $NS_A failed: $OUT"
 
