@@ -125,6 +125,12 @@ impl InitConfig {
             "-A {CHAIN_INBOUND} -p tcp -j REDIRECT --to-ports {}\n",
             self.inbound_port
         ));
+        // Except inbound delivery to the pod IP (from 127.0.0.6, see `delivery`): that reaches
+        // the app itself.
+        out.push_str(&format!(
+            "-A {CHAIN_OUTPUT} -s 127.0.0.6/32 -o lo -p tcp -m owner --uid-owner {} -j RETURN\n",
+            self.proxy_uid
+        ));
         // The sidecar dialing its own pod IP (the app calling itself through the mesh) must enter
         // its own inbound listener, as a remote peer would.
         out.push_str(&format!(
@@ -323,6 +329,7 @@ mod tests {
 -A PQMESH_INBOUND -p tcp --dport 15001 -j RETURN
 -A PQMESH_INBOUND -p tcp --dport 15006 -j RETURN
 -A PQMESH_INBOUND -p tcp -j REDIRECT --to-ports 15006
+-A PQMESH_OUTPUT -s 127.0.0.6/32 -o lo -p tcp -m owner --uid-owner 1337 -j RETURN
 -A PQMESH_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp -m owner --uid-owner 1337 -j REDIRECT --to-ports 15006
 -A PQMESH_OUTPUT -m owner --uid-owner 1337 -j RETURN
 -A PQMESH_OUTPUT -d 127.0.0.0/8 -j RETURN
