@@ -14,6 +14,7 @@ mod kubernetes;
 mod mesh;
 mod oauth_server;
 mod operations;
+mod outage;
 mod policy;
 mod policy_resume;
 mod rotation;
