@@ -1,7 +1,8 @@
 //! HTTP-aware inbound: after mTLS (or plaintext in PERMISSIVE mode) requests are proxied one by
-//! one to the app (where `delivery` says: the original destination, else 127.0.0.1) over pooled connections, HTTP/1.1 (with upgrades,
-//! e.g. WebSocket) or HTTP/2 with prior knowledge. The app learns the caller's verified SPIFFE ID
-//! from `x-pqmesh-peer-identity`; any copy of that header sent by a client is removed first.
+//! one to the app (where `delivery` says: the original destination, else 127.0.0.1) over pooled
+//! connections, HTTP/1.1 (with upgrades, e.g. WebSocket) or HTTP/2 with prior knowledge. The app
+//! learns the caller's verified SPIFFE ID from `x-pqmesh-peer-identity`; any copy of that header
+//! sent by a client is removed first.
 //! Hostile clients are bounded here: request heads over [`MAX_HEADER_BYTES`] get 431, a head not
 //! complete within [`HEADER_READ_TIMEOUT`] closes the connection (slowloris), and request bodies
 //! over [`MAX_REQUEST_BODY_BYTES`] get 413 without (Content-Length) or before the rest reaches
