@@ -12,7 +12,7 @@ pub enum PathError {
     Ambiguous(String),
     #[error("path {0:?} contains ';' or '#' (path parameters are refused: Tomcat, Spring and others strip them, so the app would see another path than the policy)")]
     Parameters(String),
-    #[error("path {0:?} is double-encoded ('%25' followed by hex digits)")]
+    #[error("path {0:?} contains an encoded '%' (double encoding is refused: a server that decodes twice would see another path)")]
     DoubleEncoded(String),
     #[error("path {0:?} climbs above the root")]
     AboveRoot(String),
@@ -53,11 +53,9 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
             } else if v == b';' || v == b'#' {
                 // A server that decodes before it splits parameters (or fragments) would cut here.
                 return Err(PathError::Parameters(path.to_owned()));
-            } else if v == b'%'
-                && path
-                    .get(i + 3..i + 5)
-                    .is_some_and(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
-            {
+            } else if v == b'%' {
+                // Any encoded '%': the escapes after it can decode to hex digits
+                // (`%25%32%65` is `%2e` once decoded, `..` to a server that decodes twice).
                 return Err(PathError::DoubleEncoded(path.to_owned()));
             } else {
                 // Reserved or non-ASCII: keep it encoded (canonical upper-case hex).

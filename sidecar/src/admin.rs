@@ -1,4 +1,5 @@
-//! Sidecar admin endpoints on 15000: /live, /ready (a certificate is in hand), /metrics,
+//! Sidecar admin endpoints on 15000: /live, /ready (the sidecar can serve: see `readiness`;
+//! a control-plane outage does not change it), /metrics,
 //! /config_dump (effective configuration and certificate summary; no secrets), POST /shutdown
 //! (loopback callers only).
 
@@ -13,12 +14,13 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::tls::MeshTls;
 
 pub fn spawn(
     config: &Config,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
-    discovery_ready: Option<watch::Receiver<bool>>,
+    readiness: watch::Receiver<Readiness>,
     policy: crate::policy::PolicyState,
     revoked: crate::revocation::RevokedState,
     metrics: Arc<Metrics>,
@@ -65,26 +67,12 @@ pub fn spawn(
                     None => Reply::text(StatusCode::NOT_FOUND, "no such app probe\n"),
                 }
             }
-            (&Method::GET, "/ready") => {
-                // Discovery must have connected once; afterwards cached answers carry outages.
-                let discovery_ok = discovery_ready.as_ref().is_none_or(|d| *d.borrow());
-                // Serving before the first policy snapshot would enforce only local settings.
-                let policy_ok = policy.borrow().is_some();
-                match (tls.borrow().is_some(), discovery_ok, policy_ok) {
-                    (true, true, true) => Reply::text(StatusCode::OK, "ready\n"),
-                    (false, _, _) => Reply::text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "waiting for the first certificate\n",
-                    ),
-                    (true, false, _) => {
-                        Reply::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for discovery\n")
-                    }
-                    (true, true, false) => Reply::text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "waiting for the first policy snapshot\n",
-                    ),
+            (&Method::GET, "/ready") => match &*readiness.borrow() {
+                Readiness::Ready => Reply::text(StatusCode::OK, "ready\n"),
+                Readiness::NotReady(why) => {
+                    Reply::text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
                 }
-            }
+            },
             (&Method::GET, "/metrics") => admin::render_metrics(&metrics.registry),
             // Readable only from inside the pod (kubectl port-forward arrives on loopback): it
             // describes the workload's security settings to whoever asks.

@@ -13,6 +13,7 @@ use pqmesh_proto::discovery::v1::discovery_client::DiscoveryClient;
 use pqmesh_proto::discovery::v1::{Destination, DestinationUpdate, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
 
+use crate::control_plane::{Link, Stream};
 use crate::identity::backoff;
 use crate::tls::MeshTls;
 
@@ -48,7 +49,8 @@ pub struct Discovery {
     state: Arc<Mutex<State>>,
     version: watch::Sender<u64>,
     subscribe: mpsc::UnboundedSender<SocketAddr>,
-    connected: watch::Sender<bool>,
+    /// True once a stream was established; never reset (an outage is not a readiness matter).
+    ever_connected: watch::Sender<bool>,
 }
 
 pub struct DiscoveryTask {
@@ -63,7 +65,7 @@ impl Discovery {
             state: Arc::default(),
             version: watch::channel(0).0,
             subscribe,
-            connected: watch::channel(false).0,
+            ever_connected: watch::channel(false).0,
         };
         let task = DiscoveryTask {
             discovery: discovery.clone(),
@@ -76,9 +78,10 @@ impl Discovery {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True once a stream to the control plane was established (readiness).
-    pub fn connected(&self) -> watch::Receiver<bool> {
-        self.connected.subscribe()
+    /// True once a stream to the control plane was established (readiness); it stays true
+    /// through later outages, when cached answers keep serving.
+    pub fn ever_connected(&self) -> watch::Receiver<bool> {
+        self.ever_connected.subscribe()
     }
 
     pub async fn resolve(&self, addr: SocketAddr) -> Result<Resolved, DiscoveryError> {
@@ -167,6 +170,7 @@ impl DiscoveryTask {
         addr: String,
         server_id: SpiffeId,
         mut tls: watch::Receiver<Option<Arc<MeshTls>>>,
+        link: Link,
     ) {
         let mut failures = 0u32;
         loop {
@@ -174,14 +178,16 @@ impl DiscoveryTask {
                 return;
             };
             let Some(current) = current else { continue };
-            match self.stream_once(&addr, &server_id, &current).await {
-                Ok(()) => failures = 0,
+            match self.stream_once(&addr, &server_id, &current, &link).await {
+                Ok(()) => {
+                    failures = 0;
+                    link.down(Stream::Discovery, "stream closed by the control plane");
+                }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(error = %e, attempt = failures, "discovery stream failed; keeping cached answers");
+                    link.down(Stream::Discovery, &e);
                 }
             }
-            let _ = self.discovery.connected.send(false);
             tokio::time::sleep(
                 backoff(failures.max(1), rand::random()).min(Duration::from_secs(30)),
             )
@@ -194,6 +200,7 @@ impl DiscoveryTask {
         addr: &str,
         server_id: &SpiffeId,
         tls: &MeshTls,
+        link: &Link,
     ) -> Result<(), String> {
         let channel = tls.control_plane_channel(addr, server_id).await?;
         let (tx, rx) = mpsc::channel(256);
@@ -216,8 +223,8 @@ impl DiscoveryTask {
             .await
             .map_err(|s| format!("watch: {:?}: {}", s.code(), s.message()))?
             .into_inner();
-        let _ = self.discovery.connected.send(true);
-        tracing::info!(control_plane = %addr, "discovery stream connected");
+        self.discovery.ever_connected.send_replace(true);
+        link.connected(Stream::Discovery);
         loop {
             tokio::select! {
                 Some(first) = self.subscribe_rx.recv() => {

@@ -1,8 +1,9 @@
 //! HTTP-aware inbound: after mTLS (or plaintext in PERMISSIVE mode) requests are proxied one by
-//! one to the app on 127.0.0.1:<original port> over pooled connections, HTTP/1.1 (WebSocket is the
-//! one upgrade) or HTTP/2 with prior knowledge. Each request head is first made canonical
-//! ([`crate::canonical`]): the policy judges the form the app receives. The app learns the
-//! caller's verified SPIFFE ID from `x-pqmesh-peer-identity`, stamped last.
+//! one to the app (where `delivery` says: the original destination, else 127.0.0.1) over pooled
+//! connections, HTTP/1.1 (WebSocket is the one upgrade) or HTTP/2 with prior knowledge. Each
+//! request head is first made canonical ([`crate::canonical`]): the policy judges the form the
+//! app receives. The app learns the caller's verified SPIFFE ID from `x-pqmesh-peer-identity`,
+//! stamped last.
 //! Hostile clients are bounded here: request heads over [`MAX_HEADER_BYTES`] get 431, a head not
 //! complete within [`HEADER_READ_TIMEOUT`] closes the connection (slowloris), and request bodies
 //! over [`MAX_REQUEST_BODY_BYTES`] get 413 without (Content-Length) or before the rest reaches
@@ -21,13 +22,13 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limi
 use hyper::body::{Bytes, Incoming};
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pqmesh_mtls::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::canonical;
+use crate::delivery::AppConnector;
 
 pub const PEER_IDENTITY_HEADER: &str = "x-pqmesh-peer-identity";
 
@@ -51,22 +52,28 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// A request body on its way to the app, cut off at [`MAX_REQUEST_BODY_BYTES`].
 type AppBody = Limited<Incoming>;
 
-/// Pooled clients towards the local app (one pool per app port, by URI authority).
+/// Pooled clients towards the local app (one pool per app address, by URI authority).
 pub struct AppClients {
-    h1: Client<HttpConnector, AppBody>,
-    h2: Client<HttpConnector, AppBody>,
+    h1: Client<AppConnector, AppBody>,
+    h2: Client<AppConnector, AppBody>,
 }
 
 impl Default for AppClients {
+    /// Explicit mode: the configured app address.
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Self::new(false)
+    }
+}
+
+impl AppClients {
+    /// `original_dst`: requests go to their original destination, else 127.0.0.1 (`delivery`).
+    pub fn new(original_dst: bool) -> Self {
+        let connector = AppConnector { original_dst };
         Self {
             h1: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(90))
                 .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
-                .build(connector.clone()),
+                .build(connector),
             h2: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .pool_idle_timeout(Duration::from_secs(90))
@@ -479,12 +486,14 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
             error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
         }
         Err(e) => {
-            tracing::info!(target = %ctx.target, error = %e, "app request failed");
+            let why = crate::delivery::unreachable_in(&e).map(|u| u.to_string());
+            tracing::info!(target = %ctx.target, error = %e, unreachable = ?why, "app request failed");
             ctx.metrics
                 .requests
                 .with_label_values(&[ctx.direction, "app_unreachable"])
                 .inc();
-            error_response(StatusCode::BAD_GATEWAY, "the application is unreachable")
+            let why = why.unwrap_or_else(|| "the application is unreachable".to_owned());
+            error_response(StatusCode::BAD_GATEWAY, &why)
         }
     }
 }

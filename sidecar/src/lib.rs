@@ -6,6 +6,8 @@ pub mod admin;
 pub mod app_probe;
 pub mod canonical;
 pub mod config;
+pub mod control_plane;
+pub mod delivery;
 pub mod discovery;
 pub mod drain;
 pub mod first_line_gate;
@@ -17,6 +19,7 @@ pub mod metrics;
 pub mod original_dst;
 pub mod policy;
 pub mod proxy;
+pub mod readiness;
 pub mod revocation;
 pub mod sniff;
 pub mod tls;
@@ -60,6 +63,8 @@ pub struct RunningSidecar {
     pub metrics: Arc<Metrics>,
     discovery: Option<Discovery>,
     policy: policy::PolicyState,
+    readiness: watch::Receiver<readiness::Readiness>,
+    link: control_plane::Link,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
     revoked: revocation::RevokedState,
     renew_tx: mpsc::Sender<()>,
@@ -72,15 +77,21 @@ pub struct RunningSidecar {
 }
 
 impl RunningSidecar {
-    /// Waits until the first certificate is in hand (and, in transparent mode, discovery is up).
+    /// Waits until `/ready` would answer 200: an unexpired certificate, the first policy
+    /// snapshot applied and, in transparent mode, discovery connected once.
     pub async fn ready(&self) {
-        let mut rx = self.tls.clone();
-        let _ = rx.wait_for(|t| t.is_some()).await;
-        if let Some(d) = &self.discovery {
-            let _ = d.connected().wait_for(|c| *c).await;
-        }
-        let mut policy = self.policy.clone();
-        let _ = policy.wait_for(|p| p.is_some()).await;
+        let mut rx = self.readiness.clone();
+        let _ = rx.wait_for(|r| *r == readiness::Readiness::Ready).await;
+    }
+
+    /// What `/ready` follows (draining aside).
+    pub fn readiness(&self) -> readiness::Readiness {
+        self.readiness.borrow().clone()
+    }
+
+    /// True while every stream to the control plane is connected.
+    pub fn control_plane_connected(&self) -> bool {
+        self.link.is_connected()
     }
 
     /// The policy in force (`None` until the first snapshot arrived).
@@ -176,11 +187,6 @@ pub async fn start_with(
         path: config.trust_bundle_path.display().to_string(),
         reason,
     })?;
-    if config.inbound_allow.is_empty() {
-        tracing::warn!(
-            "PQMESH_INBOUND_ALLOW is empty: every inbound mesh connection will be refused"
-        );
-    }
     let uid = nix::unistd::getuid().as_raw();
     if matches!(config.outbound, OutboundConfig::Transparent { .. }) && uid != 1337 {
         tracing::warn!(uid, "transparent mode expects the sidecar to run as UID 1337 (the UID iptables exempts); \
@@ -226,6 +232,18 @@ pub async fn start_with(
         bundle: std::sync::Mutex::new(bundle),
     });
     let (policy_tx, policy_rx) = watch::channel(None);
+    let transparent = matches!(config.outbound, OutboundConfig::Transparent { .. });
+    let link = control_plane::Link::new(
+        if transparent {
+            &[
+                control_plane::Stream::Policy,
+                control_plane::Stream::Discovery,
+            ]
+        } else {
+            &[control_plane::Stream::Policy]
+        },
+        metrics.clone(),
+    );
     tasks.push(tokio::spawn(
         policy::PolicyClientTask {
             labels: config.labels.clone(),
@@ -235,6 +253,8 @@ pub async fn start_with(
             revoked: revoked_tx,
             renew: renew_tx.clone(),
             certifier: certifier.clone(),
+            link: link.clone(),
+            inbound_allow_empty: config.inbound_allow.is_empty(),
         }
         .run(
             config.control_plane_addr.clone(),
@@ -255,7 +275,8 @@ pub async fn start_with(
         opaque_ports: config.opaque_ports.clone(),
         tls: tls_rx.clone(),
         original_dst: original_dst.clone(),
-        clients: Arc::new(http_proxy::AppClients::default()),
+        clients: Arc::new(http_proxy::AppClients::new(false)),
+        redirected_clients: Arc::new(http_proxy::AppClients::new(true)),
         metrics: metrics.clone(),
         policy: policy_rx.clone(),
         trust_domain: config.trust_domain.clone(),
@@ -279,6 +300,7 @@ pub async fn start_with(
                 config.control_plane_addr.clone(),
                 config.control_plane_id.clone(),
                 tls_rx.clone(),
+                link.clone(),
             )));
             discovery = Some(d.clone());
             Route::Transparent {
@@ -312,11 +334,19 @@ pub async fn start_with(
         metrics.clone(),
     )));
 
-    let discovery_ready = discovery.as_ref().map(|d| d.connected());
+    let (readiness, tracker) = readiness::spawn(
+        readiness::Inputs {
+            certificate: tls_rx.clone(),
+            policy: policy_rx.clone(),
+            discovery: discovery.as_ref().map(|d| d.ever_connected()),
+        },
+        metrics.clone(),
+    );
+    tasks.push(tracker);
     let admin_addr = admin::spawn(
         &config,
         tls_rx.clone(),
-        discovery_ready,
+        readiness.clone(),
         policy_rx.clone(),
         revoked_rx.clone(),
         metrics.clone(),
@@ -337,6 +367,8 @@ pub async fn start_with(
         metrics,
         discovery,
         policy: policy_rx.clone(),
+        readiness,
+        link,
         tls: tls_rx,
         revoked: revoked_rx,
         renew_tx,

@@ -33,6 +33,14 @@ pub struct Metrics {
     peers_seen: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Token outcomes, introspection and JWKS counters (shared by every policy's validator).
     pub token: crate::token::TokenMetrics,
+    /// 1 while every stream to the control plane is connected, 0 during an outage.
+    pub control_plane_connected: IntGauge,
+    /// Established control-plane streams that ended, by stream.
+    pub control_plane_disconnects: IntCounterVec,
+    /// Attempts to open a control-plane stream that failed, by stream.
+    pub control_plane_connect_failures: IntCounterVec,
+    /// 1 while `/ready` answers 200.
+    pub ready: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -156,8 +164,20 @@ impl Metrics {
             "Connections still open after a shutdown began",
         )
         .expect("static metric");
+        let control_plane_connected = IntGauge::new(
+            "control_plane_connected",
+            "1 while every stream to the control plane (policy; discovery in transparent mode) is connected",
+        )
+        .expect("static metric");
+        let ready = IntGauge::new(
+            "ready",
+            "1 while the sidecar can serve (/ready answers 200): an unexpired certificate, a policy applied, discovery connected once",
+        )
+        .expect("static metric");
         for m in [
             Box::new(policy_version.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(control_plane_connected.clone()),
+            Box::new(ready.clone()),
             Box::new(request_duration.clone()),
             Box::new(trust_bundle_roots.clone()),
             Box::new(revocation_entries.clone()),
@@ -183,9 +203,25 @@ impl Metrics {
             "Requests allowed, by AccessPolicy (namespace/name) and the index of the rule that matched (none: the policy has no rules)",
             &["policy", "rule"],
         );
+        let control_plane_disconnects = counter(
+            &registry,
+            "control_plane_disconnects_total",
+            "Established streams to the control plane that ended, by stream (policy, discovery)",
+            &["stream"],
+        );
+        let control_plane_connect_failures = counter(
+            &registry,
+            "control_plane_connect_failures_total",
+            "Attempts to open a stream to the control plane that failed, by stream (policy, discovery)",
+            &["stream"],
+        );
         let token =
             crate::token::TokenMetrics::new(&registry).expect("token metrics register once");
         Self {
+            control_plane_connected,
+            control_plane_disconnects,
+            control_plane_connect_failures,
+            ready,
             policy_allows,
             peer_requests,
             peers_seen: Default::default(),

@@ -15,6 +15,7 @@ use pqmesh_proto::policy::v1::watch_request::Kind;
 use pqmesh_proto::policy::v1::{Ack, Nack, PolicySnapshot, WatchRequest, Workload};
 use tokio::sync::{mpsc, watch};
 
+use crate::control_plane::{Link, Stream};
 use crate::identity::backoff;
 use crate::metrics::Metrics;
 use crate::revocation::Revoked;
@@ -133,6 +134,9 @@ pub struct PolicyClientTask {
     pub renew: mpsc::Sender<()>,
     /// Its bundle (the roots trusted for the control plane) is replaced by the pushed one.
     pub certifier: Arc<crate::identity::GrpcCertifier>,
+    pub link: Link,
+    /// `PQMESH_INBOUND_ALLOW` is empty: without an AccessPolicy every mesh peer is refused.
+    pub inbound_allow_empty: bool,
 }
 
 impl PolicyClientTask {
@@ -152,10 +156,14 @@ impl PolicyClientTask {
                 .stream_once(&addr, &server_id, &current, tls.clone())
                 .await
             {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    self.link
+                        .down(Stream::Policy, "stream closed by the control plane");
+                }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(error = %e, attempt = failures, "policy stream failed; the current policy stays in force");
+                    self.link.down(Stream::Policy, &e);
                 }
             }
             tokio::time::sleep(
@@ -200,7 +208,7 @@ impl PolicyClientTask {
             .await
             .map_err(|s| format!("watch: {:?}: {}", s.code(), s.message()))?
             .into_inner();
-        tracing::info!(control_plane = %addr, "policy stream connected");
+        self.link.connected(Stream::Policy);
         tls_rx.mark_unchanged();
         loop {
             let snapshot = tokio::select! {
@@ -298,6 +306,7 @@ impl PolicyClientTask {
                         .policy_version
                         .with_label_values(&[&active.version])
                         .set(1);
+                    self.warn_if_all_refused(previous.as_deref(), &active);
                     let _ = self.state.send(Some(Arc::new(active)));
                 }
                 Err(reason) => problem = Some(reason),
@@ -324,9 +333,67 @@ impl PolicyClientTask {
     }
 }
 
+impl PolicyClientTask {
+    /// Says so when a snapshot leaves the workload refusing every mesh peer (once per change
+    /// into that state; where AccessPolicies decide, as in Kubernetes, this stays silent).
+    fn warn_if_all_refused(&self, previous: Option<&ActivePolicy>, next: &ActivePolicy) {
+        if newly_refuses_all(
+            self.inbound_allow_empty,
+            previous.map(|p| &p.policy),
+            &next.policy,
+        ) {
+            tracing::warn!(
+                version = %next.version,
+                "no AccessPolicy selects this workload and PQMESH_INBOUND_ALLOW is empty: every \
+                 inbound mesh connection will be refused"
+            );
+        }
+    }
+}
+
+/// True when `next` makes the workload refuse every mesh peer and `previous` did not: no
+/// AccessPolicy selects it (the policies would decide) and the local allow-list is empty.
+pub fn newly_refuses_all(
+    allow_empty: bool,
+    previous: Option<&WorkloadPolicy>,
+    next: &WorkloadPolicy,
+) -> bool {
+    let refuses_all = |p: &WorkloadPolicy| allow_empty && p.is_empty();
+    refuses_all(next) && !previous.is_some_and(refuses_all)
+}
+
 fn held_ca_version(tls: &watch::Receiver<Option<Arc<MeshTls>>>) -> String {
     tls.borrow()
         .as_ref()
         .map(|t| t.ca_version.clone())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selected() -> WorkloadPolicy {
+        serde_json::from_value(serde_json::json!({
+            "policies": [{"name": "shop/orders", "ports": null, "permissive": false,
+                "peers": null, "token_issuers": null, "rules": []}],
+            "issuers": []
+        }))
+        .expect("a compiled policy")
+    }
+
+    #[test]
+    fn all_refused_is_said_only_where_it_is_true() {
+        let none = WorkloadPolicy::default();
+        let some = selected();
+        // An AccessPolicy selects the workload (Kubernetes): the allow-list does not matter.
+        assert!(!newly_refuses_all(true, None, &some));
+        assert!(!newly_refuses_all(true, Some(&none), &some));
+        // A local allow-list admits peers.
+        assert!(!newly_refuses_all(false, None, &none));
+        // Nothing admits anyone: said once, when the state begins.
+        assert!(newly_refuses_all(true, None, &none));
+        assert!(newly_refuses_all(true, Some(&some), &none));
+        assert!(!newly_refuses_all(true, Some(&none), &none));
+    }
 }

@@ -6,7 +6,7 @@
 //! Explicit mode replaces discovery by one configured peer.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{InboundMode, OutboundTarget, Unmeshed};
+use crate::delivery::Delivery;
 use crate::discovery::{Discovery, Resolved};
 use crate::drain::Drain;
 use crate::http_proxy::{self, AppClients};
@@ -148,7 +149,10 @@ pub struct Inbound {
     pub opaque_ports: Vec<u16>,
     pub tls: TlsState,
     pub original_dst: Arc<dyn OriginalDst>,
+    /// Towards the configured app address (explicit mode).
     pub clients: Arc<AppClients>,
+    /// Towards original destinations (redirected connections).
+    pub redirected_clients: Arc<AppClients>,
     pub metrics: Arc<Metrics>,
     /// Pushed AccessPolicies; once one selects the workload it replaces `allow` and `mode`.
     pub policy: crate::policy::PolicyState,
@@ -206,10 +210,9 @@ impl Inbound {
         Err(reason)
     }
 
-    /// The app address for a connection: 127.0.0.1:<original port> when iptables redirected it
-    /// (`[::1]:<original port>` when ip6tables did: the app gets the family the client used, as
-    /// without the mesh), else the configured app address.
-    fn app_target(&self, tcp: &TcpStream) -> Result<SocketAddr, (&'static str, &'static str)> {
+    /// Where a connection's traffic goes: its original destination when iptables redirected it
+    /// (see `delivery`), else the configured app address.
+    fn app_target(&self, tcp: &TcpStream) -> Result<Delivery, (&'static str, &'static str)> {
         let local = tcp
             .local_addr()
             .map(canonical)
@@ -232,13 +235,9 @@ impl Inbound {
                         "original destination port is not a served port",
                     ));
                 }
-                let loopback = match orig {
-                    SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                };
-                Ok(SocketAddr::new(loopback, orig.port()))
+                Ok(Delivery::OriginalDst(orig))
             }
-            _ => self.app_addr.ok_or((
+            _ => self.app_addr.map(Delivery::Configured).ok_or((
                 "denied_not_redirected",
                 "connection was not redirected and no app address is configured",
             )),
@@ -256,7 +255,7 @@ impl Inbound {
         let stream = Prefixed::new(hello, tcp);
         let active = self.active_policy();
         let plaintext_ok = match &active {
-            Some(a) => a.policy.permissive_on(target.port()),
+            Some(a) => a.policy.permissive_on(target.addr().port()),
             None => self.mode == InboundMode::Permissive,
         };
         match transport {
@@ -288,7 +287,7 @@ impl Inbound {
         &self,
         stream: Prefixed<TcpStream>,
         remote: SocketAddr,
-        target: SocketAddr,
+        target: Delivery,
     ) -> Result<(), &'static str> {
         let Some(tls) = self.tls.borrow().clone() else {
             return self.deny("no_certificate", "no workload certificate yet");
@@ -337,7 +336,7 @@ impl Inbound {
             tracing::warn!(%remote, peer = %peer, serial = ?hs.peer_serial, "revoked peer refused");
             return self.deny("denied_revoked", "peer identity or certificate is revoked");
         }
-        tracing::debug!(%remote, peer = %peer, group = %hs.group, %target, "inbound connection allowed");
+        tracing::debug!(%remote, peer = %peer, group = %hs.group, target = %target.addr(), "inbound connection allowed");
         self.metrics
             .connections
             .with_label_values(&["inbound", "allowed"])
@@ -361,7 +360,8 @@ impl Inbound {
     /// The stream is boxed: one copy of the HTTP/1, HTTP/2 and relay code serves mTLS and
     /// plaintext connections alike, instead of one per stream type (smaller code, fewer resident
     /// pages per sidecar; a virtual call per read or write costs nothing measurable).
-    async fn serve_app(&self, mut stream: AppStream, peer: Option<SpiffeId>, target: SocketAddr) {
+    async fn serve_app(&self, mut stream: AppStream, peer: Option<SpiffeId>, delivery: Delivery) {
+        let target = delivery.addr();
         let declared_opaque = self.opaque_ports.contains(&target.port());
         let (protocol, prefix) = if declared_opaque {
             (Some(AppProtocol::Opaque), Vec::new())
@@ -379,7 +379,10 @@ impl Inbound {
         let ctx = http_proxy::Ctx::new(
             peer,
             target,
-            self.clients.clone(),
+            match delivery {
+                Delivery::OriginalDst(_) => self.redirected_clients.clone(),
+                Delivery::Configured(_) => self.clients.clone(),
+            },
             "inbound",
             self.metrics.clone(),
             Some(self.policy.clone()),
@@ -430,19 +433,17 @@ impl Inbound {
                         .with_label_values(&["allow", "allowed"])
                         .inc();
                 }
-                let app =
-                    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-                        Ok(Ok(app)) => app,
-                        _ => {
-                            self.metrics
-                                .connections
-                                .with_label_values(&["inbound", "app_unreachable"])
-                                .inc();
-                            tracing::info!(%target, "local app unreachable");
-                            return;
-                        }
-                    };
-                let _ = app.set_nodelay(true);
+                let app = match crate::delivery::connect(delivery, CONNECT_TIMEOUT).await {
+                    Ok(app) => app,
+                    Err(e) => {
+                        self.metrics
+                            .connections
+                            .with_label_values(&["inbound", "app_unreachable"])
+                            .inc();
+                        tracing::info!(%target, error = %e, "local app unreachable");
+                        return;
+                    }
+                };
                 if declared_opaque {
                     relay(stream, app, "inbound", &self.metrics).await;
                 } else {

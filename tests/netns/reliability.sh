@@ -2,14 +2,18 @@
 # Reliability checks that need real interception and real links, in network namespaces:
 # spoofing the peer-identity header through iptables-redirected traffic (HTTP/1.1, HTTP/2,
 # mixed case, duplicates, plaintext from an unmeshed pod, straight at the inbound port), a
-# network partition between pods (`ip link set down`) under steady traffic and its recovery, and
-# the control plane cut off from the pods while traffic continues.
+# network partition between pods (`ip link set down`) under steady traffic and its recovery, the
+# control plane cut off from the pods while traffic continues, and the control plane process
+# stopped (PQMESH_CP_STOP_SECS, default 30 s) while pod A's client calls B by Service name and by
+# pod IP and both sidecars' /ready is polled: zero failed requests, /ready 200 throughout.
 #
 #   sudo tests/netns/reliability.sh     (binaries from target/debug; PQMESH_BIN_DIR overrides)
 #
 # Topology (namespaces pqmesh-rel-<pid>-*, nothing in the root namespace):
 #   pod-a 10.213.78.1 meshed shop/web, pod-b 10.213.78.2 meshed shop/api (admits shop/web only),
-#   ext-c 10.213.78.3 unmeshed, cp 10.213.78.254:15012, bridge br0 in the "sw" namespace.
+#   ext-c 10.213.78.3 unmeshed, cp 10.213.78.254:15012, bridge br0 in the "sw" namespace;
+#   Service api.shop.svc.cluster.local = ClusterIP 10.96.78.10:80 -> pod-b:8080 (the name resolved
+#   in the client as cluster DNS would, kube-proxy's DNAT emulated in pod-a's nat OUTPUT).
 # Prints a results table (check, expected, actual, requests that reached B's app); exits 0 only
 # if every check passes. Not root or a missing tool: "FAILED: ..." and a non-zero status.
 set -euo pipefail
@@ -21,6 +25,7 @@ APP_UID=${PQMESH_NETNS_APP_UID:-1000}
 PROXY_UID=1337
 PARTITION_SECS=${PQMESH_PARTITION_SECS:-8}
 CP_CUT_SECS=${PQMESH_CP_CUT_SECS:-10}
+CP_STOP_SECS=${PQMESH_CP_STOP_SECS:-30}
 T0=$SECONDS
 die() { echo "FAILED: $*" >&2; exit 1; }
 
@@ -38,6 +43,7 @@ done
 ID=$$
 NET=10.213.78
 IP_A=$NET.1 IP_B=$NET.2 IP_C=$NET.3 IP_CP=$NET.254
+SVC_IP=10.96.78.10 SVC_NAME=api.shop.svc.cluster.local
 NS_A=pqmesh-rel-$ID-a NS_B=pqmesh-rel-$ID-b NS_C=pqmesh-rel-$ID-c NS_CP=pqmesh-rel-$ID-cp NS_SW=pqmesh-rel-$ID-sw
 SPIFFE_A=spiffe://cluster.local/ns/shop/sa/web
 FORGED=spiffe://cluster.local/ns/kube-system/sa/admin
@@ -116,11 +122,13 @@ TOKEN_A=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
 TOKEN_B=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
 ( umask 077
   printf 'tokens:\n- {token: "%s", namespace: shop, serviceAccount: web}\n- {token: "%s", namespace: shop, serviceAccount: api}\n' "$TOKEN_A" "$TOKEN_B" >"$WORK/cp/bootstrap-tokens.yaml"
-  printf 'endpoints:\n- {ip: %s, namespace: shop, serviceAccount: web}\n- {ip: %s, namespace: shop, serviceAccount: api}\n' "$IP_A" "$IP_B" >"$WORK/cp/endpoints.yaml" )
-ip netns exec "$NS_CP" env -i PATH="$CLEAN_PATH" HOME=/tmp NO_COLOR=1 PQMESH_GRPC_ADDR="$IP_CP:15012" \
-    PQMESH_ADMIN_ADDR=127.0.0.1:15014 "$BIN/pqmesh-control-plane" --local "$WORK/cp" >"$WORK/logs/cp.log" 2>&1 &
-PID_OF[cp]=$!
-wait_ready "$NS_CP" http://127.0.0.1:15014/ready "${PID_OF[cp]}" cp
+  printf 'endpoints:\n- {ip: %s, namespace: shop, serviceAccount: web}\n- {ip: %s, namespace: shop, serviceAccount: api}\n- {ip: %s, ports: [80], namespace: shop, serviceAccount: api}\n' "$IP_A" "$IP_B" "$SVC_IP" >"$WORK/cp/endpoints.yaml" )
+start_cp() {
+    ip netns exec "$NS_CP" env -i PATH="$CLEAN_PATH" HOME=/tmp NO_COLOR=1 PQMESH_GRPC_ADDR="$IP_CP:15012" \
+        PQMESH_ADMIN_ADDR=127.0.0.1:15014 "$BIN/pqmesh-control-plane" --local "$WORK/cp" >>"$WORK/logs/cp.log" 2>&1 &
+    PID_OF[cp]=$!
+    wait_ready "$NS_CP" http://127.0.0.1:15014/ready "${PID_OF[cp]}" cp; }
+start_cp
 for pod in a b; do
     cp "$WORK/cp/trust-bundle.pem" "$WORK/pod-$pod/trust-bundle.pem"; chmod 0644 "$WORK/pod-$pod/trust-bundle.pem"
 done
@@ -139,6 +147,10 @@ start_sidecar() { local pod=$1 ns allow; [ "$pod" = a ] && ns=$NS_A allow='shop/
     wait_ready "$ns" http://127.0.0.1:15000/ready "${PID_OF[sidecar-$pod]}" "sidecar-$pod"; }
 start_app app-a "$NS_A" a; start_app app-b "$NS_B" b; start_app app-c "$NS_C" c
 start_sidecar a; start_sidecar b
+# The Service: a route for the service range and kube-proxy's DNAT for the sidecar's own
+# (UID 1337, not intercepted) connection to the ClusterIP.
+ip -n "$NS_A" route add 10.96.0.0/16 dev eth0
+in_ns "$NS_A" iptables -t nat -A OUTPUT -d "$SVC_IP/32" -p tcp --dport 80 -j DNAT --to-destination "$IP_B:8080"
 run_cap as_app "$NS_A" curl -sS --max-time 5 "http://$IP_B:8080/warm-up"
 [ "$RC" = 0 ] && [ "$(field peer "$OUT")" = "$SPIFFE_A" ] || die "A -> B does not work after setup: $OUT"
 echo "  setup done in $((SECONDS - T0))s"
@@ -224,6 +236,94 @@ n=$(wc -l <"$WORK/logs/steady-cp.log"); ok=$(awk '$2 == 200' "$WORK/logs/steady-
 record C1 "A -> B while the control plane is unreachable (new connection each)" "$n/$n" "$ok/$n" "$ok"
 run_cap as_app "$NS_A" curl -sS --max-time 5 "http://$IP_B:8080/after-cp"
 record C2 "after the link returns" 200 "$([ "$RC" = 0 ] && echo 200 || echo "rc=$RC")" 1
+
+section "4. control plane stopped (${CP_STOP_SECS} s) while A calls B by Service name and by pod IP"
+# Client in pod A: alternately by Service name (resolved to the ClusterIP) and by pod IP, one
+# request per 100 ms, each on a new connection, 3 s timeout; "<ms> <svc|pod> <status>" per request.
+LOOP='import socket, sys, time, urllib.request
+names = {sys.argv[1]: sys.argv[2]}
+real = socket.getaddrinfo
+socket.getaddrinfo = lambda host, *a, **k: real(names.get(host, host), *a, **k)
+urls = [("svc", "http://%s/steady-svc" % sys.argv[1]), ("pod", "http://%s:8080/steady-pod" % sys.argv[3])]
+stop, i = sys.argv[4], 0
+while True:
+    try:
+        open(stop).close(); break
+    except OSError:
+        pass
+    kind, url = urls[i % 2]; i += 1
+    t = time.monotonic(); wall = int(time.time() * 1000)
+    try:
+        code = urllib.request.urlopen(url, timeout=3).status
+    except Exception as e:
+        code = "ERR:" + type(e).__name__
+    print(wall, kind, code, flush=True)
+    time.sleep(max(0, 0.1 - (time.monotonic() - t)))'
+# /ready poller (loopback, every 500 ms): "<ms> <status>".
+POLL='import sys, time, urllib.request, urllib.error
+stop = sys.argv[1]
+while True:
+    try:
+        open(stop).close(); break
+    except OSError:
+        pass
+    wall = int(time.time() * 1000)
+    try:
+        code = urllib.request.urlopen("http://127.0.0.1:15000/ready", timeout=2).status
+    except urllib.error.HTTPError as e:
+        code = e.code
+    except Exception as e:
+        code = "ERR:" + type(e).__name__
+    print(wall, code, flush=True)
+    time.sleep(0.5)'
+connected() { metric "$1" pqmesh_control_plane_connected; }
+for i in $(seq 150); do
+    [ "$(connected "$NS_A")" = 1 ] && [ "$(connected "$NS_B")" = 1 ] && break; sleep 0.2
+done
+[ "$(connected "$NS_A")" = 1 ] && [ "$(connected "$NS_B")" = 1 ] || die "sidecars not connected to the control plane before the stop"
+run_cap as_app "$NS_A" curl -sS --max-time 5 --resolve "$SVC_NAME:80:$SVC_IP" "http://$SVC_NAME/warm-svc"
+[ "$RC" = 0 ] && [ "$(field peer "$OUT")" = "$SPIFFE_A" ] || die "A -> B by Service name does not work: $OUT"
+STOP=$WORK/stop-loops
+as_app "$NS_A" python3 -c "$LOOP" "$SVC_NAME" "$SVC_IP" "$IP_B" "$STOP" >"$WORK/logs/loop-stop.log" 2>&1 &
+PID_OF[loop]=$!
+in_ns "$NS_A" python3 -c "$POLL" "$STOP" >"$WORK/logs/ready-a.log" 2>&1 &
+PID_OF[poll-a]=$!
+in_ns "$NS_B" python3 -c "$POLL" "$STOP" >"$WORK/logs/ready-b.log" 2>&1 &
+PID_OF[poll-b]=$!
+lines_a=$(wc -l <"$WORK/logs/sidecar-a.log") lines_b=$(wc -l <"$WORK/logs/sidecar-b.log")
+sleep 2
+stop_ms=$(now_ms)
+kill -KILL "${PID_OF[cp]}"; wait "${PID_OF[cp]}" 2>/dev/null || true
+echo "  control plane killed"
+sleep $((CP_STOP_SECS / 2))
+during="$(connected "$NS_A") $(connected "$NS_B")"
+sleep $((CP_STOP_SECS - CP_STOP_SECS / 2))
+start_ms=$(now_ms)
+start_cp
+echo "  control plane restarted after $(( (start_ms - stop_ms) / 1000 )) s"
+for i in $(seq 225); do
+    [ "$(connected "$NS_A")" = 1 ] && [ "$(connected "$NS_B")" = 1 ] && break; sleep 0.2
+done
+back_ms=$(now_ms)
+after="$(connected "$NS_A") $(connected "$NS_B")"
+sleep 2
+touch "$STOP"
+for k in loop poll-a poll-b; do wait "${PID_OF[$k]}" || true; unset "PID_OF[$k]"; done
+read -r svc_ok svc_n pod_ok pod_n < <(awk -v a="$stop_ms" -v b="$start_ms" '$1 >= a && $1 < b {
+    n[$2]++; if ($3 == 200) ok[$2]++ } END { print ok["svc"]+0, n["svc"]+0, ok["pod"]+0, n["pod"]+0 }' "$WORK/logs/loop-stop.log")
+all_n=$(wc -l <"$WORK/logs/loop-stop.log"); all_ok=$(awk '$3 == 200' "$WORK/logs/loop-stop.log" | wc -l)
+polls=$(cat "$WORK/logs/ready-a.log" "$WORK/logs/ready-b.log" | wc -l)
+polls_ok=$(cat "$WORK/logs/ready-a.log" "$WORK/logs/ready-b.log" | awk '$2 == 200' | wc -l)
+[ "$svc_n" -ge 10 ] && [ "$pod_n" -ge 10 ] || die "only $svc_n + $pod_n requests fell inside the stop (PQMESH_CP_STOP_SECS=$CP_STOP_SECS too short?)"
+record O1 "by Service name ($SVC_NAME -> $SVC_IP:80) while the control plane is stopped" "$svc_n/$svc_n" "$svc_ok/$svc_n" "$svc_ok"
+record O2 "by pod IP ($IP_B:8080) while the control plane is stopped" "$pod_n/$pod_n" "$pod_ok/$pod_n" "$pod_ok"
+record O3 "all requests, 2 s before the stop until 2 s after both sidecars reconnected" "$all_n/$all_n" "$all_ok/$all_n" "$all_ok"
+record O4 "/ready of A and B polled every 0.5 s throughout: always 200" "$polls/$polls" "$polls_ok/$polls" 0
+record O5 "pqmesh_control_plane_connected on A and B during the stop / after" "0 0 / 1 1" "$during / $after" 0
+echo "         both sidecars reconnected $(( back_ms - start_ms )) ms after the control plane was back"
+outage_lines() { tail -n +"$(( $2 + 1 ))" "$WORK/logs/sidecar-$1.log" | grep -c "$3" || true; }
+logs="$(outage_lines a "$lines_a" 'control plane unreachable'),$(outage_lines a "$lines_a" 'control plane reachable again') $(outage_lines b "$lines_b" 'control plane unreachable'),$(outage_lines b "$lines_b" 'control plane reachable again')"
+record O6 "log lines per sidecar: one WARN at the start, one INFO at the end (A B)" "1,1 1,1" "$logs" 0
 
 section "results"
 echo "| check | expected | actual | reached B's app | result |"

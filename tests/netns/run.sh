@@ -667,6 +667,29 @@ check 7b "a UID $PROXY_UID process reaches unmeshed ext-c directly" "$r" \
 # ---------------------------------------------------------------------------------------------
 # 8. extras: allow-list, a pod calling its own IP, init --remove
 # ---------------------------------------------------------------------------------------------
+section "7b. delivery to the app: the original destination (pod IP), else 127.0.0.1"
+# B's app on 0.0.0.0 is served throughout (checks 2-4). Two more apps in pod B: one bound to the
+# pod IP only, one to 127.0.0.1 only; nothing listens on 8083.
+start_app app-b-podip "$NS_B" b-podip "$IP_B:8081" "$IP_B:9001"
+start_app app-b-lo "$NS_B" b-lo 127.0.0.1:8082 127.0.0.1:9002
+sleep 0.5
+run_cap as_app "$NS_A" curl -sS --max-time 5 "http://$IP_B:8081/pod-ip-only"
+echo "  curl http://$IP_B:8081/pod-ip-only (app bound to $IP_B only) rc=$RC: $OUT"
+[ "$RC" = 0 ] && [ "$(field app "$OUT")" = b-podip ] && [ "$(field peer "$OUT")" = "$SPIFFE_A" ] && r=0 || r=1
+check 7d "app bound to the pod IP only: served, with A's identity" "$r" "rc=$RC app=$(field app "$OUT") peer=$(field peer "$OUT")"
+run_cap as_app "$NS_A" python3 "$BIN/rawclient.py" echo "$IP_B" 9001 102400
+check 7e "raw TCP to an app bound to the pod IP only ($IP_B:9001): 100 KiB echoed intact" "$RC" "$OUT"
+run_cap as_app "$NS_A" curl -sS --max-time 5 "http://$IP_B:8082/loopback-only"
+echo "  curl http://$IP_B:8082/loopback-only (app bound to 127.0.0.1 only) rc=$RC: $OUT"
+[ "$RC" = 0 ] && [ "$(field app "$OUT")" = b-lo ] && [ "$(field peer "$OUT")" = "$SPIFFE_A" ] && r=0 || r=1
+check 7f "app bound to 127.0.0.1 only: served (fallback), with A's identity" "$r" "rc=$RC app=$(field app "$OUT") peer=$(field peer "$OUT")"
+run_cap as_app "$NS_A" curl -sS --max-time 5 -w ' status=%{http_code}' "http://$IP_B:8083/nobody"
+echo "  curl http://$IP_B:8083/nobody (no app on 8083) rc=$RC: $OUT"
+case "$OUT" in *"$IP_B:8083"*"127.0.0.1:8083"*status=502*) r=0 ;; *) r=1 ;; esac
+check 7g "no app on the port: 502 naming both addresses tried" "$r" "$(printf '%s' "$OUT" | oneline)"
+stop_pid "${PID_OF[app-b-podip]}"; unset 'PID_OF[app-b-podip]'
+stop_pid "${PID_OF[app-b-lo]}"; unset 'PID_OF[app-b-lo]'
+
 section "8. extras: inbound allow-list, self-call through the mesh, init --remove"
 restart_sidecar b 'PQMESH_INBOUND_ALLOW=other/*'
 conn0=$(local_conn "$NS_B")

@@ -17,7 +17,7 @@ START=$(date +%s)
 rm -rf target/reliability
 cargo build --locked --bins -p pqmesh-sidecar -p pqmesh-control-plane -p pqmesh-tests
 cargo nextest run --locked -p pqmesh-tests --test e2e --run-ignored all --no-fail-fast \
-    -E 'test(/^(adversarial|adversarial_identity|adversarial_phantom|hostile_clients|faults)::/)'
+    -E 'test(/^(adversarial|adversarial_identity|adversarial_phantom|hostile_clients|faults|outage)::/)'
 cargo nextest run --locked -p pqmesh-sidecar --no-fail-fast -E 'test(/token::|http_proxy/)'
 if [ "$(id -u)" = 0 ]; then
     bash tests/netns/reliability.sh | tee target/reliability/netns.log

@@ -55,6 +55,16 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(root_alg: KeyAlgorithm, service_accounts: &[&str]) -> Self {
+        Self::start_with(root_alg, service_accounts, |_| {}).await
+    }
+
+    /// As `start`, with the configuration adjusted first (e.g. a leaf lifetime below the
+    /// 5-minute minimum the environment accepts, to see certificates expire).
+    pub async fn start_with(
+        root_alg: KeyAlgorithm,
+        service_accounts: &[&str],
+        adjust: impl FnOnce(&mut pqmesh_control_plane::config::Config),
+    ) -> Self {
         let dir = TempDir::new("cp");
         let mut tokens = HashMap::new();
         let mut yaml = String::from("tokens:\n");
@@ -74,8 +84,9 @@ impl ControlPlane {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let config =
+        let mut config =
             pqmesh_control_plane::config::Config::from_env(dir.path().to_owned(), &env).unwrap();
+        adjust(&mut config);
         let running = pqmesh_control_plane::start(config)
             .await
             .expect("control plane starts");

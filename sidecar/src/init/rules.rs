@@ -104,6 +104,14 @@ impl InitConfig {
             "-A {CHAIN_INBOUND} -p tcp -j REDIRECT --to-ports {}\n",
             self.inbound_port
         ));
+        // Except inbound delivery to the pod IP (from 127.0.0.6, see `delivery`): that reaches
+        // the app itself. (IPv6 deliveries go to [::1], which the loopback rule below spares.)
+        if family == Family::V4 {
+            out.push_str(&format!(
+                "-A {CHAIN_OUTPUT} -s 127.0.0.6/32 -o lo -p tcp -m owner --uid-owner {} -j RETURN\n",
+                self.proxy_uid
+            ));
+        }
         // The sidecar dialing its own pod IP (the app calling itself through the mesh) must enter
         // its own inbound listener, as a remote peer would.
         out.push_str(&format!(

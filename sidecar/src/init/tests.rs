@@ -12,6 +12,7 @@ const V4_DEFAULT: &str = "*nat
 -A PQMESH_INBOUND -p tcp --dport 15001 -j RETURN
 -A PQMESH_INBOUND -p tcp --dport 15006 -j RETURN
 -A PQMESH_INBOUND -p tcp -j REDIRECT --to-ports 15006
+-A PQMESH_OUTPUT -s 127.0.0.6/32 -o lo -p tcp -m owner --uid-owner 1337 -j RETURN
 -A PQMESH_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp -m owner --uid-owner 1337 -j REDIRECT --to-ports 15006
 -A PQMESH_OUTPUT -m owner --uid-owner 1337 -j RETURN
 -A PQMESH_OUTPUT -d 127.0.0.0/8 -j RETURN

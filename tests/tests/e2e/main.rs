@@ -16,6 +16,7 @@ mod kubernetes_rotation;
 mod mesh;
 mod oauth_server;
 mod operations;
+mod outage;
 mod policy;
 mod policy_resume;
 mod rotation;
