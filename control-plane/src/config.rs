@@ -48,7 +48,13 @@ pub struct KubernetesSettings {
 pub struct Config {
     pub mode: Mode,
     pub grpc_addr: SocketAddr,
+    /// `PQMESH_ADMIN_ADDR` (default `0.0.0.0:15014`): `/live`, `/ready`, `/metrics`. When it is
+    /// a loopback address it serves every admin endpoint and no second listener is opened.
     pub admin_addr: SocketAddr,
+    /// `PQMESH_ADMIN_LOCAL_ADDR` (default `127.0.0.1:15015`, loopback only): every admin
+    /// endpoint (`/policy_status`, `/config_dump`, `/logging`, `POST /shutdown`, and the probes).
+    /// `/policy_status` lists every sidecar's identity, pod and policies: not for the network.
+    pub admin_local_addr: SocketAddr,
     pub trust_domain: String,
     /// Algorithm of a root created on first start (an existing root is kept as it is).
     pub ca_key_alg: KeyAlgorithm,
@@ -142,7 +148,22 @@ impl Config {
             .filter(|s| !s.is_empty())
             .collect();
         let inject = crate::inject::InjectConfig::from_env(env, &identity)?;
+        let admin_local_addr: SocketAddr = env::parse_or(
+            env,
+            "PQMESH_ADMIN_LOCAL_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 15015)),
+        )?;
+        if !admin_local_addr.ip().is_loopback() {
+            return Err(EnvError::new(
+                "PQMESH_ADMIN_LOCAL_ADDR",
+                &admin_local_addr.to_string(),
+                "must be a loopback address (127.0.0.0/8 or ::1): it serves /policy_status, \
+                 /config_dump and POST /shutdown",
+            )
+            .into());
+        }
         Ok(Self {
+            admin_local_addr,
             mode,
             grpc_addr: env::parse_or(
                 env,
@@ -221,13 +242,37 @@ mod tests {
     fn defaults() {
         let c = Config::from_args_and_env(&["--local".into(), "/tmp/x".into()], &env(&[])).unwrap();
         assert_eq!(c.grpc_addr.port(), 15012);
-        assert_eq!(c.admin_addr.port(), 15014);
+        assert_eq!(c.admin_addr.to_string(), "0.0.0.0:15014");
+        assert_eq!(c.admin_local_addr.to_string(), "127.0.0.1:15015");
         assert_eq!(c.leaf_lifetime, Duration::from_secs(3600));
         assert_eq!(c.kx, KeyExchangePolicy::HybridOnly);
         assert_eq!(
             c.identity.to_string(),
             "spiffe://cluster.local/ns/pqmesh-system/sa/pqmesh-control-plane"
         );
+    }
+
+    #[test]
+    fn the_local_admin_address_must_be_loopback() {
+        let args = ["--local".to_owned(), "/tmp/x".to_owned()];
+        for good in ["127.0.0.1:0", "[::1]:15015", "127.0.0.2:9"] {
+            let c = Config::from_args_and_env(&args, &env(&[("PQMESH_ADMIN_LOCAL_ADDR", good)]))
+                .unwrap();
+            assert_eq!(c.admin_local_addr, good.parse().unwrap());
+        }
+        for bad in ["0.0.0.0:15015", "10.0.0.1:15015", "[::]:15015"] {
+            let e = Config::from_args_and_env(&args, &env(&[("PQMESH_ADMIN_LOCAL_ADDR", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("PQMESH_ADMIN_LOCAL_ADDR") && e.contains("loopback"),
+                "{bad}: {e}"
+            );
+        }
+        let e = Config::from_args_and_env(&args, &env(&[("PQMESH_ADMIN_LOCAL_ADDR", "local")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PQMESH_ADMIN_LOCAL_ADDR"), "{e}");
     }
 
     #[test]

@@ -81,7 +81,10 @@ pub enum StartError {
 
 pub struct RunningControlPlane {
     pub grpc_addr: SocketAddr,
+    /// Probes and metrics (everything, when it is a loopback address).
     pub admin_addr: SocketAddr,
+    /// Every admin endpoint, loopback only (equal to `admin_addr` when that is loopback).
+    pub admin_local_addr: SocketAddr,
     /// The injection webhook's address, when `Config::webhook_addr` is set.
     pub webhook_addr: Option<SocketAddr>,
     /// Local mode: `DIR/trust-bundle.pem`. Kubernetes mode: empty (the bundle is published as
@@ -382,10 +385,7 @@ async fn start_with(
                 _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
             },
         );
-    let admin_addr = admin::spawn(config.admin_addr, route).map_err(|source| StartError::Bind {
-        addr: config.admin_addr,
-        source,
-    })?;
+    let (admin_addr, admin_local_addr) = spawn_admin(&config, route)?;
 
     let renewal =
         tokio::spawn(serving.renew_following(ca_updates.clone(), serving_tx, serving_not_after));
@@ -458,6 +458,7 @@ async fn start_with(
     Ok(RunningControlPlane {
         grpc_addr,
         admin_addr,
+        admin_local_addr,
         webhook_addr,
         trust_bundle_path,
         identity: config.identity.clone(),
@@ -567,6 +568,42 @@ impl ServingCert {
             }
         }
     }
+}
+
+/// What the admin address serves to the network: the kubelet's probes and Prometheus' scrape.
+const PUBLIC_ADMIN_PATHS: &[&str] = &["/live", "/ready", "/metrics"];
+
+/// Starts the admin listeners; returns (admin address, local admin address). A non-loopback
+/// `admin_addr` serves only `PUBLIC_ADMIN_PATHS` (anything else, `/logging` included, is 404
+/// there) and every endpoint is served on `admin_local_addr`; a loopback `admin_addr` is
+/// already private and serves everything itself, with no second listener.
+fn spawn_admin(
+    config: &Config,
+    route: admin::Route,
+) -> Result<(SocketAddr, SocketAddr), StartError> {
+    let bind = |addr: SocketAddr| move |source| StartError::Bind { addr, source };
+    if config.admin_addr.ip().is_loopback() {
+        let addr = admin::spawn(config.admin_addr, route).map_err(bind(config.admin_addr))?;
+        return Ok((addr, addr));
+    }
+    let local = admin::spawn(config.admin_local_addr, route.clone())
+        .map_err(bind(config.admin_local_addr))?;
+    let public: admin::Route = Arc::new(move |method: &Method, path: &str, remote| {
+        if PUBLIC_ADMIN_PATHS.contains(&path) {
+            route(method, path, remote)
+        } else {
+            Reply::text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "not found: the admin address serves /live, /ready and /metrics only; \
+                     everything else is served on the loopback admin address {local} \
+                     (PQMESH_ADMIN_LOCAL_ADDR; kubectl port-forward reaches it)\n"
+                ),
+            )
+        }
+    });
+    let addr = admin::spawn_public(config.admin_addr, public).map_err(bind(config.admin_addr))?;
+    Ok((addr, local))
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StartError> {

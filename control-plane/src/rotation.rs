@@ -7,7 +7,7 @@
 //! 2. `activate`: the next root signs; the old one moves to `previous-root-cert.pem`, still trusted.
 //! 3. `finish`: the previous root is dropped from the trust bundle.
 //!
-//! Between steps, wait until every sidecar runs the current CA version (`GET :15014/policy_status`
+//! Between steps, wait until every sidecar runs the current CA version (`GET :15015/policy_status`
 //! → `sidecars_on_current_ca` equals `connected_sidecars`).
 
 use std::path::{Path, PathBuf};

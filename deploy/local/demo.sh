@@ -494,6 +494,8 @@ spec:
   audiences: [orders]      # for JWT access tokens; the introspection JWT's aud is the clientId
   jwksUri: $OAUTH_ISS/jwks
   allowedAlgorithms: [RS256]
+  scopeClaim: scope        # scopes from the space-delimited scope claim (scp: an array); never both
+  maxTokenLifetimeSeconds: 86400   # exp - iat at most one day
   introspection:           # opaque ("phantom") tokens: RFC 7662, answered as an RFC 9701 JWT
     endpoint: $OAUTH_ISS/token/introspection
     clientId: $GATEWAY_CLIENT

@@ -1,4 +1,4 @@
-//! Reaching an admin endpoint (sidecar 15000, control plane 15014): either a URL given on the
+//! Reaching an admin endpoint (sidecar 15000, control plane 15015): either a URL given on the
 //! command line or a `kubectl port-forward` to a pod, then plain HTTP/1.1 GETs with hyper.
 
 use std::time::Duration;
@@ -13,7 +13,10 @@ use tokio::net::TcpStream;
 use crate::kubectl::{Kubectl, KubectlError, PortForward};
 
 pub const SIDECAR_ADMIN_PORT: u16 = 15000;
-pub const CONTROL_PLANE_ADMIN_PORT: u16 = 15014;
+/// The control plane's loopback-bound local admin port (`PQMESH_ADMIN_LOCAL_ADDR`): the only
+/// one serving `/policy_status` in a cluster (15014 serves probes and metrics only); a
+/// port-forward reaches it because kubectl connects from inside the pod's network namespace.
+pub const CONTROL_PLANE_ADMIN_PORT: u16 = 15015;
 const MAX_BODY: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]

@@ -124,7 +124,7 @@ pub struct RotateRootArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Control-plane admin URL (e.g. http://127.0.0.1:15014); skips kubectl and the cluster-only checks
+    /// Control-plane local admin URL (e.g. http://127.0.0.1:15015); skips kubectl and the cluster-only checks
     #[arg(long, value_name = "URL")]
     pub admin_url: Option<String>,
     /// Name of the MutatingWebhookConfiguration

@@ -42,6 +42,20 @@ pub type Route = Arc<dyn Fn(&Method, &str, SocketAddr) -> Reply + Send + Sync>;
 
 /// Starts the admin server on a dedicated thread; returns the bound address.
 pub fn spawn(addr: SocketAddr, route: Route) -> std::io::Result<SocketAddr> {
+    spawn_listener(addr, route, true)
+}
+
+/// As `spawn`, but without the built-in `/logging`: for a listener reachable from the network,
+/// which serves only what `route` serves (the control plane's probe and metrics port).
+pub fn spawn_public(addr: SocketAddr, route: Route) -> std::io::Result<SocketAddr> {
+    spawn_listener(addr, route, false)
+}
+
+fn spawn_listener(
+    addr: SocketAddr,
+    route: Route,
+    logging_endpoint: bool,
+) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let bound = std_listener.local_addr()?;
@@ -73,7 +87,7 @@ pub fn spawn(addr: SocketAddr, route: Route) -> std::io::Result<SocketAddr> {
                     let route = route.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let reply = if req.uri().path() == "/logging" {
+                            let reply = if logging_endpoint && req.uri().path() == "/logging" {
                                 logging(req.method(), req.uri().query(), remote)
                             } else {
                                 route(req.method(), req.uri().path(), remote)

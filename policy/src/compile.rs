@@ -9,7 +9,10 @@ use pqmesh_mtls::PeerPattern;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{AccessPolicy, Resource, TokenIssuer, API_VERSION};
+use crate::model::{
+    default_max_token_lifetime, is_default_max_token_lifetime, AccessPolicy, ClaimMatch, Resource,
+    ScopeClaim, TokenIssuer, API_VERSION, MAX_TOKEN_LIFETIME_RANGE,
+};
 use crate::path::PathPattern;
 
 /// A validated set of resources (the whole local directory or every CRD in the cluster).
@@ -166,6 +169,17 @@ fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), PolicyError> {
     if s.clock_skew_seconds > 300 {
         return Err(err(location, "spec.clockSkewSeconds must be at most 300"));
     }
+    if !MAX_TOKEN_LIFETIME_RANGE.contains(&s.max_token_lifetime_seconds) {
+        return Err(err(
+            location,
+            format!(
+                "spec.maxTokenLifetimeSeconds {} must be within {}..={} (one minute to 30 days)",
+                s.max_token_lifetime_seconds,
+                MAX_TOKEN_LIFETIME_RANGE.start(),
+                MAX_TOKEN_LIFETIME_RANGE.end()
+            ),
+        ));
+    }
     if s.jwks.refresh_seconds == 0 || s.jwks.min_refetch_seconds == 0 {
         return Err(err(
             location,
@@ -299,7 +313,15 @@ fn validate_policy(
                     format!("{}: claim name {:?} is empty", at("claims"), c.name),
                 ));
             }
-            if c.values.is_empty() {
+            let form = c.form().map_err(|why| {
+                err(
+                    location,
+                    format!("{}: claim {:?} {why}", at("claims"), c.name),
+                )
+            })?;
+            let (ClaimMatch::OneOf(values) | ClaimMatch::AnyOf(values) | ClaimMatch::AllOf(values)) =
+                form;
+            if values.is_empty() {
                 return Err(err(
                     location,
                     format!("{}: claim {:?} lists no values", at("claims"), c.name),
@@ -349,6 +371,15 @@ pub struct CompiledIssuer {
     pub jwks_uri: String,
     pub allowed_algorithms: Vec<String>,
     pub clock_skew_seconds: u32,
+    /// Defaults are left out of the snapshot, so versions (content hashes) of snapshots that do
+    /// not use these fields stay what they were before the fields existed.
+    #[serde(default, skip_serializing_if = "ScopeClaim::is_default")]
+    pub scope_claim: ScopeClaim,
+    #[serde(
+        default = "default_max_token_lifetime",
+        skip_serializing_if = "is_default_max_token_lifetime"
+    )]
+    pub max_token_lifetime_seconds: u32,
     pub jwks_refresh_seconds: u32,
     pub jwks_min_refetch_seconds: u32,
     pub introspection: Option<CompiledIntrospection>,
@@ -475,6 +506,8 @@ impl PolicySet {
                 jwks_uri: i.spec.jwks_uri.clone(),
                 allowed_algorithms: i.spec.allowed_algorithms.clone(),
                 clock_skew_seconds: i.spec.clock_skew_seconds,
+                scope_claim: i.spec.scope_claim,
+                max_token_lifetime_seconds: i.spec.max_token_lifetime_seconds,
                 jwks_refresh_seconds: i.spec.jwks.refresh_seconds,
                 jwks_min_refetch_seconds: i.spec.jwks.min_refetch_seconds,
                 introspection,

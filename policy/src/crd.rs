@@ -157,6 +157,16 @@ pub fn crds_yaml() -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_charts_crds_are_the_generated_ones() {
+        let shipped = include_str!("../../charts/pqmesh/crds/pqmesh-crds.yaml");
+        assert!(
+            shipped == crds_yaml(),
+            "charts/pqmesh/crds/pqmesh-crds.yaml is out of date with the Rust types: run \
+             `pqmesh-control-plane crds > charts/pqmesh/crds/pqmesh-crds.yaml`"
+        );
+    }
+
     fn walk(v: &Value, path: &str, problems: &mut Vec<String>) {
         if let Value::Object(m) = v {
             if m.contains_key("$ref") {
@@ -167,6 +177,16 @@ mod tests {
             }
             if m.get("type").is_some_and(Value::is_array) {
                 problems.push(format!("{path}: type array"));
+            }
+            // Structural schemas: junctors (oneOf/anyOf/allOf) may not declare types. (An
+            // object under these names is a property called so, like a claim's `anyOf`.)
+            for junctor in ["oneOf", "anyOf", "allOf"] {
+                let Some(Value::Array(branches)) = m.get(junctor) else {
+                    continue;
+                };
+                if branches.iter().any(|b| b.get("type").is_some()) {
+                    problems.push(format!("{path}.{junctor}: typed branch"));
+                }
             }
             for (k, val) in m {
                 walk(val, &format!("{path}.{k}"), problems);
@@ -215,6 +235,26 @@ mod tests {
                 .get("name")
                 .is_some()
         );
+        // The new fields carry their rules in the schema too (enum, range, exactly-one-of).
+        assert_eq!(issuer["scopeClaim"]["enum"], json!(["scope", "scp"]));
+        assert_eq!(issuer["maxTokenLifetimeSeconds"]["minimum"], json!(60));
+        assert_eq!(
+            issuer["maxTokenLifetimeSeconds"]["maximum"],
+            json!(2_592_000)
+        );
+        assert_eq!(issuer["clockSkewSeconds"]["maximum"], json!(300));
+        let claim = &rule["claims"]["items"];
+        for field in ["name", "values", "anyOf", "allOf"] {
+            assert!(
+                claim["properties"].get(field).is_some(),
+                "claim lacks {field}"
+            );
+        }
+        assert_eq!(
+            claim["oneOf"],
+            json!([{"required": ["values"]}, {"required": ["anyOf"]}, {"required": ["allOf"]}])
+        );
+        assert_eq!(claim["properties"]["anyOf"]["minItems"], json!(1));
         let yaml = crds_yaml();
         assert!(
             yaml.contains("name: accesspolicies.pqmesh.io")

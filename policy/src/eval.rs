@@ -5,7 +5,9 @@ use pqmesh_mtls::{PeerPattern, SpiffeId};
 use serde_json::{Map, Value};
 
 use crate::compile::{CompiledPolicy, WorkloadPolicy};
+use crate::model::{ClaimMatch, ScopeClaim};
 use crate::path::PathPattern;
+use crate::scope::token_scopes;
 
 /// The request as policy sees it.
 pub struct Request<'a> {
@@ -159,7 +161,7 @@ impl WorkloadPolicy {
     /// Allow if any applicable policy allows (policies are alternatives); otherwise the most
     /// actionable denial. Default deny: no applicable policy → deny.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
-        match first_allowed(self.for_port(req.port), |p| evaluate_one(p, req)) {
+        match first_allowed(self.for_port(req.port), |p| evaluate_one(p, req, self)) {
             Ok((policy, rule)) => Decision::Allow {
                 policy: policy.name.clone(),
                 rule,
@@ -208,7 +210,11 @@ fn peer_ok(p: &CompiledPolicy, peer: Option<&SpiffeId>, trust_domain: &str) -> R
     }
 }
 
-fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, Denial> {
+fn evaluate_one(
+    p: &CompiledPolicy,
+    req: &Request<'_>,
+    workload: &WorkloadPolicy,
+) -> Result<Option<usize>, Denial> {
     peer_ok(p, req.peer, req.trust_domain)?;
     let Some(http) = &req.http else {
         // Opaque TCP: identity is all we can check.
@@ -232,7 +238,13 @@ fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, 
                     p.name
                 )));
             }
-            Some(*claims)
+            // Scopes come from the one claim this issuer names (never both merged).
+            let Some(compiled) = workload.issuers.iter().find(|i| i.name == *issuer) else {
+                return Err(Denial::TokenInvalid(format!(
+                    "issuer {issuer} is not in the workload's snapshot"
+                )));
+            };
+            Some((*claims, compiled.scope_claim))
         }
     };
     if p.rules.is_empty() {
@@ -257,8 +269,10 @@ fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, 
         }
         // The first matching rule decides.
         if !rule.scopes.is_empty() || !rule.claims.is_empty() {
-            let claims = claims.ok_or(Denial::TokenMissing)?;
-            let have = scopes(claims);
+            let (claims, scope_claim): (&Map<String, Value>, ScopeClaim) =
+                claims.ok_or(Denial::TokenMissing)?;
+            let have = token_scopes(claims, scope_claim)
+                .map_err(|e| Denial::TokenInvalid(e.to_string()))?;
             let missing: Vec<String> = rule
                 .scopes
                 .iter()
@@ -269,7 +283,11 @@ fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, 
                 return Err(Denial::InsufficientScope(rule.scopes.clone()));
             }
             for c in &rule.claims {
-                if !claim_matches(claims, &c.name, &c.values) {
+                // `form` was checked when the policy was accepted; a malformed one never matches.
+                let matched = c
+                    .form()
+                    .is_ok_and(|form| claim_matches(claims, &c.name, form));
+                if !matched {
                     return Err(Denial::ClaimMismatch(c.name.clone()));
                 }
             }
@@ -279,22 +297,10 @@ fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, 
     Err(Denial::NoRuleMatched)
 }
 
-/// Scopes of a token: the space-delimited `scope` claim, or the `scp` array (or string).
-pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
-    let mut out = Vec::new();
-    for key in ["scope", "scp"] {
-        match claims.get(key) {
-            Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_owned)),
-            Some(Value::Array(a)) => {
-                out.extend(a.iter().filter_map(Value::as_str).map(str::to_owned))
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-fn claim_matches(claims: &Map<String, Value>, name: &str, wanted: &[String]) -> bool {
+/// Whether the claim at `name` (a dotted path into objects) satisfies the condition. Arrays are
+/// explicit: `values` wants a scalar, `anyOf`/`allOf` want an array; a claim of the other shape
+/// never matches (so `tenant in [acme]` is false for `tenant: ["evil", "acme"]`).
+fn claim_matches(claims: &Map<String, Value>, name: &str, wanted: ClaimMatch<'_>) -> bool {
     let mut parts = name.split('.');
     let Some(first) = parts.next() else {
         return false;
@@ -309,12 +315,16 @@ fn claim_matches(claims: &Map<String, Value>, name: &str, wanted: &[String]) -> 
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     };
-    match value {
-        Some(Value::Array(items)) => items
+    match (wanted, value) {
+        (ClaimMatch::OneOf(wanted), Some(v)) => as_text(v).is_some_and(|t| wanted.contains(&t)),
+        (ClaimMatch::AnyOf(wanted), Some(Value::Array(items))) => items
             .iter()
             .filter_map(as_text)
             .any(|t| wanted.contains(&t)),
-        Some(v) => as_text(v).is_some_and(|t| wanted.contains(&t)),
-        None => false,
+        (ClaimMatch::AllOf(wanted), Some(Value::Array(items))) => {
+            let have: Vec<String> = items.iter().filter_map(as_text).collect();
+            wanted.iter().all(|w| have.contains(w))
+        }
+        _ => false,
     }
 }

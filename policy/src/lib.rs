@@ -8,12 +8,15 @@ pub mod crd;
 pub mod eval;
 pub mod model;
 pub mod path;
+pub mod scope;
 
 pub use compile::{
     parse_documents, CompiledIssuer, CompiledPolicy, PolicyError, PolicySet, Secrets, Workload,
     WorkloadPolicy,
 };
 pub use eval::{Decision, Denial, HttpRequest, Request, TokenState};
+pub use model::ScopeClaim;
+pub use scope::{token_scopes, ScopeError};
 
 #[cfg(test)]
 mod tests;

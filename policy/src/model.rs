@@ -57,9 +57,22 @@ pub struct TokenIssuerSpec {
     /// Signature algorithms accepted; never `none` or HMAC.
     #[serde(default = "default_algs")]
     pub allowed_algorithms: Vec<String>,
-    /// Tolerance for `exp`/`nbf`, seconds (0..=300).
+    /// Tolerance for `exp`/`nbf`/`iat`, seconds (0..=300).
     #[serde(default = "default_skew")]
+    #[schemars(range(max = 300))]
     pub clock_skew_seconds: u32,
+    /// Which claim carries the token's scopes: `scope` (space-delimited string, RFC 6749 §3.3
+    /// and RFC 9068; the default) or `scp` (an array of strings). A token carrying both is
+    /// refused, never merged.
+    #[serde(default, skip_serializing_if = "ScopeClaim::is_default")]
+    pub scope_claim: ScopeClaim,
+    /// Longest accepted token lifetime, seconds: `exp - iat` (or `exp - now` without `iat`).
+    #[serde(
+        default = "default_max_token_lifetime",
+        skip_serializing_if = "is_default_max_token_lifetime"
+    )]
+    #[schemars(range(min = 60, max = 2_592_000))]
+    pub max_token_lifetime_seconds: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection: Option<IntrospectionSpec>,
     #[serde(default)]
@@ -77,6 +90,46 @@ fn default_algs() -> Vec<String> {
 
 fn default_skew() -> u32 {
     60
+}
+
+/// Default for `maxTokenLifetimeSeconds`: one day.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u32 = 86_400;
+/// Bounds of `maxTokenLifetimeSeconds`: one minute to 30 days.
+pub const MAX_TOKEN_LIFETIME_RANGE: std::ops::RangeInclusive<u32> = 60..=2_592_000;
+
+pub fn default_max_token_lifetime() -> u32 {
+    DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
+}
+
+pub fn is_default_max_token_lifetime(v: &u32) -> bool {
+    *v == DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
+}
+
+/// The one claim a TokenIssuer's scopes are read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ScopeClaim {
+    // Plain comments on the variants: doc comments would turn the schema's `enum` into a `oneOf`
+    // of typed branches, which a structural CRD schema does not allow.
+    // `scope`: one string of space-delimited scopes (RFC 6749 §3.3, RFC 9068).
+    #[default]
+    #[serde(rename = "scope")]
+    Scope,
+    // `scp`: an array of strings (Okta and others).
+    #[serde(rename = "scp")]
+    Scp,
+}
+
+impl ScopeClaim {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScopeClaim::Scope => "scope",
+            ScopeClaim::Scp => "scp",
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == ScopeClaim::Scope
+    }
 }
 
 /// Phantom tokens: opaque tokens are introspected (RFC 7662) for a signed JWT (RFC 9701).
@@ -224,7 +277,7 @@ pub struct RuleSpec {
     /// `/exact`, `/prefix/**` (any depth) or `/a/*/b` (`*` = one segment); absent = any path.
     #[serde(default)]
     pub paths: Vec<String>,
-    /// All of these must be in the token's `scope` (space-delimited) or `scp`.
+    /// All of these must be in the token's scopes (read from the issuer's `scopeClaim` only).
     #[serde(default)]
     pub scopes: Vec<String>,
     /// All conditions must hold.
@@ -232,11 +285,55 @@ pub struct RuleSpec {
     pub claims: Vec<ClaimCondition>,
 }
 
+/// One claim condition; exactly one of `values`, `anyOf`, `allOf`:
+/// - `{name: tenant, values: [acme]}`: the claim is a scalar (string, number, boolean) equal to
+///   one of the values; an array (or object) claim never matches;
+/// - `{name: groups, anyOf: [admins, ops]}`: the claim is an array holding at least one of them;
+/// - `{name: roles, allOf: [read, write]}`: the claim is an array holding every one of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["values"]},
+    {"required": ["anyOf"]},
+    {"required": ["allOf"]}
+]))]
 pub struct ClaimCondition {
     /// Claim name; a dotted path reaches into objects (`realm_access.roles`).
     pub name: String,
-    /// The claim (a string, number, boolean, or array of them) must equal / contain one of these.
-    pub values: Vec<String>,
+    /// A scalar claim (string, number or boolean) must equal one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub values: Option<Vec<String>>,
+    /// An array claim must contain at least one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub any_of: Option<Vec<String>>,
+    /// An array claim must contain every one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub all_of: Option<Vec<String>>,
+}
+
+/// What a claim condition asks of the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimMatch<'a> {
+    /// Scalar equal to one of these.
+    OneOf(&'a [String]),
+    /// Array containing at least one of these.
+    AnyOf(&'a [String]),
+    /// Array containing all of these.
+    AllOf(&'a [String]),
+}
+
+impl ClaimCondition {
+    /// The condition's form, or why it has none or several.
+    pub fn form(&self) -> Result<ClaimMatch<'_>, &'static str> {
+        match (&self.values, &self.any_of, &self.all_of) {
+            (Some(v), None, None) => Ok(ClaimMatch::OneOf(v)),
+            (None, Some(v), None) => Ok(ClaimMatch::AnyOf(v)),
+            (None, None, Some(v)) => Ok(ClaimMatch::AllOf(v)),
+            (None, None, None) => Err("needs one of values, anyOf or allOf"),
+            _ => Err("sets more than one of values, anyOf and allOf"),
+        }
+    }
 }

@@ -162,6 +162,16 @@ fn bad_documents_are_refused_with_a_precise_reason() {
         (p("  selector: {}\n  peers: []\n"), "spec.peers is empty"),
         (p("  selector: {}\n  ports: [0]\n"), "spec.ports"),
         (p("  selector: {}\n  rules: [{claims: [{name: tenant, values: []}]}]\n  token: {issuers: [i]}\n"), "lists no values"),
+        (p("  selector: {}\n  rules: [{claims: [{name: groups, anyOf: []}]}]\n  token: {issuers: [i]}\n"), "lists no values"),
+        (p("  selector: {}\n  rules: [{claims: [{name: tenant}]}]\n  token: {issuers: [i]}\n"), "needs one of values, anyOf or allOf"),
+        (p("  selector: {}\n  rules: [{claims: [{name: g, values: [a], anyOf: [a]}]}]\n  token: {issuers: [i]}\n"), "more than one of values, anyOf and allOf"),
+        (p("  selector: {}\n  rules: [{claims: [{name: g, anyof: [a]}]}]\n  token: {issuers: [i]}\n"), "unknown field `anyof`"),
+        (i(&format!("{ok_issuer}  scopeClaim: scopes\n")), "unknown variant `scopes`"),
+        (i(&format!("{ok_issuer}  scopeClaim: [scope, scp]\n")), "invalid type: sequence"),
+        (i(&format!("{ok_issuer}  maxTokenLifetimeSeconds: 0\n")), "maxTokenLifetimeSeconds 0"),
+        (i(&format!("{ok_issuer}  maxTokenLifetimeSeconds: 31536000\n")), "maxTokenLifetimeSeconds 31536000"),
+        (i(&format!("{ok_issuer}  maxTokenLifetimeSeconds: -1\n")), "expected u32"),
+        (i(&format!("{ok_issuer}  maxTokenLifetimeSeconds: 1e30\n")), "expected u32"),
         (i("  issuer: https://x\n  audiences: [a]\n  jwksUri: http://evil.example/jwks\n"), "must be an https:// URL"),
         (i(&format!("{ok_issuer}  allowedAlgorithms: [HS256]\n")), "HS256"),
         (i(&format!("{ok_issuer}  allowedAlgorithms: [none]\n")), "\"none\""),
@@ -211,7 +221,7 @@ fn decisions() {
     let web: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
     let evil: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/other/sa/web".parse().unwrap();
     let read = json!({"scope": "orders:read"}).as_object().unwrap().clone();
-    let write_acme = json!({"scp": ["orders:write"], "tenant": "acme"})
+    let write_acme = json!({"scope": "orders:write", "tenant": "acme"})
         .as_object()
         .unwrap()
         .clone();
@@ -376,5 +386,313 @@ fn callers_no_policy_admits_are_known_before_any_token_work() {
     assert!(
         !w.admits_peer(9090, Some(&web), TD),
         "no policy on this port"
+    );
+}
+
+const SCP_ISSUER: &str = r#"
+apiVersion: pqmesh.io/v1alpha1
+kind: TokenIssuer
+metadata: {name: okta, namespace: shop}
+spec:
+  issuer: https://okta.example
+  audiences: [orders]
+  jwksUri: https://okta.example/jwks
+  scopeClaim: scp
+  maxTokenLifetimeSeconds: 3600
+"#;
+
+const ARRAY_POLICY: &str = r#"
+apiVersion: pqmesh.io/v1alpha1
+kind: AccessPolicy
+metadata: {name: admin, namespace: shop}
+spec:
+  selector: {matchLabels: {app: admin}}
+  token: {issuers: [corp, okta]}
+  rules:
+    - paths: ["/tenant"]
+      claims: [{name: tenant, values: [acme]}]
+    - paths: ["/any"]
+      claims: [{name: groups, anyOf: [admins, ops]}]
+    - paths: ["/all"]
+      claims: [{name: realm_access.roles, allOf: [read, write]}]
+    - paths: ["/write"]
+      scopes: ["orders:write"]
+"#;
+
+fn decide(
+    w: &WorkloadPolicy,
+    issuer: &str,
+    path: &str,
+    claims: serde_json::Value,
+) -> Result<(), String> {
+    let web: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
+    let claims = claims.as_object().unwrap().clone();
+    let r = Request {
+        port: 8080,
+        peer: Some(&web),
+        trust_domain: TD,
+        http: http(
+            "GET",
+            path,
+            TokenState::Valid {
+                issuer,
+                claims: &claims,
+            },
+        ),
+    };
+    match w.evaluate(&r) {
+        Decision::Allow { .. } => Ok(()),
+        Decision::Deny(d) => Err(d.reason().to_owned()),
+    }
+}
+
+#[test]
+fn scopes_come_from_the_issuers_one_scope_claim_never_merged() {
+    let w = set(&[ISSUER, SCP_ISSUER, ARRAY_POLICY])
+        .unwrap()
+        .compile(&workload(&[("app", "admin")]), &TestSecrets)
+        .unwrap();
+    let cases: Vec<(&str, &str, serde_json::Value, Result<(), &str>)> = vec![
+        (
+            "scope string",
+            "shop/corp",
+            json!({"scope": "orders:read orders:write"}),
+            Ok(()),
+        ),
+        (
+            "the reported attack: scope + scp merged used to pass",
+            "shop/corp",
+            json!({"scope": "orders:read", "scp": ["orders:write"]}),
+            Err("token_invalid"),
+        ),
+        (
+            "both claims, also at an scp issuer",
+            "shop/okta",
+            json!({"scope": "orders:write", "scp": ["orders:write"]}),
+            Err("token_invalid"),
+        ),
+        (
+            "scp array at a scope issuer is not read",
+            "shop/corp",
+            json!({"scp": ["orders:write"]}),
+            Err("insufficient_scope"),
+        ),
+        (
+            "scope string at an scp issuer is not read",
+            "shop/okta",
+            json!({"scope": "orders:write"}),
+            Err("insufficient_scope"),
+        ),
+        (
+            "scp array",
+            "shop/okta",
+            json!({"scp": ["orders:read", "orders:write"]}),
+            Ok(()),
+        ),
+        (
+            "scp as a string",
+            "shop/okta",
+            json!({"scp": "orders:write"}),
+            Err("token_invalid"),
+        ),
+        (
+            "scope as an array",
+            "shop/corp",
+            json!({"scope": ["orders:write"]}),
+            Err("token_invalid"),
+        ),
+        (
+            "scp with a number",
+            "shop/okta",
+            json!({"scp": ["orders:write", 7]}),
+            Err("token_invalid"),
+        ),
+        (
+            "scp item with a space",
+            "shop/okta",
+            json!({"scp": ["orders:read orders:write"]}),
+            Err("token_invalid"),
+        ),
+        (
+            "tab is not a scope separator",
+            "shop/corp",
+            json!({"scope": "x\torders:write"}),
+            Err("insufficient_scope"),
+        ),
+    ];
+    for (name, issuer, claims, want) in cases {
+        assert_eq!(
+            decide(&w, issuer, "/write", claims),
+            want.map_err(str::to_owned),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn claim_conditions_have_explicit_array_semantics() {
+    let w = set(&[ISSUER, SCP_ISSUER, ARRAY_POLICY])
+        .unwrap()
+        .compile(&workload(&[("app", "admin")]), &TestSecrets)
+        .unwrap();
+    let cases: Vec<(&str, &str, serde_json::Value, bool)> = vec![
+        (
+            "values: scalar equal",
+            "/tenant",
+            json!({"tenant": "acme"}),
+            true,
+        ),
+        (
+            "values: scalar other",
+            "/tenant",
+            json!({"tenant": "globex"}),
+            false,
+        ),
+        (
+            "values: the reported attack, an array holding the value",
+            "/tenant",
+            json!({"tenant": ["evil", "acme"]}),
+            false,
+        ),
+        (
+            "values: a one-element array is still an array",
+            "/tenant",
+            json!({"tenant": ["acme"]}),
+            false,
+        ),
+        (
+            "values: object",
+            "/tenant",
+            json!({"tenant": {"acme": true}}),
+            false,
+        ),
+        ("values: null", "/tenant", json!({"tenant": null}), false),
+        ("values: absent", "/tenant", json!({}), false),
+        (
+            "anyOf: one present",
+            "/any",
+            json!({"groups": ["dev", "ops"]}),
+            true,
+        ),
+        (
+            "anyOf: none present",
+            "/any",
+            json!({"groups": ["dev"]}),
+            false,
+        ),
+        ("anyOf: empty array", "/any", json!({"groups": []}), false),
+        (
+            "anyOf: a scalar is not an array",
+            "/any",
+            json!({"groups": "admins"}),
+            false,
+        ),
+        (
+            "anyOf: nested arrays do not count",
+            "/any",
+            json!({"groups": [["admins"]]}),
+            false,
+        ),
+        (
+            "allOf: all present",
+            "/all",
+            json!({"realm_access": {"roles": ["write", "x", "read"]}}),
+            true,
+        ),
+        (
+            "allOf: one missing",
+            "/all",
+            json!({"realm_access": {"roles": ["read"]}}),
+            false,
+        ),
+        (
+            "allOf: scalar",
+            "/all",
+            json!({"realm_access": {"roles": "read"}}),
+            false,
+        ),
+        (
+            "allOf: path missing",
+            "/all",
+            json!({"realm_access": "read write"}),
+            false,
+        ),
+    ];
+    for (name, path, claims, allowed) in cases {
+        let got = decide(&w, "shop/corp", path, claims);
+        if allowed {
+            assert_eq!(got, Ok(()), "{name}");
+        } else {
+            assert_eq!(got, Err("claim_mismatch".to_owned()), "{name}");
+        }
+    }
+}
+
+#[test]
+fn scope_sources_refuse_bad_shapes() {
+    use crate::scope::{token_scopes, ScopeError};
+    let c = |v: serde_json::Value| v.as_object().unwrap().clone();
+    assert_eq!(
+        token_scopes(&c(json!({"scope": " a  b "})), ScopeClaim::Scope).unwrap(),
+        ["a", "b"]
+    );
+    assert_eq!(
+        token_scopes(&c(json!({})), ScopeClaim::Scp).unwrap(),
+        Vec::<String>::new()
+    );
+    let bad: Vec<(serde_json::Value, ScopeClaim)> = vec![
+        (json!({"scope": "a", "scp": ["b"]}), ScopeClaim::Scope),
+        (json!({"scope": "a", "scp": ["b"]}), ScopeClaim::Scp),
+        (json!({"scope": null, "scp": ["b"]}), ScopeClaim::Scp),
+        (json!({"scope": 5}), ScopeClaim::Scope),
+        (json!({"scope": null}), ScopeClaim::Scope),
+        (json!({"scope": ["a"]}), ScopeClaim::Scope),
+        (json!({"scope": {"a": 1}}), ScopeClaim::Scope),
+        (json!({"scp": "a b"}), ScopeClaim::Scp),
+        (json!({"scp": [true]}), ScopeClaim::Scp),
+        (json!({"scp": [""]}), ScopeClaim::Scp),
+        (json!({"scp": [["a"]]}), ScopeClaim::Scp),
+        (json!({"scp": null}), ScopeClaim::Scp),
+    ];
+    for (claims, source) in bad {
+        let e = token_scopes(&c(claims.clone()), source).expect_err(&claims.to_string());
+        assert!(matches!(
+            e,
+            ScopeError::Both(_) | ScopeError::WrongType { .. }
+        ));
+    }
+}
+
+#[test]
+fn new_fields_reach_the_snapshot_and_defaults_keep_old_versions() {
+    let s = set(&[ISSUER, SCP_ISSUER, ARRAY_POLICY]).unwrap();
+    let w = s
+        .compile(&workload(&[("app", "admin")]), &TestSecrets)
+        .unwrap();
+    let okta = w.issuers.iter().find(|i| i.name == "shop/okta").unwrap();
+    assert_eq!(okta.scope_claim, ScopeClaim::Scp);
+    assert_eq!(okta.max_token_lifetime_seconds, 3600);
+    let corp = w.issuers.iter().find(|i| i.name == "shop/corp").unwrap();
+    assert_eq!(corp.scope_claim, ScopeClaim::Scope);
+    assert_eq!(corp.max_token_lifetime_seconds, 86_400);
+    // The snapshot travels as JSON: the sidecar decodes exactly what was compiled.
+    let json = serde_json::to_string(&w).unwrap();
+    let back: WorkloadPolicy = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, w);
+    // Defaults are not serialised: a snapshot using none of the new fields has the bytes (and
+    // so the version) it had before they existed, and older sidecars can still decode it.
+    let old = compiled();
+    let old_json = serde_json::to_string(&old).unwrap();
+    for field in [
+        "scope_claim",
+        "max_token_lifetime_seconds",
+        "any_of",
+        "all_of",
+    ] {
+        assert!(!old_json.contains(field), "{field} in {old_json}");
+    }
+    assert!(
+        old_json.contains(r#""claims":[{"name":"tenant","values":["acme"]}]"#),
+        "{old_json}"
     );
 }

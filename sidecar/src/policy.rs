@@ -97,6 +97,8 @@ fn build_validator(
             );
             c.allowed_algs = i.allowed_algorithms.clone();
             c.clock_skew = secs(i.clock_skew_seconds);
+            c.scope_claim = i.scope_claim;
+            c.max_token_lifetime = secs(i.max_token_lifetime_seconds);
             c.jwks_refresh = secs(i.jwks_refresh_seconds);
             c.jwks_min_refetch = secs(i.jwks_min_refetch_seconds);
             c.introspection = i.introspection.as_ref().map(|x| {

@@ -191,6 +191,7 @@ def common_expectations(docs, ns, errors):
         "PQMESH_WEBHOOK_ADDR": "0.0.0.0:15017",
         "PQMESH_GRPC_ADDR": "0.0.0.0:15012",
         "PQMESH_ADMIN_ADDR": "0.0.0.0:15014",
+        "PQMESH_ADMIN_LOCAL_ADDR": "127.0.0.1:15015",
     }.items():
         if env.get(k) != v:
             errors.append(f"env {k}={env.get(k)!r}, expected {v!r}")

@@ -192,7 +192,7 @@ async fn cluster_path_goes_through_kubectl_and_port_forward() {
     );
     let calls = fake.calls();
     assert!(calls.contains("--namespace=pqmesh-system get pods -l app.kubernetes.io/name=pqmesh,app.kubernetes.io/component=control-plane -o json"), "{calls}");
-    assert!(calls.contains("--namespace=pqmesh-system port-forward --address 127.0.0.1 pod/pqmesh-control-plane-7c9d-x2x4q :15014"), "{calls}");
+    assert!(calls.contains("--namespace=pqmesh-system port-forward --address 127.0.0.1 pod/pqmesh-control-plane-7c9d-x2x4q :15015"), "{calls}");
 
     // check: CRDs, webhook (caBundle = the mesh CA, a ready backend), the replica.
     let run = fake.run(&["check"]).await;

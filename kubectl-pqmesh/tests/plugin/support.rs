@@ -204,8 +204,8 @@ case "$*" in
     echo "error: unable to forward port because pod is not running. Current status=Pending" >&2
     exit 1 ;;
   *port-forward*pod/pqmesh-control-plane-*)
-    echo "Forwarding from 127.0.0.1:$FAKE_CP_PORT -> 15014"
-    echo "Forwarding from [::1]:$FAKE_CP_PORT -> 15014"
+    echo "Forwarding from 127.0.0.1:$FAKE_CP_PORT -> 15015"
+    echo "Forwarding from [::1]:$FAKE_CP_PORT -> 15015"
     exec sleep 30 ;;
   *port-forward*)
     echo "Forwarding from 127.0.0.1:$FAKE_SIDECAR_PORT -> 15000"

@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use pqmesh_policy::{token_scopes, ScopeClaim};
+
 use super::config::IssuerConfig;
 use super::error::{InvalidReason, TokenError};
 use super::jws::truncate;
@@ -20,14 +22,27 @@ fn claims_error(detail: impl Into<String>) -> TokenError {
     TokenError::invalid(InvalidReason::Claims, detail)
 }
 
-/// A NumericDate claim: absent → `None`; present but not a number → invalid.
+/// The largest NumericDate accepted: 9999-12-31T23:59:59Z. Anything larger (`1e30`) is refused
+/// rather than saturated into "never expires".
+pub(crate) const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
+/// How old an RFC 9701 introspection response (its own `iat`) may be, beyond the clock skew.
+/// Equal to the default phantom-token cache bound: a gateway never forwards a cached response
+/// older than this (the cache TTL is capped by it), and the next hop accepts it for as long.
+pub(crate) const MAX_INTROSPECTION_RESPONSE_AGE: Duration = Duration::from_secs(300);
+
+/// A NumericDate claim: absent → `None`; present, it must be a non-negative integer no larger
+/// than `MAX_NUMERIC_DATE` (fractions, negatives, exponents and strings are refused).
 pub(crate) fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, TokenError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| claims_error(format!("{name} is not a number"))),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v <= MAX_NUMERIC_DATE => Ok(Some(v as f64)),
+            _ => Err(claims_error(format!(
+                "{name} {} is not a NumericDate (an integer from 0 to {MAX_NUMERIC_DATE})",
+                truncate(&n.to_string())
+            ))),
+        },
         Some(_) => Err(claims_error(format!("{name} is not a number"))),
     }
 }
@@ -59,7 +74,8 @@ fn check_iss(claims: &Map<String, Value>, expected: &str) -> Result<(), TokenErr
     }
 }
 
-/// `exp` (when present) not passed and `nbf` (when present) reached, both with `skew`.
+/// `exp` (when present) not passed, `nbf` (when present) reached and `iat` (when present) not in
+/// the future, each with `skew`.
 fn check_times(claims: &Map<String, Value>, now: f64, skew: Duration) -> Result<(), TokenError> {
     let skew = skew.as_secs_f64();
     if let Some(exp) = numeric(claims, "exp")? {
@@ -78,6 +94,39 @@ fn check_times(claims: &Map<String, Value>, now: f64, skew: Duration) -> Result<
             ));
         }
     }
+    if let Some(iat) = numeric(claims, "iat")? {
+        if iat > now + skew {
+            return Err(TokenError::invalid(
+                InvalidReason::NotYetValid,
+                format!("iat is {:.0} s in the future", iat - now),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The effective token: `exp` required, times checked, lifetime (`exp - iat`, or `exp - now`
+/// without `iat`) within the issuer's bound, and scopes readable from the issuer's scope claim.
+fn check_effective_token(
+    claims: &Map<String, Value>,
+    issuer: &IssuerConfig,
+    now: f64,
+) -> Result<(), TokenError> {
+    let exp = numeric(claims, "exp")?.ok_or_else(|| claims_error("exp is missing"))?;
+    check_times(claims, now, issuer.clock_skew)?;
+    let max = issuer.max_token_lifetime.as_secs_f64();
+    let lifetime = match numeric(claims, "iat")? {
+        Some(iat) => exp - iat,
+        // Without iat only the remaining lifetime is known; our clock may lag by the skew.
+        None => exp - now - issuer.clock_skew.as_secs_f64(),
+    };
+    if lifetime > max {
+        return Err(TokenError::invalid(
+            InvalidReason::Lifetime,
+            format!("lifetime {lifetime:.0} s exceeds the issuer's maximum {max:.0} s"),
+        ));
+    }
+    token_scopes(claims, issuer.scope_claim).map_err(|e| claims_error(e.to_string()))?;
     Ok(())
 }
 
@@ -86,17 +135,15 @@ fn intersects(claims: &Map<String, Value>, accepted: &[String]) -> Result<bool, 
     Ok(aud.iter().any(|a| accepted.iter().any(|x| x == a)))
 }
 
-/// An access token: `iss`, required `exp`, optional `nbf`, and `aud` ∩ the issuer's audiences.
+/// An access token: `iss`, required `exp`, optional `nbf`/`iat`, bounded lifetime, one scope
+/// claim, and `aud` ∩ the issuer's audiences.
 pub(crate) fn check_access_token(
     claims: &Map<String, Value>,
     issuer: &IssuerConfig,
     now: f64,
 ) -> Result<(), TokenError> {
     check_iss(claims, &issuer.issuer)?;
-    if numeric(claims, "exp")?.is_none() {
-        return Err(claims_error("exp is missing"));
-    }
-    check_times(claims, now, issuer.clock_skew)?;
+    check_effective_token(claims, issuer, now)?;
     if issuer.audiences.is_empty() {
         return Err(TokenError::invalid(
             InvalidReason::Audience,
@@ -112,14 +159,16 @@ pub(crate) fn check_access_token(
     Ok(())
 }
 
-/// An RFC 9701 introspection response addressed to `client_id`; returns the introspected token's
-/// claims (`token_introspection`), which must say `active: true`.
+/// An RFC 9701 introspection response addressed to `client_id` and issued (`iat`) at most
+/// `MAX_INTROSPECTION_RESPONSE_AGE` + skew ago; returns the introspected token's claims
+/// (`token_introspection`), which must say `active: true` and are checked like an access
+/// token's (`exp` required, lifetime bound, one scope claim), and the response's `iat`.
 pub(crate) fn check_introspection_response(
     mut claims: Map<String, Value>,
     issuer: &IssuerConfig,
     client_id: &str,
     now: f64,
-) -> Result<Map<String, Value>, TokenError> {
+) -> Result<(Map<String, Value>, f64), TokenError> {
     check_iss(&claims, &issuer.issuer)?;
     if !audiences(&claims)?.contains(&client_id) {
         return Err(TokenError::invalid(
@@ -128,10 +177,17 @@ pub(crate) fn check_introspection_response(
         ));
     }
     let iat = numeric(&claims, "iat")?.ok_or_else(|| claims_error("iat is missing"))?;
-    if iat > now + issuer.clock_skew.as_secs_f64() {
+    // Without this bound a captured response with an `exp`-less token was valid forever.
+    let oldest =
+        now - issuer.clock_skew.as_secs_f64() - MAX_INTROSPECTION_RESPONSE_AGE.as_secs_f64();
+    if iat < oldest {
         return Err(TokenError::invalid(
-            InvalidReason::NotYetValid,
-            "iat is in the future",
+            InvalidReason::Expired,
+            format!(
+                "introspection response issued {:.0} s ago (at most {} s + clock skew)",
+                now - iat,
+                MAX_INTROSPECTION_RESPONSE_AGE.as_secs()
+            ),
         ));
     }
     check_times(&claims, now, issuer.clock_skew)?;
@@ -148,7 +204,7 @@ pub(crate) fn check_introspection_response(
     if token.contains_key("iss") {
         check_iss(&token, &issuer.issuer)?;
     }
-    check_times(&token, now, issuer.clock_skew)?;
+    check_effective_token(&token, issuer, now)?;
     if token.contains_key("aud")
         && !issuer.audiences.is_empty()
         && !intersects(&token, &issuer.audiences)?
@@ -158,20 +214,11 @@ pub(crate) fn check_introspection_response(
             "introspected aud matches none of the configured audiences",
         ));
     }
-    Ok(token)
+    Ok((token, iat))
 }
 
-/// The token's scopes: the space-delimited `scope` string, else `scp` (an array, or a string).
-pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
-    let split = |s: &str| s.split_whitespace().map(str::to_string).collect();
-    match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(s)), _) => split(s),
-        (_, Some(Value::Array(items))) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
-        (_, Some(Value::String(s))) => split(s),
-        _ => Vec::new(),
-    }
+/// The token's scopes, from `source` only (a token carrying both `scope` and `scp` has none:
+/// it is refused when it is validated).
+pub fn scopes(claims: &Map<String, Value>, source: ScopeClaim) -> Vec<String> {
+    token_scopes(claims, source).unwrap_or_default()
 }

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use hyper::Uri;
+use pqmesh_policy::ScopeClaim;
 
 use super::jws::Alg;
 
@@ -87,14 +88,19 @@ pub struct IssuerConfig {
     pub jwks_uri: String,
     pub allowed_algs: Vec<String>,
     pub clock_skew: Duration,
+    /// The one claim scopes are read from; a token carrying both `scope` and `scp` is refused.
+    pub scope_claim: ScopeClaim,
+    /// Longest accepted `exp - iat` (or `exp - now` without `iat`).
+    pub max_token_lifetime: Duration,
     pub jwks_refresh: Duration,
     pub jwks_min_refetch: Duration,
     pub introspection: Option<IntrospectionConfig>,
 }
 
 impl IssuerConfig {
-    /// Defaults: RS256/PS256/ES256/EdDSA, 30 s skew, JWKS refreshed every 5 min, refetched on an
-    /// unknown `kid` at most every 30 s, no introspection.
+    /// Defaults: RS256/PS256/ES256/EdDSA, 30 s skew, scopes from `scope`, tokens living at most
+    /// one day, JWKS refreshed every 5 min, refetched on an unknown `kid` at most every 30 s, no
+    /// introspection.
     pub fn new(
         name: impl Into<String>,
         issuer: impl Into<String>,
@@ -110,6 +116,10 @@ impl IssuerConfig {
                 .map(String::from)
                 .to_vec(),
             clock_skew: Duration::from_secs(30),
+            scope_claim: ScopeClaim::Scope,
+            max_token_lifetime: Duration::from_secs(u64::from(
+                pqmesh_policy::model::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+            )),
             jwks_refresh: Duration::from_secs(300),
             jwks_min_refetch: Duration::from_secs(30),
             introspection: None,
@@ -165,6 +175,9 @@ impl IssuerConfig {
                 )
             })?;
             algs.push(alg);
+        }
+        if self.max_token_lifetime.is_zero() {
+            return Err(invalid("max_token_lifetime", "0s", "must be positive"));
         }
         if self.jwks_min_refetch.is_zero() {
             return Err(invalid("jwks_min_refetch", "0s", "must be positive"));

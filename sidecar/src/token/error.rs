@@ -16,6 +16,8 @@ pub enum InvalidReason {
     Audience,
     Expired,
     NotYetValid,
+    /// `exp` lies further from `iat` (or now) than the issuer's `maxTokenLifetimeSeconds`.
+    Lifetime,
     /// A required claim is missing or has the wrong type.
     Claims,
 }
@@ -32,6 +34,7 @@ impl InvalidReason {
             InvalidReason::Audience => "wrong_audience",
             InvalidReason::Expired => "expired",
             InvalidReason::NotYetValid => "not_yet_valid",
+            InvalidReason::Lifetime => "lifetime_too_long",
             InvalidReason::Claims => "invalid_claims",
         }
     }
@@ -48,6 +51,7 @@ impl InvalidReason {
             InvalidReason::Audience => "audience not accepted",
             InvalidReason::Expired => "token expired",
             InvalidReason::NotYetValid => "token not yet valid",
+            InvalidReason::Lifetime => "token lifetime too long",
             InvalidReason::Claims => "token claims invalid",
         }
     }

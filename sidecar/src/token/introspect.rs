@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::cache::{InFlight, PhantomCache, TokenKey};
-use super::claims::{numeric, unix_now};
+use super::claims::{numeric, unix_now, MAX_INTROSPECTION_RESPONSE_AGE};
 use super::config::{endpoint, ConfigError, IntrospectionConfig};
 use super::error::{InvalidReason, TokenError};
 use super::http::HttpClient;
@@ -110,11 +110,13 @@ impl Introspector {
         })
     }
 
-    /// How long an answer may be cached: min(token exp − now, cache_max_ttl, max-age); `None` for
-    /// not at all.
-    fn cache_ttl(
+    /// How long an answer may be cached: min(token exp − now, cache_max_ttl, max-age, and for an
+    /// RFC 9701 response the time until it is `MAX_INTROSPECTION_RESPONSE_AGE` old, so a
+    /// forwarded cached response is still accepted by the next hop); `None` for not at all.
+    pub(crate) fn cache_ttl(
         &self,
         claims: &Map<String, Value>,
+        response_iat: Option<f64>,
         cache_control: &[String],
         now: f64,
     ) -> Option<Duration> {
@@ -126,6 +128,10 @@ impl Introspector {
         if let Ok(Some(exp)) = numeric(claims, "exp") {
             let left = Duration::try_from_secs_f64(exp - now).ok()?;
             ttl = ttl.min(left);
+        }
+        if let Some(iat) = response_iat {
+            let fresh_for = iat + MAX_INTROSPECTION_RESPONSE_AGE.as_secs_f64() - now;
+            ttl = ttl.min(Duration::try_from_secs_f64(fresh_for).ok()?);
         }
         for d in cache_control {
             if let Some(value) = d.strip_prefix("max-age=") {
@@ -286,7 +292,7 @@ impl Issuer {
         if decoded.unverified_iss() != Some(self.config.issuer.as_str()) {
             return Err(unavailable("response iss is not the introspecting issuer"));
         }
-        let claims = self
+        let verified = self
             .verify(decoded, http, metrics)
             .await
             .map_err(|e| match e {
@@ -304,11 +310,16 @@ impl Issuer {
                 } => rejected(e),
                 other => other,
             })?;
-        let ttl = introspector.cache_ttl(&claims, &response.cache_control(), unix_now());
+        let ttl = introspector.cache_ttl(
+            &verified.claims,
+            verified.response_iat,
+            &response.cache_control(),
+            unix_now(),
+        );
         Ok((
             Authenticated {
                 jwt: jwt.to_string(),
-                claims,
+                claims: verified.claims,
                 issuer: self.config.name.clone(),
                 phantom: true,
             },

@@ -12,6 +12,14 @@ use super::jwks::KeyCache;
 use super::jws::{Alg, Jws};
 use super::metrics::TokenMetrics;
 
+/// What a verified JWT vouches for.
+pub(crate) struct Verified {
+    /// The effective claims (the access token's, or `token_introspection`).
+    pub claims: Map<String, Value>,
+    /// For an RFC 9701 response: its `iat` (its freshness bounds how long it may be reused).
+    pub response_iat: Option<f64>,
+}
+
 pub(crate) struct Issuer {
     pub config: IssuerConfig,
     algs: Vec<Alg>,
@@ -52,7 +60,7 @@ impl Issuer {
         jws: Jws<'_>,
         http: &HttpClient,
         metrics: &TokenMetrics,
-    ) -> Result<Map<String, Value>, TokenError> {
+    ) -> Result<Verified, TokenError> {
         if !self.algs.contains(&jws.alg) {
             return Err(TokenError::invalid(
                 InvalidReason::Algorithm,
@@ -86,11 +94,19 @@ impl Issuer {
         let now = unix_now();
         match client_id {
             Some(client_id) => {
-                check_introspection_response(jws.claims, &self.config, client_id, now)
+                let (claims, iat) =
+                    check_introspection_response(jws.claims, &self.config, client_id, now)?;
+                Ok(Verified {
+                    claims,
+                    response_iat: Some(iat),
+                })
             }
             None => {
                 check_access_token(&jws.claims, &self.config, now)?;
-                Ok(jws.claims)
+                Ok(Verified {
+                    claims: jws.claims,
+                    response_iat: None,
+                })
             }
         }
     }

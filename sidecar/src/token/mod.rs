@@ -45,7 +45,8 @@ pub fn fuzz_decoders(data: &[u8]) {
             let now = claims::unix_now();
             let _ = claims::check_access_token(&decoded.claims, &config, now);
             let _ = claims::check_introspection_response(decoded.claims.clone(), &config, "c", now);
-            let _ = scopes(&decoded.claims);
+            let _ = scopes(&decoded.claims, pqmesh_policy::ScopeClaim::Scope);
+            let _ = scopes(&decoded.claims, pqmesh_policy::ScopeClaim::Scp);
         }
     }
     let _ = jwk::parse_jwks(data);
@@ -141,10 +142,10 @@ impl Validator {
             .ok_or_else(|| TokenError::NoMatchingIssuer {
                 iss: jws::truncate(iss),
             })?;
-        let claims = issuer.verify(decoded, &self.http, &self.metrics).await?;
+        let verified = issuer.verify(decoded, &self.http, &self.metrics).await?;
         Ok(Authenticated {
             jwt: bearer.to_string(),
-            claims,
+            claims: verified.claims,
             issuer: issuer.config.name.clone(),
             phantom: false,
         })

@@ -447,6 +447,64 @@ async fn jwt_attack_table() {
             401,
         ),
         (
+            "iat a year in the future",
+            sign(
+                &h,
+                &with_json(&c, json!({"iat": now() + 365 * 86_400})),
+                Signing::IssuerKey,
+            ),
+            401,
+        ),
+        (
+            "exp 1e30 (a float that never expires)",
+            sign(&h, &with_json(&c, json!({"exp": 1e30})), Signing::IssuerKey),
+            401,
+        ),
+        (
+            "exp negative",
+            sign(&h, &with_json(&c, json!({"exp": -1})), Signing::IssuerKey),
+            401,
+        ),
+        (
+            "lifetime of two days (maxTokenLifetimeSeconds: one day)",
+            sign(
+                &h,
+                &with_json(&c, json!({"exp": now() + 2 * 86_400})),
+                Signing::IssuerKey,
+            ),
+            401,
+        ),
+        (
+            "no iat and exp in year 2286",
+            sign(
+                &h,
+                &with_json(&c, json!({"iat": null, "exp": 9_999_999_999_u64})),
+                Signing::IssuerKey,
+            ),
+            401,
+        ),
+        (
+            "RFC 9701 response with no exp anywhere (replayable forever)",
+            sign(
+                &with_json(&h, json!({"typ": "token-introspection+jwt"})),
+                &json!({"iss": m.oauth.issuer, "aud": oauth::GATEWAY_CLIENT_ID, "iat": now(),
+                    "token_introspection": {"active": true, "scope": "orders:read", "aud": "orders", "client_id": "shop-client"}}),
+                Signing::IssuerKey,
+            ),
+            401,
+        ),
+        (
+            "RFC 9701 response issued 30 days ago",
+            sign(
+                &with_json(&h, json!({"typ": "token-introspection+jwt"})),
+                &json!({"iss": m.oauth.issuer, "aud": oauth::GATEWAY_CLIENT_ID, "iat": now() - 30 * 86_400,
+                    "token_introspection": {"active": true, "scope": "orders:read", "aud": "orders",
+                        "iat": now() - 30 * 86_400, "exp": now() + 300}}),
+                Signing::IssuerKey,
+            ),
+            401,
+        ),
+        (
             "RFC 9701 response saying active: false",
             sign(
                 &with_json(&h, json!({"typ": "token-introspection+jwt"})),
@@ -461,6 +519,20 @@ async fn jwt_attack_table() {
         m.case(&mut t, name, "/orders/1", bearer(&token), expected)
             .await;
     }
+    // scope and scp in one token: once merged, so scp: [admin] passed the admin rule.
+    let merged = sign(
+        &h,
+        &with_json(&c, json!({"scp": ["admin"]})),
+        Signing::IssuerKey,
+    );
+    m.case(
+        &mut t,
+        "scope (orders:read) + scp ([admin]) on /admin/x: never merged",
+        "/admin/x",
+        bearer(&merged),
+        401,
+    )
+    .await;
     // Duplicate members: serde_json keeps the last, an app's parser may keep the first.
     let dup = |claims: &str| forge::jwt(&m.oauth, &h.to_string(), claims, Signing::IssuerKey);
     let base = c.to_string();

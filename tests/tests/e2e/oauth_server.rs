@@ -38,6 +38,18 @@ async fn signed_introspection_revocation_and_key_rotation() {
     assert_eq!(ti["tenant"], "acme");
     assert_eq!(ti["token_type"], "Bearer");
     assert!(ti["exp"].as_u64().unwrap() > ti["iat"].as_u64().unwrap());
+    // What the sidecar now requires of a real response: the token's exp (an integer), a fresh
+    // response iat, a lifetime within the default one-day bound, and one scope claim.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(p["iat"].as_u64().unwrap().abs_diff(now) <= 5, "{p}");
+    assert_eq!(
+        ti["exp"].as_u64().unwrap() - ti["iat"].as_u64().unwrap(),
+        300
+    );
+    assert!(ti.get("scp").is_none() && p.get("scp").is_none(), "{p}");
 
     // Plain RFC 7662 JSON for any other Accept, application/jwt included.
     for accept in ["application/json", "application/jwt"] {

@@ -37,6 +37,8 @@ spec:
   audiences: [orders]
   jwksUri: {jwks}
   allowedAlgorithms: [RS256]
+  scopeClaim: scope                 # oidc-provider: the space-delimited scope string
+  maxTokenLifetimeSeconds: 3600     # its access tokens live `ttl` (at most 300 s here)
   jwks: {{minRefetchSeconds: 1}}
   introspection:
     endpoint: {introspect}

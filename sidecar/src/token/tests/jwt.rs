@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::token::{scopes, ConfigError, InvalidReason, TokenError, MAX_TOKEN_LEN};
+use pqmesh_policy::ScopeClaim;
 
 #[tokio::test]
 async fn valid_tokens_of_every_supported_key_type_are_accepted() {
@@ -195,6 +196,131 @@ fn bad_tokens() -> Vec<Bad> {
         bad(
             "exp not a number",
             signed(with(access_claims(), json!({"exp": "tomorrow"}))),
+            "invalid_claims",
+        ),
+        bad(
+            "iat a year in the future",
+            signed(with(access_claims(), json!({"iat": now() + 365 * 86_400}))),
+            "not_yet_valid",
+        ),
+        bad(
+            "iat beyond the skew",
+            signed(with(access_claims(), json!({"iat": now() + 120}))),
+            "not_yet_valid",
+        ),
+        bad(
+            "exp 1e30 (saturates to 'never' in a float)",
+            signed(with(access_claims(), json!({"exp": 1e30}))),
+            "invalid_claims",
+        ),
+        bad(
+            "exp beyond year 9999",
+            signed(with(access_claims(), json!({"exp": 253_402_300_800_u64}))),
+            "invalid_claims",
+        ),
+        bad(
+            "exp u64::MAX",
+            signed(with(access_claims(), json!({"exp": u64::MAX}))),
+            "invalid_claims",
+        ),
+        bad(
+            "exp negative",
+            signed(with(access_claims(), json!({"exp": -1}))),
+            "invalid_claims",
+        ),
+        bad(
+            "exp fractional",
+            signed(with(access_claims(), json!({"exp": now() as f64 + 60.5}))),
+            "invalid_claims",
+        ),
+        bad(
+            "exp \"NaN\"",
+            signed(with(access_claims(), json!({"exp": "NaN"}))),
+            "invalid_claims",
+        ),
+        bad(
+            "exp \"Infinity\"",
+            signed(with(access_claims(), json!({"exp": "Infinity"}))),
+            "invalid_claims",
+        ),
+        bad(
+            "exp as a numeric string",
+            signed(with(
+                access_claims(),
+                json!({"exp": (now() + 60).to_string()}),
+            )),
+            "invalid_claims",
+        ),
+        bad(
+            "exp true",
+            signed(with(access_claims(), json!({"exp": true}))),
+            "invalid_claims",
+        ),
+        bad(
+            "exp an array",
+            signed(with(access_claims(), json!({"exp": [now() + 60]}))),
+            "invalid_claims",
+        ),
+        bad(
+            "iat 1e30",
+            signed(with(access_claims(), json!({"iat": 1e30}))),
+            "invalid_claims",
+        ),
+        bad(
+            "iat negative",
+            signed(with(access_claims(), json!({"iat": -5}))),
+            "invalid_claims",
+        ),
+        bad(
+            "nbf \"NaN\"",
+            signed(with(access_claims(), json!({"nbf": "NaN"}))),
+            "invalid_claims",
+        ),
+        bad(
+            "nbf fractional",
+            signed(with(access_claims(), json!({"nbf": 1.5}))),
+            "invalid_claims",
+        ),
+        bad(
+            "exp - iat of two days (issuer allows one)",
+            signed(with(
+                access_claims(),
+                json!({"iat": now() - 60, "exp": now() + 2 * 86_400}),
+            )),
+            "lifetime_too_long",
+        ),
+        bad(
+            "exp in year 2286 with an old iat",
+            signed(with(
+                access_claims(),
+                json!({"iat": now() - 60, "exp": 9_999_999_999_u64}),
+            )),
+            "lifetime_too_long",
+        ),
+        bad(
+            "no iat and exp two days ahead",
+            signed(with(
+                access_claims(),
+                json!({"iat": null, "exp": now() + 2 * 86_400}),
+            )),
+            "lifetime_too_long",
+        ),
+        bad(
+            "scope and scp both (never merged)",
+            signed(with(
+                access_claims(),
+                json!({"scope": "read", "scp": ["write"]}),
+            )),
+            "invalid_claims",
+        ),
+        bad(
+            "scope is an array",
+            signed(with(access_claims(), json!({"scope": ["read", "write"]}))),
+            "invalid_claims",
+        ),
+        bad(
+            "scope is a number",
+            signed(with(access_claims(), json!({"scope": 7}))),
             "invalid_claims",
         ),
         bad(
@@ -545,17 +671,119 @@ async fn no_keys_at_all_is_503_and_the_fetch_is_rate_limited() {
 }
 
 #[test]
-fn scopes_come_from_scope_or_scp() {
-    let scope = claims_map(json!({"scope": "read  write\tadmin"}));
-    assert_eq!(scopes(&scope), ["read", "write", "admin"]);
-    let scp = claims_map(json!({"scp": ["read", "write", 7]}));
-    assert_eq!(scopes(&scp), ["read", "write"]);
-    let scp_string = claims_map(json!({"scp": "read write"}));
-    assert_eq!(scopes(&scp_string), ["read", "write"]);
+fn scopes_come_from_the_issuers_one_scope_claim() {
+    let scope = claims_map(json!({"scope": "read  write admin"}));
+    assert_eq!(
+        scopes(&scope, ScopeClaim::Scope),
+        ["read", "write", "admin"]
+    );
+    assert!(
+        scopes(&scope, ScopeClaim::Scp).is_empty(),
+        "scp issuer ignores scope"
+    );
+    let scp = claims_map(json!({"scp": ["read", "write"]}));
+    assert_eq!(scopes(&scp, ScopeClaim::Scp), ["read", "write"]);
+    assert!(
+        scopes(&scp, ScopeClaim::Scope).is_empty(),
+        "scope issuer ignores scp"
+    );
+    // Never merged, never partly read: such tokens are refused when validated.
     let both = claims_map(json!({"scope": "a", "scp": ["b"]}));
-    assert_eq!(scopes(&both), ["a"]);
-    assert!(scopes(&claims_map(json!({"scope": 5}))).is_empty());
-    assert!(scopes(&Map::new()).is_empty());
+    assert!(scopes(&both, ScopeClaim::Scope).is_empty());
+    assert!(scopes(&both, ScopeClaim::Scp).is_empty());
+    let mixed = claims_map(json!({"scp": ["read", 7]}));
+    assert!(scopes(&mixed, ScopeClaim::Scp).is_empty());
+    assert!(scopes(&claims_map(json!({"scp": "read write"})), ScopeClaim::Scp).is_empty());
+    assert!(scopes(&Map::new(), ScopeClaim::Scope).is_empty());
+}
+
+#[tokio::test]
+async fn an_scp_issuer_refuses_wrong_shapes_and_both_claims() {
+    let fake = FakeAs::start().await;
+    let mut config = fake.issuer();
+    config.scope_claim = ScopeClaim::Scp;
+    let (validator, _) = validator(config);
+    let sign_claims = |changes| {
+        sign(
+            &json!({"alg": "RS256", "kid": "rsa-1"}),
+            &with(access_claims(), changes),
+            rs256(),
+        )
+    };
+    let ok = sign_claims(json!({"scope": null, "scp": ["read"]}));
+    validator.authenticate(&ok).await.expect("scp array");
+    let no_scopes = sign_claims(json!({"scope": null}));
+    validator
+        .authenticate(&no_scopes)
+        .await
+        .expect("no scopes at all is a valid token");
+    for (name, changes) in [
+        ("both", json!({"scp": ["read"]})),
+        (
+            "scp as a string",
+            json!({"scope": null, "scp": "read write"}),
+        ),
+        (
+            "scp with a non-string",
+            json!({"scope": null, "scp": ["read", {}]}),
+        ),
+        (
+            "scp with an empty string",
+            json!({"scope": null, "scp": [""]}),
+        ),
+    ] {
+        let err = validator
+            .authenticate(&sign_claims(changes))
+            .await
+            .expect_err(name);
+        assert_eq!(
+            (err.status(), err.metric_reason()),
+            (401, "invalid_claims"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn token_lifetime_is_bounded_per_issuer() {
+    let fake = FakeAs::start().await;
+    let mut config = fake.issuer();
+    config.max_token_lifetime = Duration::from_secs(600);
+    let (validator, _) = validator(config);
+    let token = |changes| {
+        sign(
+            &json!({"alg": "RS256", "kid": "rsa-1"}),
+            &with(access_claims(), changes),
+            rs256(),
+        )
+    };
+    let exact = token(json!({"iat": now() - 100, "exp": now() + 500}));
+    validator
+        .authenticate(&exact)
+        .await
+        .expect("exactly the bound");
+    let over = token(json!({"iat": now() - 100, "exp": now() + 501}));
+    let err = validator
+        .authenticate(&over)
+        .await
+        .expect_err("one second over");
+    assert_eq!(err.metric_reason(), "lifetime_too_long");
+    assert_eq!(
+        err.www_authenticate().as_deref(),
+        Some("Bearer error=\"invalid_token\", error_description=\"token lifetime too long\"")
+    );
+    // Without iat the remaining lifetime counts (with the clock skew in the token's favour).
+    let no_iat = token(json!({"iat": null, "exp": now() + 620}));
+    validator
+        .authenticate(&no_iat)
+        .await
+        .expect("within bound + skew");
+    let no_iat_over = token(json!({"iat": null, "exp": now() + 700}));
+    let err = validator
+        .authenticate(&no_iat_over)
+        .await
+        .expect_err("over");
+    assert_eq!(err.metric_reason(), "lifetime_too_long");
 }
 
 #[tokio::test]
@@ -572,9 +800,12 @@ async fn scopes_of_an_accepted_token() {
         Signer::Ec(&KEYS.ec),
     );
     let auth = validator.authenticate(&token).await.expect("good");
-    assert_eq!(scopes(&auth.claims), ["orders.read"]);
+    assert!(
+        scopes(&auth.claims, ScopeClaim::Scope).is_empty(),
+        "this issuer reads scope, not scp"
+    );
     let auth = validator.authenticate(&access_token()).await.expect("good");
-    assert_eq!(scopes(&auth.claims), ["read", "write"]);
+    assert_eq!(scopes(&auth.claims, ScopeClaim::Scope), ["read", "write"]);
 }
 
 #[tokio::test]
@@ -631,6 +862,10 @@ fn bad_configuration_is_refused_at_new() {
         ),
         ("no algs", Box::new(|c| c.allowed_algs.clear())),
         ("empty issuer", Box::new(|c| c.issuer.clear())),
+        (
+            "zero max token lifetime",
+            Box::new(|c| c.max_token_lifetime = Duration::ZERO),
+        ),
         (
             "zero min refetch",
             Box::new(|c| c.jwks_min_refetch = Duration::ZERO),

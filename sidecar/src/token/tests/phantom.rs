@@ -35,7 +35,10 @@ async fn an_active_opaque_token_becomes_the_signed_jwt_and_is_cached() {
     assert_eq!(auth.issuer, "test-as");
     assert_eq!(auth.claims["sub"], "alice");
     assert_eq!(auth.claims["active"], true);
-    assert_eq!(crate::token::scopes(&auth.claims), ["read", "write"]);
+    assert_eq!(
+        crate::token::scopes(&auth.claims, pqmesh_policy::ScopeClaim::Scope),
+        ["read", "write"]
+    );
 
     let again = validator.authenticate(OPAQUE).await.expect("cached");
     assert_eq!(again.jwt, signed);
@@ -293,6 +296,62 @@ async fn claims_of_the_introspected_token_are_still_checked() {
     assert_eq!(err.metric_reason(), "invalid_claims");
 }
 
+#[tokio::test]
+async fn introspection_answers_without_exp_or_stale_are_401_not_cached() {
+    let fake = FakeAs::start().await;
+    let (validator, _) = validator(fake.introspecting_issuer());
+    let cases = [
+        (
+            "no exp in token_introspection",
+            introspection_jwt(CLIENT_ID, with(active(300), json!({"exp": null}))),
+            "invalid_claims",
+        ),
+        (
+            "a 30-day-old response",
+            sign(
+                &json!({"alg": "RS256", "kid": "rsa-1", "typ": "token-introspection+jwt"}),
+                &json!({"iss": ISS, "aud": CLIENT_ID, "iat": now() - 30 * 86_400, "token_introspection": active(300)}),
+                rs256(),
+            ),
+            "expired",
+        ),
+    ];
+    for (name, jwt, reason) in cases {
+        fake.answer(move |_| Reply::rfc9701(jwt.clone()));
+        let err = validator.authenticate(OPAQUE).await.expect_err(name);
+        assert_eq!(
+            (err.status(), err.metric_reason()),
+            (401, reason),
+            "{name}: {err}"
+        );
+        assert_eq!(introspector(&validator).cached(), 0, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn cache_ttl_is_bounded_by_the_response_age() {
+    let fake = FakeAs::start().await;
+    let (validator, _) = validator(fake.introspecting_issuer());
+    let introspector = introspector(&validator);
+    let claims = claims_map(active(3600));
+    let now = unix_now();
+    let ttl = |iat: f64| introspector.cache_ttl(&claims, Some(iat), &[], now);
+    // Fresh: the 300 s cache bound and the 300 s response-age bound coincide.
+    assert_eq!(ttl(now), Some(Duration::from_secs(300)));
+    // Issued 250 s ago: cached 50 s at most, so the next hop still accepts what is forwarded.
+    let aged = ttl(now - 250.0).expect("cacheable");
+    assert!(
+        aged <= Duration::from_secs(50) && aged > Duration::from_secs(49),
+        "{aged:?}"
+    );
+    assert_eq!(ttl(now - 301.0), None, "too old to reuse at all");
+    // The access token itself (responseFormat: jwt) has no response age.
+    assert_eq!(
+        introspector.cache_ttl(&claims, None, &[], now),
+        Some(Duration::from_secs(300))
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn cache_ttl_is_bounded_by_the_token_exp() {
     let fake = FakeAs::start().await;
@@ -509,6 +568,66 @@ async fn forwarded_introspection_jwts_are_checked_like_responses() {
             "iat in the future",
             json!({"iss": ISS, "aud": CLIENT_ID, "iat": now() + 600, "token_introspection": active(300)}),
             "not_yet_valid",
+        ),
+        (
+            "no exp anywhere: replayable forever before",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": now(), "token_introspection": with(active(300), json!({"exp": null}))}),
+            "invalid_claims",
+        ),
+        (
+            "exp only on the envelope, not on the token",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": now(), "exp": now() + 60, "token_introspection": with(active(300), json!({"exp": null}))}),
+            "invalid_claims",
+        ),
+        (
+            "response issued 30 days ago",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": now() - 30 * 86_400, "token_introspection": with(active(300), json!({"iat": now() - 30 * 86_400}))}),
+            "expired",
+        ),
+        (
+            "response older than 300 s + skew",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": now() - 340, "token_introspection": active(300)}),
+            "expired",
+        ),
+        (
+            "response iat 1e30",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": 1e30, "token_introspection": active(300)}),
+            "invalid_claims",
+        ),
+        (
+            "response iat negative",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": -1, "token_introspection": active(300)}),
+            "invalid_claims",
+        ),
+        (
+            "response iat \"NaN\"",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": "NaN", "token_introspection": active(300)}),
+            "invalid_claims",
+        ),
+        (
+            "inner exp 1e30",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": now(), "token_introspection": with(active(300), json!({"exp": 1e30}))}),
+            "invalid_claims",
+        ),
+        (
+            "inner lifetime of a year",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": now(), "token_introspection": with(active(365 * 86_400), json!({}))}),
+            "lifetime_too_long",
+        ),
+        (
+            "inner iat a year ahead",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": now(), "token_introspection": with(active(300), json!({"iat": now() + 365 * 86_400}))}),
+            "not_yet_valid",
+        ),
+        (
+            "inner nbf in the future",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": now(), "token_introspection": with(active(300), json!({"nbf": now() + 120}))}),
+            "not_yet_valid",
+        ),
+        (
+            "inner scope and scp both",
+            json!({"iss": ISS, "aud": CLIENT_ID, "iat": now(), "token_introspection": with(active(300), json!({"scp": ["admin"]}))}),
+            "invalid_claims",
         ),
     ];
     for (name, claims, reason) in cases {
