@@ -6,6 +6,7 @@ mod adversarial;
 mod adversarial_identity;
 mod adversarial_phantom;
 mod certify;
+mod differential;
 mod external_peers;
 mod faults;
 mod handshake_policy;
