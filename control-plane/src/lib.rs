@@ -163,8 +163,6 @@ struct Sources {
     endpoints: watch::Receiver<Arc<endpoints::EndpointTable>>,
     policies: watch::Receiver<Arc<policies::PolicyState>>,
     labels: Option<Arc<dyn policy_push::WorkloadLabels>>,
-    /// Signs the webhook's serving certificate (Kubernetes: a separate ECDSA CA).
-    webhook_ca: Arc<CertificateAuthority>,
     cluster: Option<kubernetes::Cluster>,
 }
 
@@ -196,7 +194,6 @@ fn local_sources(
     }
     let tokens = Arc::new(BootstrapTokens::load(&tokens_path, &config.trust_domain)?);
     Ok(Sources {
-        webhook_ca: ca.clone(),
         ca_updates: rotation::watch_dir(
             dir,
             ca.clone(),
@@ -236,7 +233,6 @@ fn cluster_sources(cluster: kubernetes::Cluster) -> Sources {
         endpoints: cluster.endpoints.clone(),
         policies: cluster.policies.clone(),
         labels: Some(cluster.labels.clone()),
-        webhook_ca: cluster.webhook_ca.clone(),
         cluster: Some(cluster),
     }
 }
@@ -284,30 +280,24 @@ async fn start_with(
     };
     let (serving_config, serving_not_after) = serving.issue()?;
     let (serving_tx, serving_rx) = watch::channel(serving_config);
-    // The webhook is called by the API server: in Kubernetes mode its certificate comes from
-    // an ECDSA CA (Go cannot verify ML-DSA); in local mode from the mesh CA.
-    // The CA in force (local mode: replaced on root rotation) and the deny list.
+    // The CA in force (replaced on root rotation) and the deny list.
     let ca_updates = sources.ca_updates.clone();
     let revoked = sources.revoked.clone();
     let webhook_addr = match config.webhook_addr {
         Some(addr) => {
-            // Local mode: the control plane's own serving certificate. Kubernetes: always an
-            // ECDSA key, which the API server can verify.
-            let webhook_rx = if sources.cluster.is_none() {
-                serving_rx.clone()
-            } else {
-                let webhook = ServingCert {
-                    ca: sources.webhook_ca.clone(),
-                    key_alg: pqmesh_mtls::KeyAlgorithm::EcdsaP256,
-                    expiry: None,
-                    ..serving.clone()
-                };
-                let (cfg, not_after) = webhook.issue()?;
-                let (tx, rx) = watch::channel(cfg);
-                tokio::spawn(webhook.renew(tx, not_after));
-                rx
+            // Local mode: the control plane's own serving certificate. Kubernetes: an ECDSA
+            // certificate the API server can verify, following the CA in force on every
+            // replica, with the caBundle that vouches for it.
+            let tls = match &sources.cluster {
+                None => inject::follow_serving_config(serving_rx.clone())
+                    .map_err(inject::SpawnError::Tls)?,
+                Some(cluster) => cluster
+                    .webhook_tls(&config)
+                    .start(ca_updates.clone())
+                    .await
+                    .map_err(kubernetes::KubernetesError::from)?,
             };
-            Some(inject::spawn(addr, webhook_rx, config.inject.clone(), &metrics.registry).await?)
+            Some(inject::spawn(addr, tls, config.inject.clone(), &metrics.registry).await?)
         }
         None => None,
     };

@@ -243,7 +243,9 @@ fn evaluate_one(p: &CompiledPolicy, req: &Request<'_>) -> Result<Option<usize>, 
             || rule
                 .methods
                 .iter()
-                .any(|m| m.eq_ignore_ascii_case(http.method));
+                // Methods are case-sensitive (RFC 9110 §9.1): `get` is not `GET`, and servers
+                // disagree on what they do with it.
+                .any(|m| m == http.method);
         let path_ok = rule.paths.is_empty()
             || rule
                 .paths

@@ -1,8 +1,8 @@
 //! Request paths as policy sees them. Paths are normalised before matching — percent-decoded
 //! unreserved characters, `//` merged, `.`/`..` resolved — and requests whose path cannot be
-//! normalised safely (encoded `/` or `\`, `..` above the root, control bytes) are refused, so a
-//! rule cannot be sidestepped by spelling the same path differently. The normalised path is what
-//! the app receives.
+//! normalised safely (encoded `/` or `\`, `..` above the root, control bytes, `;` path
+//! parameters, double encoding, `#`) are refused, so a rule cannot be sidestepped by spelling the
+//! same path differently. The normalised path is what the app receives.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PathError {
@@ -10,6 +10,10 @@ pub enum PathError {
     NotAbsolute(String),
     #[error("path {0:?} contains an encoded '/' or '\\', or a control character")]
     Ambiguous(String),
+    #[error("path {0:?} contains ';' or '#' (path parameters are refused: Tomcat, Spring and others strip them, so the app would see another path than the policy)")]
+    Parameters(String),
+    #[error("path {0:?} is double-encoded ('%25' followed by hex digits)")]
+    DoubleEncoded(String),
     #[error("path {0:?} climbs above the root")]
     AboveRoot(String),
     #[error("path pattern {pattern:?}: {reason}")]
@@ -32,6 +36,9 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
         if b < 0x20 || b == 0x7f || b == b'\\' {
             return Err(PathError::Ambiguous(path.to_owned()));
         }
+        if b == b';' || b == b'#' {
+            return Err(PathError::Parameters(path.to_owned()));
+        }
         if b == b'%' {
             let hex = path
                 .get(i + 1..i + 3)
@@ -43,6 +50,15 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
                 decoded.push(v as char);
             } else if matches!(v, b'/' | b'\\') || v < 0x20 || v == 0x7f {
                 return Err(PathError::Ambiguous(path.to_owned()));
+            } else if v == b';' || v == b'#' {
+                // A server that decodes before it splits parameters (or fragments) would cut here.
+                return Err(PathError::Parameters(path.to_owned()));
+            } else if v == b'%'
+                && path
+                    .get(i + 3..i + 5)
+                    .is_some_and(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(PathError::DoubleEncoded(path.to_owned()));
             } else {
                 // Reserved or non-ASCII: keep it encoded (canonical upper-case hex).
                 decoded.push_str(&format!("%{v:02X}"));
@@ -179,8 +195,25 @@ mod tests {
             assert_eq!(normalize(input).as_deref(), Ok(want), "{input}");
         }
         for bad in [
-            "orders", "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/..", "/a/../..", "/%", "/%zz",
-            "/a\u{1}b", "/a%00",
+            "orders",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/..",
+            "/a/../..",
+            "/%",
+            "/%zz",
+            "/a\u{1}b",
+            "/a%00",
+            "/orders/..;/admin",
+            "/orders;jsessionid=1",
+            "/a%3bb",
+            "/a%3Bb",
+            "/a#b",
+            "/a%23b",
+            "/a%252e%252e/b",
+            "/a%2525",
         ] {
             assert!(normalize(bad).is_err(), "{bad:?} must be refused");
         }

@@ -1,7 +1,8 @@
 //! HTTP-aware inbound: after mTLS (or plaintext in PERMISSIVE mode) requests are proxied one by
-//! one to the app on 127.0.0.1:<original port> over pooled connections, HTTP/1.1 (with upgrades,
-//! e.g. WebSocket) or HTTP/2 with prior knowledge. The app learns the caller's verified SPIFFE ID
-//! from `x-pqmesh-peer-identity`; any copy of that header sent by a client is removed first.
+//! one to the app on 127.0.0.1:<original port> over pooled connections, HTTP/1.1 (WebSocket is the
+//! one upgrade) or HTTP/2 with prior knowledge. Each request head is first made canonical
+//! ([`crate::canonical`]): the policy judges the form the app receives. The app learns the
+//! caller's verified SPIFFE ID from `x-pqmesh-peer-identity`, stamped last.
 //! Hostile clients are bounded here: request heads over [`MAX_HEADER_BYTES`] get 431, a head not
 //! complete within [`HEADER_READ_TIMEOUT`] closes the connection (slowloris), and request bodies
 //! over [`MAX_REQUEST_BODY_BYTES`] get 413 without (Content-Length) or before the rest reaches
@@ -18,13 +19,15 @@ use std::time::Duration;
 
 use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, UPGRADE};
+use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pqmesh_mtls::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::canonical;
 
 pub const PEER_IDENTITY_HEADER: &str = "x-pqmesh-peer-identity";
 
@@ -330,45 +333,6 @@ where
         .await
 }
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(UPGRADE)
-        && req.headers().get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
-}
-
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-}
-
 fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(format!("pqmesh: {text}\n")))
@@ -402,6 +366,19 @@ fn body_over_limit(e: &hyper_util::client::legacy::Error) -> bool {
 }
 
 async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<ProxyBody> {
+    // The head is made canonical before the policy sees it: the policy judges what the app gets.
+    let upgrade = match canonical::canonicalize(&req.method().clone(), req.headers_mut(), h2) {
+        Ok(upgrade) => upgrade,
+        Err(refusal) => {
+            ctx.metrics
+                .requests
+                .with_label_values(&[ctx.direction, refusal.outcome()])
+                .inc();
+            let mut resp = error_response(refusal.status(), &refusal.to_string());
+            resp.extensions_mut().insert(Denied);
+            return resp;
+        }
+    };
     if let Err(mut denied) = authorize(&mut req, ctx).await {
         denied.extensions_mut().insert(Denied);
         return denied;
@@ -413,16 +390,8 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
             .inc();
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
-    // The identity header is the sidecar's statement; a client's own copy is never passed on.
-    let headers = req.headers_mut();
-    headers.remove(PEER_IDENTITY_HEADER);
-    if let Some(v) = &ctx.peer_header {
-        headers.insert(PEER_IDENTITY_HEADER, v.clone());
-    }
-    let upgrade = !h2 && is_upgrade(&req);
-    if !upgrade {
-        strip_hop_by_hop(req.headers_mut());
-    }
+    // The identity header is the sidecar's statement, added after everything a client controls.
+    canonical::stamp_identity(req.headers_mut(), ctx.peer_header.as_ref());
     let path = req
         .uri()
         .path_and_query()
@@ -446,7 +415,8 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
             return error_response(StatusCode::BAD_REQUEST, "unparseable request target");
         }
     }
-    let server_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let server_upgrade =
+        (upgrade == canonical::Upgrade::WebSocket).then(|| hyper::upgrade::on(&mut req));
     let mut req = req.map(|body| Limited::new(body, MAX_REQUEST_BODY_BYTES));
     let result = if h2 {
         ctx.clients.h2.request(req).await
@@ -455,6 +425,21 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
         ctx.clients.h1.request(req).await
     };
     match result {
+        Ok(resp)
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && server_upgrade.is_none() =>
+        {
+            // Only a forwarded WebSocket handshake may switch: anything else would turn this
+            // checked connection into a pipe nobody checks (e.g. an app that speaks h2c).
+            tracing::warn!(target = %ctx.target, "the app switched protocols on a request that asked for no upgrade");
+            ctx.metrics
+                .requests
+                .with_label_values(&[ctx.direction, "unrequested_upgrade"])
+                .inc();
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                "the application switched protocols without an upgrade the mesh forwarded",
+            )
+        }
         Ok(mut resp) => {
             let outcome = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 "upgraded"
@@ -482,7 +467,7 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
                     });
                 }
             } else if !h2 {
-                strip_hop_by_hop(resp.headers_mut());
+                canonical::strip_hop_by_hop(resp.headers_mut());
             }
             resp.map(|b| b.boxed())
         }

@@ -4,12 +4,15 @@
 
 pub mod admin;
 pub mod app_probe;
+pub mod canonical;
 pub mod config;
 pub mod discovery;
 pub mod drain;
+pub mod first_line_gate;
 pub mod http_proxy;
 pub mod identity;
 pub mod init;
+pub mod listen;
 pub mod metrics;
 pub mod original_dst;
 pub mod policy;
@@ -50,6 +53,9 @@ pub enum StartError {
 pub struct RunningSidecar {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: Option<SocketAddr>,
+    /// The IPv6 twins of the interception listeners (`listen::ipv6_twin`), when bound.
+    pub inbound_addr_v6: Option<SocketAddr>,
+    pub outbound_addr_v6: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     discovery: Option<Discovery>,
@@ -60,7 +66,7 @@ pub struct RunningSidecar {
     shutdown_tx: watch::Sender<bool>,
     drain: Drain,
     drain_timeout: std::time::Duration,
-    /// The two accept loops (they end when shutdown begins).
+    /// The accept loops, IPv4 and IPv6 (they end when shutdown begins).
     listeners: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -185,12 +191,7 @@ pub async fn start_with(
     let (renew_tx, renew_rx) = mpsc::channel(1);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
-    let inbound_listener = bind(config.inbound_addr).await?;
+    let inbound_listener = listen::bind(config.inbound_addr).await?;
     let inbound_addr = inbound_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
@@ -201,13 +202,18 @@ pub async fn start_with(
         OutboundConfig::Transparent { listen, .. } => *listen,
         OutboundConfig::Explicit(t) => t.listen,
     };
-    let outbound_listener = bind(outbound_listen).await?;
+    let outbound_listener = listen::bind(outbound_listen).await?;
     let outbound_addr = outbound_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
             addr: outbound_listen,
             source,
         })?;
+    let inbound_listener_v6 = listen::bind_ipv6_twin(config.inbound_addr)?;
+    let outbound_listener_v6 = listen::bind_ipv6_twin(outbound_listen)?;
+    let local_addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let inbound_addr_v6 = local_addr(&inbound_listener_v6);
+    let outbound_addr_v6 = local_addr(&outbound_listener_v6);
     let mut tasks = Vec::new();
     let mut listeners = Vec::new();
     let drain = Drain::new(shutdown_rx.clone());
@@ -256,11 +262,13 @@ pub async fn start_with(
         revoked: revoked_rx.clone(),
         access_log: config.access_log,
     });
-    listeners.push(tokio::spawn(proxy::serve_inbound(
-        inbound_listener,
-        inbound,
-        drain.clone(),
-    )));
+    for listener in std::iter::once(inbound_listener).chain(inbound_listener_v6) {
+        listeners.push(tokio::spawn(proxy::serve_inbound(
+            listener,
+            inbound.clone(),
+            drain.clone(),
+        )));
+    }
 
     let mut discovery = None;
     let route = match config.outbound.clone() {
@@ -287,11 +295,13 @@ pub async fn start_with(
         metrics: metrics.clone(),
         revoked: revoked_rx.clone(),
     });
-    listeners.push(tokio::spawn(proxy::serve_outbound(
-        outbound_listener,
-        outbound,
-        drain.clone(),
-    )));
+    for listener in std::iter::once(outbound_listener).chain(outbound_listener_v6) {
+        listeners.push(tokio::spawn(proxy::serve_outbound(
+            listener,
+            outbound.clone(),
+            drain.clone(),
+        )));
+    }
 
     tasks.push(tokio::spawn(identity::maintain(
         certifier,
@@ -316,11 +326,13 @@ pub async fn start_with(
         addr: config.admin_addr,
         source,
     })?;
-    tracing::info!(%inbound_addr, %outbound_addr, %admin_addr, control_plane = %config.control_plane_addr,
+    tracing::info!(%inbound_addr, %outbound_addr, ?inbound_addr_v6, ?outbound_addr_v6, %admin_addr, control_plane = %config.control_plane_addr,
         kx = ?config.kx, key_alg = %config.key_alg, inbound_mode = ?config.inbound_mode, "sidecar started");
     Ok(RunningSidecar {
         inbound_addr,
         outbound_addr: Some(outbound_addr),
+        inbound_addr_v6,
+        outbound_addr_v6,
         admin_addr,
         metrics,
         discovery,

@@ -46,8 +46,15 @@ async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("init") => {
-            let config = init::InitConfig::from_args(&args[1..])?;
-            print!("{}", init::run(&config)?);
+            match init::InitConfig::from_args(&args[1..]).and_then(|c| init::run(&c)) {
+                Ok(text) => print!("{text}"),
+                // One line (no error chain): it is what `kubectl describe pod` shows of a
+                // failed init container.
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    std::process::exit(1);
+                }
+            }
             return Ok(());
         }
         Some(other) => anyhow::bail!(

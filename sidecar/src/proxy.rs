@@ -6,7 +6,7 @@
 //! Explicit mode replaces discovery by one configured peer.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,7 +25,7 @@ use crate::discovery::{Discovery, Resolved};
 use crate::drain::Drain;
 use crate::http_proxy::{self, AppClients};
 use crate::metrics::Metrics;
-use crate::original_dst::OriginalDst;
+use crate::original_dst::{canonical, OriginalDst};
 use crate::revocation::{until_revoked, RevokedState};
 use crate::sniff::{self, AppProtocol, Transport};
 use crate::tls::MeshTls;
@@ -206,13 +206,15 @@ impl Inbound {
         Err(reason)
     }
 
-    /// The app address for a connection: 127.0.0.1:<original port> when iptables redirected it,
-    /// else the configured app address.
+    /// The app address for a connection: 127.0.0.1:<original port> when iptables redirected it
+    /// (`[::1]:<original port>` when ip6tables did: the app gets the family the client used, as
+    /// without the mesh), else the configured app address.
     fn app_target(&self, tcp: &TcpStream) -> Result<SocketAddr, (&'static str, &'static str)> {
         let local = tcp
             .local_addr()
+            .map(canonical)
             .map_err(|_| ("denied_loop", "no local address"))?;
-        match self.original_dst.original_dst(tcp) {
+        match self.original_dst.original_dst(tcp).map(canonical) {
             Ok(orig) if orig != local => {
                 if self.own_ports.contains(&orig.port()) {
                     return Err((
@@ -230,10 +232,11 @@ impl Inbound {
                         "original destination port is not a served port",
                     ));
                 }
-                Ok(SocketAddr::new(
-                    IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    orig.port(),
-                ))
+                let loopback = match orig {
+                    SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                };
+                Ok(SocketAddr::new(loopback, orig.port()))
             }
             _ => self.app_addr.ok_or((
                 "denied_not_redirected",
@@ -359,10 +362,18 @@ impl Inbound {
     /// plaintext connections alike, instead of one per stream type (smaller code, fewer resident
     /// pages per sidecar; a virtual call per read or write costs nothing measurable).
     async fn serve_app(&self, mut stream: AppStream, peer: Option<SpiffeId>, target: SocketAddr) {
-        let (protocol, prefix) = if self.opaque_ports.contains(&target.port()) {
+        let declared_opaque = self.opaque_ports.contains(&target.port());
+        let (protocol, prefix) = if declared_opaque {
             (Some(AppProtocol::Opaque), Vec::new())
         } else {
             sniff(&mut stream, 8192, sniff::classify_app).await
+        };
+        // Undecided: a client that said nothing may face a server that speaks first (relayed
+        // opaque); bytes that may still become an HTTP head go to the HTTP path (fail closed).
+        let protocol = match protocol {
+            None if prefix.is_empty() => Some(AppProtocol::Opaque),
+            None => Some(AppProtocol::Http1),
+            known => known,
         };
         let stream = Prefixed::new(prefix, stream);
         let ctx = http_proxy::Ctx::new(
@@ -432,7 +443,12 @@ impl Inbound {
                         }
                     };
                 let _ = app.set_nodelay(true);
-                relay(stream, app, "inbound", &self.metrics).await;
+                if declared_opaque {
+                    relay(stream, app, "inbound", &self.metrics).await;
+                } else {
+                    let gated = crate::first_line_gate::FirstLineGate::new(stream);
+                    relay(gated, app, "inbound", &self.metrics).await;
+                }
             }
         }
     }
@@ -489,11 +505,12 @@ impl Outbound {
                 original_dst,
                 own_addr,
             } => {
-                let orig = original_dst.original_dst(app).map_err(|e| {
+                let orig = original_dst.original_dst(app).map(canonical).map_err(|e| {
                     self.count("no_original_destination");
                     format!("no original destination: {e}")
                 })?;
-                if orig == *own_addr || orig == app.local_addr().unwrap_or(*own_addr) {
+                let local = app.local_addr().map(canonical).unwrap_or(*own_addr);
+                if orig == *own_addr || orig == local {
                     self.count("denied_loop");
                     return Err("connection was not redirected (it would loop)".into());
                 }

@@ -122,7 +122,15 @@ const METHODS: &[&[u8]] = &[
     b"CONNECT ",
 ];
 
-/// Classifies the first application bytes; `None` = need more bytes to decide.
+/// Classifies the first application bytes of an inbound connection; `None` = need more bytes.
+///
+/// Anything an HTTP server would read as a request line is HTTP (served by the HTTP path, which
+/// applies the policy and stamps the identity, or answers 400), never relayed raw: a raw relay
+/// lets the client write its own `x-pqmesh-peer-identity` to the app. That includes empty lines
+/// before the request line (RFC 9112 §2.2 lets servers skip them) and a first line that names an
+/// HTTP version anywhere, in any case. The rest is opaque and is relayed through
+/// [`crate::first_line_gate::FirstLineGate`], which ends the connection if its first line turns
+/// out to name an HTTP version after all.
 pub fn classify_app(buf: &[u8]) -> Option<AppProtocol> {
     if buf.is_empty() {
         return None;
@@ -135,27 +143,19 @@ pub fn classify_app(buf: &[u8]) -> Option<AppProtocol> {
             None
         };
     }
+    let Some(start) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return None; // only empty lines so far
+    };
+    let body = &buf[start..];
+    let line = &body[..body.iter().position(|&b| b == b'\n').unwrap_or(body.len())];
+    if names_http_version(line) {
+        return Some(AppProtocol::Http1);
+    }
     for method in METHODS {
-        let n = buf.len().min(method.len());
-        if buf[..n] == method[..n] {
-            if buf.len() < method.len() {
-                return None;
-            }
-            // A method and a space: HTTP/1 unless the first line says otherwise.
-            if let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-                return Some(
-                    if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
-                        AppProtocol::Http1
-                    } else {
-                        AppProtocol::Opaque
-                    },
-                );
-            }
-            // A method and no line end within the sniff window: a long request line. Relaying it
-            // as opaque bytes would pass a client's own identity header to the app, so HTTP/1
-            // it is (hyper answers 414/431/400 if it is not acceptable HTTP).
-            return if buf.len() >= 8192 {
+        let n = line.len().min(method.len());
+        if line[..n] == method[..n] {
+            // `GET /x` with no version is HTTP/0.9 to some servers: the HTTP path refuses it.
+            return if line.len() >= method.len() {
                 Some(AppProtocol::Http1)
             } else {
                 None
@@ -163,6 +163,11 @@ pub fn classify_app(buf: &[u8]) -> Option<AppProtocol> {
         }
     }
     Some(AppProtocol::Opaque)
+}
+
+/// `HTTP/` in any case anywhere in the line (`GET / HTTP/1.1`, `FOO\t/\thttp/1.0`).
+pub fn names_http_version(line: &[u8]) -> bool {
+    line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"))
 }
 
 #[cfg(test)]
@@ -320,8 +325,41 @@ mod tests {
         assert_eq!(classify_app(H2_PREFACE), Some(AppProtocol::Http2));
         assert_eq!(classify_app(&H2_PREFACE[..10]), None);
         assert_eq!(classify_app(b"GE"), None);
-        assert_eq!(classify_app(b"GET /no-version-yet"), None);
-        assert_eq!(classify_app(b"GET / SMTP\r\n"), Some(AppProtocol::Opaque));
+        assert_eq!(
+            classify_app(b"GET /no-version-yet"),
+            Some(AppProtocol::Http1)
+        );
+        // Begins like a request line: the HTTP parser judges it (it answers 400), never raw.
+        assert_eq!(classify_app(b"GET / SMTP\r\n"), Some(AppProtocol::Http1));
+        for could_be_read_as_http in [
+            &b"\r\nGET / HTTP/1.1\r\n"[..],
+            b"\n\n\nGET / HTTP/1.1\r\n",
+            b"get / HTTP/1.1\r\n",
+            b"PROPFIND / HTTP/1.1\r\n",
+            b"FOO / http/1.0\r\n",
+            b"X\t/\tHTTP/1.1\r\n",
+            b"GET /\r\n",
+        ] {
+            assert_eq!(
+                classify_app(could_be_read_as_http),
+                Some(AppProtocol::Http1),
+                "{:?}",
+                String::from_utf8_lossy(could_be_read_as_http)
+            );
+        }
+        assert_eq!(classify_app(b"\r\n"), None);
+        assert_eq!(classify_app(b"\r\nGE"), None);
+        // Opaque, relayed through the first-line gate.
+        assert_eq!(classify_app(b"ping"), Some(AppProtocol::Opaque));
+        assert_eq!(classify_app(b"let me in"), Some(AppProtocol::Opaque));
+        assert_eq!(
+            classify_app(b"SSH-2.0-OpenSSH_9.2\r\n"),
+            Some(AppProtocol::Opaque)
+        );
+        assert_eq!(
+            classify_app(b"*1\r\n$4\r\nPING\r\n"),
+            Some(AppProtocol::Opaque)
+        );
         assert_eq!(classify_app(b"\x00\x01binary"), Some(AppProtocol::Opaque));
         assert_eq!(classify_app(b"HELO mail\r\n"), Some(AppProtocol::Opaque));
         // A request line longer than the window is still HTTP: as opaque bytes it would carry a

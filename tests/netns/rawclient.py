@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Raw-socket clients for tests/netns/run.sh (run inside a pod's network namespace).
 
-  rawclient.py upgrade HOST PORT   HTTP/1.1 Upgrade: pqmesh-echo, expect 101, then echo bytes
+  rawclient.py upgrade HOST PORT   HTTP/1.1 Upgrade: websocket, expect 101, then echo bytes
   rawclient.py echo HOST PORT N    send N random bytes to a TCP echo server, expect them back
   rawclient.py h2 HOST PORT PATH.. HTTP/2 prior knowledge, one stream per PATH, all concurrently
                                    on ONE connection; prints each response body
@@ -47,7 +47,7 @@ def eof_after_shutdown(sock):
 def upgrade(host, port):
     s = socket.create_connection((host, port), timeout=TIMEOUT)
     deadline = time.monotonic() + TIMEOUT
-    s.sendall(b"GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: pqmesh-echo\r\n\r\n")
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
     head = bytearray()
     while b"\r\n\r\n" not in head and time.monotonic() < deadline:
         s.settimeout(max(0.05, deadline - time.monotonic()))

@@ -6,11 +6,13 @@
 # Topology (everything lives in namespaces named pqmesh-<pid>-*; nothing is added to the root
 # network namespace, so several runs can go on at once and the host firewall is not involved):
 #
-#   pod-a 10.213.77.1  meshed   shop/web  sidecar (UID 1337) + app (UID 1000) + iptables
-#   pod-b 10.213.77.2  meshed   shop/api  sidecar (UID 1337) + app (UID 1000) + iptables
-#   ext-c 10.213.77.3  unmeshed            app only, no sidecar, no rules
+#   pod-a 10.213.77.1  fd00:213:77::1  meshed   shop/web  sidecar (UID 1337) + app (UID 1000) + iptables/ip6tables
+#   pod-b 10.213.77.2  fd00:213:77::2  meshed   shop/api  sidecar (UID 1337) + app (UID 1000) + iptables/ip6tables
+#   ext-c 10.213.77.3  fd00:213:77::3  unmeshed            app only, no sidecar, no rules
 #   cp    10.213.77.254:15012   pqmesh-control-plane --local
 #   sw    the bridge br0 joining the four veth legs (captures are taken on pod-b's veth)
+# Every pod also has its automatic IPv6 link-local address on eth0 (DAD is off, so it is usable
+# at once); the apps listen on [::] (IPv4 and IPv6), as an app in a real pod may.
 #
 # Prints PASS/FAIL with evidence for every check and a summary table; exits 0 only if all pass.
 # Setup problems (not root, missing tool, namespaces impossible, a process that will not become
@@ -36,7 +38,7 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "must run as root (ip netns, veth, bridge and iptables need it); try: sudo $0"
 CLEAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export NO_COLOR=1 # plain logs from the pqmesh binaries (tracing-subscriber honours it)
-for tool in ip iptables iptables-save iptables-restore tcpdump tshark curl python3 setpriv \
+for tool in ip iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore sysctl tcpdump tshark curl python3 setpriv \
     awk grep sed mktemp ss; do
     (PATH=$CLEAN_PATH; command -v "$tool" >/dev/null 2>&1) || die "required tool '$tool' is not installed (looked in $CLEAN_PATH)"
 done
@@ -55,6 +57,8 @@ setpriv --reuid "$APP_UID" --regid "$APP_UID" --clear-groups env -i PATH="$CLEAN
 ID=$$
 NET=10.213.77
 IP_A=$NET.1 IP_B=$NET.2 IP_C=$NET.3 IP_CP=$NET.254
+NET6=fd00:213:77
+IP6_A=$NET6::1 IP6_B=$NET6::2 IP6_C=$NET6::3
 NS_A=pqmesh-$ID-a NS_B=pqmesh-$ID-b NS_C=pqmesh-$ID-c NS_CP=pqmesh-$ID-cp NS_SW=pqmesh-$ID-sw
 ALL_NS=("$NS_SW" "$NS_A" "$NS_B" "$NS_C" "$NS_CP")
 declare -A PID_OF=()
@@ -224,17 +228,24 @@ for ns in "${ALL_NS[@]}"; do
 done
 ip -n "$NS_SW" link add br0 type bridge || die "cannot create a bridge in $NS_SW"
 ip -n "$NS_SW" link set br0 up
-attach() { # ns ip leg-name
+attach() { # ns ip leg-name [ipv6]
     ip -n "$NS_SW" link add "$3" type veth peer name eth0 netns "$1" || die "cannot create veth $3 <-> $1/eth0"
     ip -n "$NS_SW" link set "$3" master br0 up
     ip -n "$1" addr add "$2/24" dev eth0
+    # No duplicate address detection: the link-local address is usable as soon as the link is up.
+    ip netns exec "$1" sysctl -qw net.ipv6.conf.eth0.accept_dad=0 || die "cannot turn off IPv6 DAD in $1"
+    [ -z "${4:-}" ] || ip -n "$1" addr add "$4/64" dev eth0 nodad
     ip -n "$1" link set eth0 up
 }
-attach "$NS_A" "$IP_A" veth-a
-attach "$NS_B" "$IP_B" veth-b
-attach "$NS_C" "$IP_C" veth-c
+attach "$NS_A" "$IP_A" veth-a "$IP6_A"
+attach "$NS_B" "$IP_B" veth-b "$IP6_B"
+attach "$NS_C" "$IP_C" veth-c "$IP6_C"
 attach "$NS_CP" "$IP_CP" veth-cp
+link_local() { ip -n "$1" -6 addr show dev eth0 scope link | awk '/inet6/ { sub("/.*", "", $2); print $2; exit }'; }
+LL_B=$(link_local "$NS_B")
+[ -n "$LL_B" ] || die "$NS_B/eth0 has no IPv6 link-local address"
 echo "  $NS_A=$IP_A $NS_B=$IP_B $NS_C=$IP_C $NS_CP=$IP_CP, bridge br0 in $NS_SW"
+echo "  IPv6: $NS_A=$IP6_A $NS_B=$IP6_B (link-local $LL_B) $NS_C=$IP6_C"
 
 section "setup: control plane"
 TOKEN_A=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
@@ -255,6 +266,12 @@ endpoints:
   namespace: shop
   serviceAccount: web
 - ip: $IP_B
+  namespace: shop
+  serviceAccount: api
+- ip: $IP6_A
+  namespace: shop
+  serviceAccount: web
+- ip: $IP6_B
   namespace: shop
   serviceAccount: api
 EOF
@@ -286,6 +303,11 @@ for ns in "$NS_A" "$NS_B" "$NS_C"; do
     in_ns "$ns" python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], 15012), timeout=3).close()' "$IP_CP" 2>/dev/null ||
         die "no TCP connectivity from $ns to $IP_CP:15012 over the bridge"
 done
+# IPv6 too: a refused connection (RST from $IP6_B, nothing listens yet) proves the path.
+in_ns "$NS_C" python3 -c 'import socket, sys
+try: socket.create_connection((sys.argv[1], 9), timeout=3)
+except ConnectionRefusedError: sys.exit(0)
+sys.exit(1)' "$IP6_B" 2>/dev/null || die "no IPv6 connectivity from $NS_C to $IP6_B over the bridge"
 
 section "setup: pods"
 # Files the sidecar (UID 1337) needs: a world-readable bundle copy, a token only 1337 may read.
@@ -331,9 +353,9 @@ for pod in a b; do
         { cat "$WORK/logs/init-$pod.log" >&2; die "pqmesh-sidecar init failed in $ns"; }
     echo "  init $ns: $(oneline <"$WORK/logs/init-$pod.log")"
 done
-start_app app-a "$NS_A" a 0.0.0.0:8080 0.0.0.0:9000
-start_app app-b "$NS_B" b 0.0.0.0:8080 0.0.0.0:9000
-start_app app-c "$NS_C" c 0.0.0.0:8080 0.0.0.0:9000
+start_app app-a "$NS_A" a '[::]:8080' '[::]:9000'
+start_app app-b "$NS_B" b '[::]:8080' '[::]:9000'
+start_app app-c "$NS_C" c '[::]:8080' '[::]:9000'
 start_sidecar a
 start_sidecar b
 for key in app-a app-b app-c; do
@@ -347,10 +369,10 @@ echo "  setup done in $((SECONDS - T0))s"
 section "1. pqmesh-sidecar init: --dry-run output and idempotency"
 echo "  --- pqmesh-sidecar init --dry-run (in $NS_A) ---"
 in_ns "$NS_A" "$BIN/pqmesh-sidecar" init --dry-run | sed 's/^/  | /'
-nat_rules() { in_ns "$NS_A" iptables-save -t nat | grep -E '^(-A|:PQMESH)' | sed 's/\[[0-9]*:[0-9]*\]//'; }
-before=$(nat_rules)
+nat_rules() { in_ns "$NS_A" "${1:-iptables}-save" -t nat | { grep -E '^(-A|:PQMESH)' || true; } | sed 's/\[[0-9]*:[0-9]*\]//'; }
+before=$(nat_rules) before6=$(nat_rules ip6tables)
 run_cap in_ns "$NS_A" "$BIN/pqmesh-sidecar" init
-after=$(nat_rules)
+after=$(nat_rules) after6=$(nat_rules ip6tables)
 nat=$(in_ns "$NS_A" iptables-save -t nat)
 j_out=$(printf '%s\n' "$nat" | grep -c -- '-j PQMESH_OUTPUT' || true)
 j_in=$(printf '%s\n' "$nat" | grep -c -- '-j PQMESH_INBOUND' || true)
@@ -361,6 +383,13 @@ check 1 "second init leaves one jump per chain, same rules" "$r" \
     "init#2 rc=$RC; jumps: -j PQMESH_OUTPUT=$j_out -j PQMESH_INBOUND=$j_in; rules in chains: OUTPUT=$r_out INBOUND=$r_in; nat table identical before/after: $([ "$before" = "$after" ] && echo yes || echo NO)"
 echo "  --- iptables-save -t nat in $NS_A after the second init ---"
 printf '%s\n' "$after" | sed 's/^/  | /'
+# ip6tables: the same rules (the IPv4 loopback addresses read as ::1), one jump per chain.
+as_v6=$(printf '%s\n' "$after" | sed -e 's#127\.0\.0\.1/32#::1/128#' -e 's#127\.0\.0\.0/8#::1/128#')
+j6=$(printf '%s\n' "$after6" | grep -c -- '-j PQMESH_' || true)
+[ -n "$after6" ] && [ "$after6" = "$as_v6" ] && [ "$before6" = "$after6" ] && [ "$j6" = 2 ] && r=0 || r=1
+check 1v6 "ip6tables: the same rules as iptables, second init changes nothing" "$r" \
+    "ip6tables PQMESH rules: $(printf '%s\n' "$after6" | grep -c -- '^-A PQMESH' || true), jumps: $j6; equal to the IPv4 set with ::1 for 127.0.0.0/8: $([ "$after6" = "$as_v6" ] && echo yes || echo NO); identical before/after: $([ "$before6" = "$after6" ] && echo yes || echo NO)"
+[ "$after6" = "$as_v6" ] || diff <(printf '%s\n' "$as_v6") <(printf '%s\n' "$after6") | sed 's/^/  diff | /' || true
 
 # Capture on pod-b's veth from now until the end of check 3, so the first mesh connection's
 # handshake (which later requests may reuse) is on it.
@@ -441,6 +470,87 @@ metric_lines "$NS_A" pqmesh_tls_handshakes_total
 metric_lines "$NS_B" pqmesh_tls_handshakes_total
 
 # ---------------------------------------------------------------------------------------------
+# 3v6. IPv6: STRICT, mesh and outbound exclusions over IPv6 (after the capture: it would count
+# the plaintext probes below as plaintext on the wire)
+# ---------------------------------------------------------------------------------------------
+section "3v6. IPv6: ip6tables interception (B at $IP6_B and ${LL_B}%eth0)"
+T6=$SECONDS
+# strict_v6 ID NAME URL: plaintext from unmeshed ext-c must not reach B's app (its connection
+# count moves only by our local probe) and B's sidecar must count it as denied_plaintext.
+strict_v6() {
+    local conn0 conn1 dp0 dp1 reached
+    conn0=$(local_conn "$NS_B")
+    dp0=$(metric "$NS_B" pqmesh_connections_total 'direction="inbound"' 'outcome="denied_plaintext"')
+    run_cap in_ns "$NS_C" curl -gsS --max-time 5 "$3"
+    echo "  (STRICT) curl from $NS_C $3 rc=$RC: $(printf '%s' "$OUT" | oneline)"
+    dp1=$(metric "$NS_B" pqmesh_connections_total 'direction="inbound"' 'outcome="denied_plaintext"')
+    conn1=$(local_conn "$NS_B")
+    case "$OUT" in *app=b*) reached=1 ;; *) reached=0 ;; esac
+    [ "$reached" = 0 ] && [ "$RC" != 0 ] && [ "$dp1" != unreachable ] && [ "$dp1" -gt "$dp0" ] &&
+        [ -n "$conn0" ] && [ "$conn1" = $((conn0 + 1)) ] && r=0 || r=1
+    check "$1" "$2" "$r" \
+        "curl rc=$RC; denied_plaintext $dp0 -> $dp1; app connections (local probes) $conn0 -> $conn1 (expected +1: only the probe)"
+}
+strict_v6 v6a "STRICT over IPv6 (global address): plaintext refused before the app" "http://[$IP6_B]:8080/plain-v6"
+# The link-local address every pod has, named with its zone (%25 is "%" in a URL).
+strict_v6 v6b "STRICT over IPv6 (link-local address): plaintext refused before the app" "http://[${LL_B}%25eth0]:8080/plain-ll"
+
+hs0=$(metric "$NS_B" pqmesh_tls_handshakes_total 'direction="inbound"' 'group="X25519MLKEM768"')
+run_cap as_app "$NS_A" curl -gsS --max-time 5 "http://[$IP6_B]:8080/mesh-v6"
+echo "  curl http://[$IP6_B]:8080/mesh-v6 (as UID $APP_UID in $NS_A) rc=$RC: $OUT"
+hs1=$(metric "$NS_B" pqmesh_tls_handshakes_total 'direction="inbound"' 'group="X25519MLKEM768"')
+[ "$RC" = 0 ] && [ "$(field app "$OUT")" = b ] && [ "$(field peer "$OUT")" = "$SPIFFE_A" ] &&
+    [ "$hs1" != unreachable ] && [ "$hs1" -gt "$hs0" ] && r=0 || r=1
+check v6c "A -> B by IPv6 address: PQ mTLS, B's app receives A's SPIFFE ID" "$r" \
+    "rc=$RC app=$(field app "$OUT") peer=$(field peer "$OUT"); B inbound X25519MLKEM768 handshakes $hs0 -> $hs1"
+
+# Outbound exclusions over IPv6: C's IPv6 address and port 9000 go straight out, C's IPv4 address
+# (not excluded: the IPv6 CIDR must not reach iptables) still goes through A's sidecar.
+run_cap in_ns "$NS_A" "$BIN/pqmesh-sidecar" init --exclude-outbound-cidrs "$IP6_C/128" --exclude-outbound-ports 9000
+echo "  init --exclude-outbound-cidrs $IP6_C/128 --exclude-outbound-ports 9000: rc=$RC"
+ex_rc=$RC
+in4=$(in_ns "$NS_A" iptables-save -t nat | grep -c -- "$IP6_C" || true)
+in6=$(in_ns "$NS_A" ip6tables-save -t nat | grep -c -- "-d $IP6_C/128 -j RETURN" || true)
+sum0=$(metric "$NS_A" pqmesh_connections_total)
+run_cap as_app "$NS_A" curl -gsS --max-time 5 "http://[$IP6_C]:8080/excluded-v6"
+ex6=$RC ex6_app=$(field app "$OUT")
+sum1=$(metric "$NS_A" pqmesh_connections_total)
+run_cap as_app "$NS_A" python3 "$BIN/rawclient.py" echo "$IP6_C" 9000 1024
+echo "  excluded port: raw TCP to [$IP6_C]:9000 rc=$RC: $OUT"
+ex_port=$RC
+sum2=$(metric "$NS_A" pqmesh_connections_total)
+run_cap as_app "$NS_A" curl -sS --max-time 5 "http://$IP_C:8080/not-excluded-v4"
+v4=$RC v4_app=$(field app "$OUT")
+sum3=$(metric "$NS_A" pqmesh_connections_total)
+# ...and IPv6 not excluded is still intercepted under these rules.
+run_cap as_app "$NS_A" curl -gsS --max-time 5 "http://[$IP6_B]:8080/still-meshed-v6"
+meshed_peer=$(field peer "$OUT")
+[ "$ex_rc" = 0 ] && [ "$in4" = 0 ] && [ "$in6" = 1 ] && [ "$ex6" = 0 ] && [ "$ex6_app" = c ] &&
+    [ "$ex_port" = 0 ] && [ "$sum0" = "$sum1" ] && [ "$sum1" = "$sum2" ] &&
+    [ "$v4" = 0 ] && [ "$v4_app" = c ] && [ "$sum3" = $((sum2 + 1)) ] && [ "$meshed_peer" = "$SPIFFE_A" ] && r=0 || r=1
+check v6d "outbound exclusions over IPv6 (CIDR, port); IPv6 CIDR only in ip6tables" "$r" \
+    "rule for $IP6_C in iptables: $in4, in ip6tables: $in6; [${IP6_C}]:8080 rc=$ex6 app=$ex6_app, [${IP6_C}]:9000 rc=$ex_port; A's connections_total $sum0 -> $sum1 -> $sum2 (unchanged = not redirected); $IP_C:8080 rc=$v4 app=$v4_app, total -> $sum3 (+1: through the sidecar); [$IP6_B]:8080 still meshed: peer=$meshed_peer"
+run_cap in_ns "$NS_A" "$BIN/pqmesh-sidecar" init
+[ "$RC" = 0 ] || die "re-running init with the default exclusions in $NS_A failed: $OUT"
+
+# Fail closed: a namespace with IPv6 (lo's ::1) but no usable ip6tables must not be set up; one
+# without IPv6 needs none.
+NS_X=pqmesh-$ID-x
+ip netns add "$NS_X" && ip -n "$NS_X" link set lo up || die "cannot create the scratch namespace $NS_X"
+run_cap in_ns "$NS_X" "$BIN/pqmesh-sidecar" init --ip6tables /nonexistent/ip6tables
+echo "  $NS_X (::1 on lo), init --ip6tables /nonexistent/ip6tables: rc=$RC: $OUT"
+lines=$(printf '%s\n' "$OUT" | grep -c . || true)
+[ "$RC" != 0 ] && [ "$lines" = 1 ] && printf '%s' "$OUT" | grep -q 'IPv6 is enabled.*bypass the sidecar' && r=0 || r=1
+check v6e "IPv6 present, ip6tables unusable: init fails with one line" "$r" "rc=$RC, $lines line(s) of output"
+in_ns "$NS_X" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 || die "cannot disable IPv6 in $NS_X"
+run_cap in_ns "$NS_X" "$BIN/pqmesh-sidecar" init --ip6tables /nonexistent/ip6tables
+echo "  $NS_X (IPv6 disabled), same command: rc=$RC: $(printf '%s' "$OUT" | oneline)"
+[ "$RC" = 0 ] && printf '%s' "$OUT" | grep -q '^pqmesh: no IPv6 in this network namespace' && r=0 || r=1
+check v6f "no IPv6 in the namespace: init says so and sets up IPv4" "$r" "rc=$RC"
+ip netns del "$NS_X"
+echo "  (IPv6 section: $((SECONDS - T6))s)"
+
+# ---------------------------------------------------------------------------------------------
 # 4. protocols
 # ---------------------------------------------------------------------------------------------
 section "4. protocols through the mesh"
@@ -473,7 +583,7 @@ check 4c "HTTP/2: 3 concurrent streams on one connection" "$r" "rc=$RC protos=$p
 
 run_cap as_app "$NS_A" python3 "$BIN/rawclient.py" upgrade "$IP_B" 8080
 echo "    $OUT"
-check 4d "HTTP/1.1 Upgrade: pqmesh-echo -> 101 then raw echo" "$RC" "$OUT"
+check 4d "HTTP/1.1 Upgrade: websocket -> 101 then raw echo" "$RC" "$OUT"
 
 run_cap as_app "$NS_A" python3 "$BIN/rawclient.py" echo "$IP_B" 9000 102400
 echo "    $OUT"
@@ -581,13 +691,14 @@ rm1=$RC
 run_cap in_ns "$NS_A" "$BIN/pqmesh-sidecar" init --remove
 rm2=$RC
 left=$(in_ns "$NS_A" iptables-save -t nat | grep -c PQMESH || true)
+left6=$(in_ns "$NS_A" ip6tables-save -t nat | grep -c PQMESH || true)
 sum0=$(metric "$NS_A" pqmesh_connections_total)
 run_cap as_app "$NS_A" curl -sS --max-time 5 "http://$IP_C:8080/after-remove"
 echo "  (rules removed, sidecar still outbound=refuse) curl to http://$IP_C:8080/after-remove rc=$RC: $OUT"
 sum1=$(metric "$NS_A" pqmesh_connections_total)
-[ "$rm1" = 0 ] && [ "$rm2" = 0 ] && [ "$left" = 0 ] && [ "$RC" = 0 ] && [ "$(field app "$OUT")" = c ] && [ "$sum0" = "$sum1" ] && r=0 || r=1
-check 8c "init --remove (twice) deletes all pqmesh rules; traffic no longer intercepted" "$r" \
-    "remove rc=$rm1,$rm2; PQMESH lines left in nat: $left; app->ext-c rc=$RC app=$(field app "$OUT"); A connections_total $sum0 -> $sum1"
+[ "$rm1" = 0 ] && [ "$rm2" = 0 ] && [ "$left" = 0 ] && [ "$left6" = 0 ] && [ "$RC" = 0 ] && [ "$(field app "$OUT")" = c ] && [ "$sum0" = "$sum1" ] && r=0 || r=1
+check 8c "init --remove (twice) deletes all pqmesh rules (both families); traffic no longer intercepted" "$r" \
+    "remove rc=$rm1,$rm2; PQMESH lines left in nat: $left (ip6tables: $left6); app->ext-c rc=$RC app=$(field app "$OUT"); A connections_total $sum0 -> $sum1"
 
 # ---------------------------------------------------------------------------------------------
 # Summary

@@ -2,10 +2,16 @@
 //! server on this machine, so this serves objects in the shape a v1.33 API server returns them
 //! (list, watch, get, create, replace, server-side apply, TokenReview) over plain HTTP to the
 //! control plane's real kube-rs client, and records every request for the tests to inspect.
-//! Simplifications, on purpose: no authentication/authorization, no field or label selectors,
-//! no pagination, and server-side apply merges objects key by key (lists of objects keyed by
-//! `name` merge by that key, as `x-kubernetes-list-type: map` lists do) without ownership
-//! tracking.
+//! Like the real one, it answers 409 Conflict to a replace or an apply whose
+//! `metadata.resourceVersion` is not the stored one, and keeps `metadata.managedFields` (one
+//! entry per manager and operation, without the field sets). Stricter than the real one, as
+//! the tests' oracle: a write without `fieldManager` is refused with 422 (the real server
+//! accepts it and records a manager derived from the user agent, typically `unknown`; only for
+//! an apply does it refuse too). TokenReview creations are exempt: nothing is stored.
+//! Simplifications, on purpose: no authentication/authorization, no field or label selectors
+//! other than `metadata.name`, no pagination, and server-side apply merges objects key by key
+//! (lists of objects keyed by `name` merge by that key, as `x-kubernetes-list-type: map` lists
+//! do) without ownership tracking or conflicts between managers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -31,6 +37,15 @@ pub struct Recorded {
     pub content_type: String,
     pub body: Value,
     pub status: u16,
+    /// The `fieldManager` query parameter, percent-decoded.
+    pub field_manager: Option<String>,
+}
+
+impl Recorded {
+    /// Whether the request changed (or tried to change) an object.
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+    }
 }
 
 #[derive(Default)]
@@ -150,7 +165,7 @@ impl ApiServer {
     /// Stores an object as if someone had created or changed it (watchers see the event).
     pub fn put(&self, object: Value) {
         let mut state = self.state.lock().unwrap();
-        store(&mut state, &self.events, object);
+        store(&mut state, &self.events, object, None);
     }
 
     pub fn delete(&self, collection: &str, ns: &str, name: &str) {
@@ -190,10 +205,14 @@ impl ApiServer {
     }
 }
 
+/// `(manager, operation)` of a write through the API, kept in `metadata.managedFields`.
+type Manager<'a> = Option<(&'a str, &'a str)>;
+
 fn store(
     state: &mut State,
     events: &broadcast::Sender<(String, Value)>,
     mut object: Value,
+    manager: Manager<'_>,
 ) -> Value {
     let kind = object["kind"].as_str().unwrap_or_default().to_owned();
     let api_version = object["apiVersion"].as_str().unwrap_or_default().to_owned();
@@ -228,6 +247,24 @@ fn store(
         }
     };
     object["metadata"]["generation"] = json!(generation);
+    let mut managed: Vec<Value> = existing
+        .as_ref()
+        .and_then(|old| old["metadata"]["managedFields"].as_array().cloned())
+        .unwrap_or_default();
+    if let Some((manager, operation)) = manager {
+        managed.retain(|m| !(m["manager"] == json!(manager) && m["operation"] == json!(operation)));
+        managed.push(
+            json!({"manager": manager, "operation": operation, "apiVersion": api_version,
+                            "time": "2026-11-22T08:00:00Z", "fieldsType": "FieldsV1"}),
+        );
+    }
+    if managed.is_empty() {
+        if let Some(m) = object["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
+    } else {
+        object["metadata"]["managedFields"] = json!(managed);
+    }
     state.objects.insert(key, object.clone());
     let event = json!({"type": event_type, "object": object});
     let v = state.version;
@@ -275,6 +312,7 @@ async fn handle(
         .collect();
     // `fieldSelector=metadata.name=<name>` (percent-encoded by the client) is the one selector
     // supported: it is what watches of a single object use.
+    let field_manager = params.get("fieldManager").map(|m| percent_decode(m));
     let only_name: Option<String> = params
         .get("fieldSelector")
         .map(|f| f.replace("%3D", "=").replace("%3d", "="))
@@ -310,6 +348,7 @@ async fn handle(
                 content_type,
                 body,
                 status: 200,
+                field_manager: None,
             });
             s.log
                 .iter()
@@ -358,7 +397,36 @@ async fn handle(
 
     let mut s = state.lock().unwrap();
     let key = (collection.clone(), ns.clone(), name.clone());
+    let stored_version = s
+        .objects
+        .get(&key)
+        .map(|o| o["metadata"]["resourceVersion"].clone());
+    // A resourceVersion in the body is a precondition (replace and apply alike).
+    let conflict = body["metadata"]["resourceVersion"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty() && stored_version != Some(json!(v)));
+    let is_write = matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) && collection != "apis/authentication.k8s.io/v1/tokenreviews";
+    let manager = field_manager.as_deref().unwrap_or_default();
     let (status, answer) = match (&method, name.is_empty()) {
+        _ if is_write && field_manager.as_deref().is_none_or(str::is_empty) => (
+            422,
+            status_body(
+                422,
+                "Invalid",
+                "fieldManager: Required value: the recorded API server refuses writes without a field manager",
+            ),
+        ),
+        (&Method::PUT | &Method::PATCH, false) if conflict => (
+            409,
+            status_body(
+                409,
+                "Conflict",
+                &format!("Operation cannot be fulfilled on {collection} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+            ),
+        ),
         (&Method::POST, true) if collection == "apis/authentication.k8s.io/v1/tokenreviews" => {
             let token = body["spec"]["token"].as_str().unwrap_or_default();
             match s.reviews.get(token) {
@@ -428,19 +496,14 @@ async fn handle(
                     status_body(409, "AlreadyExists", &format!("{name} already exists")),
                 )
             } else {
-                (201, store(&mut s, &events, object))
+                (201, store(&mut s, &events, object, Some((manager, "Update"))))
             }
         }
         (&Method::PUT, false) => match s.objects.get(&key) {
-            Some(old)
-                if old["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"] =>
-            {
-                (
-                    409,
-                    status_body(409, "Conflict", "the object has been modified"),
-                )
-            }
-            Some(_) => (200, store(&mut s, &events, body.clone())),
+            Some(_) => (
+                200,
+                store(&mut s, &events, body.clone(), Some((manager, "Update"))),
+            ),
             None => (
                 404,
                 status_body(404, "NotFound", &format!("{name} not found")),
@@ -459,7 +522,7 @@ async fn handle(
                     )
                 } else {
                     merge(&mut object["status"], &body["status"]);
-                    (200, store(&mut s, &events, object))
+                    (200, store(&mut s, &events, object, Some((manager, "Apply"))))
                 }
             } else {
                 let mut patch = body.clone();
@@ -467,7 +530,7 @@ async fn handle(
                     m.remove("resourceVersion");
                 }
                 merge(&mut object, &patch);
-                (200, store(&mut s, &events, object))
+                (200, store(&mut s, &events, object, Some((manager, "Apply"))))
             }
         }
         _ => (
@@ -486,6 +549,31 @@ async fn handle(
         content_type,
         body,
         status,
+        field_manager,
     });
     Ok(json_response(status, &answer))
+}
+
+/// `%XX` escapes of a query value (field managers may contain `/`).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -2,8 +2,9 @@
 //! binary used in the network-namespace suite). HTTP/1.1 and HTTP/2 with prior knowledge on one
 //! port: every response says which protocol arrived, which connection it came on (and how many
 //! requests the app has served, this one included) and what
-//! `x-pqmesh-peer-identity` said; `Upgrade: pqmesh-echo` switches the connection to a raw echo;
-//! `GET /bytes/N` answers N bytes.
+//! `x-pqmesh-peer-identity` said; `Upgrade: websocket` switches the connection to a raw echo
+//! (no WebSocket framing: the sidecar sees only bytes after the handshake); `GET /bytes/N`
+//! answers N bytes.
 //! A second port echoes raw TCP.
 
 use std::convert::Infallible;
@@ -63,7 +64,7 @@ async fn respond(
     if req
         .headers()
         .get("upgrade")
-        .is_some_and(|v| v == "pqmesh-echo")
+        .is_some_and(|v| v == "websocket")
     {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -80,7 +81,7 @@ async fn respond(
         return Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("connection", "upgrade")
-            .header("upgrade", "pqmesh-echo")
+            .header("upgrade", "websocket")
             .body(Either::Left(Full::new(Bytes::new())))
             .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new()))));
     }

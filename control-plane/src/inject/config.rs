@@ -383,7 +383,11 @@ mod tests {
                 "unknown field",
             ),
             ("PQMESH_SIDECAR_RESOURCES", "[]", "not a JSON object"),
-            ("PQMESH_SIDECAR_EXCLUDE_OUTBOUND_CIDRS", "fd00::/8", "IPv4"),
+            (
+                "PQMESH_SIDECAR_EXCLUDE_OUTBOUND_CIDRS",
+                "fd00::/129",
+                "IPv6",
+            ),
             ("PQMESH_SIDECAR_EXCLUDE_OUTBOUND_PORTS", "0", "TCP port"),
         ];
         for (name, value, want) in cases {

@@ -25,7 +25,8 @@ pub use patch::{diff, escape_pointer_token, PatchOp};
 pub use pod::{inject_pod, plan, Decision, InjectError, Plan, SkipReason};
 pub use review::{fuzz_review, review, Outcome, ReviewError, Reviewed};
 pub use server::{
-    follow_serving_config, serve, spawn, webhook_server_config, SpawnError, MAX_BODY_BYTES,
+    follow_serving_config, serve, spawn, webhook_server_config, SpawnError, SwappableCert,
+    MAX_BODY_BYTES,
 };
 
 /// Namespace label (value `enabled`/`disabled`) and pod annotation (value `"true"`/`"false"`).

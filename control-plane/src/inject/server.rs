@@ -1,8 +1,10 @@
 //! The webhook's HTTPS server: HTTP/1.1, `POST /inject` only, JSON bodies up to 1 MiB.
 //!
-//! TLS: the serving certificate is the control plane's own (issued by the mesh CA, renewed
+//! TLS: local mode serves the control plane's own certificate (issued by the mesh CA, renewed
 //! with it): [`follow_serving_config`] reuses the gRPC listener's certificate resolver under a
-//! different protocol policy. The caller is the kube-apiserver, a Go client that does not
+//! different protocol policy. Kubernetes mode serves an ECDSA certificate through a
+//! [`SwappableCert`], which `kubernetes::webhook_tls` replaces whenever the CA in force changes
+//! (root rotation), so no replica needs a restart to follow it. The caller is the kube-apiserver, a Go client that does not
 //! offer X25519MLKEM768 in every supported version and may negotiate TLS 1.2, so this one
 //! listener allows TLS 1.2 and 1.3 and classical key exchange (`KeyExchangePolicy::
 //! AllowClassical`, hybrid still preferred). It carries no mesh traffic and no secrets: the
@@ -11,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -22,7 +24,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pqmesh_mtls::{crypto_provider, KeyExchangePolicy};
-use rustls::server::ResolvesServerCert;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -78,6 +81,33 @@ pub fn webhook_server_config(
     Ok(Arc::new(config))
 }
 
+/// A certificate resolver whose certificate can be replaced while the server runs: every
+/// handshake after [`SwappableCert::swap`] presents the new certificate, connections already
+/// established keep theirs.
+#[derive(Debug)]
+pub struct SwappableCert(RwLock<Arc<CertifiedKey>>);
+
+impl SwappableCert {
+    pub fn new(initial: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(Self(RwLock::new(initial)))
+    }
+
+    pub fn swap(&self, next: Arc<CertifiedKey>) {
+        // A poisoned lock only means a panic elsewhere while swapping; the value is still whole.
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
 /// Follows the control plane's serving config (renewals included) with a webhook config for
 /// the same certificate. The returned channel closes when `serving`'s sender goes away, which
 /// stops [`serve`].
@@ -105,16 +135,16 @@ pub fn follow_serving_config(
     Ok(rx)
 }
 
-/// Binds `addr` and serves the webhook in the background with the control plane's serving
-/// certificate; returns the bound address. The server stops when `serving`'s sender is dropped.
+/// Binds `addr` and serves the webhook in the background with the TLS config `tls` holds (see
+/// [`follow_serving_config`], [`SwappableCert`]); returns the bound address. The server stops
+/// when `tls`'s sender is dropped.
 pub async fn spawn(
     addr: SocketAddr,
-    serving: watch::Receiver<Arc<ServerConfig>>,
+    tls: watch::Receiver<Arc<ServerConfig>>,
     cfg: InjectConfig,
     registry: &prometheus::Registry,
 ) -> Result<SocketAddr, SpawnError> {
     let metrics = InjectMetrics::register(registry).map_err(SpawnError::Metrics)?;
-    let tls = follow_serving_config(serving).map_err(SpawnError::Tls)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| SpawnError::Bind { addr, source })?;

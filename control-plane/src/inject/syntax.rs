@@ -2,7 +2,7 @@
 //! lists and Kubernetes resource quantities. They accept exactly what `pqmesh-sidecar init` and
 //! the API server accept, so an injected pod never fails later on a value we let through.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// `"80, 443"` → `[80, 443]` (sorted, deduplicated). Empty text is an empty list.
 pub(crate) fn ports(text: &str) -> Result<Vec<u16>, String> {
@@ -20,18 +20,23 @@ pub(crate) fn ports(text: &str) -> Result<Vec<u16>, String> {
     Ok(out)
 }
 
-/// `"10.0.0.0/8, 169.254.169.254"` → the same entries, checked. IPv4 only: that is what the
-/// init container's iptables rules support.
+/// `"10.0.0.0/8, 169.254.169.254, fd00::/8"` → the same entries, checked. IPv4 or IPv6: the
+/// init container gives each to iptables or ip6tables by its family.
 pub(crate) fn cidrs(text: &str) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (ip, len) = item.split_once('/').unwrap_or((item, "32"));
-        let valid = ip.parse::<Ipv4Addr>().is_ok()
-            && !len.starts_with('+')
-            && len.parse::<u8>().is_ok_and(|l| l <= 32);
+        let (ip, len) = match item.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (item, None),
+        };
+        let len_ok = |max: u8| {
+            len.is_none_or(|l| !l.starts_with('+') && l.parse::<u8>().is_ok_and(|l| l <= max))
+        };
+        let valid = (ip.parse::<Ipv4Addr>().is_ok() && len_ok(32))
+            || (ip.parse::<Ipv6Addr>().is_ok() && len_ok(128));
         if !valid {
             return Err(format!(
-                "{item:?} is not an IPv4 address or CIDR (like 10.0.0.0/8)"
+                "{item:?} is not an IPv4 or IPv6 address or CIDR (like 10.0.0.0/8 or fd00::/8)"
             ));
         }
         if !out.iter().any(|c| c == item) {
@@ -83,18 +88,28 @@ mod tests {
     #[test]
     fn cidr_lists() {
         assert_eq!(
-            cidrs("10.0.0.0/8, 169.254.169.254,10.0.0.0/8"),
-            Ok(vec!["10.0.0.0/8".to_owned(), "169.254.169.254".to_owned()])
+            cidrs("10.0.0.0/8, 169.254.169.254,10.0.0.0/8, fd00::/8,fd00:ec2::254"),
+            Ok(vec![
+                "10.0.0.0/8".to_owned(),
+                "169.254.169.254".to_owned(),
+                "fd00::/8".to_owned(),
+                "fd00:ec2::254".to_owned()
+            ])
         );
         for bad in [
             "10.0.0.0/33",
-            "fd00::/8",
+            "fd00::/129",
+            "fe80::1%eth0",
+            "fd00:::1",
             "10.0.0/8",
             "10.0.0.0/",
             "10.0.0.0/+8",
             "x",
         ] {
-            assert!(cidrs(bad).unwrap_err().contains("not an IPv4"), "{bad}");
+            assert!(
+                cidrs(bad).unwrap_err().contains("not an IPv4 or IPv6"),
+                "{bad}"
+            );
         }
     }
 

@@ -48,6 +48,8 @@ pub enum CaSecretError {
     },
     #[error("Secret {namespace}/{name} does not exist; with PQMESH_CA_USER_PROVIDED=true it must be created first (tls.crt, tls.key in PKCS#8)")]
     Missing { namespace: String, name: String },
+    #[error("Secret {namespace}/{name} does not exist (deleted?); nothing is derived from it until it is back")]
+    Gone { namespace: String, name: String },
     #[error("Secret {namespace}/{name} has no key {key:?}")]
     MissingKey {
         namespace: String,
@@ -86,6 +88,20 @@ impl CaSecret<'_> {
         self.parse(&secret)
     }
 
+    /// The CA as the Secret holds it now (a quorum read, not this replica's watch): what the
+    /// webhook caBundle is computed from, so a replica whose watch lags never writes an older
+    /// bundle.
+    pub async fn load_current(&self) -> Result<CertificateAuthority, CaSecretError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
+        match api.get_opt(self.name).await.map_err(|e| self.api(e))? {
+            Some(secret) => self.parse(&secret),
+            None => Err(CaSecretError::Gone {
+                namespace: self.namespace.to_owned(),
+                name: self.name.to_owned(),
+            }),
+        }
+    }
+
     async fn create(&self, api: &Api<Secret>) -> Result<Secret, CaSecretError> {
         let (cert, key) = create_root(self.trust_domain, self.alg)?;
         let mut data = BTreeMap::new();
@@ -105,7 +121,11 @@ impl CaSecret<'_> {
             data: Some(data),
             ..Default::default()
         };
-        match api.create(&PostParams::default(), &secret).await {
+        let params = PostParams {
+            field_manager: Some(super::publish::FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        match api.create(&params, &secret).await {
             Ok(created) => {
                 tracing::info!(namespace = self.namespace, name = self.name, alg = %self.alg, "created the mesh root CA Secret");
                 Ok(created)

@@ -1,26 +1,28 @@
 //! Kubernetes mode (`--kubernetes`): the same services as local mode, fed from the API server.
 //! - CA root and key in a Secret (`ca_secret`), created once race-safely or provided by the
 //!   operator. The mesh CA also signs the webhook's serving certificate, unless its root is
-//!   ML-DSA: the API server (Go) cannot verify ML-DSA, so then a separate ECDSA CA Secret does.
+//!   ML-DSA: the API server (Go) cannot verify ML-DSA, so then a separate ECDSA CA Secret does
+//!   (`webhook_tls`, which also keeps certificate and caBundle current through root rotation).
 //! - Workloads authenticate with projected service-account tokens (audience `pqmesh-ca`),
 //!   checked by TokenReview (`token_review`).
 //! - Policies from AccessPolicy/TokenIssuer objects, discovery from Pods/Services/EndpointSlices,
 //!   workload labels from Pods (`sources`).
-//! - Writes: the trust-bundle ConfigMaps and the webhook caBundle (`publish`), policy status
-//!   (`status`).
+//! - Writes: the trust-bundle ConfigMaps (`publish`), the webhook caBundle (`webhook_tls`),
+//!   policy status (`status`).
 //!
 //! Several replicas run side by side: each serves Certify and the Watch streams on its own; the
-//! writes are idempotent (server-side apply, or read-modify-replace with resourceVersion).
+//! writes are idempotent (server-side apply, at the resourceVersion read where the value is
+//! computed from a read), and every write names its field manager.
 
 pub mod ca_secret;
 pub mod publish;
 pub mod sources;
 pub mod status;
+pub mod webhook_tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pqmesh_mtls::KeyAlgorithm;
 use tokio::sync::watch;
 
 use crate::ca::CertificateAuthority;
@@ -44,6 +46,8 @@ pub enum KubernetesError {
     CaSecret(#[from] ca_secret::CaSecretError),
     #[error(transparent)]
     Source(#[from] sources::SourceError),
+    #[error(transparent)]
+    WebhookTls(#[from] webhook_tls::WebhookTlsError),
 }
 
 /// Everything the control plane's services need, read from the cluster.
@@ -55,9 +59,6 @@ pub struct Cluster {
     pub ca_updates: watch::Receiver<Arc<CertificateAuthority>>,
     /// The deny list, following the revocations ConfigMap.
     pub revoked: watch::Receiver<Arc<crate::revocation::RevocationList>>,
-    /// Signs the webhook's serving certificate (the mesh CA itself unless its root is ML-DSA);
-    /// its root is the webhook's caBundle.
-    pub webhook_ca: Arc<CertificateAuthority>,
     pub authenticator: Authenticator,
     pub policies: watch::Receiver<Arc<PolicyState>>,
     pub endpoints: watch::Receiver<Arc<EndpointTable>>,
@@ -86,32 +87,18 @@ impl Cluster {
         settings: &KubernetesSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, KubernetesError> {
-        let secret = |name, user_provided, alg| ca_secret::CaSecret {
+        let ca = ca_secret::CaSecret {
             client: client.clone(),
             namespace: &settings.namespace,
-            name,
-            user_provided,
+            name: &settings.ca_secret,
+            user_provided: settings.ca_user_provided,
             trust_domain: &config.trust_domain,
-            alg,
+            alg: config.ca_key_alg,
             leaf_lifetime: config.leaf_lifetime,
-        };
-        let ca = secret(
-            &settings.ca_secret,
-            settings.ca_user_provided,
-            config.ca_key_alg,
-        )
+        }
         .load_or_create()
         .await?;
         let ca = Arc::new(ca);
-        let webhook_ca = if root_is_ecdsa(ca.root_der()) {
-            ca.clone()
-        } else {
-            Arc::new(
-                secret(&settings.webhook_ca_secret, false, KeyAlgorithm::EcdsaP256)
-                    .load_or_create()
-                    .await?,
-            )
-        };
         let ca_updates = ca_secret::watch_ca_secret(
             client.clone(),
             settings.namespace.clone(),
@@ -150,7 +137,6 @@ impl Cluster {
             ca,
             ca_updates,
             revoked,
-            webhook_ca,
             authenticator,
             policies,
             endpoints,
@@ -159,7 +145,25 @@ impl Cluster {
         })
     }
 
-    /// Starts the writers: trust-bundle ConfigMaps, the webhook caBundle, policy status.
+    /// The webhook's TLS, following `ca` (the CA in force): its certificate and, when a
+    /// configuration is named, the caBundle there.
+    pub fn webhook_tls(&self, config: &Config) -> webhook_tls::WebhookTls {
+        webhook_tls::WebhookTls::new(
+            self.client.clone(),
+            self.settings.namespace.clone(),
+            self.settings.ca_secret.clone(),
+            self.settings.ca_user_provided,
+            self.settings.webhook_ca_secret.clone(),
+            self.settings.webhook_configuration.clone(),
+            config.trust_domain.clone(),
+            config.leaf_lifetime,
+            config.identity.clone(),
+            config.serving_names.clone(),
+        )
+    }
+
+    /// Starts the writers: trust-bundle ConfigMaps and policy status (the webhook caBundle is
+    /// written by [`webhook_tls`], with the certificate it vouches for).
     pub fn spawn_writers(
         &self,
         trust_bundle_configmap: &str,
@@ -184,13 +188,6 @@ impl Cluster {
             self.workloads.clone(),
             changed,
         );
-        if let Some(configuration) = &self.settings.webhook_configuration {
-            publish::spawn_webhook_ca_sync(
-                self.client.clone(),
-                configuration.clone(),
-                pqmesh_mtls::x509::certs_to_pem(&[self.webhook_ca.root_der().clone()]),
-            );
-        }
         status::spawn_status_writer(
             self.client.clone(),
             self.settings.pod_name.clone(),
@@ -198,17 +195,4 @@ impl Cluster {
             tracker,
         );
     }
-}
-
-/// Whether a root's key is ECDSA (which the API server can verify), from its SPKI algorithm.
-fn root_is_ecdsa(root_der: &[u8]) -> bool {
-    const ID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
-    <x509_cert::Certificate as der::Decode>::from_der(root_der).is_ok_and(|c| {
-        c.tbs_certificate
-            .subject_public_key_info
-            .algorithm
-            .oid
-            .to_string()
-            == ID_EC_PUBLIC_KEY
-    })
 }

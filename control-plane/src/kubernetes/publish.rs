@@ -1,22 +1,20 @@
-//! What the control plane writes to the cluster besides policy status: the public trust bundle
-//! as a ConfigMap in every namespace that has (or will have) meshed pods, and the webhook
-//! configuration's caBundle. Both are re-checked periodically, so a deleted ConfigMap or a
-//! caBundle reset by `helm upgrade` is repaired within a minute.
+//! The public trust bundle as a ConfigMap in every namespace that has (or will have) meshed
+//! pods, re-checked periodically, so a deleted ConfigMap is repaired within a minute. (The
+//! webhook caBundle is `webhook_tls`'s.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use k8s_openapi::ByteString;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 
 use super::sources::{is_meshed, reflect, WorkloadStores};
 use crate::inject::INJECT_KEY;
 
+/// Every write of the control plane names this field manager (policy status adds the replica).
 pub const FIELD_MANAGER: &str = "pqmesh-control-plane";
 /// The key sidecars read the bundle from (the injector mounts it as a file of this name).
 pub const TRUST_BUNDLE_KEY: &str = "trust-bundle.pem";
@@ -130,54 +128,4 @@ async fn apply_bundle(
     .await?;
     tracing::debug!(%namespace, %name, "trust bundle published");
     Ok(())
-}
-
-/// Keeps every webhook's `clientConfig.caBundle` in `configuration` equal to `ca_pem`.
-pub fn spawn_webhook_ca_sync(client: kube::Client, configuration: String, ca_pem: String) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        loop {
-            tick.tick().await;
-            match sync_webhook_ca(&client, &configuration, &ca_pem).await {
-                Ok(true) => tracing::info!(%configuration, "webhook caBundle updated"),
-                Ok(false) => {}
-                // Another replica (or helm) changed it since we read it: the next pass looks again.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    tracing::debug!(%configuration, "webhook configuration changed concurrently")
-                }
-                Err(e) => {
-                    tracing::warn!(%configuration, error = %e, "cannot update the webhook caBundle; retrying")
-                }
-            }
-        }
-    });
-}
-
-/// One pass: read, fix any webhook whose caBundle differs, write back with the read
-/// resourceVersion (a concurrent change makes it 409 and the next pass retries).
-pub async fn sync_webhook_ca(
-    client: &kube::Client,
-    configuration: &str,
-    ca_pem: &str,
-) -> kube::Result<bool> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let mut config = api.get(configuration).await?;
-    let mut changed = false;
-    for webhook in config.webhooks.iter_mut().flatten() {
-        let current = webhook
-            .client_config
-            .ca_bundle
-            .as_ref()
-            .map(|b| b.0.as_slice());
-        if current != Some(ca_pem.as_bytes()) {
-            webhook.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
-            changed = true;
-        }
-    }
-    if changed {
-        config.metadata.managed_fields = None;
-        api.replace(configuration, &PostParams::default(), &config)
-            .await?;
-    }
-    Ok(changed)
 }

@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const CP_NS: &str = "pqmesh-system";
-const WEBHOOK_NAME: &str = "pqmesh-control-plane.pqmesh-system.svc";
+pub(crate) const CP_NS: &str = "pqmesh-system";
+pub(crate) const WEBHOOK_NAME: &str = "pqmesh-control-plane.pqmesh-system.svc";
 
 fn pod(name: &str, sa: &str, ip: &str, app: &str, meshed: bool) -> Value {
     let mut init = vec![];
@@ -71,7 +71,7 @@ fn authenticated(sa: &str, audiences: &[&str]) -> Value {
 /// The cluster the tests start from: namespace shop (labelled for injection), web and api pods
 /// (meshed), Service api with its EndpointSlice, a policy admitting only shop/web to api, and the
 /// chart's webhook configuration with an empty caBundle.
-fn cluster(api: &ApiServer) {
+pub(crate) fn cluster(api: &ApiServer) {
     api.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"pqmesh.io/inject": "enabled", "kubernetes.io/metadata.name": "shop"}}}));
     api.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CP_NS, "labels": {"kubernetes.io/metadata.name": CP_NS}}}));
     api.put(pod(
@@ -136,7 +136,7 @@ fn cp_env(replica: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
     env
 }
 
-async fn replica(
+pub(crate) async fn replica(
     api: &ApiServer,
     name: &str,
     extra: &[(&str, &str)],
@@ -148,7 +148,7 @@ async fn replica(
         .map_err(|e| e.to_string())
 }
 
-fn data(object: &Value, key: &str) -> String {
+pub(crate) fn data(object: &Value, key: &str) -> String {
     use base64::Engine;
     let b64 = object["data"][key].as_str().unwrap_or_default();
     String::from_utf8(

@@ -5,6 +5,7 @@
 mod adversarial;
 mod adversarial_identity;
 mod adversarial_phantom;
+mod app_receives;
 mod certify;
 mod differential;
 mod external_peers;
@@ -12,6 +13,7 @@ mod faults;
 mod handshake_policy;
 mod hostile_clients;
 mod kubernetes;
+mod kubernetes_rotation;
 mod mesh;
 mod oauth_server;
 mod operations;

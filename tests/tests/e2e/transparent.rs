@@ -210,7 +210,7 @@ async fn an_upgraded_connection_carries_raw_bytes_both_ways() {
     let a = client_sidecar(&m, m.b.inbound_addr, &[]).await;
     let mut tcp = TcpStream::connect(a.outbound_addr.unwrap()).await.unwrap();
     tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: pqmesh-echo\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
     .await
     .unwrap();
@@ -504,6 +504,64 @@ async fn an_unreachable_app_gives_502_and_is_counted() {
             &b.metrics.registry,
             "pqmesh_http_requests_total",
             &[("outcome", "app_unreachable")]
+        ),
+        1.0
+    );
+}
+
+/// IPv6 end to end: A's app "dialled" B's IPv6 address (as `IP6T_SO_ORIGINAL_DST` says after
+/// ip6tables), discovery knows B by it, B's inbound on `[::1]` delivers to the app over IPv6
+/// (`[::1]:<original port>`), and an IPv6 destination discovery does not know is refused under
+/// `refuse`, never bypassed.
+#[tokio::test]
+async fn ipv6_destinations_are_meshed_and_unknown_ones_are_not_bypassed() {
+    let Ok(app6) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        eprintln!("SKIPPED: this machine has no IPv6 loopback");
+        return;
+    };
+    let app6_addr = app6.local_addr().unwrap();
+    let stats = std::sync::Arc::new(http_app::AppStats::default());
+    tokio::spawn(http_app::serve_http(app6, "b6".into(), stats.clone()));
+    let cp = ControlPlane::start(ECDSA, &["web", "api"]).await;
+    let b = sidecar_redirected(
+        with(
+            cp.sidecar_env("api", ECDSA),
+            &[
+                ("PQMESH_INBOUND_ADDR", "[::1]:0"),
+                ("PQMESH_INBOUND_ALLOW", "shop/*"),
+            ],
+        ),
+        Some(app6_addr),
+    )
+    .await;
+    assert!(b.inbound_addr.is_ipv6());
+    cp.set_endpoints(&format!(
+        "endpoints:\n  - ip: \"::1\"\n    ports: [{}]\n    namespace: shop\n    serviceAccount: api\n",
+        b.inbound_addr.port()
+    ), 1).await;
+    let a = sidecar_redirected(cp.sidecar_env("web", ECDSA), Some(b.inbound_addr)).await;
+    let out = get(a.outbound_addr.unwrap(), "/v6", &[]).await.unwrap();
+    assert!(
+        out.contains("app=b6"),
+        "delivered to the app on [::1]: {out}"
+    );
+    assert!(out.contains(&format!("peer={} ", spiffe("web"))), "{out}");
+
+    let unknown: SocketAddr = "[fd00:213:77::99]:8080".parse().unwrap();
+    let refuse = sidecar_redirected(
+        with(
+            cp.sidecar_env("web", ECDSA),
+            &[("PQMESH_OUTBOUND_UNMESHED", "refuse")],
+        ),
+        Some(unknown),
+    )
+    .await;
+    assert!(get(refuse.outbound_addr.unwrap(), "/", &[]).await.is_err());
+    assert_eq!(
+        metric(
+            &refuse.metrics.registry,
+            "pqmesh_connections_total",
+            &[("outcome", "denied_unmeshed")]
         ),
         1.0
     );
