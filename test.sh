@@ -25,6 +25,7 @@ command -v ip      >/dev/null || PKGS+=(iproute2)
 command -v iptables >/dev/null || PKGS+=(iptables)
 command -v setpriv >/dev/null || PKGS+=(util-linux)
 command -v npm     >/dev/null || PKGS+=(npm)
+command -v javac   >/dev/null || PKGS+=(openjdk-17-jdk-headless)  # the differential suite's Java server
 if [ ${#PKGS[@]} -gt 0 ]; then
   # tshark's installer asks whether non-root users may capture; answer once, non-interactively.
   echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
@@ -49,6 +50,10 @@ echo "oidc-provider $("$PQMESH_NODE24" -p 'require("./tests/oauth/node_modules/o
 step "install kubernetes-validate (Kubernetes schemas for the chart and injected pods)"
 command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 kubernetes-validate --version
+
+step "install the differential suite's stock servers (gunicorn; wsgiref, Node 24 and the JDK are above)"
+python3 -c 'import gunicorn' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check gunicorn
+echo "gunicorn $(python3 -c 'import gunicorn; print(gunicorn.__version__)'), $(java -version 2>&1 | head -1)"
 
 step "install Rust tools"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

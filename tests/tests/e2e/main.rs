@@ -7,6 +7,7 @@ mod adversarial_identity;
 mod adversarial_phantom;
 mod app_receives;
 mod certify;
+mod differential;
 mod external_peers;
 mod faults;
 mod handshake_policy;
