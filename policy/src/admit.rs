@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::compile::Secrets;
 use crate::compile::{
     check_api_version, check_name, unresolved_issuers, validate_issuer, validate_policy, PolicySet,
 };
@@ -138,6 +139,36 @@ impl Admitted {
             .values()
             .filter(|v| !v.accepted.status)
             .count()
+    }
+
+    /// Marks every TokenIssuer in force whose introspection client Secret (or key) is missing:
+    /// `ResolvedRefs=False, reason SecretNotFound`. The workloads that use it keep their last
+    /// snapshot (compilation fails for them only).
+    pub fn resolve_secrets(&mut self, secrets: &dyn Secrets) {
+        for t in &self.set.issuers {
+            let Some(i) = &t.spec.introspection else {
+                continue;
+            };
+            let r = &i.client_secret_ref;
+            if secrets
+                .get(&t.metadata.namespace, &r.name, &r.key)
+                .is_some()
+            {
+                continue;
+            }
+            let key = ObjectKey::new("TokenIssuer", &t.metadata.namespace, &t.metadata.name);
+            if let Some(v) = self.verdicts.get_mut(&key) {
+                v.resolved_refs = Judgement::refused(
+                    reason::SECRET_NOT_FOUND,
+                    format!(
+                        "spec.introspection.clientSecretRef: Secret {}/{} has no key {:?}; \
+                         workloads whose policies use this issuer keep their last policy \
+                         (a new workload gets none and is not ready)",
+                        t.metadata.namespace, r.name, r.key
+                    ),
+                );
+            }
+        }
     }
 }
 
