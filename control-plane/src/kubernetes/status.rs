@@ -10,7 +10,8 @@
 //! - Hygiene: an entry whose heartbeat is older than 90 s belongs to a replica that is gone
 //!   (crashed, or its Pod deleted): any replica removes it (JSON patch guarded by a `test` of the
 //!   entry's name), and with it the gone replica's field manager, which then owns nothing. A
-//!   replica shutting down removes its own entry and its counts from the totals at once.
+//!   replica shutting down removes its own entry at once; the others' next write (within 5 s)
+//!   takes its counts out of the totals.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,7 +124,7 @@ pub fn spawn_status_writer(
 
 fn json_patch(ops: Value) -> Patch<()> {
     // `removal` builds only well-formed operations, so this cannot fail; an empty patch if it did.
-    Patch::Json(serde_json::from_value(ops).unwrap_or_else(|_| ::json_patch::Patch(vec![])))
+    Patch::Json(serde_json::from_value(ops).unwrap_or_else(|_| kube_json_patch::Patch(vec![])))
 }
 
 fn api(client: &kube::Client, kind: &str, ns: &str) -> Api<DynamicObject> {
@@ -148,7 +149,9 @@ async fn leave(client: &kube::Client, replica: &str, policies: &Store<DynamicObj
             {
                 continue;
             }
-            let patch = removal(&object, &mine, Some(replica), Timestamp::now());
+            // Only the entry: the other replicas recompute the totals within one interval
+            // (5 s), and writing them here would leave this replica's manager owning them.
+            let patch = removal(&object, &mine, None, Timestamp::now());
             let params = PatchParams {
                 field_manager: Some(field_manager(replica)),
                 ..Default::default()
