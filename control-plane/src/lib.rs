@@ -100,6 +100,8 @@ pub struct RunningControlPlane {
     stopping: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     renewal: JoinHandle<()>,
+    /// Kubernetes mode: writes policy status; on shutdown it removes this replica's entries.
+    status_writer: Option<JoinHandle<()>>,
     /// The public trust bundle (PEM) the Kubernetes publisher follows.
     _bundle: watch::Sender<Arc<String>>,
 }
@@ -126,6 +128,10 @@ impl RunningControlPlane {
             self.server.abort();
         }
         self.renewal.abort();
+        // This replica's sidecar counts leave the policies' status with it (bounded inside).
+        if let Some(writer) = self.status_writer.take() {
+            let _ = writer.await;
+        }
     }
 
     /// Serves until `stop` resolves or an admin `POST /shutdown` arrives, then shuts down
@@ -152,6 +158,9 @@ impl RunningControlPlane {
         let _ = self.stopping.send(true);
         self.server.abort();
         self.renewal.abort();
+        if let Some(writer) = &self.status_writer {
+            writer.abort();
+        }
     }
 }
 
@@ -321,6 +330,7 @@ async fn start_with(
     let admin_tracker = tracker.clone();
     let admin_ca = ca_updates.clone();
     let admin_revoked = revoked.clone();
+    let admin_policies = sources.policies.clone();
     let shutdown_requested = watch::Sender::new(false);
     let admin_shutdown = shutdown_requested.clone();
     let dump_config = serde_json::json!({
@@ -378,6 +388,9 @@ async fn start_with(
                         "ca_version": ca_version,
                         "sidecars_on_current_ca": admin_tracker.on_ca_version(&ca_version),
                         "policies": admin_tracker.policy_status(),
+                        // Per object: Accepted / ResolvedRefs with reason and message, and
+                        // which version is in force (current, last-good, none).
+                        "objects": admin_policies.borrow().verdicts_json(),
                         "sidecars": admin_tracker.streams(),
                     });
                     Reply::json(serde_json::to_string_pretty(&body).unwrap_or_default())
@@ -412,13 +425,14 @@ async fn start_with(
             }
         }
     });
-    if let Some(cluster) = &sources.cluster {
+    let status_writer = sources.cluster.as_ref().map(|cluster| {
         cluster.spawn_writers(
             &config.inject.trust_bundle_configmap,
             bundle_rx,
             tracker.clone(),
-        );
-    }
+            stopping.clone(),
+        )
+    });
     let policy = policy_push::PolicyService {
         state: sources.policies,
         labels: sources.labels,
@@ -470,6 +484,7 @@ async fn start_with(
         stopping: stopping_tx,
         server,
         renewal,
+        status_writer,
         _bundle: bundle_tx,
     })
 }

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub policy_streams: IntGauge,
     pub policy_resources: IntGauge,
     pub policy_reloads: IntCounterVec,
+    pub policy_objects_rejected: IntGauge,
     pub policy_snapshots_sent: IntCounter,
     pub policy_acks: IntCounter,
     pub policy_nacks: IntCounter,
@@ -120,11 +121,19 @@ impl Metrics {
         let policy_reloads = IntCounterVec::new(
             Opts::new(
                 "policy_reloads_total",
-                "Policy source changes, by outcome (ok, invalid: last good kept)",
+                "Policy source changes, by outcome (ok: every object accepted; invalid: some object refused, it alone keeps its last good version)",
             ),
             &["outcome"],
         )
         .expect("static metric");
+        let policy_objects_rejected = IntGauge::new(
+            "policy_objects_rejected",
+            "TokenIssuers and AccessPolicies whose current version is refused (Accepted=False)",
+        )
+        .expect("static metric");
+        registry
+            .register(Box::new(policy_objects_rejected.clone()))
+            .expect("unique metric");
         let policy_snapshots_sent = IntCounter::new(
             "policy_snapshots_sent_total",
             "Policy snapshots pushed to sidecars",
@@ -246,6 +255,7 @@ impl Metrics {
             policy_streams,
             policy_resources,
             policy_reloads,
+            policy_objects_rejected,
             policy_snapshots_sent,
             policy_acks,
             policy_nacks,

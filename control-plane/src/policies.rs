@@ -1,7 +1,9 @@
 //! Local-mode policy source: every `*.yaml`/`*.yml` file in `DIR/policies/` (TokenIssuers and
 //! AccessPolicies, the same YAML as the CRDs) and the introspection client secrets in
-//! `DIR/secrets.yaml` (mode 0600). Polled for changes; a change that does not validate as a whole
-//! is logged and the last good state stays in force.
+//! `DIR/secrets.yaml` (mode 0600). Polled for changes. Every document is its own object, accepted
+//! or refused on its own (`pqmesh_policy::admit`): an invalid document (or a file that does not
+//! parse) affects only its objects, whose last accepted versions stay in force; the verdicts are
+//! in `/policy_status`.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pqmesh_policy::{parse_documents, PolicySet, Secrets};
+use pqmesh_policy::admit::{admit, candidates_from_yaml, Admitted, Candidate};
+use pqmesh_policy::{PolicySet, Secrets};
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -54,23 +57,67 @@ struct SecretEntry {
     data: HashMap<String, String>,
 }
 
-/// The policy state every push stream compiles from.
+/// The policy state every push stream compiles from, with the verdict on every object.
 pub struct PolicyState {
     pub set: PolicySet,
     pub secrets: SecretTable,
+    pub admitted: Admitted,
 }
 
-/// Loads now (an invalid directory is a start-up error) and keeps it fresh in the background.
+impl PolicyState {
+    pub fn new(mut admitted: Admitted, secrets: SecretTable) -> Self {
+        admitted.resolve_secrets(&secrets);
+        Self {
+            set: admitted.set.clone(),
+            secrets,
+            admitted,
+        }
+    }
+
+    /// The verdicts as `/policy_status` shows them.
+    pub fn verdicts_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.admitted.verdicts.values().collect::<Vec<_>>())
+            .unwrap_or_default()
+    }
+}
+
+/// Records a (re)load in the metrics: `policy_reloads_total{outcome}` is `ok` when every object
+/// was accepted, `invalid` when some were refused (each alone keeps its last good version);
+/// `policy_objects_rejected` counts the objects whose current version is refused.
+pub fn record(metrics: &crate::metrics::Metrics, state: &PolicyState) {
+    metrics
+        .policy_resources
+        .set((state.set.policies.len() + state.set.issuers.len()) as i64);
+    let rejected = state.admitted.rejected();
+    metrics.policy_objects_rejected.set(rejected as i64);
+    let outcome = if rejected == 0 { "ok" } else { "invalid" };
+    metrics.policy_reloads.with_label_values(&[outcome]).inc();
+    for v in state.admitted.verdicts.values() {
+        if !v.accepted.status {
+            tracing::error!(object = %v.key, source = %v.source, reason = %v.accepted.reason,
+                message = %v.accepted.message, "policy object refused; it alone is affected");
+        } else if !v.resolved_refs.status {
+            tracing::warn!(object = %v.key, reason = %v.resolved_refs.reason,
+                message = %v.resolved_refs.message, "policy object has an unresolved reference");
+        }
+    }
+}
+
+/// Loads now and keeps it fresh in the background. Only an unreadable or insecure
+/// `secrets.yaml` stops the start; policy documents are judged one by one.
 pub fn watch_dir(
     dir: &Path,
     trust_domain: &str,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<watch::Receiver<Arc<PolicyState>>, String> {
     let dir = dir.to_owned();
-    let (state, fingerprint) = load(&dir, trust_domain)?;
-    metrics
-        .policy_resources
-        .set((state.set.policies.len() + state.set.issuers.len()) as i64);
+    let secrets = load_secrets(&dir.join(SECRETS_FILE))?;
+    let fingerprint = fingerprint_of(&dir);
+    let state = PolicyState::new(
+        admit(candidates(&dir), &PolicySet::default(), trust_domain),
+        secrets,
+    );
+    record(&metrics, &state);
     let (tx, rx) = watch::channel(Arc::new(state));
     let trust_domain = trust_domain.to_owned();
     tokio::spawn(async move {
@@ -85,27 +132,46 @@ pub fn watch_dir(
                 continue;
             }
             last = now;
-            match load(&dir, &trust_domain) {
-                Ok((state, _)) => {
-                    tracing::info!(
-                        policies = state.set.policies.len(),
-                        issuers = state.set.issuers.len(),
-                        "reloaded policies"
-                    );
-                    metrics
-                        .policy_resources
-                        .set((state.set.policies.len() + state.set.issuers.len()) as i64);
-                    metrics.policy_reloads.with_label_values(&["ok"]).inc();
-                    let _ = tx.send(Arc::new(state));
-                }
+            let secrets = match load_secrets(&dir.join(SECRETS_FILE)) {
+                Ok(s) => s,
                 Err(e) => {
                     metrics.policy_reloads.with_label_values(&["invalid"]).inc();
-                    tracing::error!(error = %e, "policy change rejected; the last good policies stay in force");
+                    tracing::error!(error = %e, "secrets change rejected; the last good policies and secrets stay in force");
+                    continue;
                 }
-            }
+            };
+            let previous = tx.borrow().set.clone();
+            let state =
+                PolicyState::new(admit(candidates(&dir), &previous, &trust_domain), secrets);
+            record(&metrics, &state);
+            tracing::info!(
+                policies = state.set.policies.len(),
+                issuers = state.set.issuers.len(),
+                refused = state.admitted.rejected(),
+                "reloaded policies"
+            );
+            let _ = tx.send(Arc::new(state));
         }
     });
     Ok(rx)
+}
+
+/// Every document of every policy file; an unreadable file is one refused candidate.
+fn candidates(dir: &Path) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for file in policy_files(dir) {
+        let source = file.display().to_string();
+        match std::fs::read_to_string(&file) {
+            Ok(text) => out.extend(candidates_from_yaml(&text, &source)),
+            Err(e) => out.push(Candidate {
+                key: pqmesh_policy::admit::ObjectKey::new("Unknown", "", &source),
+                source,
+                generation: None,
+                parsed: Err(e.to_string()),
+            }),
+        }
+    }
+    out
 }
 
 type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
@@ -136,21 +202,6 @@ fn fingerprint_of(dir: &Path) -> Fingerprint {
             (p, mtime, len)
         })
         .collect()
-}
-
-fn load(dir: &Path, trust_domain: &str) -> Result<(PolicyState, Fingerprint), String> {
-    let fingerprint = fingerprint_of(dir);
-    let mut resources = Vec::new();
-    for file in policy_files(dir) {
-        let text =
-            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        resources.extend(
-            parse_documents(&text, &file.display().to_string()).map_err(|e| e.to_string())?,
-        );
-    }
-    let set = PolicySet::build(resources, trust_domain).map_err(|e| e.to_string())?;
-    let secrets = load_secrets(&dir.join(SECRETS_FILE))?;
-    Ok((PolicyState { set, secrets }, fingerprint))
 }
 
 fn load_secrets(path: &Path) -> Result<SecretTable, String> {

@@ -30,7 +30,7 @@ pub struct PolicyError {
     pub reason: String,
 }
 
-fn err(location: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+pub(crate) fn err(location: impl Into<String>, reason: impl Into<String>) -> PolicyError {
     PolicyError {
         location: location.into(),
         reason: reason.into(),
@@ -55,7 +55,8 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<Resource>, Policy
 
 impl PolicySet {
     /// Validates every resource and every cross-reference; the first problem is the error and
-    /// nothing of the set is usable (callers keep their previous set).
+    /// nothing of the set is usable. All or nothing: for tests, benchmarks and fuzzing; the
+    /// control plane admits objects one by one ([`crate::admit`]).
     pub fn build(resources: Vec<Resource>, trust_domain: &str) -> Result<Self, PolicyError> {
         let mut set = PolicySet::default();
         let mut seen = HashSet::new();
@@ -84,13 +85,22 @@ impl PolicySet {
         }
         for p in &set.policies {
             let location = format!("AccessPolicy {}/{}", p.metadata.namespace, p.metadata.name);
-            validate_policy(&location, p, &set.issuers, trust_domain)?;
+            validate_policy(&location, p, trust_domain)?;
+            if let Some(name) = unresolved_issuers(p, &set.issuers).first() {
+                return Err(err(
+                    location,
+                    format!(
+                        "spec.token.issuers: unknown TokenIssuer {name:?} in namespace {:?}",
+                        p.metadata.namespace
+                    ),
+                ));
+            }
         }
         Ok(set)
     }
 }
 
-fn check_api_version(location: &str, v: &str) -> Result<(), PolicyError> {
+pub(crate) fn check_api_version(location: &str, v: &str) -> Result<(), PolicyError> {
     if v != API_VERSION {
         return Err(err(
             location,
@@ -100,7 +110,7 @@ fn check_api_version(location: &str, v: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn check_name(location: &str, field: &str, name: &str) -> Result<(), PolicyError> {
+pub(crate) fn check_name(location: &str, field: &str, name: &str) -> Result<(), PolicyError> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name
@@ -117,11 +127,9 @@ fn check_name(location: &str, field: &str, name: &str) -> Result<(), PolicyError
     Ok(())
 }
 
-const ALLOWED_ALGS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
+use crate::model::ALLOWED_ALGORITHMS as ALLOWED_ALGS;
 
-fn check_url(location: &str, field: &str, url: &str) -> Result<(), PolicyError> {
+pub(crate) fn check_url(location: &str, field: &str, url: &str) -> Result<(), PolicyError> {
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
         .iter()
         .any(|p| {
@@ -138,7 +146,8 @@ fn check_url(location: &str, field: &str, url: &str) -> Result<(), PolicyError> 
     Ok(())
 }
 
-fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), PolicyError> {
+/// Checks one TokenIssuer on its own.
+pub(crate) fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), PolicyError> {
     let s = &t.spec;
     if s.issuer.is_empty() {
         return Err(err(location, "spec.issuer is empty"));
@@ -224,10 +233,10 @@ fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn validate_policy(
+/// Checks one AccessPolicy on its own (its references are [`unresolved_issuers`]'s).
+pub(crate) fn validate_policy(
     location: &str,
     p: &AccessPolicy,
-    issuers: &[TokenIssuer],
     trust_domain: &str,
 ) -> Result<(), PolicyError> {
     let s = &p.spec;
@@ -245,14 +254,23 @@ fn validate_policy(
             ));
         }
     }
-    if let Some(peers) = &s.peers {
-        if peers.is_empty() {
+    // An absent, empty or misspelt allow-list never means "anyone": `peers` is required and
+    // "any caller" is the explicit `["*"]`.
+    if s.peers.is_empty() {
+        return Err(err(
+            location,
+            "spec.peers is empty: list the allowed peers, or [\"*\"] for any caller the mTLS mode admits",
+        ));
+    }
+    if s.peers.iter().any(|p| p == ANY_PEER) {
+        if s.peers.len() != 1 {
             return Err(err(
                 location,
-                "spec.peers is empty (omit it to allow any caller)",
+                "spec.peers: \"*\" (any caller) must be the only entry",
             ));
         }
-        for peer in peers {
+    } else {
+        for peer in &s.peers {
             PeerPattern::parse(peer, trust_domain)
                 .map_err(|e| err(location, format!("spec.peers: {e}")))?;
         }
@@ -262,18 +280,7 @@ fn validate_policy(
             return Err(err(location, "spec.token.issuers is empty"));
         }
         for name in &token.issuers {
-            let found = issuers
-                .iter()
-                .any(|i| i.metadata.name == *name && i.metadata.namespace == p.metadata.namespace);
-            if !found {
-                return Err(err(
-                    location,
-                    format!(
-                        "spec.token.issuers: unknown TokenIssuer {name:?} in namespace {:?}",
-                        p.metadata.namespace
-                    ),
-                ));
-            }
+            check_name(location, "spec.token.issuers", name)?;
         }
     }
     for (i, rule) in s.rules.iter().enumerate() {
@@ -332,6 +339,24 @@ fn validate_policy(
     Ok(())
 }
 
+/// The TokenIssuers `p` names that are not among `issuers` (in its namespace).
+pub fn unresolved_issuers(p: &AccessPolicy, issuers: &[TokenIssuer]) -> Vec<String> {
+    p.spec
+        .token
+        .iter()
+        .flat_map(|t| t.issuers.iter())
+        .filter(|name| {
+            !issuers
+                .iter()
+                .any(|i| i.metadata.name == **name && i.metadata.namespace == p.metadata.namespace)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The explicit "any caller" entry of `spec.peers`.
+pub const ANY_PEER: &str = "*";
+
 /// What the control plane knows about a workload asking for its policy.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -355,6 +380,7 @@ pub struct CompiledPolicy {
     pub name: String,
     pub ports: Option<Vec<u16>>,
     pub permissive: bool,
+    /// `None`: any caller the mTLS mode admits (`peers: ["*"]`).
     pub peers: Option<Vec<String>>,
     /// Issuer names (`<namespace>/<name>`) whose tokens satisfy this policy; `None` = no token needed.
     pub token_issuers: Option<Vec<String>>,
@@ -465,7 +491,8 @@ impl PolicySet {
                 name: format!("{ns}/{}", p.metadata.name),
                 ports: p.spec.ports.clone(),
                 permissive: p.spec.mtls == "PERMISSIVE",
-                peers: p.spec.peers.clone(),
+                // `["*"]` compiles to "no peer restriction", the snapshot form sidecars know.
+                peers: (p.spec.peers.iter().all(|p| p != ANY_PEER)).then(|| p.spec.peers.clone()),
                 token_issuers,
                 rules: p.spec.rules.clone(),
             });

@@ -71,7 +71,24 @@ fn crd(kind: &str, plural: &str, short: &str, spec_schema: Value, columns: Value
             "selectedSidecars": {"type": "integer", "format": "int32", "description": "Connected sidecars this policy selects"},
             "ackedSidecars": {"type": "integer", "format": "int32", "description": "Of those, how many run the current version"},
             "rejectedSidecars": {"type": "integer", "format": "int32", "description": "Of those, how many NACKed it"},
-            "conditions": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+            "conditions": {
+                "type": "array",
+                "description": "Accepted (the object is valid; reason Invalid when not), ResolvedRefs (its TokenIssuers or client Secret exist and are accepted), Ready (AccessPolicy: every selected sidecar ACKed it)",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": {
+                    "type": "object",
+                    "required": ["type", "status", "reason", "message", "lastTransitionTime"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                        "reason": {"type": "string"},
+                        "message": {"type": "string", "maxLength": 32768},
+                        "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+                        "lastTransitionTime": {"type": "string", "format": "date-time"}
+                    }
+                }
+            },
             "replicas": {
                 "type": "array",
                 "description": "Per control-plane replica: the sidecars connected to it (each replica applies its own entry)",
@@ -124,6 +141,7 @@ pub fn crds() -> Vec<Value> {
             structural::<TokenIssuerSpec>(),
             json!([
                 {"name": "Issuer", "type": "string", "jsonPath": ".spec.issuer"},
+                {"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"},
                 {"name": "Introspection", "type": "string", "jsonPath": ".spec.introspection.endpoint", "priority": 1},
                 {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
             ]),
@@ -135,6 +153,7 @@ pub fn crds() -> Vec<Value> {
             structural::<AccessPolicySpec>(),
             json!([
                 {"name": "mTLS", "type": "string", "jsonPath": ".spec.mtls"},
+                {"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"},
                 {"name": "Selected", "type": "integer", "jsonPath": ".status.selectedSidecars"},
                 {"name": "Acked", "type": "integer", "jsonPath": ".status.ackedSidecars"},
                 {"name": "Rejected", "type": "integer", "jsonPath": ".status.rejectedSidecars", "priority": 1},
@@ -255,10 +274,88 @@ mod tests {
             json!([{"required": ["values"]}, {"required": ["anyOf"]}, {"required": ["allOf"]}])
         );
         assert_eq!(claim["properties"]["anyOf"]["minItems"], json!(1));
+        // Every rule the control plane enforces that a schema can express.
+        let spec = |i: usize| {
+            &crds[i]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        };
+        assert_eq!(policy["mtls"]["enum"], json!(["STRICT", "PERMISSIVE"]));
+        assert!(spec(1)["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("peers")));
+        assert_eq!(policy["peers"]["minItems"], json!(1));
+        assert_eq!(policy["ports"]["items"]["minimum"], json!(1));
+        assert_eq!(
+            issuer["allowedAlgorithms"]["items"]["enum"],
+            json!(crate::model::ALLOWED_ALGORITHMS)
+        );
+        assert_eq!(
+            issuer["introspection"]["properties"]["responseFormat"]["enum"],
+            json!(["token-introspection+jwt", "jwt"])
+        );
+        assert_eq!(issuer["clockSkewSeconds"]["minimum"], json!(0));
+        assert_eq!(
+            issuer["jwksUri"]["pattern"],
+            json!(crate::model::URL_PATTERN)
+        );
+        assert_eq!(
+            issuer["introspection"]["properties"]["endpoint"]["pattern"],
+            json!(crate::model::URL_PATTERN)
+        );
+        let cel = |i: usize| {
+            spec(i)["x-kubernetes-validations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(cel(0).iter().any(|r| r["rule"]
+            .as_str()
+            .unwrap()
+            .contains("has(self.introspection)")));
+        assert_eq!(cel(1).len(), 2);
+        assert_eq!(
+            crds[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+                ["properties"]["conditions"]["x-kubernetes-list-map-keys"],
+            json!(["type"])
+        );
         let yaml = crds_yaml();
         assert!(
             yaml.contains("name: accesspolicies.pqmesh.io")
                 && yaml.contains("name: tokenissuers.pqmesh.io")
         );
+    }
+}
+
+#[cfg(test)]
+mod agreement {
+    //! The schema's patterns accept exactly what the control plane's checks accept.
+    use crate::model::{NAME_PATTERN, URL_PATTERN};
+
+    #[test]
+    fn url_and_name_patterns_agree_with_the_checks() {
+        let url = regex::Regex::new(URL_PATTERN).unwrap();
+        for u in [
+            "https://idp.example/jwks",
+            "http://127.0.0.1:9000/jwks",
+            "http://localhost/x",
+            "http://[::1]:80",
+            "http://127.0.0.1",
+            "http://evil.example/jwks",
+            "https://",
+            "http://127.0.0.1.evil.example/",
+            "http://localhostx/",
+            "ftp://x",
+            "",
+        ] {
+            let code = crate::compile::check_url("x", "f", u).is_ok();
+            assert_eq!(url.is_match(u), code, "{u:?}: schema vs check_url");
+        }
+        let name = regex::Regex::new(NAME_PATTERN).unwrap();
+        for n in ["gateway", "a", "a.b-c", "-a", "a-", "A", "a_b", "", "a..b"] {
+            let code = crate::compile::check_name("x", "f", n).is_ok();
+            // `a..b`: both accept it (DNS-1123 subdomain rules are stricter; the API server
+            // checks object names itself).
+            assert_eq!(name.is_match(n), code, "{n:?}: schema vs check_name");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! a request. Shared by the control plane (validate, compile, push) and the sidecar (evaluate).
 #![forbid(unsafe_code)]
 
+pub mod admit;
 pub mod compile;
 pub mod crd;
 pub mod eval;

@@ -45,17 +45,25 @@ pub struct TokenIssuer {
 /// An OAuth/OIDC issuer whose JWTs are accepted, optionally with introspection for phantom tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.introspection) || (has(self.audiences) && size(self.audiences) > 0)",
+     "message": "spec.audiences must list at least one audience (or configure introspection)"}
+]))]
 pub struct TokenIssuerSpec {
     /// Expected `iss` claim.
+    #[schemars(length(min = 1))]
     pub issuer: String,
     /// Accepted `aud` values (an access token must carry at least one). May be empty only when
     /// `introspection` is set (then only phantom tokens are accepted).
     #[serde(default)]
+    #[schemars(extend("items" = {"type": "string", "minLength": 1}))]
     pub audiences: Vec<String>,
     /// Where the issuer's signing keys are published (https, or http on loopback only).
+    #[schemars(extend("pattern" = URL_PATTERN))]
     pub jwks_uri: String,
     /// Signature algorithms accepted; never `none` or HMAC.
     #[serde(default = "default_algs")]
+    #[schemars(length(min = 1), extend("items" = {"type": "string", "enum": ALLOWED_ALGORITHMS}))]
     pub allowed_algorithms: Vec<String>,
     /// Tolerance for `exp`/`nbf`/`iat`, seconds (0..=300).
     #[serde(default = "default_skew")]
@@ -78,6 +86,18 @@ pub struct TokenIssuerSpec {
     #[serde(default)]
     pub jwks: JwksSpec,
 }
+
+/// Signature algorithms a TokenIssuer may accept (never `none` or HMAC).
+pub const ALLOWED_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// https URLs, or http on loopback only — the rule `compile::check_url` enforces, as a schema
+/// pattern.
+pub const URL_PATTERN: &str = r"^(https://.+|http://(127\.0\.0\.1|localhost|\[::1\])([:/].*)?)$";
+
+/// DNS-1123 subdomain names (what `compile::check_name` accepts).
+pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$";
 
 fn default_algs() -> Vec<String> {
     vec![
@@ -136,12 +156,15 @@ impl ScopeClaim {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IntrospectionSpec {
+    #[schemars(extend("pattern" = URL_PATTERN))]
     pub endpoint: String,
+    #[schemars(length(min = 1))]
     pub client_id: String,
     /// The client secret, from a Secret in the issuer's namespace (local mode: `secrets.yaml`).
     pub client_secret_ref: SecretKeyRef,
     /// `token-introspection+jwt` (RFC 9701, default) or `jwt` (the access token itself as a JWT).
     #[serde(default = "default_response_format")]
+    #[schemars(extend("enum" = ["token-introspection+jwt", "jwt"]))]
     pub response_format: String,
     #[serde(default)]
     pub cache: IntrospectionCacheSpec,
@@ -154,7 +177,9 @@ fn default_response_format() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
+    #[schemars(extend("pattern" = NAME_PATTERN))]
     pub name: String,
+    #[schemars(length(min = 1))]
     pub key: String,
 }
 
@@ -163,9 +188,11 @@ pub struct SecretKeyRef {
 pub struct IntrospectionCacheSpec {
     /// Bound on cached phantom tokens per sidecar.
     #[serde(default = "default_cache_entries")]
+    #[schemars(range(min = 1))]
     pub max_entries: u32,
     /// Upper bound on how long an introspection result is reused, seconds.
     #[serde(default = "default_cache_ttl")]
+    #[schemars(range(min = 1))]
     pub max_ttl_seconds: u32,
     /// Treat `Cache-Control: no-store` as "do not cache" (OAuth servers send it on everything).
     #[serde(default)]
@@ -195,9 +222,11 @@ fn default_cache_ttl() -> u32 {
 pub struct JwksSpec {
     /// Periodic refresh, seconds.
     #[serde(default = "default_jwks_refresh")]
+    #[schemars(range(min = 1))]
     pub refresh_seconds: u32,
     /// Minimum interval between refetches triggered by an unknown `kid`, seconds.
     #[serde(default = "default_jwks_min_refetch")]
+    #[schemars(range(min = 1))]
     pub min_refetch_seconds: u32,
 }
 
@@ -230,18 +259,28 @@ pub struct AccessPolicy {
 /// selects a workload, everything it does not allow is denied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!self.peers.exists(p, p == '*') || size(self.peers) == 1",
+     "message": "spec.peers: \"*\" (any caller) must be the only entry"},
+    {"rule": "has(self.token) || !has(self.rules) || self.rules.all(r, (!has(r.scopes) || size(r.scopes) == 0) && (!has(r.claims) || size(r.claims) == 0))",
+     "message": "a rule requires scopes or claims but spec.token names no issuer"}
+]))]
 pub struct AccessPolicySpec {
     /// Workloads in the policy's namespace with all these labels.
     pub selector: Selector,
     /// Ports this policy applies to; absent = every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), extend("items" = {"type": "integer", "minimum": 1, "maximum": 65535}))]
     pub ports: Option<Vec<u16>>,
     /// STRICT (mesh mTLS only) or PERMISSIVE (plaintext also accepted).
     #[serde(default = "default_mtls")]
+    #[schemars(extend("enum" = ["STRICT", "PERMISSIVE"]))]
     pub mtls: String,
-    /// Allowed peer identities: SPIFFE IDs, `spiffe://<td>/ns/<ns>/sa/*` or `<ns>/*`; absent = any caller.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peers: Option<Vec<String>>,
+    /// Allowed peer identities (required): SPIFFE IDs, `spiffe://<td>/ns/<ns>/sa/*`, `<ns>/<sa>`
+    /// or `<ns>/*`; `["*"]` alone = any caller the mTLS mode admits (every mesh identity, and
+    /// plaintext callers under PERMISSIVE). An absent or misspelt list is refused, never "anyone".
+    #[schemars(length(min = 1))]
+    pub peers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenRequirement>,
     /// Ordered; the first rule whose methods and paths match decides. Empty = allow every request
@@ -265,6 +304,7 @@ pub struct Selector {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequirement {
     /// TokenIssuer names in the policy's namespace.
+    #[schemars(length(min = 1), extend("items" = {"type": "string", "pattern": NAME_PATTERN}))]
     pub issuers: Vec<String>,
 }
 
@@ -273,12 +313,14 @@ pub struct TokenRequirement {
 pub struct RuleSpec {
     /// HTTP methods; absent = any.
     #[serde(default)]
+    #[schemars(extend("items" = {"type": "string", "pattern": "^[A-Z]+$"}))]
     pub methods: Vec<String>,
     /// `/exact`, `/prefix/**` (any depth) or `/a/*/b` (`*` = one segment); absent = any path.
     #[serde(default)]
     pub paths: Vec<String>,
     /// All of these must be in the token's scopes (read from the issuer's `scopeClaim` only).
     #[serde(default)]
+    #[schemars(extend("items" = {"type": "string", "pattern": "^\\S+$"}))]
     pub scopes: Vec<String>,
     /// All conditions must hold.
     #[serde(default)]

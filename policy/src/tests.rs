@@ -142,7 +142,13 @@ fn a_missing_secret_fails_compilation() {
 #[test]
 fn bad_documents_are_refused_with_a_precise_reason() {
     let p = |spec: &str| {
-        format!("apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{spec}")
+        // Every case but the peers ones names peers, so the case's own problem is the one found.
+        let peers = if spec.contains("peer") {
+            ""
+        } else {
+            "  peers: [\"*\"]\n"
+        };
+        format!("apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{peers}{spec}")
     };
     let i = |spec: &str| {
         format!("apiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: i, namespace: shop}}\nspec:\n{spec}")
@@ -158,7 +164,10 @@ fn bad_documents_are_refused_with_a_precise_reason() {
         (p("  selector: {}\n  rules: [{scopes: [read]}]\n"), "spec.token names no issuer"),
         (p("  selector: {}\n  rules: [{methods: [get]}]\n"), "upper-case HTTP method"),
         (p("  selector: {}\n  mtls: LOOSE\n"), "STRICT or PERMISSIVE"),
-        (p("  selector: {}\n  peers: [\"*\"]\n"), "spec.peers"),
+        (p("  selector: {}\n  peers: [\"*\", shop/web]\n"), "must be the only entry"),
+        (p("  selector: {}\n  peers: [\"shop/web/x\"]\n"), "spec.peers"),
+        (p("  selector: {}\n  peer: [shop/web]\n"), "unknown field `peer`"),
+        (p("  selector: {}\n  # peers: forgotten\n"), "missing field `peers`"),
         (p("  selector: {}\n  peers: []\n"), "spec.peers is empty"),
         (p("  selector: {}\n  ports: [0]\n"), "spec.ports"),
         (p("  selector: {}\n  rules: [{claims: [{name: tenant, values: []}]}]\n  token: {issuers: [i]}\n"), "lists no values"),
@@ -181,9 +190,9 @@ fn bad_documents_are_refused_with_a_precise_reason() {
             i(&format!("{ok_issuer}  introspection: {{endpoint: https://x/i, clientId: c, clientSecretRef: {{name: s, key: k}}, responseFormat: json}}\n")),
             "responseFormat",
         ),
-        ("apiVersion: pqmesh.io/v1\nkind: AccessPolicy\nmetadata: {name: p}\nspec: {selector: {}}\n".to_owned(), "apiVersion"),
+        ("apiVersion: pqmesh.io/v1\nkind: AccessPolicy\nmetadata: {name: p}\nspec: {selector: {}, peers: [\"*\"]}\n".to_owned(), "apiVersion"),
         ("apiVersion: pqmesh.io/v1alpha1\nkind: Gateway\nmetadata: {name: p}\nspec: {}\n".to_owned(), "unknown variant `Gateway`"),
-        ("apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {name: Bad_Name}\nspec: {selector: {}}\n".to_owned(), "DNS-1123"),
+        ("apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {name: Bad_Name}\nspec: {selector: {}, peers: [\"*\"]}\n".to_owned(), "DNS-1123"),
         ("{{{".to_owned(), "doc0.yaml document 1"),
     ];
     let issuer_i = i(ok_issuer);
@@ -357,6 +366,7 @@ metadata: {name: tcp, namespace: shop}
 spec:
   selector: {matchLabels: {app: db}}
   mtls: PERMISSIVE
+  peers: ["*"]
 "#;
     let w = set(&[doc])
         .unwrap()
@@ -407,6 +417,7 @@ kind: AccessPolicy
 metadata: {name: admin, namespace: shop}
 spec:
   selector: {matchLabels: {app: admin}}
+  peers: ["*"]
   token: {issuers: [corp, okta]}
   rules:
     - paths: ["/tenant"]
@@ -695,4 +706,118 @@ fn new_fields_reach_the_snapshot_and_defaults_keep_old_versions() {
         old_json.contains(r#""claims":[{"name":"tenant","values":["acme"]}]"#),
         "{old_json}"
     );
+}
+
+mod admission {
+    use super::*;
+    use crate::admit::{admit, candidates_from_yaml, InForce, ObjectKey};
+
+    fn docs(text: &str) -> Vec<crate::admit::Candidate> {
+        candidates_from_yaml(text, "p.yaml")
+    }
+
+    const OTHER_NS: &str = r#"
+apiVersion: pqmesh.io/v1alpha1
+kind: AccessPolicy
+metadata: {name: bogus, namespace: tenant-b}
+spec:
+  selector: {}
+  mtls: BOGUS
+  peers: ["*"]
+"#;
+
+    #[test]
+    fn an_invalid_object_affects_only_itself() {
+        let text = format!("{ISSUER}---{POLICY}---{OTHER_NS}");
+        let a = admit(docs(&text), &PolicySet::default(), TD);
+        assert_eq!(a.set.policies.len(), 1, "the valid policy is in force");
+        assert_eq!(a.set.issuers.len(), 1);
+        let bogus = &a.verdicts[&ObjectKey::new("AccessPolicy", "tenant-b", "bogus")];
+        assert!(!bogus.accepted.status);
+        assert_eq!(bogus.accepted.reason, "Invalid");
+        assert!(
+            bogus.accepted.message.contains("STRICT or PERMISSIVE"),
+            "{bogus:?}"
+        );
+        assert_eq!(bogus.in_force, InForce::None);
+        assert_eq!(a.rejected(), 1);
+        let orders = &a.verdicts[&ObjectKey::new("AccessPolicy", "shop", "orders")];
+        assert!(orders.accepted.status && orders.resolved_refs.status);
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_good_version() {
+        let first = admit(
+            docs(&format!("{ISSUER}---{POLICY}")),
+            &PolicySet::default(),
+            TD,
+        );
+        let broken = POLICY.replace("peers: [\"shop/*\"]", "peer: [\"shop/*\"]");
+        let second = admit(docs(&format!("{ISSUER}---{broken}")), &first.set, TD);
+        let v = &second.verdicts[&ObjectKey::new("AccessPolicy", "shop", "orders")];
+        assert!(
+            !v.accepted.status && v.accepted.message.contains("unknown field `peer`"),
+            "{v:?}"
+        );
+        assert_eq!(v.in_force, InForce::LastGood);
+        assert_eq!(
+            second.set.policies, first.set.policies,
+            "the last accepted version"
+        );
+    }
+
+    #[test]
+    fn a_missing_issuer_fails_closed_for_its_policy_only() {
+        let a = admit(docs(POLICY), &PolicySet::default(), TD);
+        let v = &a.verdicts[&ObjectKey::new("AccessPolicy", "shop", "orders")];
+        assert!(v.accepted.status);
+        assert!(
+            !v.resolved_refs.status && v.resolved_refs.reason == "InvalidRef",
+            "{v:?}"
+        );
+        // In force, but no token can satisfy it.
+        let w = a
+            .set
+            .compile(&workload(&[("app", "orders")]), &TestSecrets)
+            .unwrap();
+        assert_eq!(w.policies[0].token_issuers, Some(vec![]));
+        assert!(w.issuers.is_empty());
+    }
+
+    #[test]
+    fn unreadable_documents_and_duplicates_are_reported_on_their_own() {
+        let text =
+            format!("{POLICY}---\nkind: AccessPolicy\nmetadata: [oops]\n---{ISSUER}---{ISSUER}");
+        let a = admit(docs(&text), &PolicySet::default(), TD);
+        assert_eq!(a.set.policies.len(), 1);
+        assert_eq!(a.set.issuers.len(), 1);
+        let reasons: Vec<_> = a
+            .verdicts
+            .values()
+            .filter(|v| !v.accepted.status)
+            .map(|v| (v.source.clone(), v.accepted.reason.clone()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("p.yaml document 4".to_owned(), "Duplicate".to_owned()),
+                ("p.yaml document 2".to_owned(), "Invalid".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn any_peer_is_explicit_and_compiles_to_no_restriction() {
+        let text = POLICY.replace("[\"shop/*\"]", "[\"*\"]");
+        let a = admit(
+            docs(&format!("{ISSUER}---{text}")),
+            &PolicySet::default(),
+            TD,
+        );
+        let w = a
+            .set
+            .compile(&workload(&[("app", "orders")]), &TestSecrets)
+            .unwrap();
+        assert_eq!(w.policies[0].peers, None);
+    }
 }

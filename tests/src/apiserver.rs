@@ -8,6 +8,17 @@
 //! the tests' oracle: a write without `fieldManager` is refused with 422 (the real server
 //! accepts it and records a manager derived from the user agent, typically `unknown`; only for
 //! an apply does it refuse too). TokenReview creations are exempt: nothing is stored.
+//! pqmesh's own kinds (AccessPolicy, TokenIssuer) go through what the real server does to a
+//! custom resource (`crd_schema`): unknown fields pruned (no strict field validation, as with
+//! most clients), defaults applied, the structural schema checked (422 Invalid), and the CEL
+//! rules evaluated by hand-coded equivalents. `metadata.generation` moves on spec changes only.
+//! Status writes: server-side apply (merged as below) and JSON patch (`test`, `remove`, `add`,
+//! `replace`). Field ownership is approximated: a manager owns the status keys and the
+//! `status.replicas` entries it applied (a forced apply takes shared keys from the others), and
+//! a manager left owning nothing disappears from `managedFields`, as on the real server.
+//! What it cannot show: real CEL (cost limits, exact semantics), ratcheting of existing
+//! objects after a CRD upgrade (`put_stored` stands in for objects stored under an older CRD),
+//! conflicts between managers, and the real server's timing.
 //! Simplifications, on purpose: no authentication/authorization, no field or label selectors
 //! other than `metadata.name`, no pagination, and server-side apply merges objects key by key
 //! (lists of objects keyed by `name` merge by that key, as `x-kubernetes-list-type: map` lists
@@ -57,6 +68,8 @@ struct State {
     requests: Vec<Recorded>,
     /// Token → TokenReview status.
     reviews: HashMap<String, Value>,
+    /// Per object and Apply manager: the status fields it owns (`key` or `replicas[name]`).
+    owned: HashMap<Key, BTreeMap<String, std::collections::BTreeSet<String>>>,
 }
 
 pub struct ApiServer {
@@ -162,8 +175,26 @@ impl ApiServer {
         kube::Client::try_from(config).unwrap()
     }
 
-    /// Stores an object as if someone had created or changed it (watchers see the event).
+    /// Stores an object as if someone had created or changed it (watchers see the event);
+    /// pqmesh kinds are pruned, defaulted and validated as the real server does. Panics on an
+    /// object the server would refuse (use [`Self::try_put`] to see the refusal).
     pub fn put(&self, object: Value) {
+        if let Err(e) = self.try_put(object) {
+            panic!("the API server refuses this object: {e}");
+        }
+    }
+
+    /// Like `put`, with the API server's refusal (422 Invalid) as the error.
+    pub fn try_put(&self, mut object: Value) -> Result<(), String> {
+        validate(&mut object)?;
+        let mut state = self.state.lock().unwrap();
+        store(&mut state, &self.events, object, None);
+        Ok(())
+    }
+
+    /// Stores an object without validation: one created under an older, laxer CRD (the API
+    /// server does not re-validate stored objects when a CRD gains rules).
+    pub fn put_stored(&self, object: Value) {
         let mut state = self.state.lock().unwrap();
         store(&mut state, &self.events, object, None);
     }
@@ -203,6 +234,120 @@ impl ApiServer {
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
     }
+}
+
+/// Prunes, defaults and validates pqmesh's custom resources; other kinds pass unchanged.
+fn validate(object: &mut Value) -> Result<(), String> {
+    let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+    let Some(schema) = crate::crd_schema::schema_for(&kind) else {
+        return Ok(());
+    };
+    crate::crd_schema::admit(&schema, object).map_err(|errors| {
+        format!(
+            "{kind}.pqmesh.io {:?} is invalid: {}",
+            object["metadata"]["name"].as_str().unwrap_or_default(),
+            errors.join(", ")
+        )
+    })
+}
+
+/// The status fields an apply names: top-level keys, and `replicas[<name>]` entries.
+fn status_fields(status: &Value) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for (k, v) in status.as_object().into_iter().flatten() {
+        if k == "replicas" {
+            for e in v.as_array().into_iter().flatten() {
+                out.insert(format!(
+                    "replicas[{}]",
+                    e["name"].as_str().unwrap_or_default()
+                ));
+            }
+        } else {
+            out.insert(k.clone());
+        }
+    }
+    out
+}
+
+/// Approximate field ownership after a status write; returns the managers left owning nothing.
+fn reown(
+    state: &mut State,
+    key: &Key,
+    manager: Option<&str>,
+    applied: &std::collections::BTreeSet<String>,
+    removed: &[String],
+) -> Vec<String> {
+    let owners = state.owned.entry(key.clone()).or_default();
+    for fields in owners.values_mut() {
+        fields.retain(|f| !applied.contains(f) && !removed.contains(f));
+    }
+    if let Some(m) = manager {
+        owners
+            .entry(m.to_owned())
+            .or_default()
+            .extend(applied.iter().cloned());
+    }
+    let empty: Vec<String> = owners
+        .iter()
+        .filter(|(_, f)| f.is_empty())
+        .map(|(m, _)| m.clone())
+        .collect();
+    owners.retain(|_, f| !f.is_empty());
+    empty
+}
+
+/// JSON patch (RFC 6902) on `status`: test, remove, add, replace, with `/status/...` paths.
+fn json_patch(object: &mut Value, ops: &Value) -> Result<Vec<String>, String> {
+    let mut removed = Vec::new();
+    for op in ops.as_array().ok_or("a JSON patch is an array")? {
+        let path = op["path"].as_str().ok_or("op without path")?;
+        let (parent, last) = path.rsplit_once('/').ok_or("bad path")?;
+        let target = object
+            .pointer_mut(parent)
+            .ok_or_else(|| format!("{parent}: not found"))?;
+        match op["op"].as_str().unwrap_or_default() {
+            "test" => {
+                if object.pointer(path) != Some(&op["value"]) {
+                    return Err(format!("testing value {path} failed"));
+                }
+            }
+            "remove" => {
+                let gone = match target {
+                    Value::Array(a) => {
+                        let i: usize = last.parse().map_err(|_| "bad index")?;
+                        if i >= a.len() {
+                            return Err(format!("{path}: not found"));
+                        }
+                        a.remove(i)
+                    }
+                    Value::Object(m) => {
+                        m.remove(last).ok_or_else(|| format!("{path}: not found"))?
+                    }
+                    _ => return Err(format!("{path}: not found")),
+                };
+                if parent == "/status/replicas" {
+                    removed.push(format!(
+                        "replicas[{}]",
+                        gone["name"].as_str().unwrap_or_default()
+                    ));
+                } else if parent == "/status" {
+                    removed.push(last.to_owned());
+                }
+            }
+            "add" | "replace" => match target {
+                Value::Object(m) => {
+                    m.insert(last.to_owned(), op["value"].clone());
+                }
+                _ => return Err(format!("{path}: unsupported")),
+            },
+            other => {
+                return Err(format!(
+                    "op {other:?} not supported by the recorded API server"
+                ))
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// `(manager, operation)` of a write through the API, kept in `metadata.managedFields`.
@@ -479,8 +624,13 @@ async fn handle(
                 status_body(404, "NotFound", &format!("{name} not found")),
             ),
         },
+        (&Method::POST, true) if validate(&mut body.clone()).is_err() => {
+            let message = validate(&mut body.clone()).unwrap_err();
+            (422, status_body(422, "Invalid", &message))
+        }
         (&Method::POST, true) => {
             let mut object = body.clone();
+            validate(&mut object).ok();
             if !ns.is_empty() {
                 object["metadata"]["namespace"] = json!(ns);
             }
@@ -509,6 +659,25 @@ async fn handle(
                 status_body(404, "NotFound", &format!("{name} not found")),
             ),
         },
+        (&Method::PATCH, false)
+            if sub == "status" && content_type.starts_with("application/json-patch") =>
+        {
+            match s.objects.get(&key).cloned() {
+                None => (404, status_body(404, "NotFound", &format!("{name} not found"))),
+                Some(mut object) => match json_patch(&mut object, &body) {
+                    Err(e) => (422, status_body(422, "Invalid", &e)),
+                    Ok(removed) => {
+                        let empty = reown(&mut s, &key, None, &Default::default(), &removed);
+                        if let Some(m) = object["metadata"]["managedFields"].as_array_mut() {
+                            m.retain(|e| !empty.iter().any(|g| e["manager"] == json!(g)));
+                        }
+                        // A patch that only removes leaves its manager owning nothing: no entry.
+                        let sets = body.as_array().is_some_and(|ops| ops.iter().any(|o| o["op"] == "add" || o["op"] == "replace"));
+                        (200, store(&mut s, &events, object, sets.then_some((manager, "Update"))))
+                    }
+                },
+            }
+        }
         (&Method::PATCH, false) if content_type.starts_with("application/apply-patch") => {
             let mut object = s.objects.get(&key).cloned().unwrap_or_else(|| {
                 json!({"apiVersion": body["apiVersion"], "kind": body["kind"],
@@ -522,6 +691,11 @@ async fn handle(
                     )
                 } else {
                     merge(&mut object["status"], &body["status"]);
+                    let applied = status_fields(&body["status"]);
+                    let empty = reown(&mut s, &key, Some(manager), &applied, &[]);
+                    if let Some(m) = object["metadata"]["managedFields"].as_array_mut() {
+                        m.retain(|e| !empty.iter().any(|g| e["manager"] == json!(g)));
+                    }
                     (200, store(&mut s, &events, object, Some((manager, "Apply"))))
                 }
             } else {

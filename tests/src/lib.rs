@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod crd_schema;
 pub mod differential;
 pub mod forge;
 pub mod http_app;

@@ -164,12 +164,15 @@ impl Cluster {
 
     /// Starts the writers: trust-bundle ConfigMaps and policy status (the webhook caBundle is
     /// written by [`webhook_tls`], with the certificate it vouches for).
+    /// Returns the status writer, which ends after `stopping` once this replica's status
+    /// entries are removed.
     pub fn spawn_writers(
         &self,
         trust_bundle_configmap: &str,
         bundle_pem: watch::Receiver<Arc<String>>,
         tracker: Arc<PushTracker>,
-    ) {
+        stopping: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
         let (changes, changed) = watch::channel(0u64);
         let namespaces = publish::watch_namespaces(&self.client, changes.clone());
         // Meshed pods appearing in new namespaces also call for the bundle.
@@ -192,7 +195,9 @@ impl Cluster {
             self.client.clone(),
             self.settings.pod_name.clone(),
             self.policy_stores.clone(),
+            self.policies.clone(),
             tracker,
-        );
+            stopping,
+        )
     }
 }

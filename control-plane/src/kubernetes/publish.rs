@@ -1,8 +1,10 @@
 //! The public trust bundle as a ConfigMap in every namespace that has (or will have) meshed
-//! pods, re-checked periodically, so a deleted ConfigMap is repaired within a minute. (The
+//! pods: published on namespace (and pod) events — a namespace recreated under the same name is
+//! recognised by its new uid and served at once — and re-checked every minute, so a deleted
+//! ConfigMap is repaired within a minute. (The
 //! webhook caBundle is `webhook_tls`'s.)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,18 +73,35 @@ pub fn spawn_trust_bundle_publisher(
     mut changed: watch::Receiver<u64>,
 ) {
     tokio::spawn(async move {
-        let mut published: BTreeSet<String> = BTreeSet::new();
+        // Namespace → the uid it had when published: a namespace deleted and recreated under
+        // the same name is a new namespace (new uid) and gets the bundle at once, not at the
+        // next resync.
+        let mut published: BTreeMap<String, String> = BTreeMap::new();
         let mut last_bundle = String::new();
         let mut resync = tokio::time::interval(RESYNC);
         loop {
             let pem = bundle.borrow_and_update().clone();
             let wanted = bundle_namespaces(&own_namespace, &namespaces, &workloads);
+            let uids: BTreeMap<String, String> = namespaces
+                .state()
+                .iter()
+                .filter_map(|n| {
+                    Some((
+                        n.metadata.name.clone()?,
+                        n.metadata.uid.clone().unwrap_or_default(),
+                    ))
+                })
+                .collect();
+            // Forget namespaces that are gone or were recreated (a different uid).
+            published.retain(|ns, uid| {
+                uids.get(ns) == Some(uid) || (!uids.contains_key(ns) && *ns == own_namespace)
+            });
             let force_all = *pem != last_bundle;
             for ns in &wanted {
-                if force_all || !published.contains(ns) {
+                if force_all || !published.contains_key(ns) {
                     match apply_bundle(&client, ns, &name, &pem).await {
                         Ok(()) => {
-                            published.insert(ns.clone());
+                            published.insert(ns.clone(), uids.get(ns).cloned().unwrap_or_default());
                         }
                         Err(e) => {
                             published.remove(ns);
@@ -91,7 +110,7 @@ pub fn spawn_trust_bundle_publisher(
                     }
                 }
             }
-            if wanted.iter().all(|ns| published.contains(ns)) {
+            if wanted.iter().all(|ns| published.contains_key(ns)) {
                 last_bundle = (*pem).clone();
             }
             tokio::select! {

@@ -17,6 +17,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
 use pqmesh_mtls::SpiffeId;
+use pqmesh_policy::admit::{admit, Candidate, ObjectKey};
 use pqmesh_policy::model::{Resource as PolicyResource, GROUP, VERSION};
 use pqmesh_policy::PolicySet;
 use serde::de::DeserializeOwned;
@@ -27,7 +28,7 @@ use tonic::Status;
 use crate::endpoints::EndpointTable;
 use crate::inject::PROXY_CONTAINER;
 use crate::metrics::Metrics;
-use crate::policies::{PolicyState, SecretTable};
+use crate::policies::{record, PolicyState, SecretTable};
 use crate::policy_push::WorkloadLabels;
 
 /// Changes arriving together (an apply of several objects) are compiled once.
@@ -83,12 +84,38 @@ pub struct PolicyStores {
 pub enum SourceError {
     #[error("the {0} watch never completed its first list (is the API server reachable, are the CRDs installed, does the RBAC allow list/watch?)")]
     NotReady(String),
-    #[error("{0}")]
-    Invalid(String),
+}
+
+/// What policy compilation depends on: every object's spec, labels and annotations (not its
+/// status or resourceVersion), so status writes never cause a reload.
+type SpecFingerprint = Vec<(ObjectKey, String)>;
+
+fn spec_fingerprint(stores: &PolicyStores) -> SpecFingerprint {
+    let mut out = Vec::new();
+    for (kind, store) in [
+        ("TokenIssuer", &stores.issuers),
+        ("AccessPolicy", &stores.policies),
+    ] {
+        for o in store.state() {
+            let m = &o.metadata;
+            let key = ObjectKey::new(
+                kind,
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default(),
+            );
+            let relevant =
+                serde_json::json!([o.data.get("spec"), m.labels, m.annotations, m.generation]);
+            out.push((key, relevant.to_string()));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Watches AccessPolicies and TokenIssuers; returns the compiled state (after the first full
-/// list) and keeps it current. An invalid change is logged and the last good state stays.
+/// list) and keeps it current. Objects are accepted one by one (`pqmesh_policy::admit`): an
+/// invalid object — present at start or arriving later — affects only itself, so nothing a user
+/// creates keeps the control plane from starting. Changes to status only are ignored.
 pub async fn watch_policies(
     client: &kube::Client,
     trust_domain: &str,
@@ -110,10 +137,9 @@ pub async fn watch_policies(
             .map_err(|_| SourceError::NotReady(kind.to_owned()))?;
     }
     changed.borrow_and_update();
-    let initial = compile(client, &stores, trust_domain)
-        .await
-        .map_err(SourceError::Invalid)?;
-    record(&metrics, &initial, "ok");
+    let mut last_fingerprint = spec_fingerprint(&stores);
+    let initial = compile(client, &stores, &PolicySet::default(), trust_domain).await;
+    record(&metrics, &initial);
     let (tx, rx) = watch::channel(Arc::new(initial));
     let (client, trust_domain, loop_stores) =
         (client.clone(), trust_domain.to_owned(), stores.clone());
@@ -124,40 +150,35 @@ pub async fn watch_policies(
             if tx.is_closed() {
                 return;
             }
-            match compile(&client, &loop_stores, &trust_domain).await {
-                Ok(state) => {
-                    record(&metrics, &state, "ok");
-                    tracing::info!(
-                        policies = state.set.policies.len(),
-                        issuers = state.set.issuers.len(),
-                        "policies changed"
-                    );
-                    let _ = tx.send(Arc::new(state));
-                }
-                Err(e) => {
-                    metrics.policy_reloads.with_label_values(&["invalid"]).inc();
-                    tracing::error!(error = %e, "policy change rejected; the last good policies stay in force");
-                }
+            let fingerprint = spec_fingerprint(&loop_stores);
+            if fingerprint == last_fingerprint {
+                continue; // a status write (ours or another replica's): nothing to compile
             }
+            last_fingerprint = fingerprint;
+            let previous = tx.borrow().set.clone();
+            let state = compile(&client, &loop_stores, &previous, &trust_domain).await;
+            record(&metrics, &state);
+            tracing::info!(
+                policies = state.set.policies.len(),
+                issuers = state.set.issuers.len(),
+                refused = state.admitted.rejected(),
+                "policies changed"
+            );
+            let _ = tx.send(Arc::new(state));
         }
     });
     Ok((rx, stores))
 }
 
-fn record(metrics: &Metrics, state: &PolicyState, outcome: &str) {
-    metrics
-        .policy_resources
-        .set((state.set.policies.len() + state.set.issuers.len()) as i64);
-    metrics.policy_reloads.with_label_values(&[outcome]).inc();
-}
-
-/// Compiles every reflected object, and reads the introspection client Secrets the issuers name.
+/// Judges every reflected object, and reads the introspection client Secrets of the issuers in
+/// force.
 async fn compile(
     client: &kube::Client,
     stores: &PolicyStores,
+    last_good: &PolicySet,
     trust_domain: &str,
-) -> Result<PolicyState, String> {
-    let mut resources = Vec::new();
+) -> PolicyState {
+    let mut candidates = Vec::new();
     for (kind, store) in [
         ("TokenIssuer", &stores.issuers),
         ("AccessPolicy", &stores.policies),
@@ -165,12 +186,22 @@ async fn compile(
         let mut objects = store.state();
         objects.sort_by_key(|o| (o.metadata.namespace.clone(), o.metadata.name.clone()));
         for object in objects {
-            resources.push(to_policy_resource(kind, &object)?);
+            let m = &object.metadata;
+            candidates.push(Candidate {
+                key: ObjectKey::new(
+                    kind,
+                    m.namespace.as_deref().unwrap_or_default(),
+                    m.name.as_deref().unwrap_or_default(),
+                ),
+                source: String::new(),
+                generation: m.generation,
+                parsed: to_policy_resource(kind, &object),
+            });
         }
     }
-    let set = PolicySet::build(resources, trust_domain).map_err(|e| e.to_string())?;
+    let admitted = admit(candidates, last_good, trust_domain);
     let mut secrets = SecretTable::default();
-    for issuer in &set.issuers {
+    for issuer in &admitted.set.issuers {
         let Some(introspection) = &issuer.spec.introspection else {
             continue;
         };
@@ -189,16 +220,15 @@ async fn compile(
                     .collect();
                 secrets.insert(ns, name, data);
             }
-            // The workloads using this issuer fail to compile and keep their last snapshot.
-            Ok(None) => {
-                tracing::error!(namespace = ns, secret = name, issuer = %issuer.metadata.name, "introspection client Secret not found")
-            }
+            // The issuer's ResolvedRefs condition says so; the workloads using it keep their
+            // last snapshot.
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(namespace = ns, secret = name, error = %e, "cannot read an introspection client Secret")
             }
         }
     }
-    Ok(PolicyState { set, secrets })
+    PolicyState::new(admitted, secrets)
 }
 
 /// A reflected custom resource as the policy crate's resource: only name, namespace, labels,

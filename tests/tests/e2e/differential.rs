@@ -50,6 +50,7 @@ kind: AccessPolicy
 metadata: {{name: echo-plaintext, namespace: shop}}
 spec:
   selector: {{matchLabels: {{app: echo}}}}
+  peers: ["*"]
   ports: [{plain}]
   mtls: PERMISSIVE
   rules: [{{methods: [GET], paths: ["/orders/**"]}}]

@@ -769,3 +769,184 @@ async fn ca_secret_rotation_under_traffic_then_revocation_by_configmap() {
     );
     assert!(after >= before);
 }
+
+fn condition(object: &Value, kind: &str) -> Value {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind).cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn reloads(cp: &RunningControlPlane) -> f64 {
+    ["ok", "invalid"]
+        .iter()
+        .map(|o| {
+            metric(
+                &cp.metrics.registry,
+                "pqmesh_policy_reloads_total",
+                &[("outcome", o)],
+            )
+        })
+        .sum()
+}
+
+/// Per-object acceptance: a bad AccessPolicy in tenant-b (stored under an older, laxer CRD —
+/// today's schema refuses `mtls: BOGUS`, and a misspelt `peer:` is pruned so `peers` is
+/// missing) neither stops a replica from starting nor blocks shop's edits; its status says why.
+/// Status-only writes cause no reload; a replica's status entry leaves with it (shutdown) or
+/// once stale (crash).
+#[tokio::test]
+async fn a_bad_object_affects_only_itself_and_its_status_says_why() {
+    const AP: &str = "apis/pqmesh.io/v1alpha1/accesspolicies";
+    let api = ApiServer::start().await;
+    cluster(&api);
+    let bogus = json!({"apiVersion": "pqmesh.io/v1alpha1", "kind": "AccessPolicy",
+        "metadata": {"name": "bogus", "namespace": "tenant-b"},
+        "spec": {"selector": {}, "mtls": "BOGUS", "peers": ["*"]}});
+    let refused = api.try_put(bogus.clone()).unwrap_err();
+    assert!(
+        refused.contains("spec.mtls: Unsupported value"),
+        "{refused}"
+    );
+    let misspelt = json!({"apiVersion": "pqmesh.io/v1alpha1", "kind": "AccessPolicy",
+        "metadata": {"name": "typo", "namespace": "tenant-b"},
+        "spec": {"selector": {}, "peer": ["tenant-b/web"]}});
+    let refused = api.try_put(misspelt.clone()).unwrap_err();
+    assert!(refused.contains("spec.peers: Required value"), "{refused}");
+    // Stored under the older CRD: the control plane refuses both itself.
+    api.put_stored(bogus);
+    api.put_stored(misspelt);
+
+    let (a, b) = tokio::join!(replica(&api, "cp-0", &[]), replica(&api, "cp-1", &[]));
+    let (cp0, cp1) = (
+        a.expect("starts despite bad objects"),
+        b.expect("replica 1 starts"),
+    );
+    for (name, want) in [
+        ("bogus", "STRICT or PERMISSIVE"),
+        ("typo", "unknown field `peer`"),
+    ] {
+        eventually(&format!("tenant-b/{name} says Accepted=False"), || {
+            api.get(AP, "tenant-b", name).is_some_and(|p| {
+                let c = condition(&p, "Accepted");
+                c["status"] == "False"
+                    && c["reason"] == "Invalid"
+                    && c["observedGeneration"] == json!(1)
+                    && c["message"].as_str().is_some_and(|m| m.contains(want))
+            })
+        })
+        .await;
+    }
+
+    let dir = TempDir::new("k8s-accept");
+    eventually("trust bundle in shop", || {
+        api.get("api/v1/configmaps", "shop", "pqmesh-trust-bundle")
+            .is_some()
+    })
+    .await;
+    let bundle = mounted_bundle(&api, &dir);
+    let app = EchoApp::start().await;
+    let sidecar_b = sidecar(with(
+        sidecar_env(&cp0, &bundle, "api", "api-7d9f8c6b5d-x2x9q"),
+        &[("PQMESH_INBOUND_APP_ADDR", &app.addr.to_string())],
+    ))
+    .await;
+    // shop's edit is pushed and ACKed while tenant-b's objects stay bad.
+    let mut policy = api.get(AP, "shop", "api").unwrap();
+    policy["spec"]["peers"] = json!(["shop/web", "shop/intruder"]);
+    api.put(policy.clone());
+    eventually("shop/api generation 2 is ACKed and Ready", || {
+        api.get(AP, "shop", "api").is_some_and(|p| {
+            p["status"]["observedGeneration"] == json!(2)
+                && p["status"]["ackedSidecars"] == json!(1)
+                && condition(&p, "Accepted")["status"] == "True"
+                && condition(&p, "Ready")["status"] == "True"
+        })
+    })
+    .await;
+    let v2 = sidecar_b.policy().unwrap().version.clone();
+
+    // An invalid edit (a glob the schema cannot judge) keeps the last good version in force.
+    policy["spec"]["rules"] = json!([{"paths": ["/orders*"]}]);
+    api.put(policy);
+    eventually("the invalid edit is refused on its object", || {
+        api.get(AP, "shop", "api").is_some_and(|p| {
+            let c = condition(&p, "Accepted");
+            c["status"] == "False"
+                && c["observedGeneration"] == json!(3)
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("last accepted version stays in force"))
+        })
+    })
+    .await;
+    assert_eq!(sidecar_b.policy().unwrap().version, v2, "last good kept");
+
+    // Status-only writes (14, like a minute of the old behaviour) cause no reload.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = (reloads(&cp0), reloads(&cp1));
+    for i in 0..14 {
+        let mut p = api.get(AP, "shop", "api").unwrap();
+        p["status"]["selectedSidecars"] = json!(i);
+        api.put_stored(p);
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await; // and one round of the writers' own
+    assert_eq!(
+        (reloads(&cp0), reloads(&cp1)),
+        before,
+        "no reload from status writes"
+    );
+    assert_eq!(
+        api.get(AP, "shop", "api").unwrap()["metadata"]["generation"],
+        json!(3),
+        "status writes do not bump the generation"
+    );
+
+    // A replica shutting down takes its entry (and its field manager) along.
+    eventually("cp-1 has an entry", || {
+        api.get(AP, "shop", "api").is_some_and(|p| {
+            p["status"]["replicas"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|e| e["name"] == "cp-1"))
+        })
+    })
+    .await;
+    cp1.shutdown().await;
+    let p = api.get(AP, "shop", "api").unwrap();
+    assert!(
+        p["status"]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "cp-1"),
+        "{p}"
+    );
+    // A crashed replica's entry goes once stale (its heartbeat is set 2 minutes back here).
+    let cp2 = replica(&api, "cp-2", &[]).await.unwrap();
+    eventually("cp-2 has an entry", || {
+        api.get(AP, "shop", "api").is_some_and(|p| {
+            p["status"]["replicas"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|e| e["name"] == "cp-2"))
+        })
+    })
+    .await;
+    cp2.kill();
+    let mut p = api.get(AP, "shop", "api").unwrap();
+    for e in p["status"]["replicas"].as_array_mut().unwrap() {
+        if e["name"] == "cp-2" {
+            e["heartbeat"] = json!("2020-01-01T00:00:00Z");
+        }
+    }
+    api.put_stored(p);
+    eventually("cp-2's stale entry is removed", || {
+        api.get(AP, "shop", "api").is_some_and(|p| {
+            p["status"]["replicas"]
+                .as_array()
+                .is_some_and(|r| r.iter().all(|e| e["name"] != "cp-2"))
+        })
+    })
+    .await;
+    drop(sidecar_b);
+    cp0.shutdown().await;
+}

@@ -1,0 +1,340 @@
+//! Per-object acceptance (the Gateway API way): every TokenIssuer and AccessPolicy is judged on
+//! its own. An invalid new object has no effect; an invalid edit leaves the object's last
+//! accepted version in force; either way only that object is affected, and its verdict says why
+//! (what Kubernetes mode writes as `status.conditions` and local mode shows in `/policy_status`).
+//! References are judged after every object: an AccessPolicy naming a TokenIssuer that is not in
+//! force stays in force *failing closed* (no token satisfies that requirement), so a broken
+//! reference can only take access away from the workloads that depend on it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::compile::Secrets;
+use crate::compile::{
+    check_api_version, check_name, unresolved_issuers, validate_issuer, validate_policy, PolicySet,
+};
+use crate::model::{AccessPolicy, Resource, TokenIssuer};
+
+/// Which object: kind (`AccessPolicy` or `TokenIssuer`), namespace, name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+impl ObjectKey {
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn of(resource: &Resource) -> Self {
+        match resource {
+            Resource::TokenIssuer(t) => {
+                Self::new("TokenIssuer", &t.metadata.namespace, &t.metadata.name)
+            }
+            Resource::AccessPolicy(p) => {
+                Self::new("AccessPolicy", &p.metadata.namespace, &p.metadata.name)
+            }
+        }
+    }
+}
+
+/// One object as read: its key (known even when its content does not parse), where it came
+/// from, its `metadata.generation` (Kubernetes) and the parsed resource or why it did not parse.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub key: ObjectKey,
+    /// `file document N` in local mode; empty in Kubernetes mode.
+    pub source: String,
+    pub generation: Option<i64>,
+    pub parsed: Result<Resource, String>,
+}
+
+/// Reasons of `Accepted=False` and `ResolvedRefs=False` conditions.
+pub mod reason {
+    /// The object itself is invalid (schema, values, apiVersion, name).
+    pub const INVALID: &str = "Invalid";
+    /// Another object of the same kind, namespace and name came first (local mode).
+    pub const DUPLICATE: &str = "Duplicate";
+    /// It names a TokenIssuer that is missing or not accepted.
+    pub const INVALID_REF: &str = "InvalidRef";
+    /// Its introspection client Secret (or the key in it) is missing.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const ACCEPTED: &str = "Accepted";
+    pub const RESOLVED: &str = "ResolvedRefs";
+}
+
+/// Which version of an object is in force after a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InForce {
+    /// The version just read.
+    Current,
+    /// The last accepted version (the new one was refused).
+    LastGood,
+    /// Nothing: a new object that was refused.
+    None,
+}
+
+/// A condition-shaped judgement: `status` true or false, with a reason and a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Judgement {
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Judgement {
+    fn ok(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: true,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn refused(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: false,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The verdict on one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub key: ObjectKey,
+    pub source: String,
+    pub generation: Option<i64>,
+    pub accepted: Judgement,
+    pub resolved_refs: Judgement,
+    pub in_force: InForce,
+}
+
+/// The policy set in force and a verdict for every candidate.
+#[derive(Debug, Clone, Default)]
+pub struct Admitted {
+    pub set: PolicySet,
+    pub verdicts: BTreeMap<ObjectKey, Verdict>,
+}
+
+impl Admitted {
+    /// Objects whose current version was refused.
+    pub fn rejected(&self) -> usize {
+        self.verdicts
+            .values()
+            .filter(|v| !v.accepted.status)
+            .count()
+    }
+
+    /// Marks every TokenIssuer in force whose introspection client Secret (or key) is missing:
+    /// `ResolvedRefs=False, reason SecretNotFound`. The workloads that use it keep their last
+    /// snapshot (compilation fails for them only).
+    pub fn resolve_secrets(&mut self, secrets: &dyn Secrets) {
+        for t in &self.set.issuers {
+            let Some(i) = &t.spec.introspection else {
+                continue;
+            };
+            let r = &i.client_secret_ref;
+            if secrets
+                .get(&t.metadata.namespace, &r.name, &r.key)
+                .is_some()
+            {
+                continue;
+            }
+            let key = ObjectKey::new("TokenIssuer", &t.metadata.namespace, &t.metadata.name);
+            if let Some(v) = self.verdicts.get_mut(&key) {
+                v.resolved_refs = Judgement::refused(
+                    reason::SECRET_NOT_FOUND,
+                    format!(
+                        "spec.introspection.clientSecretRef: Secret {}/{} has no key {:?}; \
+                         workloads whose policies use this issuer keep their last policy \
+                         (a new workload gets none and is not ready)",
+                        t.metadata.namespace, r.name, r.key
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Judges each candidate on its own; `last_good` is the set in force before (an invalid edit
+/// keeps its object's version from there).
+pub fn admit(candidates: Vec<Candidate>, last_good: &PolicySet, trust_domain: &str) -> Admitted {
+    let mut out = Admitted::default();
+    for c in candidates {
+        if let Some(first) = out.verdicts.get(&c.key) {
+            // Local mode only: Kubernetes keys are unique. The first definition stays.
+            let message = format!("{} is already defined in {}", c.key, first.source);
+            out.verdicts.insert(
+                ObjectKey::new(
+                    &c.key.kind,
+                    &c.key.namespace,
+                    &format!("{}#{}", c.key.name, c.source),
+                ),
+                Verdict {
+                    key: c.key,
+                    source: c.source,
+                    generation: c.generation,
+                    accepted: Judgement::refused(reason::DUPLICATE, message),
+                    resolved_refs: Judgement::ok(reason::RESOLVED, ""),
+                    in_force: InForce::None,
+                },
+            );
+            continue;
+        }
+        let location = c.key.to_string();
+        let checked = c.parsed.and_then(|r| {
+            check_name(&location, "metadata.name", &c.key.name).map_err(|e| e.reason)?;
+            check_name(&location, "metadata.namespace", &c.key.namespace).map_err(|e| e.reason)?;
+            match &r {
+                Resource::TokenIssuer(t) => check_api_version(&location, &t.api_version)
+                    .and_then(|()| validate_issuer(&location, t)),
+                Resource::AccessPolicy(p) => check_api_version(&location, &p.api_version)
+                    .and_then(|()| validate_policy(&location, p, trust_domain)),
+            }
+            .map_err(|e| e.reason)?;
+            Ok(r)
+        });
+        let (accepted, in_force, resource) = match checked {
+            Ok(r) => (
+                Judgement::ok(reason::ACCEPTED, "valid; in force"),
+                InForce::Current,
+                Some(r),
+            ),
+            Err(why) => match previous(last_good, &c.key) {
+                Some(r) => (
+                    Judgement::refused(
+                        reason::INVALID,
+                        format!("{why}; the last accepted version stays in force"),
+                    ),
+                    InForce::LastGood,
+                    Some(r),
+                ),
+                None => (
+                    Judgement::refused(reason::INVALID, format!("{why}; it has no effect")),
+                    InForce::None,
+                    None,
+                ),
+            },
+        };
+        match resource {
+            Some(Resource::TokenIssuer(t)) => out.set.issuers.push(t),
+            Some(Resource::AccessPolicy(p)) => out.set.policies.push(p),
+            None => {}
+        }
+        out.verdicts.insert(
+            c.key.clone(),
+            Verdict {
+                key: c.key,
+                source: c.source,
+                generation: c.generation,
+                accepted,
+                resolved_refs: Judgement::ok(reason::RESOLVED, "every reference resolves"),
+                in_force,
+            },
+        );
+    }
+    // References, against the issuers in force.
+    for p in &out.set.policies {
+        let missing = unresolved_issuers(p, &out.set.issuers);
+        if missing.is_empty() {
+            continue;
+        }
+        let key = ObjectKey::new("AccessPolicy", &p.metadata.namespace, &p.metadata.name);
+        if let Some(v) = out.verdicts.get_mut(&key) {
+            v.resolved_refs = Judgement::refused(
+                reason::INVALID_REF,
+                format!(
+                    "spec.token.issuers: no accepted TokenIssuer {missing:?} in namespace {:?}; \
+                     until there is, no token satisfies this policy (it fails closed)",
+                    p.metadata.namespace
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn previous(last_good: &PolicySet, key: &ObjectKey) -> Option<Resource> {
+    let same = |ns: &str, name: &str| ns == key.namespace && name == key.name;
+    match key.kind.as_str() {
+        "TokenIssuer" => last_good
+            .issuers
+            .iter()
+            .find(|t: &&TokenIssuer| same(&t.metadata.namespace, &t.metadata.name))
+            .cloned()
+            .map(Resource::TokenIssuer),
+        _ => last_good
+            .policies
+            .iter()
+            .find(|p: &&AccessPolicy| same(&p.metadata.namespace, &p.metadata.name))
+            .cloned()
+            .map(Resource::AccessPolicy),
+    }
+}
+
+/// Candidates from one (multi-document) YAML text: each document is its own object, keyed by
+/// its `kind` and `metadata` even when the rest of it does not parse. A document without a
+/// readable key is reported under `<source> document N`.
+pub fn candidates_from_yaml(text: &str, source: &str) -> Vec<Candidate> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let at = format!("{source} document {}", i + 1);
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(v) if v.is_null() => continue,
+            Ok(v) => v,
+            Err(e) => {
+                // A YAML syntax error ends the stream: the rest of the file is unreadable.
+                out.push(Candidate {
+                    key: ObjectKey::new("Unknown", "", &at),
+                    source: at,
+                    generation: None,
+                    parsed: Err(e.to_string()),
+                });
+                break;
+            }
+        };
+        let text_of = |v: Option<&serde_yaml::Value>| {
+            v.and_then(serde_yaml::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let kind = text_of(value.get("kind"));
+        let meta = value.get("metadata");
+        let name = text_of(meta.and_then(|m| m.get("name")));
+        let namespace = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or("default")
+            .to_owned();
+        let key = if matches!(kind.as_str(), "TokenIssuer" | "AccessPolicy") && !name.is_empty() {
+            ObjectKey::new(&kind, &namespace, &name)
+        } else {
+            ObjectKey::new("Unknown", "", &at)
+        };
+        let parsed = serde_yaml::from_value::<Resource>(value).map_err(|e| e.to_string());
+        out.push(Candidate {
+            key,
+            source: at,
+            generation: None,
+            parsed,
+        });
+    }
+    out
+}
