@@ -9,14 +9,18 @@
 //! - The `x-pqmesh-` prefix belongs to the sidecar: every client copy is removed; the identity
 //!   header is added last ([`stamp_identity`]), after all of the above, so no client can remove,
 //!   duplicate or shadow it.
-//! - Upgrades: only `Upgrade: websocket` on an HTTP/1.1 GET is forwarded (its handshake request is
-//!   the request the policy judged). `h2c` and any other protocol are dropped with
+//! - Upgrades: only a WebSocket handshake (`Upgrade: websocket`, one `Sec-WebSocket-Key`, an
+//!   HTTP/1.1 GET without a body) is forwarded (its handshake request is the request the policy
+//!   judged), and the connection switches only if the app's 101 carries the matching
+//!   `Sec-WebSocket-Accept` ([`websocket_accepted`]). `h2c` and any other protocol are dropped with
 //!   `HTTP2-Settings`, so the request goes on as plain HTTP/1.1 and the connection stays checked
 //!   per request. `CONNECT` is refused.
 //! - Method-override headers (`X-HTTP-Method-Override` and kin) are refused: frameworks honour them,
 //!   so the app would run another method than the policy allowed.
 
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, UPGRADE};
+use hyper::header::{
+    HeaderName, HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
+};
 use hyper::{HeaderMap, Method};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1, plus `HTTP2-Settings`
@@ -137,7 +141,35 @@ fn asks_websocket(headers: &HeaderMap) -> bool {
             })
         })
     };
-    has_token(CONNECTION, "upgrade") && has_token(UPGRADE, "websocket")
+    has_token(CONNECTION, "upgrade")
+        && has_token(UPGRADE, "websocket")
+        && headers.get_all(SEC_WEBSOCKET_KEY).iter().count() == 1
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+pub fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
+}
+
+/// Whether a 101 answer completes the WebSocket handshake of `key` (RFC 6455 §4.2.2): the app
+/// speaks WebSocket, not merely answered 101.
+pub fn websocket_accepted(key: Option<&HeaderValue>, response: &HeaderMap) -> bool {
+    let Some(key) = key else { return false };
+    let want = websocket_accept(key.as_bytes());
+    let upgrade_ok = response
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let accept = response
+        .get_all(SEC_WEBSOCKET_ACCEPT)
+        .iter()
+        .collect::<Vec<_>>();
+    upgrade_ok && accept.len() == 1 && accept[0].as_bytes() == want.as_bytes()
 }
 
 /// Removes hop-by-hop headers and every header `Connection` names (any case; unparsable names

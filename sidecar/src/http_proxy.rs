@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::combinators::{BoxBody, MapFrame};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::Client;
@@ -50,7 +51,17 @@ pub const MAX_IDLE_APP_CONNECTIONS: usize = 32;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// A request body on its way to the app, cut off at [`MAX_REQUEST_BODY_BYTES`].
-type AppBody = Limited<Incoming>;
+type AppBody = MapFrame<Limited<Incoming>, fn(Frame<Bytes>) -> Frame<Bytes>>;
+
+/// Request trailers never reach the app: nothing judged them, and HTTP/2 trailers can carry any
+/// header (the identity header, `authorization`, method overrides). Found from outside.
+fn drop_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    if frame.is_trailers() {
+        Frame::data(Bytes::new())
+    } else {
+        frame
+    }
+}
 
 /// Pooled clients towards the local app (one pool per app address, by URI authority).
 pub struct AppClients {
@@ -422,9 +433,23 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
             return error_response(StatusCode::BAD_REQUEST, "unparseable request target");
         }
     }
+    if !h2 && !req.body().is_end_stream() {
+        // A request with a body gets its own app connection: an app that does not read a body
+        // (many ignore one on GET) would read it as the next request on a pooled connection —
+        // one nobody judged. Found from outside.
+        if upgrade == canonical::Upgrade::WebSocket {
+            return error_response(StatusCode::BAD_REQUEST, "a WebSocket handshake has no body");
+        }
+        req.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let websocket_key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY).cloned();
     let server_upgrade =
         (upgrade == canonical::Upgrade::WebSocket).then(|| hyper::upgrade::on(&mut req));
-    let mut req = req.map(|body| Limited::new(body, MAX_REQUEST_BODY_BYTES));
+    let mut req = req.map(|body| {
+        Limited::new(body, MAX_REQUEST_BODY_BYTES)
+            .map_frame(drop_trailers as fn(Frame<Bytes>) -> Frame<Bytes>)
+    });
     let result = if h2 {
         ctx.clients.h2.request(req).await
     } else {
@@ -433,10 +458,13 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
     };
     match result {
         Ok(resp)
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && server_upgrade.is_none() =>
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                && (server_upgrade.is_none()
+                    || !canonical::websocket_accepted(websocket_key.as_ref(), resp.headers())) =>
         {
-            // Only a forwarded WebSocket handshake may switch: anything else would turn this
-            // checked connection into a pipe nobody checks (e.g. an app that speaks h2c).
+            // Only a forwarded WebSocket handshake that the app really accepted (a correct
+            // Sec-WebSocket-Accept) may switch: anything else would turn this checked connection
+            // into a pipe nobody checks (an app that speaks h2c, or answers 101 from a handler).
             tracing::warn!(target = %ctx.target, "the app switched protocols on a request that asked for no upgrade");
             ctx.metrics
                 .requests

@@ -444,12 +444,8 @@ impl Inbound {
                         return;
                     }
                 };
-                if declared_opaque {
-                    relay(stream, app, "inbound", &self.metrics).await;
-                } else {
-                    let gated = crate::first_line_gate::FirstLineGate::new(stream);
-                    relay(gated, app, "inbound", &self.metrics).await;
-                }
+                let guarded = crate::opaque_guard::OpaqueGuard::new(stream);
+                relay(guarded, app, "inbound", &self.metrics).await;
             }
         }
     }

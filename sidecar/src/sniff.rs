@@ -129,8 +129,8 @@ const METHODS: &[&[u8]] = &[
 /// lets the client write its own `x-pqmesh-peer-identity` to the app. That includes empty lines
 /// before the request line (RFC 9112 §2.2 lets servers skip them) and a first line that names an
 /// HTTP version anywhere, in any case. The rest is opaque and is relayed through
-/// [`crate::first_line_gate::FirstLineGate`], which ends the connection if its first line turns
-/// out to name an HTTP version after all.
+/// [`crate::opaque_guard::OpaqueGuard`], which ends the connection if its first line turns out
+/// to name an HTTP version after all, or the identity header's name appears.
 pub fn classify_app(buf: &[u8]) -> Option<AppProtocol> {
     if buf.is_empty() {
         return None;

@@ -47,7 +47,7 @@ def eof_after_shutdown(sock):
 def upgrade(host, port):
     s = socket.create_connection((host, port), timeout=TIMEOUT)
     deadline = time.monotonic() + TIMEOUT
-    s.sendall(b"GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
     head = bytearray()
     while b"\r\n\r\n" not in head and time.monotonic() < deadline:
         s.settimeout(max(0.05, deadline - time.monotonic()))

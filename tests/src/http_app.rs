@@ -78,10 +78,16 @@ async fn respond(
                 }
             }
         });
+        let accept = req
+            .headers()
+            .get("sec-websocket-key")
+            .map(|k| pqmesh_sidecar::canonical::websocket_accept(k.as_bytes()))
+            .unwrap_or_default();
         return Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
             .body(Either::Left(Full::new(Bytes::new())))
             .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new()))));
     }

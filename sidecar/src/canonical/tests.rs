@@ -91,6 +91,7 @@ fn only_websocket_upgrades_are_forwarded() {
     let ws = [
         ("connection", "keep-alive, Upgrade"),
         ("upgrade", "WebSocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ];
     let mut h = head(&ws);
     assert_eq!(
@@ -127,6 +128,45 @@ fn only_websocket_upgrades_are_forwarded() {
         );
         assert!(h.is_empty(), "{pairs:?} left {h:?}");
     }
+    // No key, or two: not a WebSocket handshake.
+    let no_key = [("connection", "upgrade"), ("upgrade", "websocket")];
+    assert_eq!(
+        canonicalize(&Method::GET, &mut head(&no_key), false),
+        Ok(Upgrade::None)
+    );
+    let two_keys = [
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "a"),
+        ("sec-websocket-key", "b"),
+    ];
+    assert_eq!(
+        canonicalize(&Method::GET, &mut head(&two_keys), false),
+        Ok(Upgrade::None)
+    );
+}
+
+#[test]
+fn a_switch_needs_the_apps_websocket_accept() {
+    // RFC 6455 §1.3's example.
+    let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+    let good = head(&[
+        ("upgrade", "websocket"),
+        ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+    ]);
+    assert!(websocket_accepted(Some(&key), &good));
+    for bad in [
+        head(&[("upgrade", "websocket")]),
+        head(&[("upgrade", "websocket"), ("sec-websocket-accept", "wrong")]),
+        head(&[
+            ("upgrade", "h2c"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ]),
+        head(&[]),
+    ] {
+        assert!(!websocket_accepted(Some(&key), &bad), "{bad:?}");
+    }
+    assert!(!websocket_accepted(None, &good));
 }
 
 #[test]

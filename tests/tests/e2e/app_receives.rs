@@ -23,6 +23,8 @@ const FORGED: &str = "spiffe://cluster.local/ns/admin/sa/root";
 struct RecordingApp {
     addr: SocketAddr,
     bytes: Arc<Mutex<Vec<u8>>>,
+    /// Request heads the app acted on, lower-cased.
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl RecordingApp {
@@ -30,13 +32,14 @@ impl RecordingApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let bytes = Arc::new(Mutex::new(Vec::new()));
-        let all = bytes.clone();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (all, seen) = (bytes.clone(), heads.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(record(tcp, all.clone(), switch_always));
+                tokio::spawn(record(tcp, all.clone(), seen.clone(), switch_always));
             }
         });
-        RecordingApp { addr, bytes }
+        RecordingApp { addr, bytes, heads }
     }
 
     fn received(&self) -> String {
@@ -45,10 +48,16 @@ impl RecordingApp {
 
     fn clear(&self) {
         self.bytes.lock().unwrap().clear();
+        self.heads.lock().unwrap().clear();
     }
 }
 
-async fn record(mut tcp: TcpStream, all: Arc<Mutex<Vec<u8>>>, switch_always: bool) {
+async fn record(
+    mut tcp: TcpStream,
+    all: Arc<Mutex<Vec<u8>>>,
+    heads: Arc<Mutex<Vec<String>>>,
+    switch_always: bool,
+) {
     let mut pending = Vec::new();
     let mut switched = false;
     let mut chunk = [0u8; 4096];
@@ -64,6 +73,10 @@ async fn record(mut tcp: TcpStream, all: Arc<Mutex<Vec<u8>>>, switch_always: boo
         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
             pending.drain(..end + 4);
+            heads.lock().unwrap().push(head.clone());
+            // Like a real server: no more requests after `connection: close` (bodies it does not
+            // read, as many servers do on GET, are what it would take for the next request).
+            let close = head.contains("\nconnection: close");
             let answer: &[u8] = if switch_always || head.contains("\nupgrade:") {
                 switched = true;
                 b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
@@ -72,6 +85,9 @@ async fn record(mut tcp: TcpStream, all: Arc<Mutex<Vec<u8>>>, switch_always: boo
             };
             if tcp.write_all(answer).await.is_err() || switched {
                 break;
+            }
+            if close {
+                return;
             }
         }
     }
@@ -291,4 +307,32 @@ async fn the_app_receives_exactly_what_the_policy_judged() {
         );
         m.app2.clear();
     }
+
+    // 6. Found from outside (second review): request lines that Java's HttpServer (`get /admin x`)
+    //    or Python's http.server (`GET\t/admin`, HTTP/0.9 with headers) accept, relayed opaque,
+    //    never carry a client's identity header to the app.
+    for raw in [
+        format!("get /admin x\r\nHost: b\r\nX-Pqmesh-Peer-Identity: {FORGED}\r\n\r\n"),
+        format!("GET\t/admin\r\nX-Pqmesh-Peer-Identity: {FORGED}\r\n\r\n"),
+        format!("x\nGET /admin HTTP/1.1\r\nx_pqmesh_peer_identity: {FORGED}\r\n\r\n"),
+    ] {
+        let answer = exchange(m.b2.inbound_addr, &[raw.as_bytes()], NO_GAP).await;
+        let got = m.app2.received();
+        assert!(identity_lines(&got).is_empty(), "{raw:?} ({answer}): {got}");
+        m.app2.clear();
+    }
+
+    // 7. A body the app does not read (a GET's) cannot become a second request on a pooled app
+    //    connection: a request with a body gets its own app connection.
+    let smuggled =
+        format!("GET /admin HTTP/1.1\r\nhost: b\r\nx-pqmesh-peer-identity: {FORGED}\r\n\r\n");
+    let req = format!(
+        "GET /orders/1 HTTP/1.1\r\nhost: b\r\ncontent-length: {}\r\n\r\n{smuggled}GET /orders/2 HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n",
+        smuggled.len()
+    );
+    let answer = exchange(via_a, &[req.as_bytes()], NO_GAP).await;
+    assert_eq!(statuses(&answer), [200, 200], "{answer}");
+    let heads = m.app.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2, "only the two judged requests: {heads:?}");
+    assert!(heads.iter().all(|h| !h.contains("/admin")), "{heads:?}");
 }

@@ -2,6 +2,7 @@
 //! the build small and fast on a 2-core CI machine). Each module's own doc comment says what it
 //! covers and what it needs.
 
+mod acceptance_local;
 mod adversarial;
 mod adversarial_identity;
 mod adversarial_phantom;

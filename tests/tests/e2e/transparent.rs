@@ -210,7 +210,7 @@ async fn an_upgraded_connection_carries_raw_bytes_both_ways() {
     let a = client_sidecar(&m, m.b.inbound_addr, &[]).await;
     let mut tcp = TcpStream::connect(a.outbound_addr.unwrap()).await.unwrap();
     tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
     .await
     .unwrap();

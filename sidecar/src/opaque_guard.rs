@@ -1,0 +1,259 @@
+//! Every opaque relay (TCP the sidecar does not parse as HTTP) passes through [`OpaqueGuard`],
+//! because some HTTP server behind it may parse the bytes anyway: Java's `HttpServer` takes
+//! `get /admin x` as a request line, Python's `http.server` takes `GET\t/admin` (HTTP/0.9 with
+//! headers), and detection may have judged a first line before it was complete or seen nothing
+//! at all (a client silent through detection, as when the app speaks first). Two rules:
+//! - The client's first line must not name an HTTP version (`HTTP/`, any case; the HTTP/2 preface
+//!   names one too): HTTP belongs on the HTTP path. A port declared opaque must not carry HTTP.
+//! - The client's bytes must never contain the identity header's name, in any case and with `-`,
+//!   `_` or `.` between its words (`pqmesh-peer-identity`, however a server folds it): on a raw
+//!   relay the sidecar cannot stamp the identity, so nobody may write one.
+//! Either ends the connection without passing the read that completed the match; what passed
+//! before is a partial line or a partial name, which no server acts on. The policy on an opaque
+//! connection judges only the peer, so an HTTP request that gets through carries no identity.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The identity header's name as folded by [`fold`] (without `x-`: servers also strip prefixes).
+const IDENTITY_NAME: &[u8] = b"pqmesh-peer-identity";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Empty lines before the first line (servers may skip them, RFC 9112 §2.2).
+    LeadingEmptyLines,
+    FirstLine,
+    /// The first line is over: only the identity-name scan runs.
+    Scanning,
+    Refused,
+}
+
+pub struct OpaqueGuard<S> {
+    inner: S,
+    phase: Phase,
+    /// The last five bytes of the first line, lower-cased (finds `http/` across reads).
+    tail: [u8; 5],
+    /// The last bytes read, folded, so a name split across reads is found.
+    carry: Vec<u8>,
+}
+
+/// Lower case, and `_` `.` as `-`: the spellings servers treat as the same header name.
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+impl<S> OpaqueGuard<S> {
+    pub fn new(inner: S) -> Self {
+        OpaqueGuard {
+            inner,
+            phase: Phase::LeadingEmptyLines,
+            tail: [0; 5],
+            carry: Vec::with_capacity(2 * IDENTITY_NAME.len()),
+        }
+    }
+
+    /// Follows the first line through `bytes`.
+    fn scan_first_line(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            match self.phase {
+                Phase::Scanning | Phase::Refused => return,
+                Phase::LeadingEmptyLines if b == b'\r' || b == b'\n' => continue,
+                Phase::LeadingEmptyLines | Phase::FirstLine => {
+                    self.phase = Phase::FirstLine;
+                    // A byte no request line can hold ends the check (binary protocols); the
+                    // whitespace Python's `str.split` accepts as a separator does not.
+                    let line_byte =
+                        matches!(b, b'\t' | b'\r' | 0x0b | 0x0c | 0x1c..=0x1f | 0x85 | 0xa0)
+                            || (0x20..0x7f).contains(&b);
+                    if b == b'\n' || !line_byte {
+                        self.phase = Phase::Scanning;
+                        return;
+                    }
+                    self.tail.rotate_left(1);
+                    self.tail[4] = b.to_ascii_lowercase();
+                    if &self.tail == b"http/" {
+                        self.phase = Phase::Refused;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the identity name appears in `bytes` or across the previous read and `bytes`.
+    fn names_identity(&mut self, bytes: &[u8]) -> bool {
+        let n = IDENTITY_NAME.len();
+        // Across the boundary: the previous read's tail and this read's head.
+        self.carry
+            .extend(bytes.iter().take(n - 1).map(|&b| fold(b)));
+        let across = self.carry.windows(n).any(|w| w == IDENTITY_NAME);
+        // Within this read: candidates at each 'q' (the name's second byte, rare in data).
+        let within = memchr::memchr2_iter(b'q', b'Q', bytes).any(|i| {
+            i >= 1
+                && bytes.len() >= i - 1 + n
+                && bytes[i - 1..i - 1 + n]
+                    .iter()
+                    .zip(IDENTITY_NAME)
+                    .all(|(&b, &want)| fold(b) == want)
+        });
+        let keep = bytes.len().min(n - 1);
+        self.carry.clear();
+        self.carry
+            .extend(bytes[bytes.len() - keep..].iter().map(|&b| fold(b)));
+        across || within
+    }
+}
+
+fn refused() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "an HTTP request line or the identity header on an opaque relay is not passed to the app",
+    )
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for OpaqueGuard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.phase == Phase::Refused {
+            return Poll::Ready(Err(refused()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if this.phase != Phase::Scanning {
+            this.scan_first_line(new);
+        }
+        if this.phase == Phase::Refused || this.names_identity(new) {
+            this.phase = Phase::Refused;
+            // Withhold the whole read: it completed the request line or the name.
+            buf.set_filled(before);
+            return Poll::Ready(Err(refused()));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for OpaqueGuard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What the app would get: everything the gate passed before it ended the stream, and how.
+    async fn through_gate(writes: &[&[u8]]) -> (Vec<u8>, io::Result<()>) {
+        let (mut client, near) = tokio::io::duplex(64 * 1024);
+        let writes: Vec<Vec<u8>> = writes.iter().map(|w| w.to_vec()).collect();
+        let writer = tokio::spawn(async move {
+            for w in writes {
+                client.write_all(&w).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        let mut gate = OpaqueGuard::new(near);
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let result = loop {
+            match gate.read(&mut chunk).await {
+                Ok(0) => break Ok(()),
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) => break Err(e),
+            }
+        };
+        writer.await.unwrap();
+        (out, result)
+    }
+
+    #[tokio::test]
+    async fn a_request_line_never_passes_whole() {
+        for writes in [
+            &[&b"GET / HTTP/1.1\r\nx-pqmesh-peer-identity: spiffe://x/ns/a/sa/b\r\n\r\n"[..]][..],
+            &[
+                b"FOO",
+                b" / HT",
+                b"TP/1.1\r\nx-pqmesh-peer-identity: forged\r\n\r\n",
+            ],
+            &[b"\r\n", b"\r\nget /admin http/1.0\r\n\r\n"],
+            &[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
+            // Found from outside: request lines Java's HttpServer or Python's http.server accept.
+            &[b"get /admin x\r\nHost: b\r\nX-Pqmesh-Peer-Identity: spiffe://x/ns/a/sa/b\r\n\r\n"],
+            &[b"GET\t/admin\r\nX-Pqmesh-Peer-Identity: spiffe://x/ns/a/sa/b\r\n\r\n"],
+            &[
+                b"x\nGET /admin",
+                b" x\r\nx_pqmesh_peer_id",
+                b"entity: forged\r\n\r\n",
+            ],
+            &[
+                b"hello\n",
+                b"binary\x00\x01 then X.PQMESH.PEER.IDENTITY: forged",
+            ],
+        ] {
+            let (passed, result) = through_gate(writes).await;
+            assert_eq!(
+                result.unwrap_err().kind(),
+                io::ErrorKind::PermissionDenied,
+                "{writes:?}"
+            );
+            let folded: Vec<u8> = passed.iter().map(|&b| fold(b)).collect();
+            assert!(
+                !folded
+                    .windows(IDENTITY_NAME.len())
+                    .any(|w| w == IDENTITY_NAME)
+                    && !folded.windows(5).any(|w| w == b"http/"),
+                "no identity name and no HTTP version passed: {:?}",
+                String::from_utf8_lossy(&passed)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn other_protocols_pass_unchanged() {
+        for writes in [
+            &[&b"EHLO client.example\r\nMAIL FROM:<a@b>\r\n"[..]][..],
+            &[b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b"more binary HTTP/1.1"],
+            &[b"*1\r\n$4\r\n", b"PING\r\n"],
+            &[b"ping"],
+            &[b"hello\n", b"GET / HTTP/1.1\r\n"],
+            &[b"pqmesh-peer is not the whole name; peer-identity alone neither"],
+            &[&[b'a'; 20_000]],
+        ] {
+            let want: Vec<u8> = writes.concat();
+            let (passed, result) = through_gate(writes).await;
+            assert!(result.is_ok(), "{writes:?}");
+            assert_eq!(passed, want, "{writes:?}");
+        }
+    }
+}
