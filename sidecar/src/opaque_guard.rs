@@ -8,6 +8,7 @@
 //! - The client's bytes must never contain the identity header's name, in any case and with `-`,
 //!   `_` or `.` between its words (`pqmesh-peer-identity`, however a server folds it): on a raw
 //!   relay the sidecar cannot stamp the identity, so nobody may write one.
+//!
 //! Either ends the connection without passing the read that completed the match; what passed
 //! before is a partial line or a partial name, which no server acts on. The policy on an opaque
 //! connection judges only the peer, so an HTTP request that gets through carries no identity.
