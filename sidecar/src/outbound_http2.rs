@@ -43,6 +43,9 @@ struct Pooled {
 #[derive(Default)]
 pub struct Pool {
     senders: Mutex<HashMap<SocketAddr, Pooled>>,
+    /// One connect at a time per endpoint: concurrent first requests share its connection
+    /// instead of each opening (and handshaking) their own.
+    connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Pool {
@@ -84,6 +87,31 @@ impl Pool {
         if let Some(sender) = self.cached(endpoint) {
             return Ok(sender);
         }
+        let gate = self
+            .connecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(endpoint.addr)
+            .or_default()
+            .clone();
+        let _connecting = gate.lock().await;
+        if let Some(sender) = self.cached(endpoint) {
+            return Ok(sender);
+        }
+        let result = self.connect(outbound, endpoint).await;
+        let mut connecting = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+        // The last one out removes the gate (the map holds one reference, this call another).
+        if Arc::strong_count(&gate) <= 2 {
+            connecting.remove(&endpoint.addr);
+        }
+        result
+    }
+
+    async fn connect(
+        &self,
+        outbound: &Outbound,
+        endpoint: &Endpoint,
+    ) -> Result<SendRequest<Incoming>, String> {
         let upstream = outbound.connect_endpoint(endpoint).await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
