@@ -1,15 +1,15 @@
 //! `pqmesh.discovery.v1.Discovery/Watch`: per-destination answers to "which mesh identity serves
-//! IP:port?". Each stream keeps its own subscriptions and is re-evaluated when the endpoint table
+//! IP:port?" — or, for a Service address, "which endpoints, each with which identity?". Each stream keeps its own subscriptions and is re-evaluated when the endpoint table
 //! changes; only changed answers are sent. Callers must present a mesh certificate.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use pqmesh_mtls::grpc_tls::authenticated_peer;
 use pqmesh_proto::discovery::v1::discovery_server::Discovery;
-use pqmesh_proto::discovery::v1::{Destination, DestinationUpdate, DiscoveryRequest};
+use pqmesh_proto::discovery::v1::{Destination, DestinationUpdate, DiscoveryRequest, Endpoint};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -44,17 +44,47 @@ fn parse(dest: &Destination) -> Result<(IpAddr, u16), Status> {
     Ok((ip, port))
 }
 
+fn destination(addr: SocketAddr) -> Destination {
+    Destination {
+        ip: addr.ip().to_string(),
+        port: addr.port().into(),
+    }
+}
+
 fn update(ip: IpAddr, port: u16, answer: &Answer) -> DestinationUpdate {
+    let (meshed, identity, endpoints) = match answer {
+        Answer::Meshed(id) => (true, id.to_string(), vec![]),
+        Answer::NotMeshed => (false, String::new(), vec![]),
+        Answer::Service(backends) => {
+            // Clients that do not read `endpoints` dial the Service address (kube-proxy picks
+            // the backend): give them an identity only when every backend has that one.
+            let first = backends.first().and_then(|b| b.identity.as_ref());
+            let single =
+                first.filter(|id| backends.iter().all(|b| b.identity.as_ref() == Some(*id)));
+            let endpoints = backends
+                .iter()
+                .map(|b| Endpoint {
+                    address: Some(destination(b.addr)),
+                    meshed: b.identity.is_some(),
+                    identity: b
+                        .identity
+                        .as_ref()
+                        .map(|i| i.to_string())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            (
+                single.is_some(),
+                single.map(|i| i.to_string()).unwrap_or_default(),
+                endpoints,
+            )
+        }
+    };
     DestinationUpdate {
-        destination: Some(Destination {
-            ip: ip.to_string(),
-            port: port.into(),
-        }),
-        meshed: matches!(answer, Answer::Meshed(_)),
-        identity: match answer {
-            Answer::Meshed(id) => id.to_string(),
-            Answer::NotMeshed => String::new(),
-        },
+        destination: Some(destination(SocketAddr::new(ip, port))),
+        meshed,
+        identity,
+        endpoints,
     }
 }
 

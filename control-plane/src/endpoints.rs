@@ -1,10 +1,11 @@
-//! Local-mode discovery data: which workload identity serves which IP (and ports), from
-//! `DIR/endpoints.yaml`. Polled for changes; an invalid edit is logged and the last good table
+//! Local-mode discovery data: which workload identity serves which IP (and ports), and which
+//! endpoints stand behind a Service address (ClusterIP:port), from `DIR/endpoints.yaml`. Kubernetes
+//! mode builds the same table from Pods, Services and EndpointSlices. Polled for changes; an invalid edit is logged and the last good table
 //! stays. Published through a `watch` channel so every Discovery stream re-evaluates its own
 //! subscriptions when the table changes.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,6 +22,33 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 struct EndpointsFile {
     #[serde(default)]
     endpoints: Vec<EndpointEntry>,
+    #[serde(default)]
+    services: Vec<ServiceEntry>,
+}
+
+/// A Service address and its backends. Each backend's identity is what `endpoints` says about
+/// its IP and port (one source of truth, as Pods are in Kubernetes); one not listed is unmeshed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceEntry {
+    /// For logs only (`namespace/name`).
+    #[serde(default)]
+    name: Option<String>,
+    ip: String,
+    port: u16,
+    /// The port the backends listen on; absent = `port`.
+    #[serde(default)]
+    target_port: Option<u16>,
+    backends: Vec<BackendEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendEntry {
+    ip: String,
+    /// Absent = the service's target port.
+    #[serde(default)]
+    port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +67,16 @@ struct EndpointEntry {
 pub enum Answer {
     Meshed(SpiffeId),
     NotMeshed,
+    /// A Service address: the client balances over these endpoints itself.
+    Service(Arc<[Backend]>),
+}
+
+/// One endpoint of a Service: the address its pod listens on and its identity (`None`: no
+/// sidecar, plaintext only).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub identity: Option<SpiffeId>,
 }
 
 /// The ports of an IP a workload serves (`None` = all) and its identity.
@@ -47,6 +85,7 @@ type Served = (Option<Vec<u16>>, SpiffeId);
 #[derive(Debug, Default)]
 pub struct EndpointTable {
     by_ip: HashMap<IpAddr, Vec<Served>>,
+    services: HashMap<SocketAddr, Arc<[Backend]>>,
 }
 
 impl EndpointTable {
@@ -70,7 +109,64 @@ impl EndpointTable {
                 .map_err(|err| at(err.to_string()))?;
             table.insert(ip, e.ports, id).map_err(at)?;
         }
+        for (i, s) in file.services.into_iter().enumerate() {
+            let at = |msg: String| match &s.name {
+                Some(name) => format!("services[{i}] ({name}): {msg}"),
+                None => format!("services[{i}]: {msg}"),
+            };
+            let ip: IpAddr =
+                s.ip.parse()
+                    .map_err(|_| at(format!("ip {:?} is not an IP address", s.ip)))?;
+            let target_port = s.target_port.unwrap_or(s.port);
+            if s.port == 0 || target_port == 0 {
+                return Err(at("port 0 is not a port".into()));
+            }
+            if s.backends.is_empty() {
+                return Err(at("backends is empty".into()));
+            }
+            let mut backends = Vec::with_capacity(s.backends.len());
+            for (j, b) in s.backends.iter().enumerate() {
+                let bip: IpAddr = b.ip.parse().map_err(|_| {
+                    at(format!("backends[{j}]: ip {:?} is not an IP address", b.ip))
+                })?;
+                let port = b.port.unwrap_or(target_port);
+                if port == 0 {
+                    return Err(at(format!("backends[{j}]: port 0 is not a port")));
+                }
+                let addr = SocketAddr::new(bip, port);
+                if backends.iter().any(|x: &Backend| x.addr == addr) {
+                    return Err(at(format!("backends[{j}]: {addr} is listed twice")));
+                }
+                let identity = match table.lookup(bip, port) {
+                    Answer::Meshed(id) => Some(id),
+                    _ => None,
+                };
+                backends.push(Backend { addr, identity });
+            }
+            table.insert_service(ip, s.port, backends).map_err(at)?;
+        }
         Ok(table)
+    }
+
+    /// Adds a Service address and its endpoints; refuses an address already known as a pod's
+    /// (one destination, one meaning) or as another Service.
+    pub fn insert_service(
+        &mut self,
+        ip: IpAddr,
+        port: u16,
+        mut backends: Vec<Backend>,
+    ) -> Result<(), String> {
+        let addr = SocketAddr::new(ip, port);
+        if self.services.contains_key(&addr) {
+            return Err(format!("{addr} is already a Service address"));
+        }
+        if let Answer::Meshed(id) = self.lookup(ip, port) {
+            return Err(format!("{addr} is already served by {id} (a pod address)"));
+        }
+        // Sorted, so an unchanged set compares equal and no update is sent.
+        backends.sort();
+        self.services.insert(addr, backends.into());
+        Ok(())
     }
 
     /// Adds that `id` serves `ports` of `ip` (`None` = every port); refuses an overlap with a
@@ -81,6 +177,13 @@ impl EndpointTable {
         ports: Option<Vec<u16>>,
         id: SpiffeId,
     ) -> Result<(), String> {
+        if let Some(addr) = self
+            .services
+            .keys()
+            .find(|a| a.ip() == ip && ports.as_ref().is_none_or(|p| p.contains(&a.port())))
+        {
+            return Err(format!("{addr} is already a Service address"));
+        }
         let entries = self.by_ip.entry(ip).or_default();
         for (served, existing) in entries.iter() {
             let overlap = match (served, &ports) {
@@ -98,6 +201,9 @@ impl EndpointTable {
     }
 
     pub fn lookup(&self, ip: IpAddr, port: u16) -> Answer {
+        if let Some(backends) = self.services.get(&SocketAddr::new(ip, port)) {
+            return Answer::Service(backends.clone());
+        }
         self.by_ip
             .get(&ip)
             .and_then(|entries| {
@@ -109,8 +215,9 @@ impl EndpointTable {
             .unwrap_or(Answer::NotMeshed)
     }
 
+    /// Pod entries plus Service addresses.
     pub fn len(&self) -> usize {
-        self.by_ip.values().map(Vec::len).sum()
+        self.by_ip.values().map(Vec::len).sum::<usize>() + self.services.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -218,6 +325,81 @@ mod tests {
                 "endpoints:\n- ip: 10.0.0.1\n  namespace: a\n  serviceAccount: b\n- ip: 10.0.0.1\n  ports: [80]\n  namespace: a\n  serviceAccount: c\n",
                 "already served",
             ),
+        ];
+        for (text, want) in cases {
+            let err = EndpointTable::parse(text, TD).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+
+    const TD: &str = "cluster.local";
+    const PODS: &str = "endpoints:\n- {ip: 10.0.0.2, namespace: shop, serviceAccount: api}\n- {ip: 10.0.0.5, ports: [8080], namespace: shop, serviceAccount: api-v2}\n";
+
+    fn backend(addr: &str, sa: Option<&str>) -> Backend {
+        Backend {
+            addr: addr.parse().unwrap(),
+            identity: sa.map(|sa| SpiffeId::new(TD, "shop", sa).unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_service_lists_its_backends_with_the_identity_of_each() {
+        let t = EndpointTable::parse(
+            &format!("{PODS}services:\n- name: shop/api\n  ip: 10.96.0.10\n  port: 80\n  targetPort: 8080\n  backends:\n  - {{ip: 10.0.0.5}}\n  - {{ip: 10.0.0.2}}\n  - {{ip: 10.0.0.7}}\n  - {{ip: 10.0.0.5, port: 9090}}\n"),
+            TD,
+        )
+        .unwrap();
+        let want: Vec<Backend> = vec![
+            backend("10.0.0.2:8080", Some("api")),
+            backend("10.0.0.5:8080", Some("api-v2")),
+            backend("10.0.0.5:9090", None), // api-v2 serves 8080 only
+            backend("10.0.0.7:8080", None),
+        ];
+        assert_eq!(
+            t.lookup("10.96.0.10".parse().unwrap(), 80),
+            Answer::Service(want.into())
+        );
+        // Another port of the ClusterIP is not the Service.
+        assert_eq!(
+            t.lookup("10.96.0.10".parse().unwrap(), 81),
+            Answer::NotMeshed
+        );
+        // Pods are still answered as before.
+        assert_eq!(
+            t.lookup("10.0.0.2".parse().unwrap(), 8080),
+            Answer::Meshed(SpiffeId::new(TD, "shop", "api").unwrap())
+        );
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn backend_order_does_not_change_the_answer() {
+        let a = EndpointTable::parse(&format!("{PODS}services:\n- {{ip: 10.96.0.10, port: 80, targetPort: 8080, backends: [{{ip: 10.0.0.2}}, {{ip: 10.0.0.5}}]}}\n"), TD).unwrap();
+        let b = EndpointTable::parse(&format!("{PODS}services:\n- {{ip: 10.96.0.10, port: 80, targetPort: 8080, backends: [{{ip: 10.0.0.5}}, {{ip: 10.0.0.2}}]}}\n"), TD).unwrap();
+        let ip = "10.96.0.10".parse().unwrap();
+        assert_eq!(a.lookup(ip, 80), b.lookup(ip, 80));
+    }
+
+    #[test]
+    fn rejects_bad_services_precisely() {
+        let cases = [
+            ("services:\n- {ip: 10.96.0.300, port: 80, backends: [{ip: 10.0.0.2}]}\n", "services[0]: ip"),
+            ("services:\n- {ip: 10.96.0.1, port: 0, backends: [{ip: 10.0.0.2}]}\n", "port 0"),
+            ("services:\n- {ip: 10.96.0.1, port: 80, targetPort: 0, backends: [{ip: 10.0.0.2}]}\n", "port 0"),
+            ("services:\n- {ip: 10.96.0.1, port: 80, backends: []}\n", "backends is empty"),
+            ("services:\n- {ip: 10.96.0.1, port: 80}\n", "missing field `backends`"),
+            ("services:\n- {name: shop/x, ip: 10.96.0.1, port: 80, backends: [{ip: nope}]}\n", "services[0] (shop/x): backends[0]: ip"),
+            ("services:\n- {ip: 10.96.0.1, port: 80, backends: [{ip: 10.0.0.2, port: 0}]}\n", "backends[0]: port 0"),
+            ("services:\n- {ip: 10.96.0.1, port: 80, backends: [{ip: 10.0.0.2}, {ip: 10.0.0.2, port: 80}]}\n", "listed twice"),
+            ("services:\n- {ip: 10.96.0.1, port: 80, backends: [{ip: 10.0.0.2, namespace: a}]}\n", "unknown field"),
+            ("services:\n- {ip: 10.96.0.1, port: 80, weight: 2, backends: [{ip: 10.0.0.2}]}\n", "unknown field"),
+            ("services:\n- {ip: 10.96.0.1, port: 80, backends: [{ip: 10.0.0.2}]}\n- {ip: 10.96.0.1, port: 80, backends: [{ip: 10.0.0.3}]}\n", "already a Service address"),
+            ("endpoints:\n- {ip: 10.96.0.1, namespace: a, serviceAccount: b}\nservices:\n- {ip: 10.96.0.1, port: 80, backends: [{ip: 10.0.0.3}]}\n", "(a pod address)"),
         ];
         for (text, want) in cases {
             let err = EndpointTable::parse(text, TD).unwrap_err();

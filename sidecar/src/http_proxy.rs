@@ -49,7 +49,7 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// idle connections (2 descriptors each) behind for the idle timeout.
 pub const MAX_IDLE_APP_CONNECTIONS: usize = 32;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// A request body on its way to the app, cut off at [`MAX_REQUEST_BODY_BYTES`].
 type AppBody = MapFrame<Limited<Incoming>, fn(Frame<Bytes>) -> Frame<Bytes>>;
 
@@ -351,7 +351,7 @@ where
         .await
 }
 
-fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
+pub(crate) fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(format!("pqmesh: {text}\n")))
             .map_err(|never| match never {})

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app_probe;
+pub mod balance;
 pub mod canonical;
 pub mod config;
 pub mod control_plane;
@@ -17,6 +18,8 @@ pub mod listen;
 pub mod metrics;
 pub mod opaque_guard;
 pub mod original_dst;
+pub mod outbound;
+pub mod outbound_http2;
 pub mod policy;
 pub mod proxy;
 pub mod readiness;
@@ -39,7 +42,8 @@ use crate::drain::Drain;
 use crate::identity::GrpcCertifier;
 use crate::metrics::Metrics;
 use crate::original_dst::{OriginalDst, SoOriginalDst};
-use crate::proxy::{Inbound, Outbound, Route};
+use crate::outbound::{Outbound, Route};
+use crate::proxy::Inbound;
 use crate::tls::MeshTls;
 
 #[derive(Debug, thiserror::Error)]
@@ -316,9 +320,12 @@ pub async fn start_with(
         tls: tls_rx.clone(),
         metrics: metrics.clone(),
         revoked: revoked_rx.clone(),
+        opaque_ports: config.opaque_ports.clone(),
+        balancer: balance::Balancer::default(),
+        http2: outbound_http2::Pool::default(),
     });
     for listener in std::iter::once(outbound_listener).chain(outbound_listener_v6) {
-        listeners.push(tokio::spawn(proxy::serve_outbound(
+        listeners.push(tokio::spawn(outbound::serve_outbound(
             listener,
             outbound.clone(),
             drain.clone(),

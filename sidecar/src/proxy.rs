@@ -1,9 +1,7 @@
 //! The data plane. Inbound (15006): find where the connection was going (the app port), tell a
 //! mesh client (TLS ClientHello with ALPN `pqmesh/1`) from plaintext, terminate mTLS and check the
 //! peer's identity, then proxy HTTP per request or other bytes as opaque TCP to the app.
-//! Outbound (15001): find the original destination, ask discovery which identity serves it, and
-//! connect with mTLS requiring that identity — or pass through / refuse an unmeshed destination.
-//! Explicit mode replaces discovery by one configured peer.
+//! Outbound (15001) is [`crate::outbound`]; the relay and accept loop here serve both.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,15 +12,13 @@ use std::time::Duration;
 
 use pqmesh_mtls::tls::{HandshakeInfo, ALPN_MESH};
 use pqmesh_mtls::{PeerPattern, SpiffeId};
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 
-use crate::config::{InboundMode, OutboundTarget, Unmeshed};
+use crate::config::InboundMode;
 use crate::delivery::Delivery;
-use crate::discovery::{Discovery, Resolved};
 use crate::drain::Drain;
 use crate::http_proxy::{self, AppClients};
 use crate::metrics::Metrics;
@@ -111,7 +107,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
 /// Reads until `classify` decides, the limit is reached, EOF, or the timeout passes.
 /// Returns the verdict (`None` on timeout or EOF) and every byte read.
-async fn sniff<S, T>(
+pub(crate) async fn sniff<S, T>(
     stream: &mut S,
     limit: usize,
     classify: impl Fn(&[u8]) -> Option<T>,
@@ -164,8 +160,12 @@ pub struct Inbound {
 
 /// Accepts until shutdown begins; each connection is handled on its own task (tracked for the
 /// drain) and a refusal is logged with `what`.
-async fn accept_until<F, Fut, E>(listener: TcpListener, drain: Drain, what: &'static str, handle: F)
-where
+pub(crate) async fn accept_until<F, Fut, E>(
+    listener: TcpListener,
+    drain: Drain,
+    what: &'static str,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display,
@@ -451,185 +451,13 @@ impl Inbound {
     }
 }
 
-/// How the outbound listener decides where a connection goes.
-pub enum Route {
-    Explicit(OutboundTarget),
-    Transparent {
-        discovery: Discovery,
-        unmeshed: Unmeshed,
-        original_dst: Arc<dyn OriginalDst>,
-        own_addr: SocketAddr,
-    },
-}
-
-pub struct Outbound {
-    pub route: Route,
-    pub tls: TlsState,
-    pub metrics: Arc<Metrics>,
-    pub revoked: RevokedState,
-}
-
-pub async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {
-    accept_until(listener, drain, "outbound", move |tcp, _remote| {
-        let outbound = outbound.clone();
-        async move { outbound.handle(tcp).await }
-    })
-    .await
-}
-
-enum Decision {
-    Mesh { addr: String, peer: SpiffeId },
-    Passthrough(SocketAddr),
-}
-
-impl Outbound {
-    fn count(&self, outcome: &str) {
-        self.metrics
-            .connections
-            .with_label_values(&["outbound", outcome])
-            .inc();
-    }
-
-    async fn decide(&self, app: &TcpStream) -> Result<Decision, String> {
-        match &self.route {
-            Route::Explicit(t) => Ok(Decision::Mesh {
-                addr: t.peer_addr.clone(),
-                peer: t.peer_id.clone(),
-            }),
-            Route::Transparent {
-                discovery,
-                unmeshed,
-                original_dst,
-                own_addr,
-            } => {
-                let orig = original_dst.original_dst(app).map(canonical).map_err(|e| {
-                    self.count("no_original_destination");
-                    format!("no original destination: {e}")
-                })?;
-                let local = app.local_addr().map(canonical).unwrap_or(*own_addr);
-                if orig == *own_addr || orig == local {
-                    self.count("denied_loop");
-                    return Err("connection was not redirected (it would loop)".into());
-                }
-                match discovery.resolve(orig).await {
-                    Ok(Resolved::Meshed(peer)) => Ok(Decision::Mesh {
-                        addr: orig.to_string(),
-                        peer,
-                    }),
-                    Ok(Resolved::NotMeshed) if *unmeshed == Unmeshed::Passthrough => {
-                        Ok(Decision::Passthrough(orig))
-                    }
-                    Ok(Resolved::NotMeshed) => {
-                        self.count("denied_unmeshed");
-                        Err(format!("{orig} is not in the mesh and this workload refuses unmeshed destinations"))
-                    }
-                    Err(e) => {
-                        self.count("discovery_unavailable");
-                        Err(e.to_string())
-                    }
-                }
-            }
-        }
-    }
-
-    async fn handle(&self, app: TcpStream) -> Result<(), String> {
-        let _ = app.set_nodelay(true);
-        let decision = self.decide(&app).await?;
-        let (addr, peer) = match decision {
-            Decision::Passthrough(orig) => {
-                let upstream =
-                    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(orig)).await {
-                        Ok(Ok(t)) => t,
-                        _ => {
-                            self.count("peer_unreachable");
-                            return Err(format!("connect {orig} failed"));
-                        }
-                    };
-                let _ = upstream.set_nodelay(true);
-                self.count("passthrough");
-                relay(upstream, app, "outbound", &self.metrics).await;
-                return Ok(());
-            }
-            Decision::Mesh { addr, peer } => (addr, peer),
-        };
-        let Some(tls) = self.tls.borrow().clone() else {
-            self.count("no_certificate");
-            return Err("no workload certificate yet".into());
-        };
-        let config = tls.client_for(&peer).map_err(|e| e.to_string())?;
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                self.count("peer_unreachable");
-                return Err(format!("connect {addr}: {e}"));
-            }
-            Err(_) => {
-                self.count("peer_unreachable");
-                return Err(format!("connect {addr}: timed out"));
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        // The verifier pins the peer's SPIFFE ID; the name only fills SNI.
-        let name = ServerName::try_from("pqmesh.mesh").map_err(|e| e.to_string())?;
-        let stream = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            TlsConnector::from(config).connect(name, tcp),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let reason = pqmesh_mtls::handshake_failure_reason(&e);
-                self.metrics
-                    .handshake_failures
-                    .with_label_values(&["outbound", reason])
-                    .inc();
-                return Err(format!("TLS to {addr} ({peer}): {e}"));
-            }
-            Err(_) => {
-                self.metrics
-                    .handshake_failures
-                    .with_label_values(&["outbound", "timeout"])
-                    .inc();
-                return Err("TLS handshake timed out".into());
-            }
-        };
-        let hs = HandshakeInfo::of(stream.get_ref().1);
-        self.metrics
-            .handshakes
-            .with_label_values(&["outbound", &hs.group, hs.peer_scheme])
-            .inc();
-        if self
-            .revoked
-            .borrow()
-            .covers(&peer, hs.peer_serial.as_deref())
-        {
-            self.count("denied_revoked");
-            return Err(format!("{peer} at {addr} is revoked"));
-        }
-        // "established", not "allowed": in TLS 1.3 the server may still refuse our identity
-        // after our side of the handshake completed (its own metrics say so).
-        self.count("established");
-        tracing::debug!(%peer, %addr, group = %hs.group, "outbound connection established");
-        let revoked = until_revoked(self.revoked.clone(), peer.clone(), hs.peer_serial);
-        tokio::select! {
-            _ = relay(stream, app, "outbound", &self.metrics) => {}
-            _ = revoked => {
-                self.metrics.revoked_connections_closed.with_label_values(&["outbound"]).inc();
-                tracing::warn!(%peer, %addr, "closed a connection: the peer was revoked");
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Bytes a relay moves per read and write in each direction: the largest TLS record's plaintext,
 /// so a full record is decrypted into one buffer and one write encrypts one full record (tokio's
 /// default, 8 KiB, halves both; larger buffers only cost memory per connection).
 const RELAY_BUFFER: usize = 16 * 1024;
 
 /// Copies both ways until both sides are done; an EOF on one side is passed on as a half-close.
-async fn relay<A, B>(mut mesh: A, mut app: B, direction: &'static str, metrics: &Metrics)
+pub(crate) async fn relay<A, B>(mut mesh: A, mut app: B, direction: &'static str, metrics: &Metrics)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

@@ -9,6 +9,7 @@
 #   pod-a 10.213.77.1  fd00:213:77::1  meshed   shop/web  sidecar (UID 1337) + app (UID 1000) + iptables/ip6tables
 #   pod-b 10.213.77.2  fd00:213:77::2  meshed   shop/api  sidecar (UID 1337) + app (UID 1000) + iptables/ip6tables
 #   ext-c 10.213.77.3  fd00:213:77::3  unmeshed            app only, no sidecar, no rules
+#   pod-d 10.213.77.4  (IPv4 only)     meshed   shop/api-v2 added in section 9: Service 10.96.78.20:80 = pod-b + pod-d
 #   cp    10.213.77.254:15012   pqmesh-control-plane --local
 #   sw    the bridge br0 joining the four veth legs (captures are taken on pod-b's veth)
 # Every pod also has its automatic IPv6 link-local address on eth0 (DAD is off, so it is usable
@@ -56,10 +57,11 @@ setpriv --reuid "$APP_UID" --regid "$APP_UID" --clear-groups env -i PATH="$CLEAN
 # ---------------------------------------------------------------------------------------------
 ID=$$
 NET=10.213.77
-IP_A=$NET.1 IP_B=$NET.2 IP_C=$NET.3 IP_CP=$NET.254
+IP_A=$NET.1 IP_B=$NET.2 IP_C=$NET.3 IP_D=$NET.4 IP_CP=$NET.254
+SVC_IP=10.96.78.20 # a ClusterIP (section 9)
 NET6=fd00:213:77
 IP6_A=$NET6::1 IP6_B=$NET6::2 IP6_C=$NET6::3
-NS_A=pqmesh-$ID-a NS_B=pqmesh-$ID-b NS_C=pqmesh-$ID-c NS_CP=pqmesh-$ID-cp NS_SW=pqmesh-$ID-sw
+NS_A=pqmesh-$ID-a NS_B=pqmesh-$ID-b NS_C=pqmesh-$ID-c NS_D=pqmesh-$ID-d NS_CP=pqmesh-$ID-cp NS_SW=pqmesh-$ID-sw
 ALL_NS=("$NS_SW" "$NS_A" "$NS_B" "$NS_C" "$NS_CP")
 declare -A PID_OF=()
 SUITE_PID=
@@ -328,7 +330,7 @@ start_app() { # key ns name http tcp
 start_sidecar() { # pod(a|b) [VAR=value...]
     local pod=$1 ns
     shift
-    [ "$pod" = a ] && ns=$NS_A || ns=$NS_B
+    case $pod in a) ns=$NS_A ;; b) ns=$NS_B ;; *) ns=$NS_D ;; esac
     ip netns exec "$ns" setpriv --reuid "$PROXY_UID" --regid "$PROXY_UID" --clear-groups --inh-caps=-all \
         env -i PATH="$CLEAN_PATH" HOME=/tmp NO_COLOR=1 \
         PQMESH_CONTROL_PLANE_ADDR="$IP_CP:15012" \
@@ -690,6 +692,61 @@ case "$OUT" in *"$IP_B:8083"*"127.0.0.1:8083"*status=502*) r=0 ;; *) r=1 ;; esac
 check 7g "no app on the port: 502 naming both addresses tried" "$r" "$(printf '%s' "$OUT" | oneline)"
 stop_pid "${PID_OF[app-b-podip]}"; unset 'PID_OF[app-b-podip]'
 stop_pid "${PID_OF[app-b-lo]}"; unset 'PID_OF[app-b-lo]'
+
+# ---------------------------------------------------------------------------------------------
+# 9. a Service with backends of two identities: client-side balancing over mTLS
+# ---------------------------------------------------------------------------------------------
+section "9. Service $SVC_IP:80 -> pod-b (shop/api) + pod-d (shop/api-v2): balanced by A's sidecar"
+# Pod D joins now: its token and endpoints entry are hot-reloaded by the control plane, and the
+# Service lists both pods. In pod A, kube-proxy's ClusterIP DNAT is emulated as kube-proxy writes
+# it (random 50/50 to the two pod IPs) for anything that reaches nat OUTPUT un-redirected; the
+# app's own connection is redirected to the sidecar first, which dials a pod IP itself.
+ip netns add "$NS_D" && ip -n "$NS_D" link set lo up || die "cannot create $NS_D"
+attach "$NS_D" "$IP_D" veth-d
+mkdir -p "$WORK/pod-d" && chmod 0755 "$WORK/pod-d"
+cp "$WORK/cp/trust-bundle.pem" "$WORK/pod-d/trust-bundle.pem" && chmod 0644 "$WORK/pod-d/trust-bundle.pem"
+TOKEN_D=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+printf '%s\n' "$TOKEN_D" >"$WORK/pod-d/token"
+chown "$PROXY_UID:$PROXY_UID" "$WORK/pod-d/token" && chmod 0400 "$WORK/pod-d/token"
+printf -- '- token: "%s"\n  namespace: shop\n  serviceAccount: api-v2\n' "$TOKEN_D" >>"$WORK/cp/bootstrap-tokens.yaml"
+printf -- '- ip: %s\n  namespace: shop\n  serviceAccount: api-v2\nservices:\n- name: shop/api\n  ip: %s\n  port: 80\n  targetPort: 8080\n  backends:\n  - ip: %s\n  - ip: %s\n' \
+    "$IP_D" "$SVC_IP" "$IP_B" "$IP_D" >>"$WORK/cp/endpoints.yaml"
+ip -n "$NS_A" route add 10.96.0.0/16 dev eth0
+in_ns "$NS_A" iptables -t nat -A OUTPUT -d "$SVC_IP/32" -p tcp --dport 80 -m statistic --mode random --probability 0.5 -j DNAT --to-destination "$IP_B:8080"
+in_ns "$NS_A" iptables -t nat -A OUTPUT -d "$SVC_IP/32" -p tcp --dport 80 -j DNAT --to-destination "$IP_D:8080"
+in_ns "$NS_D" "$BIN/pqmesh-sidecar" init >"$WORK/logs/init-d.log" 2>&1 || die "pqmesh-sidecar init failed in $NS_D"
+start_app app-d "$NS_D" d '[::]:8080' '[::]:9000'
+sleep 1 # the control plane polls its files twice a second
+start_sidecar d
+allowed() { metric "$1" pqmesh_connections_total 'direction="inbound"' 'outcome="allowed"'; }
+ab0=$(allowed "$NS_B") ad0=$(allowed "$NS_D")
+pt0=$(metric "$NS_A" pqmesh_connections_total 'direction="outbound"' 'outcome="passthrough"')
+n_b=0 n_d=0 n_bad=0 bad=
+for i in $(seq 40); do
+    run_cap as_app "$NS_A" curl -sS --max-time 5 "http://$SVC_IP/svc/$i"
+    if [ "$RC" = 0 ] && [ "$(field peer "$OUT")" = "$SPIFFE_A" ]; then
+        case "$(field app "$OUT")" in b) n_b=$((n_b + 1)) ;; d) n_d=$((n_d + 1)) ;; *) n_bad=$((n_bad + 1)) bad=$OUT ;; esac
+    else
+        n_bad=$((n_bad + 1)) bad="rc=$RC $OUT"
+    fi
+done
+ab1=$(allowed "$NS_B") ad1=$(allowed "$NS_D")
+pt1=$(metric "$NS_A" pqmesh_connections_total 'direction="outbound"' 'outcome="passthrough"')
+[ "$n_bad" = 0 ] && [ "$n_b" -ge 5 ] && [ "$n_d" -ge 5 ] && [ $((ab1 - ab0)) = "$n_b" ] && [ $((ad1 - ad0)) = "$n_d" ] && [ "$pt0" = "$pt1" ] && r=0 || r=1
+check 9a "40 connections to the ClusterIP spread over both identities, each mTLS with A's identity" "$r" \
+    "split: pod-b (shop/api) $n_b, pod-d (shop/api-v2) $n_d, failed $n_bad ${bad:+($bad)}; mTLS connections admitted by B +$((ab1 - ab0)), by D +$((ad1 - ad0)); A passthrough (plaintext) $pt0 -> $pt1"
+# HTTP/2 with prior knowledge: 20 concurrent streams on one connection (rawclient.py; curl 7.88
+# cannot reuse a connection to hyper's HTTP/2 server, with or without the mesh).
+paths=()
+for i in $(seq 20); do paths+=("/h2/$i"); done
+run_cap as_app "$NS_A" python3 "$BIN/rawclient.py" h2 "$SVC_IP" 80 "${paths[@]}"
+h2_b=$(printf '%s\n' "$OUT" | grep -c '^stream .*app=b proto=HTTP/2.0' || true)
+h2_d=$(printf '%s\n' "$OUT" | grep -c '^stream .*app=d proto=HTTP/2.0' || true)
+h2_peer=$(printf '%s\n' "$OUT" | grep '^stream' | grep -c "peer=$SPIFFE_A" || true)
+summary=$(printf '%s\n' "$OUT" | grep '^streams=' || true)
+[ "$RC" = 0 ] && [ $((h2_b + h2_d)) = 20 ] && [ "$h2_b" -ge 2 ] && [ "$h2_d" -ge 2 ] && [ "$h2_peer" = 20 ] && r=0 || r=1
+check 9b "HTTP/2: 20 streams on one app connection spread over both backends" "$r" \
+    "rc=$RC; $summary; split: pod-b $h2_b, pod-d $h2_d; with A's identity: $h2_peer/20"
 
 section "8. extras: inbound allow-list, self-call through the mesh, init --remove"
 restart_sidecar b 'PQMESH_INBOUND_ALLOW=other/*'

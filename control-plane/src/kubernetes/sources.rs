@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use crate::endpoints::EndpointTable;
+use crate::endpoints::{Backend, EndpointTable};
 use crate::inject::PROXY_CONTAINER;
 use crate::metrics::Metrics;
 use crate::policies::{record, PolicyState, SecretTable};
@@ -355,9 +355,10 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 }
 
 /// The discovery table: every meshed pod's IPs (all ports) with its service account's identity,
-/// and each Service's cluster IPs and ports when every backend is a meshed pod of one identity
-/// (kube-proxy, not the sidecar, picks the backend, so a mixed Service has no one identity to
-/// require; it is left out and logged).
+/// and each Service's cluster IPs and ports with their ready endpoints (pod IP, target port from
+/// the EndpointSlice, each with its own identity or unmeshed), so the client sidecar balances
+/// over them itself and requires each endpoint's identity. A Service without any meshed endpoint
+/// is left out (unmeshed: plaintext through kube-proxy, or refused, per the client's setting).
 pub fn endpoint_table(stores: &WorkloadStores, trust_domain: &str) -> EndpointTable {
     let mut table = EndpointTable::default();
     let mut by_ip: HashMap<IpAddr, Option<SpiffeId>> = HashMap::new();
@@ -403,54 +404,73 @@ pub fn endpoint_table(stores: &WorkloadStores, trust_domain: &str) -> EndpointTa
         if cluster_ips.is_empty() {
             continue; // headless: clients dial pod IPs, which are in the table already
         }
-        let ports: Vec<u16> = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| u16::try_from(p.port).ok())
+        let slices: Vec<_> = stores
+            .slices
+            .state()
+            .into_iter()
+            .filter(|slice| {
+                slice.metadata.namespace.as_deref() == Some(ns)
+                    && slice
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"))
+                        .map(String::as_str)
+                        == Some(name)
+            })
             .collect();
-        let mut ids = BTreeMap::new();
-        let mut unmeshed = 0usize;
-        for slice in stores.slices.state() {
-            let owner = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"));
-            if slice.metadata.namespace.as_deref() != Some(ns)
-                || owner.map(String::as_str) != Some(name)
-            {
+        for service_port in spec.ports.iter().flatten() {
+            let Ok(port) = u16::try_from(service_port.port) else {
+                continue;
+            };
+            // An EndpointSlice names its ports like the Service's (unnamed: empty or absent).
+            let port_name = service_port.name.as_deref().unwrap_or("");
+            let mut backends: Vec<Backend> = Vec::new();
+            for slice in &slices {
+                let Some(target) = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                else {
+                    continue;
+                };
+                for endpoint in &slice.endpoints {
+                    // Not ready (starting, failing its probe, terminating): kube-proxy skips it too.
+                    if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                        continue;
+                    }
+                    for ip in endpoint
+                        .addresses
+                        .iter()
+                        .filter_map(|a| a.parse::<IpAddr>().ok())
+                    {
+                        let addr = std::net::SocketAddr::new(ip, target);
+                        if backends.iter().any(|b| b.addr == addr) {
+                            continue;
+                        }
+                        let identity = by_ip.get(&ip).cloned().flatten();
+                        backends.push(Backend { addr, identity });
+                    }
+                }
+            }
+            // Without a meshed backend nothing changes for clients: plaintext through kube-proxy
+            // (or refused, per the client's setting), as before the mesh.
+            if backends.iter().all(|b| b.identity.is_none()) {
                 continue;
             }
-            for endpoint in &slice.endpoints {
-                for address in &endpoint.addresses {
-                    match address
-                        .parse()
-                        .ok()
-                        .and_then(|ip: IpAddr| by_ip.get(&ip).cloned())
-                    {
-                        Some(Some(id)) => {
-                            ids.insert(id.to_string(), id);
-                        }
-                        _ => unmeshed += 1,
-                    }
-                }
+            let identities: std::collections::BTreeSet<_> =
+                backends.iter().map(|b| b.identity.as_ref()).collect();
+            if identities.len() > 1 {
+                tracing::debug!(service = %format!("{ns}/{name}"), port, identities = identities.len(),
+                    "service has backends of several identities (or unmeshed ones): clients balance per endpoint");
             }
-        }
-        match (ids.len(), unmeshed) {
-            (0, _) => {}
-            (1, 0) => {
-                let id = ids.into_values().next().expect("one identity");
-                for ip in &cluster_ips {
-                    let ports = (!ports.is_empty()).then(|| ports.clone());
-                    if let Err(e) = table.insert(*ip, ports, id.clone()) {
-                        tracing::warn!(error = %e, service = %format!("{ns}/{name}"), "service left out of discovery");
-                    }
+            for ip in &cluster_ips {
+                if let Err(e) = table.insert_service(*ip, port, backends.clone()) {
+                    tracing::warn!(error = %e, service = %format!("{ns}/{name}"), "service left out of discovery");
                 }
-            }
-            _ => {
-                tracing::warn!(service = %format!("{ns}/{name}"), identities = ids.len(), unmeshed,
-                "service has backends of several identities or unmeshed backends; clients must dial pod IPs to get mTLS")
             }
         }
     }

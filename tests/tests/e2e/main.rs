@@ -23,3 +23,4 @@ mod policy;
 mod policy_resume;
 mod rotation;
 mod transparent;
+mod transparent_balancing;
