@@ -42,6 +42,8 @@ pub struct StreamStatus {
     pub sent_version: Option<String>,
     pub acked_version: Option<String>,
     pub nack: Option<(String, String)>,
+    /// Why this workload's policy cannot be compiled now (it keeps its last snapshot).
+    pub compile_error: Option<String>,
     /// The CA version of the sidecar's certificate, as it last reported it.
     pub ca_version: Option<String>,
     /// The revocation list version it last ACKed ("" = empty list).
@@ -84,10 +86,10 @@ impl PushTracker {
         let mut out: BTreeMap<String, PolicyStatus> = BTreeMap::new();
         for s in self.streams() {
             let current = s.sent_version.is_some() && s.sent_version == s.acked_version;
-            let rejected = s
-                .nack
-                .as_ref()
-                .is_some_and(|(v, _)| Some(v) == s.sent_version.as_ref());
+            let rejected = s.compile_error.is_some()
+                || s.nack
+                    .as_ref()
+                    .is_some_and(|(v, _)| Some(v) == s.sent_version.as_ref());
             for p in &s.policies {
                 let st = out.entry(p.clone()).or_default();
                 st.selected += 1;
@@ -225,6 +227,7 @@ impl Policy for PolicyService {
                     sent_version: None,
                     acked_version: None,
                     nack: None,
+                    compile_error: None,
                     ca_version: Some(hello.ca_version.clone()).filter(|v| !v.is_empty()),
                     revocation_version: Some(hello.revocation_version.clone()),
                     sent_at: None,
@@ -263,13 +266,20 @@ impl Policy for PolicyService {
                     let compiled = match current.set.compile(&workload, &current.secrets) {
                         Ok(compiled) => {
                             let version = compiled.version();
-                            tracker.update(id, |s| s.policies = current.set.selecting(&workload));
+                            tracker.update(id, |s| {
+                                s.policies = current.set.selecting(&workload);
+                                s.compile_error = None;
+                            });
                             let json = serde_json::to_vec(&compiled).map_err(|e| Status::internal(e.to_string()))?;
                             Some((version, json))
                         }
                         Err(e) => {
                             metrics.policy_compile_errors.inc();
                             tracing::error!(peer = %peer, error = %e, "cannot compile this workload's policy; it keeps its last snapshot");
+                            tracker.update(id, |s| {
+                                s.policies = current.set.selecting(&workload);
+                                s.compile_error = Some(e.to_string().chars().take(512).collect());
+                            });
                             if mesh_changed { last_compiled.clone() } else { None }
                         }
                     };

@@ -259,6 +259,14 @@ fn policy_status(v: &Value, prefix: &str, report: &mut Report, totals: &mut Side
         let nack = s["nack"]
             .as_array()
             .and_then(|n| Some((n.first()?.as_str()?, n.get(1)?.as_str()?)));
+        if let Some(reason) = s["compile_error"].as_str() {
+            report.add(
+                format!("{prefix}sidecar policy"),
+                Status::Fail,
+                format!("{who}: the control plane cannot compile its policy: {reason} (it keeps its last snapshot)"),
+            );
+            continue;
+        }
         match nack {
             Some((version, reason)) if Some(version) == sent => report.add(
                 format!("{prefix}sidecar policy"),
@@ -539,6 +547,25 @@ mod tests {
         let mut r = Report::default();
         policy_status(&json!({"oops": 1}), "", &mut r, &mut t);
         assert_eq!(r.checks[0].status, Status::Fail);
+    }
+
+    #[test]
+    fn policy_status_compile_errors() {
+        let v = json!({
+            "connected_sidecars": 1, "sidecars_on_current_version": 1,
+            "sidecars": [
+                {"identity": "spiffe://cluster.local/ns/shop/sa/api", "pod": "api-0", "sent_version": "v1", "acked_version": "v1", "nack": null,
+                 "compile_error": "AccessPolicies shop/orders: TokenIssuers shop/a and shop/b both configure introspection"},
+            ]
+        });
+        let mut r = Report::default();
+        let mut t = SidecarTotals::default();
+        policy_status(&v, "", &mut r, &mut t);
+        assert_eq!(r.checks.len(), 1);
+        assert_eq!(r.checks[0].status, Status::Fail);
+        assert!(r.checks[0].detail.contains(
+            "(pod api-0): the control plane cannot compile its policy: AccessPolicies shop/orders"
+        ));
     }
 
     #[test]

@@ -354,6 +354,42 @@ pub fn unresolved_issuers(p: &AccessPolicy, issuers: &[TokenIssuer]) -> Vec<Stri
         .collect()
 }
 
+/// An opaque token does not say who issued it: with two introspecting issuers a sidecar would
+/// show one OAuth server's tokens to the other and let either vouch for them (a token revoked at
+/// its own server could be accepted by the other). So one workload uses at most one.
+fn check_one_introspector(
+    needed: &[&TokenIssuer],
+    policies: &[CompiledPolicy],
+) -> Result<(), PolicyError> {
+    let mut introspecting: Vec<String> = needed
+        .iter()
+        .filter(|i| i.spec.introspection.is_some())
+        .map(|i| format!("{}/{}", i.metadata.namespace, i.metadata.name))
+        .collect();
+    introspecting.sort();
+    if let [first, second, ..] = introspecting.as_slice() {
+        let naming: Vec<&str> = policies
+            .iter()
+            .filter(|p| {
+                p.token_issuers
+                    .iter()
+                    .flatten()
+                    .any(|i| introspecting.contains(i))
+            })
+            .map(|p| p.name.as_str())
+            .collect();
+        return Err(err(
+            format!("AccessPolicies {}", naming.join(", ")),
+            format!(
+                "TokenIssuers {first} and {second} both configure introspection; the policies \
+                 of one workload may name at most one TokenIssuer with introspection (an opaque \
+                 token is sent to that one only)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The explicit "any caller" entry of `spec.peers`.
 pub const ANY_PEER: &str = "*";
 
@@ -498,6 +534,7 @@ impl PolicySet {
             });
         }
         out.policies.sort_by(|a, b| a.name.cmp(&b.name));
+        check_one_introspector(&needed, &out.policies)?;
         for i in needed {
             let location = format!("TokenIssuer {}/{}", i.metadata.namespace, i.metadata.name);
             let introspection = match &i.spec.introspection {

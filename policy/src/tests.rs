@@ -140,6 +140,32 @@ fn a_missing_secret_fails_compilation() {
 }
 
 #[test]
+fn a_workload_with_two_introspecting_issuers_does_not_compile() {
+    // Two AccessPolicies selecting one workload, each naming a different introspecting issuer.
+    let partner_policy = POLICY
+        .replace("name: orders,", "name: partner-orders,")
+        .replace("ports: [8080]", "ports: [9090]")
+        .replace("issuers: [corp]", "issuers: [partner]");
+    let s = set(&[ISSUER, OTHER_ISSUER, POLICY, &partner_policy]).unwrap();
+    let e = s
+        .compile(&workload(&[("app", "orders")]), &TestSecrets)
+        .unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("shop/corp and shop/partner both configure introspection")
+            && message.contains("shop/orders")
+            && message.contains("shop/partner-orders"),
+        "{message}"
+    );
+    // One policy naming both is the same problem.
+    let both = POLICY.replace("issuers: [corp]", "issuers: [corp, partner]");
+    let s = set(&[ISSUER, OTHER_ISSUER, &both]).unwrap();
+    assert!(s
+        .compile(&workload(&[("app", "orders")]), &TestSecrets)
+        .is_err());
+}
+
+#[test]
 fn bad_documents_are_refused_with_a_precise_reason() {
     let p = |spec: &str| {
         // Every case but the peers ones names peers, so the case's own problem is the one found.

@@ -142,6 +142,13 @@ pub enum ConfigError {
         second: String,
         iss: String,
     },
+    /// An opaque token says nothing about who issued it, so with two introspecting issuers the
+    /// sidecar would have to show one server's tokens to the other (and let either vouch for them).
+    #[error(
+        "issuers {first} and {second} both introspect opaque tokens: a workload's policies may name \
+         at most one TokenIssuer with introspection (an opaque token is sent to that one only)"
+    )]
+    SeveralIntrospectors { first: String, second: String },
     #[error("cannot build the HTTPS client: {0}")]
     Client(String),
 }

@@ -97,6 +97,13 @@ impl Validator {
             }
             checked.push(Issuer::new(config)?);
         }
+        let mut introspecting = checked.iter().filter(|i| i.introspection.is_some());
+        if let (Some(first), Some(second)) = (introspecting.next(), introspecting.next()) {
+            return Err(ConfigError::SeveralIntrospectors {
+                first: first.config.name.clone(),
+                second: second.config.name.clone(),
+            });
+        }
         Ok(Validator {
             issuers: checked,
             http: HttpClient::new()?,
@@ -151,26 +158,21 @@ impl Validator {
         })
     }
 
-    /// Opaque token: ask each introspecting issuer in configuration order until one knows it.
-    /// A 503 from any of them wins over "inactive" elsewhere, since that issuer might have said yes.
+    /// Opaque token: asked of the one introspecting issuer (`Validator::new` refuses several).
+    /// Its answer is final: "inactive" or "cannot tell" never goes on to another server, which
+    /// would see this server's token and could vouch for a token revoked here.
     async fn introspect(&self, bearer: &str) -> Result<Authenticated, TokenError> {
-        let mut refused: Option<TokenError> = None;
-        let mut unavailable: Option<TokenError> = None;
-        for issuer in &self.issuers {
-            let Some(introspector) = &issuer.introspection else {
-                continue;
-            };
-            match issuer
-                .introspect(introspector, bearer, &self.http, &self.metrics)
-                .await
-            {
-                Ok(auth) => return Ok(auth),
-                Err(e) if e.status() == 503 => unavailable = unavailable.or(Some(e)),
-                Err(e) => refused = refused.or(Some(e)),
-            }
-        }
-        Err(unavailable.or(refused).unwrap_or_else(|| {
-            TokenError::malformed("not a JWT, and no issuer introspects opaque tokens")
-        }))
+        let Some((issuer, introspector)) = self
+            .issuers
+            .iter()
+            .find_map(|i| i.introspection.as_ref().map(|x| (i, x)))
+        else {
+            return Err(TokenError::malformed(
+                "not a JWT, and no issuer introspects opaque tokens",
+            ));
+        };
+        issuer
+            .introspect(introspector, bearer, &self.http, &self.metrics)
+            .await
     }
 }

@@ -434,3 +434,70 @@ async fn policy_push_is_versioned_acked_and_a_bad_snapshot_is_nacked() {
         "orders:read no longer suffices"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn a_second_introspecting_issuer_is_refused_and_inactive_is_final() {
+    let s = setup(300).await;
+    let tracker = &s.cp.running.policy_tracker;
+    let out = s.a.outbound_addr.unwrap();
+    let v1 = s.b.policy().unwrap().version.clone();
+    let app_port = s.b.policy().unwrap().policy.policies[0]
+        .ports
+        .clone()
+        .unwrap()[0];
+    // Another OAuth server that would call every token active: it must never be asked.
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap();
+    let other_hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hits = other_hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = other.accept().await {
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let second = format!(
+        "---\napiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: partner, namespace: shop}}\nspec:\n  issuer: http://{other_addr}\n  audiences: [orders]\n  jwksUri: http://{other_addr}/jwks\n  introspection:\n    endpoint: http://{other_addr}/introspect\n    clientId: partner-gw\n    clientSecretRef: {{name: gateway, key: client-secret}}\n"
+    );
+    let with_second = policies(&s.oauth, app_port, &second).replace(
+        "token: {issuers: [corp]}",
+        "token: {issuers: [corp, partner]}",
+    );
+    s.cp.write_policy("orders.yaml", &with_second, 3).await;
+    eventually("the control plane flagged the workload", || {
+        tracker.streams().iter().any(|st| {
+            st.compile_error.as_deref().is_some_and(|e| {
+                e.contains("shop/corp and shop/partner both configure introspection")
+            })
+        }) && tracker
+            .policy_status()
+            .get("shop/orders")
+            .is_some_and(|p| p.rejected == 1)
+    })
+    .await;
+    assert_eq!(s.b.policy().unwrap().version, v1, "last good policy kept");
+
+    // A token revoked at its own server: "inactive" is final.
+    let revoked = s.oauth.token("orders:read").await;
+    s.oauth.revoke(&revoked).await;
+    let before = introspections(&s.oauth);
+    let r = call(out, "POST", "/orders", Some(&revoked)).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(introspections(&s.oauth), before + 1);
+    assert_eq!(
+        other_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no other server saw the token"
+    );
+
+    // Fixing the configuration clears the flag.
+    s.cp.write_policy("orders.yaml", &policies(&s.oauth, app_port, ""), 2)
+        .await;
+    eventually("the flag is cleared", || {
+        tracker
+            .streams()
+            .iter()
+            .all(|st| st.compile_error.is_none())
+    })
+    .await;
+}

@@ -674,3 +674,87 @@ fn cache_keys_are_digests_not_tokens() {
     assert_eq!(key.len(), 32);
     assert!(!key.windows(OPAQUE.len()).any(|w| w == OPAQUE.as_bytes()));
 }
+
+/// A second OAuth server's issuer settings (its own `iss`), optionally introspecting.
+fn other_issuer(fake: &FakeAs, introspecting: bool) -> IssuerConfig {
+    let mut config = IssuerConfig::new(
+        "other-as",
+        "https://other-as.example",
+        vec!["api".into()],
+        fake.url("/jwks"),
+    );
+    if introspecting {
+        config.introspection = Some(IntrospectionConfig::new(
+            fake.url("/introspect"),
+            CLIENT_ID,
+            "other-s3cret",
+        ));
+    }
+    config
+}
+
+#[tokio::test]
+async fn two_introspecting_issuers_are_refused_naming_both() {
+    let (ours, other) = (FakeAs::start().await, FakeAs::start().await);
+    let metrics = TokenMetrics::new(&prometheus::Registry::new()).expect("metrics");
+    let Err(err) = Validator::new(
+        vec![ours.introspecting_issuer(), other_issuer(&other, true)],
+        metrics,
+    ) else {
+        panic!("two introspecting issuers were accepted")
+    };
+    assert_eq!(
+        err,
+        crate::token::ConfigError::SeveralIntrospectors {
+            first: "test-as".into(),
+            second: "other-as".into(),
+        }
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("test-as") && message.contains("other-as"),
+        "{message}"
+    );
+    // One introspecting issuer next to JWT-only issuers is fine.
+    let metrics = TokenMetrics::new(&prometheus::Registry::new()).expect("metrics");
+    assert!(Validator::new(
+        vec![ours.introspecting_issuer(), other_issuer(&other, false)],
+        metrics
+    )
+    .is_ok());
+}
+
+#[tokio::test]
+async fn the_introspecting_issuers_answer_is_final() {
+    // The token's own server says "inactive" (revoked) or cannot answer; no other server is
+    // asked, even one that would say "active" and serves the same endpoint path.
+    let (ours, other) = (FakeAs::start().await, FakeAs::start().await);
+    other.answer(|_| Reply::rfc9701(introspection_jwt(CLIENT_ID, active(300))));
+    let cases = [
+        (
+            "inactive",
+            Reply::rfc9701(introspection_jwt(CLIENT_ID, json!({"active": false}))),
+            401,
+        ),
+        ("HTTP 500", Reply::status(500), 503),
+    ];
+    for (name, reply, status) in cases {
+        ours.answer(move |_| reply.clone());
+        let registry = prometheus::Registry::new();
+        let metrics = TokenMetrics::new(&registry).expect("metrics");
+        let validator = Validator::new(
+            vec![ours.introspecting_issuer(), other_issuer(&other, false)],
+            metrics,
+        )
+        .expect("one introspecting issuer");
+        let before = ours.introspection_hits();
+        let err = validator.authenticate(OPAQUE).await.expect_err(name);
+        assert_eq!(err.status(), status, "{name}: {err}");
+        assert_eq!(ours.introspection_hits() - before, 1, "{name}");
+        assert_eq!(
+            other.introspection_hits(),
+            0,
+            "{name}: asked another server"
+        );
+    }
+}
