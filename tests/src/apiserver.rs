@@ -14,8 +14,9 @@
 //! rules evaluated by hand-coded equivalents. `metadata.generation` moves on spec changes only.
 //! Status writes: server-side apply (merged as below) and JSON patch (`test`, `remove`, `add`,
 //! `replace`). Field ownership is approximated: a manager owns the status keys and the
-//! `status.replicas` entries it applied (a forced apply takes shared keys from the others), and
-//! a manager left owning nothing disappears from `managedFields`, as on the real server.
+//! `status.replicas` entries it applied; applying a value a key already has shares the key with
+//! its other owners, changing it takes the key over (a forced apply); a manager left owning
+//! nothing disappears from `managedFields`, as on the real server.
 //! What it cannot show: real CEL (cost limits, exact semantics), ratcheting of existing
 //! objects after a CRD upgrade (`put_stored` stands in for objects stored under an older CRD),
 //! conflicts between managers, and the real server's timing.
@@ -252,40 +253,43 @@ fn validate(object: &mut Value) -> Result<(), String> {
 }
 
 /// The status fields an apply names: top-level keys, and `replicas[<name>]` entries.
-fn status_fields(status: &Value) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
+fn status_fields(status: &Value) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
     for (k, v) in status.as_object().into_iter().flatten() {
         if k == "replicas" {
             for e in v.as_array().into_iter().flatten() {
-                out.insert(format!(
-                    "replicas[{}]",
-                    e["name"].as_str().unwrap_or_default()
-                ));
+                let name = e["name"].as_str().unwrap_or_default();
+                out.insert(format!("replicas[{name}]"), e.clone());
             }
         } else {
-            out.insert(k.clone());
+            out.insert(k.clone(), v.clone());
         }
     }
     out
 }
 
 /// Approximate field ownership after a status write; returns the managers left owning nothing.
+/// As on the real server, an apply that sets a field to the value it already has *shares* it
+/// with its other owners (so a replica that is gone keeps co-owning what all replicas applied
+/// alike); one that changes the value takes it over (a forced apply).
 fn reown(
     state: &mut State,
     key: &Key,
     manager: Option<&str>,
-    applied: &std::collections::BTreeSet<String>,
+    applied: &BTreeMap<String, Value>,
+    before: &BTreeMap<String, Value>,
     removed: &[String],
 ) -> Vec<String> {
     let owners = state.owned.entry(key.clone()).or_default();
+    let taken = |f: &String| applied.get(f).is_some_and(|v| before.get(f) != Some(v));
     for fields in owners.values_mut() {
-        fields.retain(|f| !applied.contains(f) && !removed.contains(f));
+        fields.retain(|f| !taken(f) && !removed.contains(f));
     }
     if let Some(m) = manager {
         owners
             .entry(m.to_owned())
             .or_default()
-            .extend(applied.iter().cloned());
+            .extend(applied.keys().cloned());
     }
     let empty: Vec<String> = owners
         .iter()
@@ -356,8 +360,19 @@ type Manager<'a> = Option<(&'a str, &'a str)>;
 fn store(
     state: &mut State,
     events: &broadcast::Sender<(String, Value)>,
+    object: Value,
+    manager: Manager<'_>,
+) -> Value {
+    store_dropping(state, events, object, manager, &[])
+}
+
+/// As `store`, with `dropped` managers (left owning nothing) gone from `managedFields`.
+fn store_dropping(
+    state: &mut State,
+    events: &broadcast::Sender<(String, Value)>,
     mut object: Value,
     manager: Manager<'_>,
+    dropped: &[String],
 ) -> Value {
     let kind = object["kind"].as_str().unwrap_or_default().to_owned();
     let api_version = object["apiVersion"].as_str().unwrap_or_default().to_owned();
@@ -396,6 +411,7 @@ fn store(
         .as_ref()
         .and_then(|old| old["metadata"]["managedFields"].as_array().cloned())
         .unwrap_or_default();
+    managed.retain(|m| !dropped.iter().any(|d| m["manager"] == json!(d)));
     if let Some((manager, operation)) = manager {
         managed.retain(|m| !(m["manager"] == json!(manager) && m["operation"] == json!(operation)));
         managed.push(
@@ -667,13 +683,11 @@ async fn handle(
                 Some(mut object) => match json_patch(&mut object, &body) {
                     Err(e) => (422, status_body(422, "Invalid", &e)),
                     Ok(removed) => {
-                        let empty = reown(&mut s, &key, None, &Default::default(), &removed);
-                        if let Some(m) = object["metadata"]["managedFields"].as_array_mut() {
-                            m.retain(|e| !empty.iter().any(|g| e["manager"] == json!(g)));
-                        }
+                        let none = BTreeMap::new();
+                        let empty = reown(&mut s, &key, None, &none, &none, &removed);
                         // A patch that only removes leaves its manager owning nothing: no entry.
                         let sets = body.as_array().is_some_and(|ops| ops.iter().any(|o| o["op"] == "add" || o["op"] == "replace"));
-                        (200, store(&mut s, &events, object, sets.then_some((manager, "Update"))))
+                        (200, store_dropping(&mut s, &events, object, sets.then_some((manager, "Update")), &empty))
                     }
                 },
             }
@@ -690,13 +704,11 @@ async fn handle(
                         status_body(404, "NotFound", &format!("{name} not found")),
                     )
                 } else {
+                    let before = status_fields(&object["status"]);
                     merge(&mut object["status"], &body["status"]);
                     let applied = status_fields(&body["status"]);
-                    let empty = reown(&mut s, &key, Some(manager), &applied, &[]);
-                    if let Some(m) = object["metadata"]["managedFields"].as_array_mut() {
-                        m.retain(|e| !empty.iter().any(|g| e["manager"] == json!(g)));
-                    }
-                    (200, store(&mut s, &events, object, Some((manager, "Apply"))))
+                    let empty = reown(&mut s, &key, Some(manager), &applied, &before, &[]);
+                    (200, store_dropping(&mut s, &events, object, Some((manager, "Apply")), &empty))
                 }
             } else {
                 let mut patch = body.clone();

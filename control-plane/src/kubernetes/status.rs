@@ -5,8 +5,9 @@
 //!   selected sidecar runs the current version). Each carries the `observedGeneration` it
 //!   judged. Every replica judges the same objects the same way, so all force the same value.
 //! - Sidecar counts: each replica only sees the sidecars connected to it, so each writes its own
-//!   entry under `status.replicas` (server-side apply, one field manager per replica, a list
-//!   keyed by replica name) and the totals over the fresh entries.
+//!   entry under `status.replicas` (server-side apply under its own field manager, a list keyed
+//!   by replica name) and the totals over the fresh entries (under the shared field manager, as
+//!   the conditions: every replica computes them alike).
 //! - Hygiene: an entry whose heartbeat is older than 90 s belongs to a replica that is gone
 //!   (crashed, or its Pod deleted): any replica removes it (JSON patch guarded by a `test` of the
 //!   entry's name), and with it the gone replica's field manager, which then owns nothing. A
@@ -106,15 +107,28 @@ pub fn spawn_status_writer(
                     else {
                         continue;
                     };
-                    let patch = json!({
-                        "apiVersion": format!("{GROUP}/{VERSION}"),
-                        "kind": kind,
-                        "metadata": {"name": name, "namespace": ns},
-                        "status": status,
-                    });
-                    let params = PatchParams::apply(&field_manager(&replica)).force();
-                    if let Err(e) = api.patch_status(name, &params, &Patch::Apply(patch)).await {
-                        tracing::warn!(object = %format!("{kind} {ns}/{name}"), error = %e, "cannot write status");
+                    // Two managers: what every replica computes alike (conditions, totals) under
+                    // the shared one, and only this replica's entry under its own. Applied under
+                    // per-replica managers, the shared fields would be co-owned by every replica
+                    // that ever ran, and a gone replica's manager would stay in managedFields.
+                    let (shared, entry) = split_entry(status);
+                    let writes = [
+                        (shared, super::publish::FIELD_MANAGER.to_owned()),
+                        (entry, field_manager(&replica)),
+                    ];
+                    for (part, manager) in writes {
+                        let Some(part) = part else { continue };
+                        let patch = json!({
+                            "apiVersion": format!("{GROUP}/{VERSION}"),
+                            "kind": kind,
+                            "metadata": {"name": name, "namespace": ns},
+                            "status": part,
+                        });
+                        let params = PatchParams::apply(&manager).force();
+                        if let Err(e) = api.patch_status(name, &params, &Patch::Apply(patch)).await
+                        {
+                            tracing::warn!(object = %format!("{kind} {ns}/{name}"), error = %e, "cannot write status");
+                        }
                     }
                 }
             }
@@ -362,6 +376,20 @@ pub fn desired_status(
             "heartbeat": now.to_string(),
         }],
     }))
+}
+
+/// `status` without this replica's `replicas` entry, and the entry alone (`None` for a part with
+/// nothing in it).
+fn split_entry(mut status: Value) -> (Option<Value>, Option<Value>) {
+    let entry = status
+        .as_object_mut()
+        .and_then(|s| s.remove("replicas"))
+        .map(|r| json!({"replicas": r}));
+    let shared = status
+        .as_object()
+        .is_some_and(|s| !s.is_empty())
+        .then_some(status);
+    (shared, entry)
 }
 
 fn same_conditions(previous: &[Value], wanted: &[Value]) -> bool {

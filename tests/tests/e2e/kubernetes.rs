@@ -921,6 +921,20 @@ async fn a_bad_object_affects_only_itself_and_its_status_says_why() {
             .all(|e| e["name"] != "cp-1"),
         "{p}"
     );
+    // ...and its field manager: it co-owned nothing the others applied alike.
+    let managers = |p: &Value| -> Vec<String> {
+        p["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["manager"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        !managers(&p).iter().any(|m| m.ends_with("/cp-1")),
+        "{:?}",
+        p["metadata"]["managedFields"]
+    );
     // A crashed replica's entry goes once stale (its heartbeat is set 2 minutes back here).
     let cp2 = replica(&api, "cp-2", &[]).await.unwrap();
     eventually("cp-2 has an entry", || {
@@ -947,6 +961,13 @@ async fn a_bad_object_affects_only_itself_and_its_status_says_why() {
         })
     })
     .await;
+    // A crashed replica's field manager goes with its entry (rollouts leave no trail).
+    let p = api.get(AP, "shop", "api").unwrap();
+    assert!(
+        !managers(&p).iter().any(|m| m.ends_with("/cp-2")),
+        "{:?}",
+        managers(&p)
+    );
     drop(sidecar_b);
     cp0.shutdown().await;
 }
