@@ -305,6 +305,20 @@ async fn two_replicas_one_ca_bundles_webhook_policy_status_end_to_end() {
             .is_none(),
         "unmeshed namespaces get nothing"
     );
+    // A namespace deleted (its ConfigMaps go with it) and recreated under the same name gets
+    // its trust bundle again within seconds, not at the one-minute resync (found on a real API
+    // server: pods stuck in ContainerCreating for up to a minute).
+    let shop = api.get("api/v1/namespaces", "", "shop").expect("namespace shop");
+    api.delete("api/v1/configmaps", "shop", "pqmesh-trust-bundle");
+    api.delete("api/v1/namespaces", "", "shop");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    api.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "shop", "labels": shop["metadata"]["labels"].clone()}}));
+    eventually("the recreated namespace has its trust bundle again", || {
+        api.get("api/v1/configmaps", "shop", "pqmesh-trust-bundle")
+            .is_some_and(|cm| same_certs(cm["data"]["trust-bundle.pem"].as_str(), &root))
+    })
+    .await;
 
     // ECDSA root: the mesh CA signs the webhook's certificate too.
     webhook_trusts(&api, &cp0, &root).await;
