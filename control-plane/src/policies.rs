@@ -21,7 +21,7 @@ pub const SECRETS_FILE: &str = "secrets.yaml";
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Secrets by (namespace, name) → key → value. Never logged.
-#[derive(Default)]
+#[derive(Default, PartialEq, Eq)]
 pub struct SecretTable(HashMap<(String, String), HashMap<String, String>>);
 
 impl SecretTable {

@@ -33,6 +33,8 @@ use crate::policy_push::WorkloadLabels;
 
 /// Changes arriving together (an apply of several objects) are compiled once.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often the introspection client Secrets are read again (they are not watched).
+pub const SECRET_RECHECK: Duration = Duration::from_secs(10);
 
 /// A change counter: every reflector of a group bumps it after each change it applies.
 pub type Changes = watch::Sender<u64>;
@@ -144,12 +146,37 @@ pub async fn watch_policies(
     let (client, trust_domain, loop_stores) =
         (client.clone(), trust_domain.to_owned(), stores.clone());
     tokio::spawn(async move {
-        while changed.changed().await.is_ok() {
-            tokio::time::sleep(DEBOUNCE).await;
-            changed.borrow_and_update();
+        let mut recheck = tokio::time::interval(SECRET_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.tick().await;
+        loop {
+            let secrets_only = tokio::select! {
+                changed = changed.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    false
+                }
+                _ = recheck.tick() => true,
+            };
             if tx.is_closed() {
                 return;
             }
+            if secrets_only {
+                // Secrets are not watched (that would need list/watch on every Secret): they
+                // are re-read now and then, so a client Secret created or rotated after its
+                // TokenIssuer takes effect without an edit of the issuer.
+                let previous = tx.borrow().clone();
+                let state = compile(&client, &loop_stores, &previous.set, &trust_domain).await;
+                if state.secrets != previous.secrets {
+                    record(&metrics, &state);
+                    tracing::info!("introspection client Secrets changed");
+                    let _ = tx.send(Arc::new(state));
+                }
+                continue;
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            changed.borrow_and_update();
             let fingerprint = spec_fingerprint(&loop_stores);
             if fingerprint == last_fingerprint {
                 continue; // a status write (ours or another replica's): nothing to compile

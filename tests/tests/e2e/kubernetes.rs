@@ -308,12 +308,18 @@ async fn two_replicas_one_ca_bundles_webhook_policy_status_end_to_end() {
     // A namespace deleted (its ConfigMaps go with it) and recreated under the same name gets
     // its trust bundle again within seconds, not at the one-minute resync (found on a real API
     // server: pods stuck in ContainerCreating for up to a minute).
-    let shop = api.get("api/v1/namespaces", "", "shop").expect("namespace shop");
+    // (Both replicas have published by now: give the slower one its first round.)
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let shop = api
+        .get("api/v1/namespaces", "", "shop")
+        .expect("namespace shop");
     api.delete("api/v1/configmaps", "shop", "pqmesh-trust-bundle");
     api.delete("api/v1/namespaces", "", "shop");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    api.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-        "name": "shop", "labels": shop["metadata"]["labels"].clone()}}));
+    api.put(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "shop", "labels": shop["metadata"]["labels"].clone()}}),
+    );
     eventually("the recreated namespace has its trust bundle again", || {
         api.get("api/v1/configmaps", "shop", "pqmesh-trust-bundle")
             .is_some_and(|cm| same_certs(cm["data"]["trust-bundle.pem"].as_str(), &root))
@@ -984,4 +990,64 @@ async fn a_bad_object_affects_only_itself_and_its_status_says_why() {
     );
     drop(sidecar_b);
     cp0.shutdown().await;
+}
+
+/// A TokenIssuer whose introspection client Secret is missing says so on itself
+/// (`ResolvedRefs=False`, reason `SecretNotFound`), and creating the Secret later clears it with
+/// no edit of the TokenIssuer: Secrets are not watched but re-read every
+/// `SECRET_RECHECK` (10 s). The stand-in cannot show the real server's Secret RBAC (the chart
+/// grants `get` only).
+#[tokio::test]
+async fn a_missing_client_secret_shows_on_the_issuer_and_clears_once_created() {
+    use base64::Engine;
+    const TI: &str = "apis/pqmesh.io/v1alpha1/tokenissuers";
+    let api = ApiServer::start().await;
+    cluster(&api);
+    api.put(json!({"apiVersion": "pqmesh.io/v1alpha1", "kind": "TokenIssuer",
+        "metadata": {"name": "corp", "namespace": "shop"},
+        "spec": {"issuer": "https://login.example.com", "audiences": ["orders"],
+                 "jwksUri": "https://login.example.com/jwks", "allowedAlgorithms": ["RS256"],
+                 "introspection": {"endpoint": "https://login.example.com/introspect",
+                                   "clientId": "gateway",
+                                   "clientSecretRef": {"name": "gateway", "key": "client-secret"}}}}));
+    let cp = replica(&api, "cp-0", &[]).await.expect("starts");
+    let resolved_refs = || -> Option<(String, String)> {
+        let issuer = api.get(TI, "shop", "corp")?;
+        let c = issuer["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "ResolvedRefs")?
+            .clone();
+        Some((
+            c["status"].as_str()?.to_owned(),
+            c["reason"].as_str()?.to_owned(),
+        ))
+    };
+    let wait = |what: &'static str, want: fn(&(String, String)) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
+        let resolved_refs = &resolved_refs;
+        async move {
+            while !resolved_refs().is_some_and(|r| want(&r)) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "timed out waiting for {what}: {:?}",
+                    resolved_refs()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait("ResolvedRefs=False SecretNotFound", |r| {
+        r.0 == "False" && r.1 == "SecretNotFound"
+    })
+    .await;
+    let secret = base64::engine::general_purpose::STANDARD.encode("s3cret");
+    api.put(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "gateway", "namespace": "shop"},
+        "data": {"client-secret": secret}}));
+    wait("ResolvedRefs=True once the Secret exists", |r| {
+        r.0 == "True"
+    })
+    .await;
+    cp.shutdown().await;
 }
