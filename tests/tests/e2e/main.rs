@@ -14,6 +14,7 @@ mod faults;
 mod handshake_policy;
 mod hostile_clients;
 mod kubernetes;
+mod kubernetes_acceptance;
 mod kubernetes_rotation;
 mod mesh;
 mod oauth_server;
