@@ -3,7 +3,7 @@
 //! still pushed and applied, a control plane restarted with the bad file present starts and keeps
 //! serving, and an invalid edit of a good object keeps that object's last accepted version in
 //! force. The Kubernetes-mode equivalent (conditions on the objects, through the recording API
-//! server) is `kubernetes::a_bad_object_affects_only_itself_and_its_status_says_why`.
+//! server) is `kubernetes_acceptance::a_bad_object_affects_only_itself_and_its_status_says_why`.
 
 use pqmesh_mtls::KeyAlgorithm;
 use pqmesh_tests::*;
