@@ -167,12 +167,13 @@ pub async fn watch_policies(
                 // are re-read now and then, so a client Secret created or rotated after its
                 // TokenIssuer takes effect without an edit of the issuer.
                 let previous = tx.borrow().clone();
-                let state = compile(&client, &loop_stores, &previous.set, &trust_domain).await;
-                if state.secrets != previous.secrets {
-                    record(&metrics, &state);
-                    tracing::info!("introspection client Secrets changed");
-                    let _ = tx.send(Arc::new(state));
+                if read_secrets(&client, &previous.set).await == previous.secrets {
+                    continue; // nothing to recompile
                 }
+                let state = compile(&client, &loop_stores, &previous.set, &trust_domain).await;
+                record(&metrics, &state);
+                tracing::info!("introspection client Secrets changed");
+                let _ = tx.send(Arc::new(state));
                 continue;
             }
             tokio::time::sleep(DEBOUNCE).await;
@@ -227,8 +228,14 @@ async fn compile(
         }
     }
     let admitted = admit(candidates, last_good, trust_domain);
+    let secrets = read_secrets(client, &admitted.set).await;
+    PolicyState::new(admitted, secrets)
+}
+
+/// The introspection client Secrets of the issuers in force in `set`.
+async fn read_secrets(client: &kube::Client, set: &PolicySet) -> SecretTable {
     let mut secrets = SecretTable::default();
-    for issuer in &admitted.set.issuers {
+    for issuer in &set.issuers {
         let Some(introspection) = &issuer.spec.introspection else {
             continue;
         };
@@ -255,7 +262,7 @@ async fn compile(
             }
         }
     }
-    PolicyState::new(admitted, secrets)
+    secrets
 }
 
 /// A reflected custom resource as the policy crate's resource: only name, namespace, labels,
