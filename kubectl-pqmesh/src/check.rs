@@ -12,10 +12,9 @@ use crate::admin::AdminEndpoint;
 use crate::cli::{CheckArgs, ClusterArgs, Format};
 use crate::kubectl::{Kubectl, KubectlError};
 use crate::render::{now_unix, rfc3339, span, Table};
-use crate::{prom, target, Outcome};
+use crate::replica::{self, Expiry, Lag, SERVING_CERT_MIN_LEFT_SECS};
+use crate::{target, Outcome};
 
-/// A serving certificate this close to expiry means renewal (at 50 % of lifetime) is overdue.
-const SERVING_CERT_MIN_LEFT_SECS: i64 = 300;
 const CRDS: [&str; 2] = ["accesspolicies.pqmesh.io", "tokenissuers.pqmesh.io"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -168,27 +167,24 @@ async fn check_replica(
             }
         }
     }
-    match ep.get_ok("/metrics").await.map(|t| prom::parse(&t)) {
-        Ok(Ok(samples)) => {
+    match replica::cert_expiries(ep).await {
+        Ok(certs) => {
             let now = now_unix();
-            let root = prom::value(&samples, "pqmesh_ca_root_expiry_timestamp_seconds");
-            let (status, detail) =
-                expiry(root, now, args.root_warn_days as i64 * 86_400, "CA root");
-            report.add(format!("{prefix}CA root expiry"), status, detail);
-            let serving = prom::value(&samples, "pqmesh_serving_cert_expiry_timestamp_seconds");
             let (status, detail) = expiry(
-                serving,
+                certs.root,
+                now,
+                args.root_warn_days as i64 * 86_400,
+                "CA root",
+            );
+            report.add(format!("{prefix}CA root expiry"), status, detail);
+            let (status, detail) = expiry(
+                certs.serving,
                 now,
                 SERVING_CERT_MIN_LEFT_SECS,
                 "serving certificate",
             );
             report.add(format!("{prefix}serving cert expiry"), status, detail);
         }
-        Ok(Err(e)) => report.add(
-            format!("{prefix}metrics"),
-            Status::Fail,
-            format!("unreadable /metrics: {e}"),
-        ),
         Err(e) => report.add(format!("{prefix}metrics"), Status::Fail, e.to_string()),
     }
     match ep.get_json("/policy_status").await {
@@ -202,88 +198,63 @@ async fn check_replica(
 }
 
 fn expiry(at: Option<f64>, now: i64, warn_within: i64, what: &str) -> (Status, String) {
-    let Some(at) = at.filter(|v| v.is_finite() && *v > 0.0) else {
-        return (
+    match replica::expiry(at, now, warn_within) {
+        Expiry::Unreported => (
             Status::Fail,
             format!("{what} expiry not reported in /metrics"),
-        );
-    };
-    let at = at as i64;
-    let left = at - now;
-    if left <= 0 {
-        (
+        ),
+        Expiry::Expired { at, ago } => (
             Status::Fail,
-            format!("{what} EXPIRED at {} ({} ago)", rfc3339(at), span(left)),
-        )
-    } else if left < warn_within {
-        (
+            format!("{what} EXPIRED at {} ({} ago)", rfc3339(at), span(ago)),
+        ),
+        Expiry::Soon { at, left } => (
             Status::Warn,
             format!(
                 "{what} expires at {} (in {}): rotate it",
                 rfc3339(at),
                 span(left)
             ),
-        )
-    } else {
-        (
+        ),
+        Expiry::Valid { at, left } => (
             Status::Ok,
             format!("valid until {} ({} left)", rfc3339(at), span(left)),
-        )
+        ),
     }
 }
 
 fn policy_status(v: &Value, prefix: &str, report: &mut Report, totals: &mut SidecarTotals) {
-    let (Some(connected), Some(on_current)) = (
-        v["connected_sidecars"].as_u64(),
-        v["sidecars_on_current_version"].as_u64(),
-    ) else {
-        report.add(
-            format!("{prefix}policy status"),
-            Status::Fail,
-            "/policy_status lacks connected_sidecars / sidecars_on_current_version",
-        );
-        return;
+    let status = match replica::policy_status(v) {
+        Ok(s) => s,
+        Err(why) => {
+            report.add(format!("{prefix}policy status"), Status::Fail, why);
+            return;
+        }
     };
     totals.answered = true;
-    totals.connected += connected;
-    totals.on_current += on_current;
-    for s in v["sidecars"].as_array().into_iter().flatten() {
-        let who = format!(
-            "{} (pod {})",
-            s["identity"].as_str().unwrap_or("?"),
-            s["pod"].as_str().filter(|p| !p.is_empty()).unwrap_or("?")
-        );
-        let sent = s["sent_version"].as_str();
-        let acked = s["acked_version"].as_str();
-        // `nack` is [version, reason] for the last rejected snapshot.
-        let nack = s["nack"]
-            .as_array()
-            .and_then(|n| Some((n.first()?.as_str()?, n.get(1)?.as_str()?)));
-        if let Some(reason) = s["compile_error"].as_str() {
-            report.add(
-                format!("{prefix}sidecar policy"),
+    totals.connected += status.connected;
+    totals.on_current += status.on_current;
+    for lag in &status.lags {
+        let who = lag.who();
+        let (state, detail) = match &lag.lag {
+            Lag::Uncompilable { reason } => (
                 Status::Fail,
                 format!("{who}: the control plane cannot compile its policy: {reason} (it keeps its last snapshot)"),
-            );
-            continue;
-        }
-        match nack {
-            Some((version, reason)) if Some(version) == sent => report.add(
-                format!("{prefix}sidecar policy"),
+            ),
+            Lag::Rejected { version, reason } => (
                 Status::Fail,
                 format!("{who} rejected policy version {version}: {reason} (it keeps its last good policy)"),
             ),
-            _ if sent.is_some() && sent != acked => report.add(
-                format!("{prefix}sidecar policy"),
+            Lag::NotAcked { sent, acked } => (
                 Status::Warn,
                 format!(
-                    "{who} has not ACKed version {} yet (runs {})",
-                    sent.unwrap_or("-"),
-                    acked.unwrap_or("none")
+                    "{who} has not ACKed version {sent} yet (runs {})",
+                    acked.as_deref().unwrap_or("none")
                 ),
             ),
-            _ => {}
-        }
+            // The CA roll-out is `analyze`'s finding; `check` counts policy versions only.
+            Lag::StaleCa { .. } => continue,
+        };
+        report.add(format!("{prefix}sidecar policy"), state, detail);
     }
 }
 

@@ -97,6 +97,12 @@ pub enum Command {
     /// dropped). Wait for `kubectl pqmesh check` to show every sidecar on the current CA between
     /// steps.
     RotateRoot(RotateRootArgs),
+    /// Find configuration mistakes, each with the fix: policies selecting no pod, references to
+    /// missing TokenIssuers, Secrets, service accounts or namespaces, objects the control plane
+    /// refused, unmeshed pods in injected namespaces, certificates near expiry, sidecars on a
+    /// stale policy or CA. Reads the cluster, manifest files (-f, offline, for CI) or both.
+    /// Exit 0 when nothing at or above --fail-on was found, 1 otherwise.
+    Analyze(AnalyzeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -136,6 +142,55 @@ pub struct CheckArgs {
     /// Treat warnings as problems (exit 1)
     #[arg(long)]
     pub strict: bool,
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+/// How serious a finding is; also the `--fail-on` threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// Manifest file or directory (*.yaml, *.yml, *.json; `-` reads standard input); repeat
+    /// for more. Without --cluster the analysis is offline: only these files are judged
+    #[arg(short = 'f', long = "filename", value_name = "PATH", num_args = 1.., action = clap::ArgAction::Append)]
+    pub files: Vec<PathBuf>,
+    /// Read directories given with -f recursively
+    #[arg(short = 'R', long, requires = "files")]
+    pub recursive: bool,
+    /// With -f: read the cluster too; the files take the place of cluster objects of the same
+    /// kind, namespace and name, as if they were applied
+    #[arg(long, requires = "files")]
+    pub cluster: bool,
+    /// Control-plane local admin URL (e.g. http://127.0.0.1:15015) for the certificate and
+    /// sidecar findings instead of a port-forward to every replica (with -f alone: local mode)
+    #[arg(long, value_name = "URL")]
+    pub admin_url: Option<String>,
+    /// Name of the MutatingWebhookConfiguration whose selectors decide which pods get a sidecar
+    #[arg(long, value_name = "NAME", default_value = "pqmesh")]
+    pub webhook: String,
+    /// Warn when the CA root expires within this many days
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub root_warn_days: u64,
+    /// Trust domain of the mesh: resolves `<ns>/<sa>` peers; SPIFFE IDs of other trust domains
+    /// cannot be checked
+    #[arg(
+        long,
+        value_name = "DOMAIN",
+        env = "PQMESH_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+    /// Exit 1 when a finding of this severity or worse is found
+    #[arg(long, value_enum, value_name = "SEVERITY", default_value = "error")]
+    pub fail_on: Severity,
     /// Output format
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Format,

@@ -20,7 +20,7 @@ use crate::Outcome;
 const CONTROL_PLANE: &str = "pqmesh-control-plane";
 
 /// The pod-template-bearing kinds, and where their template is.
-fn template_path(kind: &str) -> Option<&'static [&'static str]> {
+pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
     match kind {
         "Deployment"
         | "StatefulSet"

@@ -1,7 +1,8 @@
-//! `kubectl-pqmesh`: the kubectl plugin for pqmesh (`kubectl pqmesh check|identity|policy|inject`).
+//! `kubectl-pqmesh`: the kubectl plugin for pqmesh (`kubectl pqmesh check|identity|policy|inject|rotate-root|analyze`).
 #![forbid(unsafe_code)]
 
 mod admin;
+mod analyze;
 mod check;
 mod cli;
 mod identity;
@@ -10,6 +11,7 @@ mod kubectl;
 mod policy;
 mod prom;
 mod render;
+mod replica;
 mod rotate;
 mod target;
 
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Policy(_) => "policy",
         Command::Inject(_) => "inject",
         Command::RotateRoot(_) => "rotate-root",
+        Command::Analyze(_) => "analyze",
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
             Command::Policy(args) => policy::run(&cli.cluster, args).await,
             Command::Inject(args) => inject::run(&cli.cluster, args).await,
             Command::RotateRoot(args) => rotate::run(&cli.cluster, args).await,
+            Command::Analyze(args) => analyze::run(&cli.cluster, args).await,
         }
     });
     match result {
