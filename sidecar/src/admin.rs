@@ -101,6 +101,7 @@ pub fn spawn(
                     "access_policies": p.policy.policies.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
                     "token_issuers": p.policy.issuers.iter().map(|i| json!({
                         "name": i.name, "issuer": i.issuer, "jwks_uri": i.jwks_uri,
+                        "jwks": keys_health(p.validator.as_deref(), &i.name),
                         "introspection": i.introspection.as_ref().map(|x| json!({
                             "endpoint": x.endpoint, "client_id": x.client_id, "client_secret": "<redacted>",
                         })),
@@ -144,4 +145,21 @@ fn root_summary(root: &rustls_pki_types::CertificateDer<'_>) -> serde_json::Valu
         "serial": summary.map(|s| s.serial_hex),
         "signature_scheme": pqmesh_mtls::verify::signature_scheme_name(root),
     })
+}
+
+/// Keys held for issuer `name`, how fresh, and why the last fetch failed (`/config_dump`).
+fn keys_health(validator: Option<&crate::token::Validator>, name: &str) -> serde_json::Value {
+    let health = validator.and_then(|v| {
+        v.keys_health()
+            .into_iter()
+            .find_map(|(n, h)| (n == name).then_some(h))
+    });
+    match health {
+        Some(h) => json!({
+            "keys": h.keys,
+            "fetched_seconds_ago": h.fetched_secs_ago,
+            "last_error": h.last_error,
+        }),
+        None => serde_json::Value::Null,
+    }
 }

@@ -66,7 +66,13 @@ pub fn prepare(
     }
     let validator = match previous {
         Some(prev) if prev.policy.issuers == policy.issuers => prev.validator.clone(),
-        _ => build_validator(&policy, metrics)?.map(Arc::new),
+        _ => {
+            let validator = build_validator(&policy, metrics)?.map(Arc::new);
+            if let Some(v) = &validator {
+                v.prefetch_keys();
+            }
+            validator
+        }
     };
     Ok(ActivePolicy {
         version: snapshot.version.clone(),

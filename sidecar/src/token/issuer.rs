@@ -8,7 +8,7 @@ use super::config::{endpoint, ConfigError, IssuerConfig};
 use super::error::{InvalidReason, TokenError};
 use super::http::HttpClient;
 use super::introspect::Introspector;
-use super::jwks::KeyCache;
+use super::jwks::{KeyCache, KeysHealth};
 use super::jws::{Alg, Jws};
 use super::metrics::TokenMetrics;
 
@@ -51,6 +51,14 @@ impl Issuer {
             keys,
             introspection,
         })
+    }
+
+    pub(crate) fn prefetch_keys(&self, http: &HttpClient, metrics: &TokenMetrics) {
+        self.keys.prefetch(http.clone(), metrics.clone());
+    }
+
+    pub(crate) fn keys_health(&self) -> KeysHealth {
+        self.keys.health()
     }
 
     /// Verifies the signature with this issuer's keys, then the claims; returns the effective

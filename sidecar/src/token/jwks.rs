@@ -1,5 +1,7 @@
-//! One issuer's JWKS: fetched on first use, refreshed every `jwks_refresh`, refetched on an unknown
-//! `kid` at most once per `jwks_min_refetch`. A failed fetch keeps the last good keys. The
+//! One issuer's JWKS: fetched when the issuer is loaded (`prefetch`, retried every
+//! `jwks_min_refetch` until it succeeds, so a broken issuer shows in metrics and logs before a
+//! user's request finds it) or else on first use, refreshed every `jwks_refresh`, refetched on an
+//! unknown `kid` at most once per `jwks_min_refetch`. A failed fetch keeps the last good keys. The
 //! periodic refresh runs in the background: a slow or hung JWKS server never delays a request
 //! that already has keys.
 
@@ -34,6 +36,17 @@ impl Trigger {
             Trigger::UnknownKid => "unknown_kid",
         }
     }
+}
+
+/// What an operator sees of one issuer's keys (`/config_dump`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeysHealth {
+    /// Keys held (0: tokens from this issuer cannot be verified).
+    pub keys: usize,
+    /// Seconds since the last successful fetch (`None`: never fetched).
+    pub fetched_secs_ago: Option<u64>,
+    /// Why the last fetch failed, if it did.
+    pub last_error: Option<String>,
 }
 
 #[derive(Default)]
@@ -84,6 +97,41 @@ impl KeyCache {
         self.read()
             .attempted
             .is_some_and(|t| t.elapsed() < self.min_refetch)
+    }
+
+    pub(crate) fn health(&self) -> KeysHealth {
+        let state = self.read();
+        KeysHealth {
+            keys: state.keys.len(),
+            fetched_secs_ago: state.fetched.map(|t| t.elapsed().as_secs()),
+            last_error: state.last_error.clone(),
+        }
+    }
+
+    /// Fetches the keys now, in the background, and retries every `min_refetch` until a fetch
+    /// succeeds. Ends once the keys are loaded or this issuer was replaced (a newer policy).
+    pub(crate) fn prefetch(self: &Arc<Self>, http: HttpClient, metrics: TokenMetrics) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let issuer = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let Some(this) = issuer.upgrade() else { return };
+                {
+                    let _fetching = this.fetching.lock().await;
+                    if this.read().fetched.is_none() && !this.attempted_recently() {
+                        this.fetch(Trigger::Initial, &http, &metrics).await;
+                    }
+                    if this.read().fetched.is_some() {
+                        return;
+                    }
+                }
+                let wait = this.min_refetch.max(Duration::from_secs(1));
+                drop(this);
+                tokio::time::sleep(wait).await;
+            }
+        });
     }
 
     /// The key that verifies `alg` signatures for `kid`.
@@ -212,7 +260,15 @@ impl KeyCache {
                 for reason in &skipped {
                     tracing::warn!(issuer = %self.issuer, %reason, "JWKS entry skipped");
                 }
-                tracing::debug!(issuer = %self.issuer, keys = keys.len(), trigger = trigger.as_str(), "JWKS fetched");
+                if state.fetched.is_none() {
+                    tracing::info!(issuer = %self.issuer, keys = keys.len(), "JWKS loaded");
+                } else {
+                    tracing::debug!(issuer = %self.issuer, keys = keys.len(), trigger = trigger.as_str(), "JWKS fetched");
+                }
+                metrics
+                    .jwks_keys
+                    .with_label_values(&[self.issuer.as_str()])
+                    .set(keys.len() as i64);
                 state.keys = Arc::new(keys);
                 state.fetched = Some(now);
                 state.last_error = None;

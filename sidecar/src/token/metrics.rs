@@ -1,6 +1,6 @@
 //! Token-authentication counters, registered on the sidecar's one registry.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct TokenMetrics {
@@ -13,6 +13,8 @@ pub struct TokenMetrics {
     pub introspections: IntCounterVec,
     /// `token_jwks_fetches_total{issuer, trigger=initial|refresh|unknown_kid, outcome=ok|error}`.
     pub jwks_fetches: IntCounterVec,
+    /// `token_jwks_keys{issuer}`: keys held per issuer of the policy in force (0: none usable).
+    pub jwks_keys: IntGaugeVec,
 }
 
 fn counter(
@@ -54,6 +56,17 @@ impl TokenMetrics {
                 "JWKS fetches, by issuer, trigger (initial, refresh, unknown_kid) and outcome",
                 &["issuer", "trigger", "outcome"],
             )?,
+            jwks_keys: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "token_jwks_keys",
+                        "Verification keys held, by issuer of the policy in force (0: its tokens cannot be verified)",
+                    ),
+                    &["issuer"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
         })
     }
 }

@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 pub use claims::scopes;
 pub use config::{ConfigError, IntrospectionConfig, IssuerConfig, ResponseFormat};
 pub use error::{InvalidReason, TokenError};
+pub use jwks::KeysHealth;
 pub use jws::MAX_TOKEN_LEN;
 pub use metrics::TokenMetrics;
 
@@ -104,11 +105,35 @@ impl Validator {
                 second: second.config.name.clone(),
             });
         }
+        // The gauge describes the issuers in force: a replaced policy's issuers leave it.
+        metrics.jwks_keys.reset();
+        for issuer in &checked {
+            metrics
+                .jwks_keys
+                .with_label_values(&[issuer.config.name.as_str()])
+                .set(0);
+        }
         Ok(Validator {
             issuers: checked,
             http: HttpClient::new()?,
             metrics,
         })
+    }
+
+    /// Starts fetching every issuer's keys now (see `KeyCache::prefetch`), so a broken JWKS
+    /// endpoint is visible at policy load rather than on a user's request.
+    pub fn prefetch_keys(&self) {
+        for issuer in &self.issuers {
+            issuer.prefetch_keys(&self.http, &self.metrics);
+        }
+    }
+
+    /// Per issuer name: the state of its keys.
+    pub fn keys_health(&self) -> Vec<(String, KeysHealth)> {
+        self.issuers
+            .iter()
+            .map(|i| (i.config.name.clone(), i.keys_health()))
+            .collect()
     }
 
     /// `bearer` is the token from `Authorization: Bearer <token>`. Returns the JWT to forward and

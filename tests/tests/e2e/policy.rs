@@ -24,6 +24,7 @@ struct Setup {
     a: pqmesh_sidecar::RunningSidecar,
     b: pqmesh_sidecar::RunningSidecar,
     app_stats: std::sync::Arc<http_app::AppStats>,
+    app_port: u16,
 }
 
 fn policies(oauth: &OAuthServer, app_port: u16, extra_issuer: &str) -> String {
@@ -108,6 +109,7 @@ async fn setup(ttl: u64) -> Setup {
         a,
         b,
         app_stats,
+        app_port: app.port(),
     }
 }
 
@@ -500,4 +502,96 @@ async fn a_second_introspecting_issuer_is_refused_and_inactive_is_final() {
             .all(|st| st.compile_error.is_none())
     })
     .await;
+}
+
+/// The JWKS of the real OAuth server is fetched when the policy is applied, before any request:
+/// `/config_dump` and `token_jwks_keys` show the keys held, and an issuer whose JWKS cannot be
+/// fetched shows 0 keys and the reason, while no user request has been made.
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn keys_are_fetched_at_policy_load_and_their_health_is_visible() {
+    let s = setup(300).await;
+    let keys = |issuer: &str| {
+        metric(
+            &s.b.metrics.registry,
+            "pqmesh_token_jwks_keys",
+            &[("issuer", issuer)],
+        )
+    };
+    eventually("corp's keys are loaded without any request", || {
+        keys("shop/corp") > 0.0
+    })
+    .await;
+    assert_eq!(
+        s.app_stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no request was made"
+    );
+    let dump = config_dump(s.b.admin_addr).await;
+    let corp = &dump["policy"]["token_issuers"][0];
+    assert_eq!(corp["name"], "shop/corp");
+    assert!(corp["jwks"]["keys"].as_u64().unwrap() > 0, "{corp}");
+    assert!(corp["jwks"]["last_error"].is_null(), "{corp}");
+
+    // A second issuer whose JWKS endpoint answers 404: visible at once, with the reason.
+    let broken = format!(
+        "---\napiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: broken, namespace: shop}}\nspec:\n  issuer: https://broken.example\n  audiences: [orders]\n  jwksUri: {}/no-such-jwks\n",
+        s.oauth.issuer
+    );
+    s.cp.write_policy(
+        "orders.yaml",
+        &policies(&s.oauth, s.app_port, &broken)
+            .replace("issuers: [corp]", "issuers: [corp, broken]"),
+        3,
+    )
+    .await;
+    eventually("broken's failed fetch is recorded", || {
+        metric(
+            &s.b.metrics.registry,
+            "pqmesh_token_jwks_fetches_total",
+            &[("issuer", "shop/broken"), ("outcome", "error")],
+        ) > 0.0
+    })
+    .await;
+    assert_eq!(keys("shop/broken"), 0.0);
+    let dump = config_dump(s.b.admin_addr).await;
+    let broken = dump["policy"]["token_issuers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "shop/broken")
+        .cloned()
+        .unwrap_or_else(|| panic!("no issuer named broken: {dump}"));
+    assert_eq!(broken["jwks"]["keys"], 0);
+    assert!(
+        broken["jwks"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("404"),
+        "{broken}"
+    );
+    assert_eq!(
+        s.app_stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "still no request was made"
+    );
+}
+
+async fn config_dump(admin: SocketAddr) -> serde_json::Value {
+    let tcp = TcpStream::connect(admin).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/config_dump")
+        .header("host", "admin")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
 }

@@ -603,7 +603,7 @@ async fn wait_for_jwks_hits(fake: &FakeAs, n: usize) {
     assert_eq!(fake.jwks_hits(), n);
 }
 
-async fn wait_for(cond: impl Fn() -> bool) {
+pub(super) async fn wait_for(cond: impl Fn() -> bool) {
     for _ in 0..500 {
         if cond() {
             return;

@@ -4,6 +4,7 @@
 mod https;
 mod jwt;
 mod phantom;
+mod prefetch;
 mod robustness;
 mod throttle;
 

@@ -26,6 +26,7 @@ async fn random_opaque_tokens_spend_the_budget_then_misses_are_503_and_cached_to
 
     let burst = INACTIVE_BURST as usize;
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let started = std::time::Instant::now();
     for i in 0..burst + 50 {
         let err = validator
             .authenticate(&format!("random-{i}-{:x}", rand::random::<u64>()))
@@ -33,20 +34,23 @@ async fn random_opaque_tokens_spend_the_budget_then_misses_are_503_and_cached_to
             .expect_err("never active");
         *statuses.entry(err.status()).or_default() += 1;
     }
-    // A little refill may happen while the loop runs (10 per second); allow for it.
+    // The budget refills at 10 per second while the loop runs (longer on a loaded machine);
+    // allow exactly that much.
+    let refill = (started.elapsed().as_secs_f64() * 10.0).ceil() as usize + 1;
     let sent = fake.introspection_hits() - 1;
     assert!(
-        (burst..burst + 5).contains(&sent),
-        "introspections sent: {sent}"
+        (burst..=burst + refill).contains(&sent),
+        "introspections sent: {sent}, burst {burst}, refill allowed {refill}"
     );
     assert_eq!(statuses[&401], sent);
     assert_eq!(statuses[&503], burst + 50 - sent, "{statuses:?}");
-    assert!(
+    assert_eq!(
         counter(
             &registry,
             "token_introspections_total",
             &[("outcome", "throttled")]
-        ) >= 45
+        ),
+        statuses[&503] as u64
     );
     let cached = validator.authenticate(good).await.expect("cache hit");
     assert!(cached.phantom);
