@@ -83,10 +83,19 @@ pub async fn run(cluster: &ClusterArgs, args: &AnalyzeArgs) -> anyhow::Result<Ou
     }
     if let Some(ns) = &cluster.namespace {
         // Objects of that namespace (and the mesh-wide control-plane findings).
-        findings.retain(|f| f.kind == "ControlPlane" || &f.namespace == ns || (f.kind == "Namespace" && &f.name == ns));
+        findings.retain(|f| {
+            f.kind == "ControlPlane"
+                || &f.namespace == ns
+                || (f.kind == "Namespace" && &f.name == ns)
+        });
     }
     findings.sort_by(|a, b| {
-        (b.severity, a.object(), a.code, &a.message).cmp(&(a.severity, b.object(), b.code, &b.message))
+        (b.severity, a.object(), a.code, &a.message).cmp(&(
+            a.severity,
+            b.object(),
+            b.code,
+            &b.message,
+        ))
     });
     // Every replica reports the CA: the same finding once.
     findings.dedup();
@@ -141,7 +150,12 @@ fn render(report: &Report) -> String {
             let _ = write!(what, " [{src}]");
         }
         table.row(vec![severity.into(), f.code.into(), f.object(), what]);
-        table.row(vec![String::new(), String::new(), String::new(), format!("fix: {}", f.fix)]);
+        table.row(vec![
+            String::new(),
+            String::new(),
+            String::new(),
+            format!("fix: {}", f.fix),
+        ]);
     }
     out.push_str(&table.render(""));
     let _ = writeln!(

@@ -17,10 +17,19 @@ pub enum Expiry {
     /// The metric is absent, zero or not a number.
     Unreported,
     /// Expired at `at` (unix seconds).
-    Expired { at: i64, ago: i64 },
+    Expired {
+        at: i64,
+        ago: i64,
+    },
     /// Expires at `at`, within the warning window.
-    Soon { at: i64, left: i64 },
-    Valid { at: i64, left: i64 },
+    Soon {
+        at: i64,
+        left: i64,
+    },
+    Valid {
+        at: i64,
+        left: i64,
+    },
 }
 
 /// Classifies an expiry timestamp against `now` and a warning window (both in seconds).
@@ -210,7 +219,11 @@ mod tests {
         });
         let s = policy_status(&v).unwrap();
         assert_eq!((s.connected, s.on_current), (5, 2));
-        let lags: Vec<(&str, &Lag)> = s.lags.iter().map(|l| (l.identity.as_str(), &l.lag)).collect();
+        let lags: Vec<(&str, &Lag)> = s
+            .lags
+            .iter()
+            .map(|l| (l.identity.as_str(), &l.lag))
+            .collect();
         assert_eq!(lags.len(), 4, "{lags:?}");
         assert!(matches!(lags[0], ("b", Lag::Rejected { version, .. }) if version == "v2"));
         assert!(matches!(lags[1], ("c", Lag::NotAcked { acked: None, .. })));

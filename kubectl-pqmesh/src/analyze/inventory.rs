@@ -112,7 +112,8 @@ impl Inventory {
         );
         if let Some(earlier) = self.objects.get(&key) {
             if !earlier.from_cluster() && !object.from_cluster() {
-                self.duplicates.push((object.clone(), earlier.source.clone()));
+                self.duplicates
+                    .push((object.clone(), earlier.source.clone()));
             }
         }
         self.objects.insert(key, object);
@@ -410,7 +411,10 @@ mod tests {
         )
         .unwrap();
         assert!(inv.service_account_exists("shop", "web"));
-        assert!(inv.service_account_exists("dev", "default"), "offline: used namespaces exist");
+        assert!(
+            inv.service_account_exists("dev", "default"),
+            "offline: used namespaces exist"
+        );
         assert!(!inv.namespace_exists("prod"));
         let secret = inv.get("Secret", "dev", "s").unwrap();
         assert_eq!(secret.value["data"], json!({"k": null, "j": null}));
@@ -422,17 +426,28 @@ mod tests {
     fn bad_documents_are_named() {
         let mut inv = Inventory::default();
         let e = inv
-            .add_text("kind: Pod\nmetadata: {name: a}\n---\n: : :\n", "x.yaml", "default")
+            .add_text(
+                "kind: Pod\nmetadata: {name: a}\n---\n: : :\n",
+                "x.yaml",
+                "default",
+            )
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("x.yaml document 2: "), "{e}");
-        let e = inv.add_text("just: values\n", "v.yaml", "default").unwrap_err();
+        let e = inv
+            .add_text("just: values\n", "v.yaml", "default")
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "v.yaml document 1: not a Kubernetes object: it has no `kind`"
         );
-        let e = inv.add_text("kind: Pod\nmetadata: {}\n", "p.yaml", "default").unwrap_err();
-        assert_eq!(e.to_string(), "p.yaml document 1: Pod without metadata.name");
+        let e = inv
+            .add_text("kind: Pod\nmetadata: {}\n", "p.yaml", "default")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "p.yaml document 1: Pod without metadata.name"
+        );
     }
 
     #[test]

@@ -90,15 +90,24 @@ fn control_plane_finding(
 fn expiries(certs: &CertExpiries, root_warn_days: u64, cp_ns: &str, out: &mut Vec<Finding>) {
     let now = now_unix();
     let rotate = "kubectl pqmesh rotate-root prepare, then activate and finish once `kubectl pqmesh check` shows every sidecar on the current CA";
-    let (severity, message) = match replica::expiry(certs.root, now, root_warn_days as i64 * 86_400) {
+    let (severity, message) = match replica::expiry(certs.root, now, root_warn_days as i64 * 86_400)
+    {
         Expiry::Valid { .. } => (None, String::new()),
         Expiry::Soon { at, left } => (
             Some(Severity::Warning),
-            format!("the CA root expires at {} (in {}): then no workload certificate verifies", rfc3339(at), span(left)),
+            format!(
+                "the CA root expires at {} (in {}): then no workload certificate verifies",
+                rfc3339(at),
+                span(left)
+            ),
         ),
         Expiry::Expired { at, ago } => (
             Some(Severity::Error),
-            format!("the CA root EXPIRED at {} ({} ago): mesh TLS fails", rfc3339(at), span(ago)),
+            format!(
+                "the CA root EXPIRED at {} ({} ago): mesh TLS fails",
+                rfc3339(at),
+                span(ago)
+            ),
         ),
         Expiry::Unreported => (
             Some(Severity::Error),
@@ -106,7 +115,13 @@ fn expiries(certs: &CertExpiries, root_warn_days: u64, cp_ns: &str, out: &mut Ve
         ),
     };
     if let Some(severity) = severity {
-        out.push(control_plane_finding("ca-root", severity, "CARootExpiry", message, rotate.into()));
+        out.push(control_plane_finding(
+            "ca-root",
+            severity,
+            "CARootExpiry",
+            message,
+            rotate.into(),
+        ));
     }
     let logs = format!("the control plane renews it at half its lifetime: read why it did not with kubectl -n {cp_ns} logs deploy/pqmesh-control-plane, then kubectl -n {cp_ns} rollout restart deploy/pqmesh-control-plane");
     let message = match replica::expiry(certs.serving, now, SERVING_CERT_MIN_LEFT_SECS) {
@@ -115,7 +130,13 @@ fn expiries(certs: &CertExpiries, root_warn_days: u64, cp_ns: &str, out: &mut Ve
         Expiry::Expired { at, ago } => format!("the serving certificate EXPIRED at {} ({} ago): sidecars cannot reach the control plane", rfc3339(at), span(ago)),
         Expiry::Unreported => "the control plane does not report its serving certificate expiry in /metrics".to_owned(),
     };
-    out.push(control_plane_finding("serving-certificate", Severity::Error, "ServingCertExpiry", message, logs));
+    out.push(control_plane_finding(
+        "serving-certificate",
+        Severity::Error,
+        "ServingCertExpiry",
+        message,
+        logs,
+    ));
 }
 
 /// A lagging sidecar, named by its pod when the sidecar reported it.
@@ -130,7 +151,9 @@ fn lag(l: &SidecarLag, cp_ns: &str) -> Finding {
         None => ("Sidecar", l.identity.clone()),
     };
     let restart = match &l.pod {
-        Some(pod) => format!("kubectl delete pod {pod} -n {ns} (or kubectl rollout restart its workload)"),
+        Some(pod) => {
+            format!("kubectl delete pod {pod} -n {ns} (or kubectl rollout restart its workload)")
+        }
         None => format!("restart the workload whose identity is {}", l.identity),
     };
     let who = l.identity.as_str();
@@ -189,9 +212,15 @@ mod tests {
         };
         expiries(&certs, 30, "pqmesh-system", &mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].code, out[0].severity), ("CARootExpiry", Severity::Warning));
+        assert_eq!(
+            (out[0].code, out[0].severity),
+            ("CARootExpiry", Severity::Warning)
+        );
         assert!(out[0].fix.starts_with("kubectl pqmesh rotate-root prepare"));
-        assert_eq!((out[1].code, out[1].severity), ("ServingCertExpiry", Severity::Error));
+        assert_eq!(
+            (out[1].code, out[1].severity),
+            ("ServingCertExpiry", Severity::Error)
+        );
         let mut out = Vec::new();
         let fine = CertExpiries {
             root: Some(now + 400.0 * 86_400.0),
@@ -214,7 +243,14 @@ mod tests {
             },
             "pqmesh-system",
         );
-        assert_eq!((f.kind.as_str(), f.namespace.as_str(), f.name.as_str()), ("Pod", "shop", "api-0"));
-        assert!(f.fix.contains("kubectl delete pod api-0 -n shop"), "{}", f.fix);
+        assert_eq!(
+            (f.kind.as_str(), f.namespace.as_str(), f.name.as_str()),
+            ("Pod", "shop", "api-0")
+        );
+        assert!(
+            f.fix.contains("kubectl delete pod api-0 -n shop"),
+            "{}",
+            f.fix
+        );
     }
 }

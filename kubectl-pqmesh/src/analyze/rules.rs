@@ -33,7 +33,13 @@ pub fn findings(inv: &Inventory, ctx: &Context) -> Vec<Finding> {
     out
 }
 
-fn finding(o: &Object, severity: Severity, code: &'static str, message: String, fix: String) -> Finding {
+fn finding(
+    o: &Object,
+    severity: Severity,
+    code: &'static str,
+    message: String,
+    fix: String,
+) -> Finding {
     Finding {
         severity,
         code,
@@ -171,10 +177,16 @@ fn dead_selectors(inv: &Inventory, ctx: &Context, out: &mut Vec<Finding>) {
         if !selected.is_empty() {
             // A pod that is not (or will not be) meshed ignores the policy: no sidecar enforces it.
             let meshed = |pod: &&PodLike| {
-                has_sidecar(&pod.pod) || (!pod.owner.from_cluster() || pod.owner.kind != "Pod") && injector.would_inject(inv, pod)
+                has_sidecar(&pod.pod)
+                    || (!pod.owner.from_cluster() || pod.owner.kind != "Pod")
+                        && injector.would_inject(inv, pod)
             };
             if !selected.iter().any(meshed) {
-                let names: Vec<String> = selected.iter().take(3).map(|pod| format!("{}/{}", pod.owner.kind, pod.owner.name)).collect();
+                let names: Vec<String> = selected
+                    .iter()
+                    .take(3)
+                    .map(|pod| format!("{}/{}", pod.owner.kind, pod.owner.name))
+                    .collect();
                 out.push(finding(
                     p,
                     Severity::Warning,
@@ -458,7 +470,13 @@ impl Injector {
     }
 
     /// What the injector decides for a pod (None: the webhook does not see it).
-    fn decide(&self, inv: &Inventory, ns: &str, pod: &Value, labels: &BTreeMap<String, String>) -> Option<Result<Plan, String>> {
+    fn decide(
+        &self,
+        inv: &Inventory,
+        ns: &str,
+        pod: &Value,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<Result<Plan, String>> {
         if !self.namespace_selected(inv, ns) || !selects(&self.object_selector, labels) {
             return None;
         }
@@ -519,23 +537,37 @@ fn restart(pod: &Object) -> String {
     let owners = pod.value["metadata"]["ownerReferences"].as_array();
     let owner = owners.and_then(|o| o.iter().find(|r| r["controller"] == true).or(o.first()));
     let (kind, name) = match owner {
-        Some(o) => (o["kind"].as_str().unwrap_or(""), o["name"].as_str().unwrap_or("")),
+        Some(o) => (
+            o["kind"].as_str().unwrap_or(""),
+            o["name"].as_str().unwrap_or(""),
+        ),
         None => ("", ""),
     };
     let hash = pod.labels().get("pod-template-hash").cloned();
     match kind {
-        "ReplicaSet" => match hash.and_then(|h| name.strip_suffix(&format!("-{h}")).map(str::to_owned)) {
+        "ReplicaSet" => match hash
+            .and_then(|h| name.strip_suffix(&format!("-{h}")).map(str::to_owned))
+        {
             Some(deployment) => format!("kubectl rollout restart deployment/{deployment} -n {ns}"),
-            None => format!("kubectl delete pod {} -n {ns} (ReplicaSet {name} recreates it)", pod.name),
+            None => format!(
+                "kubectl delete pod {} -n {ns} (ReplicaSet {name} recreates it)",
+                pod.name
+            ),
         },
         "StatefulSet" | "DaemonSet" => {
-            format!("kubectl rollout restart {}/{name} -n {ns}", kind.to_ascii_lowercase())
+            format!(
+                "kubectl rollout restart {}/{name} -n {ns}",
+                kind.to_ascii_lowercase()
+            )
         }
         "" => format!(
             "recreate the pod: kubectl get pod {p} -n {ns} -o yaml | kubectl replace --force -f -",
             p = pod.name
         ),
-        _ => format!("kubectl delete pod {} -n {ns} ({kind} {name} recreates it)", pod.name),
+        _ => format!(
+            "kubectl delete pod {} -n {ns} ({kind} {name} recreates it)",
+            pod.name
+        ),
     }
 }
 
@@ -570,21 +602,39 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn label_selectors() {
         let sel = json!({"matchLabels": {"pqmesh.io/inject": "enabled"},
             "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["pqmesh-system"]}]});
-        assert!(selects(&sel, &labels(&[("pqmesh.io/inject", "enabled"), ("kubernetes.io/metadata.name", "shop")])));
-        assert!(!selects(&sel, &labels(&[("pqmesh.io/inject", "enabled"), ("kubernetes.io/metadata.name", "pqmesh-system")])));
+        assert!(selects(
+            &sel,
+            &labels(&[
+                ("pqmesh.io/inject", "enabled"),
+                ("kubernetes.io/metadata.name", "shop")
+            ])
+        ));
+        assert!(!selects(
+            &sel,
+            &labels(&[
+                ("pqmesh.io/inject", "enabled"),
+                ("kubernetes.io/metadata.name", "pqmesh-system")
+            ])
+        ));
         assert!(!selects(&sel, &labels(&[("pqmesh.io/inject", "disabled")])));
         assert!(selects(&Value::Null, &labels(&[])));
         let ops = json!({"matchExpressions": [{"key": "a", "operator": "Exists"}, {"key": "b", "operator": "DoesNotExist"}, {"key": "c", "operator": "In", "values": ["1"]}]});
         assert!(selects(&ops, &labels(&[("a", ""), ("c", "1")])));
         assert!(!selects(&ops, &labels(&[("a", ""), ("b", ""), ("c", "1")])));
-        assert!(!selects(&json!({"matchExpressions": [{"key": "a", "operator": "Gt"}]}), &labels(&[("a", "1")])));
+        assert!(!selects(
+            &json!({"matchExpressions": [{"key": "a", "operator": "Gt"}]}),
+            &labels(&[("a", "1")])
+        ));
     }
 
     #[test]
@@ -606,9 +656,15 @@ mod tests {
         };
         let deployed = pod(json!({"labels": {"pod-template-hash": "7d9f"},
             "ownerReferences": [{"kind": "ReplicaSet", "name": "api-7d9f", "controller": true}]}));
-        assert_eq!(restart(&deployed), "kubectl rollout restart deployment/api -n shop");
+        assert_eq!(
+            restart(&deployed),
+            "kubectl rollout restart deployment/api -n shop"
+        );
         let stateful = pod(json!({"ownerReferences": [{"kind": "StatefulSet", "name": "db"}]}));
-        assert_eq!(restart(&stateful), "kubectl rollout restart statefulset/db -n shop");
+        assert_eq!(
+            restart(&stateful),
+            "kubectl rollout restart statefulset/db -n shop"
+        );
         let job = pod(json!({"ownerReferences": [{"kind": "Job", "name": "migrate"}]}));
         assert!(restart(&job).starts_with("kubectl delete pod api-7d9f-abcde -n shop (Job migrate"));
         assert!(restart(&pod(json!({}))).contains("kubectl replace --force"));

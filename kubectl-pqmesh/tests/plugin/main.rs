@@ -5,6 +5,7 @@
 //! and offline injection through the control plane's injector.
 
 mod admin_url;
+mod analyze;
 mod cluster;
 mod errors;
 mod inject;

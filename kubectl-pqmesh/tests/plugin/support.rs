@@ -218,7 +218,18 @@ case "$*" in
       echo 'Error from server (NotFound): mutatingwebhookconfigurations.admissionregistration.k8s.io "pqmesh" not found' >&2; exit 1; fi ;;
   *"get endpointslices "*) cat "$FAKE_DIR/slices.json" ;;
   *"get deployment pqmesh-control-plane "*) cat "$FAKE_DIR/deployment.json" ;;
-  *"get secret "*) cat "$FAKE_DIR/secret.json" ;;
+  *"get namespaces --all-namespaces"*) cat "$FAKE_DIR/namespaces.json" ;;
+  *"get serviceaccounts --all-namespaces"*) cat "$FAKE_DIR/serviceaccounts.json" ;;
+  *"get pods --all-namespaces"*) cat "$FAKE_DIR/pods.json" ;;
+  *"get accesspolicies.pqmesh.io --all-namespaces"*) cat "$FAKE_DIR/accesspolicies.json" ;;
+  *"get tokenissuers.pqmesh.io --all-namespaces"*) cat "$FAKE_DIR/tokenissuers.json" ;;
+  *"get secret "*)
+    # secret-NS-NAME.json per Secret (analyze), else the one secret.json (rotate-root)
+    name=$(echo "$*" | sed 's/.*get secret \([^ ]*\).*/\1/')
+    ns=$(echo "$*" | sed -n 's/.*--namespace=\([^ ]*\).*/\1/p')
+    if [ -f "$FAKE_DIR/secret-$ns-$name.json" ]; then cat "$FAKE_DIR/secret-$ns-$name.json"
+    elif [ -f "$FAKE_DIR/secret.json" ]; then cat "$FAKE_DIR/secret.json"
+    else echo "Error from server (NotFound): secrets \"$name\" not found" >&2; exit 1; fi ;;
   *"replace -f -"*)
     if [ -n "${FAKE_CONFLICT:-}" ]; then
       # exits without reading the object: the plugin must report the 409, not the closed pipe
