@@ -31,7 +31,8 @@ pub struct ClusterArgs {
     /// kubeconfig context passed to kubectl
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// Namespace of the pod (identity, policy); default: the context's namespace
+    /// Namespace of the pod (identity, policy); default: the context's namespace. analyze:
+    /// report only this namespace's objects, and put namespace-less file objects in it
     #[arg(short = 'n', long, global = true, value_name = "NS")]
     pub namespace: Option<String>,
     /// Namespace the control plane runs in
@@ -97,8 +98,9 @@ pub enum Command {
     /// dropped). Wait for `kubectl pqmesh check` to show every sidecar on the current CA between
     /// steps.
     RotateRoot(RotateRootArgs),
-    /// Find configuration mistakes, each with the fix: policies selecting no pod, references to
-    /// missing TokenIssuers, Secrets, service accounts or namespaces, objects the control plane
+    /// Find configuration mistakes, each with its fix (pqmesh's `istioctl analyze`).
+    ///
+    /// Policies selecting no pod, references to missing TokenIssuers, Secrets, service accounts or namespaces, objects the control plane
     /// refused, unmeshed pods in injected namespaces, certificates near expiry, sidecars on a
     /// stale policy or CA. Reads the cluster, manifest files (-f, offline, for CI) or both.
     /// Exit 0 when nothing at or above --fail-on was found, 1 otherwise.

@@ -28,7 +28,7 @@ pub struct Object {
 }
 
 impl Object {
-    pub fn from_cluster(&self) -> bool {
+    pub fn in_cluster(&self) -> bool {
         self.source == CLUSTER
     }
 
@@ -111,7 +111,7 @@ impl Inventory {
             object.name.clone(),
         );
         if let Some(earlier) = self.objects.get(&key) {
-            if !earlier.from_cluster() && !object.from_cluster() {
+            if !earlier.in_cluster() && !object.in_cluster() {
                 self.duplicates
                     .push((object.clone(), earlier.source.clone()));
             }
@@ -195,7 +195,11 @@ impl Inventory {
             expand(p, recursive, true, &mut files)?;
         }
         for file in files {
-            let shown = file.display().to_string();
+            let shown = if file.as_os_str() == "-" {
+                "standard input".to_owned()
+            } else {
+                file.display().to_string()
+            };
             let text = read_input(&file).map_err(|e| LoadError::Read {
                 path: shown.clone(),
                 reason: format!("{e:#}"),

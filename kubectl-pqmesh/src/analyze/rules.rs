@@ -48,13 +48,13 @@ fn finding(
         name: o.name.clone(),
         message,
         fix,
-        source: (!o.from_cluster()).then(|| o.source.clone()),
+        source: (!o.in_cluster()).then(|| o.source.clone()),
     }
 }
 
 /// How to change the object: `kubectl edit` in the cluster, the file otherwise.
 fn edit(o: &Object) -> String {
-    if o.from_cluster() {
+    if o.in_cluster() {
         format!(
             "kubectl edit {} {} -n {}",
             o.kind.to_ascii_lowercase(),
@@ -88,7 +88,7 @@ fn acceptance(inv: &Inventory, ctx: &Context, out: &mut Vec<Finding>) {
         .values()
         .filter(|o| matches!(o.kind.as_str(), "AccessPolicy" | "TokenIssuer"))
     {
-        if o.from_cluster() {
+        if o.in_cluster() {
             let refused = o.value["status"]["conditions"]
                 .as_array()
                 .into_iter()
@@ -178,7 +178,7 @@ fn dead_selectors(inv: &Inventory, ctx: &Context, out: &mut Vec<Finding>) {
             // A pod that is not (or will not be) meshed ignores the policy: no sidecar enforces it.
             let meshed = |pod: &&PodLike| {
                 has_sidecar(&pod.pod)
-                    || (!pod.owner.from_cluster() || pod.owner.kind != "Pod")
+                    || (!pod.owner.in_cluster() || pod.owner.kind != "Pod")
                         && injector.would_inject(inv, pod)
             };
             if !selected.iter().any(meshed) {
@@ -496,7 +496,7 @@ impl Injector {
 /// was labelled, or while the webhook was down with failurePolicy Ignore), and the reverse.
 fn injection(inv: &Inventory, ctx: &Context, out: &mut Vec<Finding>) {
     let injector = Injector::new(inv, ctx);
-    for pod in inv.of_kind("Pod").filter(|p| p.from_cluster()) {
+    for pod in inv.of_kind("Pod").filter(|p| p.in_cluster()) {
         if pod.value["status"]["phase"] != "Running" {
             continue;
         }

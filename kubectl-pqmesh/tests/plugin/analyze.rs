@@ -125,10 +125,13 @@ async fn files_clean_set_has_no_finding() {
     );
 }
 
+/// The one finding expected: code, severity, `Kind/namespace/name`.
+type Expected = (&'static str, &'static str, &'static str);
+
 #[tokio::test]
 async fn files_each_problem_is_one_finding() {
     // (what changes, from, to, the one expected finding)
-    let cases: &[(&str, &str, &str, (&str, &str, &str))] = &[
+    let cases: &[(&str, &str, &str, Expected)] = &[
         (
             "policy selector matches no pod",
             "selector: {matchLabels: {app: orders}}\n  peers",
@@ -563,7 +566,7 @@ type Mutation = fn(&mut BTreeMap<&'static str, Value>);
 #[tokio::test]
 async fn cluster_each_problem_is_one_finding() {
     let healthy = canned_control_plane(365.0, 86_400.0, json!([sidecar_entry(json!({}))])).await;
-    let cases: Vec<(&str, Mutation, (&str, &str, &str), &str)> = vec![
+    let cases: Vec<(&str, Mutation, Expected, &str)> = vec![
         (
             "the control plane refused a policy",
             |f| {
