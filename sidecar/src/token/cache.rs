@@ -1,6 +1,6 @@
-//! The phantom-token cache and the in-flight table that lets concurrent requests with the same
-//! opaque token share one introspection call. Keys are SHA-256 digests: the opaque token itself is
-//! never stored.
+//! The token caches (phantom tokens exchanged by introspection; JWTs already verified) and the
+//! in-flight table that lets concurrent requests with the same opaque token share one
+//! introspection call. Keys are SHA-256 digests: an opaque token itself is never stored.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,27 +13,31 @@ use super::Authenticated;
 
 pub(crate) type TokenKey = [u8; 32];
 
-struct Entry {
-    auth: Authenticated,
+struct Entry<V> {
+    value: V,
     deadline: Instant,
     seq: u64,
 }
 
-struct Entries {
-    by_key: HashMap<TokenKey, Entry>,
+struct Entries<V> {
+    by_key: HashMap<TokenKey, Entry<V>>,
     /// Ordered by deadline: the first is the soonest to expire, evicted first when full.
     by_deadline: BTreeSet<(Instant, u64, TokenKey)>,
     next_seq: u64,
 }
 
-pub(crate) struct PhantomCache {
+/// Values by token digest, each until its deadline; bounded, the soonest to expire evicted first.
+pub(crate) struct DigestCache<V> {
     max_entries: usize,
-    entries: Mutex<Entries>,
+    entries: Mutex<Entries<V>>,
 }
 
-impl PhantomCache {
+/// Opaque token → the JWT its introspection returned.
+pub(crate) type PhantomCache = DigestCache<Authenticated>;
+
+impl<V: Clone> DigestCache<V> {
     pub(crate) fn new(max_entries: usize) -> Self {
-        PhantomCache {
+        DigestCache {
             max_entries,
             entries: Mutex::new(Entries {
                 by_key: HashMap::new(),
@@ -43,21 +47,21 @@ impl PhantomCache {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Entries> {
+    fn lock(&self) -> MutexGuard<'_, Entries<V>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn get(&self, key: &TokenKey) -> Option<Authenticated> {
+    pub(crate) fn get(&self, key: &TokenKey) -> Option<V> {
         let mut entries = self.lock();
         let entry = entries.by_key.get(key)?;
         if entry.deadline > Instant::now() {
-            return Some(entry.auth.clone());
+            return Some(entry.value.clone());
         }
         entries.remove(key);
         None
     }
 
-    pub(crate) fn insert(&self, key: TokenKey, auth: Authenticated, deadline: Instant) {
+    pub(crate) fn insert(&self, key: TokenKey, value: V, deadline: Instant) {
         if self.max_entries == 0 {
             return;
         }
@@ -75,11 +79,15 @@ impl PhantomCache {
         entries.by_key.insert(
             key,
             Entry {
-                auth,
+                value,
                 deadline,
                 seq,
             },
         );
+    }
+
+    pub(crate) fn remove(&self, key: &TokenKey) {
+        self.lock().remove(key);
     }
 
     #[cfg(test)]
@@ -88,7 +96,7 @@ impl PhantomCache {
     }
 }
 
-impl Entries {
+impl<V> Entries<V> {
     fn remove(&mut self, key: &TokenKey) {
         if let Some(entry) = self.by_key.remove(key) {
             self.by_deadline.remove(&(entry.deadline, entry.seq, *key));

@@ -18,6 +18,8 @@ pub(crate) struct Verified {
     pub claims: Map<String, Value>,
     /// For an RFC 9701 response: its `iat` (its freshness bounds how long it may be reused).
     pub response_iat: Option<f64>,
+    /// The generation of the key set the signature was verified with.
+    pub keys_generation: u64,
 }
 
 pub(crate) struct Issuer {
@@ -61,6 +63,17 @@ impl Issuer {
         self.keys.health()
     }
 
+    /// Starts the periodic key refresh when it is due (a cached JWT does not reach `verify`, and
+    /// a withdrawn key must still end its tokens' cached verdicts within `jwks_refresh`).
+    pub(crate) async fn refresh_keys_if_due(&self, http: &HttpClient, metrics: &TokenMetrics) {
+        let _ = self.keys.ensure_fresh(http, metrics).await;
+    }
+
+    /// See `KeyCache::generation`.
+    pub(crate) fn keys_generation(&self) -> u64 {
+        self.keys.generation()
+    }
+
     /// Verifies the signature with this issuer's keys, then the claims; returns the effective
     /// claims (the access token's, or `token_introspection` of an RFC 9701 response).
     pub(crate) async fn verify(
@@ -92,7 +105,7 @@ impl Issuer {
             }
             (_, false) => None,
         };
-        let key = self.keys.key_for(&jws.kid, jws.alg, http, metrics).await?;
+        let (key, keys_generation) = self.keys.key_for(&jws.kid, jws.alg, http, metrics).await?;
         if !key.verify(jws.alg, jws.signing_input.as_bytes(), &jws.signature) {
             return Err(TokenError::invalid(
                 InvalidReason::Signature,
@@ -107,6 +120,7 @@ impl Issuer {
                 Ok(Verified {
                     claims,
                     response_iat: Some(iat),
+                    keys_generation,
                 })
             }
             None => {
@@ -114,6 +128,7 @@ impl Issuer {
                 Ok(Verified {
                     claims: jws.claims,
                     response_iat: None,
+                    keys_generation,
                 })
             }
         }

@@ -57,6 +57,8 @@ struct KeyState {
     /// Last fetch attempt, successful or not (the rate limit counts both).
     attempted: Option<Instant>,
     last_error: Option<String>,
+    /// Bumped whenever `keys` changes: what was verified with the old set is verified again.
+    generation: u64,
 }
 
 pub(crate) struct KeyCache {
@@ -82,6 +84,11 @@ impl KeyCache {
             fetching: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
         }
+    }
+
+    /// Changes whenever the key set does (a key added, rotated or withdrawn).
+    pub(crate) fn generation(&self) -> u64 {
+        self.read().generation
     }
 
     // Nothing panics while holding these locks, but a poisoned lock must not take auth down.
@@ -134,14 +141,15 @@ impl KeyCache {
         });
     }
 
-    /// The key that verifies `alg` signatures for `kid`.
+    /// The key that verifies `alg` signatures for `kid`, and the generation of the key set it
+    /// was found in.
     pub(crate) async fn key_for(
         self: &Arc<Self>,
         kid: &str,
         alg: Alg,
         http: &HttpClient,
         metrics: &TokenMetrics,
-    ) -> Result<Jwk, TokenError> {
+    ) -> Result<(Jwk, u64), TokenError> {
         self.ensure_fresh(http, metrics).await?;
         if let Some(found) = self.lookup(kid, alg) {
             return found;
@@ -166,24 +174,32 @@ impl KeyCache {
     }
 
     /// `None` when no key has this `kid`; otherwise the first key with it that fits `alg`.
-    fn lookup(&self, kid: &str, alg: Alg) -> Option<Result<Jwk, TokenError>> {
-        let keys = self.read().keys.clone();
+    fn lookup(&self, kid: &str, alg: Alg) -> Option<Result<(Jwk, u64), TokenError>> {
+        let (keys, generation) = {
+            let state = self.read();
+            (state.keys.clone(), state.generation)
+        };
         let mut with_kid = keys.iter().filter(|k| k.kid == kid).peekable();
         with_kid.peek()?;
-        Some(with_kid.find(|k| k.fits(alg)).cloned().ok_or_else(|| {
-            TokenError::invalid(
-                InvalidReason::KeyMismatch,
-                format!(
-                    "issuer {}: key {:?} cannot verify {}",
-                    self.issuer,
-                    truncate(kid),
-                    alg.name()
-                ),
-            )
-        }))
+        Some(
+            with_kid
+                .find(|k| k.fits(alg))
+                .map(|k| (k.clone(), generation))
+                .ok_or_else(|| {
+                    TokenError::invalid(
+                        InvalidReason::KeyMismatch,
+                        format!(
+                            "issuer {}: key {:?} cannot verify {}",
+                            self.issuer,
+                            truncate(kid),
+                            alg.name()
+                        ),
+                    )
+                }),
+        )
     }
 
-    async fn ensure_fresh(
+    pub(crate) async fn ensure_fresh(
         self: &Arc<Self>,
         http: &HttpClient,
         metrics: &TokenMetrics,
@@ -269,6 +285,9 @@ impl KeyCache {
                     .jwks_keys
                     .with_label_values(&[self.issuer.as_str()])
                     .set(keys.len() as i64);
+                if *state.keys != keys {
+                    state.generation += 1;
+                }
                 state.keys = Arc::new(keys);
                 state.fetched = Some(now);
                 state.last_error = None;

@@ -13,6 +13,9 @@ pub struct TokenMetrics {
     pub introspections: IntCounterVec,
     /// `token_jwks_fetches_total{issuer, trigger=initial|refresh|unknown_kid, outcome=ok|error}`.
     pub jwks_fetches: IntCounterVec,
+    /// `token_jwt_cache_total{issuer, result=hit|miss}`: JWTs answered from the verified-token
+    /// cache, or verified.
+    pub jwt_cache: IntCounterVec,
     /// `token_jwks_keys{issuer}`: keys held per issuer of the policy in force (0: none usable).
     pub jwks_keys: IntGaugeVec,
 }
@@ -55,6 +58,12 @@ impl TokenMetrics {
                 "token_jwks_fetches_total",
                 "JWKS fetches, by issuer, trigger (initial, refresh, unknown_kid) and outcome",
                 &["issuer", "trigger", "outcome"],
+            )?,
+            jwt_cache: counter(
+                registry,
+                "token_jwt_cache_total",
+                "JWT bearer look-ups in the verified-token cache, by issuer and result (hit, or miss: verified)",
+                &["issuer", "result"],
             )?,
             jwks_keys: {
                 let g = IntGaugeVec::new(

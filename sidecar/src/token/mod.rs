@@ -20,6 +20,8 @@ mod strict_json;
 mod tests;
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -30,8 +32,23 @@ pub use jwks::KeysHealth;
 pub use jws::MAX_TOKEN_LEN;
 pub use metrics::TokenMetrics;
 
+use cache::DigestCache;
 use http::HttpClient;
 use issuer::Issuer;
+
+/// Verified JWTs kept (by digest) so a token seen again is not verified again; each holds about
+/// one token and its claims, so this bounds the cache near 2 MB. (Envoy's `jwt_cache_config`
+/// keeps 100 by default.)
+pub(crate) const VERIFIED_JWT_CACHE_ENTRIES: usize = 1024;
+
+/// A verified JWT, the issuer (index) that vouched for it and that issuer's key-set generation
+/// at the time: an entry from before a key change is verified again.
+#[derive(Clone)]
+struct VerifiedJwt {
+    auth: Arc<Authenticated>,
+    issuer: usize,
+    keys_generation: u64,
+}
 
 /// Runs every decoder of untrusted input in this module on `data`: the entry point for a fuzz
 /// target. Never panics; the results are discarded.
@@ -83,6 +100,7 @@ pub struct Validator {
     issuers: Vec<Issuer>,
     http: HttpClient,
     metrics: TokenMetrics,
+    verified: DigestCache<VerifiedJwt>,
 }
 
 impl Validator {
@@ -117,6 +135,7 @@ impl Validator {
             issuers: checked,
             http: HttpClient::new()?,
             metrics,
+            verified: DigestCache::new(VERIFIED_JWT_CACHE_ENTRIES),
         })
     }
 
@@ -138,7 +157,7 @@ impl Validator {
 
     /// `bearer` is the token from `Authorization: Bearer <token>`. Returns the JWT to forward and
     /// its effective claims.
-    pub async fn authenticate(&self, bearer: &str) -> Result<Authenticated, TokenError> {
+    pub async fn authenticate(&self, bearer: &str) -> Result<Arc<Authenticated>, TokenError> {
         let result = self.decide(bearer).await;
         let outcome = match &result {
             Ok(_) => "accepted",
@@ -154,33 +173,73 @@ impl Validator {
         result
     }
 
-    async fn decide(&self, bearer: &str) -> Result<Authenticated, TokenError> {
+    async fn decide(&self, bearer: &str) -> Result<Arc<Authenticated>, TokenError> {
         jws::check_bearer(bearer)?;
         if jws::looks_like_jws(bearer) {
             return self.verify_jwt(bearer).await;
         }
-        self.introspect(bearer).await
+        self.introspect(bearer).await.map(Arc::new)
     }
 
-    async fn verify_jwt(&self, bearer: &str) -> Result<Authenticated, TokenError> {
+    /// A JWT verified before (same bytes, its issuer's keys unchanged, not yet past `exp` +
+    /// skew) is answered from the cache: every check it passed gives the same answer until
+    /// then (the time checks only ever pass later, except `exp`).
+    async fn verify_jwt(&self, bearer: &str) -> Result<Arc<Authenticated>, TokenError> {
+        let key = introspect::token_key(bearer);
+        if let Some(hit) = self.verified.get(&key) {
+            let issuer = &self.issuers[hit.issuer];
+            issuer.refresh_keys_if_due(&self.http, &self.metrics).await;
+            if issuer.keys_generation() == hit.keys_generation {
+                self.count_cache(issuer, "hit");
+                return Ok(hit.auth);
+            }
+            self.verified.remove(&key);
+        }
         let decoded = jws::decode(bearer)?;
         let iss = decoded
             .unverified_iss()
             .ok_or_else(|| TokenError::invalid(InvalidReason::Issuer, "iss is missing"))?;
-        let issuer = self
+        let (index, issuer) = self
             .issuers
             .iter()
-            .find(|i| i.config.issuer == iss)
+            .enumerate()
+            .find(|(_, i)| i.config.issuer == iss)
             .ok_or_else(|| TokenError::NoMatchingIssuer {
                 iss: jws::truncate(iss),
             })?;
+        self.count_cache(issuer, "miss");
         let verified = issuer.verify(decoded, &self.http, &self.metrics).await?;
-        Ok(Authenticated {
+        let remaining = claims::numeric(&verified.claims, "exp")
+            .ok()
+            .flatten()
+            .map(|exp| exp + issuer.config.clock_skew.as_secs_f64() - claims::unix_now());
+        let auth = Arc::new(Authenticated {
             jwt: bearer.to_string(),
             claims: verified.claims,
             issuer: issuer.config.name.clone(),
             phantom: false,
-        })
+        });
+        // An RFC 9701 response presented as a bearer also ages out by its `iat`: not cached.
+        if let (None, Some(secs)) = (verified.response_iat, remaining) {
+            // A second's margin: a cached answer never outlives the one verification would give.
+            if secs > 1.0 {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs - 1.0);
+                let entry = VerifiedJwt {
+                    auth: auth.clone(),
+                    issuer: index,
+                    keys_generation: verified.keys_generation,
+                };
+                self.verified.insert(key, entry, deadline);
+            }
+        }
+        Ok(auth)
+    }
+
+    fn count_cache(&self, issuer: &Issuer, result: &str) {
+        self.metrics
+            .jwt_cache
+            .with_label_values(&[issuer.config.name.as_str(), result])
+            .inc();
     }
 
     /// Opaque token: asked of the one introspecting issuer (`Validator::new` refuses several).

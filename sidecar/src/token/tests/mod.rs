@@ -7,6 +7,7 @@ mod phantom;
 mod prefetch;
 mod robustness;
 mod throttle;
+mod verified_cache;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
