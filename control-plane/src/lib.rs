@@ -19,6 +19,7 @@ pub mod revocation;
 pub mod rotation;
 pub mod token_review;
 pub mod tokens;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

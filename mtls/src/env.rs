@@ -73,11 +73,24 @@ pub fn required(env: &dyn Env, name: &str) -> Result<String, EnvError> {
 pub fn parse_bool(env: &dyn Env, name: &str, default: bool) -> Result<bool, EnvError> {
     match env.var(name) {
         None => Ok(default),
-        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(EnvError::new(name, &v, "expected true or false")),
-        },
+        Some(v) => bool_value(&v).map_err(|e| EnvError::new(name, &v, e)),
+    }
+}
+
+/// `true`/`false` (also 1/0, yes/no, on/off), as every boolean setting reads them.
+pub fn bool_value(v: &str) -> Result<bool, &'static str> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false"),
+    }
+}
+
+/// The sidecar's `PQMESH_WORKER_THREADS`: 1 to 256 (the injector checks annotations with it).
+pub fn worker_threads(v: &str) -> Result<usize, &'static str> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if (1..=256).contains(&n) => Ok(n),
+        _ => Err("expected a whole number from 1 to 256"),
     }
 }
 
@@ -201,6 +214,10 @@ impl<'a> Settings<'a> {
     /// defaults is for `--help`; the environment is read through `env`).
     pub fn with_flags(mut self, matches: &clap::ArgMatches) -> Self {
         for setting in self.table.iter().flat_map(|t| t.iter()) {
+            // A subcommand's matches hold only its own settings (value_source panics on others).
+            if !matches.ids().any(|id| id.as_str() == setting.env) {
+                continue;
+            }
             if matches.value_source(setting.env) != Some(clap::parser::ValueSource::CommandLine) {
                 continue;
             }
@@ -218,7 +235,10 @@ impl<'a> Settings<'a> {
     }
 
     fn setting(&self, name: &str) -> Option<&Setting> {
-        self.table.iter().flat_map(|t| t.iter()).find(|s| s.env == name)
+        self.table
+            .iter()
+            .flat_map(|t| t.iter())
+            .find(|s| s.env == name)
     }
 }
 
@@ -227,10 +247,12 @@ impl Env for Settings<'_> {
         if let Some(v) = self.flags.get(name).filter(|v| !v.is_empty()) {
             return Some(v.clone());
         }
-        self.env.var(name).or_else(|| match self.setting(name)?.default {
-            DefaultValue::Value(v) if !v.is_empty() => Some(v.to_owned()),
-            _ => None,
-        })
+        self.env
+            .var(name)
+            .or_else(|| match self.setting(name)?.default {
+                DefaultValue::Value(v) if !v.is_empty() => Some(v.to_owned()),
+                _ => None,
+            })
     }
 }
 
@@ -245,7 +267,9 @@ pub fn unknown_variables<'n>(
         .into_iter()
         .filter(|n| n.starts_with("PQMESH_") && !known.contains(n))
         .map(|n| match closest(n, &known) {
-            Some(near) => format!("{n} is not a setting of this program and is ignored (did you mean {near}?)"),
+            Some(near) => format!(
+                "{n} is not a setting of this program and is ignored (did you mean {near}?)"
+            ),
             None => format!("{n} is not a setting of this program and is ignored"),
         })
         .collect()
@@ -337,7 +361,12 @@ mod tests {
             DefaultValue::Value("false"),
             "x",
         ),
-        Setting::value("PQMESH_ADMIN_ADDR", "admin-addr", DefaultValue::Value("a"), "x"),
+        Setting::value(
+            "PQMESH_ADMIN_ADDR",
+            "admin-addr",
+            DefaultValue::Value("a"),
+            "x",
+        ),
         Setting::value("PQMESH_TOKEN", "token", DefaultValue::Text("required"), "x"),
         Setting::switch("PQMESH_LOCAL_INIT", "init", "x"),
     ];
@@ -377,7 +406,11 @@ mod tests {
         assert_eq!(settings.var("PQMESH_ADMIN_ADDR").as_deref(), Some("flag"));
         assert_eq!(settings.var("PQMESH_ACCESS_LOG").as_deref(), Some("true"));
         assert_eq!(settings.var("PQMESH_LOCAL_INIT").as_deref(), Some("true"));
-        assert_eq!(settings.var("PQMESH_TOKEN"), None, "a described default is not a value");
+        assert_eq!(
+            settings.var("PQMESH_TOKEN"),
+            None,
+            "a described default is not a value"
+        );
         let empty: HashMap<String, String> = HashMap::new();
         let matches = clap::Command::new("t")
             .args(TABLE.iter().map(Setting::arg))

@@ -53,6 +53,17 @@ pub enum Format {
 /// error naming the variable (the daemon refuses to start rather than log in a surprising way).
 pub fn settings(env: &dyn Env) -> Result<(EnvFilter, String, Format), EnvError> {
     let directive = env.var("PQMESH_LOG").unwrap_or_else(|| "info".to_owned());
+    // EnvFilter reads a bare word as a target to trace; here it is nearly always a misspelt level.
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if let Some(word) = directive.split(',').map(str::trim).find(|d| {
+        !d.is_empty() && !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+    }) {
+        return Err(EnvError::new(
+            "PQMESH_LOG",
+            &directive,
+            format!("not a log filter: {word:?} is not a level (off, error, warn, info, debug, trace); a target's level is written target=level"),
+        ));
+    }
     let filter = EnvFilter::try_new(&directive)
         .map_err(|e| EnvError::new("PQMESH_LOG", &directive, format!("not a log filter: {e}")))?;
     let format = match env.var("PQMESH_LOG_FORMAT") {
@@ -82,6 +93,38 @@ pub fn init() {
     if let Err(e) = init_with(&env) {
         eprintln!("warning: {e}; logging at info level in text format");
         let _ = init_with(&std::collections::HashMap::new());
+    }
+}
+
+/// The logging settings, checked; [`Logging::install`] applies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    pub directive: String,
+    pub format: Format,
+}
+
+impl Logging {
+    pub fn from_env(env: &dyn Env) -> Result<Self, EnvError> {
+        let (_, directive, format) = settings(env)?;
+        Ok(Self { directive, format })
+    }
+
+    /// Installs the global subscriber (once; later calls do nothing).
+    pub fn install(&self) {
+        let env = std::collections::HashMap::from([
+            ("PQMESH_LOG".to_owned(), self.directive.clone()),
+            (
+                "PQMESH_LOG_FORMAT".to_owned(),
+                match self.format {
+                    Format::Text => "text",
+                    Format::Json => "json",
+                }
+                .to_owned(),
+            ),
+        ]);
+        if let Err(e) = init_with(&env) {
+            eprintln!("warning: {e}");
+        }
     }
 }
 
@@ -185,9 +228,19 @@ mod tests {
     fn bad_settings_name_the_variable() {
         let env = |k: &str, v: &str| HashMap::from([(k.to_owned(), v.to_owned())]);
         let e = settings(&env("PQMESH_LOG_FORMAT", "yaml")).unwrap_err();
-        assert_eq!(e.to_string(), "PQMESH_LOG_FORMAT=\"yaml\": expected text or json");
+        assert_eq!(
+            e.to_string(),
+            "PQMESH_LOG_FORMAT=\"yaml\": expected text or json"
+        );
         let e = settings(&env("PQMESH_LOG", "info,=x=")).unwrap_err();
-        assert!(e.to_string().starts_with("PQMESH_LOG=\"info,=x=\": not a log filter"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("PQMESH_LOG=\"info,=x=\": not a log filter"),
+            "{e}"
+        );
+        let e = settings(&env("PQMESH_LOG", "info,degub")).unwrap_err();
+        assert!(e.to_string().contains("\"degub\" is not a level"), "{e}");
+        assert!(settings(&env("PQMESH_LOG", "warn,pqmesh_sidecar=debug")).is_ok());
         let (_, d, f) = settings(&env("PQMESH_LOG_FORMAT", "JSON")).unwrap();
         assert_eq!((d.as_str(), f), ("info", Format::Json));
     }
