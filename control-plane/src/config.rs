@@ -381,27 +381,9 @@ impl Config {
     }
 }
 
-/// A listen error as one line naming the setting: `PQMESH_ADMIN_ADDR=0.0.0.0:15014: address
-/// in use (...)`.
+/// A listen error as one line naming the setting (see [`env::listen_error`]).
 pub fn listen_error(setting: &str, addr: SocketAddr, error: &std::io::Error) -> String {
-    let flag = TABLES
-        .iter()
-        .flat_map(|t| t.iter())
-        .find(|s| s.env == setting)
-        .map(|s| format!(" or --{}", s.flag))
-        .unwrap_or_default();
-    match error.kind() {
-        std::io::ErrorKind::AddrInUse => format!(
-            "{setting}={addr}: address in use (another process listens there; choose another address with {setting}{flag})"
-        ),
-        std::io::ErrorKind::AddrNotAvailable => format!(
-            "{setting}={addr}: address not available on this host (set {setting}{flag} to one of its addresses)"
-        ),
-        std::io::ErrorKind::PermissionDenied => format!(
-            "{setting}={addr}: permission denied (ports below 1024 need privileges; set {setting}{flag})"
-        ),
-        _ => format!("{setting}={addr}: cannot listen: {error}"),
-    }
+    env::listen_error(TABLES, setting, addr, error)
 }
 
 impl KubernetesSettings {

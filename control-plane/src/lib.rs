@@ -540,7 +540,7 @@ impl ServingCert {
                         return;
                     }
                     not_after = next;
-                    tracing::info!(names = ?self.names, "renewed a serving certificate");
+                    tracing::info!(names = %self.names.join(","), "renewed a serving certificate");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "serving certificate renewal failed; retrying in 10s");

@@ -256,6 +256,34 @@ impl Env for Settings<'_> {
     }
 }
 
+/// A listen error as one line naming the setting: `PQMESH_ADMIN_ADDR=0.0.0.0:15014: address
+/// in use (...)`.
+pub fn listen_error(
+    table: &[&[Setting]],
+    setting: &str,
+    addr: std::net::SocketAddr,
+    error: &std::io::Error,
+) -> String {
+    let flag = table
+        .iter()
+        .flat_map(|t| t.iter())
+        .find(|s| s.env == setting)
+        .map(|s| format!(" or --{}", s.flag))
+        .unwrap_or_default();
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "{setting}={addr}: address in use (another process listens there; choose another address with {setting}{flag})"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "{setting}={addr}: address not available on this host (set {setting}{flag} to one of its addresses)"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "{setting}={addr}: permission denied (ports below 1024 need privileges; set {setting}{flag})"
+        ),
+        _ => format!("{setting}={addr}: cannot listen: {error}"),
+    }
+}
+
 /// One warning per `PQMESH_*` variable in `names` that no table knows, with the closest known
 /// name when one is near (a typo is otherwise silently ignored).
 pub fn unknown_variables<'n>(
