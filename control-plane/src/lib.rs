@@ -19,6 +19,7 @@ pub mod revocation;
 pub mod rotation;
 pub mod token_review;
 pub mod tokens;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -539,7 +540,7 @@ impl ServingCert {
                         return;
                     }
                     not_after = next;
-                    tracing::info!(names = ?self.names, "renewed a serving certificate");
+                    tracing::info!(names = %self.names.join(","), "renewed a serving certificate");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "serving certificate renewal failed; retrying in 10s");

@@ -204,7 +204,7 @@ fn fingerprint_of(dir: &Path) -> Fingerprint {
         .collect()
 }
 
-fn load_secrets(path: &Path) -> Result<SecretTable, String> {
+pub(crate) fn load_secrets(path: &Path) -> Result<SecretTable, String> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SecretTable::default()),

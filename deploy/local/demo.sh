@@ -871,6 +871,7 @@ loopback_sidecar() { # name token-name admin inbound app allow labels [outbound 
         PQMESH_INBOUND_ADDR="$HOST:$inbound" \
         PQMESH_INBOUND_APP_ADDR="$HOST:$app" \
         PQMESH_INBOUND_ALLOW="$allow" \
+        PQMESH_POD_NAME="$name" \
         "${extra[@]}" \
         "$SIDECAR_BIN"
 }
@@ -1019,6 +1020,7 @@ netns_sidecar() { # pod allow-list [labels]
         PQMESH_BOOTSTRAP_TOKEN_FILE="$RUN_DIR/pod-$pod/token" \
         PQMESH_KEY_ALG="$KEY_ALG" \
         PQMESH_INBOUND_ALLOW="$2" \
+        PQMESH_POD_NAME="pod-$pod" \
         ${extra[@]+"${extra[@]}"} \
         "$BIN/pqmesh-sidecar"
 }

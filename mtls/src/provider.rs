@@ -26,6 +26,16 @@ impl KeyExchangePolicy {
     }
 }
 
+/// How logs and status show it: the groups offered, as the settings name them.
+impl std::fmt::Display for KeyExchangePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyExchangePolicy::HybridOnly => "hybrid-only",
+            KeyExchangePolicy::AllowClassical => "allow-classical",
+        })
+    }
+}
+
 /// Builds the provider for a key-exchange policy.
 pub fn crypto_provider(kx: KeyExchangePolicy) -> Arc<CryptoProvider> {
     use rustls::crypto::aws_lc_rs::kx_group;

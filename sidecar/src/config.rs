@@ -1,11 +1,105 @@
-//! Sidecar configuration from `PQMESH_*` variables, parsed once into a typed `Config`.
+//! Sidecar configuration: the command line (clap: the proxy, or `init`) and the settings
+//! (flags or `PQMESH_*` variables) of one table, parsed once into a typed `Config`.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use pqmesh_mtls::env::{self, Env, EnvError};
+use clap::{CommandFactory, FromArgMatches};
+use pqmesh_mtls::env::{self, DefaultValue, Env, EnvError, Setting, Settings};
 use pqmesh_mtls::{KeyAlgorithm, KeyExchangePolicy, PeerPattern, SpiffeId};
+
+/// The proxy's settings; `--help` and docs/configuration.md are generated from this table.
+pub const SETTINGS: &[Setting] = &[
+    Setting::value("PQMESH_CONTROL_PLANE_ADDR", "control-plane-addr", DefaultValue::Text("required"), "host:port of the control plane's gRPC port"),
+    Setting::value("PQMESH_CONTROL_PLANE_ID", "control-plane-id", DefaultValue::Text("`spiffe://<trust domain>/ns/pqmesh-system/sa/pqmesh-control-plane`"), "SPIFFE ID the control plane must present"),
+    Setting::value("PQMESH_TRUST_DOMAIN", "trust-domain", DefaultValue::Value("cluster.local"), "trust domain (for `ns/*` allow-list patterns and the control plane's default ID)"),
+    Setting::value("PQMESH_TRUST_BUNDLE", "trust-bundle", DefaultValue::Text("required"), "PEM file of the roots that authenticate the control plane before the first certificate"),
+    Setting::value("PQMESH_BOOTSTRAP_TOKEN_FILE", "bootstrap-token-file", DefaultValue::Text("this or PQMESH_BOOTSTRAP_TOKEN is required"), "file holding the workload's credential (re-read at every renewal; a projected service-account token in Kubernetes)"),
+    Setting::value("PQMESH_BOOTSTRAP_TOKEN", "bootstrap-token", DefaultValue::Text("this or PQMESH_BOOTSTRAP_TOKEN_FILE is required"), "the workload's credential inline (local mode; never shown in help or logs)"),
+    Setting::value("PQMESH_KEY_ALG", "key-alg", DefaultValue::Value("ecdsa-p256"), "workload key algorithm: ecdsa-p256, ml-dsa-44 or ml-dsa-65"),
+    Setting::value("PQMESH_ALLOW_CLASSICAL_KX", "allow-classical-kx", DefaultValue::Value("false"), "also offer and accept X25519 and P-256 key exchange (migration only)"),
+    Setting::value("PQMESH_INBOUND_ADDR", "inbound-addr", DefaultValue::Value("0.0.0.0:15006"), "inbound listener (iptables target); 0.0.0.0:P also listens on [::]:P unless the namespace has no IPv6"),
+    Setting::value("PQMESH_INBOUND_ALLOW", "inbound-allow", DefaultValue::Text("empty: refuse all"), "peers admitted without an AccessPolicy: comma list of SPIFFE IDs, `<ns>/<sa>` or `<ns>/*`; ignored once an AccessPolicy selects the workload"),
+    Setting::value("PQMESH_INBOUND_MODE", "inbound-mode", DefaultValue::Value("STRICT"), "STRICT refuses anything but mesh mTLS; PERMISSIVE also forwards plaintext (migrations)"),
+    Setting::value("PQMESH_INBOUND_PORTS", "inbound-ports", DefaultValue::Text("unset: every port"), "comma list: only these original destination ports are served (the injector sets the pod's container ports)"),
+    Setting::value("PQMESH_INBOUND_APP_ADDR", "inbound-app-addr", DefaultValue::Text("unset: refused"), "explicit mode: where connections that were not redirected go"),
+    Setting::value("PQMESH_OPAQUE_PORTS", "opaque-ports", DefaultValue::Value("25,587,3306,4444,5432,6379,9300,11211"), "app ports proxied as opaque TCP without protocol detection (server-first protocols)"),
+    Setting::value("PQMESH_OUTBOUND_ADDR", "outbound-addr", DefaultValue::Value("127.0.0.1:15001"), "outbound listener (iptables target); 127.0.0.1:P also listens on [::1]:P unless the namespace has no IPv6"),
+    Setting::value("PQMESH_OUTBOUND_UNMESHED", "outbound-unmeshed", DefaultValue::Value("passthrough"), "destinations that are not meshed: passthrough (plaintext) or refuse"),
+    Setting::value("PQMESH_OUTBOUND_PEER_ADDR", "outbound-peer-addr", DefaultValue::Text("unset: transparent mode"), "explicit mode: send every outbound connection to this peer sidecar"),
+    Setting::value("PQMESH_OUTBOUND_PEER_ID", "outbound-peer-id", DefaultValue::Text("required with PQMESH_OUTBOUND_PEER_ADDR"), "explicit mode: the SPIFFE ID that peer must present"),
+    Setting::value("PQMESH_WORKLOAD_LABELS", "workload-labels", DefaultValue::Text("empty"), "the workload's labels, `k=v,k2=v2` (AccessPolicy selectors match them)"),
+    Setting::value("PQMESH_POD_NAME", "pod-name", DefaultValue::Text("`$HOSTNAME`"), "shown in the control plane's `/policy_status`"),
+    Setting::value("PQMESH_ADMIN_ADDR", "admin-addr", DefaultValue::Value("127.0.0.1:15000"), "admin: `/live`, `/ready`, `/metrics`, `/logging`; from loopback only: `/config_dump`, `POST /logging`, `POST /shutdown`"),
+    Setting::value("PQMESH_DRAIN_TIMEOUT", "drain-timeout", DefaultValue::Value("20s"), "on SIGTERM or `POST /shutdown`: how long accepted connections may finish after the listeners closed"),
+    Setting::value("PQMESH_ACCESS_LOG", "access-log", DefaultValue::Value("false"), "one log line per HTTP request (target `pqmesh::access`: peer, method, path without query, status, decision, latency)"),
+    Setting::value("PQMESH_WORKER_THREADS", "worker-threads", DefaultValue::Value("1"), "threads of the proxy, 1 to 256: 1 runs everything on one thread; N > 1 a multi-thread scheduler with N workers"),
+    Setting::value("PQMESH_APP_PROBES", "app-probes", DefaultValue::Text("unset: none"), "set by the injector: the app's HTTP probes moved to the admin port (JSON)"),
+];
+
+/// Every table the sidecar reads.
+pub const TABLES: &[&[Setting]] = &[SETTINGS, pqmesh_mtls::logging::SETTINGS];
+
+/// `pqmesh-sidecar`: the proxy (settings below) or `init`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "pqmesh-sidecar",
+    version,
+    about = "pqmesh sidecar: hybrid post-quantum mTLS proxy for one workload, with token and access policies",
+    args_conflicts_with_subcommands = true,
+    after_help = "Without a subcommand it runs the proxy. Every setting is a flag or a PQMESH_* variable; a flag wins. Reference: docs/configuration.md"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Subcommand {
+    Init(crate::init::InitArgs),
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    Proxy(Box<Config>),
+    Init(crate::init::InitConfig),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Init(#[from] crate::init::InitError),
+    /// `--help`, `--version` or a malformed command line: clap prints it (and exits 0 or 2).
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+}
+
+pub fn command() -> clap::Command {
+    Cli::command().args(TABLES.iter().flat_map(|t| t.iter()).map(Setting::arg))
+}
+
+/// Parses the command line (`args` without the program name) and the settings.
+pub fn parse<I, T>(args: I, env: &dyn Env) -> Result<Invocation, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv =
+        std::iter::once(OsString::from("pqmesh-sidecar")).chain(args.into_iter().map(Into::into));
+    let matches = command().try_get_matches_from(argv)?;
+    match Cli::from_arg_matches(&matches)?.command {
+        Some(Subcommand::Init(a)) => Ok(Invocation::Init(crate::init::InitConfig::from_parsed(a)?)),
+        None => {
+            let settings = Settings::new(TABLES, env).with_flags(&matches);
+            Ok(Invocation::Proxy(Box::new(Config::from_env(&settings)?)))
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,6 +138,10 @@ pub struct Config {
     pub access_log: bool,
     /// `PQMESH_APP_PROBES`: the app's probes the injector moved to the admin port.
     pub app_probes: crate::app_probe::ProbeTable,
+    /// `PQMESH_WORKER_THREADS` (see main.rs for why 1 is the default).
+    pub worker_threads: usize,
+    /// `PQMESH_LOG`, `PQMESH_LOG_FORMAT`: installed by the binary.
+    pub logging: pqmesh_mtls::logging::Logging,
 }
 
 /// Default drain deadline: Kubernetes' default grace period is 30 s, so this leaves room.
@@ -57,6 +155,16 @@ pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300
 pub enum InboundMode {
     Strict,
     Permissive,
+}
+
+/// As the setting spells it (logs and status show this, not the Rust name).
+impl std::fmt::Display for InboundMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InboundMode::Strict => "STRICT",
+            InboundMode::Permissive => "PERMISSIVE",
+        })
+    }
 }
 
 impl std::str::FromStr for InboundMode {
@@ -254,7 +362,32 @@ impl Config {
             trust_domain,
             drain_timeout: env::duration_or(env, "PQMESH_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT)?,
             access_log: env::parse_bool(env, "PQMESH_ACCESS_LOG", false)?,
+            worker_threads: match env.var("PQMESH_WORKER_THREADS") {
+                None => 1,
+                Some(v) => env::worker_threads(&v)
+                    .map_err(|e| EnvError::new("PQMESH_WORKER_THREADS", &v, e))?,
+            },
+            logging: pqmesh_mtls::logging::Logging::from_env(env)?,
         })
+    }
+}
+
+impl Config {
+    /// The setting that chose `addr` (or whose IPv6 twin it is), for a listen error that names
+    /// what to change.
+    pub fn setting_of_addr(&self, addr: SocketAddr) -> Option<&'static str> {
+        let outbound = match &self.outbound {
+            Outbound::Transparent { listen, .. } => *listen,
+            Outbound::Explicit(t) => t.listen,
+        };
+        [
+            ("PQMESH_INBOUND_ADDR", self.inbound_addr),
+            ("PQMESH_OUTBOUND_ADDR", outbound),
+            ("PQMESH_ADMIN_ADDR", self.admin_addr),
+        ]
+        .into_iter()
+        .find(|(_, a)| *a == addr || crate::listen::ipv6_twin(*a) == Some(addr))
+        .map(|(name, _)| name)
     }
 }
 

@@ -515,7 +515,7 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
         }
         Err(e) => {
             let why = crate::delivery::unreachable_in(&e).map(|u| u.to_string());
-            tracing::info!(target = %ctx.target, error = %e, unreachable = ?why, "app request failed");
+            tracing::info!(target = %ctx.target, error = %e, unreachable = why.as_deref().unwrap_or("no"), "app request failed");
             ctx.metrics
                 .requests
                 .with_label_values(&[ctx.direction, "app_unreachable"])
@@ -566,7 +566,7 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
         .policy
         .check_peer(port, ctx.peer.as_ref(), &ctx.trust_domain)
     {
-        tracing::info!(peer = ?ctx.peer.as_ref().map(|p| p.to_string()), reason = d.reason(), "request denied by policy");
+        tracing::info!(peer = %ctx.peer.as_ref().map_or_else(|| "none".to_owned(), |p| p.to_string()), reason = d.reason(), "request denied by policy");
         let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
         return Err(deny(
             status,
@@ -654,7 +654,7 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
                 }
                 _ => d.www_authenticate(),
             };
-            tracing::info!(peer = ?ctx.peer.as_ref().map(|p| p.to_string()), reason = d.reason(), status = d.status(), "request denied by policy");
+            tracing::info!(peer = %ctx.peer.as_ref().map_or_else(|| "none".to_owned(), |p| p.to_string()), reason = d.reason(), status = d.status(), "request denied by policy");
             Err(deny(
                 status,
                 d.reason(),

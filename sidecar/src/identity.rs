@@ -208,7 +208,7 @@ pub async fn maintain<C: Certifier>(
                     spiffe_id = %tls.creds.id,
                     serial = %tls.creds.serial_hex,
                     ca_version = %tls.ca_version,
-                    not_after = %pqmesh_mtls::x509::unix_seconds(tls.creds.not_after),
+                    not_after = pqmesh_mtls::x509::unix_seconds(tls.creds.not_after),
                     "certificate issued"
                 );
                 let _ = tx.send(Some(tls));

@@ -363,8 +363,10 @@ pub async fn start_with(
         addr: config.admin_addr,
         source,
     })?;
-    tracing::info!(%inbound_addr, %outbound_addr, ?inbound_addr_v6, ?outbound_addr_v6, %admin_addr, control_plane = %config.control_plane_addr,
-        kx = ?config.kx, key_alg = %config.key_alg, inbound_mode = ?config.inbound_mode, "sidecar started");
+    let or_none = |a: Option<SocketAddr>| a.map_or_else(|| "none".to_owned(), |a| a.to_string());
+    tracing::info!(%inbound_addr, %outbound_addr, inbound_addr_v6 = %or_none(inbound_addr_v6),
+        outbound_addr_v6 = %or_none(outbound_addr_v6), %admin_addr, control_plane = %config.control_plane_addr,
+        kx = %config.kx, key_alg = %config.key_alg, inbound_mode = %config.inbound_mode, "sidecar started");
     Ok(RunningSidecar {
         inbound_addr,
         outbound_addr: Some(outbound_addr),

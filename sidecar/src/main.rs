@@ -1,12 +1,40 @@
-//! `pqmesh-sidecar`: the proxy (configured through `PQMESH_*` variables), or
-//! `pqmesh-sidecar init [...]`, the init container's iptables set-up.
+//! `pqmesh-sidecar`: the proxy (configured through flags or `PQMESH_*` variables), or
+//! `pqmesh-sidecar init [...]`, the init container's iptables set-up. Parsing is in config.rs.
 
-use anyhow::Context;
+use std::process::ExitCode;
+
 use pqmesh_mtls::env::ProcessEnv;
-use pqmesh_sidecar::config::Config;
-use pqmesh_sidecar::init;
+use pqmesh_sidecar::config::{self, CliError, Config, Invocation};
+use pqmesh_sidecar::{init, StartError};
 
-/// Worker threads of the proxy's runtime, from `PQMESH_WORKER_THREADS` (default 1).
+/// Exit codes: 1 for a failure while running, 2 for a bad command line or setting.
+const FAILED: u8 = 1;
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    match config::parse(std::env::args_os().skip(1), &ProcessEnv) {
+        // --help and --version also arrive here: clap prints them and exits 0.
+        Err(CliError::Cli(e)) => e.exit(),
+        Err(e) => fail(USAGE, &e.to_string()),
+        Ok(Invocation::Init(c)) => match init::run(&c) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            // One line: it is what `kubectl describe pod` shows of a failed init container.
+            Err(e) => fail(FAILED, &e.to_string()),
+        },
+        Ok(Invocation::Proxy(c)) => proxy(*c),
+    }
+}
+
+/// One line on stderr (never anyhow's `{:?}`, which appends a backtrace under RUST_BACKTRACE).
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("pqmesh-sidecar: error: {message}");
+    ExitCode::from(code)
+}
+
+/// Worker threads of the proxy's runtime, `PQMESH_WORKER_THREADS` (default 1).
 ///
 /// One thread (tokio's current-thread scheduler) is the default, as Linkerd's proxy defaults to
 /// one core: a sidecar mostly waits, and with one thread every event is handled on the thread it
@@ -14,79 +42,55 @@ use pqmesh_sidecar::init;
 /// (docs/benchmarks.md has the before/after). A workload whose sidecar needs more than one core
 /// sets N > 1: a multi-thread scheduler with N workers. Admin endpoints run on a thread of their
 /// own either way, so a scrape never waits for the data plane.
-fn worker_threads(value: Option<&str>) -> anyhow::Result<usize> {
-    match value {
-        None => Ok(1),
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=256).contains(&n) => Ok(n),
-            _ => {
-                anyhow::bail!("PQMESH_WORKER_THREADS={v:?}: expected a whole number from 1 to 256")
-            }
-        },
+fn proxy(config: Config) -> ExitCode {
+    config.logging.install();
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    for warning in
+        pqmesh_mtls::env::unknown_variables(names.iter().map(String::as_str), config::TABLES)
+    {
+        tracing::warn!("{warning}");
     }
-}
-
-fn main() -> anyhow::Result<()> {
-    let threads = worker_threads(std::env::var("PQMESH_WORKER_THREADS").ok().as_deref())?;
-    let runtime = if threads == 1 {
+    let runtime = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
+            .worker_threads(config.worker_threads)
             .enable_all()
-            .build()?
+            .build()
     };
-    runtime.block_on(run())
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => return fail(FAILED, &format!("tokio runtime: {e}")),
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(FAILED, &message),
+    }
 }
 
-async fn run() -> anyhow::Result<()> {
-    pqmesh_mtls::logging::init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("init") => {
-            match init::InitConfig::from_args(&args[1..]).and_then(|c| init::run(&c)) {
-                Ok(text) => print!("{text}"),
-                // One line (no error chain): it is what `kubectl describe pod` shows of a
-                // failed init container.
-                Err(e) => {
-                    eprintln!("Error: {e}");
-                    std::process::exit(1);
-                }
-            }
-            return Ok(());
-        }
-        Some(other) => anyhow::bail!(
-            "unknown argument {other:?}: run `pqmesh-sidecar` (configured through PQMESH_* variables, see README.md) or `pqmesh-sidecar init --help`"
-        ),
-        None => {}
-    }
+async fn run(config: Config) -> Result<(), String> {
     pqmesh_mtls::provider::install_default();
-    let config = Config::from_env(&ProcessEnv)?;
-    let running = pqmesh_sidecar::start(config)
-        .await
-        .context("sidecar failed to start")?;
+    let running = match pqmesh_sidecar::start(config.clone()).await {
+        Ok(r) => r,
+        Err(StartError::Bind { addr, source }) if config.setting_of_addr(addr).is_some() => {
+            let setting = config.setting_of_addr(addr).unwrap_or_default();
+            return Err(pqmesh_mtls::env::listen_error(
+                config::TABLES,
+                setting,
+                addr,
+                &source,
+            ));
+        }
+        Err(e) => return Err(format!("sidecar failed to start: {e}")),
+    };
     tokio::select! {
         _ = pqmesh_mtls::logging::terminate_signal() => tracing::info!("signal received, shutting down"),
         _ = running.shutdown_requested() => tracing::info!("shutdown requested via admin API"),
     }
     running.shutdown().await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::worker_threads;
-
-    #[test]
-    fn worker_threads_default_to_one_and_refuse_nonsense() {
-        assert_eq!(worker_threads(None).unwrap(), 1);
-        assert_eq!(worker_threads(Some("4")).unwrap(), 4);
-        assert_eq!(worker_threads(Some(" 2 ")).unwrap(), 2);
-        for bad in ["0", "-1", "two", "", "257", "1.5"] {
-            let e = worker_threads(Some(bad)).unwrap_err().to_string();
-            assert!(e.contains("PQMESH_WORKER_THREADS"), "{bad:?}: {e}");
-        }
-    }
 }

@@ -256,7 +256,7 @@ impl Outbound {
                 .map_err(|e| format!("HTTP/2 from the app to {service}: {e}"));
         }
         let (upstream, _in_flight, endpoint) = self.connect_balanced(service, &endpoints).await?;
-        tracing::debug!(%service, endpoint = %endpoint.addr, identity = ?endpoint.identity.as_ref().map(|i| i.to_string()), "balanced connection");
+        tracing::debug!(%service, endpoint = %endpoint.addr, identity = %endpoint.identity.as_ref().map_or_else(|| "none".to_owned(), |i| i.to_string()), "balanced connection");
         self.relay_watched(upstream, app).await;
         Ok(())
     }

@@ -333,7 +333,7 @@ impl Inbound {
             .borrow()
             .covers(&peer, hs.peer_serial.as_deref())
         {
-            tracing::warn!(%remote, peer = %peer, serial = ?hs.peer_serial, "revoked peer refused");
+            tracing::warn!(%remote, peer = %peer, serial = hs.peer_serial.as_deref().unwrap_or("unknown"), "revoked peer refused");
             return self.deny("denied_revoked", "peer identity or certificate is revoked");
         }
         tracing::debug!(%remote, peer = %peer, group = %hs.group, target = %target.addr(), "inbound connection allowed");
@@ -425,7 +425,7 @@ impl Inbound {
                             .connections
                             .with_label_values(&["inbound", "denied_policy"])
                             .inc();
-                        tracing::info!(peer = ?ctx.peer.as_ref().map(|p| p.to_string()), reason = d.reason(), "TCP connection denied by policy");
+                        tracing::info!(peer = %ctx.peer.as_ref().map_or_else(|| "none".to_owned(), |p| p.to_string()), reason = d.reason(), "TCP connection denied by policy");
                         return;
                     }
                     self.metrics

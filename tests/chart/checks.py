@@ -195,6 +195,9 @@ def common_expectations(docs, ns, errors):
     }.items():
         if env.get(k) != v:
             errors.append(f"env {k}={env.get(k)!r}, expected {v!r}")
+    # Injected sidecars log JSON for kubectl logs unless the values say otherwise.
+    if env.get("PQMESH_SIDECAR_LOG_FORMAT") not in ("json", "text") or env.get("PQMESH_SIDECAR_WORKER_THREADS") is None:
+        errors.append(f"sidecar log format / worker threads not passed to the injector: {env.get('PQMESH_SIDECAR_LOG_FORMAT')!r}")
     if env.get("POD_NAMESPACE") != {"fieldRef": {"fieldPath": "metadata.namespace"}}:
         errors.append(f"POD_NAMESPACE is {env.get('POD_NAMESPACE')!r}")
     if env.get("PQMESH_SIDECAR_CONTROL_PLANE_ADDR") != f"pqmesh-control-plane.{ns}.svc:15012":
@@ -328,6 +331,10 @@ def check_custom(docs, ns):
             "PQMESH_SIDECAR_EXCLUDE_INBOUND_PORTS": "9090",
             "PQMESH_SIDECAR_EXCLUDE_OUTBOUND_PORTS": "5432,6379",
             "PQMESH_SIDECAR_RESOURCES": '{"limits":{"memory":"128Mi"},"requests":{"cpu":"20m","memory":"32Mi"}}',
+            "PQMESH_SIDECAR_LOG": "info,pqmesh_sidecar=debug",
+            "PQMESH_SIDECAR_LOG_FORMAT": "text",
+            "PQMESH_SIDECAR_ACCESS_LOG": "true",
+            "PQMESH_SIDECAR_WORKER_THREADS": "2",
             "EXTRA_THING": "yes",
         }.items():
             if env.get(k) != v:

@@ -158,6 +158,10 @@ check "schema rejects an unknown CA algorithm (mesh.caKeyAlgorithm=rsa)" \
   rejected "caKeyAlgorithm" --set mesh.caKeyAlgorithm=rsa
 check "schema rejects a port out of range (sidecar.excludeInboundPorts={70000})" \
   rejected "excludeInboundPorts" --set 'sidecar.excludeInboundPorts={70000}'
+check "schema rejects a sidecar log format other than json or text (sidecar.logFormat=yaml)" \
+  rejected "logFormat" --set sidecar.logFormat=yaml
+check "schema rejects sidecar.workerThreads=0" \
+  rejected "workerThreads" --set sidecar.workerThreads=0
 check "template rejects a PodDisruptionBudget that blocks drains (minAvailable >= replicas)" \
   rejected "must be below replicaCount" --set podDisruptionBudget.minAvailable=2
 

@@ -5,11 +5,28 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pqmesh_mtls::env::{self, Env, EnvError};
+use pqmesh_mtls::env::{self, DefaultValue, Env, EnvError, Setting};
 use pqmesh_mtls::SpiffeId;
 use serde_json::{json, Map, Value};
 
 use super::syntax;
+
+/// What the webhook injects; the chart sets these from its `sidecar:` values.
+pub const SETTINGS: &[Setting] = &[
+    Setting::value("PQMESH_SIDECAR_IMAGE", "sidecar-image", DefaultValue::Text("`pqmesh:<version>`"), "image of the injected pqmesh-init and pqmesh-proxy containers"),
+    Setting::value("PQMESH_SIDECAR_IMAGE_PULL_POLICY", "sidecar-image-pull-policy", DefaultValue::Value("IfNotPresent"), "imagePullPolicy of the injected containers: Always, IfNotPresent or Never"),
+    Setting::value("PQMESH_SIDECAR_CONTROL_PLANE_ADDR", "sidecar-control-plane-addr", DefaultValue::Text("`pqmesh-control-plane.<PQMESH_NAMESPACE>.svc:15012`"), "host:port injected sidecars dial"),
+    Setting::value("PQMESH_TRUST_BUNDLE_CONFIGMAP", "trust-bundle-configmap", DefaultValue::Value("pqmesh-trust-bundle"), "ConfigMap (in each meshed namespace) holding `trust-bundle.pem`, which injected sidecars mount"),
+    Setting::value("PQMESH_SIDECAR_TOKEN_EXPIRY", "sidecar-token-expiry", DefaultValue::Value("1h"), "lifetime of the projected token injected sidecars present to Certify, at least 10m"),
+    Setting::value("PQMESH_SIDECAR_RESOURCES", "sidecar-resources", DefaultValue::Text("`{\"requests\":{\"cpu\":\"10m\",\"memory\":\"16Mi\"},\"limits\":{\"memory\":\"128Mi\"}}`"), "ResourceRequirements (JSON) of the injected containers; per pod: annotations pqmesh.io/proxy-cpu, -cpu-limit, -memory, -memory-limit"),
+    Setting::value("PQMESH_SIDECAR_EXCLUDE_OUTBOUND_CIDRS", "sidecar-exclude-outbound-cidrs", DefaultValue::Value(""), "mesh-wide: comma list of addresses/CIDRs the app reaches directly (merged with pqmesh.io/exclude-outbound-cidrs)"),
+    Setting::value("PQMESH_SIDECAR_EXCLUDE_INBOUND_PORTS", "sidecar-exclude-inbound-ports", DefaultValue::Value(""), "mesh-wide: inbound ports that bypass the sidecar (merged with pqmesh.io/exclude-inbound-ports)"),
+    Setting::value("PQMESH_SIDECAR_EXCLUDE_OUTBOUND_PORTS", "sidecar-exclude-outbound-ports", DefaultValue::Value(""), "mesh-wide: destination ports the app reaches directly (merged with pqmesh.io/exclude-outbound-ports)"),
+    Setting::value("PQMESH_SIDECAR_LOG", "sidecar-log", DefaultValue::Value("info"), "PQMESH_LOG of injected sidecars; per pod: annotation pqmesh.io/log-level"),
+    Setting::value("PQMESH_SIDECAR_LOG_FORMAT", "sidecar-log-format", DefaultValue::Value("json"), "PQMESH_LOG_FORMAT of injected sidecars (text or json); per pod: pqmesh.io/log-format"),
+    Setting::value("PQMESH_SIDECAR_ACCESS_LOG", "sidecar-access-log", DefaultValue::Value("false"), "PQMESH_ACCESS_LOG of injected sidecars; per pod: pqmesh.io/access-log"),
+    Setting::value("PQMESH_SIDECAR_WORKER_THREADS", "sidecar-worker-threads", DefaultValue::Value("1"), "PQMESH_WORKER_THREADS of injected sidecars (1 to 256); per pod: pqmesh.io/worker-threads"),
+];
 
 /// Projected service-account tokens must live at least 10 minutes (API server validation).
 const MIN_TOKEN_EXPIRY: i64 = 600;
@@ -41,6 +58,55 @@ pub struct InjectConfig {
     pub exclude_outbound_ports: Vec<u16>,
     /// Written to the `pqmesh.io/injected` annotation.
     pub version: String,
+    /// The injected sidecar's log, access-log and thread settings (per pod: annotations).
+    pub proxy: ProxySettings,
+}
+
+/// Settings of the injected sidecar that a pod's annotations may override, as the sidecar's
+/// `PQMESH_*` values (each checked with the parser the sidecar uses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    pub log: String,
+    pub log_format: String,
+    pub access_log: bool,
+    pub worker_threads: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            log: "info".to_owned(),
+            log_format: "json".to_owned(),
+            access_log: false,
+            worker_threads: 1,
+        }
+    }
+}
+
+impl ProxySettings {
+    pub fn check_log(v: &str) -> Result<String, String> {
+        let env = std::collections::HashMap::from([("PQMESH_LOG".to_owned(), v.to_owned())]);
+        pqmesh_mtls::logging::settings(&env)
+            .map(|_| v.trim().to_owned())
+            .map_err(|e| e.reason)
+    }
+
+    pub fn check_log_format(v: &str) -> Result<String, String> {
+        let env = std::collections::HashMap::from([("PQMESH_LOG_FORMAT".to_owned(), v.to_owned())]);
+        pqmesh_mtls::logging::settings(&env)
+            .map(|_| v.trim().to_ascii_lowercase())
+            .map_err(|e| e.reason)
+    }
+
+    /// The sidecar container's variables.
+    pub fn env(&self) -> [Value; 4] {
+        [
+            json!({"name": "PQMESH_LOG", "value": self.log}),
+            json!({"name": "PQMESH_LOG_FORMAT", "value": self.log_format}),
+            json!({"name": "PQMESH_ACCESS_LOG", "value": self.access_log.to_string()}),
+            json!({"name": "PQMESH_WORKER_THREADS", "value": self.worker_threads.to_string()}),
+        ]
+    }
 }
 
 /// A Kubernetes `ResourceRequirements` (requests and limits only), copied into both containers.
@@ -147,6 +213,7 @@ impl InjectConfig {
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             version: super::VERSION.to_owned(),
+            proxy: ProxySettings::default(),
         }
     }
 
@@ -232,6 +299,23 @@ impl InjectConfig {
                     e,
                 )
             })?;
+        let checked = |name: &str, check: fn(&str) -> Result<String, String>| {
+            env.var(name)
+                .map(|v| check(&v).map_err(|e| EnvError::new(name, &v, e)))
+                .transpose()
+        };
+        if let Some(v) = checked("PQMESH_SIDECAR_LOG", ProxySettings::check_log)? {
+            cfg.proxy.log = v;
+        }
+        if let Some(v) = checked("PQMESH_SIDECAR_LOG_FORMAT", ProxySettings::check_log_format)? {
+            cfg.proxy.log_format = v;
+        }
+        cfg.proxy.access_log =
+            env::parse_bool(env, "PQMESH_SIDECAR_ACCESS_LOG", cfg.proxy.access_log)?;
+        if let Some(v) = env.var("PQMESH_SIDECAR_WORKER_THREADS") {
+            cfg.proxy.worker_threads = env::worker_threads(&v)
+                .map_err(|e| EnvError::new("PQMESH_SIDECAR_WORKER_THREADS", &v, e))?;
+        }
         cfg.exclude_outbound_ports = syntax::ports(&list("PQMESH_SIDECAR_EXCLUDE_OUTBOUND_PORTS"))
             .map_err(|e| {
                 EnvError::new(
@@ -349,6 +433,26 @@ mod tests {
         assert_eq!(c.exclude_outbound_cidrs, vec!["169.254.169.254/32"]);
         assert_eq!(c.exclude_inbound_ports, vec![9090]);
         assert_eq!(c.trust_bundle_configmap, "mesh-roots");
+        assert_eq!(c.proxy, ProxySettings::default(), "json at info by default");
+        let c = InjectConfig::from_env(
+            &env(&[
+                ("PQMESH_SIDECAR_LOG", "debug"),
+                ("PQMESH_SIDECAR_LOG_FORMAT", "Text"),
+                ("PQMESH_SIDECAR_ACCESS_LOG", "true"),
+                ("PQMESH_SIDECAR_WORKER_THREADS", "2"),
+            ]),
+            &cp(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.proxy,
+            ProxySettings {
+                log: "debug".into(),
+                log_format: "text".into(),
+                access_log: true,
+                worker_threads: 2
+            }
+        );
     }
 
     #[test]
@@ -389,6 +493,10 @@ mod tests {
                 "IPv6",
             ),
             ("PQMESH_SIDECAR_EXCLUDE_OUTBOUND_PORTS", "0", "TCP port"),
+            ("PQMESH_SIDECAR_LOG", "info,=x=", "not a log filter"),
+            ("PQMESH_SIDECAR_LOG_FORMAT", "yaml", "text or json"),
+            ("PQMESH_SIDECAR_ACCESS_LOG", "sometimes", "true or false"),
+            ("PQMESH_SIDECAR_WORKER_THREADS", "0", "1 to 256"),
         ];
         for (name, value, want) in cases {
             let err = InjectConfig::from_env(&env(&[(name, value)]), &cp())

@@ -12,6 +12,7 @@
 
 mod config;
 mod metrics;
+mod overrides;
 mod patch;
 mod pod;
 mod probes;
@@ -19,7 +20,7 @@ mod review;
 mod server;
 mod syntax;
 
-pub use config::{InjectConfig, ProxyResources};
+pub use config::{InjectConfig, ProxyResources, ProxySettings, SETTINGS};
 pub use metrics::InjectMetrics;
 pub use patch::{diff, escape_pointer_token, PatchOp};
 pub use pod::{inject_pod, plan, Decision, InjectError, Plan, SkipReason};
@@ -36,6 +37,8 @@ pub const INJECTED_ANNOTATION: &str = "pqmesh.io/injected";
 pub const EXCLUDE_OUTBOUND_CIDRS_ANNOTATION: &str = "pqmesh.io/exclude-outbound-cidrs";
 pub const EXCLUDE_INBOUND_PORTS_ANNOTATION: &str = "pqmesh.io/exclude-inbound-ports";
 pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "pqmesh.io/exclude-outbound-ports";
+/// Per-pod overrides of the injected sidecar's settings (see `overrides`).
+pub use overrides::ANNOTATIONS as PROXY_ANNOTATIONS;
 
 pub const INIT_CONTAINER: &str = "pqmesh-init";
 pub const PROXY_CONTAINER: &str = "pqmesh-proxy";

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use super::patch::{diff, PatchOp};
-use super::{syntax, InjectConfig};
+use super::{syntax, InjectConfig, ProxyResources, ProxySettings};
 use super::{
     ADMIN_PORT, EXCLUDE_INBOUND_PORTS_ANNOTATION, EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
     EXCLUDE_OUTBOUND_PORTS_ANNOTATION, INBOUND_PORT, INIT_CONTAINER, INJECTED_ANNOTATION,
@@ -254,6 +254,7 @@ pub fn plan(
     }
 
     let exclusions = Exclusions::from_annotations(&annotations, cfg)?;
+    let (proxy, resources) = super::overrides::apply(&annotations, cfg)?;
     let mut inbound_ports = declared_ports(&containers, "spec.containers")?;
     let sidecars: Vec<_> = init_containers
         .iter()
@@ -270,8 +271,15 @@ pub fn plan(
         super::probes::rewrite(&containers, &exclusions.inbound_ports);
 
     let mut inits = vec![
-        init_container(cfg, &exclusions),
-        proxy_container(cfg, &workload_labels, &inbound_ports, &app_probes),
+        init_container(cfg, &exclusions, &resources),
+        proxy_container(
+            cfg,
+            &workload_labels,
+            &inbound_ports,
+            &app_probes,
+            &proxy,
+            &resources,
+        ),
     ];
     inits.extend(
         init_containers
@@ -527,7 +535,7 @@ fn join<T: ToString>(items: &[T]) -> String {
 
 /// `pqmesh-init`: installs the interception rules, then exits. Root with NET_ADMIN and NET_RAW
 /// only (iptables needs both), everything else dropped.
-fn init_container(cfg: &InjectConfig, ex: &Exclusions) -> Value {
+fn init_container(cfg: &InjectConfig, ex: &Exclusions, resources: &ProxyResources) -> Value {
     let mut args = vec![
         "init".to_owned(),
         "--proxy-uid".to_owned(),
@@ -553,7 +561,7 @@ fn init_container(cfg: &InjectConfig, ex: &Exclusions) -> Value {
         "imagePullPolicy": cfg.pull_policy,
         "command": [SIDECAR_BINARY],
         "args": args,
-        "resources": cfg.resources.to_json(),
+        "resources": resources.to_json(),
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
@@ -576,6 +584,8 @@ fn proxy_container(
     workload_labels: &str,
     inbound_ports: &[u16],
     app_probes: &BTreeMap<String, Value>,
+    proxy: &ProxySettings,
+    resources: &ProxyResources,
 ) -> Value {
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
@@ -596,6 +606,7 @@ fn proxy_container(
         // The kubelet probes the pod IP; POST /shutdown stays loopback-only in the sidecar.
         json!({"name": "PQMESH_ADMIN_ADDR", "value": format!("0.0.0.0:{ADMIN_PORT}")}),
     ];
+    env.extend(proxy.env());
     if !inbound_ports.is_empty() {
         env.push(json!({"name": "PQMESH_INBOUND_PORTS", "value": join(inbound_ports)}));
     }
@@ -620,7 +631,7 @@ fn proxy_container(
         "startupProbe": probe("/ready", 1, 300),
         "readinessProbe": probe("/ready", 5, 3),
         "livenessProbe": probe("/live", 10, 3),
-        "resources": cfg.resources.to_json(),
+        "resources": resources.to_json(),
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"]},

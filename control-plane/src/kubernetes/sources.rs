@@ -414,7 +414,7 @@ pub fn endpoint_table(stores: &WorkloadStores, trust_domain: &str) -> EndpointTa
             by_ip.insert(ip, id.clone());
             if let Some(id) = &id {
                 if let Err(e) = table.insert(ip, None, id.clone()) {
-                    tracing::warn!(error = %e, pod = ?pod.metadata.name, "pod IP left out of discovery");
+                    tracing::warn!(error = %e, pod = pod.metadata.name.as_deref().unwrap_or_default(), "pod IP left out of discovery");
                 }
             }
         }

@@ -86,7 +86,7 @@ pub fn spawn_status_writer(
                         };
                         match api.patch_status(name, &params, &json_patch(patch)).await {
                             Ok(_) => {
-                                tracing::info!(object = %format!("{kind} {ns}/{name}"), replicas = ?gone, "removed the status entries of gone replicas")
+                                tracing::info!(object = %format!("{kind} {ns}/{name}"), replicas = %gone.join(","), "removed the status entries of gone replicas")
                             }
                             Err(e) => {
                                 tracing::debug!(error = %e, "status entries of gone replicas not removed (someone else did, or will)")

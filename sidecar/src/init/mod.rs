@@ -60,78 +60,98 @@ pub enum InitError {
     },
 }
 
-pub const USAGE: &str = "usage: pqmesh-sidecar init [--dry-run | --remove] [--proxy-uid 1337] \
-[--outbound-port 15001] [--inbound-port 15006] [--exclude-inbound-ports P,..] \
-[--exclude-outbound-ports P,..] [--exclude-outbound-cidrs CIDR,.. (IPv4 or IPv6)] \
-[--iptables PATH] [--ip6tables PATH]";
+/// `pqmesh-sidecar init`: its flags, with their defaults (what the injector passes is in
+/// control-plane/src/inject/pod.rs).
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+#[command(
+    about = "Install the pod's interception rules (iptables and ip6tables nat chains PQMESH_INBOUND and PQMESH_OUTPUT), then exit: what the injected pqmesh-init container runs",
+    after_help = "Needs NET_ADMIN and NET_RAW in the pod's network namespace. Re-running replaces pqmesh's chains; --remove deletes only pqmesh's own rules."
+)]
+pub struct InitArgs {
+    /// Print the rules (and whether IPv6 is present) without changing anything.
+    #[arg(long, conflicts_with = "remove")]
+    pub dry_run: bool,
+    /// Remove pqmesh's chains and jumps (IPv4 and IPv6).
+    #[arg(long)]
+    pub remove: bool,
+    /// UID of the sidecar, whose own traffic is never redirected.
+    #[arg(long, value_name = "UID", default_value = "1337", value_parser = |v: &str| number("--proxy-uid", v))]
+    pub proxy_uid: u32,
+    /// Port of the sidecar's outbound listener (the app's outbound TCP is redirected there).
+    #[arg(long, value_name = "PORT", default_value = "15001", value_parser = |v: &str| port("--outbound-port", v))]
+    pub outbound_port: u16,
+    /// Port of the sidecar's inbound listener (the pod's inbound TCP is redirected there).
+    #[arg(long, value_name = "PORT", default_value = "15006", value_parser = |v: &str| port("--inbound-port", v))]
+    pub inbound_port: u16,
+    /// Comma list of inbound destination ports left alone (the admin port 15000 always is).
+    #[arg(long, value_name = "PORT,..", value_parser = |v: &str| ports("--exclude-inbound-ports", v))]
+    pub exclude_inbound_ports: Vec<Vec<u16>>,
+    /// Comma list of destination ports the app reaches directly.
+    #[arg(long, value_name = "PORT,..", value_parser = |v: &str| ports("--exclude-outbound-ports", v))]
+    pub exclude_outbound_ports: Vec<Vec<u16>>,
+    /// Comma list of IPv4/IPv6 addresses or CIDRs the app reaches directly.
+    #[arg(long, value_name = "CIDR,..", value_parser = |v: &str| cidrs("--exclude-outbound-cidrs", v))]
+    pub exclude_outbound_cidrs: Vec<Vec<Cidr>>,
+    /// The iptables program (its `-restore` companion is used too).
+    #[arg(long, value_name = "PATH", default_value = "iptables")]
+    pub iptables: String,
+    /// The ip6tables program.
+    #[arg(long, value_name = "PATH", default_value = "ip6tables")]
+    pub ip6tables: String,
+}
 
 impl InitConfig {
+    /// From `init`'s arguments (without `init` itself).
     pub fn from_args(args: &[String]) -> Result<Self, InitError> {
-        let mut config = InitConfig {
-            proxy_uid: 1337,
-            outbound_port: 15001,
-            inbound_port: 15006,
-            exclude_inbound_ports: vec![],
-            exclude_outbound_ports: vec![],
-            exclude_outbound_cidrs: vec![],
-            action: InitAction::Apply,
-            iptables: "iptables".to_owned(),
-            ip6tables: "ip6tables".to_owned(),
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = |name: &str| {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| InitError::Usage(format!("{name} needs a value\n{USAGE}")))
-            };
-            match flag.as_str() {
-                "--dry-run" => config.action = InitAction::DryRun,
-                "--remove" => config.action = InitAction::Remove,
-                "--proxy-uid" => config.proxy_uid = number(flag, &value(flag)?)?,
-                "--outbound-port" => config.outbound_port = port(flag, &value(flag)?)?,
-                "--inbound-port" => config.inbound_port = port(flag, &value(flag)?)?,
-                "--exclude-inbound-ports" => {
-                    config.exclude_inbound_ports = ports(flag, &value(flag)?)?
-                }
-                "--exclude-outbound-ports" => {
-                    config.exclude_outbound_ports = ports(flag, &value(flag)?)?
-                }
-                "--exclude-outbound-cidrs" => {
-                    config.exclude_outbound_cidrs = cidrs(flag, &value(flag)?)?
-                }
-                "--iptables" => config.iptables = value(flag)?,
-                "--ip6tables" => config.ip6tables = value(flag)?,
-                "-h" | "--help" => return Err(InitError::Usage(USAGE.to_owned())),
-                other => {
-                    return Err(InitError::Usage(format!(
-                        "unknown argument {other:?}\n{USAGE}"
-                    )))
-                }
-            }
-        }
-        if config.outbound_port == config.inbound_port {
+        use clap::{Args, FromArgMatches};
+        let cmd = InitArgs::augment_args(clap::Command::new("pqmesh-sidecar init"));
+        let matches = cmd
+            .try_get_matches_from(std::iter::once("init").chain(args.iter().map(String::as_str)))
+            .map_err(|e| InitError::Usage(e.render().to_string().trim_end().to_owned()))?;
+        let parsed =
+            InitArgs::from_arg_matches(&matches).map_err(|e| InitError::Usage(e.to_string()))?;
+        Self::from_parsed(parsed)
+    }
+
+    pub fn from_parsed(a: InitArgs) -> Result<Self, InitError> {
+        if a.outbound_port == a.inbound_port {
             return Err(InitError::Usage(
                 "--outbound-port and --inbound-port must differ".into(),
             ));
         }
-        Ok(config)
+        Ok(InitConfig {
+            proxy_uid: a.proxy_uid,
+            outbound_port: a.outbound_port,
+            inbound_port: a.inbound_port,
+            exclude_inbound_ports: a.exclude_inbound_ports.into_iter().flatten().collect(),
+            exclude_outbound_ports: a.exclude_outbound_ports.into_iter().flatten().collect(),
+            exclude_outbound_cidrs: a.exclude_outbound_cidrs.into_iter().flatten().collect(),
+            action: if a.dry_run {
+                InitAction::DryRun
+            } else if a.remove {
+                InitAction::Remove
+            } else {
+                InitAction::Apply
+            },
+            iptables: a.iptables,
+            ip6tables: a.ip6tables,
+        })
     }
 }
 
-fn number(flag: &str, v: &str) -> Result<u32, InitError> {
-    v.parse()
-        .map_err(|_| InitError::Usage(format!("{flag} {v:?}: not a number")))
+fn number(flag: &str, v: &str) -> Result<u32, String> {
+    v.parse().map_err(|_| format!("{flag} {v:?}: not a number"))
 }
 
-fn port(flag: &str, v: &str) -> Result<u16, InitError> {
+fn port(flag: &str, v: &str) -> Result<u16, String> {
     v.parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| InitError::Usage(format!("{flag} {v:?}: not a TCP port (1-65535)")))
+        .ok_or_else(|| format!("{flag} {v:?}: not a TCP port (1-65535)"))
 }
 
-fn ports(flag: &str, v: &str) -> Result<Vec<u16>, InitError> {
+/// A comma list (each occurrence of the flag is one list; they add up).
+fn ports(flag: &str, v: &str) -> Result<Vec<u16>, String> {
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -139,14 +159,11 @@ fn ports(flag: &str, v: &str) -> Result<Vec<u16>, InitError> {
         .collect()
 }
 
-fn cidrs(flag: &str, v: &str) -> Result<Vec<Cidr>, InitError> {
+fn cidrs(flag: &str, v: &str) -> Result<Vec<Cidr>, String> {
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|c| {
-            c.parse::<Cidr>()
-                .map_err(|e| InitError::Usage(format!("{flag} {e}")))
-        })
+        .map(|c| c.parse::<Cidr>().map_err(|e| format!("{flag} {e}")))
         .collect()
 }
 

@@ -131,9 +131,12 @@ fn bad_arguments_are_refused_precisely() {
         ),
         ("--exclude-outbound-cidrs 10.0.0.0/", "not an IPv4 or IPv6"),
         ("--outbound-port 15006", "must differ"),
-        ("--frobnicate", "unknown argument"),
-        ("--iptables", "needs a value"),
-        ("--ip6tables", "needs a value"),
+        ("--frobnicate", "unexpected argument '--frobnicate'"),
+        ("--iptables", "a value is required for '--iptables <PATH>'"),
+        (
+            "--ip6tables",
+            "a value is required for '--ip6tables <PATH>'",
+        ),
     ];
     for (a, want) in cases {
         let err = InitConfig::from_args(&args(a)).unwrap_err().to_string();

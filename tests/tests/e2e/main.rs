@@ -8,6 +8,7 @@ mod adversarial_identity;
 mod adversarial_phantom;
 mod app_receives;
 mod certify;
+mod cli;
 mod differential;
 mod external_peers;
 mod faults;

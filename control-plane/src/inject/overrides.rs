@@ -1,0 +1,150 @@
+//! Per-pod annotations that override, for one pod, what the injected sidecar gets from the
+//! mesh-wide settings (the chart's `sidecar:` values): log filter and format, access log, worker
+//! threads and resources. Each value is checked with the parser the sidecar itself uses, so a
+//! bad value is refused at admission with the annotation named, never at the sidecar's start.
+
+use std::collections::BTreeMap;
+
+use super::config::{InjectConfig, ProxyResources, ProxySettings};
+use super::pod::{clip, InjectError};
+use super::syntax;
+
+pub const LOG_LEVEL: &str = "pqmesh.io/log-level";
+pub const LOG_FORMAT: &str = "pqmesh.io/log-format";
+pub const ACCESS_LOG: &str = "pqmesh.io/access-log";
+pub const WORKER_THREADS: &str = "pqmesh.io/worker-threads";
+pub const PROXY_CPU: &str = "pqmesh.io/proxy-cpu";
+pub const PROXY_CPU_LIMIT: &str = "pqmesh.io/proxy-cpu-limit";
+pub const PROXY_MEMORY: &str = "pqmesh.io/proxy-memory";
+pub const PROXY_MEMORY_LIMIT: &str = "pqmesh.io/proxy-memory-limit";
+
+/// Every override annotation, what it sets and its values (docs/configuration.md lists these).
+pub const ANNOTATIONS: &[(&str, &str)] = &[
+    (LOG_LEVEL, "the sidecar's `PQMESH_LOG`: a level or EnvFilter directives (`debug`, `info,pqmesh_sidecar=trace`)"),
+    (LOG_FORMAT, "the sidecar's `PQMESH_LOG_FORMAT`: `json` or `text`"),
+    (ACCESS_LOG, "the sidecar's `PQMESH_ACCESS_LOG`: `true` or `false`"),
+    (WORKER_THREADS, "the sidecar's `PQMESH_WORKER_THREADS`: 1 to 256"),
+    (PROXY_CPU, "CPU request of the injected containers (a Kubernetes quantity, `100m`)"),
+    (PROXY_CPU_LIMIT, "CPU limit of the injected containers"),
+    (PROXY_MEMORY, "memory request of the injected containers (`64Mi`)"),
+    (PROXY_MEMORY_LIMIT, "memory limit of the injected containers"),
+];
+
+/// The mesh-wide proxy settings and resources with this pod's annotations applied.
+pub(crate) fn apply(
+    annotations: &BTreeMap<String, String>,
+    cfg: &InjectConfig,
+) -> Result<(ProxySettings, ProxyResources), InjectError> {
+    let bad = |key: &str, value: &str, reason: String| InjectError::BadAnnotation {
+        key: key.into(),
+        value: clip(value),
+        reason,
+    };
+    let mut proxy = cfg.proxy.clone();
+    if let Some(v) = annotations.get(LOG_LEVEL) {
+        proxy.log = ProxySettings::check_log(v).map_err(|e| bad(LOG_LEVEL, v, e))?;
+    }
+    if let Some(v) = annotations.get(LOG_FORMAT) {
+        proxy.log_format = ProxySettings::check_log_format(v).map_err(|e| bad(LOG_FORMAT, v, e))?;
+    }
+    if let Some(v) = annotations.get(ACCESS_LOG) {
+        proxy.access_log =
+            pqmesh_mtls::env::bool_value(v).map_err(|e| bad(ACCESS_LOG, v, e.into()))?;
+    }
+    if let Some(v) = annotations.get(WORKER_THREADS) {
+        proxy.worker_threads =
+            pqmesh_mtls::env::worker_threads(v).map_err(|e| bad(WORKER_THREADS, v, e.into()))?;
+    }
+    let mut resources = cfg.resources.clone();
+    for (key, limit, name) in [
+        (PROXY_CPU, false, "cpu"),
+        (PROXY_CPU_LIMIT, true, "cpu"),
+        (PROXY_MEMORY, false, "memory"),
+        (PROXY_MEMORY_LIMIT, true, "memory"),
+    ] {
+        if let Some(v) = annotations.get(key) {
+            let v = v.trim();
+            syntax::quantity(v).map_err(|e| bad(key, v, e))?;
+            let target = if limit {
+                &mut resources.limits
+            } else {
+                &mut resources.requests
+            };
+            target.insert(name.to_owned(), v.to_owned());
+        }
+    }
+    Ok((proxy, resources))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pqmesh_mtls::SpiffeId;
+
+    fn cfg() -> InjectConfig {
+        InjectConfig::new(
+            &SpiffeId::new("cluster.local", "pqmesh-system", "pqmesh-control-plane").unwrap(),
+        )
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn annotations_override_the_mesh_wide_settings() {
+        let (proxy, resources) = apply(
+            &annotations(&[
+                (LOG_LEVEL, "info,pqmesh_sidecar=debug"),
+                (LOG_FORMAT, "TEXT"),
+                (ACCESS_LOG, "true"),
+                (WORKER_THREADS, "4"),
+                (PROXY_CPU, "250m"),
+                (PROXY_MEMORY_LIMIT, "1Gi"),
+            ]),
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(
+            proxy,
+            ProxySettings {
+                log: "info,pqmesh_sidecar=debug".into(),
+                log_format: "text".into(),
+                access_log: true,
+                worker_threads: 4,
+            }
+        );
+        assert_eq!(
+            resources.to_json(),
+            serde_json::json!({"limits": {"memory": "1Gi"}, "requests": {"cpu": "250m", "memory": "16Mi"}})
+        );
+        let (proxy, resources) = apply(&annotations(&[]), &cfg()).unwrap();
+        assert_eq!(proxy, ProxySettings::default());
+        assert_eq!(resources, ProxyResources::default());
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_annotation() {
+        let cases = [
+            (LOG_LEVEL, "loud", "not a log filter"),
+            (LOG_FORMAT, "yaml", "expected text or json"),
+            (ACCESS_LOG, "sometimes", "expected true or false"),
+            (WORKER_THREADS, "0", "1 to 256"),
+            (WORKER_THREADS, "many", "1 to 256"),
+            (PROXY_CPU, "lots", "Kubernetes quantity"),
+            (PROXY_MEMORY_LIMIT, "1 Gi", "Kubernetes quantity"),
+        ];
+        for (key, value, want) in cases {
+            let e = apply(&annotations(&[(key, value)]), &cfg())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("annotation {key}=")) && e.contains(want),
+                "{key}={value}: {e}"
+            );
+        }
+    }
+}
