@@ -78,10 +78,15 @@ impl Keys {
         format!("{input}.{}", b64(&sig))
     }
     fn access_token(&self, alg: &str, kid: &str) -> String {
+        self.access_token_numbered(alg, kid, 0)
+    }
+
+    /// Distinct tokens (by `jti`) defeat the verified-token cache.
+    fn access_token_numbered(&self, alg: &str, kid: &str, n: usize) -> String {
         self.sign(
             json!({"alg": alg, "kid": kid, "typ": "at+jwt"}),
             json!({"iss": ISS, "aud": "api", "sub": "alice", "scope": "orders:read orders:write",
-                   "iat": now(), "exp": now() + 3600, "client_id": "web"}),
+                   "iat": now(), "exp": now() + 3600, "client_id": "web", "jti": format!("t{n}")}),
         )
     }
 }
@@ -188,11 +193,30 @@ fn tokens(c: &mut Criterion) {
             .expect("opaque token exchanged");
         assert!(a.phantom);
     });
+    // Twice the verified-token cache's capacity, cycled: every look-up is a miss (the soonest
+    // to expire, i.e. the oldest, is evicted first), so these measure a full verification.
+    let distinct = |alg: &str, kid: &str| -> Vec<String> {
+        (1..=2048)
+            .map(|n| keys.access_token_numbered(alg, kid, n))
+            .collect()
+    };
+    let (es256_many, rs256_many) = (distinct("ES256", "ec-1"), distinct("RS256", "rsa-1"));
     let mut g = c.benchmark_group("token");
     g.bench_function("jwt_validate_es256", |b| {
-        b.iter(|| rt.block_on(validator.authenticate(&es256)).expect("valid"))
+        let mut next = es256_many.iter().cycle();
+        b.iter(|| {
+            rt.block_on(validator.authenticate(next.next().expect("cycle")))
+                .expect("valid")
+        })
     });
     g.bench_function("jwt_validate_rs256", |b| {
+        let mut next = rs256_many.iter().cycle();
+        b.iter(|| {
+            rt.block_on(validator.authenticate(next.next().expect("cycle")))
+                .expect("valid")
+        })
+    });
+    g.bench_function("jwt_cache_hit_rs256", |b| {
         b.iter(|| rt.block_on(validator.authenticate(&rs256)).expect("valid"))
     });
     g.bench_function("phantom_token_cache_hit", |b| {
