@@ -104,6 +104,28 @@ impl Validator {
                 second: second.config.name.clone(),
             });
         }
+        // Every issuer's series exist at zero from the moment it is loaded, so a first failed
+        // introspection or JWKS fetch shows in rate() and alerts.
+        for issuer in &checked {
+            let name = issuer.config.name.as_str();
+            for trigger in ["initial", "refresh", "unknown_kid"] {
+                for outcome in ["ok", "error"] {
+                    metrics
+                        .jwks_fetches
+                        .with_label_values(&[name, trigger, outcome]);
+                }
+            }
+            if issuer.introspection.is_some() {
+                for outcome in ["active", "inactive", "error", "throttled"] {
+                    metrics.introspections.with_label_values(&[name, outcome]);
+                }
+                for result in ["hit", "miss"] {
+                    metrics
+                        .introspection_cache
+                        .with_label_values(&[name, result]);
+                }
+            }
+        }
         Ok(Validator {
             issuers: checked,
             http: HttpClient::new()?,
