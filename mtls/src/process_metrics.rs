@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn this_process_reports_every_family() {
-        let names: Vec<String> = gather().iter().map(|f| f.get_name().to_owned()).collect();
+        let names: Vec<String> = gather().iter().map(|f| f.name().to_owned()).collect();
         for want in [
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
