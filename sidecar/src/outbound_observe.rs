@@ -240,8 +240,11 @@ pub struct Observed<IO> {
     parser: ResponseParser,
     series: RequestSeries,
     metrics: Arc<Metrics>,
-    /// When the request being answered started (its first byte was written).
+    /// When the request being answered started (its first byte was written); with pipelining,
+    /// the first request of the batch.
     started: Option<Instant>,
+    /// Request bytes were written since the last response head.
+    pending: bool,
     counted_connection: bool,
 }
 
@@ -253,6 +256,7 @@ impl<IO> Observed<IO> {
             series: metrics.request_series("outbound", peer_label),
             metrics,
             started: None,
+            pending: false,
             counted_connection: false,
         }
     }
@@ -261,7 +265,8 @@ impl<IO> Observed<IO> {
         if self.parser.is_done() || written.is_empty() {
             return;
         }
-        if self.started.is_none() && self.parser.between_responses() {
+        if !self.pending {
+            self.pending = true;
             self.started = Some(Instant::now());
             self.parser.head_request = written.starts_with(b"HEAD ");
         }
@@ -445,5 +450,28 @@ mod tests {
                 .get(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_each_counted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let metrics = Arc::new(Metrics::new());
+        let (near, mut far) = tokio::io::duplex(4096);
+        let mut observed = Observed::new(near, metrics.clone(), "none".into());
+        let two = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        observed.write_all(two).await.unwrap();
+        let mut req = vec![0u8; two.len()];
+        far.read_exact(&mut req).await.unwrap();
+        let answers = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 500 E\r\nContent-Length: 0\r\n\r\n";
+        far.write_all(answers).await.unwrap();
+        let mut got = vec![0u8; answers.len()];
+        observed.read_exact(&mut got).await.unwrap();
+        let count = |class: &str| {
+            metrics
+                .request_duration
+                .with_label_values(&["outbound", class])
+                .get_sample_count()
+        };
+        assert_eq!((count("2xx"), count("5xx")), (1, 1));
     }
 }
