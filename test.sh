@@ -26,6 +26,8 @@ command -v iptables >/dev/null || PKGS+=(iptables)
 command -v setpriv >/dev/null || PKGS+=(util-linux)
 command -v npm     >/dev/null || PKGS+=(npm)
 command -v javac   >/dev/null || PKGS+=(openjdk-17-jdk-headless)  # the differential suite's Java server
+# prometheus + promtool: the chart's alert rules and dashboards are judged by the real thing.
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || PKGS+=(prometheus)
 if [ ${#PKGS[@]} -gt 0 ]; then
   # tshark's installer asks whether non-root users may capture; answer once, non-interactively.
   echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
@@ -86,8 +88,11 @@ else
   exit 1
 fi
 
-step "Helm chart: lint, render, schema, Kubernetes schemas, security contexts, RBAC"
+step "Helm chart: lint, render, schema, Kubernetes schemas, security contexts, RBAC, monitoring"
 bash tests/chart/run.sh
+
+step "alert rules: promtool check rules and promtool test rules (a firing and a quiet case per alert)"
+bash tests/prometheus/run.sh
 
 step "benchmark harness smoke: pqmesh and nginx/haproxy/stunnel4 pairs, every scenario briefly (full run: bench/run.sh)"
 bash bench/run.sh --smoke

@@ -229,14 +229,18 @@ impl EndpointTable {
 pub fn watch_file(
     dir: &Path,
     trust_domain: &str,
-    loaded: prometheus::IntGauge,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<watch::Receiver<Arc<EndpointTable>>, String> {
     let path = dir.join(ENDPOINTS_FILE);
     let (initial, mtime) = load(&path, trust_domain)?;
-    loaded.set(initial.len() as i64);
+    metrics.endpoints.set(initial.len() as i64);
+    metrics
+        .config_valid
+        .with_label_values(&[ENDPOINTS_FILE])
+        .set(1);
     let (tx, rx) = watch::channel(Arc::new(initial));
     let trust_domain = trust_domain.to_owned();
-    tokio::spawn(poll(path, trust_domain, tx, mtime, loaded));
+    tokio::spawn(poll(path, trust_domain, tx, mtime, metrics));
     Ok(rx)
 }
 
@@ -245,7 +249,10 @@ fn load(path: &PathBuf, trust_domain: &str) -> Result<(EndpointTable, Option<Sys
     match std::fs::read_to_string(path) {
         Ok(text) => EndpointTable::parse(&text, trust_domain)
             .map(|t| (t, mtime))
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|e| {
+                let at = crate::yaml_lines::locate(&text, &["endpoints", "services"], &e);
+                format!("{}: {at}", path.display())
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((EndpointTable::default(), None)),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
@@ -256,8 +263,18 @@ async fn poll(
     trust_domain: String,
     tx: watch::Sender<Arc<EndpointTable>>,
     mut mtime: Option<SystemTime>,
-    loaded: prometheus::IntGauge,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
+    let count = |outcome: &str| {
+        metrics
+            .config_reloads
+            .with_label_values(&[ENDPOINTS_FILE, outcome])
+            .inc();
+        metrics
+            .config_valid
+            .with_label_values(&[ENDPOINTS_FILE])
+            .set(i64::from(outcome == "ok"));
+    };
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
         if tx.is_closed() {
@@ -271,11 +288,14 @@ async fn poll(
         match load(&path, &trust_domain) {
             Ok((table, _)) => {
                 tracing::info!(path = %path.display(), endpoints = table.len(), "reloaded endpoints");
-                loaded.set(table.len() as i64);
+                metrics.endpoints.set(table.len() as i64);
+                count("ok");
                 let _ = tx.send(Arc::new(table));
             }
             Err(e) => {
-                tracing::error!(error = %e, "endpoints file is invalid; keeping the last good table")
+                // The error names the file, the line (where known) and the reason.
+                tracing::error!(error = %e, "endpoints file is invalid; keeping the last good table");
+                count("invalid");
             }
         }
     }

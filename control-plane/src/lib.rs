@@ -20,6 +20,7 @@ pub mod rotation;
 pub mod token_review;
 pub mod tokens;
 pub mod validate;
+pub mod yaml_lines;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -205,7 +206,11 @@ fn local_sources(
             0o600,
         )?;
     }
-    let tokens = Arc::new(BootstrapTokens::load(&tokens_path, &config.trust_domain)?);
+    let tokens = Arc::new(
+        BootstrapTokens::load(&tokens_path, &config.trust_domain)?
+            .with_reload_metrics(metrics.config_reloads.clone(), metrics.config_valid.clone()),
+    );
+    tokens::watch(tokens.clone());
     Ok(Sources {
         ca_updates: rotation::watch_dir(
             dir,
@@ -218,7 +223,7 @@ fn local_sources(
         ca,
         trust_bundle_path,
         auth: Authenticator::Bootstrap(tokens),
-        endpoints: endpoints::watch_file(dir, &config.trust_domain, metrics.endpoints.clone())
+        endpoints: endpoints::watch_file(dir, &config.trust_domain, metrics.clone())
             .map_err(StartError::Endpoints)?,
         policies: policies::watch_dir(dir, &config.trust_domain, metrics.clone())
             .map_err(StartError::Policies)?,

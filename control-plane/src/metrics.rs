@@ -31,6 +31,10 @@ pub struct Metrics {
     pub revocation_reloads: IntCounterVec,
     pub revoked: IntGaugeVec,
     pub revoked_streams_closed: IntCounter,
+    /// Re-reads of local-mode files other than policies and CA, by file and outcome.
+    pub config_reloads: IntCounterVec,
+    /// 1 while the file's current content is in force, 0 while an edit is refused.
+    pub config_valid: IntGaugeVec,
 }
 
 impl Metrics {
@@ -224,8 +228,26 @@ impl Metrics {
             "Policy streams refused or closed because the sidecar's identity or certificate is revoked",
         )
         .expect("static metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Re-reads of a changed local-mode file (bootstrap-tokens.yaml, endpoints.yaml), by file and outcome (ok, invalid: last good kept)",
+            ),
+            &["file", "outcome"],
+        )
+        .expect("static metric");
+        let config_valid = IntGaugeVec::new(
+            Opts::new(
+                "config_valid",
+                "1 while a local-mode file's current content is in force, 0 while its last edit is refused (the last good version serves)",
+            ),
+            &["file"],
+        )
+        .expect("static metric");
         for m in [
-            Box::new(ca_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_valid.clone()),
+            Box::new(ca_reloads.clone()),
             Box::new(trusted_roots.clone()),
             Box::new(sidecars_on_current_ca.clone()),
             Box::new(sidecars_on_current_policy.clone()),
@@ -235,8 +257,12 @@ impl Metrics {
         ] {
             registry.register(m).expect("unique metric");
         }
-        Self {
+        pqmesh_mtls::process_metrics::register_build_info(&registry, "control-plane")
+            .expect("build_info registers once");
+        let metrics = Self {
             registry,
+            config_reloads,
+            config_valid,
             ca_reloads,
             trusted_roots,
             sidecars_on_current_ca,
@@ -261,6 +287,30 @@ impl Metrics {
             policy_nacks,
             policy_compile_errors,
             policy_push_seconds,
+        };
+        metrics.zero_known_series();
+        metrics
+    }
+
+    /// Creates every label set known before the first event at zero, so `rate()` and absence
+    /// alerts work from start-up.
+    fn zero_known_series(&self) {
+        use pqmesh_mtls::process_metrics::zero_counters;
+        let outcomes: &[&[&str]] = &[&["ok"], &["invalid"]];
+        zero_counters(&self.policy_reloads, outcomes);
+        zero_counters(&self.ca_reloads, outcomes);
+        zero_counters(&self.revocation_reloads, outcomes);
+        for file in [crate::tokens::TOKENS_FILE, crate::endpoints::ENDPOINTS_FILE] {
+            zero_counters(&self.config_reloads, &[&[file, "ok"], &[file, "invalid"]]);
+        }
+        for alg in ["ecdsa-p256", "ml-dsa-44", "ml-dsa-65"] {
+            self.certificates_issued.with_label_values(&[alg]);
+        }
+        for outcome in ["issued", "refused"] {
+            self.certify_duration.with_label_values(&[outcome]);
+        }
+        for kind in ["identity", "serial"] {
+            self.revoked.with_label_values(&[kind]);
         }
     }
 }

@@ -121,6 +121,8 @@ pub fn watch_dir(
     let (tx, rx) = watch::channel(Arc::new(state));
     let trust_domain = trust_domain.to_owned();
     tokio::spawn(async move {
+        // The reload generation: 1 is the start-up load, each accepted change adds one.
+        let mut version: u64 = 1;
         let mut last = fingerprint;
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
@@ -144,7 +146,9 @@ pub fn watch_dir(
             let state =
                 PolicyState::new(admit(candidates(&dir), &previous, &trust_domain), secrets);
             record(&metrics, &state);
+            version += 1;
             tracing::info!(
+                version,
                 policies = state.set.policies.len(),
                 issuers = state.set.issuers.len(),
                 refused = state.admitted.rejected(),

@@ -67,11 +67,29 @@ struct Loaded {
     by_hash: HashMap<[u8; 32], Grant>,
 }
 
-/// The bootstrap token table, reloaded from `path` when its modification time changes.
+/// The file's name in the local-mode directory (the metrics' `file` label).
+pub const TOKENS_FILE: &str = "bootstrap-tokens.yaml";
+/// How often [`watch`] looks at the file's modification time.
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The bootstrap token table, reloaded from `path` when its modification time changes: by
+/// [`watch`] in the background (so a bad edit is reported when it is made) and before every
+/// authentication (so a token added a moment ago works at once).
 pub struct BootstrapTokens {
     path: PathBuf,
     trust_domain: String,
     state: Mutex<Option<Loaded>>,
+    reloads: Option<(prometheus::IntCounterVec, prometheus::IntGaugeVec)>,
+}
+
+/// Re-reads the file when it changes until `tokens` is the last reference left.
+pub fn watch(tokens: std::sync::Arc<BootstrapTokens>) {
+    tokio::spawn(async move {
+        while std::sync::Arc::strong_count(&tokens) > 1 {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            tokens.reload_if_changed();
+        }
+    });
 }
 
 impl BootstrapTokens {
@@ -81,10 +99,31 @@ impl BootstrapTokens {
             path: path.to_owned(),
             trust_domain: trust_domain.to_owned(),
             state: Mutex::new(None),
+            reloads: None,
         };
         let loaded = tokens.read_file()?;
         *tokens.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
         Ok(tokens)
+    }
+
+    /// Counts reloads in `config_reloads_total{file, outcome}` and the file's health in
+    /// `config_valid{file}`.
+    pub fn with_reload_metrics(
+        mut self,
+        reloads: prometheus::IntCounterVec,
+        valid: prometheus::IntGaugeVec,
+    ) -> Self {
+        valid.with_label_values(&[TOKENS_FILE]).set(1);
+        self.reloads = Some((reloads, valid));
+        self
+    }
+
+    fn count_reload(&self, ok: bool) {
+        if let Some((reloads, valid)) = &self.reloads {
+            let outcome = if ok { "ok" } else { "invalid" };
+            reloads.with_label_values(&[TOKENS_FILE, outcome]).inc();
+            valid.with_label_values(&[TOKENS_FILE]).set(i64::from(ok));
+        }
     }
 
     fn read_file(&self) -> Result<Loaded, TokenFileError> {
@@ -98,7 +137,7 @@ impl BootstrapTokens {
         let text = std::fs::read_to_string(&self.path).map_err(|e| invalid(e.to_string()))?;
         parse_table(&text, &self.trust_domain)
             .map(|by_hash| Loaded { modified, by_hash })
-            .map_err(invalid)
+            .map_err(|reason| invalid(crate::yaml_lines::locate(&text, &["tokens"], &reason)))
     }
 
     fn reload_if_changed(&self) {
@@ -112,10 +151,13 @@ impl BootstrapTokens {
         match self.read_file() {
             Ok(loaded) => {
                 tracing::info!(path = %self.path.display(), tokens = loaded.by_hash.len(), "reloaded bootstrap tokens");
+                self.count_reload(true);
                 *state = Some(loaded);
             }
             Err(e) => {
+                // The error names the file, the line (where known) and the reason.
                 tracing::error!(error = %e, "bootstrap token file is invalid; keeping the last good table");
+                self.count_reload(false);
                 // Remember the bad mtime so we do not re-parse on every request.
                 if let Some(s) = state.as_mut() {
                     s.modified = modified;
@@ -284,6 +326,54 @@ mod tests {
         assert!(tokens
             .authenticate("dddddddddddddddddddd", SystemTime::now())
             .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_edit_is_reported_and_counted_without_any_request() {
+        let dir = tempdir();
+        let path = dir.join(TOKENS_FILE);
+        let good = "tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  namespace: a\n  serviceAccount: b\n";
+        std::fs::write(&path, good).unwrap();
+        let metrics = crate::metrics::Metrics::new();
+        let tokens = std::sync::Arc::new(
+            BootstrapTokens::load(&path, TD)
+                .unwrap()
+                .with_reload_metrics(metrics.config_reloads.clone(), metrics.config_valid.clone()),
+        );
+        watch(tokens.clone());
+        let count = |outcome: &str| {
+            metrics
+                .config_reloads
+                .with_label_values(&[TOKENS_FILE, outcome])
+                .get()
+        };
+        let valid = || metrics.config_valid.with_label_values(&[TOKENS_FILE]).get();
+        assert_eq!((count("ok"), count("invalid"), valid()), (0, 0, 1));
+        // The second entry (line 5) has a bad namespace.
+        std::fs::write(
+            &path,
+            format!("{good}- token: bbbbbbbbbbbbbbbbbbbb\n  namespace: Bad\n  serviceAccount: b\n"),
+        )
+        .unwrap();
+        bump_mtime(&path);
+        tokio::time::sleep(POLL_INTERVAL * 2).await;
+        assert_eq!((count("ok"), count("invalid"), valid()), (0, 1, 0));
+        let err = tokens
+            .read_file()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(TOKENS_FILE) && err.contains("line 5: tokens[1]"),
+            "file, line and reason: {err}"
+        );
+        assert!(tokens
+            .authenticate("aaaaaaaaaaaaaaaaaaaa", SystemTime::now())
+            .is_ok());
+        std::fs::write(&path, good).unwrap();
+        bump_mtime(&path);
+        tokio::time::sleep(POLL_INTERVAL * 2).await;
+        assert_eq!((count("ok"), count("invalid"), valid()), (1, 1, 1));
     }
 
     fn bump_mtime(path: &Path) {

@@ -114,7 +114,9 @@ pub fn render_metrics(registry: &prometheus::Registry) -> Reply {
     use prometheus::Encoder;
     let mut buf = Vec::new();
     let encoder = prometheus::TextEncoder::new();
-    match encoder.encode(&registry.gather(), &mut buf) {
+    let mut families = registry.gather();
+    families.extend(crate::process_metrics::gather());
+    match encoder.encode(&families, &mut buf) {
         Ok(()) => Reply {
             status: StatusCode::OK,
             content_type: "text/plain; version=0.0.4",

@@ -7,6 +7,7 @@ pub mod env;
 pub mod grpc_tls;
 pub mod keys;
 pub mod logging;
+pub mod process_metrics;
 pub mod provider;
 pub mod spiffe;
 pub mod tls;

@@ -108,15 +108,8 @@ pub struct Ctx {
     pub access_log: bool,
     /// What every request carries in [`PEER_IDENTITY_HEADER`] (the peer's SPIFFE ID).
     peer_header: Option<HeaderValue>,
-    /// This connection's request series by status class (1xx..5xx), looked up on first use:
-    /// a labelled lookup hashes the labels and takes a lock, too much to repeat per request.
-    series: [std::sync::OnceLock<ClassSeries>; 5],
-    peer_label: String,
-}
-
-struct ClassSeries {
-    duration: prometheus::Histogram,
-    by_peer: prometheus::IntCounter,
+    /// This connection's golden request series (latency and per-peer counts).
+    series: crate::metrics::RequestSeries,
 }
 
 impl Ctx {
@@ -134,7 +127,7 @@ impl Ctx {
         let peer_header = peer
             .as_ref()
             .and_then(|p| HeaderValue::from_str(&p.to_string()).ok());
-        let peer_label = metrics.peer_label(peer.as_ref());
+        let series = metrics.request_series(direction, metrics.peer_label(peer.as_ref()));
         Ctx {
             peer,
             target,
@@ -145,34 +138,13 @@ impl Ctx {
             trust_domain,
             access_log,
             peer_header,
-            series: Default::default(),
-            peer_label,
+            series,
         }
     }
 
     /// Records one finished request in the latency histogram and the per-peer counter.
     fn observe(&self, status: u16, elapsed: Duration) {
-        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-        let i = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        let series = self.series[i].get_or_init(|| ClassSeries {
-            duration: self
-                .metrics
-                .request_duration
-                .with_label_values(&[self.direction, CLASSES[i]]),
-            by_peer: self.metrics.peer_requests.with_label_values(&[
-                self.direction,
-                &self.peer_label,
-                CLASSES[i],
-            ]),
-        });
-        series.duration.observe(elapsed.as_secs_f64());
-        series.by_peer.inc();
+        self.series.observe(status, elapsed);
     }
 }
 
@@ -540,7 +512,7 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
     let deny = |status: StatusCode, reason: &'static str, text: &str, www: Option<String>| {
         ctx.metrics
             .policy_decisions
-            .with_label_values(&["deny", reason])
+            .with_label_values(&[ctx.direction, "deny", reason])
             .inc();
         let mut resp = error_response(status, text);
         if let Some(v) = www.and_then(|w| HeaderValue::from_str(&w).ok()) {
@@ -618,7 +590,7 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
         Decision::Allow { policy, rule } => {
             ctx.metrics
                 .policy_decisions
-                .with_label_values(&["allow", "allowed"])
+                .with_label_values(&[ctx.direction, "allow", "allowed"])
                 .inc();
             let rule = rule.map_or_else(|| "none".to_owned(), |r| r.to_string());
             ctx.metrics

@@ -20,6 +20,7 @@ pub mod opaque_guard;
 pub mod original_dst;
 pub mod outbound;
 pub mod outbound_http2;
+pub mod outbound_observe;
 pub mod policy;
 pub mod proxy;
 pub mod readiness;

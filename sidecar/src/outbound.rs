@@ -25,6 +25,7 @@ use crate::discovery::{Discovery, Endpoint, Resolved};
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::original_dst::{canonical, OriginalDst};
+use crate::outbound_observe::Observed;
 use crate::proxy::{
     accept_until, relay, sniff, AppIo, Prefixed, TlsState, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
@@ -105,6 +106,19 @@ impl Outbound {
             .connections
             .with_label_values(&["outbound", outcome])
             .inc();
+        // The outbound side's policy: which destinations this workload may reach at all.
+        let decision = match outcome {
+            "established" | "passthrough" => Some(("allow", "allowed")),
+            "denied_unmeshed" => Some(("deny", "unmeshed_destination")),
+            "denied_revoked" => Some(("deny", "peer_revoked")),
+            _ => None,
+        };
+        if let Some((decision, reason)) = decision {
+            self.metrics
+                .policy_decisions
+                .with_label_values(&["outbound", decision, reason])
+                .inc();
+        }
     }
 
     fn unmeshed_setting(&self) -> Unmeshed {
@@ -213,6 +227,7 @@ impl Outbound {
         match self.decide(&app).await? {
             Decision::Passthrough(orig) => {
                 let upstream = self.connect_plain(orig).await?;
+                let upstream = Observed::new(upstream, self.metrics.clone(), "none".to_owned());
                 relay(upstream, app, "outbound", &self.metrics).await;
                 Ok(())
             }
@@ -397,13 +412,17 @@ impl Outbound {
 
     /// Relays until either side is done, or until the peer is revoked.
     async fn relay_watched(&self, upstream: Upstream, app: impl AppIo) {
+        let peer_label = self
+            .metrics
+            .peer_label(upstream.peer.as_ref().map(|(p, _)| p));
+        let io = Observed::new(upstream.io, self.metrics.clone(), peer_label);
         let Some((peer, serial)) = upstream.peer else {
-            relay(upstream.io, app, "outbound", &self.metrics).await;
+            relay(io, app, "outbound", &self.metrics).await;
             return;
         };
         let revoked = until_revoked(self.revoked.clone(), peer.clone(), serial);
         tokio::select! {
-            _ = relay(upstream.io, app, "outbound", &self.metrics) => {}
+            _ = relay(io, app, "outbound", &self.metrics) => {}
             _ = revoked => {
                 self.metrics.revoked_connections_closed.with_label_values(&["outbound"]).inc();
                 tracing::warn!(%peer, "closed a connection: the peer was revoked");

@@ -166,14 +166,41 @@ pub async fn serve(
         .await
 }
 
+/// `forward`, recorded in the golden request metrics (outbound direction, the endpoint's
+/// identity as peer).
 async fn forward(
     req: Request<Incoming>,
     outbound: &Outbound,
     service: SocketAddr,
 ) -> Response<ProxyBody> {
+    let started = std::time::Instant::now();
+    let (resp, peer, outcome) = forward_to_endpoint(req, outbound, service).await;
+    let metrics = &outbound.metrics;
+    let series = metrics.request_series("outbound", metrics.peer_label(peer.as_ref()));
+    series.observe(resp.status().as_u16(), started.elapsed());
+    metrics
+        .requests
+        .with_label_values(&["outbound", outcome])
+        .inc();
+    resp
+}
+
+/// The response, the identity of the endpoint that gave it (`None`: plaintext or none reached)
+/// and the outcome label.
+async fn forward_to_endpoint(
+    req: Request<Incoming>,
+    outbound: &Outbound,
+    service: SocketAddr,
+) -> (Response<ProxyBody>, Option<SpiffeId>, &'static str) {
     let endpoints = match outbound.service_endpoints(service).await {
         Ok(e) => e,
-        Err(e) => return error_response(StatusCode::SERVICE_UNAVAILABLE, &e),
+        Err(e) => {
+            return (
+                error_response(StatusCode::SERVICE_UNAVAILABLE, &e),
+                None,
+                "no_endpoint",
+            )
+        }
     };
     let mut pending = req;
     let mut tried = Vec::new();
@@ -198,13 +225,14 @@ async fn forward(
         match sender.try_send_request(pending).await {
             // In flight until the response body is done or dropped.
             Ok(resp) => {
-                return resp.map(move |body| {
+                let resp = resp.map(move |body| {
                     body.map_frame(move |frame| {
                         let _ = &in_flight;
                         frame
                     })
                     .boxed()
-                })
+                });
+                return (resp, endpoint.identity, "forwarded");
             }
             Err(mut e) => match e.take_message() {
                 Some(unsent) => {
@@ -213,20 +241,22 @@ async fn forward(
                     pending = unsent;
                 }
                 None => {
-                    return error_response(
+                    let resp = error_response(
                         StatusCode::BAD_GATEWAY,
                         &format!("request to {} failed: {}", endpoint.addr, e.error()),
-                    )
+                    );
+                    return (resp, endpoint.identity, "upstream_failed");
                 }
             },
         }
     }
-    error_response(
+    let resp = error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         &format!(
             "no endpoint of {service} reachable ({} tried): {}",
             tried.len(),
             errors.join("; ")
         ),
-    )
+    );
+    (resp, None, "no_endpoint")
 }

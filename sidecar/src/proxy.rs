@@ -419,7 +419,7 @@ impl Inbound {
                     if let pqmesh_policy::Decision::Deny(d) = decision {
                         self.metrics
                             .policy_decisions
-                            .with_label_values(&["deny", d.reason()])
+                            .with_label_values(&["inbound", "deny", d.reason()])
                             .inc();
                         self.metrics
                             .connections
@@ -430,7 +430,7 @@ impl Inbound {
                     }
                     self.metrics
                         .policy_decisions
-                        .with_label_values(&["allow", "allowed"])
+                        .with_label_values(&["inbound", "allow", "allowed"])
                         .inc();
                 }
                 let app = match crate::delivery::connect(delivery, CONNECT_TIMEOUT).await {

@@ -15,6 +15,7 @@ Each subcommand prints what it found wrong, one line each, and exits 1 if anythi
 """
 
 import copy
+import json
 import sys
 
 import jsonschema
@@ -464,6 +465,82 @@ def crs(crd_path, files, expect_valid):
     return errors
 
 
+MONITORING_KINDS = ("PrometheusRule", "ServiceMonitor", "PodMonitor")
+
+
+def check_monitoring(docs, chart, out_dir):
+    """Render with every monitoring.* toggle on: one ConfigMap per dashboard file, its JSON
+    unchanged and labelled for the Grafana sidecar; the PrometheusRule holding exactly
+    files/alerts.yaml (written to OUT_DIR/rules.yaml for promtool); the ServiceMonitor selecting
+    the control-plane Service by its labels and a port it has; the PodMonitor on the port the
+    injector gives sidecars."""
+    import glob
+    import os
+    errors = []
+    files = sorted(glob.glob(os.path.join(chart, "files/dashboards/*.json")))
+    if not files:
+        errors.append("no dashboards in files/dashboards")
+    for f in files:
+        base = os.path.basename(f)
+        cm = find(docs, "ConfigMap", base[: -len(".json")] + "-dashboard")
+        if cm is None:
+            errors.append(f"no ConfigMap for {base}")
+            continue
+        if cm["metadata"]["labels"].get("grafana_dashboard") != "1":
+            errors.append(f"{name_of(cm)}: not labelled grafana_dashboard: \"1\"")
+        shipped = json.loads(cm["data"][base])
+        if shipped != json.load(open(f)):
+            errors.append(f"{name_of(cm)}: the dashboard JSON differs from {f}")
+        panels = shipped.get("panels", [])
+        if not panels or not all(p.get("targets") for p in panels):
+            errors.append(f"{base}: a dashboard without panels, or a panel without a query")
+    rule = find(docs, "PrometheusRule", "pqmesh")
+    alerts = yaml.safe_load(open(os.path.join(chart, "files/alerts.yaml")))
+    if rule is None:
+        errors.append("no PrometheusRule pqmesh")
+    else:
+        if rule["spec"]["groups"] != alerts["groups"]:
+            errors.append("the PrometheusRule's groups differ from files/alerts.yaml")
+        with open(os.path.join(out_dir, "rules.yaml"), "w") as out:
+            yaml.safe_dump({"groups": rule["spec"]["groups"]}, out, sort_keys=False)
+    sm = find(docs, "ServiceMonitor", "pqmesh-control-plane")
+    svc = find(docs, "Service", "pqmesh-control-plane")
+    if sm is None or svc is None:
+        errors.append("no ServiceMonitor or Service pqmesh-control-plane")
+    else:
+        want = sm["spec"]["selector"]["matchLabels"]
+        have = svc["metadata"]["labels"]
+        if any(have.get(k) != v for k, v in want.items()):
+            errors.append(f"ServiceMonitor selector {want} does not select the Service {have}")
+        ports = {p["name"] for p in svc["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            if ep["port"] not in ports:
+                errors.append(f"ServiceMonitor port {ep['port']} is not a Service port {ports}")
+    pm = find(docs, "PodMonitor", "pqmesh-sidecars")
+    if pm is None:
+        errors.append("no PodMonitor pqmesh-sidecars")
+    else:
+        inject = open("control-plane/src/inject/pod.rs").read()
+        for ep in pm["spec"]["podMetricsEndpoints"]:
+            if f'"name": "{ep["port"]}"' not in inject:
+                errors.append(f"PodMonitor port {ep['port']} is not a port the injector declares")
+    return errors
+
+
+def check_no_monitoring(docs):
+    return [f"{name_of(d)}: rendered with monitoring off" for d in docs
+            if d.get("kind") in MONITORING_KINDS
+            or "grafana_dashboard" in (d.get("metadata", {}).get("labels") or {})]
+
+
+def without_monitoring_kinds(src, dst):
+    """kubernetes-validate has no schemas for the Prometheus Operator's kinds (it would WARN):
+    they are checked by check_monitoring and promtool instead."""
+    docs = [d for d in load(src) if d.get("kind") not in MONITORING_KINDS]
+    yaml.safe_dump_all(docs, open(dst, "w"), sort_keys=False)
+    return []
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__)
@@ -479,6 +556,12 @@ def main(argv):
         errors = check_defaults(load(path), argv[3])
     elif cmd == "custom":
         errors = check_custom(load(path), argv[3])
+    elif cmd == "monitoring":
+        errors = check_monitoring(load(path), argv[3], argv[4])
+    elif cmd == "no-monitoring":
+        errors = check_no_monitoring(load(path))
+    elif cmd == "without-monitoring-kinds":
+        errors = without_monitoring_kinds(path, argv[3])
     elif cmd == "single-replica":
         errors = check_single_replica(load(path))
     elif cmd in ("crs", "crs-invalid"):

@@ -118,7 +118,13 @@ check "helm template renders with tests/chart/values-custom.yaml" \
   render "$WORK/custom.yaml" -f tests/chart/values-custom.yaml
 check "helm template renders with replicaCount=1" \
   render "$WORK/single.yaml" --set replicaCount=1
-for f in default custom single; do
+MONITORING=(--set monitoring.dashboards.enabled=true --set monitoring.alerts.enabled=true
+  --set monitoring.serviceMonitor.enabled=true --set monitoring.podMonitor.enabled=true)
+check "helm lint --strict (every monitoring.* toggle on)" \
+  "$HELM" lint "$CHART" --strict --namespace "$NS" "${MONITORING[@]}"
+check "helm template renders with every monitoring.* toggle on" \
+  render "$WORK/monitoring.yaml" "${MONITORING[@]}"
+for f in default custom single monitoring; do
   if [ -s "$WORK/$f.yaml" ]; then templates_only "$WORK/$f.yaml" "$WORK/$f-templates.yaml"; fi
 done
 
@@ -178,6 +184,17 @@ kube_validate() {
 check "kubernetes-validate --strict -k $K8S_VERSION: default render (incl. CRDs)" kube_validate "$WORK/default.yaml"
 check "kubernetes-validate --strict -k $K8S_VERSION: custom render" kube_validate "$WORK/custom.yaml"
 check "kubernetes-validate --strict -k $K8S_VERSION: replicaCount=1 render" kube_validate "$WORK/single.yaml"
+"$PY" tests/chart/checks.py without-monitoring-kinds "$WORK/monitoring.yaml" "$WORK/monitoring-core.yaml" || true
+check "kubernetes-validate --strict -k $K8S_VERSION: monitoring render (core kinds; dashboards' ConfigMaps)" \
+  kube_validate "$WORK/monitoring-core.yaml"
+check "monitoring render: dashboards as labelled ConfigMaps, PrometheusRule = files/alerts.yaml, monitors select the right ports" \
+  "$PY" tests/chart/checks.py monitoring "$WORK/monitoring-templates.yaml" "$CHART" "$WORK"
+need promtool "promtool judges the rendered PrometheusRule (Debian: apt-get install prometheus)"
+check "promtool check rules: the rendered PrometheusRule's groups" promtool check rules "$WORK/rules.yaml"
+check "default render has no monitoring objects (all monitoring.* off)" \
+  "$PY" tests/chart/checks.py no-monitoring "$WORK/default-templates.yaml"
+check "schema rejects a misspelt monitoring toggle (monitoring.alerts.enable)" \
+  rejected "enable" --set monitoring.alerts.enable=true
 # kubernetes-validate has no schemas for custom resources and no option to load CRDs: checks.py
 # validates them against the openAPIV3Schema of our own CRDs (unknown fields rejected).
 check "sample AccessPolicy/TokenIssuer validate against the CRD schemas" \
@@ -185,6 +202,8 @@ check "sample AccessPolicy/TokenIssuer validate against the CRD schemas" \
 check "malformed AccessPolicy/TokenIssuer are rejected by the CRD schemas" \
   "$PY" tests/chart/checks.py crs-invalid "$CHART/crds/pqmesh-crds.yaml" tests/chart/samples/invalid.yaml
 
+check "standard app.kubernetes.io/* and helm.sh/chart labels on every object (monitoring)" \
+  "$PY" tests/chart/checks.py labels "$WORK/monitoring-templates.yaml"
 for f in default custom; do
   check "every container: non-root, read-only root, no escalation, drop ALL, seccompProfile ($f)" \
     "$PY" tests/chart/checks.py security "$WORK/$f-templates.yaml"

@@ -123,13 +123,33 @@ impl Validator {
                 second: second.config.name.clone(),
             });
         }
-        // The gauge describes the issuers in force: a replaced policy's issuers leave it.
+        // The gauge describes the issuers in force: a replaced policy's issuers leave it. Every
+        // issuer's series exist at zero from the moment it is loaded, so a first failed
+        // introspection or JWKS fetch shows in rate() and alerts.
         metrics.jwks_keys.reset();
         for issuer in &checked {
-            metrics
-                .jwks_keys
-                .with_label_values(&[issuer.config.name.as_str()])
-                .set(0);
+            let name = issuer.config.name.as_str();
+            metrics.jwks_keys.with_label_values(&[name]).set(0);
+            for result in ["hit", "miss"] {
+                metrics.jwt_cache.with_label_values(&[name, result]);
+            }
+            for trigger in ["initial", "refresh", "unknown_kid"] {
+                for outcome in ["ok", "error"] {
+                    metrics
+                        .jwks_fetches
+                        .with_label_values(&[name, trigger, outcome]);
+                }
+            }
+            if issuer.introspection.is_some() {
+                for outcome in ["active", "inactive", "error", "throttled"] {
+                    metrics.introspections.with_label_values(&[name, outcome]);
+                }
+                for result in ["hit", "miss"] {
+                    metrics
+                        .introspection_cache
+                        .with_label_values(&[name, result]);
+                }
+            }
         }
         Ok(Validator {
             issuers: checked,

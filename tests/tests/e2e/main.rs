@@ -23,6 +23,7 @@ mod operations;
 mod outage;
 mod policy;
 mod policy_resume;
+mod prometheus_dashboards;
 mod rotation;
 mod transparent;
 mod transparent_balancing;
