@@ -47,7 +47,13 @@ fn text(o: &Output) -> (String, String) {
 type HelpCase<'a> = (&'a str, &'a [&'a str], &'a [&'a [Setting]]);
 
 /// Program, arguments, environment, exit code, expected text.
-type ErrorCase<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], i32, &'a str);
+type ErrorCase<'a> = (
+    &'a str,
+    &'a [&'a str],
+    &'a [(&'a str, &'a str)],
+    i32,
+    &'a str,
+);
 
 #[test]
 fn help_and_version_exit_zero_and_list_every_setting() {
