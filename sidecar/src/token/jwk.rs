@@ -207,11 +207,7 @@ pub(crate) fn parse_jwks(body: &[u8]) -> Result<(Vec<Jwk>, Vec<String>), String>
             Err(e) => skipped.push(e),
         }
     }
-    if parsed.is_empty() {
-        return Err(format!(
-            "JWKS has no usable signing key (of {} entries)",
-            keys.len()
-        ));
-    }
+    // A well-formed set without a usable key is the issuer withdrawing every key (what it does
+    // after a compromise), not an outage: adopted, so every token from it is refused.
     Ok((parsed, skipped))
 }

@@ -24,6 +24,9 @@ const MAX_JWKS_BYTES: usize = 512 * 1024;
 #[derive(Debug, Clone, Copy)]
 enum Trigger {
     Initial,
+    /// In the background at policy load: counted as `initial`, but not against the request
+    /// path's refetch limit (a server that comes up later is fetched by the first request).
+    Prefetch,
     Refresh,
     UnknownKid,
 }
@@ -31,7 +34,7 @@ enum Trigger {
 impl Trigger {
     fn as_str(self) -> &'static str {
         match self {
-            Trigger::Initial => "initial",
+            Trigger::Initial | Trigger::Prefetch => "initial",
             Trigger::Refresh => "refresh",
             Trigger::UnknownKid => "unknown_kid",
         }
@@ -115,28 +118,39 @@ impl KeyCache {
         }
     }
 
-    /// Fetches the keys now, in the background, and retries every `min_refetch` until a fetch
-    /// succeeds. Ends once the keys are loaded or this issuer was replaced (a newer policy).
+    /// Fetches the keys now, in the background, and retries (1 s, doubling up to `min_refetch`)
+    /// until a fetch succeeds; then refreshes them every `refresh`. Ends when this issuer is
+    /// replaced (a newer policy). Its first attempts do not hold back a request's own fetch.
     pub(crate) fn prefetch(self: &Arc<Self>, http: HttpClient, metrics: TokenMetrics) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let issuer = Arc::downgrade(self);
         runtime.spawn(async move {
+            // Until the keys are loaded: 1 s, 2 s, 4 s … up to `min_refetch`.
+            let mut wait = Duration::from_secs(1);
             loop {
                 let Some(this) = issuer.upgrade() else { return };
                 {
                     let _fetching = this.fetching.lock().await;
-                    if this.read().fetched.is_none() && !this.attempted_recently() {
-                        this.fetch(Trigger::Initial, &http, &metrics).await;
-                    }
-                    if this.read().fetched.is_some() {
-                        return;
+                    let fetched = this.read().fetched;
+                    match fetched {
+                        None => this.fetch(Trigger::Prefetch, &http, &metrics).await,
+                        Some(at) if at.elapsed() >= this.refresh => {
+                            this.fetch(Trigger::Refresh, &http, &metrics).await
+                        }
+                        Some(_) => {}
                     }
                 }
-                let wait = this.min_refetch.max(Duration::from_secs(1));
+                // Loaded: refresh every `refresh` whether or not requests come, so a withdrawn
+                // key stops verifying within `refresh` (plus one fetch) even on an idle sidecar.
+                let next = match this.read().fetched {
+                    Some(at) => this.refresh.saturating_sub(at.elapsed()).max(this.min_refetch),
+                    None => wait.min(this.min_refetch),
+                };
                 drop(this);
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(next).await;
+                wait *= 2;
             }
         });
     }
@@ -270,13 +284,18 @@ impl KeyCache {
             .inc();
         let now = Instant::now();
         let mut state = self.write();
-        state.attempted = Some(now);
+        if !matches!(trigger, Trigger::Prefetch) {
+            state.attempted = Some(now);
+        }
         match result {
             Ok((keys, skipped)) => {
                 for reason in &skipped {
                     tracing::warn!(issuer = %self.issuer, %reason, "JWKS entry skipped");
                 }
-                if state.fetched.is_none() {
+                if keys.is_empty() {
+                    tracing::warn!(issuer = %self.issuer, uri = %self.uri,
+                        "the JWKS lists no usable key: every token from this issuer is refused");
+                } else if state.fetched.is_none() {
                     tracing::info!(issuer = %self.issuer, keys = keys.len(), "JWKS loaded");
                 } else {
                     tracing::debug!(issuer = %self.issuer, keys = keys.len(), trigger = trigger.as_str(), "JWKS fetched");

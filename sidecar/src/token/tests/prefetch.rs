@@ -126,3 +126,42 @@ async fn a_new_validator_replaces_the_previous_issuers_in_the_gauge() {
     assert_eq!(gauge(&registry, "token_jwks_keys", "test-as"), None);
     assert_eq!(gauge(&registry, "token_jwks_keys", "renamed-as"), Some(0));
 }
+
+/// The demo found this: the OAuth server starts after the policy is applied. A failed prefetch
+/// must not make the first request wait `minRefetchSeconds` (30 s) before fetching itself.
+#[tokio::test]
+async fn a_failed_prefetch_does_not_hold_back_the_first_requests_fetch() {
+    let fake = FakeAs::start().await;
+    fake.set_jwks(None);
+    let (validator, _registry) = validator(fake.issuer());
+    validator.prefetch_keys();
+    wait_for(|| fake.jwks_hits() >= 1).await;
+    fake.set_jwks(Some(jwks()));
+    validator
+        .authenticate(&access_token())
+        .await
+        .expect("the request fetches the keys now that the server answers");
+}
+
+/// Found by the outside review (F1, F2): an issuer that withdraws every key (a 200 with an empty
+/// set) is obeyed, not treated as an outage; and the refresh runs without requests, so an idle
+/// sidecar holding a cached verdict refuses the token within `refresh`.
+#[tokio::test]
+async fn withdrawing_every_key_is_obeyed_and_refreshes_run_without_requests() {
+    let fake = FakeAs::start().await;
+    let mut config = quick_retry(fake.issuer());
+    config.jwks_refresh = Duration::from_millis(400);
+    let (validator, registry) = validator(config);
+    validator.prefetch_keys();
+    let token = access_token();
+    validator.authenticate(&token).await.expect("good");
+    validator.authenticate(&token).await.expect("cached");
+    fake.set_jwks(Some(json!({"keys": []})));
+    // No request in between: the background refresh alone must adopt the empty set.
+    wait_for(|| gauge(&registry, "token_jwks_keys", "test-as") == Some(0)).await;
+    let refused = validator
+        .authenticate(&token)
+        .await
+        .expect_err("every key was withdrawn");
+    assert_eq!(refused.status(), 401, "{refused}");
+}
