@@ -145,7 +145,10 @@ impl KeyCache {
                 // Loaded: refresh every `refresh` whether or not requests come, so a withdrawn
                 // key stops verifying within `refresh` (plus one fetch) even on an idle sidecar.
                 let next = match this.read().fetched {
-                    Some(at) => this.refresh.saturating_sub(at.elapsed()).max(this.min_refetch),
+                    Some(at) => this
+                        .refresh
+                        .saturating_sub(at.elapsed())
+                        .max(this.min_refetch),
                     None => wait.min(this.min_refetch),
                 };
                 drop(this);
