@@ -65,12 +65,49 @@ pub(crate) fn apply(
         if let Some(v) = annotations.get(key) {
             let v = v.trim();
             syntax::quantity(v).map_err(|e| bad(key, v, e))?;
+            if v.starts_with('-') {
+                return Err(bad(
+                    key,
+                    v,
+                    "a resource quantity must not be negative".into(),
+                ));
+            }
             let target = if limit {
                 &mut resources.limits
             } else {
                 &mut resources.requests
             };
             target.insert(name.to_owned(), v.to_owned());
+        }
+    }
+    // The API server refuses a pod whose request exceeds its limit; say which annotation did it.
+    for (name, request_key, limit_key) in [
+        ("cpu", PROXY_CPU, PROXY_CPU_LIMIT),
+        ("memory", PROXY_MEMORY, PROXY_MEMORY_LIMIT),
+    ] {
+        let value =
+            |m: &BTreeMap<String, String>| m.get(name).and_then(|q| syntax::quantity_value(q));
+        if let (Some(request), Some(limit)) = (value(&resources.requests), value(&resources.limits))
+        {
+            if request > limit
+                && (annotations.contains_key(request_key) || annotations.contains_key(limit_key))
+            {
+                let (key, v) = match annotations.get_key_value(request_key) {
+                    Some((k, v)) => (k.as_str(), v.as_str()),
+                    None => (
+                        limit_key,
+                        annotations.get(limit_key).map_or("", |v| v.as_str()),
+                    ),
+                };
+                return Err(bad(
+                    key,
+                    v,
+                    format!(
+                        "the {name} request {} exceeds the limit {}",
+                        resources.requests[name], resources.limits[name]
+                    ),
+                ));
+            }
         }
     }
     Ok((proxy, resources))
@@ -136,6 +173,9 @@ mod tests {
             (WORKER_THREADS, "many", "1 to 256"),
             (PROXY_CPU, "lots", "Kubernetes quantity"),
             (PROXY_MEMORY_LIMIT, "1 Gi", "Kubernetes quantity"),
+            // Found by the outside review (F6): the API server would refuse these pods.
+            (PROXY_CPU, "-1", "must not be negative"),
+            (PROXY_MEMORY, "100Gi", "exceeds the limit"),
         ];
         for (key, value, want) in cases {
             let e = apply(&annotations(&[(key, value)]), &cfg())

@@ -72,9 +72,49 @@ pub(crate) fn quantity(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The value of a quantity that `quantity` accepted, as a number (cores, bytes), to compare a
+/// request with its limit; `None` when it is not one.
+pub(crate) fn quantity_value(text: &str) -> Option<f64> {
+    quantity(text).ok()?;
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e => 10f64.powi(e[1..].parse::<i32>().ok()?),
+    };
+    Some(number * scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantity_values() {
+        assert_eq!(quantity_value("100m"), Some(0.1));
+        assert_eq!(quantity_value("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(quantity_value("1e3"), Some(1000.0));
+        assert_eq!(quantity_value("-1"), Some(-1.0));
+        assert_eq!(quantity_value("lots"), None);
+    }
 
     #[test]
     fn port_lists() {
