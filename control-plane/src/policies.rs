@@ -171,6 +171,7 @@ fn candidates(dir: &Path) -> Vec<Candidate> {
                 key: pqmesh_policy::admit::ObjectKey::new("Unknown", "", &source),
                 source,
                 generation: None,
+                created: None,
                 parsed: Err(e.to_string()),
             }),
         }
@@ -222,8 +223,14 @@ pub(crate) fn load_secrets(path: &Path) -> Result<SecretTable, String> {
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: SecretsFile =
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The message leaves out the value serde found: here it is most likely a secret.
+    let file: SecretsFile = serde_yaml::from_str(&text).map_err(|e| {
+        format!(
+            "{}: {}",
+            path.display(),
+            pqmesh_policy::redact::yaml_error(&e)
+        )
+    })?;
     let mut table = SecretTable::default();
     for s in file.secrets {
         if table

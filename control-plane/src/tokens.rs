@@ -200,7 +200,9 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 fn parse_table(text: &str, trust_domain: &str) -> Result<HashMap<[u8; 32], Grant>, String> {
-    let file: TokenFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    // The message leaves out the value serde found: here it is most likely a token.
+    let file: TokenFile =
+        serde_yaml::from_str(text).map_err(|e| pqmesh_policy::redact::yaml_error(&e))?;
     let mut table = HashMap::new();
     for (i, entry) in file.tokens.into_iter().enumerate() {
         let at = |msg: String| format!("tokens[{i}]: {msg}");

@@ -59,6 +59,9 @@ pub struct Candidate {
     /// `file document N` in local mode; empty in Kubernetes mode.
     pub source: String,
     pub generation: Option<i64>,
+    /// `metadata.creationTimestamp` (RFC 3339, Kubernetes); `None` in local mode. The older of
+    /// two conflicting objects wins.
+    pub created: Option<String>,
     pub parsed: Result<Resource, String>,
 }
 
@@ -72,6 +75,8 @@ pub mod reason {
     pub const INVALID_REF: &str = "InvalidRef";
     /// Its introspection client Secret (or the key in it) is missing.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// Another TokenIssuer of the namespace already has its `spec.issuer`.
+    pub const CONFLICTED: &str = "Conflicted";
     pub const ACCEPTED: &str = "Accepted";
     pub const RESOLVED: &str = "ResolvedRefs";
 }
@@ -176,7 +181,8 @@ impl Admitted {
 /// keeps its object's version from there).
 pub fn admit(candidates: Vec<Candidate>, last_good: &PolicySet, trust_domain: &str) -> Admitted {
     let mut out = Admitted::default();
-    for c in candidates {
+    let mut created = BTreeMap::new();
+    for (arrival, c) in candidates.into_iter().enumerate() {
         if let Some(first) = out.verdicts.get(&c.key) {
             // Local mode only: Kubernetes keys are unique. The first definition stays.
             let message = format!("{} is already defined in {}", c.key, first.source);
@@ -232,6 +238,7 @@ pub fn admit(candidates: Vec<Candidate>, last_good: &PolicySet, trust_domain: &s
                 ),
             },
         };
+        created.insert(c.key.clone(), (c.created.clone(), arrival));
         match resource {
             Some(Resource::TokenIssuer(t)) => out.set.issuers.push(t),
             Some(Resource::AccessPolicy(p)) => out.set.policies.push(p),
@@ -249,6 +256,7 @@ pub fn admit(candidates: Vec<Candidate>, last_good: &PolicySet, trust_domain: &s
             },
         );
     }
+    refuse_conflicting_issuers(&mut out, last_good, &created);
     // References, against the issuers in force.
     for p in &out.set.policies {
         let missing = unresolved_issuers(p, &out.set.issuers);
@@ -268,6 +276,73 @@ pub fn admit(candidates: Vec<Candidate>, last_good: &PolicySet, trust_domain: &s
         }
     }
     out
+}
+
+/// Two TokenIssuers of one namespace with the same `spec.issuer`: a token names its issuer only
+/// by `iss`, so a sidecar could not tell which one's audiences and keys apply. The one already in
+/// force wins, then the older (`creationTimestamp`), then the one read first; the others are
+/// refused (`Accepted=False, reason Conflicted`) and only they lose: their last accepted
+/// version stays in force if it named another issuer, and policies naming them fail closed.
+fn refuse_conflicting_issuers(
+    out: &mut Admitted,
+    last_good: &PolicySet,
+    created: &BTreeMap<ObjectKey, (Option<String>, usize)>,
+) {
+    let key =
+        |t: &TokenIssuer| ObjectKey::new("TokenIssuer", &t.metadata.namespace, &t.metadata.name);
+    let was_in_force = |t: &TokenIssuer| {
+        last_good.issuers.iter().any(|g| {
+            g.metadata.namespace == t.metadata.namespace
+                && g.metadata.name == t.metadata.name
+                && g.spec.issuer == t.spec.issuer
+        })
+    };
+    let rank = |t: &TokenIssuer| {
+        let (when, arrival) = created.get(&key(t)).cloned().unwrap_or((None, usize::MAX));
+        (!was_in_force(t), when.is_none(), when, arrival)
+    };
+    let mut order: Vec<usize> = (0..out.set.issuers.len()).collect();
+    order.sort_by_key(|&i| rank(&out.set.issuers[i]));
+    let mut winners: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut losers = Vec::new();
+    for i in order {
+        let t = &out.set.issuers[i];
+        let slot = (t.metadata.namespace.clone(), t.spec.issuer.clone());
+        match winners.get(&slot) {
+            Some(winner) => losers.push((i, winner.clone())),
+            None => {
+                winners.insert(slot, t.metadata.name.clone());
+            }
+        }
+    }
+    losers.sort_by(|a, b| b.0.cmp(&a.0));
+    for (i, winner) in losers {
+        let t = out.set.issuers.remove(i);
+        let k = key(&t);
+        let earlier = previous(last_good, &k).and_then(|r| match r {
+            Resource::TokenIssuer(p) if p.spec.issuer != t.spec.issuer => Some(p),
+            _ => None,
+        });
+        let why = format!(
+            "spec.issuer {:?} is already the issuer of TokenIssuer {}/{winner}; a namespace has \
+             one TokenIssuer per issuer (list every audience in that one)",
+            t.spec.issuer, t.metadata.namespace
+        );
+        let (message, in_force) = match earlier {
+            Some(p) => {
+                out.set.issuers.push(p);
+                (
+                    format!("{why}; the last accepted version stays in force"),
+                    InForce::LastGood,
+                )
+            }
+            None => (format!("{why}; it has no effect"), InForce::None),
+        };
+        if let Some(v) = out.verdicts.get_mut(&k) {
+            v.accepted = Judgement::refused(reason::CONFLICTED, message);
+            v.in_force = in_force;
+        }
+    }
 }
 
 fn previous(last_good: &PolicySet, key: &ObjectKey) -> Option<Resource> {
@@ -305,6 +380,7 @@ pub fn candidates_from_yaml(text: &str, source: &str) -> Vec<Candidate> {
                     key: ObjectKey::new("Unknown", "", &at),
                     source: at,
                     generation: None,
+                    created: None,
                     parsed: Err(e.to_string()),
                 });
                 break;
@@ -333,6 +409,7 @@ pub fn candidates_from_yaml(text: &str, source: &str) -> Vec<Candidate> {
             key,
             source: at,
             generation: None,
+            created: None,
             parsed,
         });
     }

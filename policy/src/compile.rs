@@ -129,21 +129,41 @@ pub(crate) fn check_name(location: &str, field: &str, name: &str) -> Result<(), 
 
 use crate::model::ALLOWED_ALGORITHMS as ALLOWED_ALGS;
 
+/// An endpoint the sidecar will fetch: an absolute URL the sidecar's HTTP client parses, over
+/// `https://`, or `http://` only to a loopback host (a local OAuth server in tests and the demo);
+/// never with credentials in it (they would be sent to whoever the host is, and shown in every
+/// message about the object). The sidecar re-checks with the same rules; checking here refuses
+/// the object instead of having every selected sidecar refuse its policy.
 pub(crate) fn check_url(location: &str, field: &str, url: &str) -> Result<(), PolicyError> {
-    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-        .iter()
-        .any(|p| {
-            url.strip_prefix(p)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
-        });
-    let https = url.starts_with("https://") && url.len() > "https://".len();
-    if !(https || loopback) {
-        return Err(err(
+    let refuse = |why: &str| {
+        Err(err(
             location,
-            format!("{field} {url:?} must be an https:// URL (http:// only on loopback)"),
-        ));
+            format!("{field} {:?} {why}", crate::redact::url(url)),
+        ))
+    };
+    let parsed: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return refuse(&format!("is not a valid URL ({e})")),
+    };
+    let Some(authority) = parsed.authority() else {
+        return refuse("must be an absolute https:// URL");
+    };
+    if authority.as_str().contains('@') {
+        return refuse("must not contain credentials (user:password@); the sidecar sends none");
     }
-    Ok(())
+    let port = authority
+        .as_str()
+        .strip_prefix(authority.host())
+        .unwrap_or_default();
+    if !port.is_empty() && authority.port_u16().is_none() {
+        return refuse("has a port that is not a number");
+    }
+    let loopback = matches!(authority.host(), "127.0.0.1" | "localhost" | "[::1]");
+    match parsed.scheme_str() {
+        Some("https") if !authority.host().is_empty() => Ok(()),
+        Some("http") if loopback => Ok(()),
+        _ => refuse("must be an https:// URL (http:// only on loopback)"),
+    }
 }
 
 /// Checks one TokenIssuer on its own.
@@ -193,6 +213,15 @@ pub(crate) fn validate_issuer(location: &str, t: &TokenIssuer) -> Result<(), Pol
         return Err(err(
             location,
             "spec.jwks intervals must be at least 1 second",
+        ));
+    }
+    if s.jwks.refresh_seconds < s.jwks.min_refetch_seconds {
+        return Err(err(
+            location,
+            format!(
+                "spec.jwks.refreshSeconds {} must not be shorter than spec.jwks.minRefetchSeconds {}",
+                s.jwks.refresh_seconds, s.jwks.min_refetch_seconds
+            ),
         ));
     }
     if let Some(i) = &s.introspection {

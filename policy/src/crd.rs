@@ -346,6 +346,14 @@ mod agreement {
             "http://localhostx/",
             "ftp://x",
             "",
+            "https://u:p@idp.example/jwks",
+            "https://idp.example@evil.example/jwks",
+            "http://127.0.0.1:9@evil.example/",
+            "http://127.0.0.1@evil.example/",
+            "https://idp.example /jwks",
+            "http://127.0.0.1:x/",
+            "https://idp.example:8443/jwks?x=1",
+            "https://idp.example/a@b",
         ] {
             let code = crate::compile::check_url("x", "f", u).is_ok();
             assert_eq!(url.is_match(u), code, "{u:?}: schema vs check_url");

@@ -9,6 +9,7 @@ pub mod crd;
 pub mod eval;
 pub mod model;
 pub mod path;
+pub mod redact;
 pub mod scope;
 
 pub use compile::{

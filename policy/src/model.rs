@@ -94,7 +94,7 @@ pub const ALLOWED_ALGORITHMS: &[&str] = &[
 
 /// https URLs, or http on loopback only — the rule `compile::check_url` enforces, as a schema
 /// pattern.
-pub const URL_PATTERN: &str = r"^(https://.+|http://(127\.0\.0\.1|localhost|\[::1\])([:/].*)?)$";
+pub const URL_PATTERN: &str = r"^(https://[^/?#@\s]+([/?#]\S*)?|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?([/?#]\S*)?)$";
 
 /// DNS-1123 subdomain names (what `compile::check_name` accepts).
 pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$";

@@ -208,6 +208,9 @@ fn bad_documents_are_refused_with_a_precise_reason() {
         (i(&format!("{ok_issuer}  maxTokenLifetimeSeconds: -1\n")), "expected u32"),
         (i(&format!("{ok_issuer}  maxTokenLifetimeSeconds: 1e30\n")), "expected u32"),
         (i("  issuer: https://x\n  audiences: [a]\n  jwksUri: http://evil.example/jwks\n"), "must be an https:// URL"),
+        (i("  issuer: https://x\n  audiences: [a]\n  jwksUri: https://u:hunter2@x/jwks\n"), "must not contain credentials"),
+        (i("  issuer: https://x\n  audiences: [a]\n  jwksUri: https://x /jwks\n"), "is not a valid URL"),
+        (i(&format!("{ok_issuer}  jwks: {{refreshSeconds: 10, minRefetchSeconds: 30}}\n")), "must not be shorter than spec.jwks.minRefetchSeconds"),
         (i(&format!("{ok_issuer}  allowedAlgorithms: [HS256]\n")), "HS256"),
         (i(&format!("{ok_issuer}  allowedAlgorithms: [none]\n")), "\"none\""),
         (i("  issuer: https://x\n  audiences: []\n  jwksUri: https://x/jwks\n"), "spec.audiences"),
@@ -230,6 +233,8 @@ fn bad_documents_are_refused_with_a_precise_reason() {
         };
         let e = set(&docs).map(|_| ()).unwrap_err();
         assert!(e.to_string().contains(want), "{doc}\n=> {e}");
+        // A refusal is shown to whoever may read the object's status: never its credentials.
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
     let dup = set(&[POLICY, POLICY, ISSUER]).map(|_| ()).unwrap_err();
     assert!(dup.to_string().contains("defined twice"), "{dup}");
@@ -734,116 +739,4 @@ fn new_fields_reach_the_snapshot_and_defaults_keep_old_versions() {
     );
 }
 
-mod admission {
-    use super::*;
-    use crate::admit::{admit, candidates_from_yaml, InForce, ObjectKey};
-
-    fn docs(text: &str) -> Vec<crate::admit::Candidate> {
-        candidates_from_yaml(text, "p.yaml")
-    }
-
-    const OTHER_NS: &str = r#"
-apiVersion: pqmesh.io/v1alpha1
-kind: AccessPolicy
-metadata: {name: bogus, namespace: tenant-b}
-spec:
-  selector: {}
-  mtls: BOGUS
-  peers: ["*"]
-"#;
-
-    #[test]
-    fn an_invalid_object_affects_only_itself() {
-        let text = format!("{ISSUER}---{POLICY}---{OTHER_NS}");
-        let a = admit(docs(&text), &PolicySet::default(), TD);
-        assert_eq!(a.set.policies.len(), 1, "the valid policy is in force");
-        assert_eq!(a.set.issuers.len(), 1);
-        let bogus = &a.verdicts[&ObjectKey::new("AccessPolicy", "tenant-b", "bogus")];
-        assert!(!bogus.accepted.status);
-        assert_eq!(bogus.accepted.reason, "Invalid");
-        assert!(
-            bogus.accepted.message.contains("STRICT or PERMISSIVE"),
-            "{bogus:?}"
-        );
-        assert_eq!(bogus.in_force, InForce::None);
-        assert_eq!(a.rejected(), 1);
-        let orders = &a.verdicts[&ObjectKey::new("AccessPolicy", "shop", "orders")];
-        assert!(orders.accepted.status && orders.resolved_refs.status);
-    }
-
-    #[test]
-    fn an_invalid_edit_keeps_the_last_good_version() {
-        let first = admit(
-            docs(&format!("{ISSUER}---{POLICY}")),
-            &PolicySet::default(),
-            TD,
-        );
-        let broken = POLICY.replace("peers: [\"shop/*\"]", "peer: [\"shop/*\"]");
-        let second = admit(docs(&format!("{ISSUER}---{broken}")), &first.set, TD);
-        let v = &second.verdicts[&ObjectKey::new("AccessPolicy", "shop", "orders")];
-        assert!(
-            !v.accepted.status && v.accepted.message.contains("unknown field `peer`"),
-            "{v:?}"
-        );
-        assert_eq!(v.in_force, InForce::LastGood);
-        assert_eq!(
-            second.set.policies, first.set.policies,
-            "the last accepted version"
-        );
-    }
-
-    #[test]
-    fn a_missing_issuer_fails_closed_for_its_policy_only() {
-        let a = admit(docs(POLICY), &PolicySet::default(), TD);
-        let v = &a.verdicts[&ObjectKey::new("AccessPolicy", "shop", "orders")];
-        assert!(v.accepted.status);
-        assert!(
-            !v.resolved_refs.status && v.resolved_refs.reason == "InvalidRef",
-            "{v:?}"
-        );
-        // In force, but no token can satisfy it.
-        let w = a
-            .set
-            .compile(&workload(&[("app", "orders")]), &TestSecrets)
-            .unwrap();
-        assert_eq!(w.policies[0].token_issuers, Some(vec![]));
-        assert!(w.issuers.is_empty());
-    }
-
-    #[test]
-    fn unreadable_documents_and_duplicates_are_reported_on_their_own() {
-        let text =
-            format!("{POLICY}---\nkind: AccessPolicy\nmetadata: [oops]\n---{ISSUER}---{ISSUER}");
-        let a = admit(docs(&text), &PolicySet::default(), TD);
-        assert_eq!(a.set.policies.len(), 1);
-        assert_eq!(a.set.issuers.len(), 1);
-        let reasons: Vec<_> = a
-            .verdicts
-            .values()
-            .filter(|v| !v.accepted.status)
-            .map(|v| (v.source.clone(), v.accepted.reason.clone()))
-            .collect();
-        assert_eq!(
-            reasons,
-            vec![
-                ("p.yaml document 4".to_owned(), "Duplicate".to_owned()),
-                ("p.yaml document 2".to_owned(), "Invalid".to_owned()),
-            ]
-        );
-    }
-
-    #[test]
-    fn any_peer_is_explicit_and_compiles_to_no_restriction() {
-        let text = POLICY.replace("[\"shop/*\"]", "[\"*\"]");
-        let a = admit(
-            docs(&format!("{ISSUER}---{text}")),
-            &PolicySet::default(),
-            TD,
-        );
-        let w = a
-            .set
-            .compile(&workload(&[("app", "orders")]), &TestSecrets)
-            .unwrap();
-        assert_eq!(w.policies[0].peers, None);
-    }
-}
+mod admission;

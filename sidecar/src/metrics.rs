@@ -386,16 +386,18 @@ impl Metrics {
 }
 
 pub const DIRECTIONS: [&str; 2] = ["inbound", "outbound"];
-pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
-/// The status class label of an HTTP status code (anything outside 100..=499 counts as 5xx).
+/// The status class label of an HTTP status code; a code outside 100..=599 (HTTP allows three
+/// digits, RFC 9110 defines these classes) is `other`, never blamed on the server as 5xx.
 pub fn status_class(status: u16) -> usize {
     match status {
         100..=199 => 0,
         200..=299 => 1,
         300..=399 => 2,
         400..=499 => 3,
-        _ => 4,
+        500..=599 => 4,
+        _ => 5,
     }
 }
 
@@ -406,7 +408,7 @@ pub struct RequestSeries {
     metrics: Arc<Metrics>,
     direction: &'static str,
     peer_label: String,
-    classes: [std::sync::OnceLock<ClassSeries>; 5],
+    classes: [std::sync::OnceLock<ClassSeries>; STATUS_CLASSES.len()],
 }
 
 struct ClassSeries {

@@ -1,12 +1,15 @@
 //! Golden request metrics for HTTP/1.1 on the outbound byte relay. Outbound relays bytes per
 //! connection (it never rewrites what the app sends), so requests are *observed*, not proxied:
-//! response heads coming back from the upstream are parsed and their bodies skipped by their
-//! framing (Content-Length, chunked), giving status class and latency per request. Anything that
-//! is not HTTP/1.x — a server-first protocol, TLS from the app, a body delimited by close — ends
-//! the observation for that connection; the bytes flow unchanged either way.
-//! Latency is measured from the first request byte written after the previous response ended to
-//! the response head (pipelined requests count from the first of the batch).
+//! the app's request heads are parsed on the way out (bodies skipped by their framing) and the
+//! upstream's response heads on the way back, giving status class and latency per request.
+//! A response counts only against a request the app sent: an upstream that answers more than was
+//! asked (or anything unparseable on either side) ends the observation for that connection, so
+//! a hostile server cannot inflate the caller's metrics. Anything that is not HTTP/1.x — a
+//! server-first protocol, TLS from the app, a body delimited by close, CONNECT — ends it too; the
+//! bytes flow unchanged either way. Latency is measured from the first byte of a request's head
+//! written to its response's head read.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,6 +22,8 @@ use crate::metrics::{Metrics, RequestSeries};
 /// Longest response head observed; a longer one ends the observation (the app still gets it).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
+/// Most requests sent and not yet answered (pipelining); more ends the observation.
+const MAX_OUTSTANDING: usize = 1024;
 
 /// One response seen in the stream.
 #[derive(Debug, PartialEq)]
@@ -43,24 +48,51 @@ enum State {
     Done,
 }
 
-/// The response side of one HTTP/1.1 connection, fed the bytes as they arrive.
+/// The response side of one HTTP/1.1 connection, fed the bytes as they arrive. It expects one
+/// final response per request the app sent ([`ResponseParser::expect`]); a response nobody asked
+/// for ends the observation and is not reported.
 #[derive(Debug)]
 pub struct ResponseParser {
     state: State,
-    /// Whether the request being answered is a HEAD (its response has no body).
-    pub head_request: bool,
+    /// The requests sent and not yet answered, oldest first: whether each is a HEAD (its
+    /// response has no body).
+    expected: VecDeque<bool>,
 }
 
 impl Default for ResponseParser {
     fn default() -> Self {
         ResponseParser {
             state: State::Head(Vec::new()),
-            head_request: false,
+            expected: VecDeque::new(),
         }
     }
 }
 
 impl ResponseParser {
+    /// A parser awaiting the answers to these requests (`true` for a HEAD).
+    pub fn expecting(heads: &[bool]) -> Self {
+        let mut p = Self::default();
+        for &head in heads {
+            p.expect(head);
+        }
+        p
+    }
+
+    /// One more request was sent (`head`: its method is HEAD).
+    pub fn expect(&mut self, head: bool) {
+        if self.expected.len() >= MAX_OUTSTANDING {
+            self.stop();
+        } else {
+            self.expected.push_back(head);
+        }
+    }
+
+    /// Ends the observation: nothing more is reported.
+    pub fn stop(&mut self) {
+        self.state = State::Done;
+        self.expected.clear();
+    }
+
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Done)
     }
@@ -77,33 +109,126 @@ impl ResponseParser {
             match &mut self.state {
                 State::Done => break,
                 State::Head(buf) => {
-                    buf.extend_from_slice(bytes);
-                    bytes = &[];
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let mut resp = httparse::Response::new(&mut headers);
-                    match resp.parse(buf) {
-                        Ok(httparse::Status::Complete(len)) => {
-                            let status = resp.code.unwrap_or(0);
-                            let framing = body_framing(status, self.head_request, resp.headers);
-                            let rest = buf.split_off(len);
-                            if !(100..200).contains(&status) || status == 101 {
-                                seen.push(Seen { status });
+                    let head_request = self.expected.front().copied().unwrap_or(false);
+                    let step = head_step(buf, bytes, |b| {
+                        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                        let mut resp = httparse::Response::new(&mut headers);
+                        Ok(match resp.parse(b).map_err(|_| ())? {
+                            httparse::Status::Complete(len) => {
+                                let status = resp.code.unwrap_or(0);
+                                Some((
+                                    len,
+                                    (status, body_framing(status, head_request, resp.headers)),
+                                ))
                             }
-                            self.state = match framing {
-                                Some(Body::Length(0)) => State::Head(Vec::new()),
-                                Some(body) => State::Body(body),
-                                None => State::Done,
-                            };
-                            if (100..200).contains(&status) && status != 101 {
-                                // Interim (100 Continue): the final response follows.
-                                self.state = State::Head(Vec::new());
-                            }
-                            // The rest of the read continues the loop on the new state.
-                            return_rest(&mut seen, self, rest);
+                            httparse::Status::Partial => None,
+                        })
+                    });
+                    let (used, (status, framing)) = match step {
+                        Step::Complete(used, value) => (used, value),
+                        Step::Partial => break,
+                        Step::Bad => {
+                            self.stop();
+                            break;
                         }
-                        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => {}
-                        _ => self.state = State::Done,
+                    };
+                    bytes = &bytes[used..];
+                    if self.expected.is_empty() {
+                        // Unsolicited: no request is waiting for it.
+                        self.stop();
+                        break;
                     }
+                    self.state = match framing {
+                        Some(Body::Length(0)) => State::Head(Vec::new()),
+                        Some(body) => State::Body(body),
+                        None => State::Done,
+                    };
+                    if (100..200).contains(&status) && status != 101 {
+                        // 100 Continue: the final response to the same request follows.
+                        self.state = State::Head(Vec::new());
+                    } else {
+                        self.expected.pop_front();
+                        seen.push(Seen { status });
+                    }
+                }
+                State::Body(body) => {
+                    let (used, finished, broken) = skip_body(body, bytes);
+                    bytes = &bytes[used..];
+                    if broken {
+                        self.stop();
+                    } else if finished {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// The request side of one HTTP/1.1 connection: finds where each request the app writes
+/// begins, so that responses can be matched to requests.
+#[derive(Debug)]
+pub struct RequestParser {
+    state: State,
+}
+
+impl Default for RequestParser {
+    fn default() -> Self {
+        RequestParser {
+            state: State::Head(Vec::new()),
+        }
+    }
+}
+
+impl RequestParser {
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Whether the next byte written starts a new request.
+    pub fn between_requests(&self) -> bool {
+        matches!(&self.state, State::Head(b) if b.is_empty())
+    }
+
+    /// Consumes `bytes`; returns one entry per request head completed in them (`true` for HEAD).
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<bool> {
+        let mut heads = Vec::new();
+        while !bytes.is_empty() {
+            match &mut self.state {
+                State::Done => break,
+                State::Head(buf) => {
+                    let step = head_step(buf, bytes, |b| {
+                        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                        let mut req = httparse::Request::new(&mut headers);
+                        Ok(match req.parse(b).map_err(|_| ())? {
+                            httparse::Status::Complete(len) => {
+                                let method = req.method.unwrap_or_default();
+                                let framing = if method == "CONNECT" {
+                                    None // a tunnel follows
+                                } else {
+                                    request_body_framing(req.headers)
+                                };
+                                Some((len, (method == "HEAD", framing)))
+                            }
+                            httparse::Status::Partial => None,
+                        })
+                    });
+                    let (used, (head, framing)) = match step {
+                        Step::Complete(used, value) => (used, value),
+                        Step::Partial => break,
+                        Step::Bad => {
+                            self.state = State::Done;
+                            break;
+                        }
+                    };
+                    bytes = &bytes[used..];
+                    heads.push(head);
+                    self.state = match framing {
+                        Some(Body::Length(0)) => State::Head(Vec::new()),
+                        Some(body) => State::Body(body),
+                        None => State::Done,
+                    };
                 }
                 State::Body(body) => {
                     let (used, finished, broken) = skip_body(body, bytes);
@@ -116,16 +241,59 @@ impl ResponseParser {
                 }
             }
         }
-        seen
+        heads
     }
 }
 
-/// Continues parsing the bytes that followed a completed head (a recursive call keeps `feed`'s
-/// borrow of `buf` short).
-fn return_rest(seen: &mut Vec<Seen>, parser: &mut ResponseParser, rest: Vec<u8>) {
-    if !rest.is_empty() {
-        let more = parser.feed(&rest);
-        seen.extend(more);
+/// A request's body framing (RFC 9112 §6.3: chunked, Content-Length, or none); `None` when it
+/// cannot be told (a transfer coding other than chunked last, conflicting lengths).
+fn request_body_framing(headers: &[httparse::Header]) -> Option<Body> {
+    let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    if !has("transfer-encoding") && !has("content-length") {
+        return Some(Body::Length(0));
+    }
+    body_framing(200, false, headers)
+}
+
+/// One attempt at a message head.
+enum Step<T> {
+    /// Complete: how many of the new bytes it used, and what `parse` made of it.
+    Complete(usize, T),
+    /// Not complete yet: every new byte is kept in the buffer.
+    Partial,
+    /// Not HTTP/1.x, or longer than [`MAX_HEAD_BYTES`].
+    Bad,
+}
+
+/// Parses a head that began in earlier reads (`buf`) and continues in `bytes`. A head that
+/// arrives whole is parsed in place, without copying; a split one is gathered in `buf`, at most
+/// [`MAX_HEAD_BYTES`]. `parse` returns the head's length and its value, or `None` if partial.
+fn head_step<T>(
+    buf: &mut Vec<u8>,
+    bytes: &[u8],
+    parse: impl Fn(&[u8]) -> Result<Option<(usize, T)>, ()>,
+) -> Step<T> {
+    let had = buf.len();
+    if had == 0 {
+        return match parse(bytes) {
+            Ok(Some((len, value))) => Step::Complete(len, value),
+            Ok(None) if bytes.len() <= MAX_HEAD_BYTES => {
+                buf.extend_from_slice(bytes);
+                Step::Partial
+            }
+            _ => Step::Bad,
+        };
+    }
+    let take = bytes.len().min((MAX_HEAD_BYTES + 1).saturating_sub(had));
+    buf.extend_from_slice(&bytes[..take]);
+    match parse(buf) {
+        // The part before `had` was incomplete on its own, so the head ends in the new bytes.
+        Ok(Some((len, value))) if len > had => {
+            buf.clear();
+            Step::Complete(len - had, value)
+        }
+        Ok(None) if buf.len() <= MAX_HEAD_BYTES => Step::Partial,
+        _ => Step::Bad,
     }
 }
 
@@ -237,14 +405,14 @@ fn skip_body(body: &mut Body, bytes: &[u8]) -> (usize, bool, bool) {
 /// server's responses.
 pub struct Observed<IO> {
     inner: IO,
-    parser: ResponseParser,
+    requests: RequestParser,
+    responses: ResponseParser,
+    /// When each request sent and not yet answered started, oldest first.
+    started: VecDeque<Instant>,
+    /// When the request head being written began (it may take several writes).
+    head_started: Option<Instant>,
     series: RequestSeries,
     metrics: Arc<Metrics>,
-    /// When the request being answered started (its first byte was written); with pipelining,
-    /// the first request of the batch.
-    started: Option<Instant>,
-    /// Request bytes were written since the last response head.
-    pending: bool,
     counted_connection: bool,
 }
 
@@ -252,32 +420,45 @@ impl<IO> Observed<IO> {
     pub fn new(inner: IO, metrics: Arc<Metrics>, peer_label: String) -> Self {
         Observed {
             inner,
-            parser: ResponseParser::default(),
+            requests: RequestParser::default(),
+            responses: ResponseParser::default(),
+            started: VecDeque::new(),
+            head_started: None,
             series: metrics.request_series("outbound", peer_label),
             metrics,
-            started: None,
-            pending: false,
             counted_connection: false,
         }
     }
 
     fn on_request_bytes(&mut self, written: &[u8]) {
-        if self.parser.is_done() || written.is_empty() {
+        if self.responses.is_done() || written.is_empty() {
             return;
         }
-        if !self.pending {
-            self.pending = true;
-            self.started = Some(Instant::now());
-            self.parser.head_request = written.starts_with(b"HEAD ");
+        let now = Instant::now();
+        if self.requests.between_requests() {
+            self.head_started = Some(now);
+        }
+        for head in self.requests.feed(written) {
+            self.started
+                .push_back(self.head_started.take().unwrap_or(now));
+            self.responses.expect(head);
+        }
+        if self.requests.is_done() {
+            // What the app sends is no longer HTTP/1.x as far as we can tell: responses can no
+            // longer be matched to requests.
+            self.responses.stop();
         }
     }
 
     fn on_response_bytes(&mut self, read: &[u8]) {
-        if self.parser.is_done() {
+        if self.responses.is_done() {
             return;
         }
-        for seen in self.parser.feed(read) {
-            let elapsed = self.started.take().map_or(Duration::ZERO, |s| s.elapsed());
+        for seen in self.responses.feed(read) {
+            let elapsed = self
+                .started
+                .pop_front()
+                .map_or(Duration::ZERO, |s| s.elapsed());
             self.series.observe(seen.status, elapsed);
             let outcome = if seen.status == 101 {
                 "upgraded"
@@ -354,23 +535,22 @@ mod tests {
     #[test]
     fn keep_alive_responses_are_counted_one_by_one_across_any_split() {
         let stream: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n";
+        // Four requests (the 100 Continue is interim, not an answer).
+        let four = [false; 4];
         for split in 1..stream.len() {
-            let mut p = ResponseParser::default();
+            let mut p = ResponseParser::expecting(&four);
             let got = statuses(&mut p, &[&stream[..split], &stream[split..]]);
             assert_eq!(got, [200, 404, 204, 503], "split at {split}");
             assert!(p.between_responses(), "split at {split}");
         }
-        let mut p = ResponseParser::default();
+        let mut p = ResponseParser::expecting(&four);
         let one_byte_at_a_time: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(statuses(&mut p, &one_byte_at_a_time), [200, 404, 204, 503]);
     }
 
     #[test]
     fn a_head_response_has_no_body_even_with_a_content_length() {
-        let mut p = ResponseParser {
-            head_request: true,
-            ..Default::default()
-        };
+        let mut p = ResponseParser::expecting(&[true]);
         let got = statuses(&mut p, &[b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"]);
         assert_eq!(got, [200]);
         assert!(p.between_responses());
@@ -387,7 +567,7 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
         ];
         for case in cases {
-            let mut p = ResponseParser::default();
+            let mut p = ResponseParser::expecting(&[false, false]);
             let got = statuses(
                 &mut p,
                 &[case, b"HTTP/1.1 500 x\r\ncontent-length: 0\r\n\r\n"],
@@ -399,12 +579,102 @@ mod tests {
                 String::from_utf8_lossy(case)
             );
         }
-        let mut p = ResponseParser::default();
+        let mut p = ResponseParser::expecting(&[false]);
         assert_eq!(
             statuses(&mut p, &[&[b'x'; MAX_HEAD_BYTES + 10]]),
             Vec::<u16>::new()
         );
         assert!(p.is_done(), "an endless head is given up on");
+    }
+
+    /// Outside review F5: one request and 20,000 responses counted 20,000 outbound 2xx. A
+    /// response only counts against a request the app sent; the first unsolicited one ends the
+    /// observation.
+    #[test]
+    fn responses_nobody_asked_for_are_not_counted() {
+        let one = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let flood: Vec<u8> = one.repeat(20_000);
+        let mut p = ResponseParser::expecting(&[false]);
+        assert_eq!(statuses(&mut p, &[&flood]), [200]);
+        assert!(p.is_done());
+        let mut p = ResponseParser::default();
+        assert_eq!(statuses(&mut p, &[one]), Vec::<u16>::new());
+        // An interim response does not answer the request; the final one does.
+        let mut p = ResponseParser::expecting(&[false]);
+        let got = statuses(
+            &mut p,
+            &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 C\r\nContent-Length: 0\r\n\r\n"],
+        );
+        assert_eq!(got, [201]);
+    }
+
+    #[test]
+    fn request_heads_are_found_across_bodies_and_any_split() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 21\r\n\r\nGET /b HTTP/1.1\r\n\r\nxxHEAD /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nGET \r\n0\r\n\r\nGET /d HTTP/1.1\r\n\r\n";
+        for split in 1..stream.len() {
+            let mut p = RequestParser::default();
+            let mut heads = p.feed(&stream[..split]);
+            heads.extend(p.feed(&stream[split..]));
+            assert_eq!(heads, [false, true, false], "split at {split}");
+            assert!(p.between_requests(), "split at {split}");
+        }
+        for not_http in [
+            &b"\x16\x03\x01\x00\xa5\x01"[..],
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        ] {
+            let mut p = RequestParser::default();
+            assert!(p.feed(not_http).len() <= 1);
+            assert!(p.is_done(), "{:?}", String::from_utf8_lossy(not_http));
+        }
+    }
+
+    /// Through `Observed`: what the upstream says beyond the app's requests, or while the app
+    /// speaks something else, changes no metric; a status outside 100..=599 is `other`.
+    #[tokio::test]
+    async fn an_upstream_cannot_forge_the_callers_metrics() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let total = |metrics: &Metrics| {
+            crate::metrics::STATUS_CLASSES
+                .iter()
+                .map(|c| {
+                    metrics
+                        .request_duration
+                        .with_label_values(&["outbound", c])
+                        .get_sample_count()
+                })
+                .sum::<u64>()
+        };
+        let exchange = |request: &'static [u8], answer: Vec<u8>| async move {
+            let metrics = Arc::new(Metrics::new());
+            let (near, mut far) = tokio::io::duplex(1 << 20);
+            let mut observed = Observed::new(near, metrics.clone(), "none".into());
+            observed.write_all(request).await.unwrap();
+            let mut req = vec![0u8; request.len()];
+            far.read_exact(&mut req).await.unwrap();
+            far.write_all(&answer).await.unwrap();
+            drop(far);
+            let mut got = Vec::new();
+            observed.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, answer, "the bytes flow unchanged");
+            metrics
+        };
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".repeat(20_000);
+        let m = exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", ok.clone()).await;
+        assert_eq!(total(&m), 1, "one request, one response counted");
+        let m = exchange(b"\x16\x03\x01\x00\x05hello", ok).await;
+        assert_eq!(total(&m), 0, "the app did not speak HTTP/1.1");
+        let m = exchange(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        )
+        .await;
+        let class = |c: &str| {
+            m.request_duration
+                .with_label_values(&["outbound", c])
+                .get_sample_count()
+        };
+        assert_eq!((class("other"), class("5xx")), (1, 0));
     }
 
     #[tokio::test]

@@ -223,6 +223,7 @@ async fn compile(
                 ),
                 source: String::new(),
                 generation: m.generation,
+                created: m.creation_timestamp.as_ref().map(|t| t.0.to_string()),
                 parsed: to_policy_resource(kind, &object),
             });
         }

@@ -115,6 +115,7 @@ fn acceptance(inv: &Inventory, ctx: &Context, out: &mut Vec<Finding>) {
             key,
             source: o.source.clone(),
             generation: None,
+            created: None,
             parsed: as_policy_resource(o),
         });
     }

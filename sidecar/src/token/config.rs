@@ -214,7 +214,8 @@ pub(crate) fn endpoint(issuer: &str, field: &'static str, value: &str) -> Result
     let invalid = |reason: &str| ConfigError::Invalid {
         issuer: issuer.to_string(),
         field,
-        value: value.to_string(),
+        // The message reaches the control plane (NACK), logs and /policy_status.
+        value: pqmesh_policy::redact::url(value),
         reason: reason.to_string(),
     };
     let uri: Uri = value

@@ -386,6 +386,106 @@ fn validate_reports_file_line_and_reason() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Outside review F3/F4: a secret written where the file expects a map was repeated in
+/// `validate`'s output and the control plane's log (serde's `invalid type: string "…"`); a
+/// `jwksUri` with credentials and two TokenIssuers of one namespace for the same issuer passed
+/// `validate` and were pushed, for every selected sidecar to refuse. Now `validate` (and the
+/// reload, which runs the same code) names the problem without the secret.
+#[test]
+fn validate_and_the_control_plane_never_repeat_a_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    const TOKEN: &str = "tok-2f8a9c1e7b3d4a5f6e0d";
+    const SECRET: &str = "sec-9b1c7e2d4f6a8c0e1d3b";
+    const PASSWORD: &str = "pw-7c3e9a1f5b2d8e4c6a0f";
+    let dir = tempfile_dir();
+    let tokens = dir.join("bootstrap-tokens.yaml");
+    let secrets = dir.join("secrets.yaml");
+    let policies = dir.join("issuers.yaml");
+    std::fs::write(&tokens, format!("tokens: \"{TOKEN}\"\n")).expect("write");
+    std::fs::write(
+        &secrets,
+        format!("secrets:\n- namespace: shop\n  name: gw\n  data: \"{SECRET}\"\n"),
+    )
+    .expect("write");
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let issuer = |name: &str, iss: &str, jwks: &str| {
+        format!(
+            "apiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{issuer: \"{iss}\", audiences: [a], jwksUri: \"{jwks}\"}}\n"
+        )
+    };
+    std::fs::write(
+        &policies,
+        [
+            issuer("web", "https://idp.example", "https://idp.example/jwks"),
+            issuer("api", "https://idp.example", "https://idp.example/jwks"),
+            issuer(
+                "creds",
+                "https://other.example",
+                &format!("https://u:{PASSWORD}@other.example/jwks"),
+            ),
+        ]
+        .join("---\n"),
+    )
+    .expect("write");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let o = run(
+        "pqmesh-control-plane",
+        &["validate", &s(&tokens), &s(&secrets), &s(&policies)],
+        &[],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    for secret in [TOKEN, SECRET, PASSWORD] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} shown:\n{out}{err}"
+        );
+    }
+    for want in [
+        format!("{}:1: tokens: invalid type, expected a sequence", s(&tokens)),
+        format!("{}:4: secrets[0].data: invalid type, expected a map", s(&secrets)),
+        "TokenIssuer shop/api: spec.issuer \"https://idp.example\" is already the issuer of TokenIssuer shop/web".to_owned(),
+        "TokenIssuer shop/creds: spec.jwksUri \"https://***@other.example/jwks\" must not contain credentials".to_owned(),
+    ] {
+        assert!(out.contains(&want), "{want:?} not in\n{out}");
+    }
+
+    // The running control plane reads the same files at start: whatever it logs, no secret.
+    let mut child = Command::new(binary("pqmesh-control-plane"))
+        .args(["--local", &s(&dir), "--init"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PQMESH_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("PQMESH_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "PQMESH_ADMIN_LOCAL_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the control plane starts");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && child.try_wait().expect("wait").is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let o = child.wait_with_output().expect("output");
+    let (out, err) = text(&o);
+    assert!(
+        out.contains("bootstrap-tokens.yaml") || err.contains("bootstrap-tokens.yaml"),
+        "the bad file is reported:\n{out}{err}"
+    );
+    for secret in [TOKEN, SECRET, PASSWORD] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} logged:\n{out}{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// docs/configuration.md: the settings tables are generated from the daemons' tables. Run with
 /// PQMESH_UPDATE_DOCS=1 to rewrite the generated part after changing a setting.
 #[test]

@@ -894,6 +894,8 @@ fn bad_configuration_is_refused_at_new() {
     for (name, edit) in cases {
         let err = config_error(edit);
         assert!(matches!(err, ConfigError::Invalid { .. }), "{name}: {err}");
+        // The message reaches the control plane, logs and /policy_status (outside review F3).
+        assert!(!err.to_string().contains("u:p"), "{name}: {err}");
     }
 }
 
