@@ -8,6 +8,13 @@
 //! must load, and the request counts both sides report must agree with the traffic sent.
 //! Fails (never skips) when `prometheus` is missing. `#[ignore]`d for a bare `cargo test` (it
 //! needs Node 24 and oidc-provider too); `./test.sh` always runs it.
+//!
+//! Opt-in, for a picture of a dashboard from real data: with `PQMESH_RENDER_DASHBOARD=out.png`
+//! set, the test then sends about a minute more of traffic in three phases and has
+//! tests/prometheus/render/render.mjs (pqmesh's own minimal renderer of the Grafana JSON, not
+//! Grafana; needs `npm install` there and Debian's `chromium`) draw
+//! `PQMESH_RENDER_DASHBOARD_FILE` (default `pqmesh-overview.json`) from this Prometheus into
+//! out.png; the test fails when rendering fails. Unset, nothing of this runs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -269,6 +276,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let a = sidecar_redirected(cp.sidecar_env("web", ECDSA), Some(b.inbound_addr)).await;
     let out = a.outbound_addr.unwrap();
 
+    let started = std::time::SystemTime::now();
     let prometheus = Prometheus::start(
         &binary,
         cp.running.admin_addr,
@@ -432,4 +440,67 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         .filter(|r| r["type"] == "alerting" && r["health"] == "ok")
         .count();
     assert!(alerting >= 13, "alerting rules evaluated ok: {alerting}");
+
+    if let Some(png) = std::env::var_os("PQMESH_RENDER_DASHBOARD") {
+        render_dashboard(&prometheus, out, &token, started, Path::new(&png)).await;
+    }
+}
+
+/// The opt-in picture (see the top of this file): about a minute of traffic whose mix changes
+/// every 20 s (allowed only; then half denied by rule; then a third without a token), so the
+/// lines have a shape, then render.mjs over the whole run. Bounded: 180 rounds, loopback only.
+async fn render_dashboard(
+    prometheus: &Prometheus,
+    out: SocketAddr,
+    token: &str,
+    started: std::time::SystemTime,
+    png: &Path,
+) {
+    for round in 0..180u32 {
+        let phase = round / 60;
+        call(out, "/orders/1", Some(token)).await;
+        if phase == 1 || round % 3 == 0 {
+            call(out, "/orders/2", Some(token)).await;
+        }
+        if phase == 1 {
+            call(out, "/admin", Some(token)).await;
+        }
+        if phase == 2 && round % 2 == 0 {
+            call(out, "/orders/3", None).await;
+        }
+        tokio::time::sleep(Duration::from_millis(330)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string()
+    };
+    let file = std::env::var("PQMESH_RENDER_DASHBOARD_FILE")
+        .unwrap_or_else(|_| "pqmesh-overview.json".to_owned());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus/render/render.mjs");
+    let mut cmd = std::process::Command::new(oauth::node24());
+    cmd.arg(&script)
+        .arg("--dashboard")
+        .arg(chart_file(&format!("files/dashboards/{file}")))
+        .arg("--prometheus")
+        .arg(format!("http://{}", prometheus.addr))
+        .arg("--from")
+        .arg(unix(started))
+        .arg("--to")
+        .arg(unix(std::time::SystemTime::now()))
+        .arg("--rate-interval")
+        .arg(RATE_INTERVAL)
+        .arg("--require-data")
+        .arg("--out")
+        .arg(png);
+    println!("rendering: {cmd:?}");
+    // Off the runtime: the sidecars Prometheus scrapes meanwhile run on it.
+    let status = tokio::task::spawn_blocking(move || cmd.status())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("node {}: {e}", script.display()));
+    assert!(status.success(), "render.mjs failed ({status})");
+    assert!(png.is_file(), "no {}", png.display());
 }
