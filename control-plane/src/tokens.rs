@@ -211,6 +211,13 @@ fn parse_table(text: &str, trust_domain: &str) -> Result<HashMap<[u8; 32], Grant
                 "token is shorter than {MIN_TOKEN_LEN} characters"
             )));
         }
+        // A token pasted into the wrong column (or aliased there) would become part of an
+        // identity, certificates and logs: refuse it without repeating it.
+        if entry.namespace == entry.token || entry.service_account == entry.token {
+            return Err(at(
+                "namespace or serviceAccount is the token itself (columns mixed up?)".to_owned(),
+            ));
+        }
         SpiffeId::new(trust_domain, &entry.namespace, &entry.service_account)
             .map_err(|e| at(e.to_string()))?;
         let expires = entry
@@ -296,6 +303,22 @@ mod tests {
         for (text, want) in cases {
             let err = parse_table(text, TD).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
+        }
+        // Outside review (session 6): a token aliased into the namespace was accepted (lower
+        // case) or repeated in the error (upper case).
+        for token in [
+            "a-long-random-secret-for-web",
+            "A-Long-Random-Secret-For-Web",
+        ] {
+            for column in [
+                "namespace: *t\n  serviceAccount: web",
+                "namespace: shop\n  serviceAccount: *t",
+            ] {
+                let text = format!("tokens:\n- token: &t {token}\n  {column}\n");
+                let err = parse_table(&text, TD).unwrap_err();
+                assert!(err.contains("is the token itself"), "{text}: {err}");
+                assert!(!err.contains(token), "{err}");
+            }
         }
     }
 
