@@ -50,6 +50,8 @@ struct Options {
     no_extras: bool,
     /// Saturation only (closed loop), nothing else: for profiling the saturated sidecar.
     saturation_only: bool,
+    /// With --no-extras: also the idle-connection memory of every pqmesh pair (A/B of memory).
+    ab_idle: bool,
     /// A second pqmesh pair from another build ("pqmesh-baseline"), measured in the same run
     /// as the current one: before/after comparisons of a change (with --latency-only or
     /// --no-extras only; the report has no row for it).
@@ -93,6 +95,7 @@ fn options() -> Options {
         latency_only: args.iter().any(|a| a == "--latency-only"),
         no_extras: args.iter().any(|a| a == "--no-extras"),
         saturation_only: args.iter().any(|a| a == "--saturation-only"),
+        ab_idle: args.iter().any(|a| a == "--ab-idle"),
         baseline_bin_dir: value("--baseline-bin-dir").map(PathBuf::from),
     };
     if o.baseline_bin_dir.is_some() && !(o.latency_only || o.no_extras || o.saturation_only) {
@@ -587,6 +590,23 @@ async fn main() {
                 m(|r| r.rss_idle_client), m(|r| r.rss_idle_server), m(|r| r.rss_after_client), m(|r| r.rss_after_server),
                 m(|r| r.bulk_mib_s), m(|r| r.hs_full), runs.len()
             );
+        }
+        if o.ab_idle {
+            for t in targets[1..].iter().filter(|t| t.kind == Kind::Pair) {
+                let (Some(p), Some(cfg)) = (t.pair, &t.resumed) else {
+                    continue;
+                };
+                let r = idle_connections(p, cfg.clone(), t.server_name, o.idle_conns).await;
+                eprintln!(
+                    "{}: {} idle connections: {:.1} → {:.1} MiB, {:.1} KiB per connection",
+                    t.name,
+                    r.connections,
+                    r.rss_before_mib,
+                    r.rss_after_mib,
+                    (r.rss_after_mib - r.rss_before_mib) * 1024.0 / r.connections.max(1) as f64
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
         }
         return;
     }
