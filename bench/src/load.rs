@@ -32,9 +32,11 @@ impl Default for Request {
 impl Request {
     pub fn with_bearer(token: &str) -> Self {
         Request(
-            format!("GET /orders/1 HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n")
-                .into_bytes()
-                .into(),
+            format!(
+                "GET /orders/1 HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n"
+            )
+            .into_bytes()
+            .into(),
         )
     }
 }

@@ -109,13 +109,27 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
     }
     let (b50, b99) = (best_peer(&add50, true), best_peer(&add99, true));
     let _ = writeln!(s, "| added latency p50, pair vs direct, {} rps keep-alive, 1 KiB | ≤ 0.9× best peer | {} ms | {} | {} | {} |", r.rate, f(a50, 3), peer_vals(&add50, 3), ratio(a50, b50), at_most(a50, b50, 0.9));
-    let _ = writeln!(s, "| added latency p99, same run | ≤ 0.9× best peer | {} ms | {} | {} | {} |", f(a99, 3), peer_vals(&add99, 3), ratio(a99, b99), at_most(a99, b99, 0.9));
+    let _ = writeln!(
+        s,
+        "| added latency p99, same run | ≤ 0.9× best peer | {} ms | {} | {} | {} |",
+        f(a99, 3),
+        peer_vals(&add99, 3),
+        ratio(a99, b99),
+        at_most(a99, b99, 0.9)
+    );
     let sp = sat(pq);
     let sat_best = best_peer(&sat, false);
     let _ = writeln!(s, "| requests/s at saturation, closed loop, {} keep-alive connections, 1 KiB | ≥ 1.2× best peer | {} rps | {} | {} | {} |", r.sat_conns, f(sp, 0), peer_vals(&sat, 0), ratio(sp, sat_best), at_least(sp, sat_best, 1.2));
     let b = bulk(pq);
     let bp = best_peer(&bulk, false);
-    let _ = writeln!(s, "| bulk throughput through the pair | ≥ 1.25× best peer | {} MiB/s | {} | {} | {} |", f(b, 0), peer_vals(&bulk, 0), ratio(b, bp), at_least(b, bp, 1.25));
+    let _ = writeln!(
+        s,
+        "| bulk throughput through the pair | ≥ 1.25× best peer | {} MiB/s | {} | {} | {} |",
+        f(b, 0),
+        peer_vals(&bulk, 0),
+        ratio(b, bp),
+        at_least(b, bp, 1.25)
+    );
     let per_conn = |x: &crate::report::IdleConnections| {
         (x.rss_after_mib - x.rss_before_mib) * 1024.0 / x.connections.max(1) as f64
     };

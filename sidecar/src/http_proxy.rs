@@ -501,7 +501,8 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
 /// connection; any other form is written out and parsed as before (same answer, same refusals).
 fn app_uri(uri: &hyper::Uri, ctx: &Ctx) -> Result<hyper::Uri, ()> {
     let pq = uri.path_and_query();
-    if let (Some(pq), Some(authority)) = (pq.filter(|p| p.as_str().starts_with('/')), &ctx.authority)
+    if let (Some(pq), Some(authority)) =
+        (pq.filter(|p| p.as_str().starts_with('/')), &ctx.authority)
     {
         let mut parts = hyper::http::uri::Parts::default();
         parts.scheme = Some(hyper::http::uri::Scheme::HTTP);

@@ -99,7 +99,9 @@ fn options() -> Options {
         baseline_bin_dir: value("--baseline-bin-dir").map(PathBuf::from),
     };
     if o.baseline_bin_dir.is_some() && !(o.latency_only || o.no_extras || o.saturation_only) {
-        eprintln!("mesh-bench: --baseline-bin-dir needs --latency-only, --saturation-only or --no-extras");
+        eprintln!(
+            "mesh-bench: --baseline-bin-dir needs --latency-only, --saturation-only or --no-extras"
+        );
         std::process::exit(2);
     }
     if smoke {
@@ -155,14 +157,9 @@ async fn pqmesh_config(
         token: TokenSource::Inline(cp.token("web").to_owned()),
         bundle: std::sync::Mutex::new(bundle),
     };
-    let tls = obtain(
-        &certifier,
-        alg,
-        KeyExchangePolicy::HybridOnly,
-        None,
-    )
-    .await
-    .expect("certificate for the load generator");
+    let tls = obtain(&certifier, alg, KeyExchangePolicy::HybridOnly, None)
+        .await
+        .expect("certificate for the load generator");
     let config = tls
         .creds
         .client_config(
@@ -316,7 +313,13 @@ async fn measure(o: &Options, t: &Target<'_>, backend: SocketAddr, idle: (f64, f
         (run.hs_resumed, run.hs_resumed_fraction) = (f64::NAN, f64::NAN);
         eprintln!(
             "  {:8} p50 {:.3} ms  p99 {:.3} ms  {:.0} rps  cpu {:.3}/{:.3}  errors {}",
-            t.name, run.p50_ms, run.p99_ms, run.achieved_rps, run.cpu_client, run.cpu_server, run.errors
+            t.name,
+            run.p50_ms,
+            run.p99_ms,
+            run.achieved_rps,
+            run.cpu_client,
+            run.cpu_server,
+            run.errors
         );
         return run;
     }

@@ -266,7 +266,11 @@ mod byte_class_tests {
     fn tables_match_the_alphabets() {
         for b in 0..=255u8 {
             let alnum = b.is_ascii_alphanumeric();
-            assert_eq!(B64URL[b as usize], alnum || b == b'-' || b == b'_', "byte {b}");
+            assert_eq!(
+                B64URL[b as usize],
+                alnum || b == b'-' || b == b'_',
+                "byte {b}"
+            );
             assert_eq!(
                 B64TOKEN[b as usize],
                 alnum || b"-._~+/".contains(&b),
