@@ -58,10 +58,19 @@ if ((SMOKE)); then
     table=$(sed -n '/^## Targets/,/^Anchors/p' "$OUT/benchmarks.md")
     echo "$table"
     # Every target row must carry a figure ("–" is what the report prints for a missing one).
-    if [[ -z "$table" ]] || grep -qE '\| – (ms|/s|MiB|vCPU)|NaN|inf' <<<"$table"; then
+    if [[ -z "$table" ]] || grep -qE '\| – (ms|/s|MiB|KiB|vCPU|rps)|NaN|inf' <<<"$table"; then
         echo "bench smoke: a target has no figure" >&2
         exit 1
     fi
+    # Each scenario of issue 16 has its row, with a figure.
+    for row in 'requests/s at saturation, closed loop, [0-9]+ keep-alive connections, 1 KiB \| [^|]+ \| [0-9]+ rps' \
+        'RS256 JWT and a scope on every request[^|]*\| [^|]+ \| [0-9]+ rps' \
+        'server-side vCPU per 1,000 rps with the JWT policy \| report \| [0-9.]+ vCPU' \
+        'ML-DSA-65 certificates, next to ECDSA P-256 \| reported \| ML-DSA-65 [0-9]+ /s' \
+        'RSS per idle mTLS connection[^|]*\| [^|]+ \| -?[0-9.]+ KiB' \
+        'pair RSS after the load runs[^|]*\| [^|]+ \| [0-9.]+ MiB'; do
+        grep -qE "$row" <<<"$table" || { echo "bench smoke: no row matching: $row" >&2; exit 1; }
+    done
     grep -qE 'X25519MLKEM768 [0-9]+ /s \| X25519 [0-9]+ /s' <<<"$table" || {
         echo "bench smoke: no PQ-share figures" >&2
         exit 1
@@ -70,7 +79,7 @@ if ((SMOKE)); then
         echo "bench smoke: no plaintext-relay floor" >&2
         exit 1
     }
-    for f in latency throughput handshakes cpu-memory; do
+    for f in latency saturation throughput handshakes cpu-memory; do
         [[ -s "$OUT/plots/$f.svg" ]] || { echo "bench smoke: plot $f.svg missing" >&2; exit 1; }
     done
     grep -q '^HEADLINE' "$OUT/stdout" || { echo "bench smoke: no headline" >&2; exit 1; }

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod issuance;
+pub mod jwt;
 pub mod load;
 pub mod markdown;
 pub mod peers;

@@ -1,7 +1,8 @@
 //! Load generation. `latency` is open loop (wrk2 style): request i on a connection is due at
 //! start + i × period, and a request delayed by a slow answer is measured from its due time, so a
 //! stall shows up as latency for every request it delayed instead of silently lowering the rate. `bulk` reads large
-//! bodies as fast as it can; `handshakes` opens a new TLS connection per request.
+//! bodies as fast as it can; `saturation` is closed loop (each connection sends its next request as
+//! soon as the answer is in, wrk style); `handshakes` opens a new TLS connection per request.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,27 +18,47 @@ use tokio_rustls::TlsConnector;
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
 
+/// The request a latency or saturation run sends on every connection: `GET /` by default, or
+/// `GET /orders/1` with a bearer token (the JWT-policy scenario).
+#[derive(Clone)]
+pub struct Request(Arc<[u8]>);
+
+impl Default for Request {
+    fn default() -> Self {
+        Request(REQUEST.into())
+    }
+}
+
+impl Request {
+    pub fn with_bearer(token: &str) -> Self {
+        Request(
+            format!(
+                "GET /orders/1 HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n"
+            )
+            .into_bytes()
+            .into(),
+        )
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     // Microseconds, 1 µs .. 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 /// Reads one HTTP/1.1 response (Content-Length framed); returns the body length.
-/// `buf` keeps bytes read past the response for the next one.
+/// `buf` keeps bytes read past the response for the next one. Reads go straight into `buf`
+/// (no scratch buffer to zero per response: at saturation the generator shares the cores with
+/// the proxies it measures).
 pub async fn read_response<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<u64> {
-    let mut chunk = vec![0u8; 64 * 1024];
     let head_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break p + 4;
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        fill(stream, buf).await?;
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     if !head.starts_with("http/1.1 200") {
@@ -54,18 +75,24 @@ pub async fn read_response<S: AsyncRead + Unpin>(
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| std::io::Error::other("no content-length"))?;
     let mut left = len;
-    let have = (buf.len() as u64).min(left);
-    buf.drain(..have as usize);
-    left -= have;
-    while left > 0 {
-        let want = (left as usize).min(chunk.len());
-        let n = stream.read(&mut chunk[..want]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+    loop {
+        let have = (buf.len() as u64).min(left);
+        buf.drain(..have as usize);
+        left -= have;
+        if left == 0 {
+            return Ok(len);
         }
-        left -= n as u64;
+        fill(stream, buf).await?;
     }
-    Ok(len)
+}
+
+/// Appends what one read returns to `buf`; EOF is an error (a response was expected).
+async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.reserve(64 * 1024);
+    if stream.read_buf(buf).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }
 
 /// A chunked body (a proxy may re-frame the backend's Content-Length body).
@@ -125,6 +152,7 @@ impl LatencyResult {
 /// `warmup` (not recorded).
 pub async fn latency(
     target: SocketAddr,
+    request: &Request,
     rate: u32,
     conns: u32,
     warmup: Duration,
@@ -138,6 +166,7 @@ pub async fn latency(
     for c in 0..conns {
         // Stagger the connections evenly over one period.
         let offset = period.mul_f64(c as f64 / conns as f64);
+        let request = request.0.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut errors = 0u64;
@@ -158,7 +187,7 @@ pub async fn latency(
                 // coordinated omission); one only held back by the timer's 1 ms granularity
                 // counts from when it was sent (that lateness is the generator's, not the proxy's).
                 let from = if prev_done > due { due } else { Instant::now() };
-                let ok = tcp.write_all(REQUEST).await.is_ok()
+                let ok = tcp.write_all(&request).await.is_ok()
                     && read_response(&mut tcp, &mut buf).await.is_ok();
                 if !ok {
                     errors += 1;
@@ -197,6 +226,69 @@ pub async fn latency(
         hist,
         errors,
         achieved_rps: done as f64 / duration.as_secs_f64(),
+    }
+}
+
+pub struct SaturationResult {
+    pub per_second: f64,
+    pub errors: u64,
+}
+
+/// Closed loop: `conns` keep-alive connections, each sending its next request as soon as the
+/// previous answer is complete, for `duration` after `warmup`; answers per second.
+pub async fn saturation(
+    target: SocketAddr,
+    request: &Request,
+    conns: u32,
+    warmup: Duration,
+    duration: Duration,
+) -> SaturationResult {
+    let start = Instant::now();
+    let (from, end) = (start + warmup, start + warmup + duration);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let request = request.0.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut done, mut errors) = (0u64, 0u64);
+            let mut tcp = None;
+            let mut buf = Vec::new();
+            while Instant::now() < end {
+                let conn = match &mut tcp {
+                    Some(c) => c,
+                    None => {
+                        let Ok(t) = TcpStream::connect(target).await else {
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        let _ = t.set_nodelay(true);
+                        buf.clear();
+                        tcp.insert(t)
+                    }
+                };
+                let ok = conn.write_all(&request).await.is_ok()
+                    && read_response(conn, &mut buf).await.is_ok();
+                let now = Instant::now();
+                if !ok {
+                    errors += 1;
+                    tcp = None;
+                } else if now >= from && now < end {
+                    done += 1;
+                }
+            }
+            (done, errors)
+        }));
+    }
+    let (mut done, mut errors) = (0, 0);
+    for t in tasks {
+        if let Ok((d, e)) = t.await {
+            done += d;
+            errors += e;
+        }
+    }
+    SaturationResult {
+        per_second: done as f64 / duration.as_secs_f64(),
+        errors,
     }
 }
 

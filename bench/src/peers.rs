@@ -297,13 +297,15 @@ impl ControlPlaneProcess {
 }
 
 /// Two sidecars in explicit mode: `web` (client side, outbound to `api`) and `api` (server
-/// side, inbound to `backend`, admitting `shop/web`).
+/// side, inbound to `backend`, admitting `shop/web`). `labels`: the server side's workload labels
+/// (an AccessPolicy selecting them replaces the identity-only allow list).
 pub fn start_pqmesh(
     name: &str,
     bin_dir: &Path,
     cp: &ControlPlaneProcess,
     key_alg: &str,
     backend: SocketAddr,
+    labels: &str,
 ) -> Pair {
     let (entry, tls) = (free_port(), free_port());
     let admins = [free_port(), free_port()];
@@ -317,10 +319,14 @@ pub fn start_pqmesh(
             .env("PQMESH_LOG", "warn");
         // `PQMESH_BENCH_SIDECAR_ENV="K=V K2=V2"`: extra settings for both sidecars only (e.g. a
         // runtime setting under test), not for the load generator.
-        for kv in std::env::var("PQMESH_BENCH_SIDECAR_ENV")
-            .unwrap_or_default()
-            .split_whitespace()
-        {
+        // `PQMESH_BENCH_BASELINE_ENV`: the same for the `*-baseline` pairs only, so an A/B of a
+        // setting runs one build twice (`--baseline-bin-dir` = `--bin-dir`).
+        let mut extra = std::env::var("PQMESH_BENCH_SIDECAR_ENV").unwrap_or_default();
+        if name.ends_with("-baseline") {
+            extra += " ";
+            extra += &std::env::var("PQMESH_BENCH_BASELINE_ENV").unwrap_or_default();
+        }
+        for kv in extra.split_whitespace() {
             if let Some((k, v)) = kv.split_once('=') {
                 c.env(k, v);
             }
@@ -332,6 +338,7 @@ pub fn start_pqmesh(
         .env("PQMESH_INBOUND_ADDR", tls.to_string())
         .env("PQMESH_INBOUND_APP_ADDR", backend.to_string())
         .env("PQMESH_INBOUND_ALLOW", "shop/web")
+        .env("PQMESH_WORKLOAD_LABELS", labels)
         .env("PQMESH_OUTBOUND_ADDR", free_port().to_string());
     let mut client = base("web", admins[1]);
     client

@@ -26,6 +26,11 @@ pub struct Run {
     pub hs_resumed_fraction: f64,
     pub hs_full_p99_ms: f64,
     pub conn_per_request: f64,
+    /// Closed loop, keep-alive: answers per second at saturation.
+    pub sat_rps: f64,
+    /// RSS of each side after this repeat's load runs (latency, saturation, bulk, handshakes).
+    pub rss_after_client: f64,
+    pub rss_after_server: f64,
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -84,6 +89,8 @@ pub struct Results {
     /// X25519 (`pqcost`).
     pub pq_cost: Vec<(f64, f64)>,
     pub rate: u32,
+    /// Connections of the closed-loop saturation runs.
+    pub sat_conns: u32,
     pub seconds: u64,
     pub repeats: usize,
 }
@@ -234,7 +241,7 @@ impl Results {
     pub fn peers(&self) -> Vec<String> {
         self.systems
             .keys()
-            .filter(|k| *k != "direct" && *k != "pqmesh" && *k != crate::peers::FLOOR)
+            .filter(|k| *k != "direct" && !k.starts_with("pqmesh") && *k != crate::peers::FLOOR)
             .cloned()
             .collect()
     }

@@ -110,6 +110,8 @@ pub struct Ctx {
     peer_header: Option<HeaderValue>,
     /// This connection's golden request series (latency and per-peer counts).
     series: crate::metrics::RequestSeries,
+    /// `target` as a URI authority, parsed once per connection rather than per request.
+    authority: Option<hyper::http::uri::Authority>,
 }
 
 impl Ctx {
@@ -128,6 +130,7 @@ impl Ctx {
             .as_ref()
             .and_then(|p| HeaderValue::from_str(&p.to_string()).ok());
         let series = metrics.request_series(direction, metrics.peer_label(peer.as_ref()));
+        let authority = target.to_string().parse().ok();
         Ctx {
             peer,
             target,
@@ -139,6 +142,7 @@ impl Ctx {
             access_log,
             peer_header,
             series,
+            authority,
         }
     }
 
@@ -382,12 +386,6 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
     }
     // The identity header is the sidecar's statement, added after everything a client controls.
     canonical::stamp_identity(req.headers_mut(), ctx.peer_header.as_ref());
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_owned();
     if h2 {
         if let Some(authority) = req.uri().authority().map(|a| a.to_string()) {
             if let Ok(v) = HeaderValue::from_str(&authority) {
@@ -395,7 +393,7 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
             }
         }
     }
-    match format!("http://{}{}", ctx.target, path).parse() {
+    match app_uri(req.uri(), ctx) {
         Ok(uri) => *req.uri_mut() = uri,
         Err(_) => {
             ctx.metrics
@@ -496,6 +494,26 @@ async fn forward(mut req: Request<Incoming>, ctx: &Ctx, h2: bool) -> Response<Pr
             error_response(StatusCode::BAD_GATEWAY, &why)
         }
     }
+}
+
+/// The request's URI towards the app: `http://<target><path and query>`. An origin-form target
+/// (the usual case) reuses the already-parsed path and query and the authority parsed once per
+/// connection; any other form is written out and parsed as before (same answer, same refusals).
+fn app_uri(uri: &hyper::Uri, ctx: &Ctx) -> Result<hyper::Uri, ()> {
+    let pq = uri.path_and_query();
+    if let (Some(pq), Some(authority)) =
+        (pq.filter(|p| p.as_str().starts_with('/')), &ctx.authority)
+    {
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(pq.clone());
+        return hyper::Uri::from_parts(parts).map_err(|_| ());
+    }
+    let path = pq.map(|p| p.as_str()).unwrap_or("/");
+    format!("http://{}{}", ctx.target, path)
+        .parse()
+        .map_err(|_| ())
 }
 
 /// Applies the workload's policy to a request: path normalisation, bearer token (JWT or phantom

@@ -71,6 +71,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             let start = self.offset;
             buf.put_slice(&self.prefix[start..start + n]);
             self.offset += n;
+            if self.offset == self.prefix.len() {
+                // Replayed: give the sniffed bytes back (2 KiB or more per connection, for as
+                // long as the connection stays open otherwise).
+                self.prefix = Vec::new();
+                self.offset = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

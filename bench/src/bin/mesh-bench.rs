@@ -13,7 +13,7 @@ use pqmesh_bench::load::{self, LatencyResult};
 use pqmesh_bench::peers::{self, Pair, PEER_SERVER_NAME};
 use pqmesh_bench::procstat::{self, CpuMeter};
 use pqmesh_bench::report::{self, Fanout, IdleConnections, Issuance, Results, Run};
-use pqmesh_bench::{backend, issuance};
+use pqmesh_bench::{backend, issuance, jwt};
 use pqmesh_mtls::tls::ALPN_MESH;
 use pqmesh_mtls::{KeyAlgorithm, KeyExchangePolicy};
 use pqmesh_sidecar::config::TokenSource;
@@ -22,12 +22,19 @@ use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// The pqmesh pair whose server side enforces the JWT AccessPolicy.
+const JWT: &str = "pqmesh-jwt";
+/// The pqmesh pair with ML-DSA-65 certificates (handshakes only).
+const MLDSA: &str = "pqmesh-mldsa";
+
 struct Options {
     repeats: usize,
     seconds: u64,
     warmup: Duration,
     rate: u32,
     conns: u32,
+    /// Closed-loop connections of the saturation scenario.
+    sat_conns: u32,
     idle_conns: usize,
     idle_conns_peers: usize,
     fanout: Vec<usize>,
@@ -41,6 +48,10 @@ struct Options {
     latency_only: bool,
     /// Skip idle connections, CA issuance and fan-out (A/B runs of the proxy scenarios).
     no_extras: bool,
+    /// Saturation only (closed loop), nothing else: for profiling the saturated sidecar.
+    saturation_only: bool,
+    /// With --no-extras: also the idle-connection memory of every pqmesh pair (A/B of memory).
+    ab_idle: bool,
     /// A second pqmesh pair from another build ("pqmesh-baseline"), measured in the same run
     /// as the current one: before/after comparisons of a change (with --latency-only or
     /// --no-extras only; the report has no row for it).
@@ -64,6 +75,7 @@ fn options() -> Options {
         warmup: Duration::from_secs(2),
         rate: num("--rate", 1000) as u32,
         conns: num("--conns", 16) as u32,
+        sat_conns: num("--sat-conns", 32) as u32,
         idle_conns: num("--idle-conns", 10_000) as usize,
         idle_conns_peers: num("--idle-conns-peers", 4_000) as usize,
         fanout: value("--fanout")
@@ -82,10 +94,14 @@ fn options() -> Options {
         only: value("--only").map(|v| v.split(',').map(str::to_owned).collect()),
         latency_only: args.iter().any(|a| a == "--latency-only"),
         no_extras: args.iter().any(|a| a == "--no-extras"),
+        saturation_only: args.iter().any(|a| a == "--saturation-only"),
+        ab_idle: args.iter().any(|a| a == "--ab-idle"),
         baseline_bin_dir: value("--baseline-bin-dir").map(PathBuf::from),
     };
-    if o.baseline_bin_dir.is_some() && !(o.latency_only || o.no_extras) {
-        eprintln!("mesh-bench: --baseline-bin-dir needs --latency-only or --no-extras");
+    if o.baseline_bin_dir.is_some() && !(o.latency_only || o.no_extras || o.saturation_only) {
+        eprintln!(
+            "mesh-bench: --baseline-bin-dir needs --latency-only, --saturation-only or --no-extras"
+        );
         std::process::exit(2);
     }
     if smoke {
@@ -125,7 +141,11 @@ fn classical_config(dir: &Path, resume: bool) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
-async fn pqmesh_config(cp: &peers::ControlPlaneProcess, resume: bool) -> Arc<ClientConfig> {
+async fn pqmesh_config(
+    cp: &peers::ControlPlaneProcess,
+    alg: KeyAlgorithm,
+    resume: bool,
+) -> Arc<ClientConfig> {
     let bundle = pqmesh_mtls::TrustBundle::from_pem(
         &std::fs::read_to_string(cp.trust_bundle()).expect("trust bundle"),
     )
@@ -137,14 +157,9 @@ async fn pqmesh_config(cp: &peers::ControlPlaneProcess, resume: bool) -> Arc<Cli
         token: TokenSource::Inline(cp.token("web").to_owned()),
         bundle: std::sync::Mutex::new(bundle),
     };
-    let tls = obtain(
-        &certifier,
-        KeyAlgorithm::EcdsaP256,
-        KeyExchangePolicy::HybridOnly,
-        None,
-    )
-    .await
-    .expect("certificate for the load generator");
+    let tls = obtain(&certifier, alg, KeyExchangePolicy::HybridOnly, None)
+        .await
+        .expect("certificate for the load generator");
     let config = tls
         .creds
         .client_config(
@@ -160,16 +175,98 @@ async fn pqmesh_config(cp: &peers::ControlPlaneProcess, resume: bool) -> Arc<Cli
     Arc::new(config)
 }
 
+/// What is measured on a system.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// The load generator straight to the backend.
+    Direct,
+    /// Every scenario (pqmesh and the TLS peers).
+    Pair,
+    /// The plaintext floor: no handshakes.
+    Floor,
+    /// pqmesh with the JWT AccessPolicy: latency/CPU and saturation with a bearer token.
+    JwtPolicy,
+    /// pqmesh with ML-DSA-65 certificates: handshakes only.
+    HandshakesOnly,
+}
+
 struct Target<'a> {
     name: String,
+    kind: Kind,
+    request: load::Request,
     pair: Option<&'a Pair>,
     full: Option<Arc<ClientConfig>>,
     resumed: Option<Arc<ClientConfig>>,
     server_name: &'static str,
 }
 
+async fn handshake_rates(o: &Options, t: &Target<'_>, run: &mut Run) {
+    if let (Some(p), Some(full), Some(resumed)) = (t.pair, &t.full, &t.resumed) {
+        let secs = Duration::from_secs(o.seconds.div_ceil(2));
+        let f = load::handshakes(p.tls, full.clone(), t.server_name, 8, secs).await;
+        let r = load::handshakes(p.tls, resumed.clone(), t.server_name, 8, secs).await;
+        run.hs_full = f.per_second;
+        run.hs_full_p99_ms = f.hist.value_at_quantile(0.99) as f64 / 1000.0;
+        run.hs_resumed = r.per_second;
+        run.hs_resumed_fraction = r.resumed_fraction;
+        run.errors += f.errors + r.errors;
+    }
+}
+
+async fn saturate(o: &Options, t: &Target<'_>, entry: SocketAddr, run: &mut Run) {
+    let secs = Duration::from_secs(o.seconds);
+    let s = load::saturation(entry, &t.request, o.sat_conns, o.warmup, secs).await;
+    eprintln!(
+        "  {:8} saturation {:.0} rps ({} connections, closed loop), errors {}",
+        t.name, s.per_second, o.sat_conns, s.errors
+    );
+    run.sat_rps = s.per_second;
+    run.errors += s.errors;
+}
+
+fn rss_after(t: &Target<'_>, run: &mut Run) {
+    if let Some(p) = t.pair {
+        run.rss_after_client = procstat::rss_mib(p.client_pid);
+        run.rss_after_server = procstat::rss_mib(p.server_pid);
+    }
+}
+
 async fn measure(o: &Options, t: &Target<'_>, backend: SocketAddr, idle: (f64, f64)) -> Run {
     let entry = t.pair.map(|p| p.entry).unwrap_or(backend);
+    if t.kind == Kind::HandshakesOnly {
+        let nan = f64::NAN;
+        let mut run = Run {
+            rss_idle_client: idle.0,
+            rss_idle_server: idle.1,
+            p50_ms: nan,
+            p99_ms: nan,
+            p999_ms: nan,
+            achieved_rps: nan,
+            cpu_client: nan,
+            cpu_server: nan,
+            rss_load_client: nan,
+            rss_load_server: nan,
+            bulk_mib_s: nan,
+            sat_rps: nan,
+            ..Default::default()
+        };
+        handshake_rates(o, t, &mut run).await;
+        rss_after(t, &mut run);
+        eprintln!(
+            "  {:8} hs {:.0}/{:.0} ({:.0}% resumed)  errors {}",
+            t.name,
+            run.hs_full,
+            run.hs_resumed,
+            run.hs_resumed_fraction * 100.0,
+            run.errors
+        );
+        return run;
+    }
+    if o.saturation_only {
+        let mut run = Run::default();
+        saturate(o, t, entry, &mut run).await;
+        return run;
+    }
     let pids: Vec<u32> = t
         .pair
         .map(|p| vec![p.client_pid, p.server_pid])
@@ -177,6 +274,7 @@ async fn measure(o: &Options, t: &Target<'_>, backend: SocketAddr, idle: (f64, f
     let meter = CpuMeter::start(&pids);
     let lat: LatencyResult = load::latency(
         entry,
+        &t.request,
         o.rate,
         o.conns,
         o.warmup,
@@ -208,6 +306,23 @@ async fn measure(o: &Options, t: &Target<'_>, backend: SocketAddr, idle: (f64, f
     if o.latency_only {
         return run;
     }
+    saturate(o, t, entry, &mut run).await;
+    if t.kind == Kind::JwtPolicy {
+        rss_after(t, &mut run);
+        (run.bulk_mib_s, run.hs_full, run.hs_full_p99_ms) = (f64::NAN, f64::NAN, f64::NAN);
+        (run.hs_resumed, run.hs_resumed_fraction) = (f64::NAN, f64::NAN);
+        eprintln!(
+            "  {:8} p50 {:.3} ms  p99 {:.3} ms  {:.0} rps  cpu {:.3}/{:.3}  errors {}",
+            t.name,
+            run.p50_ms,
+            run.p99_ms,
+            run.achieved_rps,
+            run.cpu_client,
+            run.cpu_server,
+            run.errors
+        );
+        return run;
+    }
     run.bulk_mib_s = load::bulk(
         entry,
         4,
@@ -216,16 +331,8 @@ async fn measure(o: &Options, t: &Target<'_>, backend: SocketAddr, idle: (f64, f
     )
     .await
         / (1024.0 * 1024.0);
-    if let (Some(p), Some(full), Some(resumed)) = (t.pair, &t.full, &t.resumed) {
-        let secs = Duration::from_secs(o.seconds.div_ceil(2));
-        let f = load::handshakes(p.tls, full.clone(), t.server_name, 8, secs).await;
-        let r = load::handshakes(p.tls, resumed.clone(), t.server_name, 8, secs).await;
-        run.hs_full = f.per_second;
-        run.hs_full_p99_ms = f.hist.value_at_quantile(0.99) as f64 / 1000.0;
-        run.hs_resumed = r.per_second;
-        run.hs_resumed_fraction = r.resumed_fraction;
-        run.errors += f.errors + r.errors;
-    }
+    handshake_rates(o, t, &mut run).await;
+    rss_after(t, &mut run);
     eprintln!(
         "  {:8} p50 {:.3} ms  p99 {:.3} ms  {:.0} rps  cpu {:.3}/{:.3}  bulk {:.0} MiB/s  hs {:.0}/{:.0} ({:.0}% resumed)  errors {}",
         t.name, run.p50_ms, run.p99_ms, run.achieved_rps, run.cpu_client, run.cpu_server,
@@ -293,17 +400,29 @@ async fn main() {
     let started = Instant::now();
     peers::make_peer_certs(&work);
     let backend = backend::start().await;
+    let wanted = |name: &str| {
+        o.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|n| n == name))
+    };
+    // The JWT-policy pair's issuer and policy live beside the ECDSA control plane's files.
+    let issuer = jwt::Issuer::start().await;
+    issuer.write_policy(&work.join("cp-ecdsa"));
+    let bearer = load::Request::with_bearer(&issuer.token());
     let cp = peers::ControlPlaneProcess::start(
         &o.bin_dir,
         &work.join("cp-ecdsa"),
         "ecdsa-p256",
         &["web", "api"],
     );
-    let wanted = |name: &str| {
-        o.only
-            .as_ref()
-            .is_none_or(|only| only.iter().any(|n| n == name))
-    };
+    let cp_mldsa = wanted(MLDSA).then(|| {
+        peers::ControlPlaneProcess::start(
+            &o.bin_dir,
+            &work.join("cp-mldsa"),
+            "ml-dsa-65",
+            &["web", "api"],
+        )
+    });
     let mut pairs = Vec::new();
     if wanted("pqmesh") {
         pairs.push(peers::start_pqmesh(
@@ -312,6 +431,7 @@ async fn main() {
             &cp,
             "ecdsa-p256",
             backend,
+            "",
         ));
     }
     if let Some(dir) = &o.baseline_bin_dir {
@@ -321,6 +441,39 @@ async fn main() {
             &cp,
             "ecdsa-p256",
             backend,
+            "",
+        ));
+    }
+    if wanted(JWT) {
+        pairs.push(peers::start_pqmesh(
+            JWT,
+            &o.bin_dir,
+            &cp,
+            "ecdsa-p256",
+            backend,
+            jwt::LABELS,
+        ));
+        jwt::wait_enforced(pairs.last().expect("pair").entry, &issuer.token()).await;
+    }
+    if let Some(dir) = o.baseline_bin_dir.as_ref().filter(|_| wanted(JWT)) {
+        pairs.push(peers::start_pqmesh(
+            &format!("{JWT}-baseline"),
+            dir,
+            &cp,
+            "ecdsa-p256",
+            backend,
+            jwt::LABELS,
+        ));
+        jwt::wait_enforced(pairs.last().expect("pair").entry, &issuer.token()).await;
+    }
+    if let Some(cp) = &cp_mldsa {
+        pairs.push(peers::start_pqmesh(
+            MLDSA,
+            &o.bin_dir,
+            cp,
+            "ml-dsa-65",
+            backend,
+            "",
         ));
     }
     for name in peers::PEERS
@@ -349,6 +502,8 @@ async fn main() {
         .collect();
     let mut targets = vec![Target {
         name: "direct".into(),
+        kind: Kind::Direct,
+        request: load::Request::default(),
         pair: None,
         full: None,
         resumed: None,
@@ -359,6 +514,8 @@ async fn main() {
             // Plaintext: latency, CPU and bulk only, no handshakes or idle mTLS connections.
             targets.push(Target {
                 name: p.name.clone(),
+                kind: Kind::Floor,
+                request: load::Request::default(),
                 pair: Some(p),
                 full: None,
                 resumed: None,
@@ -366,10 +523,24 @@ async fn main() {
             });
             continue;
         }
-        let (full, resumed, server_name) = if p.name.starts_with("pqmesh") {
+        let kind = if p.name.starts_with(JWT) {
+            Kind::JwtPolicy
+        } else if p.name == MLDSA {
+            Kind::HandshakesOnly
+        } else {
+            Kind::Pair
+        };
+        let (full, resumed, server_name) = if p.name == MLDSA {
+            let cp = cp_mldsa.as_ref().expect("ML-DSA control plane");
             (
-                pqmesh_config(&cp, false).await,
-                pqmesh_config(&cp, true).await,
+                pqmesh_config(cp, KeyAlgorithm::MlDsa65, false).await,
+                pqmesh_config(cp, KeyAlgorithm::MlDsa65, true).await,
+                "pqmesh.mesh",
+            )
+        } else if p.name.starts_with("pqmesh") {
+            (
+                pqmesh_config(&cp, KeyAlgorithm::EcdsaP256, false).await,
+                pqmesh_config(&cp, KeyAlgorithm::EcdsaP256, true).await,
                 "pqmesh.mesh",
             )
         } else {
@@ -381,6 +552,12 @@ async fn main() {
         };
         targets.push(Target {
             name: p.name.clone(),
+            kind,
+            request: if kind == Kind::JwtPolicy {
+                bearer.clone()
+            } else {
+                load::Request::default()
+            },
             pair: Some(p),
             full: Some(full),
             resumed: Some(resumed),
@@ -407,20 +584,38 @@ async fn main() {
                 .push(run);
         }
     }
-    if o.latency_only || o.no_extras {
+    if o.latency_only || o.no_extras || o.saturation_only {
         for (name, runs) in &systems {
             let m = |f: fn(&Run) -> f64| report::med(runs, f);
             eprintln!(
-                "{name}: p50 {:.3} ms p99 {:.3} ms cpu {:.3}/{:.3} vCPU per 1k rps, idle RSS {:.1}/{:.1} MiB, bulk {:.0} MiB/s (medians of {})",
-                m(|r| r.p50_ms), m(|r| r.p99_ms), m(|r| r.cpu_client), m(|r| r.cpu_server),
-                m(|r| r.rss_idle_client), m(|r| r.rss_idle_server), m(|r| r.bulk_mib_s), runs.len()
+                "{name}: p50 {:.3} ms p99 {:.3} ms cpu {:.3}/{:.3} vCPU per 1k rps, saturation {:.0} rps, idle RSS {:.1}/{:.1} MiB, RSS after load {:.1}/{:.1} MiB, bulk {:.0} MiB/s, handshakes {:.0}/s (medians of {})",
+                m(|r| r.p50_ms), m(|r| r.p99_ms), m(|r| r.cpu_client), m(|r| r.cpu_server), m(|r| r.sat_rps),
+                m(|r| r.rss_idle_client), m(|r| r.rss_idle_server), m(|r| r.rss_after_client), m(|r| r.rss_after_server),
+                m(|r| r.bulk_mib_s), m(|r| r.hs_full), runs.len()
             );
+        }
+        if o.ab_idle {
+            for t in targets[1..].iter().filter(|t| t.kind == Kind::Pair) {
+                let (Some(p), Some(cfg)) = (t.pair, &t.resumed) else {
+                    continue;
+                };
+                let r = idle_connections(p, cfg.clone(), t.server_name, o.idle_conns).await;
+                eprintln!(
+                    "{}: {} idle connections: {:.1} → {:.1} MiB, {:.1} KiB per connection",
+                    t.name,
+                    r.connections,
+                    r.rss_before_mib,
+                    r.rss_after_mib,
+                    (r.rss_after_mib - r.rss_before_mib) * 1024.0 / r.connections.max(1) as f64
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
         }
         return;
     }
     eprintln!("idle connections");
     let mut idle_rows = Vec::new();
-    for t in &targets[1..] {
+    for t in targets[1..].iter().filter(|t| t.kind == Kind::Pair) {
         let (Some(p), Some(cfg)) = (t.pair, &t.resumed) else {
             continue;
         };
@@ -440,6 +635,7 @@ async fn main() {
     drop(targets);
     drop(pairs);
     drop(cp);
+    drop(cp_mldsa);
     eprintln!("CA issuance");
     let mut issuance_runs = Vec::new();
     for repeat in 0..o.repeats {
@@ -513,6 +709,7 @@ async fn main() {
         fanout: fanout_runs,
         pq_cost,
         rate: o.rate,
+        sat_conns: o.sat_conns,
         seconds: o.seconds,
         repeats: o.repeats,
     };
