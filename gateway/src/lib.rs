@@ -1,0 +1,296 @@
+//! pqmesh's edge gateway: outside clients in through Gateway API listeners (outside TLS with
+//! X25519MLKEM768 preferred), routed by HTTPRoutes, checked by an EdgePolicy (phantom-token
+//! exchange, coarse scopes, rate limits), and forwarded into the mesh over PQ mTLS with the
+//! gateway's own SPIFFE identity. Identity, mesh TLS and token validation are the sidecar's code.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod load;
+pub mod metrics;
+pub mod outside_tls;
+pub mod proxy;
+pub mod ratelimit;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pqmesh_mtls::TrustBundle;
+use pqmesh_sidecar::identity::GrpcCertifier;
+use pqmesh_sidecar::metrics::Metrics;
+use pqmesh_sidecar::tls::MeshTls;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::load::Verdict;
+use crate::proxy::{Edge, EdgeRuntime};
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("trust bundle {path}: {reason}")]
+    Bundle { path: String, reason: String },
+    #[error(transparent)]
+    Load(#[from] load::LoadError),
+    #[error("listener {listener}: {reason}")]
+    Listener { listener: String, reason: String },
+}
+
+pub struct RunningGateway {
+    /// `(gateway/listener name, bound address)` per programmed listener.
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub verdicts: Vec<Verdict>,
+    pub metrics: Arc<Metrics>,
+    tls: watch::Receiver<Option<Arc<MeshTls>>>,
+    _renew: mpsc::Sender<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Waits for the gateway's first mesh certificate.
+    pub async fn ready(&self) {
+        let mut rx = self.tls.clone();
+        let _ = rx.wait_for(|t| t.is_some()).await;
+    }
+
+    pub fn current(&self) -> Option<Arc<MeshTls>> {
+        self.tls.borrow().clone()
+    }
+
+    pub fn addr_of(&self, listener: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n.ends_with(&format!("/{listener}")))
+            .map(|(_, a)| *a)
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Reads the directory, certifies with the control plane and serves every programmed listener.
+pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
+    let bundle_err = |reason: String| StartError::Bundle {
+        path: config.trust_bundle_path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&config.trust_bundle_path)
+        .map_err(|e| bundle_err(e.to_string()))?;
+    let bundle = TrustBundle::from_pem(&text).map_err(bundle_err)?;
+    let model = load::load(&config.dir)?;
+    for v in &model.verdicts {
+        match (&v.accepted, &v.resolved_refs) {
+            (Err(e), _) => {
+                tracing::warn!(kind = %v.kind, name = %v.name, source = %v.source, "refused (Accepted=False): {e}")
+            }
+            (Ok(()), Err(e)) => {
+                tracing::warn!(kind = %v.kind, name = %v.name, source = %v.source, "ResolvedRefs=False: {e}")
+            }
+            _ => tracing::info!(kind = %v.kind, name = %v.name, "accepted"),
+        }
+    }
+    let metrics = Arc::new(Metrics::new());
+    let gateway_metrics = metrics::GatewayMetrics::new(&metrics.registry);
+    let mut policies = Vec::new();
+    for route in &model.routes {
+        policies.push(route.edge.as_ref().and_then(|e| edge_runtime(e, &metrics)));
+    }
+
+    let (tls_tx, tls_rx) = watch::channel(None);
+    let (renew_tx, renew_rx) = mpsc::channel(1);
+    let certifier = GrpcCertifier {
+        addr: config.control_plane_addr.clone(),
+        server_id: config.control_plane_id.clone(),
+        kx: config.kx,
+        token: config.token.clone(),
+        bundle: std::sync::Mutex::new(bundle),
+    };
+    let mut tasks = vec![tokio::spawn(pqmesh_sidecar::identity::maintain(
+        certifier,
+        config.key_alg,
+        config.kx,
+        tls_tx,
+        renew_rx,
+        metrics.clone(),
+    ))];
+
+    let mut bound = Vec::new();
+    let mut sockets = Vec::new();
+    for (i, l) in model.listeners.iter().enumerate() {
+        let label = format!("{}/{}", l.gateway, l.name);
+        let listener_err = |reason: String| StartError::Listener {
+            listener: label.clone(),
+            reason,
+        };
+        let tls = match &l.tls {
+            Some(cert) => Some(
+                outside_tls::server_config(cert, l.require_pq)
+                    .map_err(|e| listener_err(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let addr = SocketAddr::new(config.listen_host, l.port);
+        let socket = TcpListener::bind(addr)
+            .await
+            .map_err(|e| listener_err(format!("bind {addr}: {e}")))?;
+        bound.push((label.clone(), socket.local_addr().unwrap_or(addr)));
+        sockets.push((i, label, socket, tls));
+    }
+    let edge = Arc::new(Edge {
+        model,
+        policies,
+        tls: tls_rx.clone(),
+        mesh_metrics: metrics.clone(),
+        metrics: gateway_metrics,
+    });
+    for (i, label, socket, tls) in sockets {
+        tasks.push(tokio::spawn(serve_listener(
+            edge.clone(),
+            i,
+            label,
+            socket,
+            tls,
+        )));
+    }
+    tracing::info!(listeners = ?bound, control_plane = %config.control_plane_addr, "gateway started");
+    Ok(RunningGateway {
+        listeners: bound,
+        verdicts: edge.model.verdicts.clone(),
+        metrics,
+        tls: tls_rx,
+        _renew: renew_tx,
+        tasks,
+    })
+}
+
+fn edge_runtime(e: &load::EdgeModel, metrics: &Metrics) -> Option<EdgeRuntime> {
+    let (validator, scope_claim) = match (&e.token, &e.issuer) {
+        (None, _) => (None, pqmesh_policy::ScopeClaim::default()),
+        (Some(_), None) => return None,
+        (Some(_), Some(issuer)) => {
+            match pqmesh_sidecar::policy::validator_for(
+                std::slice::from_ref(issuer),
+                metrics.token.clone(),
+            ) {
+                Ok(v) => {
+                    v.prefetch_keys();
+                    (Some(v), issuer.scope_claim)
+                }
+                Err(err) => {
+                    tracing::warn!(policy = %e.name, error = %err, "EdgePolicy's issuer is unusable; its route answers 503");
+                    return None;
+                }
+            }
+        }
+    };
+    let limiter = e.rate_limit.as_ref().map(|r| {
+        (
+            ratelimit::Limiter::new(
+                r.requests,
+                Duration::from_secs(u64::from(r.period_seconds)),
+                r.burst.unwrap_or(r.requests),
+            ),
+            r.key,
+            r.claim.clone(),
+        )
+    });
+    Some(EdgeRuntime {
+        validator,
+        scope_claim,
+        limiter,
+    })
+}
+
+async fn serve_listener(
+    edge: Arc<Edge>,
+    index: usize,
+    label: String,
+    socket: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    loop {
+        let Ok((tcp, client)) = socket.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            edge.clone(),
+            index,
+            label.clone(),
+            tcp,
+            client,
+            tls.clone(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    edge: Arc<Edge>,
+    index: usize,
+    label: String,
+    tcp: tokio::net::TcpStream,
+    client: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let request_edge = edge.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let edge = request_edge.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(proxy::handle(edge, index, client, scheme, req).await)
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let Some(config) = tls else {
+        let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+        return;
+    };
+    let accepted = tokio::time::timeout(
+        TLS_HANDSHAKE_TIMEOUT,
+        tokio_rustls::TlsAcceptor::from(config).accept(tcp),
+    )
+    .await;
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = pqmesh_mtls::handshake_failure_reason(&e);
+            tracing::debug!(listener = %label, %client, error = %e, "outside TLS handshake failed");
+            edge.metrics
+                .outside_handshake_failures
+                .with_label_values(&[label.as_str(), reason])
+                .inc();
+            return;
+        }
+        Err(_) => {
+            edge.metrics
+                .outside_handshake_failures
+                .with_label_values(&[label.as_str(), "timeout"])
+                .inc();
+            return;
+        }
+    };
+    let conn = stream.get_ref().1;
+    let group = conn
+        .negotiated_key_exchange_group()
+        .map(|g| pqmesh_mtls::provider::group_name(g.name()))
+        .unwrap_or_else(|| "none".to_owned());
+    let version = outside_tls::version_name(conn.protocol_version());
+    edge.metrics
+        .outside_handshakes
+        .with_label_values(&[label.as_str(), version, group.as_str()])
+        .inc();
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
