@@ -294,3 +294,6 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(stream), service)
         .await;
 }
+
+#[cfg(test)]
+mod tests;
