@@ -29,6 +29,9 @@ pub struct Chosen {
 /// Sort key: larger is more specific (compared first to last).
 type Specificity = (u8, usize, u8, usize, bool, usize, usize);
 
+/// Tie-break key: larger wins, so older timestamp, name, rule and match come reversed.
+type Tie<'a> = Reverse<(Option<&'a str>, &'a str, usize, usize)>;
+
 /// Whether `route` attaches to `listener`: a parentRef naming its Gateway (and its section, if
 /// any), and hostnames that intersect.
 pub fn attaches(route: &RouteModel, listener: &ListenerModel) -> bool {
@@ -135,11 +138,7 @@ pub fn choose(
     if !listener_allows(listener, &host) {
         return None;
     }
-    let mut best: Option<(
-        Specificity,
-        Reverse<(Option<&str>, &str, usize, usize)>,
-        Chosen,
-    )> = None;
+    let mut best: Option<(Specificity, Tie<'_>, Chosen)> = None;
     for (ri, route) in routes.iter().enumerate() {
         if !attaches(route, listener) {
             continue;

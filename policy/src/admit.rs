@@ -315,7 +315,7 @@ fn refuse_conflicting_issuers(
             }
         }
     }
-    losers.sort_by(|a, b| b.0.cmp(&a.0));
+    losers.sort_by_key(|b| std::cmp::Reverse(b.0));
     for (i, winner) in losers {
         let t = out.set.issuers.remove(i);
         let k = key(&t);
