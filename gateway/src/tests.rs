@@ -293,3 +293,53 @@ fn path_helpers() {
     assert_eq!(pick_weighted(&[1, 3], 0.3), Some(1));
     assert_eq!(pick_weighted(&[0, 5], 0.99), Some(1));
 }
+
+#[test]
+fn settings_are_parsed_once_and_errors_name_the_variable() {
+    use std::collections::HashMap;
+    let base: HashMap<String, String> = [
+        ("PQMESH_GATEWAY_DIR", "/gw"),
+        ("PQMESH_CONTROL_PLANE_ADDR", "127.0.0.1:15012"),
+        ("PQMESH_TRUST_BUNDLE", "/b.pem"),
+        ("PQMESH_BOOTSTRAP_TOKEN", "tok"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let c = crate::config::Config::from_env(&base).unwrap();
+    assert_eq!(c.dir, std::path::PathBuf::from("/gw"));
+    assert_eq!(c.listen_host.to_string(), "0.0.0.0");
+    assert_eq!(
+        c.kx,
+        pqmesh_mtls::KeyExchangePolicy::HybridOnly,
+        "the mesh side is hybrid-only by default"
+    );
+    let bad: &[(&str, &str, &str)] = &[
+        (
+            "PQMESH_GATEWAY_LISTEN_HOST",
+            "nowhere",
+            "PQMESH_GATEWAY_LISTEN_HOST=\"nowhere\"",
+        ),
+        ("PQMESH_KEY_ALG", "rsa", "PQMESH_KEY_ALG=\"rsa\""),
+        (
+            "PQMESH_ALLOW_CLASSICAL_KX",
+            "maybe",
+            "PQMESH_ALLOW_CLASSICAL_KX=\"maybe\"",
+        ),
+        ("PQMESH_BOOTSTRAP_TOKEN_FILE", "/t", "not both"),
+    ];
+    for (k, v, want) in bad {
+        let mut env = base.clone();
+        env.insert(k.to_string(), v.to_string());
+        let e = crate::config::Config::from_env(&env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{k}={v}: {e}");
+    }
+    let mut env = base.clone();
+    env.remove("PQMESH_GATEWAY_DIR");
+    assert!(crate::config::Config::from_env(&env)
+        .unwrap_err()
+        .to_string()
+        .starts_with("PQMESH_GATEWAY_DIR"));
+}
