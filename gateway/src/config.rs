@@ -12,6 +12,7 @@ use pqmesh_sidecar::config::TokenSource;
 pub const SETTINGS: &[Setting] = &[
     Setting::value("PQMESH_GATEWAY_DIR", "gateway-dir", DefaultValue::Text("required"), "local mode: directory with config/*.yaml (Gateway API + EdgePolicy + TokenIssuer), secrets.yaml, certs/ and backends.yaml (docs/gateway.md)"),
     Setting::value("PQMESH_GATEWAY_LISTEN_HOST", "gateway-listen-host", DefaultValue::Value("0.0.0.0"), "address the Gateway's listener ports are bound on"),
+    Setting::value("PQMESH_GATEWAY_ADMIN_ADDR", "gateway-admin-addr", DefaultValue::Value("127.0.0.1:15021"), "admin: `/live`, `/ready` (a mesh certificate is held), `/metrics`, `/verdicts` (each object's Accepted/ResolvedRefs), `/logging`"),
     Setting::value("PQMESH_CONTROL_PLANE_ADDR", "control-plane-addr", DefaultValue::Text("required"), "host:port of the control plane's gRPC port"),
     Setting::value("PQMESH_CONTROL_PLANE_ID", "control-plane-id", DefaultValue::Text("`spiffe://<trust domain>/ns/pqmesh-system/sa/pqmesh-control-plane`"), "SPIFFE ID the control plane must present"),
     Setting::value("PQMESH_TRUST_DOMAIN", "trust-domain", DefaultValue::Value("cluster.local"), "trust domain"),
@@ -37,6 +38,7 @@ pub struct Cli {}
 pub struct Config {
     pub dir: PathBuf,
     pub listen_host: std::net::IpAddr,
+    pub admin_addr: std::net::SocketAddr,
     pub control_plane_addr: String,
     pub control_plane_id: SpiffeId,
     pub trust_bundle_path: PathBuf,
@@ -109,6 +111,11 @@ impl Config {
                 env,
                 "PQMESH_GATEWAY_LISTEN_HOST",
                 std::net::IpAddr::from([0, 0, 0, 0]),
+            )?,
+            admin_addr: env::parse_or(
+                env,
+                "PQMESH_GATEWAY_ADMIN_ADDR",
+                std::net::SocketAddr::from(([127, 0, 0, 1], 15021)),
             )?,
             control_plane_addr: env::required(env, "PQMESH_CONTROL_PLANE_ADDR")?,
             control_plane_id,

@@ -38,11 +38,17 @@ pub enum StartError {
     Bundle { path: String, reason: String },
     #[error(transparent)]
     Load(#[from] load::LoadError),
+    #[error("PQMESH_GATEWAY_ADMIN_ADDR={addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("listener {listener}: {reason}")]
     Listener { listener: String, reason: String },
 }
 
 pub struct RunningGateway {
+    pub admin_addr: SocketAddr,
     /// `(gateway/listener name, bound address)` per programmed listener.
     pub listeners: Vec<(String, SocketAddr)>,
     pub verdicts: Vec<Verdict>,
@@ -163,8 +169,19 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
             tls,
         )));
     }
-    tracing::info!(listeners = ?bound, control_plane = %config.control_plane_addr, "gateway started");
+    let admin_addr = spawn_admin(
+        config.admin_addr,
+        &metrics,
+        tls_rx.clone(),
+        &edge.model.verdicts,
+    )
+    .map_err(|source| StartError::Admin {
+        addr: config.admin_addr,
+        source,
+    })?;
+    tracing::info!(listeners = ?bound, %admin_addr, control_plane = %config.control_plane_addr, "gateway started");
     Ok(RunningGateway {
+        admin_addr,
         listeners: bound,
         verdicts: edge.model.verdicts.clone(),
         metrics,
@@ -172,6 +189,44 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         _renew: renew_tx,
         tasks,
     })
+}
+
+/// The admin port, on its own thread (the shared admin server of both daemons).
+fn spawn_admin(
+    addr: SocketAddr,
+    metrics: &Metrics,
+    tls: watch::Receiver<Option<Arc<MeshTls>>>,
+    verdicts: &[Verdict],
+) -> std::io::Result<SocketAddr> {
+    use hyper::StatusCode;
+    use pqmesh_mtls::admin::{render_metrics, Reply};
+    let registry = metrics.registry.clone();
+    let verdicts: String = verdicts
+        .iter()
+        .map(|v| {
+            let state = |r: &Result<(), String>| match r {
+                Ok(()) => "True".to_owned(),
+                Err(e) => format!("False: {e}"),
+            };
+            format!(
+                "{} {} ({}): Accepted={}; ResolvedRefs={}\n",
+                v.kind,
+                v.name,
+                v.source,
+                state(&v.accepted),
+                state(&v.resolved_refs)
+            )
+        })
+        .collect();
+    let route: pqmesh_mtls::admin::Route = Arc::new(move |_method, path, _peer| match path {
+        "/live" => Reply::text(StatusCode::OK, "live"),
+        "/ready" if tls.borrow().is_some() => Reply::text(StatusCode::OK, "ready"),
+        "/ready" => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "no mesh certificate yet"),
+        "/metrics" => render_metrics(&registry),
+        "/verdicts" => Reply::text(StatusCode::OK, verdicts.clone()),
+        _ => Reply::text(StatusCode::NOT_FOUND, "not found"),
+    });
+    pqmesh_mtls::admin::spawn(addr, route)
 }
 
 fn edge_runtime(e: &load::EdgeModel, metrics: &Metrics) -> Option<EdgeRuntime> {

@@ -252,6 +252,7 @@ async fn setup() -> Setup {
         dir.path().display().to_string(),
     );
     env.insert("PQMESH_GATEWAY_LISTEN_HOST".into(), "127.0.0.1".into());
+    env.insert("PQMESH_GATEWAY_ADMIN_ADDR".into(), "127.0.0.1:0".into());
     let config = pqmesh_gateway::config::Config::from_env(&env).expect("gateway config");
     let gateway = pqmesh_gateway::start(config).await.expect("gateway starts");
     tokio::time::timeout(Duration::from_secs(20), gateway.ready())
@@ -355,7 +356,7 @@ req.on('error', e => console.log('error ' + e.message)); req.end();"#,
 #[tokio::test]
 #[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
 async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_receives_the_jwt() {
-    let s = setup().await;
+    let mut s = setup().await;
     let registry = &s.gateway.metrics.registry;
     let token = s.oauth.token("orders:read").await;
     assert!(!token.contains('.'), "opaque: {token}");
@@ -538,6 +539,33 @@ async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_recei
         s.v1.load(Ordering::SeqCst),
         before,
         "nothing that bypassed the gateway reached the app"
+    );
+    // The admin port shows the outside handshakes and each object's verdict.
+    let admin = s.gateway.admin_addr;
+    let r = call(admin, "/metrics", &[]).await;
+    assert!(
+        r.body
+            .contains("pqmesh_gateway_tls_handshakes_total{group=\"X25519MLKEM768\""),
+        "{}",
+        r.body
+    );
+    let r = call(admin, "/verdicts", &[]).await;
+    assert!(
+        r.body.contains("EdgePolicy shop/orders-edge") && !r.body.contains("False"),
+        "{}",
+        r.body
+    );
+    assert_eq!(call(admin, "/ready", &[]).await.status, 200);
+
+    // The OAuth server down: a token not yet exchanged gets 503, never a pass.
+    let fresh = s.oauth.token("orders:read").await;
+    s.oauth.stop().await;
+    let r = call(http, "/orders/1", &[("authorization", &bearer(&fresh))]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(
+        s.v1.load(Ordering::SeqCst),
+        before,
+        "nothing reached the app"
     );
 }
 
