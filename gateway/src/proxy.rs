@@ -127,8 +127,11 @@ pub async fn handle(
     scheme: &'static str,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let mut who = Who::default();
     let (route_name, response, decision) =
-        match route_request(&edge, listener, client, scheme, req).await {
+        match route_request(&edge, listener, client, scheme, req, &mut who).await {
             Ok((name, r)) => (name, r, "forwarded"),
             Err((name, r, decision)) => (name, r, decision),
         };
@@ -136,7 +139,28 @@ pub async fn handle(
         .requests
         .with_label_values(&[route_name.as_str(), response.status().as_str(), decision])
         .inc();
+    // The access log: who, which route, what happened — never a token, nor the path (it may
+    // carry identifiers; the route names what was asked for).
+    tracing::info!(
+        target: "pqmesh::access",
+        %client,
+        %method,
+        route = %route_name,
+        status = response.status().as_u16(),
+        decision,
+        client_id = who.client_id.as_deref().unwrap_or("-"),
+        sub = who.sub.as_deref().unwrap_or("-"),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
     response
+}
+
+/// Whom a verified token named (for the access log).
+#[derive(Default)]
+struct Who {
+    client_id: Option<String>,
+    sub: Option<String>,
 }
 
 type Refusal = (String, Response<Body>, &'static str);
@@ -147,6 +171,7 @@ async fn route_request(
     client: SocketAddr,
     scheme: &'static str,
     mut req: Request<Incoming>,
+    who: &mut Who,
 ) -> Result<(String, Response<Body>), Refusal> {
     let listener: &ListenerModel = &edge.model.listeners[listener_index];
     let host = req
@@ -219,6 +244,8 @@ async fn route_request(
                         .map_err(|r| refuse(r, "rate_limited"))?;
                 }
             }
+            who.client_id = claim_value(&auth.claims, "client_id");
+            who.sub = claim_value(&auth.claims, "sub");
             jwt = Some(auth.jwt.clone());
         }
     }
