@@ -131,27 +131,38 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         metrics.clone(),
     ))];
 
+    // One socket per port; listeners sharing it are told apart by SNI (HTTPS) or Host (HTTP).
     let mut bound = Vec::new();
-    let mut sockets = Vec::new();
+    let mut ports: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+    let mut configs = Vec::new();
     for (i, l) in model.listeners.iter().enumerate() {
         let label = format!("{}/{}", l.gateway, l.name);
-        let listener_err = |reason: String| StartError::Listener {
-            listener: label.clone(),
-            reason,
-        };
-        let tls = match &l.tls {
-            Some(cert) => Some(
-                outside_tls::server_config(cert, l.require_pq)
-                    .map_err(|e| listener_err(e.to_string()))?,
-            ),
+        configs.push(match &l.tls {
+            Some(cert) => Some(outside_tls::server_config(cert, l.require_pq).map_err(|e| {
+                StartError::Listener {
+                    listener: label.clone(),
+                    reason: e.to_string(),
+                }
+            })?),
             None => None,
-        };
-        let addr = SocketAddr::new(config.listen_host, l.port);
+        });
+        ports.entry(l.port).or_default().push(i);
+    }
+    let mut sockets = Vec::new();
+    for (port, indices) in ports {
+        let addr = SocketAddr::new(config.listen_host, port);
         let socket = TcpListener::bind(addr)
             .await
-            .map_err(|e| listener_err(format!("bind {addr}: {e}")))?;
-        bound.push((label.clone(), socket.local_addr().unwrap_or(addr)));
-        sockets.push((i, label, socket, tls));
+            .map_err(|e| StartError::Listener {
+                listener: format!("port {port}"),
+                reason: format!("bind {addr}: {e}"),
+            })?;
+        let local = socket.local_addr().unwrap_or(addr);
+        for i in &indices {
+            let l = &model.listeners[*i];
+            bound.push((format!("{}/{}", l.gateway, l.name), local));
+        }
+        sockets.push((Arc::<[usize]>::from(indices), socket));
     }
     let edge = Arc::new(Edge {
         model,
@@ -160,13 +171,13 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         mesh_metrics: metrics.clone(),
         metrics: gateway_metrics,
     });
-    for (i, label, socket, tls) in sockets {
-        tasks.push(tokio::spawn(serve_listener(
+    let configs: Arc<[Option<Arc<rustls::ServerConfig>>]> = configs.into();
+    for (indices, socket) in sockets {
+        tasks.push(tokio::spawn(serve_port(
             edge.clone(),
-            i,
-            label,
+            indices,
+            configs.clone(),
             socket,
-            tls,
         )));
     }
     let admin_addr = spawn_admin(
@@ -267,12 +278,11 @@ fn edge_runtime(e: &load::EdgeModel, metrics: &Metrics) -> Option<EdgeRuntime> {
     })
 }
 
-async fn serve_listener(
+async fn serve_port(
     edge: Arc<Edge>,
-    index: usize,
-    label: String,
+    listeners: Arc<[usize]>,
+    configs: Arc<[Option<Arc<rustls::ServerConfig>>]>,
     socket: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     loop {
         let Ok((tcp, client)) = socket.accept().await else {
@@ -281,57 +291,80 @@ async fn serve_listener(
         let _ = tcp.set_nodelay(true);
         tokio::spawn(serve_connection(
             edge.clone(),
-            index,
-            label.clone(),
+            listeners.clone(),
+            configs.clone(),
             tcp,
             client,
-            tls.clone(),
         ));
     }
 }
 
 async fn serve_connection(
     edge: Arc<Edge>,
-    index: usize,
-    label: String,
+    listeners: Arc<[usize]>,
+    configs: Arc<[Option<Arc<rustls::ServerConfig>>]>,
     tcp: tokio::net::TcpStream,
     client: SocketAddr,
-    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let request_edge = edge.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let edge = request_edge.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(proxy::handle(edge, index, client, scheme, req).await)
-        }
-    });
+    let https = configs[listeners[0]].is_some();
+    let scheme = if https { "https" } else { "http" };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let Some(config) = tls else {
-        let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
-        return;
+    let service = |listeners: Arc<[usize]>| {
+        let edge = edge.clone();
+        hyper::service::service_fn(move |req| {
+            let (edge, listeners) = (edge.clone(), listeners.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    proxy::handle(edge, listeners, client, scheme, req).await,
+                )
+            }
+        })
     };
-    let accepted = tokio::time::timeout(
-        TLS_HANDSHAKE_TIMEOUT,
-        tokio_rustls::TlsAcceptor::from(config).accept(tcp),
-    )
-    .await;
-    let stream = match accepted {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = pqmesh_mtls::handshake_failure_reason(&e);
+    if !https {
+        let _ = builder
+            .serve_connection(TokioIo::new(tcp), service(listeners))
+            .await;
+        return;
+    }
+    let fail = |label: &str, reason: &str| {
+        edge.metrics
+            .outside_handshake_failures
+            .with_label_values(&[label, reason])
+            .inc();
+    };
+    let port_label = format!("port {}", edge.model.listeners[listeners[0]].port);
+    let handshake = async {
+        let acceptor =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+        let start = acceptor.await.map_err(|e| (port_label.clone(), e))?;
+        let sni = start.client_hello().server_name().unwrap_or("").to_owned();
+        let Some(index) = routes::listener_for(&edge.model.listeners, &listeners, &sni) else {
+            return Err((
+                port_label.clone(),
+                std::io::Error::other(format!("no listener for SNI {sni:?}")),
+            ));
+        };
+        let l = &edge.model.listeners[index];
+        let label = format!("{}/{}", l.gateway, l.name);
+        let config = configs[index]
+            .clone()
+            .ok_or_else(|| (label.clone(), std::io::Error::other("not TLS")))?;
+        let stream = start
+            .into_stream(config)
+            .await
+            .map_err(|e| (label.clone(), e))?;
+        Ok((index, label, stream))
+    };
+    let (index, label, stream) = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await
+    {
+        Ok(Ok(done)) => done,
+        Ok(Err((label, e))) => {
             tracing::debug!(listener = %label, %client, error = %e, "outside TLS handshake failed");
-            edge.metrics
-                .outside_handshake_failures
-                .with_label_values(&[label.as_str(), reason])
-                .inc();
+            fail(&label, pqmesh_mtls::handshake_failure_reason(&e));
             return;
         }
         Err(_) => {
-            edge.metrics
-                .outside_handshake_failures
-                .with_label_values(&[label.as_str(), "timeout"])
-                .inc();
+            fail(&port_label, "timeout");
             return;
         }
     };
@@ -345,8 +378,9 @@ async fn serve_connection(
         .outside_handshakes
         .with_label_values(&[label.as_str(), version, group.as_str()])
         .inc();
+    // The listener the SNI chose serves every request on this connection.
     let _ = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(stream), service(Arc::from([index])))
         .await;
 }
 

@@ -323,7 +323,9 @@ pub fn judge(
             .push(with(refs_ok("GatewayClass", &name, &source), verdict));
     }
 
-    let mut used_ports: HashMap<u16, String> = HashMap::new();
+    // Listeners may share a port when they share its protocol and differ in hostname (SNI and
+    // Host pick one); anything else is a conflict, and the later listener is left out.
+    let mut used_ports: HashMap<u16, Vec<(bool, Option<String>, String)>> = HashMap::new();
     let mut gateway_names = Vec::new();
     for (g, source) in gateways {
         let name = format!("{}/{}", g.metadata.namespace, g.metadata.name);
@@ -346,14 +348,22 @@ pub fn judge(
         for l in &g.spec.listeners {
             match listener(&g.metadata.namespace, l, certs) {
                 Ok(mut m) => {
-                    if let Some(other) = used_ports.get(&l.port) {
+                    let tls = m.tls.is_some();
+                    let taken = used_ports.entry(l.port).or_default();
+                    if let Some((_, _, other)) =
+                        taken.iter().find(|(t, h, _)| *t != tls || *h == m.hostname)
+                    {
                         problems.push(format!(
-                            "listener {}: port {} is already served by {other} (one listener per port for now)",
+                            "listener {}: port {} is already served by {other} with another protocol or the same hostname",
                             l.name, l.port
                         ));
                         continue;
                     }
-                    used_ports.insert(l.port, format!("{name} listener {}", l.name));
+                    taken.push((
+                        tls,
+                        m.hostname.clone(),
+                        format!("{name} listener {}", l.name),
+                    ));
                     m.gateway = name.clone();
                     model.listeners.push(m);
                 }

@@ -122,7 +122,7 @@ fn modify_headers(headers: &mut hyper::HeaderMap, m: &HeaderModifier) {
 /// Serves one request from an outside client on `listener`.
 pub async fn handle(
     edge: Arc<Edge>,
-    listener: usize,
+    listeners: Arc<[usize]>,
     client: SocketAddr,
     scheme: &'static str,
     req: Request<Incoming>,
@@ -131,7 +131,7 @@ pub async fn handle(
     let method = req.method().clone();
     let mut who = Who::default();
     let (route_name, response, decision) =
-        match route_request(&edge, listener, client, scheme, req, &mut who).await {
+        match route_request(&edge, &listeners, client, scheme, req, &mut who).await {
             Ok((name, r)) => (name, r, "forwarded"),
             Err((name, r, decision)) => (name, r, decision),
         };
@@ -167,13 +167,12 @@ type Refusal = (String, Response<Body>, &'static str);
 
 async fn route_request(
     edge: &Edge,
-    listener_index: usize,
+    listeners: &[usize],
     client: SocketAddr,
     scheme: &'static str,
     mut req: Request<Incoming>,
     who: &mut Who,
 ) -> Result<(String, Response<Body>), Refusal> {
-    let listener: &ListenerModel = &edge.model.listeners[listener_index];
     let host = req
         .uri()
         .host()
@@ -185,6 +184,16 @@ async fn route_request(
                 .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h).to_owned())
         })
         .unwrap_or_default();
+    let no_route = || {
+        (
+            "none".to_owned(),
+            text(StatusCode::NOT_FOUND, "pqmesh-gateway: no route"),
+            "no_route",
+        )
+    };
+    let listener_index =
+        routes::listener_for(&edge.model.listeners, listeners, &host).ok_or_else(no_route)?;
+    let listener: &ListenerModel = &edge.model.listeners[listener_index];
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let chosen = routes::choose(

@@ -69,6 +69,28 @@ fn host_rank(hostnames: &[String], host: &str) -> Option<(u8, usize)> {
     best
 }
 
+/// Of the listeners sharing a port, the one for `host` (SNI or Host): an exact hostname, then the
+/// longest wildcard, then one without a hostname.
+pub fn listener_for(
+    listeners: &[ListenerModel],
+    candidates: &[usize],
+    host: &str,
+) -> Option<usize> {
+    let host = host.to_ascii_lowercase();
+    candidates
+        .iter()
+        .filter_map(|i| {
+            let l = &listeners[*i];
+            let rank = match &l.hostname {
+                None => Some((0, 0)),
+                Some(h) => host_rank(std::slice::from_ref(h), &host),
+            };
+            rank.map(|r| (r, Reverse(*i)))
+        })
+        .max()
+        .map(|(_, Reverse(i))| i)
+}
+
 fn listener_allows(listener: &ListenerModel, host: &str) -> bool {
     match &listener.hostname {
         None => true,

@@ -343,3 +343,48 @@ fn settings_are_parsed_once_and_errors_name_the_variable() {
         .to_string()
         .starts_with("PQMESH_GATEWAY_DIR"));
 }
+
+#[test]
+fn listeners_share_a_port_only_with_one_protocol_and_distinct_hostnames() {
+    let text = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: more, namespace: shop}
+spec:
+  gatewayClassName: pqmesh
+  listeners:
+    - {name: a, port: 8080, protocol: HTTP, hostname: a.example}
+    - {name: same, port: 8080, protocol: HTTP}
+    - {name: b, port: 9090, protocol: HTTP, hostname: b.example}
+    - {name: c, port: 9090, protocol: HTTP, hostname: "*.example"}
+"#;
+    let m = judge(
+        &[
+            ("gw.yaml".into(), CLASS_AND_GATEWAY.into()),
+            ("more.yaml".into(), text.into()),
+        ],
+        &NoSecrets,
+        &no_certs,
+    );
+    let names: Vec<_> = m.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["web", "a", "b", "c"]);
+    let refs = m
+        .verdicts
+        .iter()
+        .find(|v| v.name == "shop/more")
+        .unwrap()
+        .resolved_refs
+        .clone()
+        .unwrap_err();
+    assert!(
+        refs.contains("listener same: port 8080 is already served by shop/edge listener web"),
+        "{refs}"
+    );
+    let pick = |host: &str| {
+        crate::routes::listener_for(&m.listeners, &[2, 3], host)
+            .map(|i| m.listeners[i].name.clone())
+    };
+    assert_eq!(pick("b.example").as_deref(), Some("b"));
+    assert_eq!(pick("x.example").as_deref(), Some("c"));
+    assert_eq!(pick("other.test"), None);
+}

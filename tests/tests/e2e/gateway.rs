@@ -105,6 +105,11 @@ spec:
       protocol: HTTPS
       hostname: shop.example
       tls: {{certificateRefs: [{{name: edge-cert}}]}}
+    - name: other
+      port: {https}
+      protocol: HTTPS
+      hostname: other.example
+      tls: {{certificateRefs: [{{name: other-cert}}]}}
     - name: pq-only
       port: {pq}
       protocol: HTTPS
@@ -135,6 +140,20 @@ kind: EdgePolicy
 metadata: {{name: orders-edge, namespace: shop}}
 spec:
   targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}}
+  token: {{issuer: corp, scopes: ["orders:read"]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: other, namespace: shop}}
+spec:
+  parentRefs: [{{name: edge, sectionName: other}}]
+  rules: [{{backendRefs: [{{name: orders-v2, port: 80}}]}}]
+---
+apiVersion: pqmesh.io/v1alpha1
+kind: EdgePolicy
+metadata: {{name: other-edge, namespace: shop}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: other}}
   token: {{issuer: corp, scopes: ["orders:read"]}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -245,6 +264,13 @@ async fn setup() -> Setup {
     std::fs::write(certs.join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cert.cert.pem()).unwrap();
+    // A second hostname on the same port, with its own certificate (chosen by SNI).
+    let other = rcgen::generate_simple_self_signed(vec!["other.example".to_owned()]).unwrap();
+    let other_dir = dir.path().join("certs/shop/other-cert");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    std::fs::write(other_dir.join("tls.crt"), other.cert.pem()).unwrap();
+    std::fs::write(other_dir.join("tls.key"), other.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), other.cert.pem()).unwrap();
 
     let mut env: HashMap<String, String> = cp.sidecar_env("gateway", ECDSA);
     env.insert(
@@ -261,7 +287,7 @@ async fn setup() -> Setup {
     for v in &gateway.verdicts {
         assert!(v.accepted.is_ok() && v.resolved_refs.is_ok(), "{v:?}");
     }
-    assert_eq!(gateway.listeners.len(), 3);
+    assert_eq!(gateway.listeners.len(), 4);
     assert_eq!(
         gateway.current().unwrap().creds.id.to_string(),
         spiffe("gateway"),
@@ -426,6 +452,38 @@ async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_recei
     };
     assert_eq!(group("X25519", "TLS1.3"), 1.0);
     assert_eq!(group("X25519", "TLS1.2"), 1.0);
+
+    // SNI: the same port serves other.example with its own certificate and its own route.
+    let other_ca = s._dir.path().join("other-ca.pem").display().to_string();
+    let other = format!("other.example:{}:127.0.0.1", s.ports.1);
+    let (out, ok) = curl(&[
+        "--cacert",
+        &other_ca,
+        "--resolve",
+        &other,
+        "-H",
+        &auth,
+        &format!("https://other.example:{}/orders/sni", s.ports.1),
+    ])
+    .await;
+    assert!(
+        ok && out.starts_with("app=orders-v2 GET /orders/sni"),
+        "{out}"
+    );
+    let (out, ok) = curl(&[
+        "--cacert",
+        &other_ca,
+        "--resolve",
+        &https,
+        "-H",
+        &auth,
+        &url("/orders/x"),
+    ])
+    .await;
+    assert!(
+        !ok,
+        "shop.example's certificate is not other.example's: {out}"
+    );
 
     // Node 24 (OpenSSL 3.5) negotiates the hybrid group.
     let out = node(s.ports.1, &s.ca, &token).await;
