@@ -171,7 +171,21 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         mesh_metrics: metrics.clone(),
         metrics: gateway_metrics,
     });
-    let configs: Arc<[Option<Arc<rustls::ServerConfig>>]> = configs.into();
+    let configs: Configs = configs
+        .into_iter()
+        .map(|c| c.map(std::sync::RwLock::new))
+        .collect::<Vec<_>>()
+        .into();
+    for (i, l) in edge.model.listeners.iter().enumerate() {
+        if let Some((ns, name)) = &l.cert_ref {
+            tasks.push(tokio::spawn(watch_certificate(
+                edge.clone(),
+                configs.clone(),
+                i,
+                load::cert_dir(&config.dir, ns, name),
+            )));
+        }
+    }
     for (indices, socket) in sockets {
         tasks.push(tokio::spawn(serve_port(
             edge.clone(),
@@ -278,10 +292,62 @@ fn edge_runtime(e: &load::EdgeModel, metrics: &Metrics) -> Option<EdgeRuntime> {
     })
 }
 
+/// Each listener's outside TLS config (`None`: HTTP), replaced when its certificate changes.
+type Configs = Arc<[Option<std::sync::RwLock<Arc<rustls::ServerConfig>>>]>;
+
+/// How often certificate files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(1);
+
+/// Re-reads a listener's certificate when its files change; new connections get the new one
+/// (open ones keep theirs). A change that does not load keeps the certificate in force.
+async fn watch_certificate(
+    edge: Arc<Edge>,
+    configs: Configs,
+    index: usize,
+    dir: std::path::PathBuf,
+) {
+    let stamp = |dir: &std::path::Path| {
+        ["tls.crt", "tls.key"].map(|f| {
+            std::fs::metadata(dir.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+    };
+    let l = &edge.model.listeners[index];
+    let label = format!("{}/{}", l.gateway, l.name);
+    let mut last = stamp(&dir);
+    loop {
+        tokio::time::sleep(CERT_POLL).await;
+        let now = stamp(&dir);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let loaded = load::read_cert(&dir)
+            .and_then(|c| outside_tls::server_config(&c, l.require_pq).map_err(|e| e.to_string()));
+        let outcome = match (loaded, &configs[index]) {
+            (Ok(new), Some(slot)) => {
+                *slot.write().unwrap_or_else(|p| p.into_inner()) = new;
+                tracing::info!(listener = %label, "certificate reloaded");
+                "ok"
+            }
+            (Err(e), _) => {
+                tracing::warn!(listener = %label, error = %e, "certificate change not loaded; the previous certificate stays");
+                "error"
+            }
+            (Ok(_), None) => "error",
+        };
+        edge.metrics
+            .certificate_reloads
+            .with_label_values(&[label.as_str(), outcome])
+            .inc();
+    }
+}
+
 async fn serve_port(
     edge: Arc<Edge>,
     listeners: Arc<[usize]>,
-    configs: Arc<[Option<Arc<rustls::ServerConfig>>]>,
+    configs: Configs,
     socket: TcpListener,
 ) {
     loop {
@@ -302,7 +368,7 @@ async fn serve_port(
 async fn serve_connection(
     edge: Arc<Edge>,
     listeners: Arc<[usize]>,
-    configs: Arc<[Option<Arc<rustls::ServerConfig>>]>,
+    configs: Configs,
     tcp: tokio::net::TcpStream,
     client: SocketAddr,
 ) {
@@ -347,7 +413,8 @@ async fn serve_connection(
         let l = &edge.model.listeners[index];
         let label = format!("{}/{}", l.gateway, l.name);
         let config = configs[index]
-            .clone()
+            .as_ref()
+            .map(|c| c.read().unwrap_or_else(|p| p.into_inner()).clone())
             .ok_or_else(|| (label.clone(), std::io::Error::other("not TLS")))?;
         let stream = start
             .into_stream(config)

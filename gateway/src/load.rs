@@ -48,6 +48,8 @@ pub struct ListenerModel {
     pub hostname: Option<String>,
     pub port: u16,
     pub tls: Option<Arc<CertFiles>>,
+    /// The Secret the certificate came from (`namespace`, `name`), watched for changes.
+    pub cert_ref: Option<(String, String)>,
     pub require_pq: bool,
 }
 
@@ -157,7 +159,7 @@ pub fn load(dir: &Path) -> Result<Model, LoadError> {
         Err(e) => return Err(file_error(&backends_path, e)),
     };
     let mut model = judge(&texts, &SecretTable(secrets), &|ns, name| {
-        read_cert(&dir.join("certs").join(ns).join(name))
+        read_cert(&cert_dir(dir, ns, name))
     });
     model.backends = backend_table(&backends).map_err(|e| file_error(&backends_path, e))?;
     Ok(model)
@@ -181,7 +183,12 @@ fn check_private(path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn read_cert(dir: &Path) -> Result<CertFiles, String> {
+/// The files a TLS Secret is read from in local mode.
+pub fn cert_dir(dir: &Path, namespace: &str, name: &str) -> std::path::PathBuf {
+    dir.join("certs").join(namespace).join(name)
+}
+
+pub fn read_cert(dir: &Path) -> Result<CertFiles, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let crt = dir.join("tls.crt");
@@ -534,6 +541,7 @@ fn listener(
         hostname: l.hostname.clone(),
         port: l.port,
         tls: None,
+        cert_ref: None,
         require_pq: false,
     };
     match (l.protocol, &l.tls) {
@@ -581,6 +589,7 @@ fn listener(
             }
             let files = certs(ns, &r.name).map_err(|e| format!("Secret {ns}/{}: {e}", r.name))?;
             model.tls = Some(Arc::new(files));
+            model.cert_ref = Some((ns.to_owned(), r.name.clone()));
             Ok(model)
         }
     }

@@ -10,6 +10,7 @@ pub struct GatewayMetrics {
     /// Requests by route and status, and what the edge decided.
     pub requests: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub certificate_reloads: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -36,6 +37,11 @@ impl GatewayMetrics {
                 "gateway_requests_total",
                 "Requests by route (or none), status and decision",
                 &["route", "status", "decision"],
+            ),
+            certificate_reloads: counter(
+                "gateway_certificate_reloads_total",
+                "Listener certificates re-read after their files changed, by listener and outcome",
+                &["listener", "outcome"],
             ),
             rate_limited: counter(
                 "gateway_rate_limited_total",

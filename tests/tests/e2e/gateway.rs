@@ -485,6 +485,49 @@ async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_recei
         "shop.example's certificate is not other.example's: {out}"
     );
 
+    // Certificate hot reload: new files for edge-cert are served to new connections.
+    let renewed = rcgen::generate_simple_self_signed(vec!["shop.example".to_owned()]).unwrap();
+    let certs = s._dir.path().join("certs/shop/edge-cert");
+    std::fs::write(certs.join("tls.key"), renewed.signing_key.serialize_pem()).unwrap();
+    std::fs::write(certs.join("tls.crt"), renewed.cert.pem()).unwrap();
+    let renewed_ca = s._dir.path().join("renewed-ca.pem");
+    std::fs::write(&renewed_ca, renewed.cert.pem()).unwrap();
+    let renewed_ca = renewed_ca.display().to_string();
+    let mut reloaded = false;
+    for _ in 0..50 {
+        let (out, ok) = curl(&[
+            "--cacert",
+            &renewed_ca,
+            "--resolve",
+            &https,
+            "-H",
+            &auth,
+            &url("/orders/renewed"),
+        ])
+        .await;
+        if ok {
+            assert!(out.starts_with("app=orders GET /orders/renewed"), "{out}");
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(reloaded, "the renewed certificate was never served");
+    let (out, ok) = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &https,
+        "-H",
+        &auth,
+        &url("/orders/x"),
+    ])
+    .await;
+    assert!(!ok, "the old certificate is no longer served: {out}");
+    std::fs::write(&s.ca, renewed.cert.pem()).unwrap();
+    let before_handshakes = group("X25519MLKEM768", "TLS1.3");
+    assert_eq!(before_handshakes, 0.0);
+
     // Node 24 (OpenSSL 3.5) negotiates the hybrid group.
     let out = node(s.ports.1, &s.ca, &token).await;
     assert!(out.starts_with("200\napp=orders GET /orders/node"), "{out}");
