@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod load;
 pub mod metrics;
@@ -164,11 +165,12 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         }
         sockets.push((Arc::<[usize]>::from(indices), socket));
     }
+    let backends = backend::client(&model.backends, tls_rx.clone(), metrics.clone());
     let edge = Arc::new(Edge {
         model,
         policies,
         tls: tls_rx.clone(),
-        mesh_metrics: metrics.clone(),
+        backends,
         metrics: gateway_metrics,
     });
     let configs: Configs = configs

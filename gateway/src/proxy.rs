@@ -7,17 +7,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use pqmesh_mtls::tls::HandshakeInfo;
 use pqmesh_sidecar::tls::MeshTls;
 use pqmesh_sidecar::token::{Authenticated, Validator};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::api::{Accept, FilterType, HeaderModifier, PathModifierType, RateLimitKey};
@@ -27,8 +23,6 @@ use crate::ratelimit::Limiter;
 use crate::routes::{self, RequestView};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A route's EdgePolicy, ready to run.
 pub struct EdgeRuntime {
@@ -42,7 +36,7 @@ pub struct Edge {
     /// Per route (same index as `model.routes`): its EdgePolicy, if any.
     pub policies: Vec<Option<EdgeRuntime>>,
     pub tls: watch::Receiver<Option<Arc<MeshTls>>>,
-    pub mesh_metrics: Arc<pqmesh_sidecar::metrics::Metrics>,
+    pub backends: crate::backend::BackendClient,
     pub metrics: GatewayMetrics,
 }
 
@@ -526,47 +520,30 @@ async fn authenticate(
     Ok(auth)
 }
 
-/// Sends `req` over pqmesh mTLS (the gateway's certificate, the endpoint's SPIFFE ID required)
-/// to the backend's sidecar, one connection per request for now.
+/// Sends `req` to the endpoint's sidecar over a pooled pqmesh mTLS connection
+/// ([`crate::backend`]).
 async fn forward(
     edge: &Edge,
     endpoint: &Endpoint,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, String> {
-    let Some(tls) = edge.tls.borrow().clone() else {
-        return Err("no gateway certificate yet".into());
-    };
-    let config = tls
-        .client_for(&endpoint.identity)
-        .map_err(|e| e.to_string())?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint.addr))
-        .await
-        .map_err(|_| format!("connect {}: timed out", endpoint.addr))?
-        .map_err(|e| format!("connect {}: {e}", endpoint.addr))?;
-    let _ = tcp.set_nodelay(true);
-    let name = rustls_pki_types::ServerName::try_from("pqmesh.mesh").map_err(|e| e.to_string())?;
-    let stream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "TLS handshake timed out".to_owned())?
-    .map_err(|e| {
-        edge.mesh_metrics
-            .handshake_failures
-            .with_label_values(&["outbound", pqmesh_mtls::handshake_failure_reason(&e)])
-            .inc();
-        format!("TLS to {} ({}): {e}", endpoint.addr, endpoint.identity)
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = format!("http://{}{pq}", endpoint.addr)
+        .parse()
+        .map_err(|e| format!("backend URI: {e}"))?;
+    let resp = edge.backends.request(req).await.map_err(|e| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
     })?;
-    let hs = HandshakeInfo::of(stream.get_ref().1);
-    edge.mesh_metrics
-        .handshakes
-        .with_label_values(&["outbound", &hs.group, hs.peer_scheme])
-        .inc();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     Ok(resp.map(|b| b.boxed()))
 }

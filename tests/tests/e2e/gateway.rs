@@ -744,6 +744,16 @@ async fn routes_filters_weights_and_rate_limits_as_the_app_sees_them() {
         d1 >= 8 && d2 >= 8,
         "both weighted backends served: {d1} and {d2}"
     );
+    // Pooled: the requests so far did not take a handshake each to the backends' sidecars.
+    let handshakes = metric(
+        &s.gateway.metrics.registry,
+        "pqmesh_tls_handshakes_total",
+        &[("direction", "outbound")],
+    );
+    assert!(
+        (2.0..=10.0).contains(&handshakes),
+        "{handshakes} mesh handshakes for 45 requests"
+    );
 
     // Rate limit per client_id: a burst of 2, then 429 with Retry-After, then recovery.
     let before = s.v1.load(Ordering::SeqCst);
