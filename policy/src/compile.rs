@@ -517,6 +517,54 @@ impl WorkloadPolicy {
     }
 }
 
+/// One TokenIssuer as a workload (or the edge gateway) receives it: the introspection client
+/// secret resolved from `secrets`. Fails if that secret is missing.
+pub fn compile_issuer(
+    i: &TokenIssuer,
+    secrets: &dyn Secrets,
+) -> Result<CompiledIssuer, PolicyError> {
+    let location = format!("TokenIssuer {}/{}", i.metadata.namespace, i.metadata.name);
+    let introspection = match &i.spec.introspection {
+        None => None,
+        Some(spec) => {
+            let r = &spec.client_secret_ref;
+            let secret = secrets
+                .get(&i.metadata.namespace, &r.name, &r.key)
+                .ok_or_else(|| {
+                    err(
+                        &location,
+                        format!(
+                            "Secret {}/{} has no key {:?}",
+                            i.metadata.namespace, r.name, r.key
+                        ),
+                    )
+                })?;
+            Some(CompiledIntrospection {
+                endpoint: spec.endpoint.clone(),
+                client_id: spec.client_id.clone(),
+                client_secret: secret,
+                response_format: spec.response_format.clone(),
+                cache_max_entries: spec.cache.max_entries,
+                cache_max_ttl_seconds: spec.cache.max_ttl_seconds,
+                honor_no_store: spec.cache.honor_no_store,
+            })
+        }
+    };
+    Ok(CompiledIssuer {
+        name: format!("{}/{}", i.metadata.namespace, i.metadata.name),
+        issuer: i.spec.issuer.clone(),
+        audiences: i.spec.audiences.clone(),
+        jwks_uri: i.spec.jwks_uri.clone(),
+        allowed_algorithms: i.spec.allowed_algorithms.clone(),
+        clock_skew_seconds: i.spec.clock_skew_seconds,
+        scope_claim: i.spec.scope_claim,
+        max_token_lifetime_seconds: i.spec.max_token_lifetime_seconds,
+        jwks_refresh_seconds: i.spec.jwks.refresh_seconds,
+        jwks_min_refetch_seconds: i.spec.jwks.min_refetch_seconds,
+        introspection,
+    })
+}
+
 impl PolicySet {
     /// The policy of one workload. Fails if a referenced secret is missing (the workload then
     /// keeps its previous snapshot; nothing half-configured is pushed).
@@ -565,46 +613,7 @@ impl PolicySet {
         out.policies.sort_by(|a, b| a.name.cmp(&b.name));
         check_one_introspector(&needed, &out.policies)?;
         for i in needed {
-            let location = format!("TokenIssuer {}/{}", i.metadata.namespace, i.metadata.name);
-            let introspection = match &i.spec.introspection {
-                None => None,
-                Some(spec) => {
-                    let r = &spec.client_secret_ref;
-                    let secret = secrets
-                        .get(&i.metadata.namespace, &r.name, &r.key)
-                        .ok_or_else(|| {
-                            err(
-                                &location,
-                                format!(
-                                    "Secret {}/{} has no key {:?}",
-                                    i.metadata.namespace, r.name, r.key
-                                ),
-                            )
-                        })?;
-                    Some(CompiledIntrospection {
-                        endpoint: spec.endpoint.clone(),
-                        client_id: spec.client_id.clone(),
-                        client_secret: secret,
-                        response_format: spec.response_format.clone(),
-                        cache_max_entries: spec.cache.max_entries,
-                        cache_max_ttl_seconds: spec.cache.max_ttl_seconds,
-                        honor_no_store: spec.cache.honor_no_store,
-                    })
-                }
-            };
-            out.issuers.push(CompiledIssuer {
-                name: format!("{}/{}", i.metadata.namespace, i.metadata.name),
-                issuer: i.spec.issuer.clone(),
-                audiences: i.spec.audiences.clone(),
-                jwks_uri: i.spec.jwks_uri.clone(),
-                allowed_algorithms: i.spec.allowed_algorithms.clone(),
-                clock_skew_seconds: i.spec.clock_skew_seconds,
-                scope_claim: i.spec.scope_claim,
-                max_token_lifetime_seconds: i.spec.max_token_lifetime_seconds,
-                jwks_refresh_seconds: i.spec.jwks.refresh_seconds,
-                jwks_min_refetch_seconds: i.spec.jwks.min_refetch_seconds,
-                introspection,
-            });
+            out.issuers.push(compile_issuer(i, secrets)?);
         }
         out.issuers.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

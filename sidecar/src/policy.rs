@@ -86,13 +86,21 @@ fn build_validator(
     policy: &WorkloadPolicy,
     metrics: &Metrics,
 ) -> Result<Option<crate::token::Validator>, String> {
-    use crate::token::{IntrospectionConfig, IssuerConfig, ResponseFormat, Validator};
     if policy.issuers.is_empty() {
         return Ok(None);
     }
+    validator_for(&policy.issuers, metrics.token.clone()).map(Some)
+}
+
+/// A token validator for compiled issuers: the sidecar's per snapshot, and the edge gateway's
+/// per route policy (one code path for both).
+pub fn validator_for(
+    issuers: &[pqmesh_policy::CompiledIssuer],
+    metrics: crate::token::TokenMetrics,
+) -> Result<crate::token::Validator, String> {
+    use crate::token::{IntrospectionConfig, IssuerConfig, ResponseFormat, Validator};
     let secs = |s: u32| Duration::from_secs(u64::from(s));
-    let configs = policy
-        .issuers
+    let configs = issuers
         .iter()
         .map(|i| {
             let mut c = IssuerConfig::new(
@@ -126,9 +134,7 @@ fn build_validator(
             c
         })
         .collect();
-    Validator::new(configs, metrics.token.clone())
-        .map(Some)
-        .map_err(|e| format!("token issuers: {e}"))
+    Validator::new(configs, metrics).map_err(|e| format!("token issuers: {e}"))
 }
 
 pub struct PolicyClientTask {

@@ -528,3 +528,48 @@ fn the_configuration_reference_matches_the_settings_tables() {
          `PQMESH_UPDATE_DOCS=1 cargo nextest run -p pqmesh-tests -E 'test(the_configuration_reference)'`"
     );
 }
+
+/// `pqmesh-gateway`: a bad or missing setting is one line and exit 2; a directory it cannot read
+/// is one line and exit 1 (nothing half-started).
+#[test]
+fn gateway_errors_are_one_line() {
+    let o = run("pqmesh-gateway", &[], &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("pqmesh-gateway: error: PQMESH_BOOTSTRAP_TOKEN_FILE"),
+        "{err}"
+    );
+    let dir = pqmesh_tests::TempDir::new("gw-cli");
+    let bundle = dir.path().join("bundle.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["x.test".to_owned()]).unwrap();
+    std::fs::write(&bundle, cert.cert.pem()).unwrap();
+    let bundle = bundle.display().to_string();
+    let base = [
+        ("PQMESH_CONTROL_PLANE_ADDR", "127.0.0.1:1"),
+        ("PQMESH_TRUST_BUNDLE", bundle.as_str()),
+        ("PQMESH_BOOTSTRAP_TOKEN", "a-long-enough-token-0123"),
+    ];
+    let o = run(
+        "pqmesh-gateway",
+        &["--gateway-listen-host", "nowhere"],
+        &[&base[..], &[("PQMESH_GATEWAY_DIR", "/x")]].concat(),
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("PQMESH_GATEWAY_LISTEN_HOST=\"nowhere\""),
+        "{err}"
+    );
+    let missing = dir.path().join("missing").display().to_string();
+    let o = run(
+        "pqmesh-gateway",
+        &[],
+        &[&base[..], &[("PQMESH_GATEWAY_DIR", missing.as_str())]].concat(),
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("missing/config"), "{err}");
+}

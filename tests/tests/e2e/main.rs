@@ -12,6 +12,7 @@ mod cli;
 mod differential;
 mod external_peers;
 mod faults;
+mod gateway;
 mod handshake_policy;
 mod hostile_clients;
 mod kubernetes;

@@ -1,0 +1,53 @@
+//! The gateway's metrics, in the registry of the sidecar `Metrics` it reuses (one registry per
+//! binary: certificate renewals, outbound handshakes and token metrics come from there).
+
+use prometheus::{IntCounterVec, Opts};
+
+pub struct GatewayMetrics {
+    /// Outside clients' handshakes: listener, TLS version, key-exchange group (the PQ share).
+    pub outside_handshakes: IntCounterVec,
+    pub outside_handshake_failures: IntCounterVec,
+    /// Requests by route and status, and what the edge decided.
+    pub requests: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub certificate_reloads: IntCounterVec,
+}
+
+impl GatewayMetrics {
+    pub fn new(registry: &prometheus::Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registers once");
+            c
+        };
+        GatewayMetrics {
+            outside_handshakes: counter(
+                "gateway_tls_handshakes_total",
+                "Handshakes of outside clients by listener, TLS version and key-exchange group",
+                &["listener", "version", "group"],
+            ),
+            outside_handshake_failures: counter(
+                "gateway_tls_handshake_failures_total",
+                "Failed handshakes of outside clients by listener and reason",
+                &["listener", "reason"],
+            ),
+            requests: counter(
+                "gateway_requests_total",
+                "Requests by route (or none), status and decision",
+                &["route", "status", "decision"],
+            ),
+            certificate_reloads: counter(
+                "gateway_certificate_reloads_total",
+                "Listener certificates re-read after their files changed, by listener and outcome",
+                &["listener", "outcome"],
+            ),
+            rate_limited: counter(
+                "gateway_rate_limited_total",
+                "Requests refused with 429 by route",
+                &["route"],
+            ),
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! One request through the edge, as plain async fns over hyper: choose the route, apply its
+//! EdgePolicy (rate limit, phantom-token exchange, coarse scopes), its filters, then forward it
+//! over pqmesh mTLS (the gateway's own identity) to a backend's sidecar, which checks the
+//! gateway's identity and the JWT again.
+// A refusal is a finished response, built once per refused request: boxing it saves nothing.
+#![allow(clippy::result_large_err)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use pqmesh_sidecar::tls::MeshTls;
+use pqmesh_sidecar::token::{Authenticated, Validator};
+use tokio::sync::watch;
+
+use crate::api::{Accept, FilterType, HeaderModifier, PathModifierType, RateLimitKey};
+use crate::load::{Endpoint, ListenerModel, Model, RouteModel};
+use crate::metrics::GatewayMetrics;
+use crate::ratelimit::Limiter;
+use crate::routes::{self, RequestView};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A route's EdgePolicy, ready to run.
+pub struct EdgeRuntime {
+    pub validator: Option<Validator>,
+    pub scope_claim: pqmesh_policy::ScopeClaim,
+    pub limiter: Option<(Limiter, RateLimitKey, Option<String>)>,
+}
+
+pub struct Edge {
+    pub model: Model,
+    /// Per route (same index as `model.routes`): its EdgePolicy, if any.
+    pub policies: Vec<Option<EdgeRuntime>>,
+    pub tls: watch::Receiver<Option<Arc<MeshTls>>>,
+    pub backends: crate::backend::BackendClient,
+    pub metrics: GatewayMetrics,
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("{body}\n")))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+fn with_header(mut r: Response<Body>, name: &'static str, value: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+    r
+}
+
+/// Headers never forwarded: hop-by-hop, and mesh headers only the receiving sidecar may set.
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    for n in named {
+        headers.remove(n.as_str());
+    }
+    for h in [
+        "connection",
+        "keep-alive",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+        "http2-settings",
+    ] {
+        headers.remove(h);
+    }
+    let mesh: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-pqmesh-"))
+        .cloned()
+        .collect();
+    for k in mesh {
+        headers.remove(k);
+    }
+}
+
+fn modify_headers(headers: &mut hyper::HeaderMap, m: &HeaderModifier) {
+    let pair = |name: &str, value: &str| {
+        Some((
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_str(value).ok()?,
+        ))
+    };
+    for h in &m.set {
+        if let Some((n, v)) = pair(&h.name, &h.value) {
+            headers.insert(n, v);
+        }
+    }
+    for h in &m.add {
+        if let Some((n, v)) = pair(&h.name, &h.value) {
+            headers.append(n, v);
+        }
+    }
+    for name in &m.remove {
+        headers.remove(name.to_ascii_lowercase().as_str());
+    }
+}
+
+/// Serves one request from an outside client on `listener`.
+pub async fn handle(
+    edge: Arc<Edge>,
+    listeners: Arc<[usize]>,
+    client: SocketAddr,
+    scheme: &'static str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let mut who = Who::default();
+    let (route_name, response, decision) =
+        match route_request(&edge, &listeners, client, scheme, req, &mut who).await {
+            Ok((name, r)) => (name, r, "forwarded"),
+            Err((name, r, decision)) => (name, r, decision),
+        };
+    edge.metrics
+        .requests
+        .with_label_values(&[route_name.as_str(), response.status().as_str(), decision])
+        .inc();
+    // The access log: who, which route, what happened — never a token, nor the path (it may
+    // carry identifiers; the route names what was asked for).
+    tracing::info!(
+        target: "pqmesh::access",
+        %client,
+        %method,
+        route = %route_name,
+        status = response.status().as_u16(),
+        decision,
+        client_id = who.client_id.as_deref().unwrap_or("-"),
+        sub = who.sub.as_deref().unwrap_or("-"),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// Whom a verified token named (for the access log).
+#[derive(Default)]
+struct Who {
+    client_id: Option<String>,
+    sub: Option<String>,
+}
+
+type Refusal = (String, Response<Body>, &'static str);
+
+async fn route_request(
+    edge: &Edge,
+    listeners: &[usize],
+    client: SocketAddr,
+    scheme: &'static str,
+    mut req: Request<Incoming>,
+    who: &mut Who,
+) -> Result<(String, Response<Body>), Refusal> {
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            req.headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h).to_owned())
+        })
+        .unwrap_or_default();
+    let no_route = || {
+        (
+            "none".to_owned(),
+            text(StatusCode::NOT_FOUND, "pqmesh-gateway: no route"),
+            "no_route",
+        )
+    };
+    let listener_index =
+        routes::listener_for(&edge.model.listeners, listeners, &host).ok_or_else(no_route)?;
+    let listener: &ListenerModel = &edge.model.listeners[listener_index];
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let chosen = routes::choose(
+        &edge.model.routes,
+        listener,
+        &RequestView {
+            host: &host,
+            method: req.method().as_str(),
+            path: &path,
+            query: query.as_deref(),
+            headers: req.headers(),
+        },
+    )
+    .ok_or_else(|| {
+        (
+            "none".to_owned(),
+            text(StatusCode::NOT_FOUND, "pqmesh-gateway: no route"),
+            "no_route",
+        )
+    })?;
+    let route: &RouteModel = &edge.model.routes[chosen.route];
+    let name = route.name.clone();
+    let refuse = |r: Response<Body>, d: &'static str| (name.clone(), r, d);
+    let rule = &route.spec.rules[chosen.rule];
+
+    // The EdgePolicy first: nothing of a refused request reaches a backend or a redirect.
+    let mut jwt = None;
+    if let Some(edge_model) = &route.edge {
+        let Some(runtime) = edge.policies[chosen.route].as_ref() else {
+            return Err(refuse(
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "pqmesh-gateway: the route's EdgePolicy names an issuer that is not available",
+                ),
+                "policy_unresolved",
+            ));
+        };
+        if let Some((limiter, RateLimitKey::SourceIp, _)) = &runtime.limiter {
+            rate_limit(edge, &name, limiter, &client.ip().to_string())
+                .map_err(|r| refuse(r, "rate_limited"))?;
+        }
+        if let Some(token) = &edge_model.token {
+            let auth = authenticate(runtime, token.accept, &token.scopes, req.headers())
+                .await
+                .map_err(|(r, d)| refuse(r, d))?;
+            if let Some((limiter, key, claim)) = &runtime.limiter {
+                let claim_name = match key {
+                    RateLimitKey::ClientId => Some("client_id"),
+                    RateLimitKey::Sub => Some("sub"),
+                    RateLimitKey::Claim => claim.as_deref(),
+                    RateLimitKey::SourceIp => None,
+                };
+                if let Some(c) = claim_name {
+                    // A token without the claim shares one bucket with every other such token.
+                    let value = claim_value(&auth.claims, c).unwrap_or_default();
+                    rate_limit(edge, &name, limiter, &format!("{c}={value}"))
+                        .map_err(|r| refuse(r, "rate_limited"))?;
+                }
+            }
+            who.client_id = claim_value(&auth.claims, "client_id");
+            who.sub = claim_value(&auth.claims, "sub");
+            jwt = Some(auth.jwt.clone());
+        }
+    }
+
+    let mut response_modifier = None;
+    for f in &rule.filters {
+        match f.kind {
+            FilterType::RequestRedirect => {
+                let r = f.request_redirect.clone().unwrap_or_default();
+                let to_path = match &r.path {
+                    None => path.clone(),
+                    Some(p) => modified_path(&path, chosen.matched_prefix.as_deref(), p),
+                };
+                let scheme = r.scheme.as_deref().unwrap_or(scheme);
+                let host = r.hostname.as_deref().unwrap_or(&host);
+                let port = r.port.map(|p| format!(":{p}")).unwrap_or_default();
+                let q = query
+                    .as_deref()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                let status =
+                    StatusCode::from_u16(r.status_code.unwrap_or(302)).unwrap_or(StatusCode::FOUND);
+                let resp = with_header(
+                    text(status, "redirect"),
+                    "location",
+                    &format!("{scheme}://{host}{port}{to_path}{q}"),
+                );
+                return Ok((name, resp));
+            }
+            FilterType::RequestHeaderModifier => {
+                if let Some(m) = &f.request_header_modifier {
+                    modify_headers(req.headers_mut(), m);
+                }
+            }
+            FilterType::ResponseHeaderModifier => {
+                response_modifier = f.response_header_modifier.clone()
+            }
+            FilterType::URLRewrite => {
+                let u = f.url_rewrite.clone().unwrap_or_default();
+                if let Some(h) = u
+                    .hostname
+                    .as_deref()
+                    .and_then(|h| HeaderValue::from_str(h).ok())
+                {
+                    req.headers_mut().insert("host", h);
+                }
+                if let Some(p) = &u.path {
+                    let new = modified_path(&path, chosen.matched_prefix.as_deref(), p);
+                    let pq = match &query {
+                        Some(q) => format!("{new}?{q}"),
+                        None => new,
+                    };
+                    *req.uri_mut() = pq.parse().map_err(|_| {
+                        refuse(
+                            text(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "pqmesh-gateway: rewritten path is invalid",
+                            ),
+                            "bad_rewrite",
+                        )
+                    })?;
+                }
+            }
+        }
+    }
+
+    let weights: Vec<u32> = rule.backend_refs.iter().map(|b| b.weight).collect();
+    let Some(pick) = routes::pick_weighted(&weights, rand::random()) else {
+        return Err(refuse(
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "pqmesh-gateway: the rule has no backend with weight",
+            ),
+            "no_backend",
+        ));
+    };
+    let backend = &rule.backend_refs[pick];
+    let service = format!(
+        "{}/{}",
+        backend.namespace.as_deref().unwrap_or(&route.namespace),
+        backend.name
+    );
+    let Some(endpoints) = edge
+        .model
+        .backends
+        .get(&(service.clone(), backend.port))
+        .filter(|e| !e.is_empty())
+    else {
+        return Err(refuse(
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!(
+                    "pqmesh-gateway: backend {service}:{} is not known",
+                    backend.port
+                ),
+            ),
+            "backend_unresolved",
+        ));
+    };
+    let endpoint = &endpoints[rand::random_range(0..endpoints.len())];
+
+    strip_hop_by_hop(req.headers_mut());
+    if let Some(jwt) = jwt {
+        let value = HeaderValue::from_str(&format!("Bearer {jwt}")).map_err(|_| {
+            refuse(
+                text(StatusCode::BAD_GATEWAY, "pqmesh-gateway: unusable JWT"),
+                "bad_jwt",
+            )
+        })?;
+        req.headers_mut().insert("authorization", value);
+    }
+    if !req.headers().contains_key("host") {
+        if let Ok(h) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert("host", h);
+        }
+    }
+    req.headers_mut().insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+    );
+    // HTTP/1.1 to the sidecar, origin-form (an HTTP/2 client's absolute URI is reduced).
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = pq.parse().unwrap_or_default();
+    *req.version_mut() = hyper::Version::HTTP_11;
+
+    let mut response = forward(edge, endpoint, req.map(|b| b.boxed()))
+        .await
+        .map_err(|e| {
+            tracing::warn!(route = %name, endpoint = %endpoint.addr, error = %e, "backend failed");
+            refuse(
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    "pqmesh-gateway: the backend is unreachable",
+                ),
+                "backend_failed",
+            )
+        })?;
+    strip_hop_by_hop(response.headers_mut());
+    if let Some(m) = response_modifier {
+        modify_headers(response.headers_mut(), &m);
+    }
+    Ok((name, response))
+}
+
+fn modified_path(path: &str, matched_prefix: Option<&str>, m: &crate::api::PathModifier) -> String {
+    match m.kind {
+        PathModifierType::ReplaceFullPath => {
+            m.replace_full_path.clone().unwrap_or_else(|| "/".into())
+        }
+        PathModifierType::ReplacePrefixMatch => routes::replace_prefix(
+            path,
+            matched_prefix.unwrap_or("/"),
+            m.replace_prefix_match.as_deref().unwrap_or("/"),
+        ),
+    }
+}
+
+fn claim_value(claims: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<String> {
+    let mut parts = name.split('.');
+    let mut v = claims.get(parts.next()?)?;
+    for p in parts {
+        v = v.get(p)?;
+    }
+    Some(match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+fn rate_limit(
+    edge: &Edge,
+    route: &str,
+    limiter: &Limiter,
+    key: &str,
+) -> Result<(), Response<Body>> {
+    limiter.take(key).map_err(|wait| {
+        edge.metrics.rate_limited.with_label_values(&[route]).inc();
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        with_header(
+            text(StatusCode::TOO_MANY_REQUESTS, "pqmesh-gateway: rate limit"),
+            "retry-after",
+            &secs.to_string(),
+        )
+    })
+}
+
+fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3
+}
+
+type Denied = (Response<Body>, &'static str);
+
+/// The phantom-token exchange and the coarse scope check; returns the JWT to forward.
+async fn authenticate(
+    runtime: &EdgeRuntime,
+    accept: Accept,
+    required: &[String],
+    headers: &hyper::HeaderMap,
+) -> Result<Arc<Authenticated>, Denied> {
+    let unauthorized = |www: &str, d: &'static str| {
+        (
+            with_header(
+                text(StatusCode::UNAUTHORIZED, "pqmesh-gateway: unauthorized"),
+                "www-authenticate",
+                www,
+            ),
+            d,
+        )
+    };
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    let Some(bearer) = bearer.filter(|t| !t.is_empty()) else {
+        return Err(unauthorized("Bearer", "no_token"));
+    };
+    let refused_form = match accept {
+        Accept::Opaque if looks_like_jwt(bearer) => {
+            Some("JWTs are not accepted on this route; present the opaque access token")
+        }
+        Accept::Jwt if !looks_like_jwt(bearer) => Some("this route takes JWTs only"),
+        _ => None,
+    };
+    if let Some(why) = refused_form {
+        return Err(unauthorized(
+            &format!("Bearer error=\"invalid_token\", error_description=\"{why}\""),
+            "token_form",
+        ));
+    }
+    let Some(validator) = &runtime.validator else {
+        return Err((
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pqmesh-gateway: no token issuer",
+            ),
+            "policy_unresolved",
+        ));
+    };
+    let auth = match validator.authenticate(bearer).await {
+        Ok(a) => a,
+        Err(e) => {
+            let mut r = text(
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                "pqmesh-gateway: token refused",
+            );
+            if let Some(www) = e.www_authenticate() {
+                r = with_header(r, "www-authenticate", &www);
+            }
+            return Err((r, "invalid_token"));
+        }
+    };
+    let held = pqmesh_sidecar::token::scopes(&auth.claims, runtime.scope_claim);
+    let missing: Vec<&String> = required.iter().filter(|s| !held.contains(s)).collect();
+    if !missing.is_empty() {
+        let scope = required.join(" ");
+        let r = with_header(
+            text(StatusCode::FORBIDDEN, "pqmesh-gateway: insufficient scope"),
+            "www-authenticate",
+            &format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
+        );
+        return Err((r, "insufficient_scope"));
+    }
+    Ok(auth)
+}
+
+/// Sends `req` to the endpoint's sidecar over a pooled pqmesh mTLS connection
+/// ([`crate::backend`]).
+async fn forward(
+    edge: &Edge,
+    endpoint: &Endpoint,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, String> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = format!("http://{}{pq}", endpoint.addr)
+        .parse()
+        .map_err(|e| format!("backend URI: {e}"))?;
+    let resp = edge.backends.request(req).await.map_err(|e| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    })?;
+    Ok(resp.map(|b| b.boxed()))
+}

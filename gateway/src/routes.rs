@@ -1,0 +1,241 @@
+//! Which HTTPRoute rule serves a request, with the Gateway API's precedence: the most specific
+//! hostname, then an Exact path over a prefix, the longest prefix, a method match, the most
+//! header matches, the most query matches; then the oldest route (`creationTimestamp`), then
+//! `<namespace>/<name>` alphabetically, then the first rule and match in the route.
+
+use std::cmp::Reverse;
+
+use crate::api::{PathMatchType, RouteMatch};
+use crate::load::{ListenerModel, RouteModel};
+
+/// What a request looks like to matching.
+pub struct RequestView<'a> {
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a hyper::HeaderMap,
+}
+
+/// The chosen rule: route index, rule index and the path match that matched (for
+/// `ReplacePrefixMatch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    pub route: usize,
+    pub rule: usize,
+    pub matched_prefix: Option<String>,
+}
+
+/// Sort key: larger is more specific (compared first to last).
+type Specificity = (u8, usize, u8, usize, bool, usize, usize);
+
+/// Tie-break key: larger wins, so older timestamp, name, rule and match come reversed.
+type Tie<'a> = Reverse<(Option<&'a str>, &'a str, usize, usize)>;
+
+/// Whether `route` attaches to `listener`: a parentRef naming its Gateway (and its section, if
+/// any), and hostnames that intersect.
+pub fn attaches(route: &RouteModel, listener: &ListenerModel) -> bool {
+    route.spec.parent_refs.iter().any(|p| {
+        let gw = format!(
+            "{}/{}",
+            p.namespace.as_deref().unwrap_or(&route.namespace),
+            p.name
+        );
+        gw == listener.gateway
+            && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
+            && p.port.is_none_or(|port| port == listener.port)
+    })
+}
+
+/// How specifically `hostnames` match `host`: 2 exact, 1 wildcard, 0 no hostnames (any);
+/// `None` when they do not match.
+fn host_rank(hostnames: &[String], host: &str) -> Option<(u8, usize)> {
+    if hostnames.is_empty() {
+        return Some((0, 0));
+    }
+    let mut best = None;
+    for h in hostnames {
+        let h = h.to_ascii_lowercase();
+        if h == host {
+            return Some((2, h.len()));
+        }
+        if let Some(suffix) = h.strip_prefix('*') {
+            // `*.example.com` matches one or more labels before `.example.com`.
+            if host.len() > suffix.len() && host.ends_with(suffix) {
+                best = best.max(Some((1, suffix.len())));
+            }
+        }
+    }
+    best
+}
+
+/// Of the listeners sharing a port, the one for `host` (SNI or Host): an exact hostname, then the
+/// longest wildcard, then one without a hostname.
+pub fn listener_for(
+    listeners: &[ListenerModel],
+    candidates: &[usize],
+    host: &str,
+) -> Option<usize> {
+    let host = host.to_ascii_lowercase();
+    candidates
+        .iter()
+        .filter_map(|i| {
+            let l = &listeners[*i];
+            let rank = match &l.hostname {
+                None => Some((0, 0)),
+                Some(h) => host_rank(std::slice::from_ref(h), &host),
+            };
+            rank.map(|r| (r, Reverse(*i)))
+        })
+        .max()
+        .map(|(_, Reverse(i))| i)
+}
+
+fn listener_allows(listener: &ListenerModel, host: &str) -> bool {
+    match &listener.hostname {
+        None => true,
+        Some(h) => host_rank(std::slice::from_ref(h), host).is_some(),
+    }
+}
+
+/// Element-wise prefix match: `/abc` matches `/abc`, `/abc/` and `/abc/x`, not `/abcd`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return true;
+    }
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `Some((exact, prefix length))` when `m` matches the request.
+fn match_request(m: &RouteMatch, req: &RequestView<'_>) -> Option<(bool, usize)> {
+    let (exact, len) = match &m.path {
+        None => (false, 1),
+        Some(p) => match p.kind {
+            PathMatchType::Exact if req.path == p.value => (true, p.value.len()),
+            PathMatchType::PathPrefix if prefix_matches(&p.value, req.path) => {
+                (false, p.value.len())
+            }
+            _ => return None,
+        },
+    };
+    if m.method.as_deref().is_some_and(|x| x != req.method) {
+        return None;
+    }
+    for h in &m.headers {
+        let got = req
+            .headers
+            .get(h.name.as_str())
+            .and_then(|v| v.to_str().ok());
+        if got != Some(h.value.as_str()) {
+            return None;
+        }
+    }
+    for q in &m.query_params {
+        if query_value(req.query, &q.name) != Some(q.value.as_str()) {
+            return None;
+        }
+    }
+    Some((exact, len))
+}
+
+/// The rule that serves `req` on `listener`, if any.
+pub fn choose(
+    routes: &[RouteModel],
+    listener: &ListenerModel,
+    req: &RequestView<'_>,
+) -> Option<Chosen> {
+    let host = req.host.to_ascii_lowercase();
+    if !listener_allows(listener, &host) {
+        return None;
+    }
+    let mut best: Option<(Specificity, Tie<'_>, Chosen)> = None;
+    for (ri, route) in routes.iter().enumerate() {
+        if !attaches(route, listener) {
+            continue;
+        }
+        let Some((host_kind, host_len)) = host_rank(&route.spec.hostnames, &host) else {
+            continue;
+        };
+        for (rule_i, rule) in route.spec.rules.iter().enumerate() {
+            let default_match = [RouteMatch::default()];
+            let matches: &[RouteMatch] = if rule.matches.is_empty() {
+                &default_match
+            } else {
+                &rule.matches
+            };
+            for (mi, m) in matches.iter().enumerate() {
+                let Some((exact, len)) = match_request(m, req) else {
+                    continue;
+                };
+                let key: Specificity = (
+                    host_kind,
+                    host_len,
+                    u8::from(exact),
+                    len,
+                    m.method.is_some(),
+                    m.headers.len(),
+                    m.query_params.len(),
+                );
+                // Ties: older first (a missing timestamp sorts after any), then name, rule, match.
+                let created = route.created.as_deref();
+                let tie = Reverse((created.or(Some("~")), route.name.as_str(), rule_i, mi));
+                let prefix = m
+                    .path
+                    .as_ref()
+                    .filter(|p| p.kind == PathMatchType::PathPrefix)
+                    .map(|p| p.value.clone())
+                    .or_else(|| m.path.is_none().then(|| "/".to_owned()));
+                let chosen = Chosen {
+                    route: ri,
+                    rule: rule_i,
+                    matched_prefix: prefix,
+                };
+                if best.as_ref().is_none_or(|(k, t, _)| (key, tie) > (*k, *t)) {
+                    best = Some((key, tie, chosen));
+                }
+            }
+        }
+    }
+    best.map(|(_, _, c)| c)
+}
+
+/// `ReplacePrefixMatch`: the matched prefix of `path` replaced by `replacement`.
+pub fn replace_prefix(path: &str, prefix: &str, replacement: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    let rest = &path[prefix.len().min(path.len())..];
+    let base = replacement.trim_end_matches('/');
+    match (base.is_empty(), rest.is_empty()) {
+        (true, true) => "/".to_owned(),
+        (true, false) => rest.to_owned(),
+        (false, _) => format!("{base}{rest}"),
+    }
+}
+
+/// Picks a backend index by weight (`None`: every weight is 0).
+pub fn pick_weighted(weights: &[u32], roll: f64) -> Option<usize> {
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut target = (roll.clamp(0.0, 0.999_999_999) * total as f64) as u64;
+    for (i, w) in weights.iter().enumerate() {
+        let w = u64::from(*w);
+        if target < w {
+            return Some(i);
+        }
+        target -= w;
+    }
+    weights.iter().rposition(|w| *w > 0)
+}
