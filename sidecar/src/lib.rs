@@ -278,6 +278,7 @@ pub async fn start_with(
             config.admin_addr.port(),
         ],
         opaque_ports: config.opaque_ports.clone(),
+        http_relay_ports: config.http_relay_ports.clone(),
         tls: tls_rx.clone(),
         original_dst: original_dst.clone(),
         clients: Arc::new(http_proxy::AppClients::new(false)),

@@ -12,6 +12,11 @@
 //! Either ends the connection without passing the read that completed the match; what passed
 //! before is a partial line or a partial name, which no server acts on. The policy on an opaque
 //! connection judges only the peer, so an HTTP request that gets through carries no identity.
+//!
+//! On an HTTP relay port (`PQMESH_HTTP_RELAY_PORTS`: HTTP/1.1 relayed as bytes while the port's
+//! policy is identity-only) HTTP is expected, so [`OpaqueGuard::http_relay`] drops the first rule
+//! and adds one: no line may start with `upgrade` (any case). After a protocol switch (h2c above
+//! all) header names travel HPACK-encoded, where the identity name could hide from the scan.
 
 use std::io;
 use std::pin::Pin;
@@ -39,7 +44,13 @@ pub struct OpaqueGuard<S> {
     tail: [u8; 5],
     /// The last bytes read, folded, so a name split across reads is found.
     carry: Vec<u8>,
+    /// HTTP relay: lines starting with `upgrade` are refused too.
+    refuse_upgrade: bool,
 }
+
+/// `upgrade` at the start of a line, folded, after either line-ending byte (servers split lines
+/// at `\n`, and some at a bare `\r`).
+const UPGRADE_LINES: [&[u8]; 2] = [b"\nupgrade", b"\rupgrade"];
 
 /// Lower case, and `_` `.` as `-`: the spellings servers treat as the same header name.
 fn fold(b: u8) -> u8 {
@@ -56,6 +67,16 @@ impl<S> OpaqueGuard<S> {
             phase: Phase::LeadingEmptyLines,
             tail: [0; 5],
             carry: Vec::with_capacity(2 * IDENTITY_NAME.len()),
+            refuse_upgrade: false,
+        }
+    }
+
+    /// The guard of an HTTP relay port: HTTP passes, the identity name and `upgrade` lines do not.
+    pub fn http_relay(inner: S) -> Self {
+        OpaqueGuard {
+            phase: Phase::Scanning,
+            refuse_upgrade: true,
+            ..Self::new(inner)
         }
     }
 
@@ -86,22 +107,32 @@ impl<S> OpaqueGuard<S> {
         }
     }
 
-    /// Whether the identity name appears in `bytes` or across the previous read and `bytes`.
+    /// Whether the identity name (or, on an HTTP relay, an `upgrade` line) appears in `bytes`
+    /// or across the previous read and `bytes`.
     fn names_identity(&mut self, bytes: &[u8]) -> bool {
+        // The identity name is the longest needle: its length bounds what must be carried.
         let n = IDENTITY_NAME.len();
+        let folded_at = |i: usize, needle: &[u8]| {
+            bytes.len() >= i + needle.len()
+                && bytes[i..i + needle.len()]
+                    .iter()
+                    .zip(needle)
+                    .all(|(&b, &want)| fold(b) == want)
+        };
         // Across the boundary: the previous read's tail and this read's head.
         self.carry
             .extend(bytes.iter().take(n - 1).map(|&b| fold(b)));
-        let across = self.carry.windows(n).any(|w| w == IDENTITY_NAME);
+        let mut across = self.carry.windows(n).any(|w| w == IDENTITY_NAME);
         // Within this read: candidates at each 'q' (the name's second byte, rare in data).
-        let within = memchr::memchr2_iter(b'q', b'Q', bytes).any(|i| {
-            i >= 1
-                && bytes.len() >= i - 1 + n
-                && bytes[i - 1..i - 1 + n]
-                    .iter()
-                    .zip(IDENTITY_NAME)
-                    .all(|(&b, &want)| fold(b) == want)
-        });
+        let mut within = memchr::memchr2_iter(b'q', b'Q', bytes)
+            .any(|i| i >= 1 && folded_at(i - 1, IDENTITY_NAME));
+        if self.refuse_upgrade {
+            across |= UPGRADE_LINES
+                .iter()
+                .any(|line| self.carry.windows(line.len()).any(|w| w == *line));
+            within |= memchr::memchr2_iter(b'\n', b'\r', bytes)
+                .any(|i| UPGRADE_LINES.iter().any(|line| folded_at(i, line)));
+        }
         let keep = bytes.len().min(n - 1);
         self.carry.clear();
         self.carry
@@ -113,7 +144,7 @@ impl<S> OpaqueGuard<S> {
 fn refused() -> io::Error {
     io::Error::new(
         io::ErrorKind::PermissionDenied,
-        "an HTTP request line or the identity header on an opaque relay is not passed to the app",
+        "an HTTP request line (opaque ports), an upgrade (HTTP relay ports) or the identity header is not relayed to the app",
     )
 }
 
@@ -176,6 +207,16 @@ mod tests {
 
     /// What the app would get: everything the gate passed before it ended the stream, and how.
     async fn through_gate(writes: &[&[u8]]) -> (Vec<u8>, io::Result<()>) {
+        through(writes, OpaqueGuard::new).await
+    }
+
+    async fn through<G>(
+        writes: &[&[u8]],
+        guard: impl FnOnce(tokio::io::DuplexStream) -> OpaqueGuard<G>,
+    ) -> (Vec<u8>, io::Result<()>)
+    where
+        OpaqueGuard<G>: AsyncRead + Unpin,
+    {
         let (mut client, near) = tokio::io::duplex(64 * 1024);
         let writes: Vec<Vec<u8>> = writes.iter().map(|w| w.to_vec()).collect();
         let writer = tokio::spawn(async move {
@@ -184,7 +225,7 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         });
-        let mut gate = OpaqueGuard::new(near);
+        let mut gate = guard(near);
         let mut out = Vec::new();
         let mut chunk = [0u8; 1024];
         let result = loop {
@@ -255,6 +296,53 @@ mod tests {
             let (passed, result) = through_gate(writes).await;
             assert!(result.is_ok(), "{writes:?}");
             assert_eq!(passed, want, "{writes:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http_relay_passes_http_but_no_identity_and_no_upgrade() {
+        let keep_alive: &[&[u8]] = &[
+            b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n",
+            // (A body line starting with `upgrade` would be refused: the scan does not parse.)
+            b"POST /b HTTP/1.1\r\nHost: b\r\nContent-Length: 9\r\n\r\nx upgrade",
+            b"GET /c HTTP/1.1\r\nHost: b\r\nx-upgrade: no\r\nConnection: close\r\n\r\n",
+        ];
+        let (passed, result) = through(keep_alive, OpaqueGuard::http_relay).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(passed, keep_alive.concat());
+
+        for writes in [
+            &[&b"GET / HTTP/1.1\r\nx-pqmesh-peer-identity: forged\r\n\r\n"[..]][..],
+            &[
+                b"GET / HTTP/1.1\r\nX_PQMESH_PEER_ID",
+                b"ENTITY: forged\r\n\r\n",
+            ],
+            &[b"GET / HTTP/1.1\r\nHost: b\r\nUpgrade: h2c\r\n\r\n"],
+            &[
+                b"GET / HTTP/1.1\r\nHost: b\r",
+                b"\nUPGRADE : websocket\r\n\r\n",
+            ],
+            &[b"GET / HTTP/1.1\r\nHost: b\r\nUpg", b"rade: h2c\r\n\r\n"],
+            // A bare CR as the line end (servers that split lines there).
+            &[b"GET / HTTP/1.1\rupgrade: h2c\r\r"],
+        ] {
+            let (passed, result) = through(writes, OpaqueGuard::http_relay).await;
+            assert_eq!(
+                result.unwrap_err().kind(),
+                io::ErrorKind::PermissionDenied,
+                "{writes:?}"
+            );
+            let folded: Vec<u8> = passed.iter().map(|&b| fold(b)).collect();
+            assert!(
+                !folded
+                    .windows(IDENTITY_NAME.len())
+                    .any(|w| w == IDENTITY_NAME)
+                    && !UPGRADE_LINES
+                        .iter()
+                        .any(|l| folded.windows(l.len()).any(|w| w == *l)),
+                "neither passed whole: {:?}",
+                String::from_utf8_lossy(&passed)
+            );
         }
     }
 }

@@ -401,10 +401,11 @@ fn skip_body(body: &mut Body, bytes: &[u8]) -> (usize, bool, bool) {
     (used, false, false)
 }
 
-/// The upstream side of an outbound relay, observed: writes are the app's requests, reads the
-/// server's responses.
+/// The upstream side of a relay, observed: writes are the requests, reads the server's
+/// responses. Outbound the server is the upstream; inbound on an HTTP relay port, the app.
 pub struct Observed<IO> {
     inner: IO,
+    direction: &'static str,
     requests: RequestParser,
     responses: ResponseParser,
     /// When each request sent and not yet answered started, oldest first.
@@ -417,14 +418,20 @@ pub struct Observed<IO> {
 }
 
 impl<IO> Observed<IO> {
-    pub fn new(inner: IO, metrics: Arc<Metrics>, peer_label: String) -> Self {
+    pub fn new(
+        inner: IO,
+        direction: &'static str,
+        metrics: Arc<Metrics>,
+        peer_label: String,
+    ) -> Self {
         Observed {
             inner,
+            direction,
             requests: RequestParser::default(),
             responses: ResponseParser::default(),
             started: VecDeque::new(),
             head_started: None,
-            series: metrics.request_series("outbound", peer_label),
+            series: metrics.request_series(direction, peer_label),
             metrics,
             counted_connection: false,
         }
@@ -467,13 +474,13 @@ impl<IO> Observed<IO> {
             };
             self.metrics
                 .requests
-                .with_label_values(&["outbound", outcome])
+                .with_label_values(&[self.direction, outcome])
                 .inc();
             if !self.counted_connection {
                 self.counted_connection = true;
                 self.metrics
                     .http_connections
-                    .with_label_values(&["outbound", "http1"])
+                    .with_label_values(&[self.direction, "http1"])
                     .inc();
             }
         }
@@ -648,7 +655,7 @@ mod tests {
         let exchange = |request: &'static [u8], answer: Vec<u8>| async move {
             let metrics = Arc::new(Metrics::new());
             let (near, mut far) = tokio::io::duplex(1 << 20);
-            let mut observed = Observed::new(near, metrics.clone(), "none".into());
+            let mut observed = Observed::new(near, "outbound", metrics.clone(), "none".into());
             observed.write_all(request).await.unwrap();
             let mut req = vec![0u8; request.len()];
             far.read_exact(&mut req).await.unwrap();
@@ -682,7 +689,12 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let metrics = Arc::new(Metrics::new());
         let (near, mut far) = tokio::io::duplex(4096);
-        let mut observed = Observed::new(near, metrics.clone(), "spiffe://t/ns/a/sa/b".into());
+        let mut observed = Observed::new(
+            near,
+            "outbound",
+            metrics.clone(),
+            "spiffe://t/ns/a/sa/b".into(),
+        );
         for (status, body) in [(200, "ok"), (403, "no")] {
             observed
                 .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -727,7 +739,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let metrics = Arc::new(Metrics::new());
         let (near, mut far) = tokio::io::duplex(4096);
-        let mut observed = Observed::new(near, metrics.clone(), "none".into());
+        let mut observed = Observed::new(near, "outbound", metrics.clone(), "none".into());
         let two = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
         observed.write_all(two).await.unwrap();
         let mut req = vec![0u8; two.len()];

@@ -15,6 +15,7 @@ mod faults;
 mod gateway;
 mod handshake_policy;
 mod hostile_clients;
+mod http_relay;
 mod kubernetes;
 mod kubernetes_acceptance;
 mod kubernetes_rotation;
