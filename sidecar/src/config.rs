@@ -430,16 +430,7 @@ fn parse_labels(env: &dyn Env) -> Result<BTreeMap<String, String>, EnvError> {
 }
 
 fn parse_ports(name: &str, v: &str) -> Result<Vec<u16>, EnvError> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|n| *n != 0)
-                .ok_or_else(|| EnvError::new(name, v, format!("{p:?} is not a TCP port")))
-        })
-        .collect()
+    pqmesh_mtls::env::ports(v).map_err(|e| EnvError::new(name, v, e))
 }
 
 #[cfg(test)]
