@@ -8,6 +8,7 @@ pub mod balance;
 pub mod canonical;
 pub mod config;
 pub mod control_plane;
+pub mod copy;
 pub mod delivery;
 pub mod discovery;
 pub mod drain;

@@ -530,11 +530,6 @@ impl Inbound {
     }
 }
 
-/// Bytes a relay moves per read and write in each direction: the largest TLS record's plaintext,
-/// so a full record is decrypted into one buffer and one write encrypts one full record (tokio's
-/// default, 8 KiB, halves both; larger buffers only cost memory per connection).
-const RELAY_BUFFER: usize = 16 * 1024;
-
 /// Copies both ways until both sides are done; an EOF on one side is passed on as a half-close.
 pub(crate) async fn relay<A, B>(mut mesh: A, mut app: B, direction: &'static str, metrics: &Metrics)
 where
@@ -550,9 +545,7 @@ where
     }
     metrics.connections_open.inc();
     let _open = Open(&metrics.connections_open);
-    match tokio::io::copy_bidirectional_with_sizes(&mut mesh, &mut app, RELAY_BUFFER, RELAY_BUFFER)
-        .await
-    {
+    match crate::copy::bidirectional(&mut mesh, &mut app).await {
         Ok((to_app, from_app)) => {
             metrics
                 .bytes
