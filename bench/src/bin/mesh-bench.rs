@@ -624,7 +624,10 @@ async fn main() {
             );
         }
         if o.ab_idle {
-            for t in targets[1..].iter().filter(|t| t.kind == Kind::Pair) {
+            for t in targets[1..]
+                .iter()
+                .filter(|t| matches!(t.kind, Kind::Pair | Kind::Relay))
+            {
                 let (Some(p), Some(cfg)) = (t.pair, &t.resumed) else {
                     continue;
                 };
@@ -644,10 +647,15 @@ async fn main() {
     }
     eprintln!("idle connections");
     let mut idle_rows = Vec::new();
-    for t in targets[1..].iter().filter(|t| t.kind == Kind::Pair) {
+    for t in targets[1..]
+        .iter()
+        .filter(|t| matches!(t.kind, Kind::Pair | Kind::Relay))
+    {
         let (Some(p), Some(cfg)) = (t.pair, &t.resumed) else {
             continue;
         };
+        // Relays hold an app connection per client connection: the same count as the peers,
+        // within the descriptor limit.
         let n = if t.name == "pqmesh" {
             o.idle_conns
         } else {
