@@ -388,3 +388,160 @@ spec:
     assert_eq!(pick("x.example").as_deref(), Some("c"));
     assert_eq!(pick("other.test"), None);
 }
+
+// ---- Review 7 (outside attack on the gateway) ----
+
+fn request(version: hyper::Version, uri: &str, headers: &[(&str, &str)]) -> hyper::Request<()> {
+    let mut b = hyper::Request::builder().version(version).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap()
+}
+
+/// F1: the path routing and the EdgePolicy judge is the sidecar's normal form of it, and what the
+/// sidecar refuses is refused before any route is chosen.
+#[test]
+fn requests_are_made_canonical_before_routing() {
+    use crate::proxy::canonical_request;
+    let h1 = hyper::Version::HTTP_11;
+    let host = [("host", "shop.example")];
+    for (uri, want) in [
+        ("/orders/../admin/2", "/admin/2"),
+        ("/orders/%2e%2e/admin/2", "/admin/2"),
+        ("/orders/%2E%2e/admin/2", "/admin/2"),
+        ("/orders/.%2e/admin/2", "/admin/2"),
+        ("/orders//../admin/2", "/admin/2"),
+        ("/orders/./../admin/2", "/admin/2"),
+        ("/orders//x/./y/", "/orders/x/y/"),
+        ("/orders/%7euser", "/orders/~user"),
+        ("http://shop.example/orders/../admin/2", "/admin/2"),
+    ] {
+        let t = canonical_request(&mut request(h1, uri, &host)).unwrap();
+        assert_eq!(t.path, want, "{uri}");
+        assert_eq!(t.host, "shop.example", "{uri}");
+    }
+    // HTTP/2 `:path`.
+    let mut r = request(
+        hyper::Version::HTTP_2,
+        "http://shop.example/orders/%2e%2e/admin/2?a=1",
+        &[],
+    );
+    let t = canonical_request(&mut r).unwrap();
+    assert_eq!(
+        (t.path.as_str(), t.query.as_deref()),
+        ("/admin/2", Some("a=1"))
+    );
+    for uri in [
+        "/orders/%2fadmin",
+        "/orders/..%2fadmin",
+        "/orders/..;/admin",
+        "/orders/%252e%252e/admin",
+        "/../admin",
+        "/orders/%5cadmin",
+    ] {
+        let e = canonical_request(&mut request(h1, uri, &host)).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.decision), (400, "bad_path"), "{uri}");
+    }
+}
+
+/// F7-F9: one host, no URL overrides, one Authorization, hop-by-hop removed before the policy,
+/// and the client's forwarding headers dropped.
+#[test]
+fn the_head_is_made_canonical_as_the_sidecar_does_and_edge_headers_are_the_edges() {
+    use crate::proxy::canonical_request;
+    let h1 = hyper::Version::HTTP_11;
+    let h2 = hyper::Version::HTTP_2;
+    type Case<'a> = (hyper::Version, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let refused: &[Case] = &[
+        (
+            h2,
+            "http://shop.example/x",
+            &[("host", "evil.example")],
+            "differs",
+        ),
+        (
+            h1,
+            "http://shop.example/x",
+            &[("host", "evil.example")],
+            "differs",
+        ),
+        (
+            h1,
+            "/x",
+            &[("host", "a"), ("x-original-url", "/admin/1")],
+            "x-original-url",
+        ),
+        (
+            h1,
+            "/x",
+            &[("host", "a"), ("x-rewrite-url", "/admin/1")],
+            "x-rewrite-url",
+        ),
+        (
+            h1,
+            "/x",
+            &[("host", "a"), ("x-http-method-override", "DELETE")],
+            "method-override",
+        ),
+        (
+            h1,
+            "/x",
+            &[
+                ("host", "a"),
+                ("authorization", "Bearer a"),
+                ("authorization", "Bearer b"),
+            ],
+            "more than one Authorization",
+        ),
+        (
+            h1,
+            "/x",
+            &[("host", "a"), ("x_pqmesh_peer_identity", "spiffe://x")],
+            "'_'",
+        ),
+    ];
+    for (v, uri, headers, why) in refused {
+        let e = canonical_request(&mut request(*v, uri, headers)).unwrap_err();
+        assert_eq!(e.status.as_u16(), 400, "{uri} {headers:?}");
+        assert!(e.text.contains(why), "{headers:?}: {}", e.text);
+    }
+    let t = canonical_request(&mut request(
+        h2,
+        "http://shop.example/x",
+        &[("host", "shop.example")],
+    ))
+    .unwrap();
+    assert_eq!(t.authority, "shop.example");
+    let mut r = request(
+        h1,
+        "/x",
+        &[
+            ("host", "shop.example:8080"),
+            ("connection", "close, authorization"),
+            ("authorization", "Bearer t"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            (
+                "x-forwarded-client-cert",
+                "URI=spiffe://cluster.local/ns/shop/sa/admin",
+            ),
+            ("x-forwarded-host", "evil"),
+            ("x-forwarded-proto", "http"),
+            ("x-pqmesh-peer-identity", "spoofed"),
+            ("x-kept", "1"),
+        ],
+    );
+    let t = canonical_request(&mut r).unwrap();
+    assert_eq!(
+        (t.host.as_str(), t.authority.as_str()),
+        ("shop.example", "shop.example:8080")
+    );
+    let left: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        left,
+        ["host", "x-kept"],
+        "authorization was named hop-by-hop"
+    );
+}

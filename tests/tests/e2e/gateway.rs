@@ -173,6 +173,22 @@ spec:
   targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: limited}}
   token: {{issuer: corp, scopes: ["orders:read"]}}
   rateLimit: {{key: clientId, requests: 1, periodSeconds: 2, burst: 2}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: admin, namespace: shop}}
+spec:
+  parentRefs: [{{name: edge, sectionName: http}}]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /admin}}}}]
+      backendRefs: [{{name: orders, port: 80}}]
+---
+apiVersion: pqmesh.io/v1alpha1
+kind: EdgePolicy
+metadata: {{name: admin-edge, namespace: shop}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: admin}}
+  token: {{issuer: corp, scopes: ["admin"]}}
 "#
     )
 }
@@ -188,6 +204,7 @@ spec:
   token: {issuers: [corp]}
   rules:
     - {methods: [GET], paths: ["/orders/**"], scopes: ["orders:read"]}
+    - {methods: [GET], paths: ["/admin/**"]}
 "#;
 
 struct Setup {
@@ -784,4 +801,142 @@ async fn routes_filters_weights_and_rate_limits_as_the_app_sees_them() {
         ),
         1.0
     );
+}
+
+/// Raw bytes to `addr`, the whole answer back (the connection is closed by `Connection: close`).
+async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One HTTP/2 request (prior knowledge, cleartext) with `:path` exactly `path`.
+async fn h2_call(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().uri(format!("http://shop.example{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Review 7 F1: the route and the EdgePolicy are chosen on the canonical path (the sidecar's
+/// normalisation), and that path is what is forwarded. A token with `orders:read` only must never
+/// reach `/admin` (scope `admin`) by spelling the path through `/orders`.
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn dot_segments_cannot_escape_the_route_the_edge_checked() {
+    let s = setup().await;
+    let http = SocketAddr::from(([127, 0, 0, 1], s.ports.0));
+    let read = s
+        .oauth
+        .token_as(
+            oauth::PARTNER_CLIENT_ID,
+            oauth::PARTNER_CLIENT_SECRET,
+            "orders:read",
+        )
+        .await;
+    let auth = bearer(&read);
+    // The direct request is refused by the admin route's EdgePolicy.
+    let r = call(http, "/admin/2", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let before = s.v1.load(Ordering::SeqCst);
+    let variants = [
+        "/orders/../admin/2",
+        "/orders/%2e%2e/admin/2",
+        "/orders/%2E%2E/admin/2",
+        "/orders/.%2e/admin/2",
+        "/orders//../admin/2",
+        "/orders/./../admin/2",
+        "http://shop.example/orders/../admin/2",
+        // Through the URLRewrite of /split (ReplacePrefixMatch /orders).
+        "/split/../admin/2",
+        "/split/%2e%2e/admin/2",
+    ];
+    for target in variants {
+        let answer = raw(
+            http,
+            &format!("GET {target} HTTP/1.1\r\nHost: shop.example\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        let status = answer.split(' ').nth(1).unwrap_or("");
+        assert!(
+            status == "403" || status == "400",
+            "{target}: {}",
+            answer.lines().next().unwrap_or("")
+        );
+        assert!(
+            !answer.contains("app=orders"),
+            "{target} reached the app: {answer}"
+        );
+    }
+    // HTTP/2 `:path`.
+    for path in [
+        "/orders/../admin/2",
+        "/orders/%2e%2e/admin/2",
+        "/split/../admin/2",
+    ] {
+        let r = h2_call(http, path, &[("authorization", &auth)]).await;
+        assert!(
+            r.status == 403 || r.status == 400,
+            "h2 {path}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    assert_eq!(
+        s.v1.load(Ordering::SeqCst),
+        before,
+        "no dot-segment spelling reached the app"
+    );
+    // What is allowed arrives canonical: the app receives the normalised path, not the spelling.
+    for (target, want) in [
+        ("/orders/./x/../y", "app=orders GET /orders/y\n"),
+        ("/orders//%7euser", "app=orders GET /orders/~user\n"),
+        ("/split/a/../b?q=1", " GET /orders/b?q=1\n"),
+    ] {
+        let answer = raw(
+            http,
+            &format!("GET {target} HTTP/1.1\r\nHost: shop.example\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.contains(want), "{target}: {answer}");
+    }
+    // What the sidecar refuses, the gateway refuses (400) before any route or token check.
+    for target in [
+        "/orders/%2fadmin",
+        "/orders/..%2fadmin",
+        "/orders;x/1",
+        "/orders/%252e%252e/admin",
+        "/../admin/2",
+    ] {
+        let answer = raw(
+            http,
+            &format!("GET {target} HTTP/1.1\r\nHost: shop.example\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+    }
 }
