@@ -327,6 +327,16 @@ async fn route_request(
     let name = route.name.clone();
     let refuse = |r: Response<Body>, d: &'static str| (name.clone(), r, d);
     let rule = &route.spec.rules[chosen.rule];
+    if route.closed.is_some() {
+        return Err(refuse(
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pqmesh-gateway: the route's EdgePolicy is refused or conflicted (see /verdicts)",
+            ),
+            "policy_refused",
+        ));
+    }
+
     // The EdgePolicy first: nothing of a refused request reaches a backend or a redirect.
     let mut jwt = None;
     if let Some(edge_model) = &route.edge {
@@ -439,6 +449,20 @@ async fn route_request(
         ));
     };
     let backend = &rule.backend_refs[pick];
+    if backend
+        .namespace
+        .as_deref()
+        .is_some_and(|n| n != route.namespace)
+    {
+        // Cross-namespace without a ReferenceGrant (RefNotPermitted): Gateway API answers 500.
+        return Err(refuse(
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "pqmesh-gateway: the backend is in another namespace (RefNotPermitted)",
+            ),
+            "backend_unresolved",
+        ));
+    }
     let service = format!(
         "{}/{}",
         backend.namespace.as_deref().unwrap_or(&route.namespace),

@@ -150,12 +150,13 @@ kind: EdgePolicy
 metadata: {name: p, namespace: shop}
 spec:
   targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: nothing}
+  rateLimit: {key: sourceIP, requests: 5}
 ---
 apiVersion: pqmesh.io/v1alpha1
 kind: EdgePolicy
 metadata: {name: q, namespace: shop}
 spec:
-  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: a}
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: elsewhere}
   token: {issuer: corp, scopes: [orders:read]}
   rateLimit: {key: claim, requests: 5}
 ---
@@ -544,4 +545,177 @@ fn the_head_is_made_canonical_as_the_sidecar_does_and_edge_headers_are_the_edges
         ["host", "x-kept"],
         "authorization was named hop-by-hop"
     );
+}
+
+const TOKEN_ISSUER_REF: &str = "  token: {issuer: corp, scopes: [admin]}\n";
+
+fn edge_policy(name: &str, target: &str, body: &str) -> String {
+    format!(
+        "apiVersion: pqmesh.io/v1alpha1\nkind: EdgePolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {target}}}\n{body}---\n"
+    )
+}
+
+fn verdict(m: &Model, name: &str) -> crate::load::Verdict {
+    m.verdicts
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no verdict for {name}: {:?}", m.verdicts))
+        .clone()
+}
+
+fn closed(m: &Model, route: &str) -> Option<String> {
+    m.routes
+        .iter()
+        .find(|r| r.name == route)
+        .unwrap()
+        .closed
+        .clone()
+}
+
+/// F2: a refused EdgePolicy closes the route it targets (503), with the reason in the verdicts.
+#[test]
+fn a_refused_edge_policy_closes_its_route() {
+    let backend = "  rules:\n    - backendRefs: [{name: orders, port: 80}]";
+    let text = route("typo", backend)
+        + &edge_policy(
+            "typo-edge",
+            "typo",
+            "  token: {issuer: corp, scope: [admin]}\n",
+        )
+        + &route("zero", backend)
+        + &edge_policy(
+            "zero-edge",
+            "zero",
+            &format!("{TOKEN_ISSUER_REF}  rateLimit: {{key: clientId, requests: 0}}\n"),
+        )
+        + &route("open", backend);
+    let m = model(&text);
+    assert!(verdict(&m, "shop/typo-edge")
+        .accepted
+        .unwrap_err()
+        .contains("unknown field `scope`"));
+    for (route, policy) in [
+        ("shop/typo", "shop/typo-edge"),
+        ("shop/zero", "shop/zero-edge"),
+    ] {
+        let why = closed(&m, route).unwrap_or_else(|| panic!("{route} is served unprotected"));
+        assert!(why.contains(policy), "{why}");
+        let refs = verdict(&m, route).resolved_refs.unwrap_err();
+        assert!(refs.contains(policy) && refs.contains("503"), "{refs}");
+    }
+    assert_eq!(
+        closed(&m, "shop/open"),
+        None,
+        "a route no policy names is not affected"
+    );
+}
+
+/// F3: two EdgePolicies on one route: both Conflicted (naming the other), the route closed, read
+/// order irrelevant; an EdgePolicy that sets nothing is refused (and so closes its route).
+#[test]
+fn edge_policies_on_the_same_route_conflict_and_an_empty_one_is_refused() {
+    let backend = "  rules:\n    - backendRefs: [{name: orders, port: 80}]";
+    for order in [0, 1] {
+        let real = edge_policy("orders-edge", "orders", TOKEN_ISSUER_REF);
+        let empty = edge_policy("aaa-orders-edge2", "orders", "");
+        let policies = if order == 0 {
+            real + &empty
+        } else {
+            empty + &real
+        };
+        let m = model(&(route("orders", backend) + &policies));
+        let a = verdict(&m, "shop/orders-edge").accepted.unwrap_err();
+        assert!(
+            a.contains("Conflicted") && a.contains("shop/aaa-orders-edge2"),
+            "{a}"
+        );
+        let b = verdict(&m, "shop/aaa-orders-edge2").accepted.unwrap_err();
+        assert!(b.contains("sets neither token nor rateLimit"), "{b}");
+        assert!(closed(&m, "shop/orders").unwrap().contains("Conflicted"));
+    }
+    let m = model(
+        &(route("orders", backend)
+            + &edge_policy("one", "orders", TOKEN_ISSUER_REF)
+            + &edge_policy("two", "orders", TOKEN_ISSUER_REF)),
+    );
+    assert!(verdict(&m, "shop/one")
+        .accepted
+        .unwrap_err()
+        .contains("shop/two"));
+    assert!(verdict(&m, "shop/two")
+        .accepted
+        .unwrap_err()
+        .contains("shop/one"));
+    assert!(closed(&m, "shop/orders").is_some());
+    let m = model(&(route("orders", backend) + &edge_policy("empty", "orders", "")));
+    assert!(closed(&m, "shop/orders").unwrap().contains("shop/empty"));
+}
+
+/// F4: routes from another namespace attach only where `allowedRoutes` admits them, and a
+/// backendRef into another namespace is RefNotPermitted.
+#[test]
+fn cross_namespace_routes_and_backends_need_permission() {
+    let steal = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: steal, namespace: other}\nspec:\n  parentRefs: [{name: edge, namespace: shop}]\n  rules:\n    - matches: [{path: {type: Exact, value: /admin/1}}]\n      backendRefs: [{name: api, port: 80}]\n---\n";
+    let admin = route("admin", "  rules:\n    - matches: [{path: {type: PathPrefix, value: /admin}}]\n      backendRefs: [{name: api, port: 80}]");
+    let m = model(&(steal.to_owned() + &admin));
+    let v = verdict(&m, "other/steal");
+    assert!(v.accepted.unwrap_err().contains("NotAllowedByListeners"));
+    assert_eq!(
+        pick(&m, "GET", "/admin/1", None, &[]).unwrap().0,
+        "shop/admin"
+    );
+
+    let all = CLASS_AND_GATEWAY.replace(
+        "{name: web, port: 8080, protocol: HTTP}",
+        "{name: web, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}",
+    );
+    let m = judge(
+        &[
+            ("gw.yaml".into(), all),
+            ("r.yaml".into(), steal.to_owned() + &admin),
+        ],
+        &NoSecrets,
+        &no_certs,
+    );
+    assert!(verdict(&m, "other/steal").accepted.is_ok());
+    assert_eq!(
+        pick(&m, "GET", "/admin/1", None, &[]).unwrap().0,
+        "other/steal"
+    );
+
+    let selector = CLASS_AND_GATEWAY.replace(
+        "{name: web, port: 8080, protocol: HTTP}",
+        "{name: web, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {a: b}}}}}",
+    );
+    let m = judge(&[("gw.yaml".into(), selector)], &NoSecrets, &no_certs);
+    assert!(verdict(&m, "shop/edge")
+        .resolved_refs
+        .unwrap_err()
+        .contains("Selector is not supported"));
+    assert!(m.listeners.is_empty());
+
+    let cross = route(
+        "cross",
+        "  rules:\n    - backendRefs: [{name: api, namespace: other, port: 80}]",
+    );
+    let m = model(&cross);
+    let v = verdict(&m, "shop/cross");
+    assert!(v.accepted.is_ok());
+    assert!(v.resolved_refs.unwrap_err().contains("RefNotPermitted"));
+}
+
+/// F1 (rewrites): a URLRewrite or redirect value the sidecar would resolve differently is refused.
+#[test]
+fn path_modifier_values_must_be_normal_paths() {
+    for v in ["/orders/..", "/a//b", "/a/./b", "/%2e%2e/admin"] {
+        let body = format!("  rules:\n    - matches: [{{path: {{type: PathPrefix, value: /v1}}}}]\n      filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: \"{v}\"}}}}}}]\n      backendRefs: [{{name: o, port: 80}}]");
+        let m = model(&route("rw", &body));
+        assert!(
+            verdict(&m, "shop/rw")
+                .accepted
+                .unwrap_err()
+                .contains("not a normal path"),
+            "{v}"
+        );
+    }
 }

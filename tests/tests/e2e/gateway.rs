@@ -221,6 +221,12 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with("", &[]).await
+}
+
+/// `extra`: more config documents (then refused objects are expected); `settings`: more
+/// gateway settings.
+async fn setup_with(extra: &str, settings: &[(&str, &str)]) -> Setup {
     let oauth = OAuthServer::start(300).await;
     let cp = ControlPlane::start(ECDSA, &["api", "gateway", "web"]).await;
     cp.write_secrets(&format!(
@@ -252,6 +258,9 @@ async fn setup() -> Setup {
     )
     .unwrap();
     std::fs::write(dir.path().join("config/issuer.yaml"), issuer_yaml(&oauth)).unwrap();
+    if !extra.is_empty() {
+        std::fs::write(dir.path().join("config/extra.yaml"), extra).unwrap();
+    }
     let secrets = dir.path().join("secrets.yaml");
     std::fs::write(
         &secrets,
@@ -296,12 +305,15 @@ async fn setup() -> Setup {
     );
     env.insert("PQMESH_GATEWAY_LISTEN_HOST".into(), "127.0.0.1".into());
     env.insert("PQMESH_GATEWAY_ADMIN_ADDR".into(), "127.0.0.1:0".into());
+    for (k, v) in settings {
+        env.insert((*k).into(), (*v).into());
+    }
     let config = pqmesh_gateway::config::Config::from_env(&env).expect("gateway config");
     let gateway = pqmesh_gateway::start(config).await.expect("gateway starts");
     tokio::time::timeout(Duration::from_secs(20), gateway.ready())
         .await
         .expect("gateway certified");
-    for v in &gateway.verdicts {
+    for v in gateway.verdicts.iter().filter(|_| extra.is_empty()) {
         assert!(v.accepted.is_ok() && v.resolved_refs.is_ok(), "{v:?}");
     }
     assert_eq!(gateway.listeners.len(), 4);
@@ -674,7 +686,6 @@ async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_recei
         r.body
     );
     assert_eq!(call(admin, "/ready", &[]).await.status, 200);
-
     // The OAuth server down: a token not yet exchanged gets 503, never a pass.
     let fresh = s.oauth.token("orders:read").await;
     s.oauth.stop().await;
@@ -939,4 +950,95 @@ async fn dot_segments_cannot_escape_the_route_the_edge_checked() {
         .await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
     }
+}
+
+const REVIEW7_EXTRA: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: typo, namespace: shop}
+spec:
+  parentRefs: [{name: edge, sectionName: http}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /typo}}]
+      backendRefs: [{name: orders, port: 80}]
+---
+apiVersion: pqmesh.io/v1alpha1
+kind: EdgePolicy
+metadata: {name: typo-edge, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: typo}
+  token: {issuer: corp, accept: opaque, scope: ["admin"]}
+---
+apiVersion: pqmesh.io/v1alpha1
+kind: EdgePolicy
+metadata: {name: aaa-orders-edge2, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: steal, namespace: other}
+spec:
+  parentRefs: [{name: edge, namespace: shop, sectionName: http}]
+  rules:
+    - matches: [{path: {type: Exact, value: /admin/1}}]
+      backendRefs: [{name: orders, namespace: shop, port: 80}]
+"#;
+
+/// Review 7 F2-F4: a refused EdgePolicy, a second (empty) EdgePolicy on a route, and a route from
+/// another namespace: each fails closed, judged by what the app received (nothing).
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn refused_conflicting_and_foreign_objects_fail_closed() {
+    let s = setup_with(REVIEW7_EXTRA, &[]).await;
+    let http = SocketAddr::from(([127, 0, 0, 1], s.ports.0));
+    let write_only = s.oauth.token("orders:write").await;
+    let read = s
+        .oauth
+        .token_as(
+            oauth::PARTNER_CLIENT_ID,
+            oauth::PARTNER_CLIENT_SECRET,
+            "orders:read",
+        )
+        .await;
+    let before = s.v1.load(Ordering::SeqCst);
+    // F2: the route whose EdgePolicy was refused answers 503.
+    let r = call(http, "/typo/1", &[("authorization", &bearer(&write_only))]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    // F3: two EdgePolicies on /orders (one empty): the route is closed, not unprotected.
+    let r = call(
+        http,
+        "/orders/1",
+        &[("authorization", &bearer(&write_only))],
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    // F4: other/steal does not attach (no allowedRoutes: Same), so /admin/1 is the admin route's.
+    let r = call(http, "/admin/1", &[("authorization", &bearer(&read))]).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        s.v1.load(Ordering::SeqCst),
+        before,
+        "nothing reached the app"
+    );
+    let v = call(s.gateway.admin_addr, "/verdicts", &[]).await.body;
+    for want in [
+        "HTTPRoute shop/typo",
+        "EdgePolicy shop/typo-edge",
+        "Conflicted",
+        "sets neither token nor rateLimit",
+        "NotAllowedByListeners",
+        "RefNotPermitted",
+    ] {
+        assert!(v.contains(want), "{want}: {v}");
+    }
+    let typo = v
+        .lines()
+        .find(|l| l.starts_with("HTTPRoute shop/typo "))
+        .unwrap();
+    assert!(
+        typo.contains("ResolvedRefs=False") && typo.contains("503"),
+        "{typo}"
+    );
+    let m = call(s.gateway.admin_addr, "/metrics", &[]).await.body;
+    assert!(m.contains("decision=\"policy_refused\""), "{m}");
 }
