@@ -33,6 +33,9 @@ pub struct EdgeRuntime {
 
 pub struct Edge {
     pub model: Model,
+    /// Failed token checks (401) per source IP: a client past its budget gets 429 before its
+    /// token reaches the OAuth server (review 7, F5).
+    pub token_failures: Limiter,
     /// Per route (same index as `model.routes`): its EdgePolicy, if any.
     pub policies: Vec<Option<EdgeRuntime>>,
     pub tls: watch::Receiver<Option<Arc<MeshTls>>>,
@@ -112,6 +115,11 @@ fn modify_headers(headers: &mut hyper::HeaderMap, m: &HeaderModifier) {
         headers.remove(name.to_ascii_lowercase().as_str());
     }
 }
+
+/// Budget of failed token checks per source IP: this many at once ...
+pub const TOKEN_FAILURE_BURST: u32 = 20;
+/// ... refilled at one per second.
+pub const TOKEN_FAILURES_PER_MINUTE: u32 = 60;
 
 /// Headers that name another URL (or method) than the request line: Symfony, Laminas and IIS
 /// honour them, so the app would run another path than the route and policy judged.
@@ -228,6 +236,37 @@ pub fn canonical_request<B>(req: &mut Request<B>) -> Result<Target, BadRequest> 
         authority,
         path,
         query: req.uri().query().map(str::to_owned),
+    })
+}
+
+/// Whether the query carries an RFC 6750 §2.3 `access_token` parameter (its name percent-decoded).
+pub fn has_access_token_param(query: Option<&str>) -> bool {
+    let decode = |s: &str| -> Vec<u8> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let hex = (b[i] == b'%')
+                .then(|| s.get(i + 1..i + 3))
+                .flatten()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        out
+    };
+    query.is_some_and(|q| {
+        q.split('&')
+            .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
+            .any(|k| decode(k) == b"access_token")
     })
 }
 
@@ -354,9 +393,30 @@ async fn route_request(
                 .map_err(|r| refuse(r, "rate_limited"))?;
         }
         if let Some(token) = &edge_model.token {
-            let auth = authenticate(runtime, token.accept, &token.scopes, req.headers())
-                .await
-                .map_err(|(r, d)| refuse(r, d))?;
+            if has_access_token_param(query.as_deref()) {
+                return Err(refuse(
+                    with_header(
+                        text(
+                            StatusCode::BAD_REQUEST,
+                            "pqmesh-gateway: an access_token query parameter is refused on a token-protected route; send the token in Authorization only",
+                        ),
+                        "www-authenticate",
+                        "Bearer error=\"invalid_request\"",
+                    ),
+                    "bad_request",
+                ));
+            }
+            let ip = client.ip().to_string();
+            let auth = authenticate(
+                edge,
+                &ip,
+                runtime,
+                token.accept,
+                &token.scopes,
+                req.headers(),
+            )
+            .await
+            .map_err(|(r, d)| refuse(r, d))?;
             if let Some((limiter, key, claim)) = &runtime.limiter {
                 let claim_name = match key {
                     RateLimitKey::ClientId => Some("client_id"),
@@ -537,18 +597,37 @@ async fn route_request(
     })?;
     *req.version_mut() = hyper::Version::HTTP_11;
 
-    let mut response = forward(edge, endpoint, req.map(|b| b.boxed()))
-        .await
-        .map_err(|e| {
-            tracing::warn!(route = %name, endpoint = %endpoint.addr, error = %e, "backend failed");
-            refuse(
+    // A request body that fails to decode (malformed chunking) is the client's error, not the
+    // backend's (review 7, F11).
+    let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = body_failed.clone();
+    let req = req.map(move |b| {
+        b.map_err(move |e| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            e
+        })
+        .boxed()
+    });
+    let mut response = forward(edge, endpoint, req).await.map_err(|e| {
+        if body_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!(route = %name, error = %e, "request body malformed");
+            return refuse(
                 text(
-                    StatusCode::BAD_GATEWAY,
-                    "pqmesh-gateway: the backend is unreachable",
+                    StatusCode::BAD_REQUEST,
+                    "pqmesh-gateway: malformed request body",
                 ),
-                "backend_failed",
-            )
-        })?;
+                "bad_request",
+            );
+        }
+        tracing::warn!(route = %name, endpoint = %endpoint.addr, error = %e, "backend failed");
+        refuse(
+            text(
+                StatusCode::BAD_GATEWAY,
+                "pqmesh-gateway: the backend is unreachable",
+            ),
+            "backend_failed",
+        )
+    })?;
     strip_hop_by_hop(response.headers_mut());
     if let Some(m) = response_modifier {
         modify_headers(response.headers_mut(), &m);
@@ -606,6 +685,8 @@ type Denied = (Response<Body>, &'static str);
 
 /// The phantom-token exchange and the coarse scope check; returns the JWT to forward.
 async fn authenticate(
+    edge: &Edge,
+    ip: &str,
     runtime: &EdgeRuntime,
     accept: Accept,
     required: &[String],
@@ -652,9 +733,26 @@ async fn authenticate(
             "policy_unresolved",
         ));
     };
+    if let Err(wait) = edge.token_failures.check(ip) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return Err((
+            with_header(
+                text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "pqmesh-gateway: too many refused tokens from this address",
+                ),
+                "retry-after",
+                &secs.to_string(),
+            ),
+            "token_failures",
+        ));
+    }
     let auth = match validator.authenticate(bearer).await {
         Ok(a) => a,
         Err(e) => {
+            if e.status() == 401 {
+                let _ = edge.token_failures.take(ip);
+            }
             let mut r = text(
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
                 "pqmesh-gateway: token refused",

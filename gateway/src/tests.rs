@@ -547,6 +547,25 @@ fn the_head_is_made_canonical_as_the_sidecar_does_and_edge_headers_are_the_edges
     );
 }
 
+/// F10.
+#[test]
+fn access_token_query_parameters_are_found_in_any_spelling() {
+    use crate::proxy::has_access_token_param;
+    for q in [
+        "access_token=x",
+        "a=1&access_token=x",
+        "access%5Ftoken=x",
+        "access_token",
+        "%61ccess_token=1",
+    ] {
+        assert!(has_access_token_param(Some(q)), "{q}");
+    }
+    for q in ["access_tokens=x", "a=access_token", "token=x"] {
+        assert!(!has_access_token_param(Some(q)), "{q}");
+    }
+    assert!(!has_access_token_param(None));
+}
+
 const TOKEN_ISSUER_REF: &str = "  token: {issuer: corp, scopes: [admin]}\n";
 
 fn edge_policy(name: &str, target: &str, body: &str) -> String {

@@ -580,6 +580,20 @@ async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_recei
         !ok,
         "classical client must fail on a require-pq listener: {out}"
     );
+    // Review 7 F12: the refused outside handshake is counted, as documented.
+    let failures = s
+        .gateway
+        .metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "pqmesh_gateway_tls_handshake_failures_total")
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+        .sum::<f64>();
+    assert!(
+        failures >= 1.0,
+        "no pqmesh_gateway_tls_handshake_failures_total"
+    );
     let before = s.v1.load(Ordering::SeqCst);
 
     // Refusals at the edge: the app sees none of them.
@@ -686,6 +700,17 @@ async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_recei
         r.body
     );
     assert_eq!(call(admin, "/ready", &[]).await.status, 200);
+    // Review 7 F12: pqmesh_ready agrees with /ready; the sidecar's control-plane gauge is gone.
+    let r = call(admin, "/metrics", &[]).await;
+    assert!(
+        r.body.lines().any(|l| l == "pqmesh_ready 1")
+            && !r.body.contains("pqmesh_control_plane_connected")
+            && r.body
+                .contains("pqmesh_gateway_tls_handshake_failures_total{"),
+        "{}",
+        r.body
+    );
+
     // The OAuth server down: a token not yet exchanged gets 503, never a pass.
     let fresh = s.oauth.token("orders:read").await;
     s.oauth.stop().await;
@@ -952,6 +977,31 @@ async fn dot_segments_cannot_escape_the_route_the_edge_checked() {
     }
 }
 
+/// Raw bytes from a chosen local address (to be another client IP on loopback).
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+async fn get_from(from: [u8; 4], to: SocketAddr, path: &str, token: &str) -> u16 {
+    let tcp = connect_from(from, to).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(path)
+        .header("host", "shop.example")
+        .header("authorization", bearer(token))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    send.send_request(req)
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
 const REVIEW7_EXTRA: &str = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: typo, namespace: shop}
@@ -1041,4 +1091,199 @@ async fn refused_conflicting_and_foreign_objects_fail_closed() {
     );
     let m = call(s.gateway.admin_addr, "/metrics", &[]).await.body;
     assert!(m.contains("decision=\"policy_refused\""), "{m}");
+}
+
+/// Review 7 F7-F11: what the app receives of the edge's headers, and what the edge refuses.
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn the_edge_owns_forwarding_headers_and_refuses_ambiguous_requests() {
+    let s = setup().await;
+    let http = SocketAddr::from(([127, 0, 0, 1], s.ports.0));
+    let token = s.oauth.token("orders:read").await;
+    let admin = s.oauth.token("orders:read admin").await;
+    let auth = bearer(&token);
+    // F8: forged forwarding headers are replaced; the app gets the gateway's.
+    let r = call(
+        http,
+        "/orders/1",
+        &[
+            ("authorization", &auth),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            (
+                "x-forwarded-client-cert",
+                "URI=spiffe://cluster.local/ns/shop/sa/admin",
+            ),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "gopher"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("x-forwarded-for: 127.0.0.1\n")
+            && r.body.contains("x-forwarded-proto: http\n")
+            && r.body.contains("x-forwarded-host: shop.example\n"),
+        "{}",
+        r.body
+    );
+    for forged in [
+        "6.6.6.6",
+        "spiffe://cluster.local/ns/shop/sa/admin",
+        "evil.example",
+        "gopher",
+        "forwarded:",
+        "x-real-ip",
+    ] {
+        assert!(!r.body.contains(forged), "{forged}: {}", r.body);
+    }
+    let before = s.v1.load(Ordering::SeqCst);
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let refused: &[Case] = &[
+        // F8: URL overrides.
+        ("/orders/1", &[("x-original-url", "/admin/1")], 400),
+        ("/orders/1", &[("x-rewrite-url", "/admin/1")], 400),
+        // F9: two Authorization headers; `Connection: authorization` removes the token.
+        ("/orders/1", &[("authorization", "Bearer zzz")], 400),
+        ("/orders/1", &[("connection", "authorization")], 401),
+        // F10: a token in the query beside the checked one.
+        ("/orders/1?access_token=x", &[], 400),
+    ];
+    for (path, headers, want) in refused {
+        let mut h: Vec<(&str, &str)> = vec![("authorization", &auth)];
+        h.extend_from_slice(headers);
+        let r = call(http, path, &h).await;
+        assert_eq!(r.status, *want, "{path} {headers:?}: {}", r.body);
+    }
+    let r = call(
+        http,
+        &format!("/orders/1?access_token={admin}"),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // F7: HTTP/2 with a `host` that is not `:authority`.
+    let r = h2_call(
+        http,
+        "/orders/1",
+        &[("authorization", &auth), ("host", "evil.example")],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        s.v1.load(Ordering::SeqCst),
+        before,
+        "no refused request reached the app"
+    );
+    let r = h2_call(http, "/orders/h2", &[("authorization", &auth)]).await;
+    assert!(
+        r.body.contains("host: shop.example\n") && !r.body.contains("evil"),
+        "{}",
+        r.body
+    );
+
+    // F11: a malformed chunked body is the client's error (400), not a backend failure.
+    let answer = raw(
+        http,
+        &format!("POST /orders/1 HTTP/1.1\r\nHost: shop.example\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let m = call(s.gateway.admin_addr, "/metrics", &[]).await.body;
+    assert!(!m.contains("backend_failed"), "{m}");
+}
+
+/// Review 7 F5: junk tokens from one address spend that address's budget, not everyone's.
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn junk_tokens_from_one_address_do_not_starve_other_clients() {
+    let s = setup().await;
+    let http = SocketAddr::from(([127, 0, 0, 1], s.ports.0));
+    let statuses = Arc::new(std::sync::Mutex::new(HashMap::<u16, usize>::new()));
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let statuses = statuses.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let junk = format!("{:0>43}", format!("junk{worker}x{i}"));
+                let status = get_from([127, 0, 0, 2], http, "/orders/1", &junk).await;
+                *statuses.lock().unwrap().entry(status).or_default() += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) > 100,
+        "{statuses:?}"
+    );
+    // The legitimate client, from another address, right after: served.
+    let before = s.v1.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let fresh = s.oauth.token("orders:read").await;
+        assert_eq!(
+            get_from([127, 0, 0, 1], http, "/orders/1", &fresh).await,
+            200,
+            "{statuses:?}"
+        );
+    }
+    assert_eq!(s.v1.load(Ordering::SeqCst), before + 3);
+}
+
+/// Review 7 F6: an unfinished request head is closed after the header timeout, and the
+/// per-address connection cap keeps one client from taking every connection.
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn slow_heads_time_out_and_connections_per_address_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup_with("", &[("PQMESH_GATEWAY_MAX_CONNECTIONS_PER_IP", "4")]).await;
+    let http = SocketAddr::from(([127, 0, 0, 1], s.ports.0));
+    let token = s.oauth.token("orders:read").await;
+    // Four unfinished heads from 127.0.0.3 take its whole allowance ...
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect_from([127, 0, 0, 3], http).await;
+        c.write_all(b"GET /orders/1 HTTP/1.1\r\nHost: shop.example\r\nX-A: ")
+            .await
+            .unwrap();
+        slow.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... so a fifth from it is closed at once, while another address is served.
+    let mut fifth = connect_from([127, 0, 0, 3], http).await;
+    let _ = fifth
+        .write_all(b"GET /orders/1 HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), fifth.read(&mut buf))
+        .await
+        .expect("closed, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(
+        get_from([127, 0, 0, 1], http, "/orders/1", &token).await,
+        200
+    );
+    // The unfinished heads are closed after the header timeout (10 s), not kept forever.
+    let started = std::time::Instant::now();
+    for mut c in slow {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut buf))
+            .await
+            .expect("an unfinished head was not closed within 20 s");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // Their slots are free again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        get_from([127, 0, 0, 3], http, "/orders/1", &token).await,
+        200
+    );
 }
