@@ -78,6 +78,34 @@ pub struct Listener {
     pub protocol: Protocol,
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// Which namespaces' routes may attach (Gateway API default: the Gateway's own).
+    #[serde(default)]
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AllowedRoutes {
+    #[serde(default)]
+    pub namespaces: Option<RouteNamespaces>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteNamespaces {
+    #[serde(default)]
+    pub from: FromNamespaces,
+    /// Only with `from: Selector` (refused in local mode: there are no namespace labels).
+    #[serde(default)]
+    pub selector: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum FromNamespaces {
+    All,
+    #[default]
+    Same,
+    Selector,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

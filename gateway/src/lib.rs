@@ -32,6 +32,11 @@ use crate::load::Verdict;
 use crate::proxy::{Edge, EdgeRuntime};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1 request head must arrive within this (the sidecar's value): slowloris clients are
+/// closed (review 7, F6).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (out of file descriptors): no busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -167,6 +172,11 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     }
     let backends = backend::client(&model.backends, tls_rx.clone(), metrics.clone());
     let edge = Arc::new(Edge {
+        token_failures: ratelimit::Limiter::new(
+            proxy::TOKEN_FAILURES_PER_MINUTE,
+            Duration::from_secs(60),
+            proxy::TOKEN_FAILURE_BURST,
+        ),
         model,
         policies,
         tls: tls_rx.clone(),
@@ -188,14 +198,36 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
             )));
         }
     }
+    let per_ip = Arc::new(PerIp {
+        limit: config.max_connections_per_ip,
+        open: Default::default(),
+    });
     for (indices, socket) in sockets {
         tasks.push(tokio::spawn(serve_port(
             edge.clone(),
             indices,
             configs.clone(),
             socket,
+            Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            per_ip.clone(),
         )));
     }
+    // `pqmesh_ready` says what `/ready` says; the sidecar's control-plane gauge means nothing here
+    // (review 7, F12).
+    let _ = metrics
+        .registry
+        .unregister(Box::new(metrics.control_plane_connected.clone()));
+    tasks.push(tokio::spawn({
+        let (mut rx, ready) = (tls_rx.clone(), metrics.ready.clone());
+        async move {
+            loop {
+                ready.set(i64::from(rx.borrow_and_update().is_some()));
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }));
     let admin_addr = spawn_admin(
         config.admin_addr,
         &metrics,
@@ -346,24 +378,80 @@ async fn watch_certificate(
     }
 }
 
+/// Open connections per client IP (all ports), capped (review 7, F6).
+struct PerIp {
+    limit: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One open connection counted against its IP; uncounted when dropped.
+struct IpSlot(Arc<PerIp>, std::net::IpAddr);
+
+impl PerIp {
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
 async fn serve_port(
     edge: Arc<Edge>,
     listeners: Arc<[usize]>,
     configs: Configs,
     socket: TcpListener,
+    limit: Arc<tokio::sync::Semaphore>,
+    per_ip: Arc<PerIp>,
 ) {
+    let port = edge.model.listeners[listeners[0]].port;
     loop {
-        let Ok((tcp, client)) = socket.accept().await else {
+        let (tcp, client) = match socket.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and kin: say so and back off instead of spinning.
+                tracing::warn!(port, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!(port, %client, "connection refused: the listener's connection limit is reached");
+            edge.metrics
+                .connections_refused
+                .with_label_values(&[&port.to_string(), "listener_limit"])
+                .inc();
+            continue;
+        };
+        let Some(slot) = per_ip.admit(client.ip()) else {
+            tracing::debug!(port, %client, "connection refused: the client's connection limit is reached");
+            edge.metrics
+                .connections_refused
+                .with_label_values(&[&port.to_string(), "per_ip_limit"])
+                .inc();
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            edge.clone(),
-            listeners.clone(),
-            configs.clone(),
-            tcp,
-            client,
-        ));
+        let (edge, listeners, configs) = (edge.clone(), listeners.clone(), configs.clone());
+        tokio::spawn(async move {
+            serve_connection(edge, listeners, configs, tcp, client).await;
+            drop((permit, slot));
+        });
     }
 }
 
@@ -376,7 +464,12 @@ async fn serve_connection(
 ) {
     let https = configs[listeners[0]].is_some();
     let scheme = if https { "https" } else { "http" };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let service = |listeners: Arc<[usize]>| {
         let edge = edge.clone();
         hyper::service::service_fn(move |req| {

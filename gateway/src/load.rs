@@ -51,6 +51,9 @@ pub struct ListenerModel {
     /// The Secret the certificate came from (`namespace`, `name`), watched for changes.
     pub cert_ref: Option<(String, String)>,
     pub require_pq: bool,
+    /// `allowedRoutes.namespaces.from: All`; otherwise (`Same`, the default) only routes in the
+    /// Gateway's namespace attach.
+    pub allow_all_namespaces: bool,
 }
 
 /// An EdgePolicy in force on one HTTPRoute, with its issuer compiled (secret resolved).
@@ -69,6 +72,9 @@ pub struct RouteModel {
     pub created: Option<String>,
     pub spec: HttpRouteSpec,
     pub edge: Option<EdgeModel>,
+    /// Why the route fails closed (503 for every request): an EdgePolicy targeting it was
+    /// refused, or several target it (review 7, F2/F3).
+    pub closed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +246,8 @@ pub fn judge(
     let mut gateways = Vec::new();
     let mut routes = Vec::new();
     let mut policies = Vec::new();
+    // EdgePolicies refused before their spec was read: (`<ns>/<targetRef.name>`, policy name).
+    let mut refused_targets: Vec<(String, String)> = Vec::new();
     let mut issuer_candidates: Vec<Candidate> = Vec::new();
     for (file, text) in texts {
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -276,7 +284,14 @@ pub fn judge(
                 "GatewayClass" => parse!(GatewayClass, classes),
                 "Gateway" => parse!(Gateway, gateways),
                 "HTTPRoute" => parse!(HttpRoute, routes),
-                "EdgePolicy" => parse!(EdgePolicy, policies),
+                "EdgePolicy" => {
+                    if serde_yaml::from_value::<EdgePolicy>(value.clone()).is_err() {
+                        if let Some(target) = raw_target(&value) {
+                            refused_targets.push((target, name.clone()));
+                        }
+                    }
+                    parse!(EdgePolicy, policies)
+                }
                 "TokenIssuer" => {
                     let text = serde_yaml::to_string(&value).unwrap_or_default();
                     issuer_candidates.extend(candidates_from_yaml(&text, &source));
@@ -412,14 +427,38 @@ pub fn judge(
                 unknown.join(", ")
             ));
         }
-        model.verdicts.push(verdict);
-        model.routes.push(RouteModel {
+        let route = RouteModel {
             name,
             namespace: r.metadata.namespace.clone(),
             created: r.metadata.creation_timestamp.clone(),
             spec: r.spec,
             edge: None,
-        });
+            closed: None,
+        };
+        if let Err(e) = listeners_allow(&route, &model.listeners) {
+            verdict.accepted = verdict.accepted.and(Err(e));
+        }
+        verdict.resolved_refs = cross_namespace_backends(&route.namespace, &route.spec);
+        model.verdicts.push(verdict);
+        model.routes.push(route);
+    }
+
+    // Every EdgePolicy naming a route, accepted or not: more than one on a route is a conflict.
+    let mut targeting: HashMap<String, Vec<String>> = HashMap::new();
+    for (target, name) in &refused_targets {
+        targeting
+            .entry(target.clone())
+            .or_default()
+            .push(name.clone());
+    }
+    for (p, _) in &policies {
+        targeting
+            .entry(format!(
+                "{}/{}",
+                p.metadata.namespace, p.spec.target_ref.name
+            ))
+            .or_default()
+            .push(format!("{}/{}", p.metadata.namespace, p.metadata.name));
     }
 
     for (p, source) in policies {
@@ -432,6 +471,21 @@ pub fn judge(
             continue;
         }
         let target = format!("{}/{}", p.metadata.namespace, p.spec.target_ref.name);
+        if let Some(all) = targeting.get(&target).filter(|all| all.len() > 1) {
+            let others: Vec<&str> = all
+                .iter()
+                .map(String::as_str)
+                .filter(|n| *n != name)
+                .collect();
+            model.verdicts.push(with(
+                verdict,
+                Err(format!(
+                    "Conflicted: HTTPRoute {target} is also targeted by EdgePolicy {}; one EdgePolicy per route, and the route answers 503 until only one is left",
+                    others.join(", ")
+                )),
+            ));
+            continue;
+        }
         let Some(route) = model.routes.iter_mut().find(|r| r.name == target) else {
             model.verdicts.push(with(
                 verdict,
@@ -439,16 +493,6 @@ pub fn judge(
             ));
             continue;
         };
-        if let Some(other) = &route.edge {
-            model.verdicts.push(with(
-                verdict,
-                Err(format!(
-                    "HTTPRoute {target} already has EdgePolicy {} (read first)",
-                    other.name
-                )),
-            ));
-            continue;
-        }
         let mut verdict = verdict;
         let issuer = match &p.spec.token {
             None => None,
@@ -481,7 +525,63 @@ pub fn judge(
             rate_limit: p.spec.rate_limit.clone(),
         });
     }
+    close_unprotected_routes(&mut model, &targeting);
     model
+}
+
+/// Fails closed (review 7, F2/F3): a route targeted by a refused EdgePolicy, or by several,
+/// answers 503 rather than being served without the protection someone meant it to have.
+fn close_unprotected_routes(model: &mut Model, targeting: &HashMap<String, Vec<String>>) {
+    for route in &mut model.routes {
+        let Some(all) = targeting.get(&route.name) else {
+            continue;
+        };
+        let why = if all.len() > 1 {
+            format!("Conflicted: EdgePolicies {} all target it", all.join(", "))
+        } else if route.edge.is_none() {
+            format!("EdgePolicy {} targeting it was refused", all[0])
+        } else {
+            continue;
+        };
+        let message = format!("{why}; every request gets 503 until that is fixed");
+        if let Some(v) = model
+            .verdicts
+            .iter_mut()
+            .find(|v| v.kind == "HTTPRoute" && v.name == route.name)
+        {
+            v.resolved_refs = Err(match &v.resolved_refs {
+                Ok(()) => message.clone(),
+                Err(e) => format!("{e}; {message}"),
+            });
+        }
+        route.closed = Some(message);
+    }
+}
+
+/// `<namespace>/<spec.targetRef.name>` of an EdgePolicy document that did not parse.
+fn raw_target(value: &serde_yaml::Value) -> Option<String> {
+    let ns = value
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
+    let name = value.get("spec")?.get("targetRef")?.get("name")?.as_str()?;
+    Some(format!("{ns}/{name}"))
+}
+
+/// `Accepted=False` (`NotAllowedByListeners`) when the route names its Gateways' listeners but
+/// none of them admits routes from its namespace.
+fn listeners_allow(route: &RouteModel, listeners: &[ListenerModel]) -> Result<(), String> {
+    let named = listeners
+        .iter()
+        .any(|l| crate::routes::parent_ref_matches(route, l));
+    if !named || listeners.iter().any(|l| crate::routes::attaches(route, l)) {
+        return Ok(());
+    }
+    Err(format!(
+        "NotAllowedByListeners: no listener it names admits routes from namespace {:?} (allowedRoutes.namespaces.from defaults to Same)",
+        route.namespace
+    ))
 }
 
 fn object_name(value: &serde_yaml::Value) -> String {
@@ -543,6 +643,7 @@ fn listener(
         tls: None,
         cert_ref: None,
         require_pq: false,
+        allow_all_namespaces: allow_all_namespaces(l)?,
     };
     match (l.protocol, &l.tls) {
         (Protocol::HTTP, None) => Ok(model),
@@ -592,6 +693,43 @@ fn listener(
             model.cert_ref = Some((ns.to_owned(), r.name.clone()));
             Ok(model)
         }
+    }
+}
+
+/// `allowedRoutes.namespaces.from` (review 7, F4): `Same` (default) or `All`; `Selector` needs
+/// namespace labels, which local mode does not have.
+fn allow_all_namespaces(l: &Listener) -> Result<bool, String> {
+    let ns = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    match ns.map(|n| (n.from, n.selector.is_some())) {
+        None | Some((FromNamespaces::Same, false)) => Ok(false),
+        Some((FromNamespaces::All, false)) => Ok(true),
+        Some((FromNamespaces::Selector, _)) => Err(
+            "allowedRoutes.namespaces.from: Selector is not supported in local mode (no namespace labels); use Same or All".into(),
+        ),
+        Some((_, true)) => Err("allowedRoutes.namespaces.selector only with from: Selector".into()),
+    }
+}
+
+/// Refuses a cross-namespace `backendRef` (review 7, F4): it needs a ReferenceGrant, which this
+/// gateway does not implement yet (Gateway API `ResolvedRefs=False`, reason `RefNotPermitted`).
+fn cross_namespace_backends(namespace: &str, spec: &HttpRouteSpec) -> Result<(), String> {
+    let other: Vec<String> = spec
+        .rules
+        .iter()
+        .flat_map(|r| &r.backend_refs)
+        .filter(|b| b.namespace.as_deref().is_some_and(|n| n != namespace))
+        .map(|b| format!("{}/{}", b.namespace.as_deref().unwrap_or(namespace), b.name))
+        .collect();
+    if other.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "RefNotPermitted: backendRefs {} are in another namespace and no ReferenceGrant allows it (ReferenceGrant is not supported yet); requests to them get 500",
+            other.join(", ")
+        ))
     }
 }
 
@@ -649,6 +787,14 @@ fn check_route(spec: &HttpRouteSpec) -> Result<(), String> {
                 .and_then(|u| u.path.as_ref())
                 .or(f.request_redirect.as_ref().and_then(|r| r.path.as_ref()));
             if let Some(p) = path {
+                for v in [&p.replace_full_path, &p.replace_prefix_match]
+                    .into_iter()
+                    .flatten()
+                {
+                    if pqmesh_policy::path::normalize(v).ok().as_deref() != Some(v.as_str()) {
+                        return Err(format!("{at}: path modifier value {v:?} is not a normal path (no '//', '.', '..' or escapes the sidecar would resolve)"));
+                    }
+                }
                 let ok = match p.kind {
                     PathModifierType::ReplaceFullPath => {
                         p.replace_full_path.is_some() && p.replace_prefix_match.is_none()
@@ -698,6 +844,9 @@ fn check_route(spec: &HttpRouteSpec) -> Result<(), String> {
 }
 
 fn check_policy(spec: &EdgePolicySpec) -> Result<(), String> {
+    if spec.token.is_none() && spec.rate_limit.is_none() {
+        return Err("sets neither token nor rateLimit: an EdgePolicy that checks nothing is refused (it would look like protection); its route answers 503".into());
+    }
     let t = &spec.target_ref;
     if t.group != "gateway.networking.k8s.io" || t.kind != "HTTPRoute" {
         return Err("targetRef: only group gateway.networking.k8s.io, kind HTTPRoute".into());

@@ -33,6 +33,9 @@ pub struct EdgeRuntime {
 
 pub struct Edge {
     pub model: Model,
+    /// Failed token checks (401) per source IP: a client past its budget gets 429 before its
+    /// token reaches the OAuth server (review 7, F5).
+    pub token_failures: Limiter,
     /// Per route (same index as `model.routes`): its EdgePolicy, if any.
     pub policies: Vec<Option<EdgeRuntime>>,
     pub tls: watch::Receiver<Option<Arc<MeshTls>>>,
@@ -113,6 +116,160 @@ fn modify_headers(headers: &mut hyper::HeaderMap, m: &HeaderModifier) {
     }
 }
 
+/// Budget of failed token checks per source IP: this many at once ...
+pub const TOKEN_FAILURE_BURST: u32 = 20;
+/// ... refilled at one per second.
+pub const TOKEN_FAILURES_PER_MINUTE: u32 = 60;
+
+/// Headers that name another URL (or method) than the request line: Symfony, Laminas and IIS
+/// honour them, so the app would run another path than the route and policy judged.
+const URL_OVERRIDES: &[&str] = &["x-original-url", "x-rewrite-url", "x-original-method"];
+
+/// Forwarding headers the edge owns: every client copy is removed before routing, and the
+/// gateway sets `x-forwarded-for`, `x-forwarded-proto` and `x-forwarded-host` itself.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-client-cert",
+    "x-real-ip",
+    "x-client-ip",
+];
+
+/// A request in the form routing, the EdgePolicy and the backend all see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host for matching (no port, as sent).
+    pub host: String,
+    /// The authority to forward as `Host` (with its port, if any).
+    pub authority: String,
+    /// Normalised as the sidecar normalises it (`pqmesh_policy::path::normalize`).
+    pub path: String,
+    pub query: Option<String>,
+}
+
+/// Why a request cannot be made canonical: status, text and the metric's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest {
+    pub status: StatusCode,
+    pub text: String,
+    pub decision: &'static str,
+}
+
+fn bad(text: impl Into<String>, decision: &'static str) -> BadRequest {
+    BadRequest {
+        status: StatusCode::BAD_REQUEST,
+        text: text.into(),
+        decision,
+    }
+}
+
+/// Makes the request canonical in place, before routing and the EdgePolicy (review 7, F1, F7-F9):
+/// the sidecar's own head rules (`pqmesh_sidecar::canonical`: hop-by-hop and `Connection`-named
+/// headers removed, `_` names, method overrides and CONNECT refused, `x-pqmesh-*` dropped), URL
+/// overrides refused, one `Authorization` at most, forwarding headers dropped, one host (a `host`
+/// header that differs from `:authority` or an absolute-form authority is refused), and the path
+/// normalised exactly as the backend sidecar will (what it refuses is refused here).
+pub fn canonical_request<B>(req: &mut Request<B>) -> Result<Target, BadRequest> {
+    let h2 = req.version() == hyper::Version::HTTP_2;
+    let method = req.method().clone();
+    pqmesh_sidecar::canonical::canonicalize(&method, req.headers_mut(), h2).map_err(|r| {
+        BadRequest {
+            status: r.status(),
+            text: r.to_string(),
+            decision: r.outcome(),
+        }
+    })?;
+    if let Some(n) = URL_OVERRIDES
+        .iter()
+        .find(|n| req.headers().contains_key(**n))
+    {
+        return Err(bad(
+            format!("header {n:?} is refused (the app would serve another URL than the route and policy judged)"),
+            "bad_header",
+        ));
+    }
+    if req.headers().get_all("authorization").iter().count() > 1 {
+        return Err(bad("more than one Authorization header", "bad_header"));
+    }
+    for h in FORWARDING {
+        req.headers_mut().remove(*h);
+    }
+    let hosts: Vec<&HeaderValue> = req.headers().get_all("host").iter().collect();
+    if hosts.len() > 1 {
+        return Err(bad("more than one Host header", "bad_header"));
+    }
+    let header_host = match hosts.first() {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| bad("Host is not ASCII", "bad_header"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let authority = match (req.uri().authority().map(|a| a.as_str()), header_host) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(&h) => {
+            return Err(bad(
+                "the Host header differs from the request's authority",
+                "bad_header",
+            ))
+        }
+        (Some(a), _) => a.to_owned(),
+        (None, Some(h)) => h,
+        (None, None) => String::new(),
+    };
+    let host = match req.uri().host() {
+        Some(h) => h.to_owned(),
+        None => authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority.as_str(), |(h, _)| h)
+            .to_owned(),
+    };
+    let path = pqmesh_policy::path::normalize(req.uri().path())
+        .map_err(|e| bad(e.to_string(), "bad_path"))?;
+    Ok(Target {
+        host,
+        authority,
+        path,
+        query: req.uri().query().map(str::to_owned),
+    })
+}
+
+/// Whether the query carries an RFC 6750 §2.3 `access_token` parameter (its name percent-decoded).
+pub fn has_access_token_param(query: Option<&str>) -> bool {
+    let decode = |s: &str| -> Vec<u8> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let hex = (b[i] == b'%')
+                .then(|| s.get(i + 1..i + 3))
+                .flatten()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        out
+    };
+    query.is_some_and(|q| {
+        q.split('&')
+            .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
+            .any(|k| decode(k) == b"access_token")
+    })
+}
+
 /// Serves one request from an outside client on `listener`.
 pub async fn handle(
     edge: Arc<Edge>,
@@ -167,17 +324,14 @@ async fn route_request(
     mut req: Request<Incoming>,
     who: &mut Who,
 ) -> Result<(String, Response<Body>), Refusal> {
-    let host = req
-        .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            req.headers()
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h).to_owned())
-        })
-        .unwrap_or_default();
+    let target = canonical_request(&mut req).map_err(|b| {
+        (
+            "none".to_owned(),
+            text(b.status, &format!("pqmesh-gateway: {}", b.text)),
+            b.decision,
+        )
+    })?;
+    let host = target.host.clone();
     let no_route = || {
         (
             "none".to_owned(),
@@ -188,8 +342,8 @@ async fn route_request(
     let listener_index =
         routes::listener_for(&edge.model.listeners, listeners, &host).ok_or_else(no_route)?;
     let listener: &ListenerModel = &edge.model.listeners[listener_index];
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().map(str::to_owned);
+    let path = target.path.clone();
+    let query = target.query.clone();
     let chosen = routes::choose(
         &edge.model.routes,
         listener,
@@ -212,6 +366,15 @@ async fn route_request(
     let name = route.name.clone();
     let refuse = |r: Response<Body>, d: &'static str| (name.clone(), r, d);
     let rule = &route.spec.rules[chosen.rule];
+    if route.closed.is_some() {
+        return Err(refuse(
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pqmesh-gateway: the route's EdgePolicy is refused or conflicted (see /verdicts)",
+            ),
+            "policy_refused",
+        ));
+    }
 
     // The EdgePolicy first: nothing of a refused request reaches a backend or a redirect.
     let mut jwt = None;
@@ -230,9 +393,30 @@ async fn route_request(
                 .map_err(|r| refuse(r, "rate_limited"))?;
         }
         if let Some(token) = &edge_model.token {
-            let auth = authenticate(runtime, token.accept, &token.scopes, req.headers())
-                .await
-                .map_err(|(r, d)| refuse(r, d))?;
+            if has_access_token_param(query.as_deref()) {
+                return Err(refuse(
+                    with_header(
+                        text(
+                            StatusCode::BAD_REQUEST,
+                            "pqmesh-gateway: an access_token query parameter is refused on a token-protected route; send the token in Authorization only",
+                        ),
+                        "www-authenticate",
+                        "Bearer error=\"invalid_request\"",
+                    ),
+                    "bad_request",
+                ));
+            }
+            let ip = client.ip().to_string();
+            let auth = authenticate(
+                edge,
+                &ip,
+                runtime,
+                token.accept,
+                &token.scopes,
+                req.headers(),
+            )
+            .await
+            .map_err(|(r, d)| refuse(r, d))?;
             if let Some((limiter, key, claim)) = &runtime.limiter {
                 let claim_name = match key {
                     RateLimitKey::ClientId => Some("client_id"),
@@ -254,6 +438,7 @@ async fn route_request(
     }
 
     let mut response_modifier = None;
+    let mut forward_path = path.clone();
     for f in &rule.filters {
         match f.kind {
             FilterType::RequestRedirect => {
@@ -297,19 +482,17 @@ async fn route_request(
                 }
                 if let Some(p) = &u.path {
                     let new = modified_path(&path, chosen.matched_prefix.as_deref(), p);
-                    let pq = match &query {
-                        Some(q) => format!("{new}?{q}"),
-                        None => new,
-                    };
-                    *req.uri_mut() = pq.parse().map_err(|_| {
-                        refuse(
+                    // The rewrite must yield a path the sidecar leaves as it is: no `..` tricks.
+                    if pqmesh_policy::path::normalize(&new).ok().as_deref() != Some(new.as_str()) {
+                        return Err(refuse(
                             text(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "pqmesh-gateway: rewritten path is invalid",
+                                StatusCode::BAD_REQUEST,
+                                "pqmesh-gateway: the rewritten path is not canonical",
                             ),
                             "bad_rewrite",
-                        )
-                    })?;
+                        ));
+                    }
+                    forward_path = new;
                 }
             }
         }
@@ -326,6 +509,20 @@ async fn route_request(
         ));
     };
     let backend = &rule.backend_refs[pick];
+    if backend
+        .namespace
+        .as_deref()
+        .is_some_and(|n| n != route.namespace)
+    {
+        // Cross-namespace without a ReferenceGrant (RefNotPermitted): Gateway API answers 500.
+        return Err(refuse(
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "pqmesh-gateway: the backend is in another namespace (RefNotPermitted)",
+            ),
+            "backend_unresolved",
+        ));
+    }
     let service = format!(
         "{}/{}",
         backend.namespace.as_deref().unwrap_or(&route.namespace),
@@ -361,35 +558,76 @@ async fn route_request(
         req.headers_mut().insert("authorization", value);
     }
     if !req.headers().contains_key("host") {
-        if let Ok(h) = HeaderValue::from_str(&host) {
+        let h = if target.authority.is_empty() {
+            &host
+        } else {
+            &target.authority
+        };
+        if let Ok(h) = HeaderValue::from_str(h) {
             req.headers_mut().insert("host", h);
         }
     }
+    // The edge's own forwarding headers (every client copy was removed in canonical_request).
     req.headers_mut().insert(
         "x-forwarded-proto",
         HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
     );
-    // HTTP/1.1 to the sidecar, origin-form (an HTTP/2 client's absolute URI is reduced).
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    *req.uri_mut() = pq.parse().unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+        req.headers_mut().insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&target.authority) {
+        if !target.authority.is_empty() {
+            req.headers_mut().insert("x-forwarded-host", v);
+        }
+    }
+    // HTTP/1.1 to the sidecar, origin-form, with the canonical (or rewritten) path: the backend
+    // sidecar gets exactly the path the route and the EdgePolicy were chosen on.
+    let pq = match &query {
+        Some(q) => format!("{forward_path}?{q}"),
+        None => forward_path,
+    };
+    *req.uri_mut() = pq.parse().map_err(|_| {
+        refuse(
+            text(
+                StatusCode::BAD_REQUEST,
+                "pqmesh-gateway: unusable request target",
+            ),
+            "bad_path",
+        )
+    })?;
     *req.version_mut() = hyper::Version::HTTP_11;
 
-    let mut response = forward(edge, endpoint, req.map(|b| b.boxed()))
-        .await
-        .map_err(|e| {
-            tracing::warn!(route = %name, endpoint = %endpoint.addr, error = %e, "backend failed");
-            refuse(
+    // A request body that fails to decode (malformed chunking) is the client's error, not the
+    // backend's (review 7, F11).
+    let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = body_failed.clone();
+    let req = req.map(move |b| {
+        b.map_err(move |e| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            e
+        })
+        .boxed()
+    });
+    let mut response = forward(edge, endpoint, req).await.map_err(|e| {
+        if body_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!(route = %name, error = %e, "request body malformed");
+            return refuse(
                 text(
-                    StatusCode::BAD_GATEWAY,
-                    "pqmesh-gateway: the backend is unreachable",
+                    StatusCode::BAD_REQUEST,
+                    "pqmesh-gateway: malformed request body",
                 ),
-                "backend_failed",
-            )
-        })?;
+                "bad_request",
+            );
+        }
+        tracing::warn!(route = %name, endpoint = %endpoint.addr, error = %e, "backend failed");
+        refuse(
+            text(
+                StatusCode::BAD_GATEWAY,
+                "pqmesh-gateway: the backend is unreachable",
+            ),
+            "backend_failed",
+        )
+    })?;
     strip_hop_by_hop(response.headers_mut());
     if let Some(m) = response_modifier {
         modify_headers(response.headers_mut(), &m);
@@ -447,6 +685,8 @@ type Denied = (Response<Body>, &'static str);
 
 /// The phantom-token exchange and the coarse scope check; returns the JWT to forward.
 async fn authenticate(
+    edge: &Edge,
+    ip: &str,
     runtime: &EdgeRuntime,
     accept: Accept,
     required: &[String],
@@ -468,7 +708,7 @@ async fn authenticate(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
-    let Some(bearer) = bearer.filter(|t| !t.is_empty()) else {
+    let Some(bearer) = bearer.filter(|t| !t.is_empty() && !t.contains(char::is_whitespace)) else {
         return Err(unauthorized("Bearer", "no_token"));
     };
     let refused_form = match accept {
@@ -493,9 +733,26 @@ async fn authenticate(
             "policy_unresolved",
         ));
     };
+    if let Err(wait) = edge.token_failures.check(ip) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return Err((
+            with_header(
+                text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "pqmesh-gateway: too many refused tokens from this address",
+                ),
+                "retry-after",
+                &secs.to_string(),
+            ),
+            "token_failures",
+        ));
+    }
     let auth = match validator.authenticate(bearer).await {
         Ok(a) => a,
         Err(e) => {
+            if e.status() == 401 {
+                let _ = edge.token_failures.take(ip);
+            }
             let mut r = text(
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
                 "pqmesh-gateway: token refused",

@@ -33,8 +33,15 @@ type Specificity = (u8, usize, u8, usize, bool, usize, usize);
 type Tie<'a> = Reverse<(Option<&'a str>, &'a str, usize, usize)>;
 
 /// Whether `route` attaches to `listener`: a parentRef naming its Gateway (and its section, if
-/// any), and hostnames that intersect.
+/// any), from a namespace the listener admits (`allowedRoutes`, default the Gateway's own).
 pub fn attaches(route: &RouteModel, listener: &ListenerModel) -> bool {
+    let gateway_ns = listener.gateway.split('/').next().unwrap_or("");
+    parent_ref_matches(route, listener)
+        && (listener.allow_all_namespaces || route.namespace == gateway_ns)
+}
+
+/// Whether one of the route's parentRefs names `listener` (namespaces aside).
+pub fn parent_ref_matches(route: &RouteModel, listener: &ListenerModel) -> bool {
     route.spec.parent_refs.iter().any(|p| {
         let gw = format!(
             "{}/{}",
