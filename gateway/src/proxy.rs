@@ -121,10 +121,6 @@ pub const TOKEN_FAILURE_BURST: u32 = 20;
 /// ... refilled at one per second.
 pub const TOKEN_FAILURES_PER_MINUTE: u32 = 60;
 
-/// Headers that name another URL (or method) than the request line: Symfony, Laminas and IIS
-/// honour them, so the app would run another path than the route and policy judged.
-const URL_OVERRIDES: &[&str] = &["x-original-url", "x-rewrite-url", "x-original-method"];
-
 /// Forwarding headers the edge owns: every client copy is removed before routing, and the
 /// gateway sets `x-forwarded-for`, `x-forwarded-proto` and `x-forwarded-host` itself.
 const FORWARDING: &[&str] = &[
@@ -183,15 +179,6 @@ pub fn canonical_request<B>(req: &mut Request<B>) -> Result<Target, BadRequest> 
             decision: r.outcome(),
         }
     })?;
-    if let Some(n) = URL_OVERRIDES
-        .iter()
-        .find(|n| req.headers().contains_key(**n))
-    {
-        return Err(bad(
-            format!("header {n:?} is refused (the app would serve another URL than the route and policy judged)"),
-            "bad_header",
-        ));
-    }
     if req.headers().get_all("authorization").iter().count() > 1 {
         return Err(bad("more than one Authorization header", "bad_header"));
     }

@@ -15,14 +15,29 @@
 //!
 //! On an HTTP relay port (`PQMESH_HTTP_RELAY_PORTS`: HTTP/1.1 relayed as bytes while the port's
 //! policy is identity-only) HTTP is expected, so [`OpaqueGuard::http_relay`] drops the first rule
-//! and adds one: no line may start with `upgrade` (any case). After a protocol switch (h2c above
-//! all) header names travel HPACK-encoded, where the identity name could hide from the scan.
+//! and adds these, because after a protocol switch (h2c above all) header names travel
+//! HPACK-encoded, where the identity name could hide from the scan:
+//! - no line may start with `upgrade` (any case), and the HTTP/2 preface (`PRI * HTTP/2`) may not
+//!   appear anywhere;
+//! - every request must be plain HTTP/1.x that [`RequestParser`] frames unambiguously (no
+//!   CONNECT, no obsolete line folding, no head over 64 KiB, no Content-Length beside
+//!   Transfer-Encoding, ...): where servers could read the stream differently, it ends;
+//! - a request head must arrive whole within [`HEAD_TIMEOUT`] of its first byte (slowloris).
+//!
+//! The scans see the stream, not reads: a name split over any number of reads is found.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::outbound_observe::RequestParser;
+
+/// How long a request head may take on an HTTP relay port, from its first byte (the HTTP path's
+/// `HEADER_READ_TIMEOUT`).
+pub const HEAD_TIMEOUT: std::time::Duration = crate::http_proxy::HEADER_READ_TIMEOUT;
 
 /// The identity header's name as folded by [`fold`] (without `x-`: servers also strip prefixes).
 const IDENTITY_NAME: &[u8] = b"pqmesh-peer-identity";
@@ -44,13 +59,17 @@ pub struct OpaqueGuard<S> {
     tail: [u8; 5],
     /// The last bytes read, folded, so a name split across reads is found.
     carry: Vec<u8>,
-    /// HTTP relay: lines starting with `upgrade` are refused too.
+    /// HTTP relay: lines starting with `upgrade` and the HTTP/2 preface are refused too.
     refuse_upgrade: bool,
+    /// HTTP relay: the client's requests, which must all frame unambiguously.
+    requests: Option<RequestParser>,
+    /// HTTP relay: when the request head now arriving must be complete.
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// `upgrade` at the start of a line, folded, after either line-ending byte (servers split lines
 /// at `\n`, and some at a bare `\r`).
-const UPGRADE_LINES: [&[u8]; 2] = [b"\nupgrade", b"\rupgrade"];
+const UPGRADE_LINES: [&[u8]; 3] = [b"\nupgrade", b"\rupgrade", b"pri * http/2"];
 
 /// Lower case, and `_` `.` as `-`: the spellings servers treat as the same header name.
 fn fold(b: u8) -> u8 {
@@ -68,6 +87,8 @@ impl<S> OpaqueGuard<S> {
             tail: [0; 5],
             carry: Vec::with_capacity(2 * IDENTITY_NAME.len()),
             refuse_upgrade: false,
+            requests: None,
+            head_deadline: None,
         }
     }
 
@@ -76,6 +97,7 @@ impl<S> OpaqueGuard<S> {
         OpaqueGuard {
             phase: Phase::Scanning,
             refuse_upgrade: true,
+            requests: Some(RequestParser::default()),
             ..Self::new(inner)
         }
     }
@@ -133,10 +155,16 @@ impl<S> OpaqueGuard<S> {
             within |= memchr::memchr2_iter(b'\n', b'\r', bytes)
                 .any(|i| UPGRADE_LINES.iter().any(|line| folded_at(i, line)));
         }
-        let keep = bytes.len().min(n - 1);
-        self.carry.clear();
-        self.carry
-            .extend(bytes[bytes.len() - keep..].iter().map(|&b| fold(b)));
+        // The window carried on: the last n - 1 bytes of the stream, however short this read was
+        // (a name split over three or more reads must still meet in it).
+        if bytes.len() >= n - 1 {
+            self.carry.clear();
+            self.carry
+                .extend(bytes[bytes.len() - (n - 1)..].iter().map(|&b| fold(b)));
+        } else {
+            let excess = self.carry.len().saturating_sub(n - 1);
+            self.carry.drain(..excess);
+        }
         across || within
     }
 }
@@ -158,17 +186,41 @@ impl<S: AsyncRead + Unpin> AsyncRead for OpaqueGuard<S> {
         if this.phase == Phase::Refused {
             return Poll::Ready(Err(refused()));
         }
+        if let Some(deadline) = &mut this.head_deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.phase = Phase::Refused;
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("a request head took longer than {HEAD_TIMEOUT:?}"),
+                )));
+            }
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let new = &buf.filled()[before..];
         if this.phase != Phase::Scanning {
             this.scan_first_line(new);
         }
-        if this.phase == Phase::Refused || this.names_identity(new) {
+        let unframed = this.requests.as_mut().is_some_and(|requests| {
+            requests.feed(new);
+            requests.is_done()
+        });
+        if this.phase == Phase::Refused || this.names_identity(new) || unframed {
             this.phase = Phase::Refused;
-            // Withhold the whole read: it completed the request line or the name.
+            // Withhold the whole read: it completed the request line, the name, or a request
+            // that cannot be framed.
             buf.set_filled(before);
             return Poll::Ready(Err(refused()));
+        }
+        if let Some(requests) = &this.requests {
+            if !requests.in_partial_head() {
+                this.head_deadline = None;
+            } else if this.head_deadline.is_none() {
+                let mut deadline = Box::pin(tokio::time::sleep(HEAD_TIMEOUT));
+                // Registers the timer with this task, so the deadline wakes a read that waits.
+                let _ = deadline.as_mut().poll(cx);
+                this.head_deadline = Some(deadline);
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -344,5 +396,91 @@ mod tests {
                 String::from_utf8_lossy(&passed)
             );
         }
+    }
+
+    /// Found from outside (review 8): the window carried between reads must be the stream's
+    /// last bytes, not the last read's: a name split over three or more reads got through.
+    #[tokio::test]
+    async fn a_name_split_over_many_reads_is_still_found() {
+        let name = b"x-pqmesh-peer-identity";
+        let line = b"GET / HTTP/1.1\r\nHost: b\r\n";
+        let splits: Vec<Vec<usize>> = vec![
+            vec![5, 5, 12],
+            vec![10, 1, 11],
+            vec![20, 1, 1],
+            vec![3, 3, 3, 13],
+            vec![1; 22],
+        ];
+        for split in splits {
+            let mut parts: Vec<Vec<u8>> = vec![line.to_vec()];
+            let mut at = 0;
+            for len in &split {
+                parts.push(name[at..at + len].to_vec());
+                at += len;
+            }
+            parts.push(b": spiffe://x/ns/a/sa/admin\r\n\r\n".to_vec());
+            let writes: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+            for relay in [false, true] {
+                let (passed, result) = if relay {
+                    through(&writes, OpaqueGuard::http_relay).await
+                } else {
+                    through(&writes[1..], OpaqueGuard::new).await
+                };
+                assert!(result.is_err(), "{split:?} (relay {relay})");
+                let folded: Vec<u8> = passed.iter().map(|&b| fold(b)).collect();
+                assert!(
+                    !folded
+                        .windows(IDENTITY_NAME.len())
+                        .any(|w| w == IDENTITY_NAME),
+                    "{split:?} (relay {relay}): {:?}",
+                    String::from_utf8_lossy(&passed)
+                );
+            }
+        }
+        // Split upgrade lines, the HTTP/2 preface after a first request, and requests servers
+        // could frame differently end an HTTP relay too.
+        for writes in [
+            &[&b"GET / HTTP/1.1\r\nHost: b\r\n"[..], b"Upg", b"rade: h2c\r\n\r\n"][..],
+            &[b"GET / HTTP/1.1\r\nHost: b\r\n", b"\r", b"u", b"pgrade: h2c\r\n\r\n"],
+            &[b"GET / HTTP/1.1\r\nHost: b\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
+            &[b"POST / HTTP/1.1\r\nHost: b\r\ncontent-length: 1\r\n\r\nxPRI * HTTP/2.0\r\n\r\n"],
+            &[b"POST / HTTP/1.1\r\nHost: b\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"],
+            &[b"POST / HTTP/1.1\r\nHost: b\r\ntransfer-encoding: xchunked\r\n\r\n"],
+            &[b"GET / HTTP/1.1\r\nHost: b\r\nX-A: 1\r\n folded\r\n\r\n"],
+            &[b"CONNECT b:443 HTTP/1.1\r\nHost: b:443\r\n\r\n"],
+        ] {
+            let (_, result) = through(writes, OpaqueGuard::http_relay).await;
+            assert_eq!(
+                result.unwrap_err().kind(),
+                io::ErrorKind::PermissionDenied,
+                "{writes:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_head_must_arrive_whole_within_the_head_timeout() {
+        let (mut client, near) = tokio::io::duplex(1024);
+        let mut gate = OpaqueGuard::http_relay(near);
+        let mut chunk = [0u8; 1024];
+        // A whole head, then a body-less pause: no deadline between requests.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(gate.read(&mut chunk).await.unwrap() > 0);
+        let idle = tokio::time::timeout(HEAD_TIMEOUT * 3, gate.read(&mut chunk)).await;
+        assert!(
+            idle.is_err(),
+            "still waiting after {:?}: {idle:?}",
+            HEAD_TIMEOUT * 3
+        );
+        // A head begun and never finished: refused once the head timeout passes.
+        client.write_all(b"GET / HTTP/1.1\r\nX-Slow").await.unwrap();
+        assert!(gate.read(&mut chunk).await.unwrap() > 0);
+        let started = tokio::time::Instant::now();
+        let err = gate.read(&mut chunk).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() <= HEAD_TIMEOUT, "{:?}", started.elapsed());
     }
 }

@@ -511,7 +511,8 @@ impl Inbound {
         let relayed = async {
             if http {
                 let label = self.metrics.peer_label(peer.as_ref());
-                let app = Observed::new(app, "inbound", self.metrics.clone(), label);
+                let app = Observed::new(app, "inbound", self.metrics.clone(), label)
+                    .with_idle_timeout(http_proxy::HEADER_READ_TIMEOUT);
                 relay(stream, app, "inbound", &self.metrics).await
             } else {
                 relay(stream, app, "inbound", &self.metrics).await

@@ -58,8 +58,16 @@ async fn round_trip(tcp: &mut TcpStream, path: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn a_relayed_port_passes_requests_unparsed_until_the_policy_needs_them_read() {
+struct Relayed {
+    cp: ControlPlane,
+    a: pqmesh_sidecar::RunningSidecar,
+    b: pqmesh_sidecar::RunningSidecar,
+    app: std::net::SocketAddr,
+    stats: std::sync::Arc<http_app::AppStats>,
+}
+
+/// A (web) → B (api) with B's app port relayed under an identity-only policy.
+async fn relayed_mesh() -> Relayed {
     let cp = ControlPlane::start(ECDSA, &["web", "api"]).await;
     let (app, _, stats) = http_app::start("api").await;
     cp.write_policy("api.yaml", &policy(app.port(), ""), 1)
@@ -82,6 +90,24 @@ async fn a_relayed_port_passes_requests_unparsed_until_the_policy_needs_them_rea
     .await;
     let a = sidecar_redirected(cp.sidecar_env("web", ECDSA), Some(b.inbound_addr)).await;
     eventually("B runs the identity-only policy", || b.policy().is_some()).await;
+    Relayed {
+        cp,
+        a,
+        b,
+        app,
+        stats,
+    }
+}
+
+#[tokio::test]
+async fn a_relayed_port_passes_requests_unparsed_until_the_policy_needs_them_read() {
+    let Relayed {
+        cp,
+        a,
+        b,
+        app,
+        stats,
+    } = relayed_mesh().await;
     let registry = &b.metrics.registry;
 
     // Relayed: every answer is the app's, with no identity header (none is stamped on a relay).
@@ -159,4 +185,78 @@ async fn a_relayed_port_passes_requests_unparsed_until_the_policy_needs_them_rea
         served + 1,
         "only the allowed request reached the app"
     );
+}
+
+/// Sends `parts` with a pause between them (each its own read at B) and returns what comes back
+/// within 3 s, and whether B ended the connection.
+async fn send_in_parts(tcp: &mut TcpStream, parts: &[&[u8]]) -> (String, bool) {
+    tcp.set_nodelay(true).unwrap();
+    for part in parts {
+        if tcp.write_all(part).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// Found by outside review 8: the identity header's name split over three reads, and HTTP/2's
+/// preface after a first relayed request, both slipped past the relay's byte scan. Judged by
+/// the app: it never sees a forged identity, and after the preface it sees nothing more.
+#[tokio::test]
+async fn a_relay_refuses_identities_split_over_reads_and_protocol_switches() {
+    // Bound, not `..`: the control plane and B must outlive the test.
+    let Relayed {
+        cp: _cp,
+        a,
+        b: _b,
+        stats,
+        ..
+    } = relayed_mesh().await;
+    let served = || stats.requests.load(std::sync::atomic::Ordering::SeqCst);
+
+    let mut forged = TcpStream::connect(a.outbound_addr.unwrap()).await.unwrap();
+    let answer = send_in_parts(
+        &mut forged,
+        &[
+            b"GET /orders/1 HTTP/1.1\r\nhost: api\r\nX-Pqmesh-Pe",
+            b"er-Ide",
+            b"ntity: spiffe://cluster.local/ns/shop/sa/admin\r\n\r\n",
+        ],
+    )
+    .await;
+    assert_eq!(
+        served(),
+        0,
+        "the forged request reached the app: {answer:?}"
+    );
+    assert_eq!(answer, (String::new(), true), "B ends the connection");
+
+    let mut switched = TcpStream::connect(a.outbound_addr.unwrap()).await.unwrap();
+    let first = round_trip(&mut switched, "/orders/1").await;
+    assert!(first.contains("peer=none"), "{first}");
+    assert_eq!(served(), 1);
+    let answer = send_in_parts(
+        &mut switched,
+        &[
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        ],
+    )
+    .await;
+    assert_eq!(
+        served(),
+        1,
+        "the app was reached after the preface: {answer:?}"
+    );
+    assert!(answer.1, "B ends the connection: {answer:?}");
 }
