@@ -3,6 +3,12 @@
 //! the sidecar keeps serving with its last good policy, cached discovery answers and still-valid
 //! certificate. So an outage logs one WARN when it starts and one INFO (with its length) when
 //! every stream is back; each failed attempt in between is DEBUG and counted in metrics.
+//!
+//! Retries ([`Retry`]): a stream that was open and ended starts again from a short jittered
+//! delay, and within the first minute of an outage retries stay at most [`FAST_RETRY_CAP`]
+//! apart, so a restarted control plane (seconds) is found again within seconds, not after an
+//! exponential backoff has grown to half a minute. Longer outages back off to
+//! [`SLOW_RETRY_CAP`]. Jitter (half to all of each step) keeps a fleet from reconnecting at once.
 
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +28,48 @@ impl Stream {
             Stream::Policy => "policy",
             Stream::Discovery => "discovery",
         }
+    }
+}
+
+/// Retry steps stay at most this long during [`FAST_RETRY_WINDOW`] of an outage.
+pub const FAST_RETRY_CAP: Duration = Duration::from_secs(4);
+pub const FAST_RETRY_WINDOW: Duration = Duration::from_secs(60);
+/// Retry steps after the first minute of an outage.
+pub const SLOW_RETRY_CAP: Duration = Duration::from_secs(30);
+const FIRST_RETRY_STEP: Duration = Duration::from_secs(1);
+
+/// Delay before retry `attempt` (1-based, counted since the stream was last open) when the
+/// outage has lasted `outage`: steps double from 1 s, capped as the module says, and each is
+/// scaled to between half and all of itself by `jitter` (0..=1).
+pub fn retry_delay(attempt: u32, outage: Duration, jitter: f64) -> Duration {
+    let cap = if outage < FAST_RETRY_WINDOW {
+        FAST_RETRY_CAP
+    } else {
+        SLOW_RETRY_CAP
+    };
+    let step = FIRST_RETRY_STEP
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)))
+        .min(cap);
+    step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// One stream task's retry state.
+#[derive(Default)]
+pub struct Retry {
+    attempts: u32,
+    since: Option<Instant>,
+}
+
+impl Retry {
+    /// The stream ended; `was_open`: it had connected (cleanly closed or failed later).
+    /// Returns how long to wait before the next attempt.
+    pub fn after(&mut self, was_open: bool, jitter: f64) -> Duration {
+        if was_open {
+            *self = Retry::default();
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        let since = *self.since.get_or_insert_with(Instant::now);
+        retry_delay(self.attempts, since.elapsed(), jitter)
     }
 }
 
@@ -79,6 +127,14 @@ impl Link {
     /// True while every stream is connected.
     pub fn is_connected(&self) -> bool {
         self.lock().streams.iter().all(|(_, up)| *up)
+    }
+
+    /// Whether `stream` is open now.
+    pub fn is_open(&self, stream: Stream) -> bool {
+        self.lock()
+            .streams
+            .iter()
+            .any(|(s, up)| *s == stream && *up)
     }
 
     /// `stream` is open (its Watch call was answered).
@@ -240,5 +296,30 @@ mod tests {
                 failed_attempts: 2
             }
         );
+    }
+
+    #[test]
+    fn retries_stay_seconds_apart_in_the_first_minute_then_back_off() {
+        let s = Duration::from_secs;
+        let full: Vec<_> = (1..=6).map(|a| retry_delay(a, s(5), 1.0)).collect();
+        assert_eq!(full, [s(1), s(2), s(4), s(4), s(4), s(4)]);
+        assert_eq!(retry_delay(1, s(0), 0.0), Duration::from_millis(500));
+        assert_eq!(retry_delay(u32::MAX, s(59), 0.0), s(2));
+        assert_eq!(retry_delay(4, s(60), 1.0), s(8));
+        assert_eq!(retry_delay(u32::MAX, s(3600), 1.0), SLOW_RETRY_CAP);
+    }
+
+    /// Review 8 F7: a stream that failed after it had been open kept counting failures, so each
+    /// control-plane restart started from a longer backoff (25-30 s to reconnect).
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_was_open_starts_again_from_the_first_step() {
+        let mut retry = Retry::default();
+        for _ in 0..10 {
+            retry.after(false, 1.0);
+        }
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert_eq!(retry.after(false, 1.0), SLOW_RETRY_CAP);
+        assert_eq!(retry.after(true, 1.0), Duration::from_secs(1), "was open");
+        assert_eq!(retry.after(false, 1.0), Duration::from_secs(2));
     }
 }

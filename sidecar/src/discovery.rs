@@ -15,8 +15,7 @@ use pqmesh_proto::discovery::v1::discovery_client::DiscoveryClient;
 use pqmesh_proto::discovery::v1::{Destination, DestinationUpdate, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
 
-use crate::control_plane::{Link, Stream};
-use crate::identity::backoff;
+use crate::control_plane::{Link, Retry, Stream};
 use crate::tls::MeshTls;
 
 /// How long a new destination waits for its first answer before the connection is refused.
@@ -227,26 +226,22 @@ impl DiscoveryTask {
         mut tls: watch::Receiver<Option<Arc<MeshTls>>>,
         link: Link,
     ) {
-        let mut failures = 0u32;
+        let mut retry = Retry::default();
         loop {
             let Ok(current) = tls.wait_for(|t| t.is_some()).await.map(|t| t.clone()) else {
                 return;
             };
             let Some(current) = current else { continue };
-            match self.stream_once(&addr, &server_id, &current, &link).await {
-                Ok(()) => {
-                    failures = 0;
-                    link.down(Stream::Discovery, "stream closed by the control plane");
-                }
-                Err(e) => {
-                    failures += 1;
-                    link.down(Stream::Discovery, &e);
-                }
-            }
-            tokio::time::sleep(
-                backoff(failures.max(1), rand::random()).min(Duration::from_secs(30)),
-            )
-            .await;
+            let ended = self.stream_once(&addr, &server_id, &current, &link).await;
+            let was_open = link.is_open(Stream::Discovery);
+            link.down(
+                Stream::Discovery,
+                ended
+                    .as_ref()
+                    .err()
+                    .map_or("stream closed by the control plane", |e| e),
+            );
+            tokio::time::sleep(retry.after(was_open, rand::random())).await;
         }
     }
 

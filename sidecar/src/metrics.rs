@@ -307,6 +307,7 @@ impl Metrics {
             "denied_revoked",
             "denied_policy",
             "no_certificate",
+            "no_policy",
             "app_unreachable",
         ] {
             self.connections.with_label_values(&["inbound", outcome]);

@@ -15,8 +15,7 @@ use pqmesh_proto::policy::v1::watch_request::Kind;
 use pqmesh_proto::policy::v1::{Ack, Nack, PolicySnapshot, WatchRequest, Workload};
 use tokio::sync::{mpsc, watch};
 
-use crate::control_plane::{Link, Stream};
-use crate::identity::backoff;
+use crate::control_plane::{Link, Retry, Stream};
 use crate::metrics::Metrics;
 use crate::revocation::Revoked;
 use crate::tls::MeshTls;
@@ -160,30 +159,24 @@ impl PolicyClientTask {
         server_id: SpiffeId,
         mut tls: watch::Receiver<Option<Arc<MeshTls>>>,
     ) {
-        let mut failures = 0u32;
+        let mut retry = Retry::default();
         loop {
             let Ok(current) = tls.wait_for(|t| t.is_some()).await.map(|t| t.clone()) else {
                 return;
             };
             let Some(current) = current else { continue };
-            match self
+            let ended = self
                 .stream_once(&addr, &server_id, &current, tls.clone())
-                .await
-            {
-                Ok(()) => {
-                    failures = 0;
-                    self.link
-                        .down(Stream::Policy, "stream closed by the control plane");
-                }
-                Err(e) => {
-                    failures += 1;
-                    self.link.down(Stream::Policy, &e);
-                }
-            }
-            tokio::time::sleep(
-                backoff(failures.max(1), rand::random()).min(Duration::from_secs(30)),
-            )
-            .await;
+                .await;
+            let was_open = self.link.is_open(Stream::Policy);
+            self.link.down(
+                Stream::Policy,
+                ended
+                    .as_ref()
+                    .err()
+                    .map_or("stream closed by the control plane", |e| e),
+            );
+            tokio::time::sleep(retry.after(was_open, rand::random())).await;
         }
     }
 

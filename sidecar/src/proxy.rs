@@ -259,6 +259,12 @@ impl Inbound {
             Ok(t) => t,
             Err((outcome, reason)) => return self.deny(outcome, reason),
         };
+        // Until the first snapshot is applied, whether a policy selects this workload is not
+        // known: the allow-list could admit what the policy refuses (review 8 F6). /ready is
+        // false meanwhile, so endpoints send nothing here yet.
+        if self.policy.borrow().is_none() {
+            return self.deny("no_policy", "waiting for the first policy snapshot");
+        }
         let (transport, hello) =
             sniff(&mut tcp, sniff::MAX_HELLO_BYTES, sniff::classify_transport).await;
         let stream = Prefixed::new(hello, tcp);
