@@ -68,7 +68,10 @@ if ((SMOKE)); then
         'server-side vCPU per 1,000 rps with the JWT policy \| report \| [0-9.]+ vCPU' \
         'ML-DSA-65 certificates, next to ECDSA P-256 \| reported \| ML-DSA-65 [0-9]+ /s' \
         'RSS per idle mTLS connection[^|]*\| [^|]+ \| -?[0-9.]+ KiB' \
-        'pair RSS after the load runs[^|]*\| [^|]+ \| [0-9.]+ MiB'; do
+        'pair RSS after the load runs[^|]*\| [^|]+ \| [0-9.]+ MiB' \
+        'the same CPU target on an HTTP relay port[^|]*\| [^|]+ \| [0-9.]+ vCPU' \
+        'saturation on an HTTP relay port[^|]*\| [^|]+ \| [0-9]+ rps' \
+        'the same on an HTTP relay port \([0-9]+ connections[^|]*\| [^|]+ \| -?[0-9.]+ KiB'; do
         grep -qE "$row" <<<"$table" || { echo "bench smoke: no row matching: $row" >&2; exit 1; }
     done
     grep -qE 'X25519MLKEM768 [0-9]+ /s \| X25519 [0-9]+ /s' <<<"$table" || {
