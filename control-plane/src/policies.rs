@@ -173,6 +173,7 @@ fn candidates(dir: &Path) -> Vec<Candidate> {
                 generation: None,
                 created: None,
                 parsed: Err(e.to_string()),
+                reach: None,
             }),
         }
     }

@@ -1,7 +1,16 @@
 //! Per-object acceptance (the Gateway API way): every TokenIssuer and AccessPolicy is judged on
-//! its own. An invalid new object has no effect; an invalid edit leaves the object's last
-//! accepted version in force; either way only that object is affected, and its verdict says why
-//! (what Kubernetes mode writes as `status.conditions` and local mode shows in `/policy_status`).
+//! its own. An invalid edit leaves the object's last accepted version in force; only that
+//! object is affected, and its verdict says why (what Kubernetes mode writes as
+//! `status.conditions` and local mode shows in `/policy_status`).
+//!
+//! An invalid AccessPolicy with no accepted version — new, or after a control-plane restart,
+//! which forgets what was accepted — is not simply left out: leaving it out could hand the
+//! workloads it selects to their sidecars' local allow-list, which may admit callers the policy
+//! meant to refuse (outside review 9). Its [`Reach`] (selector and ports, read from the raw
+//! object as far as they read) is held by a placeholder that admits no caller, so those
+//! workloads are governed by policy and what no accepted policy allows is refused. Policies are
+//! alternatives, so the placeholder takes nothing from what accepted policies allow. Of two
+//! definitions of one object (local mode), the one in force wins, then the one read first.
 //! References are judged after every object: an AccessPolicy naming a TokenIssuer that is not in
 //! force stays in force *failing closed* (no token satisfies that requirement), so a broken
 //! reference can only take access away from the workloads that depend on it.
@@ -63,7 +72,75 @@ pub struct Candidate {
     /// two conflicting objects wins.
     pub created: Option<String>,
     pub parsed: Result<Resource, String>,
+    /// For an AccessPolicy: what it selects, read from the raw object (see [`Reach`]).
+    pub reach: Option<Reach>,
 }
+
+/// Which workloads and ports an AccessPolicy selects, read from its raw object even when the
+/// object as a whole does not parse: `spec.selector.matchLabels` (every workload of the
+/// namespace when that does not read as a map of strings) and `spec.ports` (every port when
+/// absent or unreadable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub match_labels: BTreeMap<String, String>,
+    pub ports: Option<Vec<u16>>,
+}
+
+impl Reach {
+    /// From a raw object (JSON; YAML converts with `serde_json::to_value`).
+    pub fn of(object: &serde_json::Value) -> Reach {
+        let spec = &object["spec"];
+        let match_labels = spec["selector"]["matchLabels"]
+            .as_object()
+            .and_then(|m| {
+                m.iter()
+                    .map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect::<Option<BTreeMap<_, _>>>()
+            })
+            .unwrap_or_default();
+        let ports = spec["ports"].as_array().and_then(|a| {
+            a.iter()
+                .map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+                .collect::<Option<Vec<u16>>>()
+                .filter(|p| !p.is_empty())
+        });
+        Reach {
+            match_labels,
+            ports,
+        }
+    }
+
+    /// From a raw YAML object.
+    pub fn of_yaml(object: &serde_yaml::Value) -> Reach {
+        Reach::of(&serde_json::to_value(object).unwrap_or_default())
+    }
+
+    /// The placeholder that holds a refused policy's reach: it admits no caller.
+    fn placeholder(&self, key: &ObjectKey) -> AccessPolicy {
+        AccessPolicy {
+            api_version: crate::model::API_VERSION.to_owned(),
+            metadata: crate::model::ObjectMeta {
+                name: key.name.clone(),
+                namespace: key.namespace.clone(),
+                labels: BTreeMap::new(),
+                annotations: [(PLACEHOLDER.to_owned(), "refused".to_owned())].into(),
+            },
+            spec: crate::model::AccessPolicySpec {
+                selector: crate::model::Selector {
+                    match_labels: self.match_labels.clone(),
+                },
+                ports: self.ports.clone(),
+                mtls: "STRICT".to_owned(),
+                peers: Vec::new(),
+                token: None,
+                rules: Vec::new(),
+            },
+        }
+    }
+}
+
+/// Annotation marking a placeholder in the policy set (never a version of the object).
+pub const PLACEHOLDER: &str = "pqmesh.io/placeholder";
 
 /// Reasons of `Accepted=False` and `ResolvedRefs=False` conditions.
 pub mod reason {
@@ -182,7 +259,10 @@ impl Admitted {
 pub fn admit(candidates: Vec<Candidate>, last_good: &PolicySet, trust_domain: &str) -> Admitted {
     let mut out = Admitted::default();
     let mut created = BTreeMap::new();
-    for (arrival, c) in candidates.into_iter().enumerate() {
+    for (arrival, c) in in_force_first(candidates, last_good)
+        .into_iter()
+        .enumerate()
+    {
         if let Some(first) = out.verdicts.get(&c.key) {
             // Local mode only: Kubernetes keys are unique. The first definition stays.
             let message = format!("{} is already defined in {}", c.key, first.source);
@@ -231,11 +311,31 @@ pub fn admit(candidates: Vec<Candidate>, last_good: &PolicySet, trust_domain: &s
                     InForce::LastGood,
                     Some(r),
                 ),
-                None => (
-                    Judgement::refused(reason::INVALID, format!("{why}; it has no effect")),
-                    InForce::None,
-                    None,
-                ),
+                None => match &c.reach {
+                    Some(reach) => (
+                        Judgement::refused(
+                            reason::INVALID,
+                            format!(
+                                "{why}; no version of it is in force, so until it is fixed the \
+                                 workloads it selects ({}) refuse every caller no accepted \
+                                 policy allows{} (fails closed)",
+                                selector_text(&reach.match_labels),
+                                reach
+                                    .ports
+                                    .as_ref()
+                                    .map(|p| format!(" on ports {p:?}"))
+                                    .unwrap_or_default()
+                            ),
+                        ),
+                        InForce::None,
+                        Some(Resource::AccessPolicy(reach.placeholder(&c.key))),
+                    ),
+                    None => (
+                        Judgement::refused(reason::INVALID, format!("{why}; it has no effect")),
+                        InForce::None,
+                        None,
+                    ),
+                },
             },
         };
         created.insert(c.key.clone(), (c.created.clone(), arrival));
@@ -345,6 +445,36 @@ fn refuse_conflicting_issuers(
     }
 }
 
+/// `matchLabels` as `k=v,...` (or "every workload of the namespace").
+fn selector_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "every workload of the namespace".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Of several definitions of one object (local mode), the one equal to the version in force
+/// goes first, so it stays and the newcomer is the duplicate refused; otherwise the order read.
+fn in_force_first(mut candidates: Vec<Candidate>, last_good: &PolicySet) -> Vec<Candidate> {
+    let mut seen: BTreeMap<ObjectKey, usize> = BTreeMap::new();
+    for i in 0..candidates.len() {
+        let key = candidates[i].key.clone();
+        let Some(&first) = seen.get(&key) else {
+            seen.insert(key, i);
+            continue;
+        };
+        let in_force = previous(last_good, &key);
+        if in_force.is_some() && candidates[i].parsed.as_ref().ok() == in_force.as_ref() {
+            candidates.swap(first, i);
+        }
+    }
+    candidates
+}
+
 fn previous(last_good: &PolicySet, key: &ObjectKey) -> Option<Resource> {
     let same = |ns: &str, name: &str| ns == key.namespace && name == key.name;
     match key.kind.as_str() {
@@ -357,6 +487,7 @@ fn previous(last_good: &PolicySet, key: &ObjectKey) -> Option<Resource> {
         _ => last_good
             .policies
             .iter()
+            .filter(|p| !p.metadata.annotations.contains_key(PLACEHOLDER))
             .find(|p: &&AccessPolicy| same(&p.metadata.namespace, &p.metadata.name))
             .cloned()
             .map(Resource::AccessPolicy),
@@ -382,6 +513,7 @@ pub fn candidates_from_yaml(text: &str, source: &str) -> Vec<Candidate> {
                     generation: None,
                     created: None,
                     parsed: Err(e.to_string()),
+                    reach: None,
                 });
                 break;
             }
@@ -404,6 +536,7 @@ pub fn candidates_from_yaml(text: &str, source: &str) -> Vec<Candidate> {
         } else {
             ObjectKey::new("Unknown", "", &at)
         };
+        let reach = (key.kind == "AccessPolicy").then(|| Reach::of_yaml(&value));
         let parsed = serde_yaml::from_value::<Resource>(value).map_err(|e| e.to_string());
         out.push(Candidate {
             key,
@@ -411,6 +544,7 @@ pub fn candidates_from_yaml(text: &str, source: &str) -> Vec<Candidate> {
             generation: None,
             created: None,
             parsed,
+            reach,
         });
     }
     out

@@ -575,14 +575,31 @@ impl PolicySet {
     ) -> Result<WorkloadPolicy, PolicyError> {
         let mut out = WorkloadPolicy::default();
         let mut needed: Vec<&TokenIssuer> = Vec::new();
-        for p in self.policies.iter().filter(|p| {
-            p.metadata.namespace == workload.namespace
-                && p.spec
-                    .selector
-                    .match_labels
-                    .iter()
-                    .all(|(k, v)| workload.labels.get(k) == Some(v))
-        }) {
+        let selected: Vec<&AccessPolicy> = self
+            .policies
+            .iter()
+            .filter(|p| {
+                p.metadata.namespace == workload.namespace
+                    && p.spec
+                        .selector
+                        .match_labels
+                        .iter()
+                        .all(|(k, v)| workload.labels.get(k) == Some(v))
+            })
+            .collect();
+        // A refused policy's placeholder admits no one; beside an accepted policy it changes no
+        // decision (policies are alternatives, and ports no policy covers are refused anyway),
+        // so it is left out and the workload's snapshot stays as it was.
+        let placeholder = |p: &AccessPolicy| {
+            p.metadata
+                .annotations
+                .contains_key(crate::admit::PLACEHOLDER)
+        };
+        let accepted = selected.iter().any(|p| !placeholder(p));
+        for p in selected
+            .into_iter()
+            .filter(|p| !(accepted && placeholder(p)))
+        {
             let ns = &p.metadata.namespace;
             let token_issuers = p.spec.token.as_ref().map(|t| {
                 t.issuers

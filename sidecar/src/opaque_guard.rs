@@ -67,9 +67,12 @@ pub struct OpaqueGuard<S> {
     head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-/// `upgrade` at the start of a line, folded, after either line-ending byte (servers split lines
-/// at `\n`, and some at a bare `\r`).
-const UPGRADE_LINES: [&[u8]; 3] = [b"\nupgrade", b"\rupgrade", b"pri * http/2"];
+/// Lines an HTTP relay refuses wherever they appear — in a head, or in a body an app might not
+/// read (outside review 9 F3): `upgrade` (a header) and `connect ` (a request line, any case),
+/// folded, after either line-ending byte (servers split lines at `\n`, and some at a bare `\r`).
+const UPGRADE_LINES: [&[u8]; 4] = [b"\nupgrade", b"\rupgrade", b"\nconnect ", b"\rconnect "];
+/// The HTTP/2 preface's first line, refused anywhere in the stream.
+const H2_PREFACE: &[u8] = b"pri * http/2";
 
 /// Lower case, and `_` `.` as `-`: the spellings servers treat as the same header name.
 fn fold(b: u8) -> u8 {
@@ -151,9 +154,11 @@ impl<S> OpaqueGuard<S> {
         if self.refuse_upgrade {
             across |= UPGRADE_LINES
                 .iter()
+                .chain([&H2_PREFACE])
                 .any(|line| self.carry.windows(line.len()).any(|w| w == *line));
             within |= memchr::memchr2_iter(b'\n', b'\r', bytes)
                 .any(|i| UPGRADE_LINES.iter().any(|line| folded_at(i, line)));
+            within |= memchr::memchr2_iter(b'p', b'P', bytes).any(|i| folded_at(i, H2_PREFACE));
         }
         // The window carried on: the last n - 1 bytes of the stream, however short this read was
         // (a name split over three or more reads must still meet in it).
@@ -358,6 +363,7 @@ mod tests {
             // (A body line starting with `upgrade` would be refused: the scan does not parse.)
             b"POST /b HTTP/1.1\r\nHost: b\r\nContent-Length: 9\r\n\r\nx upgrade",
             b"GET /c HTTP/1.1\r\nHost: b\r\nx-upgrade: no\r\nConnection: close\r\n\r\n",
+            b"GET /d HTTP/1.1\r\nHost: b\r\nConnection: keep-alive\r\nx: connect\r\n\r\n",
         ];
         let (passed, result) = through(keep_alive, OpaqueGuard::http_relay).await;
         assert!(result.is_ok(), "{result:?}");
@@ -448,6 +454,12 @@ mod tests {
             &[b"POST / HTTP/1.1\r\nHost: b\r\ntransfer-encoding: xchunked\r\n\r\n"],
             &[b"GET / HTTP/1.1\r\nHost: b\r\nX-A: 1\r\n folded\r\n\r\n"],
             &[b"CONNECT b:443 HTTP/1.1\r\nHost: b:443\r\n\r\n"],
+            // Outside review 9 F3: inside a body an app may not read, and in lower case.
+            &[b"GET /a HTTP/1.1\r\nHost: b\r\ncontent-length: 37\r\n\r\nCONNECT evil:443 HTTP/1.1\r\nHost: e\r\n\r\n"],
+            &[b"GET /a HTTP/1.1\r\nHost: b\r\ncontent-length: 16\r\n\r\nPRI * HTTP/2.0\r\n"],
+            &[b"GET /a HTTP/1.1\r\nHost: b\r\n\r\nconnect e:1 HTTP/1.1\r\nHost: e\r\n\r\n"],
+            &[b"GET /a HTTP/1.1\r\nHost: b\r\n\r\nconn", b"ect e:1 HTTP/1.1\r\n\r\n"],
+            &[b"GET /a HTTP/1.1\r\nHost: b\r\ncontent-length: 16\r\n\r\nxxP", b"RI * HTTP/2.0\r\n"],
         ] {
             let (_, result) = through(writes, OpaqueGuard::http_relay).await;
             assert_eq!(

@@ -17,7 +17,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
 use pqmesh_mtls::SpiffeId;
-use pqmesh_policy::admit::{admit, Candidate, ObjectKey};
+use pqmesh_policy::admit::{admit, Candidate, ObjectKey, Reach};
 use pqmesh_policy::model::{Resource as PolicyResource, GROUP, VERSION};
 use pqmesh_policy::PolicySet;
 use serde::de::DeserializeOwned;
@@ -225,6 +225,7 @@ async fn compile(
                 generation: m.generation,
                 created: m.creation_timestamp.as_ref().map(|t| t.0.to_string()),
                 parsed: to_policy_resource(kind, &object),
+                reach: (kind == "AccessPolicy").then(|| Reach::of(&object.data)),
             });
         }
     }

@@ -117,6 +117,7 @@ fn acceptance(inv: &Inventory, ctx: &Context, out: &mut Vec<Finding>) {
             generation: None,
             created: None,
             parsed: as_policy_resource(o),
+            reach: (o.kind == "AccessPolicy").then(|| pqmesh_policy::admit::Reach::of(&o.value)),
         });
     }
     let admitted = admit(candidates, &PolicySet::default(), ctx.trust_domain);

@@ -1,6 +1,6 @@
 //! Per-object acceptance: each object judged on its own, conflicts and references.
 use super::*;
-use crate::admit::{admit, candidates_from_yaml, InForce, ObjectKey};
+use crate::admit::{admit, candidates_from_yaml, InForce, ObjectKey, PLACEHOLDER};
 
 fn docs(text: &str) -> Vec<crate::admit::Candidate> {
     candidates_from_yaml(text, "p.yaml")
@@ -20,8 +20,30 @@ spec:
 fn an_invalid_object_affects_only_itself() {
     let text = format!("{ISSUER}---{POLICY}---{OTHER_NS}");
     let a = admit(docs(&text), &PolicySet::default(), TD);
-    assert_eq!(a.set.policies.len(), 1, "the valid policy is in force");
+    let accepted: Vec<_> = a
+        .set
+        .policies
+        .iter()
+        .filter(|p| !p.metadata.annotations.contains_key(PLACEHOLDER))
+        .map(|p| &p.metadata.name)
+        .collect();
+    assert_eq!(accepted, ["orders"], "the valid policy is in force");
     assert_eq!(a.set.issuers.len(), 1);
+    // The invalid one holds only its own namespace (its selector reads as every workload).
+    let tenant_b = Workload {
+        namespace: "tenant-b".into(),
+        labels: BTreeMap::new(),
+    };
+    assert_eq!(a.set.selecting(&tenant_b), ["tenant-b/bogus"]);
+    assert_eq!(
+        a.set
+            .compile(&workload(&[("app", "orders")]), &TestSecrets)
+            .unwrap()
+            .policies
+            .len(),
+        1,
+        "nothing of it reaches namespace shop"
+    );
     let bogus = &a.verdicts[&ObjectKey::new("AccessPolicy", "tenant-b", "bogus")];
     assert!(!bogus.accepted.status);
     assert_eq!(bogus.accepted.reason, "Invalid");
@@ -246,4 +268,79 @@ fn an_edit_into_a_conflict_keeps_the_last_good_version() {
         .collect();
     kept.sort();
     assert_eq!(kept, ["https://api-idp.example", "https://idp.example"]);
+}
+
+/// Outside review 9 F1: an invalid AccessPolicy with no accepted version (new, or after a
+/// control-plane restart) used to be left out, so the workloads it selects fell back to their
+/// sidecars' allow-list. Now a placeholder holds its selector and ports and admits no caller;
+/// accepted policies still allow what they allow.
+#[test]
+fn an_invalid_policy_without_an_accepted_version_fails_closed_for_what_it_selects() {
+    let broken = POLICY.replace("peers: [\"shop/*\"]", "peers: [\"shop/*\"]\n  mtls_typo: 1");
+    let restarted = admit(
+        docs(&format!("{ISSUER}---{broken}")),
+        &PolicySet::default(),
+        TD,
+    );
+    let v = &restarted.verdicts[&ObjectKey::new("AccessPolicy", "shop", "orders")];
+    assert!(!v.accepted.status && v.in_force == InForce::None, "{v:?}");
+    assert!(v.accepted.message.contains("fails closed"), "{v:?}");
+    let selected = restarted
+        .set
+        .compile(&workload(&[("app", "orders")]), &TestSecrets)
+        .unwrap();
+    assert!(!selected.is_empty(), "the workload is governed by policy");
+    let peer: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
+    let request = crate::Request {
+        port: 8080,
+        peer: Some(&peer),
+        trust_domain: TD,
+        http: None,
+    };
+    assert!(matches!(
+        selected.evaluate(&request),
+        crate::Decision::Deny(_)
+    ));
+    // Others are untouched.
+    let other = restarted
+        .set
+        .compile(&workload(&[("app", "billing")]), &TestSecrets)
+        .unwrap();
+    assert!(other.is_empty());
+    // Judged again with the placeholder in the set: still no accepted version, same verdict.
+    let again = admit(docs(&format!("{ISSUER}---{broken}")), &restarted.set, TD);
+    assert_eq!(
+        again.verdicts[&ObjectKey::new("AccessPolicy", "shop", "orders")],
+        *v
+    );
+    // Fixed: the real policy replaces the placeholder.
+    let fixed = admit(docs(&format!("{ISSUER}---{POLICY}")), &again.set, TD);
+    assert_eq!(fixed.set.policies.len(), 1);
+    assert!(fixed.set.policies[0].metadata.annotations.is_empty());
+}
+
+/// Outside review 9 F2: a second definition of an object read before the one in force (a copy
+/// in a file that sorts first) replaced it. The version in force stays; the newcomer is refused.
+#[test]
+fn a_duplicate_never_displaces_the_version_in_force() {
+    let first = admit(
+        docs(&format!("{ISSUER}---{POLICY}")),
+        &PolicySet::default(),
+        TD,
+    );
+    let copy = POLICY.replace("[\"shop/*\"]", "[\"*\"]");
+    let mut candidates = candidates_from_yaml(&copy, "a-dup.yaml");
+    candidates.extend(docs(&format!("{ISSUER}---{POLICY}")));
+    let second = admit(candidates, &first.set, TD);
+    assert_eq!(
+        second.set.policies, first.set.policies,
+        "the version in force"
+    );
+    let refused: Vec<_> = second
+        .verdicts
+        .values()
+        .filter(|v| !v.accepted.status)
+        .map(|v| (v.source.as_str(), v.accepted.reason.as_str()))
+        .collect();
+    assert_eq!(refused, [("a-dup.yaml document 1", "Duplicate")]);
 }
