@@ -21,8 +21,8 @@ use serde::Deserialize;
 
 use crate::api::*;
 
-/// One object's verdict (what Kubernetes mode would write as `status.conditions`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One object's verdict (what Kubernetes mode writes as `status.conditions`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub kind: String,
     /// `<namespace>/<name>`.
@@ -33,6 +33,35 @@ pub struct Verdict {
     /// `ResolvedRefs`: `Err(message)` when a reference is missing (the object stays in force
     /// and fails closed where the reference was needed).
     pub resolved_refs: Result<(), String>,
+    /// The Gateway API reasons of `accepted` and `resolved_refs` when they are `Err`.
+    pub accepted_reason: &'static str,
+    pub refs_reason: &'static str,
+    /// The `metadata.generation` judged (status conditions' `observedGeneration`).
+    pub generation: Option<i64>,
+    /// A Gateway's listeners, in spec order.
+    pub listeners: Vec<ListenerVerdict>,
+    /// An HTTPRoute's verdict per parentRef naming a Gateway of ours.
+    pub parents: Vec<ParentVerdict>,
+}
+
+/// One listener's conditions (`status.listeners[]` of its Gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerVerdict {
+    pub name: String,
+    /// `Accepted`/`Programmed`: `Err((reason, message))` when the listener is left out.
+    pub accepted: Result<(), (&'static str, String)>,
+    /// `ResolvedRefs`: the certificate Secret.
+    pub resolved_refs: Result<(), (&'static str, String)>,
+    /// How many accepted routes attach to it.
+    pub attached_routes: usize,
+}
+
+/// One parentRef of an HTTPRoute (`status.parents[]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParentVerdict {
+    pub parent: crate::api::ParentRef,
+    pub accepted: Result<(), (&'static str, String)>,
+    pub resolved_refs: Result<(), (&'static str, String)>,
 }
 
 /// An HTTPS listener's certificate as read from `certs/`.
@@ -54,6 +83,7 @@ pub struct ListenerModel {
 }
 
 /// An EdgePolicy in force on one HTTPRoute, with its issuer compiled (secret resolved).
+#[derive(PartialEq)]
 pub struct EdgeModel {
     pub name: String,
     /// `None`: the TokenIssuer (or its secret) is missing: every request is refused (503).
@@ -84,6 +114,10 @@ pub struct Model {
     /// `(<namespace>/<service>, port)` → endpoints.
     pub backends: HashMap<(String, u16), Vec<Endpoint>>,
     pub verdicts: Vec<Verdict>,
+    /// The accepted GatewayClasses of ours (by name).
+    pub our_classes: Vec<String>,
+    /// The TokenIssuers in force (the last good versions for the next judgement).
+    pub issuers: PolicySet,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,16 +134,76 @@ struct SecretEntry {
     data: BTreeMap<String, String>,
 }
 
-struct SecretTable(Vec<SecretEntry>);
+/// A Secret as the gateway uses it: its type (`None` in local mode, where files have none) and
+/// its data as text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretData {
+    pub kind: Option<String>,
+    pub data: BTreeMap<String, String>,
+}
 
-impl Secrets for SecretTable {
+/// The Secrets one configuration is judged with, by `(namespace, name)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretMap(pub BTreeMap<(String, String), SecretData>);
+
+impl Secrets for SecretMap {
     fn get(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
         self.0
-            .iter()
-            .find(|s| s.namespace == namespace && s.name == name)
+            .get(&(namespace.to_owned(), name.to_owned()))
             .and_then(|s| s.data.get(key).cloned())
     }
 }
+
+/// Where listener certificates are read from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// Local mode: `certs/<namespace>/<name>/tls.crt` and `tls.key` under this directory.
+    Dir(std::path::PathBuf),
+    /// Kubernetes mode: the `kubernetes.io/tls` Secrets in [`Documents::secrets`].
+    Secrets,
+}
+
+/// Everything one configuration is judged from, whichever mode read it: local mode reads it
+/// from the directory, Kubernetes mode from the API server; both then go through [`judge`].
+pub struct Documents {
+    /// `(source, YAML or JSON text)`: GatewayClass, Gateway, HTTPRoute, EdgePolicy and
+    /// TokenIssuer documents.
+    pub texts: Vec<(String, String)>,
+    pub secrets: SecretMap,
+    pub certs: CertSource,
+    /// Local mode's `backends.yaml` (Kubernetes mode asks discovery instead).
+    pub backends: HashMap<(String, u16), Vec<Endpoint>>,
+}
+
+impl Documents {
+    /// The certificate and key of the TLS Secret `namespace/name`.
+    pub fn cert(&self, namespace: &str, name: &str) -> Result<CertFiles, String> {
+        match &self.certs {
+            CertSource::Dir(dir) => read_cert(&cert_dir(dir, namespace, name)),
+            CertSource::Secrets => {
+                let secret = self
+                    .secrets
+                    .0
+                    .get(&(namespace.to_owned(), name.to_owned()))
+                    .ok_or("not found")?;
+                if let Some(kind) = secret.kind.as_deref().filter(|k| *k != TLS_SECRET_TYPE) {
+                    return Err(format!("type {kind:?} is not {TLS_SECRET_TYPE}"));
+                }
+                let get = |key: &str| {
+                    secret
+                        .data
+                        .get(key)
+                        .map(String::as_bytes)
+                        .ok_or_else(|| format!("no {key}"))
+                };
+                parse_cert(get("tls.crt")?, get("tls.key")?)
+            }
+        }
+    }
+}
+
+/// The type a listener's certificate Secret must have in Kubernetes mode.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -124,9 +218,21 @@ fn file_error(path: &Path, reason: impl std::fmt::Display) -> LoadError {
     }
 }
 
-/// Reads the directory. Only an unreadable directory, `secrets.yaml` or `backends.yaml` fails
-/// as a whole; every object in `config/` is judged on its own.
+/// Reads the directory and judges it. Only an unreadable directory, `secrets.yaml` or
+/// `backends.yaml` fails as a whole; every object in `config/` is judged on its own.
 pub fn load(dir: &Path) -> Result<Model, LoadError> {
+    Ok(judge_documents(&local_documents(dir)?))
+}
+
+/// Judges one set of documents (local or Kubernetes mode alike).
+pub fn judge_documents(docs: &Documents) -> Model {
+    let mut model = judge(&docs.texts, &docs.secrets, &|ns, name| docs.cert(ns, name));
+    model.backends = docs.backends.clone();
+    model
+}
+
+/// Reads the directory's documents, Secrets and backends (local mode).
+pub fn local_documents(dir: &Path) -> Result<Documents, LoadError> {
     let mut texts = Vec::new();
     let config_dir = dir.join("config");
     let mut entries: Vec<_> = std::fs::read_dir(&config_dir)
@@ -158,11 +264,24 @@ pub fn load(dir: &Path) -> Result<Model, LoadError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BackendsFile::default(),
         Err(e) => return Err(file_error(&backends_path, e)),
     };
-    let mut model = judge(&texts, &SecretTable(secrets), &|ns, name| {
-        read_cert(&cert_dir(dir, ns, name))
-    });
-    model.backends = backend_table(&backends).map_err(|e| file_error(&backends_path, e))?;
-    Ok(model)
+    let secrets = SecretMap(
+        secrets
+            .into_iter()
+            .map(|s| {
+                let data = SecretData {
+                    kind: None,
+                    data: s.data,
+                };
+                ((s.namespace, s.name), data)
+            })
+            .collect(),
+    );
+    Ok(Documents {
+        texts,
+        secrets,
+        certs: CertSource::Dir(dir.to_owned()),
+        backends: backend_table(&backends).map_err(|e| file_error(&backends_path, e))?,
+    })
 }
 
 fn check_private(path: &Path) -> Result<(), LoadError> {
@@ -189,17 +308,25 @@ pub fn cert_dir(dir: &Path, namespace: &str, name: &str) -> std::path::PathBuf {
 }
 
 pub fn read_cert(dir: &Path) -> Result<CertFiles, String> {
+    let read = |f: &str| {
+        let path = dir.join(f);
+        std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    parse_cert(&read("tls.crt")?, &read("tls.key")?).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// A `kubernetes.io/tls` Secret's two keys: the chain (leaf first) and a PKCS#8, PKCS#1 or
+/// SEC1 key, as PEM.
+pub fn parse_cert(crt: &[u8], key: &[u8]) -> Result<CertFiles, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let crt = dir.join("tls.crt");
-    let key = dir.join("tls.key");
-    let chain = CertificateDer::pem_file_iter(&crt)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", crt.display()))?;
+    let chain = CertificateDer::pem_slice_iter(crt)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.crt: {e}"))?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate", crt.display()));
+        return Err("tls.crt: no certificate".into());
     }
-    let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("tls.key: {e}"))?;
     Ok(CertFiles { chain, key })
 }
 
@@ -235,6 +362,16 @@ pub fn judge(
     secrets: &dyn Secrets,
     certs: &dyn Fn(&str, &str) -> Result<CertFiles, String>,
 ) -> Model {
+    judge_with(texts, secrets, certs, &PolicySet::default())
+}
+
+/// As [`judge`], keeping the last good version of a TokenIssuer whose edit is refused.
+pub fn judge_with(
+    texts: &[(String, String)],
+    secrets: &dyn Secrets,
+    certs: &dyn Fn(&str, &str) -> Result<CertFiles, String>,
+    last_good_issuers: &PolicySet,
+) -> Model {
     let mut model = Model::default();
     let mut classes = Vec::new();
     let mut gateways = Vec::new();
@@ -265,9 +402,13 @@ pub fn judge(
                     match serde_yaml::from_value::<$t>(value.clone()) {
                         Ok(o) => $into.push((o, source.clone())),
                         Err(e) => {
-                            model
-                                .verdicts
-                                .push(refused(&kind, &name, &source, e.to_string()))
+                            let mut v = refused(&kind, &name, &source, e.to_string());
+                            v.generation = value
+                                .get("metadata")
+                                .and_then(|m| m.get("generation"))
+                                .and_then(|g| g.as_i64());
+                            v.accepted_reason = "UnsupportedValue";
+                            model.verdicts.push(v)
                         }
                     }
                 };
@@ -294,22 +435,20 @@ pub fn judge(
         }
     }
 
-    let issuers = admit(issuer_candidates, &PolicySet::default(), "cluster.local");
+    let issuers = admit(issuer_candidates, last_good_issuers, "cluster.local");
     for v in issuers.verdicts.values() {
-        model.verdicts.push(Verdict {
-            kind: v.key.kind.clone(),
-            name: format!("{}/{}", v.key.namespace, v.key.name),
-            source: v.source.clone(),
-            accepted: if v.accepted.status {
-                Ok(())
-            } else {
-                Err(v.accepted.message.clone())
-            },
-            resolved_refs: Ok(()),
-        });
+        let mut verdict = refs_ok(
+            &v.key.kind,
+            &format!("{}/{}", v.key.namespace, v.key.name),
+            &v.source,
+        );
+        if !v.accepted.status {
+            verdict.accepted = Err(v.accepted.message.clone());
+        }
+        verdict.generation = v.generation;
+        model.verdicts.push(verdict);
     }
 
-    let mut our_classes = Vec::new();
     for (c, source) in classes {
         let name = c.metadata.name.clone();
         let verdict = check_api(&c.api_version, GATEWAY_API_VERSION).and_then(|()| {
@@ -323,22 +462,24 @@ pub fn judge(
             }
         });
         if verdict.is_ok() {
-            our_classes.push(name.clone());
+            model.our_classes.push(name.clone());
         }
-        model
-            .verdicts
-            .push(with(refs_ok("GatewayClass", &name, &source), verdict));
+        let mut v = with(refs_ok("GatewayClass", &name, &source), verdict);
+        v.accepted_reason = "InvalidParameters";
+        v.generation = c.metadata.generation;
+        model.verdicts.push(v);
     }
 
     // Listeners may share a port when they share its protocol and differ in hostname (SNI and
     // Host pick one); anything else is a conflict, and the later listener is left out.
     let mut used_ports: HashMap<u16, Vec<(bool, Option<String>, String)>> = HashMap::new();
-    let mut gateway_names = Vec::new();
+    let mut our_gateways: HashMap<String, Vec<Listener>> = HashMap::new();
     for (g, source) in gateways {
         let name = format!("{}/{}", g.metadata.namespace, g.metadata.name);
         let mut verdict = refs_ok("Gateway", &name, &source);
+        verdict.generation = g.metadata.generation;
         let accepted = check_api(&g.api_version, GATEWAY_API_VERSION).and_then(|()| {
-            if our_classes.contains(&g.spec.gateway_class_name) {
+            if model.our_classes.contains(&g.spec.gateway_class_name) {
                 Ok(())
             } else {
                 Err(format!(
@@ -353,6 +494,12 @@ pub fn judge(
         }
         let mut problems = Vec::new();
         for l in &g.spec.listeners {
+            let mut lv = ListenerVerdict {
+                name: l.name.clone(),
+                accepted: Ok(()),
+                resolved_refs: Ok(()),
+                attached_routes: 0,
+            };
             match listener(&g.metadata.namespace, l, certs) {
                 Ok(mut m) => {
                     let tls = m.tls.is_some();
@@ -360,71 +507,127 @@ pub fn judge(
                     if let Some((_, _, other)) =
                         taken.iter().find(|(t, h, _)| *t != tls || *h == m.hostname)
                     {
-                        problems.push(format!(
-                            "listener {}: port {} is already served by {other} with another protocol or the same hostname",
-                            l.name, l.port
+                        let message = format!(
+                            "port {} is already served by {other} with another protocol or the same hostname",
+                            l.port
+                        );
+                        problems.push(format!("listener {}: {message}", l.name));
+                        lv.accepted = Err(("PortUnavailable", message));
+                    } else {
+                        taken.push((
+                            tls,
+                            m.hostname.clone(),
+                            format!("{name} listener {}", l.name),
                         ));
-                        continue;
+                        m.gateway = name.clone();
+                        model.listeners.push(m);
                     }
-                    taken.push((
-                        tls,
-                        m.hostname.clone(),
-                        format!("{name} listener {}", l.name),
-                    ));
-                    m.gateway = name.clone();
-                    model.listeners.push(m);
                 }
-                Err(e) => problems.push(format!("listener {}: {e}", l.name)),
+                Err((reason, e)) => {
+                    problems.push(format!("listener {}: {e}", l.name));
+                    if matches!(reason, "InvalidCertificateRef" | "RefNotPermitted") {
+                        lv.resolved_refs = Err((reason, e));
+                    } else {
+                        lv.accepted = Err((reason, e));
+                    }
+                }
             }
+            verdict.listeners.push(lv);
         }
         if !problems.is_empty() {
             verdict.resolved_refs = Err(problems.join("; "));
         }
-        gateway_names.push(name.clone());
+        if verdict.listeners.iter().all(|l| l.accepted.is_err()) {
+            verdict.accepted = Err("no listener is valid".into());
+            verdict.accepted_reason = "ListenersNotValid";
+        }
+        our_gateways.insert(name.clone(), g.spec.listeners.clone());
         model.verdicts.push(verdict);
     }
 
     for (r, source) in routes {
         let name = format!("{}/{}", r.metadata.namespace, r.metadata.name);
         let mut verdict = refs_ok("HTTPRoute", &name, &source);
+        verdict.generation = r.metadata.generation;
         if let Err(e) =
             check_api(&r.api_version, GATEWAY_API_VERSION).and_then(|()| check_route(&r.spec))
         {
+            verdict.accepted_reason = "UnsupportedValue";
             model.verdicts.push(with(verdict, Err(e)));
             continue;
         }
-        let unknown: Vec<String> = r
-            .spec
-            .parent_refs
-            .iter()
-            .map(|p| {
-                format!(
-                    "{}/{}",
-                    p.namespace.as_deref().unwrap_or(&r.metadata.namespace),
-                    p.name
-                )
-            })
-            .filter(|p| !gateway_names.contains(p))
-            .collect();
-        if !unknown.is_empty() {
-            verdict.accepted = Err(format!(
-                "parentRefs name no accepted Gateway: {}",
-                unknown.join(", ")
-            ));
+        let refs = backend_refs(&r.metadata.namespace, &r.spec);
+        let mut unknown = Vec::new();
+        let mut attached = Vec::new();
+        for p in &r.spec.parent_refs {
+            let gw = format!(
+                "{}/{}",
+                p.namespace.as_deref().unwrap_or(&r.metadata.namespace),
+                p.name
+            );
+            let Some(listeners) = our_gateways.get(&gw) else {
+                unknown.push(gw);
+                continue;
+            };
+            let accepted = parent_accepts(&r, p, &gw, listeners, &model.listeners);
+            if accepted.is_ok() {
+                attached.push(p.clone());
+            }
+            verdict.parents.push(ParentVerdict {
+                parent: p.clone(),
+                accepted,
+                resolved_refs: refs.clone(),
+            });
+        }
+        if attached.is_empty() {
+            let mut why: Vec<String> = verdict
+                .parents
+                .iter()
+                .filter_map(|p| p.accepted.as_ref().err().map(|(_, m)| m.clone()))
+                .collect();
+            if !unknown.is_empty() {
+                why.push(format!(
+                    "parentRefs name no accepted Gateway: {}",
+                    unknown.join(", ")
+                ));
+            }
+            verdict.accepted = Err(why.join("; "));
+            verdict.accepted_reason = "NoMatchingParent";
+        }
+        if let Err((reason, message)) = &refs {
+            verdict.resolved_refs = Err(message.clone());
+            verdict.refs_reason = reason;
         }
         model.verdicts.push(verdict);
+        let mut spec = r.spec;
+        spec.parent_refs = attached;
         model.routes.push(RouteModel {
             name,
             namespace: r.metadata.namespace.clone(),
             created: r.metadata.creation_timestamp.clone(),
-            spec: r.spec,
+            spec,
             edge: None,
         });
+    }
+    // Attached routes per listener, for the Gateways' listener status.
+    for v in model.verdicts.iter_mut().filter(|v| v.kind == "Gateway") {
+        for lv in &mut v.listeners {
+            lv.attached_routes = model
+                .routes
+                .iter()
+                .filter(|r| {
+                    model.listeners.iter().any(|l| {
+                        l.gateway == v.name && l.name == lv.name && crate::routes::attaches(r, l)
+                    })
+                })
+                .count();
+        }
     }
 
     for (p, source) in policies {
         let name = format!("{}/{}", p.metadata.namespace, p.metadata.name);
-        let verdict = refs_ok("EdgePolicy", &name, &source);
+        let mut verdict = refs_ok("EdgePolicy", &name, &source);
+        verdict.generation = p.metadata.generation;
         if let Err(e) =
             check_api(&p.api_version, PQMESH_API_VERSION).and_then(|()| check_policy(&p.spec))
         {
@@ -449,7 +652,6 @@ pub fn judge(
             ));
             continue;
         }
-        let mut verdict = verdict;
         let issuer = match &p.spec.token {
             None => None,
             Some(t) => {
@@ -481,7 +683,131 @@ pub fn judge(
             rate_limit: p.spec.rate_limit.clone(),
         });
     }
+    model.issuers = issuers.set;
     model
+}
+
+/// Whether the Gateway `gw` (of ours) accepts route `r` through parentRef `p`: listeners admit
+/// routes of their own namespace only (`allowedRoutes` is not supported, and `Same` is its
+/// default), the sectionName and port must name a listener, and hostnames must intersect.
+fn parent_accepts(
+    r: &HttpRoute,
+    p: &ParentRef,
+    gw: &str,
+    spec_listeners: &[Listener],
+    programmed: &[ListenerModel],
+) -> Result<(), (&'static str, String)> {
+    let gw_ns = gw.split_once('/').map_or("", |(ns, _)| ns);
+    if gw_ns != r.metadata.namespace {
+        return Err((
+            "NotAllowedByListeners",
+            format!(
+                "Gateway {gw} admits routes of namespace {gw_ns} only (allowedRoutes is not supported)"
+            ),
+        ));
+    }
+    let named: Vec<&Listener> = spec_listeners
+        .iter()
+        .filter(|l| p.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|l| p.port.is_none_or(|port| port == l.port))
+        .collect();
+    if named.is_empty() {
+        return Err((
+            "NoMatchingParent",
+            format!(
+                "Gateway {gw} has no listener with sectionName {:?} and port {:?}",
+                p.section_name, p.port
+            ),
+        ));
+    }
+    let live: Vec<&ListenerModel> = programmed
+        .iter()
+        .filter(|m| m.gateway == gw && named.iter().any(|l| l.name == m.name))
+        .collect();
+    if live.is_empty() {
+        return Err((
+            "NoMatchingParent",
+            format!("the listeners of Gateway {gw} this parentRef names are not valid"),
+        ));
+    }
+    let hosts_meet = r.spec.hostnames.is_empty()
+        || live.iter().any(|l| match &l.hostname {
+            None => true,
+            Some(lh) => r
+                .spec
+                .hostnames
+                .iter()
+                .any(|h| crate::routes::hostnames_intersect(h, lh)),
+        });
+    if !hosts_meet {
+        return Err((
+            "NoMatchingListenerHostname",
+            format!("no hostname of the route matches a listener of Gateway {gw}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The route's `ResolvedRefs` as far as it can be judged without the cluster: core Services of
+/// the route's own namespace (ReferenceGrants are not supported).
+fn backend_refs(namespace: &str, spec: &HttpRouteSpec) -> Result<(), (&'static str, String)> {
+    for b in spec.rules.iter().flat_map(|r| &r.backend_refs) {
+        if !is_service(b) {
+            return Err((
+                "InvalidKind",
+                format!("backendRef {}: only core Services", b.name),
+            ));
+        }
+        if b.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+            return Err((
+                "RefNotPermitted",
+                format!(
+                    "backendRef {}: namespace {:?} needs a ReferenceGrant (not supported)",
+                    b.name, b.namespace
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A backendRef to a core Service (the only kind the gateway forwards to).
+pub fn is_service(b: &BackendRef) -> bool {
+    !(b.kind.as_deref().is_some_and(|k| k != "Service")
+        || b.group.as_deref().is_some_and(|g| !g.is_empty()))
+}
+
+/// Marks routes whose backendRefs name Services `known` does not have (`BackendNotFound`).
+pub fn check_backends(model: &mut Model, known: &dyn Fn(&str, u16) -> bool) {
+    for route in &model.routes {
+        let missing: Vec<String> = route
+            .spec
+            .rules
+            .iter()
+            .flat_map(|r| &r.backend_refs)
+            .filter(|b| {
+                is_service(b) && b.namespace.as_deref().is_none_or(|n| n == route.namespace)
+            })
+            .map(|b| (format!("{}/{}", route.namespace, b.name), b.port))
+            .filter(|(s, port)| !known(s, *port))
+            .map(|(s, port)| format!("{s}:{port}"))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let message = format!("backendRefs name no known Service: {}", missing.join(", "));
+        if let Some(v) = model
+            .verdicts
+            .iter_mut()
+            .find(|v| v.kind == "HTTPRoute" && v.name == route.name && v.resolved_refs.is_ok())
+        {
+            v.resolved_refs = Err(message.clone());
+            v.refs_reason = "BackendNotFound";
+            for p in &mut v.parents {
+                p.resolved_refs = Err(("BackendNotFound", message.clone()));
+            }
+        }
+    }
 }
 
 fn object_name(value: &serde_yaml::Value) -> String {
@@ -495,13 +821,7 @@ fn object_name(value: &serde_yaml::Value) -> String {
 }
 
 fn refused(kind: &str, name: &str, source: &str, message: String) -> Verdict {
-    Verdict {
-        kind: kind.to_owned(),
-        name: name.to_owned(),
-        source: source.to_owned(),
-        accepted: Err(message),
-        resolved_refs: Ok(()),
-    }
+    with(refs_ok(kind, name, source), Err(message))
 }
 
 fn refs_ok(kind: &str, name: &str, source: &str) -> Verdict {
@@ -511,6 +831,11 @@ fn refs_ok(kind: &str, name: &str, source: &str) -> Verdict {
         source: source.to_owned(),
         accepted: Ok(()),
         resolved_refs: Ok(()),
+        accepted_reason: "Invalid",
+        refs_reason: "RefNotPermitted",
+        generation: None,
+        listeners: Vec::new(),
+        parents: Vec::new(),
     }
 }
 
@@ -531,9 +856,29 @@ fn listener(
     namespace: &str,
     l: &Listener,
     certs: &dyn Fn(&str, &str) -> Result<CertFiles, String>,
-) -> Result<ListenerModel, String> {
+) -> Result<ListenerModel, (&'static str, String)> {
+    let unsupported = |m: String| ("UnsupportedValue", m);
     if l.port == 0 {
-        return Err("port 0".into());
+        return Err(unsupported("port 0".into()));
+    }
+    if let Some(a) = &l.allowed_routes {
+        let from = a.namespaces.as_ref().and_then(|n| n.from.as_deref());
+        if from.is_some_and(|f| f != "Same") {
+            return Err(unsupported(format!(
+                "allowedRoutes.namespaces.from {from:?}: only Same (routes of the Gateway's namespace)"
+            )));
+        }
+        if a.kinds.iter().any(|k| {
+            k.kind != "HTTPRoute"
+                || k.group
+                    .as_deref()
+                    .is_some_and(|g| g != "gateway.networking.k8s.io")
+        }) {
+            return Err((
+                "InvalidRouteKinds",
+                "allowedRoutes.kinds: only HTTPRoute".into(),
+            ));
+        }
     }
     let mut model = ListenerModel {
         gateway: String::new(),
@@ -546,48 +891,62 @@ fn listener(
     };
     match (l.protocol, &l.tls) {
         (Protocol::HTTP, None) => Ok(model),
-        (Protocol::HTTP, Some(_)) => Err("protocol HTTP takes no tls".into()),
-        (Protocol::HTTPS, None) => Err("protocol HTTPS needs tls.certificateRefs".into()),
+        (Protocol::HTTP, Some(_)) => Err(unsupported("protocol HTTP takes no tls".into())),
+        (Protocol::HTTPS, None) => Err(unsupported(
+            "protocol HTTPS needs tls.certificateRefs".into(),
+        )),
         (Protocol::HTTPS, Some(tls)) => {
             if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
-                return Err(format!(
+                return Err(unsupported(format!(
                     "tls.mode {:?}: only Terminate is supported",
                     tls.mode
-                ));
+                )));
             }
             for (k, v) in &tls.options {
                 match (k.as_str(), v.as_str()) {
                     (KEY_EXCHANGE_OPTION, "require-pq") => model.require_pq = true,
                     (KEY_EXCHANGE_OPTION, "prefer-pq") => {}
                     (KEY_EXCHANGE_OPTION, _) => {
-                        return Err(format!(
+                        return Err(unsupported(format!(
                             "tls.options {k}: {v:?} (use prefer-pq or require-pq)"
-                        ))
+                        )))
                     }
-                    _ => return Err(format!("tls.options {k:?} is not supported")),
+                    _ => return Err(unsupported(format!("tls.options {k:?} is not supported"))),
                 }
             }
             let Some(r) = tls.certificate_refs.first() else {
-                return Err("tls.certificateRefs is empty".into());
+                return Err((
+                    "InvalidCertificateRef",
+                    "tls.certificateRefs is empty".into(),
+                ));
             };
             if tls.certificate_refs.len() > 1 {
-                return Err(
+                return Err(unsupported(
                     "several certificateRefs are not supported yet (one per listener)".into(),
-                );
+                ));
             }
             if r.kind.as_deref().is_some_and(|k| k != "Secret")
                 || r.group.as_deref().is_some_and(|g| !g.is_empty())
             {
-                return Err("certificateRefs: only core Secrets".into());
+                return Err((
+                    "InvalidCertificateRef",
+                    "certificateRefs: only core Secrets".into(),
+                ));
             }
             let ns = r.namespace.as_deref().unwrap_or(namespace);
             if ns != namespace {
-                return Err(
+                return Err((
+                    "RefNotPermitted",
                     "certificateRefs in another namespace need a ReferenceGrant (not supported)"
                         .into(),
-                );
+                ));
             }
-            let files = certs(ns, &r.name).map_err(|e| format!("Secret {ns}/{}: {e}", r.name))?;
+            let files = certs(ns, &r.name).map_err(|e| {
+                (
+                    "InvalidCertificateRef",
+                    format!("Secret {ns}/{}: {e}", r.name),
+                )
+            })?;
             model.tls = Some(Arc::new(files));
             model.cert_ref = Some((ns.to_owned(), r.name.clone()));
             Ok(model)
@@ -684,11 +1043,6 @@ fn check_route(spec: &HttpRouteSpec) -> Result<(), String> {
             ));
         }
         for b in &rule.backend_refs {
-            if b.kind.as_deref().is_some_and(|k| k != "Service")
-                || b.group.as_deref().is_some_and(|g| !g.is_empty())
-            {
-                return Err(format!("{at}: backendRef {}: only core Services", b.name));
-            }
             if b.weight > 1_000_000 {
                 return Err(format!("{at}: backendRef {}: weight above 1000000", b.name));
             }

@@ -17,8 +17,9 @@ use pqmesh_sidecar::token::{Authenticated, Validator};
 use tokio::sync::watch;
 
 use crate::api::{Accept, FilterType, HeaderModifier, PathModifierType, RateLimitKey};
-use crate::load::{Endpoint, ListenerModel, Model, RouteModel};
+use crate::load::{Endpoint, ListenerModel, RouteModel};
 use crate::metrics::GatewayMetrics;
+use crate::program::Programmed;
 use crate::ratelimit::Limiter;
 use crate::routes::{self, RequestView};
 
@@ -31,12 +32,14 @@ pub struct EdgeRuntime {
     pub limiter: Option<(Limiter, RateLimitKey, Option<String>)>,
 }
 
+/// What every connection shares: the configuration in force (replaced as a whole when the
+/// objects change; each request reads the one current when it arrives), the gateway's mesh
+/// certificate, the backend connections and where Services' endpoints come from.
 pub struct Edge {
-    pub model: Model,
-    /// Per route (same index as `model.routes`): its EdgePolicy, if any.
-    pub policies: Vec<Option<EdgeRuntime>>,
+    pub config: watch::Receiver<Arc<Programmed>>,
     pub tls: watch::Receiver<Option<Arc<MeshTls>>>,
     pub backends: crate::backend::BackendClient,
+    pub endpoints: crate::backend::Endpoints,
     pub metrics: GatewayMetrics,
 }
 
@@ -113,10 +116,28 @@ fn modify_headers(headers: &mut hyper::HeaderMap, m: &HeaderModifier) {
     }
 }
 
+/// Which listeners a connection may be served by: every listener on its port (HTTP, told
+/// apart by `Host`), or the one its TLS handshake chose by SNI.
+#[derive(Clone)]
+pub enum Bound {
+    Port(u16),
+    Listener { label: Arc<str>, port: u16 },
+}
+
+impl Bound {
+    /// The candidate listeners in `config`.
+    pub fn candidates(&self, config: &Programmed) -> Vec<usize> {
+        match self {
+            Bound::Port(port) => config.on_port(*port),
+            Bound::Listener { label, port } => config.find(label, *port).into_iter().collect(),
+        }
+    }
+}
+
 /// Serves one request from an outside client on `listener`.
 pub async fn handle(
     edge: Arc<Edge>,
-    listeners: Arc<[usize]>,
+    bound: Bound,
     client: SocketAddr,
     scheme: &'static str,
     req: Request<Incoming>,
@@ -125,7 +146,7 @@ pub async fn handle(
     let method = req.method().clone();
     let mut who = Who::default();
     let (route_name, response, decision) =
-        match route_request(&edge, &listeners, client, scheme, req, &mut who).await {
+        match route_request(&edge, &bound, client, scheme, req, &mut who).await {
             Ok((name, r)) => (name, r, "forwarded"),
             Err((name, r, decision)) => (name, r, decision),
         };
@@ -161,7 +182,7 @@ type Refusal = (String, Response<Body>, &'static str);
 
 async fn route_request(
     edge: &Edge,
-    listeners: &[usize],
+    bound: &Bound,
     client: SocketAddr,
     scheme: &'static str,
     mut req: Request<Incoming>,
@@ -185,13 +206,15 @@ async fn route_request(
             "no_route",
         )
     };
+    let config = edge.config.borrow().clone();
     let listener_index =
-        routes::listener_for(&edge.model.listeners, listeners, &host).ok_or_else(no_route)?;
-    let listener: &ListenerModel = &edge.model.listeners[listener_index];
+        routes::listener_for(&config.model.listeners, &bound.candidates(&config), &host)
+            .ok_or_else(no_route)?;
+    let listener: &ListenerModel = &config.model.listeners[listener_index];
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let chosen = routes::choose(
-        &edge.model.routes,
+        &config.model.routes,
         listener,
         &RequestView {
             host: &host,
@@ -208,7 +231,7 @@ async fn route_request(
             "no_route",
         )
     })?;
-    let route: &RouteModel = &edge.model.routes[chosen.route];
+    let route: &RouteModel = &config.model.routes[chosen.route];
     let name = route.name.clone();
     let refuse = |r: Response<Body>, d: &'static str| (name.clone(), r, d);
     let rule = &route.spec.rules[chosen.rule];
@@ -216,7 +239,7 @@ async fn route_request(
     // The EdgePolicy first: nothing of a refused request reaches a backend or a redirect.
     let mut jwt = None;
     if let Some(edge_model) = &route.edge {
-        let Some(runtime) = edge.policies[chosen.route].as_ref() else {
+        let Some(runtime) = config.policies[chosen.route].as_ref() else {
             return Err(refuse(
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -331,22 +354,41 @@ async fn route_request(
         backend.namespace.as_deref().unwrap_or(&route.namespace),
         backend.name
     );
-    let Some(endpoints) = edge
-        .model
-        .backends
-        .get(&(service.clone(), backend.port))
-        .filter(|e| !e.is_empty())
-    else {
-        return Err(refuse(
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!(
-                    "pqmesh-gateway: backend {service}:{} is not known",
-                    backend.port
+    // A backendRef that is not a core Service of the route's namespace is never forwarded to
+    // (its route's ResolvedRefs says why); the Gateway API answers 500 for it.
+    let permitted =
+        crate::load::is_service(backend) && service.starts_with(&format!("{}/", route.namespace));
+    let resolved = match permitted {
+        false => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("backend {service}:{} is not permitted", backend.port),
+        )),
+        true => {
+            edge.endpoints
+                .resolve(&config.model.backends, &service, backend.port)
+                .await
+        }
+    };
+    let endpoints = match resolved {
+        Ok(e) if !e.is_empty() => e,
+        Ok(_) => {
+            return Err(refuse(
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "pqmesh-gateway: backend {service}:{} has no mesh endpoint",
+                        backend.port
+                    ),
                 ),
-            ),
-            "backend_unresolved",
-        ));
+                "backend_unresolved",
+            ))
+        }
+        Err((status, why)) => {
+            return Err(refuse(
+                text(status, &format!("pqmesh-gateway: {why}")),
+                "backend_unresolved",
+            ))
+        }
     };
     let endpoint = &endpoints[rand::random_range(0..endpoints.len())];
 

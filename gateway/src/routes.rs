@@ -47,6 +47,18 @@ pub fn attaches(route: &RouteModel, listener: &ListenerModel) -> bool {
     })
 }
 
+/// Whether a route hostname and a listener hostname can both match some request host (exact or
+/// `*.suffix` on either side).
+pub fn hostnames_intersect(route: &str, listener: &str) -> bool {
+    let (r, l) = (route.to_ascii_lowercase(), listener.to_ascii_lowercase());
+    match (r.strip_prefix('*'), l.strip_prefix('*')) {
+        (None, None) => r == l,
+        (None, Some(_)) => host_rank(std::slice::from_ref(&l), &r).is_some(),
+        (Some(_), None) => host_rank(std::slice::from_ref(&r), &l).is_some(),
+        (Some(rs), Some(ls)) => rs.ends_with(ls) || ls.ends_with(rs),
+    }
+}
+
 /// How specifically `hostnames` match `host`: 2 exact, 1 wildcard, 0 no hostnames (any);
 /// `None` when they do not match.
 fn host_rank(hostnames: &[String], host: &str) -> Option<(u8, usize)> {

@@ -102,7 +102,6 @@ fn each_bad_object_is_refused_alone_with_a_message_naming_why() {
         ("  rules:\n    - filters: [{type: URLRewrite, requestHeaderModifier: {}}]", "exactly its own field"),
         ("  rules:\n    - matches: [{path: {type: Exact, value: /a}}]\n      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]", "PathPrefix"),
         ("  rules:\n    - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 307}}]", "statusCode 307"),
-        ("  rules:\n    - backendRefs: [{name: x, port: 80, kind: ServiceImport}]", "only core Services"),
         ("  rules:\n    - backendRefs: [{name: x, port: 80, weight: 2000000}]", "weight above"),
     ];
     for (body, why) in table {
@@ -307,7 +306,10 @@ fn settings_are_parsed_once_and_errors_name_the_variable() {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     let c = crate::config::Config::from_env(&base).unwrap();
-    assert_eq!(c.dir, std::path::PathBuf::from("/gw"));
+    assert_eq!(
+        c.source,
+        crate::config::Source::Local(std::path::PathBuf::from("/gw"))
+    );
     assert_eq!(c.listen_host.to_string(), "0.0.0.0");
     assert_eq!(
         c.kx,
@@ -342,6 +344,141 @@ fn settings_are_parsed_once_and_errors_name_the_variable() {
         .unwrap_err()
         .to_string()
         .starts_with("PQMESH_GATEWAY_DIR"));
+    // --kubernetes: no directory, and a directory with it is refused.
+    let k = crate::config::Config::from_settings(true, &env).unwrap();
+    assert_eq!(k.source, crate::config::Source::Kubernetes);
+    let e = crate::config::Config::from_settings(true, &base)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exclude each other"), "{e}");
+    let parsed = crate::config::parse(["--kubernetes"], &env).unwrap();
+    assert_eq!(parsed.source, crate::config::Source::Kubernetes);
+}
+
+fn verdict<'a>(m: &'a Model, kind: &str, name: &str) -> &'a crate::load::Verdict {
+    m.verdicts
+        .iter()
+        .find(|v| v.kind == kind && v.name == name)
+        .unwrap_or_else(|| panic!("no verdict for {kind} {name}: {:?}", m.verdicts))
+}
+
+#[test]
+fn each_parent_ref_and_backend_ref_gets_its_gateway_api_reason() {
+    let routes = [
+        route("ok", "  rules:\n    - backendRefs: [{name: orders, port: 80}]"),
+        route(
+            "kind",
+            "  rules:\n    - backendRefs: [{name: x, port: 80, kind: ServiceImport}]",
+        ),
+        route(
+            "other-ns",
+            "  rules:\n    - backendRefs: [{name: x, namespace: bank, port: 80}]",
+        ),
+        route("missing", "  rules:\n    - backendRefs: [{name: gone, port: 80}]"),
+        route(
+            "section",
+            "  rules: []",
+        )
+        .replace("[{name: edge}]", "[{name: edge, sectionName: nope}]"),
+        route("host", "  hostnames: [other.test]\n  rules: []"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: foreign, namespace: evil}\nspec:\n  parentRefs: [{name: edge, namespace: shop}]\n---\n".to_owned(),
+    ]
+    .concat();
+    let gw = CLASS_AND_GATEWAY.replace(
+        "    - {name: web, port: 8080, protocol: HTTP}",
+        "    - {name: web, port: 8080, protocol: HTTP, hostname: shop.example}",
+    );
+    let mut m = judge(
+        &[("gw.yaml".into(), gw), ("routes.yaml".into(), routes)],
+        &NoSecrets,
+        &no_certs,
+    );
+    crate::load::check_backends(&mut m, &|s, p| s == "shop/orders" && p == 80);
+    let parent = |name: &str| verdict(&m, "HTTPRoute", &format!("shop/{name}")).parents[0].clone();
+    assert_eq!(parent("ok").accepted, Ok(()));
+    assert_eq!(parent("ok").resolved_refs, Ok(()));
+    for (name, reason) in [
+        ("kind", "InvalidKind"),
+        ("other-ns", "RefNotPermitted"),
+        ("missing", "BackendNotFound"),
+    ] {
+        let p = parent(name);
+        assert_eq!(p.accepted, Ok(()), "{name}");
+        assert_eq!(p.resolved_refs.unwrap_err().0, reason, "{name}");
+        assert_eq!(
+            verdict(&m, "HTTPRoute", &format!("shop/{name}")).refs_reason,
+            reason
+        );
+    }
+    for (name, reason) in [
+        ("shop/section", "NoMatchingParent"),
+        ("shop/host", "NoMatchingListenerHostname"),
+        ("evil/foreign", "NotAllowedByListeners"),
+    ] {
+        let v = verdict(&m, "HTTPRoute", name);
+        assert_eq!(
+            v.parents[0].accepted.as_ref().unwrap_err().0,
+            reason,
+            "{name}"
+        );
+        assert!(v.accepted.is_err(), "{name}");
+    }
+    // Routes attach only through accepted parents: the foreign route serves nothing.
+    let foreign = m.routes.iter().find(|r| r.name == "evil/foreign").unwrap();
+    assert!(foreign.spec.parent_refs.is_empty());
+    let gateway = verdict(&m, "Gateway", "shop/edge");
+    assert_eq!(gateway.listeners.len(), 1);
+    assert_eq!(
+        gateway.listeners[0].attached_routes, 4,
+        "ok, kind, other-ns and missing attach"
+    );
+    assert_eq!(gateway.generation, None);
+}
+
+#[test]
+fn listener_reasons_and_allowed_routes() {
+    let text = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: more, namespace: shop, generation: 7}
+spec:
+  gatewayClassName: pqmesh
+  listeners:
+    - {name: cert, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: missing}]}}
+    - {name: foreign-cert, port: 8444, protocol: HTTPS, tls: {certificateRefs: [{name: c, namespace: bank}]}}
+    - {name: all, port: 8081, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+    - {name: same, port: 8082, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}, kinds: [{kind: HTTPRoute}]}}
+    - {name: grpc, port: 8083, protocol: HTTP, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
+"#;
+    let m = judge(
+        &[
+            ("gw.yaml".into(), CLASS_AND_GATEWAY.into()),
+            ("more.yaml".into(), text.into()),
+        ],
+        &NoSecrets,
+        &no_certs,
+    );
+    let v = verdict(&m, "Gateway", "shop/more");
+    assert_eq!(v.generation, Some(7));
+    let l = |n: &str| v.listeners.iter().find(|l| l.name == n).unwrap().clone();
+    assert_eq!(
+        l("cert").resolved_refs.unwrap_err().0,
+        "InvalidCertificateRef"
+    );
+    assert_eq!(l("cert").accepted, Ok(()));
+    assert_eq!(
+        l("foreign-cert").resolved_refs.unwrap_err().0,
+        "RefNotPermitted"
+    );
+    assert_eq!(l("all").accepted.unwrap_err().0, "UnsupportedValue");
+    assert_eq!(l("same").accepted, Ok(()));
+    assert_eq!(l("grpc").accepted.unwrap_err().0, "InvalidRouteKinds");
+    assert!(
+        v.accepted.is_ok(),
+        "a Gateway with one valid listener is accepted"
+    );
+    let names: Vec<_> = m.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["web", "same"]);
 }
 
 #[test]

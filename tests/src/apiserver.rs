@@ -82,6 +82,8 @@ pub struct ApiServer {
 fn kind_to_collection(kind: &str, api_version: &str) -> String {
     let plural = match kind {
         "AccessPolicy" => "accesspolicies".to_owned(),
+        "EdgePolicy" => "edgepolicies".to_owned(),
+        "GatewayClass" => "gatewayclasses".to_owned(),
         "EndpointSlice" => "endpointslices".to_owned(),
         "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations".to_owned(),
         k => format!("{}s", k.to_lowercase()),

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 const ECDSA: KeyAlgorithm = KeyAlgorithm::EcdsaP256;
 
 /// An app that answers with the path and every header it received, one per line.
-async fn header_app(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+pub(crate) async fn header_app(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let count = Arc::new(AtomicUsize::new(0));
@@ -54,7 +54,7 @@ async fn header_app(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, count)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -284,10 +284,10 @@ async fn setup() -> Setup {
     tokio::time::timeout(Duration::from_secs(20), gateway.ready())
         .await
         .expect("gateway certified");
-    for v in &gateway.verdicts {
+    for v in &gateway.verdicts() {
         assert!(v.accepted.is_ok() && v.resolved_refs.is_ok(), "{v:?}");
     }
-    assert_eq!(gateway.listeners.len(), 4);
+    assert_eq!(gateway.listeners().len(), 4);
     assert_eq!(
         gateway.current().unwrap().creds.id.to_string(),
         spiffe("gateway"),
@@ -307,13 +307,13 @@ async fn setup() -> Setup {
     }
 }
 
-struct Answer {
-    status: u16,
-    headers: hyper::HeaderMap,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: hyper::HeaderMap,
+    pub(crate) body: String,
 }
 
-async fn call(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+pub(crate) async fn call(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await

@@ -13,6 +13,7 @@ mod differential;
 mod external_peers;
 mod faults;
 mod gateway;
+mod gateway_kubernetes;
 mod handshake_policy;
 mod hostile_clients;
 mod kubernetes;
