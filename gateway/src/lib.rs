@@ -10,6 +10,7 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod judge;
 pub mod kubernetes;
 pub mod load;
 pub mod metrics;
