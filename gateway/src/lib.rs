@@ -20,6 +20,7 @@ pub mod program;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -257,6 +258,12 @@ async fn start_with(
             changed,
             docs,
         } => {
+            tasks.push(tokio::spawn(status::write_status(
+                client.clone(),
+                sources.clone(),
+                config_rx.clone(),
+                ports.clone(),
+            )));
             tasks.push(tokio::spawn(follow_cluster(
                 client,
                 sources,

@@ -143,7 +143,7 @@ async fn https_get(addr: SocketAddr, ca: &str, path: &str) -> Result<(u16, Strin
 }
 
 /// Waits up to `secs` for `cond`.
-async fn within<F, Fut>(secs: u64, what: &str, cond: F)
+pub(crate) async fn within<F, Fut>(secs: u64, what: &str, cond: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,

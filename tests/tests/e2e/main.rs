@@ -14,6 +14,7 @@ mod external_peers;
 mod faults;
 mod gateway;
 mod gateway_kubernetes;
+mod gateway_kubernetes_status;
 mod handshake_policy;
 mod hostile_clients;
 mod kubernetes;
