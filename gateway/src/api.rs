@@ -10,6 +10,12 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+/// The EdgePolicy's spec lives in the policy crate, so its CRD comes from the same generator as
+/// the AccessPolicy's and TokenIssuer's (`pqmesh-control-plane crds`).
+pub use pqmesh_policy::edge::{
+    Accept, EdgePolicySpec, EdgeToken, RateLimitKey, RateLimitSpec, TargetRef,
+};
+
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 pub const PQMESH_API_VERSION: &str = "pqmesh.io/v1alpha1";
 /// What a GatewayClass must name for this gateway to serve its Gateways.
@@ -355,75 +361,6 @@ pub struct EdgePolicy {
     pub kind: String,
     pub metadata: Meta,
     pub spec: EdgePolicySpec,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EdgePolicySpec {
-    pub target_ref: TargetRef,
-    #[serde(default)]
-    pub token: Option<EdgeToken>,
-    #[serde(default)]
-    pub rate_limit: Option<RateLimitSpec>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TargetRef {
-    pub group: String,
-    pub kind: String,
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EdgeToken {
-    /// A TokenIssuer in the policy's namespace.
-    pub issuer: String,
-    /// What outside clients may present: `opaque` (default: a JWT from outside is refused, so
-    /// clients never depend on JWT contents), `jwt`, or `any`.
-    #[serde(default)]
-    pub accept: Accept,
-    /// All required (coarse, per route); fine-grained claims stay with the service's sidecar.
-    #[serde(default)]
-    pub scopes: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Accept {
-    #[default]
-    Opaque,
-    Jwt,
-    Any,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RateLimitSpec {
-    /// `clientId`, `sub`, `sourceIP`, or `claim` (with `claim: <name>`, `a.b` reaching into objects).
-    pub key: RateLimitKey,
-    #[serde(default)]
-    pub claim: Option<String>,
-    /// Requests admitted per `periodSeconds` (the refill rate) ...
-    pub requests: u32,
-    #[serde(default = "one")]
-    pub period_seconds: u32,
-    /// ... and at most this many at once (bucket size; default `requests`).
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-pub enum RateLimitKey {
-    #[serde(rename = "clientId")]
-    ClientId,
-    #[serde(rename = "sub")]
-    Sub,
-    #[serde(rename = "claim")]
-    Claim,
-    #[serde(rename = "sourceIP")]
-    SourceIp,
 }
 
 /// Local mode: which mesh endpoints serve a Service named by a `backendRef` (in Kubernetes this
