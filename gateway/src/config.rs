@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, FromArgMatches};
 use pqmesh_mtls::env::{self, DefaultValue, Env, EnvError, Setting, Settings};
 use pqmesh_mtls::{KeyAlgorithm, KeyExchangePolicy, SpiffeId};
-use pqmesh_sidecar::config::TokenSource;
+use pqmesh_sidecar::config::{CertifySettings, TokenSource};
 
 pub const SETTINGS: &[Setting] = &[
     Setting::value("PQMESH_GATEWAY_DIR", "gateway-dir", DefaultValue::Text("required without --kubernetes"), "local mode: directory with config/*.yaml (Gateway API + EdgePolicy + TokenIssuer), secrets.yaml, certs/ and backends.yaml (docs/gateway.md)"),
@@ -95,36 +95,11 @@ impl Config {
 
     /// `kubernetes`: the `--kubernetes` switch, which excludes `PQMESH_GATEWAY_DIR`.
     pub fn from_settings(kubernetes: bool, env: &dyn Env) -> Result<Self, EnvError> {
-        let trust_domain = env
-            .var("PQMESH_TRUST_DOMAIN")
-            .unwrap_or_else(|| "cluster.local".to_owned());
-        let control_plane_id = match env.var("PQMESH_CONTROL_PLANE_ID") {
-            Some(v) => v
-                .parse()
-                .map_err(|e| EnvError::new("PQMESH_CONTROL_PLANE_ID", &v, e))?,
-            None => SpiffeId::new(&trust_domain, "pqmesh-system", "pqmesh-control-plane")
-                .map_err(|e| EnvError::new("PQMESH_TRUST_DOMAIN", &trust_domain, e))?,
-        };
-        let token =
-            match (
-                env.var("PQMESH_BOOTSTRAP_TOKEN_FILE"),
-                env.var("PQMESH_BOOTSTRAP_TOKEN"),
-            ) {
-                (Some(path), None) => TokenSource::File(PathBuf::from(path)),
-                (None, Some(token)) => TokenSource::Inline(token),
-                (Some(_), Some(_)) => return Err(EnvError::new(
-                    "PQMESH_BOOTSTRAP_TOKEN",
-                    "<redacted>",
-                    "set either PQMESH_BOOTSTRAP_TOKEN or PQMESH_BOOTSTRAP_TOKEN_FILE, not both",
-                )),
-                (None, None) => {
-                    return Err(EnvError::new(
-                        "PQMESH_BOOTSTRAP_TOKEN_FILE",
-                        "",
-                        "is required (or PQMESH_BOOTSTRAP_TOKEN)",
-                    ))
-                }
-            };
+        let CertifySettings {
+            control_plane_id,
+            token,
+            ..
+        } = CertifySettings::from_env(env)?;
         let source = match (kubernetes, env.var("PQMESH_GATEWAY_DIR")) {
             (true, None) => Source::Kubernetes,
             (true, Some(dir)) => {

@@ -16,6 +16,7 @@ use hyper::body::Bytes;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use pqmesh_mtls::KeyAlgorithm;
+use pqmesh_tests::fixtures;
 use pqmesh_tests::oauth::{self, decode_jwt, OAuthServer};
 use pqmesh_tests::*;
 use tokio::net::{TcpListener, TcpStream};
@@ -63,26 +64,10 @@ pub(crate) fn free_port() -> u16 {
 }
 
 fn issuer_yaml(oauth: &OAuthServer) -> String {
-    format!(
-        r#"apiVersion: pqmesh.io/v1alpha1
-kind: TokenIssuer
-metadata: {{name: corp, namespace: shop}}
-spec:
-  issuer: {iss}
-  audiences: [orders]
-  jwksUri: {jwks}
-  allowedAlgorithms: [RS256]
-  maxTokenLifetimeSeconds: 3600
-  jwks: {{minRefetchSeconds: 1}}
-  introspection:
-    endpoint: {introspect}
-    clientId: {client}
-    clientSecretRef: {{name: gateway, key: client-secret}}
-"#,
-        iss = oauth.issuer,
-        jwks = oauth.jwks_uri,
-        introspect = oauth.introspection_endpoint,
-        client = oauth::GATEWAY_CLIENT_ID,
+    fixtures::corp_issuer(
+        oauth,
+        "  maxTokenLifetimeSeconds: 3600\n  jwks: {minRefetchSeconds: 1}\n",
+        "",
     )
 }
 
@@ -177,18 +162,13 @@ spec:
     )
 }
 
-const ACCESS_POLICY: &str = r#"
----
-apiVersion: pqmesh.io/v1alpha1
-kind: AccessPolicy
-metadata: {name: orders, namespace: shop}
-spec:
-  selector: {matchLabels: {app: orders}}
-  peers: ["shop/gateway"]
-  token: {issuers: [corp]}
-  rules:
-    - {methods: [GET], paths: ["/orders/**"], scopes: ["orders:read"]}
-"#;
+fn access_policy() -> String {
+    fixtures::orders_policy(
+        &[],
+        r#"["shop/gateway"]"#,
+        "    - {methods: [GET], paths: [\"/orders/**\"], scopes: [\"orders:read\"]}\n",
+    )
+}
 
 struct Setup {
     _cp: ControlPlane,
@@ -210,8 +190,12 @@ async fn setup() -> Setup {
         "secrets:\n  - namespace: shop\n    name: gateway\n    data: {{client-secret: {}}}\n",
         oauth::GATEWAY_CLIENT_SECRET
     ));
-    cp.write_policy("orders.yaml", &(issuer_yaml(&oauth) + ACCESS_POLICY), 2)
-        .await;
+    cp.write_policy(
+        "orders.yaml",
+        &(issuer_yaml(&oauth) + "---\n" + &access_policy()),
+        2,
+    )
+    .await;
     let (app1, v1) = header_app("orders").await;
     let (app2, v2) = header_app("orders-v2").await;
     let labels = [("PQMESH_WORKLOAD_LABELS", "app=orders")];
