@@ -12,8 +12,6 @@
 //!   and the identity each must present.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +20,10 @@ use hyper::StatusCode;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::Resource;
+use pqmesh_mtls::reflect::reflect;
 use pqmesh_sidecar::discovery::{Discovery, DiscoveryError, Resolved};
-use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 
 use crate::api::CONTROLLER_NAME;
 use crate::load::{CertSource, Documents, Endpoint, SecretData, SecretMap};
@@ -69,35 +64,6 @@ pub fn api_resource(kind: &str) -> ApiResource {
         .copied()
         .unwrap_or((kind, PQMESH_GROUP, PQMESH_VERSION));
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
-}
-
-/// Drives a reflector for `K` in the background; every change bumps `changes`.
-fn reflect<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    changes: watch::Sender<u64>,
-    kind: &str,
-) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-{
-    let store = writer.as_reader();
-    let kind = kind.to_owned();
-    tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer);
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => changes.send_modify(|n| *n += 1),
-                Err(e) => tracing::warn!(%kind, error = %e, "watch failed; retrying with back-off"),
-            }
-        }
-    });
-    store
 }
 
 /// The reflected objects.
