@@ -130,6 +130,28 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
         ratio(b, bp),
         at_least(b, bp, 1.25)
     );
+    let relay = runs("pqmesh-relay");
+    if !relay.is_empty() {
+        // The same targets for a port whose app needs no identity header: bytes relayed.
+        let rc = cpu_server(relay);
+        let _ = writeln!(s, "| the same CPU target on an HTTP relay port (`PQMESH_HTTP_RELAY_PORTS`: identity-only policy, no identity header, bytes relayed) | ≤ 0.85× best peer | {} vCPU | {} | {} | {} |", f(rc, 3), peer_vals(&cpu_server, 3), ratio(rc, cs_best), at_most(rc, cs_best, 0.85));
+        let (r50, r99) = (add50(relay), add99(relay));
+        let (b50, b99) = (best_peer(&add50, true), best_peer(&add99, true));
+        let _ = writeln!(s, "| added latency p50 / p99 on an HTTP relay port | ≤ 0.9× best peer | {} / {} ms | p50 {}; p99 {} | {} / {} | {} |", f(r50, 3), f(r99, 3), peer_vals(&add50, 3), peer_vals(&add99, 3), ratio(r50, b50), ratio(r99, b99), verdict(r50 <= 0.9 * b50 && r99 <= 0.9 * b99));
+        let rs = sat(relay);
+        let sat_best = best_peer(&sat, false);
+        let _ = writeln!(s, "| saturation on an HTTP relay port, {} connections | ≥ 1.2× best peer | {} rps | {} | {} | {} |", r.sat_conns, f(rs, 0), peer_vals(&sat, 0), ratio(rs, sat_best), at_least(rs, sat_best, 1.2));
+        let rb = bulk(relay);
+        let bp = best_peer(&bulk, false);
+        let _ = writeln!(
+            s,
+            "| bulk on an HTTP relay port | ≥ 1.25× best peer | {} MiB/s | {} | {} | {} |",
+            f(rb, 0),
+            peer_vals(&bulk, 0),
+            ratio(rb, bp),
+            at_least(rb, bp, 1.25)
+        );
+    }
     let per_conn = |x: &crate::report::IdleConnections| {
         (x.rss_after_mib - x.rss_before_mib) * 1024.0 / x.connections.max(1) as f64
     };
@@ -137,17 +159,21 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
         let peers_idle: Vec<String> = r
             .idle
             .iter()
-            .filter(|(n, _)| n != "pqmesh")
+            .filter(|(n, _)| !n.starts_with("pqmesh"))
             .map(|(n, x)| format!("{n} {} ({} conns)", f(per_conn(x), 1), x.connections))
             .collect();
         let best = r
             .idle
             .iter()
-            .filter(|(n, _)| n != "pqmesh")
+            .filter(|(n, _)| !n.starts_with("pqmesh"))
             .map(|(_, x)| per_conn(x))
             .fold(f64::INFINITY, f64::min);
         let v = per_conn(i);
         let _ = writeln!(s, "| server-side RSS per idle mTLS connection ({} connections: {} → {} MiB) | ≤ 16 KiB | {} KiB | {} | {} | {} |", i.connections, f(i.rss_before_mib, 1), f(i.rss_after_mib, 1), f(v, 1), peers_idle.join("; "), ratio(v, best), verdict(v.is_finite() && v <= 16.0));
+        if let Some((_, i)) = r.idle.iter().find(|(n, _)| n == "pqmesh-relay") {
+            let v = per_conn(i);
+            let _ = writeln!(s, "| the same on an HTTP relay port ({} connections: {} → {} MiB) | ≤ 16 KiB | {} KiB | {} | {} | {} |", i.connections, f(i.rss_before_mib, 1), f(i.rss_after_mib, 1), f(v, 1), peers_idle.join("; "), ratio(v, best), verdict(v.is_finite() && v <= 16.0));
+        }
     }
     let pr = pair_rss(pq);
     let _ = writeln!(s, "| pair RSS after the load runs (client + server side) | ≤ 16 MiB | {} MiB | {} | {} | {} |", f(pr, 1), peer_vals(&pair_rss, 1), ratio(pr, best_peer(&pair_rss, true)), verdict(pr.is_finite() && pr <= 16.0));
@@ -218,7 +244,7 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
     );
     let mut names: Vec<String> = vec!["direct".into(), "pqmesh".into()];
     names.extend(
-        ["pqmesh-jwt", "pqmesh-mldsa"]
+        ["pqmesh-relay", "pqmesh-jwt", "pqmesh-mldsa"]
             .into_iter()
             .filter(|n| r.systems.contains_key(*n))
             .map(String::from),

@@ -307,6 +307,19 @@ pub fn start_pqmesh(
     backend: SocketAddr,
     labels: &str,
 ) -> Pair {
+    start_pqmesh_with(name, bin_dir, cp, key_alg, backend, labels, &[])
+}
+
+/// As [`start_pqmesh`], with settings for the server-side sidecar only (e.g. an HTTP relay port).
+pub fn start_pqmesh_with(
+    name: &str,
+    bin_dir: &Path,
+    cp: &ControlPlaneProcess,
+    key_alg: &str,
+    backend: SocketAddr,
+    labels: &str,
+    server_env: &[(&str, String)],
+) -> Pair {
     let (entry, tls) = (free_port(), free_port());
     let admins = [free_port(), free_port()];
     let base = |sa: &str, admin: SocketAddr| {
@@ -340,6 +353,7 @@ pub fn start_pqmesh(
         .env("PQMESH_INBOUND_ALLOW", "shop/web")
         .env("PQMESH_WORKLOAD_LABELS", labels)
         .env("PQMESH_OUTBOUND_ADDR", free_port().to_string());
+    server.envs(server_env.iter().map(|(k, v)| (k, v)));
     let mut client = base("web", admins[1]);
     client
         .env("PQMESH_INBOUND_ADDR", free_port().to_string())

@@ -20,6 +20,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting::value("PQMESH_BOOTSTRAP_TOKEN_FILE", "bootstrap-token-file", DefaultValue::Text("this or PQMESH_BOOTSTRAP_TOKEN is required"), "file holding the gateway's credential, re-read at every renewal (in Kubernetes: a projected service-account token with audience pqmesh-ca)"),
     Setting::value("PQMESH_BOOTSTRAP_TOKEN", "bootstrap-token", DefaultValue::Text("this or PQMESH_BOOTSTRAP_TOKEN_FILE is required"), "the gateway's credential inline (local mode; never shown)"),
     Setting::value("PQMESH_KEY_ALG", "key-alg", DefaultValue::Value("ecdsa-p256"), "mesh key algorithm: ecdsa-p256, ml-dsa-44 or ml-dsa-65"),
+    Setting::value("PQMESH_GATEWAY_MAX_CONNECTIONS", "gateway-max-connections", DefaultValue::Value("10000"), "open outside connections per listener port; past it new connections are closed at once"),
+    Setting::value("PQMESH_GATEWAY_MAX_CONNECTIONS_PER_IP", "gateway-max-connections-per-ip", DefaultValue::Value("256"), "open outside connections per client IP address (all ports together); past it new connections from that address are closed at once"),
     Setting::value("PQMESH_ALLOW_CLASSICAL_KX", "allow-classical-kx", DefaultValue::Value("false"), "mesh side (to backends and the control plane) also offers classical groups; outside TLS is set per listener"),
 ];
 
@@ -59,6 +61,8 @@ pub struct Config {
     pub token: TokenSource,
     pub key_alg: KeyAlgorithm,
     pub kx: KeyExchangePolicy,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub logging: pqmesh_mtls::logging::Logging,
 }
 
@@ -140,6 +144,12 @@ impl Config {
                 "PQMESH_ALLOW_CLASSICAL_KX",
                 false,
             )?),
+            max_connections: env::parse_or(env, "PQMESH_GATEWAY_MAX_CONNECTIONS", 10_000usize)?,
+            max_connections_per_ip: env::parse_or(
+                env,
+                "PQMESH_GATEWAY_MAX_CONNECTIONS_PER_IP",
+                256usize,
+            )?,
             logging: pqmesh_mtls::logging::Logging::from_env(env)?,
         })
     }

@@ -12,8 +12,10 @@ use serde::Deserialize;
 
 use crate::api::*;
 use crate::load::{
-    CertFiles, EdgeModel, ListenerModel, ListenerVerdict, Model, ParentVerdict, RouteModel, Verdict,
+    CertFiles, ListenerModel, ListenerVerdict, Model, ParentVerdict, RouteModel, Verdict,
 };
+
+mod edge_policies;
 
 /// Judges every document of `texts` (file name, content). `certs` reads a TLS Secret.
 pub fn judge(
@@ -36,6 +38,8 @@ pub fn judge_with(
     let mut gateways = Vec::new();
     let mut routes = Vec::new();
     let mut policies = Vec::new();
+    // EdgePolicies refused before their spec was read: (`<ns>/<targetRef.name>`, policy name).
+    let mut refused_targets: Vec<(String, String)> = Vec::new();
     let mut issuer_candidates: Vec<Candidate> = Vec::new();
     for (file, text) in texts {
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -76,7 +80,14 @@ pub fn judge_with(
                 "GatewayClass" => parse!(GatewayClass, classes),
                 "Gateway" => parse!(Gateway, gateways),
                 "HTTPRoute" => parse!(HttpRoute, routes),
-                "EdgePolicy" => parse!(EdgePolicy, policies),
+                "EdgePolicy" => {
+                    if serde_yaml::from_value::<EdgePolicy>(value.clone()).is_err() {
+                        if let Some(target) = edge_policies::raw_target(&value) {
+                            refused_targets.push((target, name.clone()));
+                        }
+                    }
+                    parse!(EdgePolicy, policies)
+                }
                 "TokenIssuer" => {
                     let text = serde_yaml::to_string(&value).unwrap_or_default();
                     issuer_candidates.extend(candidates_from_yaml(&text, &source));
@@ -242,7 +253,8 @@ pub fn judge_with(
             let mut why: Vec<String> = verdict
                 .parents
                 .iter()
-                .filter_map(|p| p.accepted.as_ref().err().map(|(_, m)| m.clone()))
+                .filter_map(|p| p.accepted.as_ref().err())
+                .map(|(reason, m)| format!("{reason}: {m}"))
                 .collect();
             if !unknown.is_empty() {
                 why.push(format!(
@@ -254,7 +266,8 @@ pub fn judge_with(
             verdict.accepted_reason = "NoMatchingParent";
         }
         if let Err((reason, message)) = &refs {
-            verdict.resolved_refs = Err(message.clone());
+            // The route's own line (logs, `/verdicts`) names the reason its parents' status has.
+            verdict.resolved_refs = Err(format!("{reason}: {message}"));
             verdict.refs_reason = reason;
         }
         model.verdicts.push(verdict);
@@ -266,6 +279,7 @@ pub fn judge_with(
             created: r.metadata.creation_timestamp.clone(),
             spec,
             edge: None,
+            closed: None,
         });
     }
     // Attached routes per listener, for the Gateways' listener status.
@@ -283,65 +297,13 @@ pub fn judge_with(
         }
     }
 
-    for (p, source) in policies {
-        let name = format!("{}/{}", p.metadata.namespace, p.metadata.name);
-        let mut verdict = refs_ok("EdgePolicy", &name, &source);
-        verdict.generation = p.metadata.generation;
-        if let Err(e) =
-            check_api(&p.api_version, PQMESH_API_VERSION).and_then(|()| check_policy(&p.spec))
-        {
-            model.verdicts.push(with(verdict, Err(e)));
-            continue;
-        }
-        let target = format!("{}/{}", p.metadata.namespace, p.spec.target_ref.name);
-        let Some(route) = model.routes.iter_mut().find(|r| r.name == target) else {
-            model.verdicts.push(with(
-                verdict,
-                Err(format!("targetRef: no HTTPRoute {target}")),
-            ));
-            continue;
-        };
-        if let Some(other) = &route.edge {
-            model.verdicts.push(with(
-                verdict,
-                Err(format!(
-                    "HTTPRoute {target} already has EdgePolicy {} (read first)",
-                    other.name
-                )),
-            ));
-            continue;
-        }
-        let issuer = match &p.spec.token {
-            None => None,
-            Some(t) => {
-                let found = issuers.set.issuers.iter().find(|i| {
-                    i.metadata.namespace == p.metadata.namespace && i.metadata.name == t.issuer
-                });
-                match found.map(|i| pqmesh_policy::compile::compile_issuer(i, secrets)) {
-                    Some(Ok(c)) => Some(c),
-                    Some(Err(e)) => {
-                        verdict.resolved_refs =
-                            Err(format!("token.issuer: {e}; requests on the route get 503"));
-                        None
-                    }
-                    None => {
-                        verdict.resolved_refs = Err(format!(
-                            "token.issuer: no accepted TokenIssuer {}/{}; requests on the route get 503",
-                            p.metadata.namespace, t.issuer
-                        ));
-                        None
-                    }
-                }
-            }
-        };
-        model.verdicts.push(verdict);
-        route.edge = Some(EdgeModel {
-            name,
-            issuer,
-            token: p.spec.token.clone(),
-            rate_limit: p.spec.rate_limit.clone(),
-        });
-    }
+    edge_policies::judge_policies(
+        &mut model,
+        policies,
+        &refused_targets,
+        &issuers.set,
+        secrets,
+    );
     model.issuers = issuers.set;
     model
 }
@@ -414,15 +376,19 @@ fn backend_refs(namespace: &str, spec: &HttpRouteSpec) -> Result<(), (&'static s
         if !is_service(b) {
             return Err((
                 "InvalidKind",
-                format!("backendRef {}: only core Services", b.name),
+                format!(
+                    "backendRef {}: only core Services; requests picking it get 500",
+                    b.name
+                ),
             ));
         }
         if b.namespace.as_deref().is_some_and(|ns| ns != namespace) {
             return Err((
                 "RefNotPermitted",
                 format!(
-                    "backendRef {}: namespace {:?} needs a ReferenceGrant (not supported)",
-                    b.name, b.namespace
+                    "backendRef {}/{}: another namespace needs a ReferenceGrant (not supported yet); requests picking it get 500",
+                    b.namespace.as_deref().unwrap_or_default(),
+                    b.name
                 ),
             ));
         }
@@ -460,7 +426,7 @@ pub fn check_backends(model: &mut Model, known: &dyn Fn(&str, u16) -> bool) {
             .iter_mut()
             .find(|v| v.kind == "HTTPRoute" && v.name == route.name && v.resolved_refs.is_ok())
         {
-            v.resolved_refs = Err(message.clone());
+            v.resolved_refs = Err(format!("BackendNotFound: {message}"));
             v.refs_reason = "BackendNotFound";
             for p in &mut v.parents {
                 p.resolved_refs = Err(("BackendNotFound", message.clone()));
@@ -483,7 +449,7 @@ fn refused(kind: &str, name: &str, source: &str, message: String) -> Verdict {
     with(refs_ok(kind, name, source), Err(message))
 }
 
-fn refs_ok(kind: &str, name: &str, source: &str) -> Verdict {
+pub(super) fn refs_ok(kind: &str, name: &str, source: &str) -> Verdict {
     Verdict {
         kind: kind.to_owned(),
         name: name.to_owned(),
@@ -498,12 +464,12 @@ fn refs_ok(kind: &str, name: &str, source: &str) -> Verdict {
     }
 }
 
-fn with(mut v: Verdict, accepted: Result<(), String>) -> Verdict {
+pub(super) fn with(mut v: Verdict, accepted: Result<(), String>) -> Verdict {
     v.accepted = accepted;
     v
 }
 
-fn check_api(got: &str, want: &str) -> Result<(), String> {
+pub(super) fn check_api(got: &str, want: &str) -> Result<(), String> {
     if got == want {
         Ok(())
     } else {
@@ -667,6 +633,14 @@ fn check_route(spec: &HttpRouteSpec) -> Result<(), String> {
                 .and_then(|u| u.path.as_ref())
                 .or(f.request_redirect.as_ref().and_then(|r| r.path.as_ref()));
             if let Some(p) = path {
+                for v in [&p.replace_full_path, &p.replace_prefix_match]
+                    .into_iter()
+                    .flatten()
+                {
+                    if pqmesh_policy::path::normalize(v).ok().as_deref() != Some(v.as_str()) {
+                        return Err(format!("{at}: path modifier value {v:?} is not a normal path (no '//', '.', '..' or escapes the sidecar would resolve)"));
+                    }
+                }
                 let ok = match p.kind {
                     PathModifierType::ReplaceFullPath => {
                         p.replace_full_path.is_some() && p.replace_prefix_match.is_none()
@@ -705,36 +679,6 @@ fn check_route(spec: &HttpRouteSpec) -> Result<(), String> {
             if b.weight > 1_000_000 {
                 return Err(format!("{at}: backendRef {}: weight above 1000000", b.name));
             }
-        }
-    }
-    Ok(())
-}
-
-fn check_policy(spec: &EdgePolicySpec) -> Result<(), String> {
-    let t = &spec.target_ref;
-    if t.group != "gateway.networking.k8s.io" || t.kind != "HTTPRoute" {
-        return Err("targetRef: only group gateway.networking.k8s.io, kind HTTPRoute".into());
-    }
-    if let Some(r) = &spec.rate_limit {
-        if r.requests == 0 || r.period_seconds == 0 || r.burst == Some(0) {
-            return Err("rateLimit: requests, periodSeconds and burst must be at least 1".into());
-        }
-        match (r.key, &r.claim) {
-            (RateLimitKey::Claim, None) => return Err("rateLimit: key claim needs `claim`".into()),
-            (RateLimitKey::Claim, Some(_)) => {}
-            (_, Some(_)) => return Err("rateLimit: `claim` only with key claim".into()),
-            _ => {}
-        }
-        if r.key != RateLimitKey::SourceIp && spec.token.is_none() {
-            return Err("rateLimit: a key from the token needs `token`".into());
-        }
-    }
-    if let Some(t) = &spec.token {
-        if t.scopes
-            .iter()
-            .any(|s| s.is_empty() || s.contains(char::is_whitespace))
-        {
-            return Err("token.scopes: a scope is non-empty and has no whitespace".into());
         }
     }
     Ok(())

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod canonical;
 pub mod config;
 pub mod judge;
 pub mod kubernetes;
@@ -224,6 +225,11 @@ async fn start_with(
     let backends = backend::client(identities.clone(), tls_rx.clone(), metrics.clone());
     let edge = Arc::new(Edge {
         config: config_rx.clone(),
+        token_failures: ratelimit::Limiter::new(
+            proxy::TOKEN_FAILURES_PER_MINUTE,
+            Duration::from_secs(60),
+            proxy::TOKEN_FAILURE_BURST,
+        ),
         tls: tls_rx.clone(),
         backends,
         endpoints: backend::Endpoints {
@@ -235,10 +241,16 @@ async fn start_with(
 
     // Local mode stops at a port it cannot bind (a start-up error, as before); in Kubernetes
     // mode nothing a user creates stops the gateway: the listener's status says so.
-    let strict = matches!(updates, Updates::Local(_));
-    let ports = Arc::new(ports::Ports::new(config.listen_host));
+    let local_mode = matches!(updates, Updates::Local(_));
+    let ports = Arc::new(ports::Ports::new(
+        config.listen_host,
+        ports::Limits {
+            per_port: config.max_connections,
+            per_ip: config.max_connections_per_ip,
+        },
+    ));
     ports
-        .reconcile(&edge, &config_rx.borrow().clone(), strict)
+        .reconcile(&edge, &config_rx.borrow().clone(), local_mode)
         .await?;
     tasks.push(tokio::spawn(ports::follow(
         ports.clone(),
@@ -276,6 +288,25 @@ async fn start_with(
             )));
         }
     }
+    // `pqmesh_ready` says what `/ready` says (review 7, F12). The sidecar's control-plane gauge
+    // means nothing in local mode (no stream but certification); Kubernetes mode's discovery
+    // stream sets it.
+    if local_mode {
+        let _ = metrics
+            .registry
+            .unregister(Box::new(metrics.control_plane_connected.clone()));
+    }
+    tasks.push(tokio::spawn({
+        let (mut rx, ready) = (tls_rx.clone(), metrics.ready.clone());
+        async move {
+            loop {
+                ready.set(i64::from(rx.borrow_and_update().is_some()));
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }));
     let admin_addr = spawn_admin(
         config.admin_addr,
         &metrics,

@@ -100,6 +100,9 @@ pub struct RouteModel {
     pub created: Option<String>,
     pub spec: HttpRouteSpec,
     pub edge: Option<EdgeModel>,
+    /// Why the route fails closed (503 for every request): an EdgePolicy targeting it was
+    /// refused, or several target it (review 7, F2/F3).
+    pub closed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

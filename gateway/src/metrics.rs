@@ -12,6 +12,8 @@ pub struct GatewayMetrics {
     pub requests: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub certificate_reloads: IntCounterVec,
+    /// Connections closed at accept by the listener or per-IP cap.
+    pub connections_refused: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -43,6 +45,11 @@ impl GatewayMetrics {
                 "gateway_certificate_reloads_total",
                 "Listener certificates re-read after their files changed, by listener and outcome",
                 &["listener", "outcome"],
+            ),
+            connections_refused: counter(
+                "gateway_connections_refused_total",
+                "Outside connections closed at accept, by port and reason (listener_limit, per_ip_limit)",
+                &["port", "reason"],
             ),
             rate_limited: counter(
                 "gateway_rate_limited_total",

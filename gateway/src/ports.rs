@@ -1,8 +1,10 @@
 //! The sockets the listeners are served on: one per port (listeners sharing a port are told
 //! apart by SNI for HTTPS and `Host` for HTTP), bound and closed as the configuration in force
 //! gains and loses ports. Each connection reads the configuration current when it arrives.
+//! Connections are capped per port and per client address, and a request head must arrive
+//! within [`HEADER_READ_TIMEOUT`] (review 7, F6).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +19,20 @@ use crate::proxy::{self, Bound, Edge};
 use crate::{outside_tls, routes, StartError};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1 request head must arrive within this (the sidecar's value): slowloris clients are
+/// closed (review 7, F6).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (out of file descriptors): no busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Open outside connections allowed at once (`PQMESH_GATEWAY_MAX_CONNECTIONS`, `..._PER_IP`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Per listener port.
+    pub per_port: usize,
+    /// Per client IP address, all ports together.
+    pub per_ip: usize,
+}
 
 enum PortState {
     Serving(SocketAddr, JoinHandle<()>),
@@ -28,13 +44,20 @@ enum PortState {
 pub struct Ports {
     host: IpAddr,
     ports: Mutex<BTreeMap<u16, PortState>>,
+    per_port: usize,
+    per_ip: Arc<PerIp>,
 }
 
 impl Ports {
-    pub fn new(host: IpAddr) -> Self {
+    pub fn new(host: IpAddr, limits: Limits) -> Self {
         Ports {
             host,
             ports: Mutex::default(),
+            per_port: limits.per_port,
+            per_ip: Arc::new(PerIp {
+                limit: limits.per_ip,
+                open: Mutex::default(),
+            }),
         }
     }
 
@@ -84,7 +107,12 @@ impl Ports {
                 Ok(socket) => {
                     let local = socket.local_addr().unwrap_or(addr);
                     tracing::info!(port, %local, "listening");
-                    PortState::Serving(local, tokio::spawn(serve_port(edge.clone(), port, socket)))
+                    let caps = Caps {
+                        port: Arc::new(tokio::sync::Semaphore::new(self.per_port)),
+                        per_ip: self.per_ip.clone(),
+                    };
+                    let task = tokio::spawn(serve_port(edge.clone(), port, socket, caps));
+                    PortState::Serving(local, task)
                 }
                 Err(e) if strict => {
                     return Err(StartError::Listener {
@@ -125,13 +153,78 @@ pub async fn follow(
     }
 }
 
-async fn serve_port(edge: Arc<Edge>, port: u16, socket: TcpListener) {
+/// Open connections per client IP (all ports), capped (review 7, F6).
+struct PerIp {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection counted against its IP; uncounted when dropped.
+struct IpSlot(Arc<PerIp>, IpAddr);
+
+impl PerIp {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// A port's connection caps: its own, and the per-address one all ports share.
+struct Caps {
+    port: Arc<tokio::sync::Semaphore>,
+    per_ip: Arc<PerIp>,
+}
+
+async fn serve_port(edge: Arc<Edge>, port: u16, socket: TcpListener, caps: Caps) {
+    let refused = |reason: &str| {
+        edge.metrics
+            .connections_refused
+            .with_label_values(&[&port.to_string(), reason])
+            .inc();
+    };
     loop {
-        let Ok((tcp, client)) = socket.accept().await else {
+        let (tcp, client) = match socket.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and kin: say so and back off instead of spinning.
+                tracing::warn!(port, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = caps.port.clone().try_acquire_owned() else {
+            tracing::debug!(port, %client, "connection refused: the listener's connection limit is reached");
+            refused("listener_limit");
+            continue;
+        };
+        let Some(slot) = caps.per_ip.admit(client.ip()) else {
+            tracing::debug!(port, %client, "connection refused: the client's connection limit is reached");
+            refused("per_ip_limit");
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(edge.clone(), port, tcp, client));
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            serve_connection(edge, port, tcp, client).await;
+            drop((permit, slot));
+        });
     }
 }
 
@@ -148,7 +241,12 @@ async fn serve_connection(
     };
     let https = config.tls[*first].is_some();
     let scheme = if https { "https" } else { "http" };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let service = |bound: Bound| {
         let edge = edge.clone();
         hyper::service::service_fn(move |req| {

@@ -17,6 +17,7 @@ use pqmesh_sidecar::token::{Authenticated, Validator};
 use tokio::sync::watch;
 
 use crate::api::{Accept, FilterType, HeaderModifier, PathModifierType, RateLimitKey};
+use crate::canonical::{canonical_request, has_access_token_param};
 use crate::load::{Endpoint, ListenerModel, RouteModel};
 use crate::metrics::GatewayMetrics;
 use crate::program::Programmed;
@@ -37,6 +38,9 @@ pub struct EdgeRuntime {
 /// certificate, the backend connections and where Services' endpoints come from.
 pub struct Edge {
     pub config: watch::Receiver<Arc<Programmed>>,
+    /// Failed token checks (401) per source IP: a client past its budget gets 429 before its
+    /// token reaches the OAuth server (review 7, F5). Kept across configurations.
+    pub token_failures: Limiter,
     pub tls: watch::Receiver<Option<Arc<MeshTls>>>,
     pub backends: crate::backend::BackendClient,
     pub endpoints: crate::backend::Endpoints,
@@ -134,6 +138,11 @@ impl Bound {
     }
 }
 
+/// Budget of failed token checks per source IP: this many at once ...
+pub const TOKEN_FAILURE_BURST: u32 = 20;
+/// ... refilled at one per second.
+pub const TOKEN_FAILURES_PER_MINUTE: u32 = 60;
+
 /// Serves one request from an outside client on `listener`.
 pub async fn handle(
     edge: Arc<Edge>,
@@ -188,17 +197,14 @@ async fn route_request(
     mut req: Request<Incoming>,
     who: &mut Who,
 ) -> Result<(String, Response<Body>), Refusal> {
-    let host = req
-        .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            req.headers()
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h).to_owned())
-        })
-        .unwrap_or_default();
+    let target = canonical_request(&mut req).map_err(|b| {
+        (
+            "none".to_owned(),
+            text(b.status, &format!("pqmesh-gateway: {}", b.text)),
+            b.decision,
+        )
+    })?;
+    let host = target.host.clone();
     let no_route = || {
         (
             "none".to_owned(),
@@ -211,8 +217,8 @@ async fn route_request(
         routes::listener_for(&config.model.listeners, &bound.candidates(&config), &host)
             .ok_or_else(no_route)?;
     let listener: &ListenerModel = &config.model.listeners[listener_index];
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().map(str::to_owned);
+    let path = target.path.clone();
+    let query = target.query.clone();
     let chosen = routes::choose(
         &config.model.routes,
         listener,
@@ -235,6 +241,15 @@ async fn route_request(
     let name = route.name.clone();
     let refuse = |r: Response<Body>, d: &'static str| (name.clone(), r, d);
     let rule = &route.spec.rules[chosen.rule];
+    if route.closed.is_some() {
+        return Err(refuse(
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pqmesh-gateway: the route's EdgePolicy is refused or conflicted (see /verdicts)",
+            ),
+            "policy_refused",
+        ));
+    }
 
     // The EdgePolicy first: nothing of a refused request reaches a backend or a redirect.
     let mut jwt = None;
@@ -253,9 +268,30 @@ async fn route_request(
                 .map_err(|r| refuse(r, "rate_limited"))?;
         }
         if let Some(token) = &edge_model.token {
-            let auth = authenticate(runtime, token.accept, &token.scopes, req.headers())
-                .await
-                .map_err(|(r, d)| refuse(r, d))?;
+            if has_access_token_param(query.as_deref()) {
+                return Err(refuse(
+                    with_header(
+                        text(
+                            StatusCode::BAD_REQUEST,
+                            "pqmesh-gateway: an access_token query parameter is refused on a token-protected route; send the token in Authorization only",
+                        ),
+                        "www-authenticate",
+                        "Bearer error=\"invalid_request\"",
+                    ),
+                    "bad_request",
+                ));
+            }
+            let ip = client.ip().to_string();
+            let auth = authenticate(
+                edge,
+                &ip,
+                runtime,
+                token.accept,
+                &token.scopes,
+                req.headers(),
+            )
+            .await
+            .map_err(|(r, d)| refuse(r, d))?;
             if let Some((limiter, key, claim)) = &runtime.limiter {
                 let claim_name = match key {
                     RateLimitKey::ClientId => Some("client_id"),
@@ -277,6 +313,7 @@ async fn route_request(
     }
 
     let mut response_modifier = None;
+    let mut forward_path = path.clone();
     for f in &rule.filters {
         match f.kind {
             FilterType::RequestRedirect => {
@@ -320,19 +357,17 @@ async fn route_request(
                 }
                 if let Some(p) = &u.path {
                     let new = modified_path(&path, chosen.matched_prefix.as_deref(), p);
-                    let pq = match &query {
-                        Some(q) => format!("{new}?{q}"),
-                        None => new,
-                    };
-                    *req.uri_mut() = pq.parse().map_err(|_| {
-                        refuse(
+                    // The rewrite must yield a path the sidecar leaves as it is: no `..` tricks.
+                    if pqmesh_policy::path::normalize(&new).ok().as_deref() != Some(new.as_str()) {
+                        return Err(refuse(
                             text(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "pqmesh-gateway: rewritten path is invalid",
+                                StatusCode::BAD_REQUEST,
+                                "pqmesh-gateway: the rewritten path is not canonical",
                             ),
                             "bad_rewrite",
-                        )
-                    })?;
+                        ));
+                    }
+                    forward_path = new;
                 }
             }
         }
@@ -355,7 +390,8 @@ async fn route_request(
         backend.name
     );
     // A backendRef that is not a core Service of the route's namespace is never forwarded to
-    // (its route's ResolvedRefs says why); the Gateway API answers 500 for it.
+    // (its route's ResolvedRefs says why: InvalidKind, or RefNotPermitted as there is no
+    // ReferenceGrant); the Gateway API answers 500 for it.
     let permitted =
         crate::load::is_service(backend) && service.starts_with(&format!("{}/", route.namespace));
     let resolved = match permitted {
@@ -403,35 +439,76 @@ async fn route_request(
         req.headers_mut().insert("authorization", value);
     }
     if !req.headers().contains_key("host") {
-        if let Ok(h) = HeaderValue::from_str(&host) {
+        let h = if target.authority.is_empty() {
+            &host
+        } else {
+            &target.authority
+        };
+        if let Ok(h) = HeaderValue::from_str(h) {
             req.headers_mut().insert("host", h);
         }
     }
+    // The edge's own forwarding headers (every client copy was removed in canonical_request).
     req.headers_mut().insert(
         "x-forwarded-proto",
         HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
     );
-    // HTTP/1.1 to the sidecar, origin-form (an HTTP/2 client's absolute URI is reduced).
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    *req.uri_mut() = pq.parse().unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+        req.headers_mut().insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&target.authority) {
+        if !target.authority.is_empty() {
+            req.headers_mut().insert("x-forwarded-host", v);
+        }
+    }
+    // HTTP/1.1 to the sidecar, origin-form, with the canonical (or rewritten) path: the backend
+    // sidecar gets exactly the path the route and the EdgePolicy were chosen on.
+    let pq = match &query {
+        Some(q) => format!("{forward_path}?{q}"),
+        None => forward_path,
+    };
+    *req.uri_mut() = pq.parse().map_err(|_| {
+        refuse(
+            text(
+                StatusCode::BAD_REQUEST,
+                "pqmesh-gateway: unusable request target",
+            ),
+            "bad_path",
+        )
+    })?;
     *req.version_mut() = hyper::Version::HTTP_11;
 
-    let mut response = forward(edge, endpoint, req.map(|b| b.boxed()))
-        .await
-        .map_err(|e| {
-            tracing::warn!(route = %name, endpoint = %endpoint.addr, error = %e, "backend failed");
-            refuse(
+    // A request body that fails to decode (malformed chunking) is the client's error, not the
+    // backend's (review 7, F11).
+    let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = body_failed.clone();
+    let req = req.map(move |b| {
+        b.map_err(move |e| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            e
+        })
+        .boxed()
+    });
+    let mut response = forward(edge, endpoint, req).await.map_err(|e| {
+        if body_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!(route = %name, error = %e, "request body malformed");
+            return refuse(
                 text(
-                    StatusCode::BAD_GATEWAY,
-                    "pqmesh-gateway: the backend is unreachable",
+                    StatusCode::BAD_REQUEST,
+                    "pqmesh-gateway: malformed request body",
                 ),
-                "backend_failed",
-            )
-        })?;
+                "bad_request",
+            );
+        }
+        tracing::warn!(route = %name, endpoint = %endpoint.addr, error = %e, "backend failed");
+        refuse(
+            text(
+                StatusCode::BAD_GATEWAY,
+                "pqmesh-gateway: the backend is unreachable",
+            ),
+            "backend_failed",
+        )
+    })?;
     strip_hop_by_hop(response.headers_mut());
     if let Some(m) = response_modifier {
         modify_headers(response.headers_mut(), &m);
@@ -489,6 +566,8 @@ type Denied = (Response<Body>, &'static str);
 
 /// The phantom-token exchange and the coarse scope check; returns the JWT to forward.
 async fn authenticate(
+    edge: &Edge,
+    ip: &str,
     runtime: &EdgeRuntime,
     accept: Accept,
     required: &[String],
@@ -510,7 +589,7 @@ async fn authenticate(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
-    let Some(bearer) = bearer.filter(|t| !t.is_empty()) else {
+    let Some(bearer) = bearer.filter(|t| !t.is_empty() && !t.contains(char::is_whitespace)) else {
         return Err(unauthorized("Bearer", "no_token"));
     };
     let refused_form = match accept {
@@ -535,9 +614,26 @@ async fn authenticate(
             "policy_unresolved",
         ));
     };
+    if let Err(wait) = edge.token_failures.check(ip) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return Err((
+            with_header(
+                text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "pqmesh-gateway: too many refused tokens from this address",
+                ),
+                "retry-after",
+                &secs.to_string(),
+            ),
+            "token_failures",
+        ));
+    }
     let auth = match validator.authenticate(bearer).await {
         Ok(a) => a,
         Err(e) => {
+            if e.status() == 401 {
+                let _ = edge.token_failures.take(ip);
+            }
             let mut r = text(
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
                 "pqmesh-gateway: token refused",

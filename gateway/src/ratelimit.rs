@@ -26,6 +26,22 @@ impl Limiter {
         }
     }
 
+    /// Whether `key` has a token left, without taking it; `Err(retry_after)` when empty.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((tokens, at)) = buckets.get(key) else {
+            return Ok(());
+        };
+        let tokens =
+            (tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.capacity);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second))
+        }
+    }
+
     /// Takes one token for `key`; `Err(retry_after)` when the bucket is empty.
     pub fn take(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
@@ -70,5 +86,16 @@ mod tests {
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(l.take("a").is_ok());
         assert!(l.take("a").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn check_does_not_take() {
+        let l = Limiter::new(1, Duration::from_secs(1), 1);
+        assert!(l.check("a").is_ok());
+        assert!(l.check("a").is_ok());
+        assert!(l.take("a").is_ok());
+        assert!(l.check("a").is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(l.check("a").is_ok());
     }
 }

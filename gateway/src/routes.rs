@@ -33,18 +33,21 @@ type Specificity = (u8, usize, u8, usize, bool, usize, usize);
 type Tie<'a> = Reverse<(Option<&'a str>, &'a str, usize, usize)>;
 
 /// Whether `route` attaches to `listener`: a parentRef naming its Gateway (and its section, if
-/// any), and hostnames that intersect.
+/// any), from the Gateway's own namespace (`allowedRoutes.namespaces.from: Same`, the only value
+/// served). The judgement already drops other parentRefs; this does not rely on it alone.
 pub fn attaches(route: &RouteModel, listener: &ListenerModel) -> bool {
-    route.spec.parent_refs.iter().any(|p| {
-        let gw = format!(
-            "{}/{}",
-            p.namespace.as_deref().unwrap_or(&route.namespace),
-            p.name
-        );
-        gw == listener.gateway
-            && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
-            && p.port.is_none_or(|port| port == listener.port)
-    })
+    let gateway_ns = listener.gateway.split('/').next().unwrap_or("");
+    route.namespace == gateway_ns
+        && route.spec.parent_refs.iter().any(|p| {
+            let gw = format!(
+                "{}/{}",
+                p.namespace.as_deref().unwrap_or(&route.namespace),
+                p.name
+            );
+            gw == listener.gateway
+                && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
+                && p.port.is_none_or(|port| port == listener.port)
+        })
 }
 
 /// Whether a route hostname and a listener hostname can both match some request host (exact or

@@ -149,12 +149,13 @@ kind: EdgePolicy
 metadata: {name: p, namespace: shop}
 spec:
   targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: nothing}
+  rateLimit: {key: sourceIP, requests: 5}
 ---
 apiVersion: pqmesh.io/v1alpha1
 kind: EdgePolicy
 metadata: {name: q, namespace: shop}
 spec:
-  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: a}
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: elsewhere}
   token: {issuer: corp, scopes: [orders:read]}
   rateLimit: {key: claim, requests: 5}
 ---
@@ -525,3 +526,6 @@ spec:
     assert_eq!(pick("x.example").as_deref(), Some("c"));
     assert_eq!(pick("other.test"), None);
 }
+
+/// What outside review 7 found, one test per finding.
+mod outside_review;

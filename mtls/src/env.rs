@@ -94,6 +94,21 @@ pub fn worker_threads(v: &str) -> Result<usize, &'static str> {
     }
 }
 
+/// A comma list of TCP ports (`PQMESH_OPAQUE_PORTS`, `PQMESH_HTTP_RELAY_PORTS`; the injector
+/// checks annotations with it). Empty items are skipped; 0 is not a port.
+pub fn ports(v: &str) -> Result<Vec<u16>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|n| *n != 0)
+                .ok_or_else(|| format!("{p:?} is not a TCP port"))
+        })
+        .collect()
+}
+
 /// Durations like `90s`, `5m`, `1h`, `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -16,7 +16,9 @@
 //!   `HTTP2-Settings`, so the request goes on as plain HTTP/1.1 and the connection stays checked
 //!   per request. `CONNECT` is refused.
 //! - Method-override headers (`X-HTTP-Method-Override` and kin) are refused: frameworks honour them,
-//!   so the app would run another method than the policy allowed.
+//!   so the app would run another method than the policy allowed. So are URL overrides
+//!   (`X-Original-URL`, `X-Rewrite-URL`, `X-Original-Method`: Symfony, Laminas and IIS honour
+//!   them), or the app would serve another path than the policy judged.
 
 use hyper::header::{
     HeaderName, HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
@@ -45,6 +47,9 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-method-override",
 ];
 
+/// Headers that name another URL (or method) than the request line (Symfony, Laminas, IIS).
+const URL_OVERRIDES: &[&str] = &["x-original-url", "x-rewrite-url", "x-original-method"];
+
 /// Prefix of the headers only the sidecar may send to the app.
 pub const RESERVED_PREFIX: &str = "x-pqmesh-";
 
@@ -55,6 +60,8 @@ pub enum Refusal {
     Underscore(String),
     #[error("method-override header {0:?} is refused (the app would run another method than the policy allowed)")]
     MethodOverride(String),
+    #[error("header {0:?} is refused (the app would serve another URL than the policy judged)")]
+    UrlOverride(String),
     #[error("CONNECT is not proxied to the app")]
     Connect,
 }
@@ -71,7 +78,7 @@ impl Refusal {
     pub fn outcome(&self) -> &'static str {
         match self {
             Refusal::Underscore(_) => "bad_header",
-            Refusal::MethodOverride(_) => "bad_header",
+            Refusal::MethodOverride(_) | Refusal::UrlOverride(_) => "bad_header",
             Refusal::Connect => "bad_method",
         }
     }
@@ -99,6 +106,9 @@ pub fn canonicalize(
     }
     if let Some(name) = METHOD_OVERRIDES.iter().find(|n| headers.contains_key(**n)) {
         return Err(Refusal::MethodOverride((*name).to_owned()));
+    }
+    if let Some(name) = URL_OVERRIDES.iter().find(|n| headers.contains_key(**n)) {
+        return Err(Refusal::UrlOverride((*name).to_owned()));
     }
     let upgrade = if !h2 && method == Method::GET && asks_websocket(headers) {
         Upgrade::WebSocket

@@ -26,6 +26,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting::value("PQMESH_INBOUND_PORTS", "inbound-ports", DefaultValue::Text("unset: every port"), "comma list: only these original destination ports are served (the injector sets the pod's container ports)"),
     Setting::value("PQMESH_INBOUND_APP_ADDR", "inbound-app-addr", DefaultValue::Text("unset: refused"), "explicit mode: where connections that were not redirected go"),
     Setting::value("PQMESH_OPAQUE_PORTS", "opaque-ports", DefaultValue::Value("25,587,3306,4444,5432,6379,9300,11211"), "app ports proxied as opaque TCP without protocol detection (server-first protocols)"),
+    Setting::value("PQMESH_HTTP_RELAY_PORTS", "http-relay-ports", DefaultValue::Text("empty"), "HTTP/1.1 app ports whose app reads no identity header: relayed as bytes, not proxied per request, while the port's policy is identity-only (faster; see local-mode.md)"),
     Setting::value("PQMESH_OUTBOUND_ADDR", "outbound-addr", DefaultValue::Value("127.0.0.1:15001"), "outbound listener (iptables target); 127.0.0.1:P also listens on [::1]:P unless the namespace has no IPv6"),
     Setting::value("PQMESH_OUTBOUND_UNMESHED", "outbound-unmeshed", DefaultValue::Value("passthrough"), "destinations that are not meshed: passthrough (plaintext) or refuse"),
     Setting::value("PQMESH_OUTBOUND_PEER_ADDR", "outbound-peer-addr", DefaultValue::Text("unset: transparent mode"), "explicit mode: send every outbound connection to this peer sidecar"),
@@ -125,6 +126,8 @@ pub struct Config {
     /// App ports whose protocol is never sniffed (server-first protocols such as databases would
     /// otherwise wait for the detection timeout): proxied as opaque TCP at once.
     pub opaque_ports: Vec<u16>,
+    /// HTTP/1.1 ports relayed as bytes while their policy is identity-only (`PQMESH_HTTP_RELAY_PORTS`).
+    pub http_relay_ports: Vec<u16>,
     pub outbound: Outbound,
     pub admin_addr: SocketAddr,
     /// The workload's labels (AccessPolicy selectors match them). Local mode: from
@@ -370,6 +373,11 @@ impl Config {
                 None => DEFAULT_OPAQUE_PORTS.to_vec(),
                 Some(v) => parse_ports("PQMESH_OPAQUE_PORTS", &v)?,
             },
+            http_relay_ports: env
+                .var("PQMESH_HTTP_RELAY_PORTS")
+                .map(|v| parse_ports("PQMESH_HTTP_RELAY_PORTS", &v))
+                .transpose()?
+                .unwrap_or_default(),
             outbound,
             admin_addr: env::parse_or(
                 env,
@@ -449,16 +457,7 @@ fn parse_labels(env: &dyn Env) -> Result<BTreeMap<String, String>, EnvError> {
 }
 
 fn parse_ports(name: &str, v: &str) -> Result<Vec<u16>, EnvError> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|n| *n != 0)
-                .ok_or_else(|| EnvError::new(name, v, format!("{p:?} is not a TCP port")))
-        })
-        .collect()
+    pqmesh_mtls::env::ports(v).map_err(|e| EnvError::new(name, v, e))
 }
 
 #[cfg(test)]

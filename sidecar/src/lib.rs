@@ -8,6 +8,7 @@ pub mod balance;
 pub mod canonical;
 pub mod config;
 pub mod control_plane;
+pub mod copy;
 pub mod delivery;
 pub mod discovery;
 pub mod drain;
@@ -278,6 +279,7 @@ pub async fn start_with(
             config.admin_addr.port(),
         ],
         opaque_ports: config.opaque_ports.clone(),
+        http_relay_ports: config.http_relay_ports.clone(),
         tls: tls_rx.clone(),
         original_dst: original_dst.clone(),
         clients: Arc::new(http_proxy::AppClients::new(false)),

@@ -227,7 +227,12 @@ impl Outbound {
         match self.decide(&app).await? {
             Decision::Passthrough(orig) => {
                 let upstream = self.connect_plain(orig).await?;
-                let upstream = Observed::new(upstream, self.metrics.clone(), "none".to_owned());
+                let upstream = Observed::new(
+                    upstream,
+                    "outbound",
+                    self.metrics.clone(),
+                    "none".to_owned(),
+                );
                 relay(upstream, app, "outbound", &self.metrics).await;
                 Ok(())
             }
@@ -415,7 +420,7 @@ impl Outbound {
         let peer_label = self
             .metrics
             .peer_label(upstream.peer.as_ref().map(|(p, _)| p));
-        let io = Observed::new(upstream.io, self.metrics.clone(), peer_label);
+        let io = Observed::new(upstream.io, "outbound", self.metrics.clone(), peer_label);
         let Some((peer, serial)) = upstream.peer else {
             relay(io, app, "outbound", &self.metrics).await;
             return;

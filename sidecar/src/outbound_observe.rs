@@ -10,6 +10,7 @@
 //! written to its response's head read.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -191,6 +192,11 @@ impl RequestParser {
         matches!(&self.state, State::Head(b) if b.is_empty())
     }
 
+    /// Whether part of a request head has arrived and the rest has not.
+    pub fn in_partial_head(&self) -> bool {
+        matches!(&self.state, State::Head(b) if !b.is_empty())
+    }
+
     /// Consumes `bytes`; returns one entry per request head completed in them (`true` for HEAD).
     pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<bool> {
         let mut heads = Vec::new();
@@ -246,13 +252,38 @@ impl RequestParser {
 }
 
 /// A request's body framing (RFC 9112 §6.3: chunked, Content-Length, or none); `None` when it
-/// cannot be told (a transfer coding other than chunked last, conflicting lengths).
+/// cannot be told for certain, because servers would disagree: both Transfer-Encoding and
+/// Content-Length, a last transfer coding that is not exactly `chunked` (`xchunked` is not),
+/// lengths that are not digits or differ.
 fn request_body_framing(headers: &[httparse::Header]) -> Option<Body> {
-    let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
-    if !has("transfer-encoding") && !has("content-length") {
-        return Some(Body::Length(0));
+    let values = |name: &str| {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(|v| v.trim_ascii())
+            .collect::<Vec<_>>()
+    };
+    let (te, cl) = (values("transfer-encoding"), values("content-length"));
+    match (te.last(), cl.first()) {
+        (None, None) => Some(Body::Length(0)),
+        (Some(_), Some(_)) => None,
+        (Some(last), None) => last
+            .eq_ignore_ascii_case(b"chunked")
+            .then(|| Body::ChunkSize(Vec::new())),
+        (None, Some(first)) => {
+            let length = |v: &[u8]| {
+                let digits = !v.is_empty() && v.iter().all(u8::is_ascii_digit);
+                digits
+                    .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    .flatten()
+            };
+            let n = length(first)?;
+            cl.iter()
+                .all(|v| length(v) == Some(n))
+                .then_some(Body::Length(n))
+        }
     }
-    body_framing(200, false, headers)
 }
 
 /// One attempt at a message head.
@@ -401,10 +432,11 @@ fn skip_body(body: &mut Body, bytes: &[u8]) -> (usize, bool, bool) {
     (used, false, false)
 }
 
-/// The upstream side of an outbound relay, observed: writes are the app's requests, reads the
-/// server's responses.
+/// The upstream side of a relay, observed: writes are the requests, reads the server's
+/// responses. Outbound the server is the upstream; inbound on an HTTP relay port, the app.
 pub struct Observed<IO> {
     inner: IO,
+    direction: &'static str,
     requests: RequestParser,
     responses: ResponseParser,
     /// When each request sent and not yet answered started, oldest first.
@@ -414,26 +446,55 @@ pub struct Observed<IO> {
     series: RequestSeries,
     metrics: Arc<Metrics>,
     counted_connection: bool,
+    /// Inbound HTTP relay: close the connection after this long with every request answered and
+    /// no new one begun (the HTTP path's keep-alive limit).
+    idle: Option<Duration>,
+    idle_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> Observed<IO> {
-    pub fn new(inner: IO, metrics: Arc<Metrics>, peer_label: String) -> Self {
+    pub fn new(
+        inner: IO,
+        direction: &'static str,
+        metrics: Arc<Metrics>,
+        peer_label: String,
+    ) -> Self {
         Observed {
             inner,
+            direction,
             requests: RequestParser::default(),
             responses: ResponseParser::default(),
             started: VecDeque::new(),
             head_started: None,
-            series: metrics.request_series("outbound", peer_label),
+            series: metrics.request_series(direction, peer_label),
             metrics,
             counted_connection: false,
+            idle: None,
+            idle_deadline: None,
         }
+    }
+
+    /// Ends the stream (reads fail with `TimedOut`) once it has been quiet for `idle` between
+    /// requests: every request answered, no new one begun.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
+    }
+
+    /// Between requests with nothing outstanding (and still observed: an upgraded or unframed
+    /// connection is never timed out here).
+    fn quiescent(&self) -> bool {
+        !self.responses.is_done()
+            && self.started.is_empty()
+            && self.requests.between_requests()
+            && self.responses.between_responses()
     }
 
     fn on_request_bytes(&mut self, written: &[u8]) {
         if self.responses.is_done() || written.is_empty() {
             return;
         }
+        self.idle_deadline = None;
         let now = Instant::now();
         if self.requests.between_requests() {
             self.head_started = Some(now);
@@ -467,13 +528,13 @@ impl<IO> Observed<IO> {
             };
             self.metrics
                 .requests
-                .with_label_values(&["outbound", outcome])
+                .with_label_values(&[self.direction, outcome])
                 .inc();
             if !self.counted_connection {
                 self.counted_connection = true;
                 self.metrics
                     .http_connections
-                    .with_label_values(&["outbound", "http1"])
+                    .with_label_values(&[self.direction, "http1"])
                     .inc();
             }
         }
@@ -486,6 +547,21 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Observed<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(idle) = self.idle {
+            if !self.quiescent() {
+                self.idle_deadline = None;
+            } else {
+                let deadline = self
+                    .idle_deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("idle between requests for {idle:?}"),
+                    )));
+                }
+            }
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
@@ -648,7 +724,7 @@ mod tests {
         let exchange = |request: &'static [u8], answer: Vec<u8>| async move {
             let metrics = Arc::new(Metrics::new());
             let (near, mut far) = tokio::io::duplex(1 << 20);
-            let mut observed = Observed::new(near, metrics.clone(), "none".into());
+            let mut observed = Observed::new(near, "outbound", metrics.clone(), "none".into());
             observed.write_all(request).await.unwrap();
             let mut req = vec![0u8; request.len()];
             far.read_exact(&mut req).await.unwrap();
@@ -682,7 +758,12 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let metrics = Arc::new(Metrics::new());
         let (near, mut far) = tokio::io::duplex(4096);
-        let mut observed = Observed::new(near, metrics.clone(), "spiffe://t/ns/a/sa/b".into());
+        let mut observed = Observed::new(
+            near,
+            "outbound",
+            metrics.clone(),
+            "spiffe://t/ns/a/sa/b".into(),
+        );
         for (status, body) in [(200, "ok"), (403, "no")] {
             observed
                 .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -727,7 +808,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let metrics = Arc::new(Metrics::new());
         let (near, mut far) = tokio::io::duplex(4096);
-        let mut observed = Observed::new(near, metrics.clone(), "none".into());
+        let mut observed = Observed::new(near, "outbound", metrics.clone(), "none".into());
         let two = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
         observed.write_all(two).await.unwrap();
         let mut req = vec![0u8; two.len()];
@@ -743,5 +824,37 @@ mod tests {
                 .get_sample_count()
         };
         assert_eq!((count("2xx"), count("5xx")), (1, 1));
+    }
+
+    /// Inbound HTTP relay: a connection idle between requests ends after the keep-alive limit;
+    /// one whose request the app is still answering does not.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_relay_ends_between_requests_but_not_while_the_app_answers() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let idle = Duration::from_secs(10);
+        let (near, mut app) = tokio::io::duplex(1 << 16);
+        let mut observed = Observed::new(near, "inbound", Arc::new(Metrics::new()), "none".into())
+            .with_idle_timeout(idle);
+        let mut buf = [0u8; 1024];
+        const REQUEST: &[u8] = b"GET /slow HTTP/1.1\r\nHost: b\r\n\r\n";
+        observed.write_all(REQUEST).await.unwrap();
+        // The app takes three idle periods to answer: no timeout meanwhile.
+        let answer = async {
+            tokio::time::sleep(idle * 3).await;
+            let mut req = [0u8; REQUEST.len()];
+            app.read_exact(&mut req).await.unwrap();
+            assert_eq!(req, REQUEST);
+            app.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            app
+        };
+        let (read, app) = tokio::join!(observed.read(&mut buf), answer);
+        assert!(read.unwrap() > 0, "the answer arrived");
+        let started = tokio::time::Instant::now();
+        let err = observed.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), idle);
+        drop(app);
     }
 }

@@ -23,6 +23,7 @@ use crate::drain::Drain;
 use crate::http_proxy::{self, AppClients};
 use crate::metrics::Metrics;
 use crate::original_dst::{canonical, OriginalDst};
+use crate::outbound_observe::Observed;
 use crate::revocation::{until_revoked, RevokedState};
 use crate::sniff::{self, AppProtocol, Transport};
 use crate::tls::MeshTls;
@@ -149,6 +150,8 @@ pub struct Inbound {
     /// The sidecar's own ports: an original destination among them would loop.
     pub own_ports: Vec<u16>,
     pub opaque_ports: Vec<u16>,
+    /// HTTP/1.1 ports relayed as bytes while the port's policy is identity-only.
+    pub http_relay_ports: Vec<u16>,
     pub tls: TlsState,
     pub original_dst: Arc<dyn OriginalDst>,
     /// Towards the configured app address (explicit mode).
@@ -396,6 +399,17 @@ impl Inbound {
             self.access_log,
         );
         match protocol {
+            Some(AppProtocol::Http1)
+                if self.http_relay_ports.contains(&target.port())
+                    && self
+                        .admits_unparsed(target.port(), ctx.peer.as_ref())
+                        .is_ok() =>
+            {
+                // Every request from this peer would be allowed unread: relay the bytes. The
+                // guard keeps the identity header and protocol switches out.
+                let guarded = crate::opaque_guard::OpaqueGuard::http_relay(stream);
+                self.relay_judged(guarded, ctx.peer, delivery, true).await;
+            }
             Some(AppProtocol::Http1) => {
                 self.metrics
                     .http_connections
@@ -415,52 +429,107 @@ impl Inbound {
                 }
             }
             Some(AppProtocol::Opaque) | None => {
-                if let Some(active) = self.active_policy() {
-                    let decision = active.policy.evaluate(&pqmesh_policy::Request {
-                        port: target.port(),
-                        peer: ctx.peer.as_ref(),
-                        trust_domain: &self.trust_domain,
-                        http: None,
-                    });
-                    if let pqmesh_policy::Decision::Deny(d) = decision {
-                        self.metrics
-                            .policy_decisions
-                            .with_label_values(&["inbound", "deny", d.reason()])
-                            .inc();
-                        self.metrics
-                            .connections
-                            .with_label_values(&["inbound", "denied_policy"])
-                            .inc();
-                        tracing::info!(peer = %ctx.peer.as_ref().map_or_else(|| "none".to_owned(), |p| p.to_string()), reason = d.reason(), "TCP connection denied by policy");
-                        return;
-                    }
-                    self.metrics
-                        .policy_decisions
-                        .with_label_values(&["inbound", "allow", "allowed"])
-                        .inc();
-                }
-                let app = match crate::delivery::connect(delivery, CONNECT_TIMEOUT).await {
-                    Ok(app) => app,
-                    Err(e) => {
-                        self.metrics
-                            .connections
-                            .with_label_values(&["inbound", "app_unreachable"])
-                            .inc();
-                        tracing::info!(%target, error = %e, "local app unreachable");
-                        return;
-                    }
-                };
                 let guarded = crate::opaque_guard::OpaqueGuard::new(stream);
-                relay(guarded, app, "inbound", &self.metrics).await;
+                self.relay_judged(guarded, ctx.peer, delivery, false).await;
+            }
+        }
+    }
+
+    /// Whether the policy admits `peer` on `port` with no request to judge (opaque TCP, an HTTP
+    /// relay): only an identity-only policy can. Without a pushed policy, the allow-list
+    /// judged the peer at the handshake.
+    fn admits_unparsed(&self, port: u16, peer: Option<&SpiffeId>) -> Result<(), &'static str> {
+        let Some(active) = self.active_policy() else {
+            return Ok(());
+        };
+        match active.policy.evaluate(&pqmesh_policy::Request {
+            port,
+            peer,
+            trust_domain: &self.trust_domain,
+            http: None,
+        }) {
+            pqmesh_policy::Decision::Allow { .. } => Ok(()),
+            pqmesh_policy::Decision::Deny(d) => Err(d.reason()),
+        }
+    }
+
+    /// Resolves when a policy change means `peer` may no longer send unparsed bytes to `port`
+    /// (a relayed connection then ends: HTTP comes back on the per-request path).
+    async fn until_unparsed_refused(&self, port: u16, peer: Option<&SpiffeId>) {
+        let mut changes = self.policy.clone();
+        loop {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if self.admits_unparsed(port, peer).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Relays a connection the policy judges by its peer alone: opaque TCP, or HTTP/1.1 on an
+    /// HTTP relay port (`http`: its requests observed for the golden metrics). The policy is
+    /// checked now and at every change; a connection it stops admitting is closed.
+    async fn relay_judged<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        peer: Option<SpiffeId>,
+        delivery: Delivery,
+        http: bool,
+    ) {
+        let target = delivery.addr();
+        let has_policy = self.active_policy().is_some();
+        if let Err(reason) = self.admits_unparsed(target.port(), peer.as_ref()) {
+            self.metrics
+                .policy_decisions
+                .with_label_values(&["inbound", "deny", reason])
+                .inc();
+            self.metrics
+                .connections
+                .with_label_values(&["inbound", "denied_policy"])
+                .inc();
+            tracing::info!(peer = %peer.as_ref().map_or_else(|| "none".to_owned(), |p| p.to_string()), reason, "TCP connection denied by policy");
+            return;
+        }
+        if has_policy {
+            self.metrics
+                .policy_decisions
+                .with_label_values(&["inbound", "allow", "allowed"])
+                .inc();
+        }
+        let app = match crate::delivery::connect(delivery, CONNECT_TIMEOUT).await {
+            Ok(app) => app,
+            Err(e) => {
+                self.metrics
+                    .connections
+                    .with_label_values(&["inbound", "app_unreachable"])
+                    .inc();
+                tracing::info!(%target, error = %e, "local app unreachable");
+                return;
+            }
+        };
+        let relayed = async {
+            if http {
+                let label = self.metrics.peer_label(peer.as_ref());
+                let app = Observed::new(app, "inbound", self.metrics.clone(), label)
+                    .with_idle_timeout(http_proxy::HEADER_READ_TIMEOUT);
+                relay(stream, app, "inbound", &self.metrics).await
+            } else {
+                relay(stream, app, "inbound", &self.metrics).await
+            }
+        };
+        tokio::select! {
+            _ = relayed => {}
+            _ = self.until_unparsed_refused(target.port(), peer.as_ref()) => {
+                self.metrics
+                    .connections
+                    .with_label_values(&["inbound", "closed_policy"])
+                    .inc();
+                tracing::info!(peer = %peer.as_ref().map_or_else(|| "none".to_owned(), |p| p.to_string()), "closed a relayed connection: the policy no longer admits it unparsed");
             }
         }
     }
 }
-
-/// Bytes a relay moves per read and write in each direction: the largest TLS record's plaintext,
-/// so a full record is decrypted into one buffer and one write encrypts one full record (tokio's
-/// default, 8 KiB, halves both; larger buffers only cost memory per connection).
-const RELAY_BUFFER: usize = 16 * 1024;
 
 /// Copies both ways until both sides are done; an EOF on one side is passed on as a half-close.
 pub(crate) async fn relay<A, B>(mut mesh: A, mut app: B, direction: &'static str, metrics: &Metrics)
@@ -477,9 +546,7 @@ where
     }
     metrics.connections_open.inc();
     let _open = Open(&metrics.connections_open);
-    match tokio::io::copy_bidirectional_with_sizes(&mut mesh, &mut app, RELAY_BUFFER, RELAY_BUFFER)
-        .await
-    {
+    match crate::copy::bidirectional(&mut mesh, &mut app).await {
         Ok((to_app, from_app)) => {
             metrics
                 .bytes

@@ -26,6 +26,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 const JWT: &str = "pqmesh-jwt";
 /// The pqmesh pair with ML-DSA-65 certificates (handshakes only).
 const MLDSA: &str = "pqmesh-mldsa";
+/// The pqmesh pair whose server side relays HTTP/1.1 unparsed (`PQMESH_HTTP_RELAY_PORTS`).
+const RELAY: &str = "pqmesh-relay";
 
 struct Options {
     repeats: usize,
@@ -186,6 +188,9 @@ enum Kind {
     Floor,
     /// pqmesh with the JWT AccessPolicy: latency/CPU and saturation with a bearer token.
     JwtPolicy,
+    /// pqmesh with an HTTP relay port: latency/CPU, saturation and bulk (handshakes are the
+    /// `pqmesh` pair's: the same TLS).
+    Relay,
     /// pqmesh with ML-DSA-65 certificates: handshakes only.
     HandshakesOnly,
 }
@@ -331,6 +336,17 @@ async fn measure(o: &Options, t: &Target<'_>, backend: SocketAddr, idle: (f64, f
     )
     .await
         / (1024.0 * 1024.0);
+    if t.kind == Kind::Relay {
+        rss_after(t, &mut run);
+        (run.hs_full, run.hs_full_p99_ms) = (f64::NAN, f64::NAN);
+        (run.hs_resumed, run.hs_resumed_fraction) = (f64::NAN, f64::NAN);
+        eprintln!(
+            "  {:8} p50 {:.3} ms  p99 {:.3} ms  {:.0} rps  cpu {:.3}/{:.3}  bulk {:.0} MiB/s  errors {}",
+            t.name, run.p50_ms, run.p99_ms, run.achieved_rps, run.cpu_client, run.cpu_server,
+            run.bulk_mib_s, run.errors
+        );
+        return run;
+    }
     handshake_rates(o, t, &mut run).await;
     rss_after(t, &mut run);
     eprintln!(
@@ -466,6 +482,17 @@ async fn main() {
         ));
         jwt::wait_enforced(pairs.last().expect("pair").entry, &issuer.token()).await;
     }
+    if wanted(RELAY) {
+        pairs.push(peers::start_pqmesh_with(
+            RELAY,
+            &o.bin_dir,
+            &cp,
+            "ecdsa-p256",
+            backend,
+            "",
+            &[("PQMESH_HTTP_RELAY_PORTS", backend.port().to_string())],
+        ));
+    }
     if let Some(cp) = &cp_mldsa {
         pairs.push(peers::start_pqmesh(
             MLDSA,
@@ -525,6 +552,8 @@ async fn main() {
         }
         let kind = if p.name.starts_with(JWT) {
             Kind::JwtPolicy
+        } else if p.name == RELAY {
+            Kind::Relay
         } else if p.name == MLDSA {
             Kind::HandshakesOnly
         } else {
@@ -595,7 +624,10 @@ async fn main() {
             );
         }
         if o.ab_idle {
-            for t in targets[1..].iter().filter(|t| t.kind == Kind::Pair) {
+            for t in targets[1..]
+                .iter()
+                .filter(|t| matches!(t.kind, Kind::Pair | Kind::Relay))
+            {
                 let (Some(p), Some(cfg)) = (t.pair, &t.resumed) else {
                     continue;
                 };
@@ -615,10 +647,15 @@ async fn main() {
     }
     eprintln!("idle connections");
     let mut idle_rows = Vec::new();
-    for t in targets[1..].iter().filter(|t| t.kind == Kind::Pair) {
+    for t in targets[1..]
+        .iter()
+        .filter(|t| matches!(t.kind, Kind::Pair | Kind::Relay))
+    {
         let (Some(p), Some(cfg)) = (t.pair, &t.resumed) else {
             continue;
         };
+        // Relays hold an app connection per client connection: the same count as the peers,
+        // within the descriptor limit.
         let n = if t.name == "pqmesh" {
             o.idle_conns
         } else {

@@ -70,6 +70,9 @@ pub struct ProxySettings {
     pub log_format: String,
     pub access_log: bool,
     pub worker_threads: usize,
+    /// `PQMESH_HTTP_RELAY_PORTS` (per pod only: which ports' apps need no identity header is a
+    /// property of the app), as a checked comma list; empty: unset.
+    pub http_relay_ports: String,
 }
 
 impl Default for ProxySettings {
@@ -79,6 +82,7 @@ impl Default for ProxySettings {
             log_format: "json".to_owned(),
             access_log: false,
             worker_threads: 1,
+            http_relay_ports: String::new(),
         }
     }
 }
@@ -99,13 +103,17 @@ impl ProxySettings {
     }
 
     /// The sidecar container's variables.
-    pub fn env(&self) -> [Value; 4] {
-        [
+    pub fn env(&self) -> Vec<Value> {
+        let mut env = vec![
             json!({"name": "PQMESH_LOG", "value": self.log}),
             json!({"name": "PQMESH_LOG_FORMAT", "value": self.log_format}),
             json!({"name": "PQMESH_ACCESS_LOG", "value": self.access_log.to_string()}),
             json!({"name": "PQMESH_WORKER_THREADS", "value": self.worker_threads.to_string()}),
-        ]
+        ];
+        if !self.http_relay_ports.is_empty() {
+            env.push(json!({"name": "PQMESH_HTTP_RELAY_PORTS", "value": self.http_relay_ports}));
+        }
+        env
     }
 }
 
@@ -450,7 +458,8 @@ mod tests {
                 log: "debug".into(),
                 log_format: "text".into(),
                 access_log: true,
-                worker_threads: 2
+                worker_threads: 2,
+                http_relay_ports: String::new(),
             }
         );
     }

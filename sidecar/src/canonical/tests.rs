@@ -186,4 +186,11 @@ fn connect_and_method_overrides_are_refused() {
             Err(Refusal::MethodOverride(name.to_ascii_lowercase())),
         );
     }
+    for name in ["X-Original-URL", "x-rewrite-url", "X-Original-Method"] {
+        let mut h = head(&[(name, "/admin")]);
+        assert_eq!(
+            canonicalize(&Method::GET, &mut h, false),
+            Err(Refusal::UrlOverride(name.to_ascii_lowercase())),
+        );
+    }
 }

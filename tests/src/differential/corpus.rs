@@ -22,6 +22,9 @@ pub enum Over {
     Mtls,
     Plain,
     PeersOnly,
+    /// mTLS to an identity-only port that is also an HTTP relay port (`PQMESH_HTTP_RELAY_PORTS`):
+    /// bytes relayed unparsed. Every HTTP/1 variant is sent over it, whatever its `over` says.
+    Relay,
 }
 
 impl Over {
@@ -30,6 +33,7 @@ impl Over {
             Over::Mtls => "mtls",
             Over::Plain => "plain",
             Over::PeersOnly => "peers",
+            Over::Relay => "relay",
         }
     }
 }

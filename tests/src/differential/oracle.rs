@@ -66,6 +66,9 @@ pub fn fold(name: &str) -> String {
 
 /// Everything wrong with what the app received for `variant` sent `over` by `caller`.
 pub fn judge(variant: &Variant, over: Over, caller: &str, received: &[Received]) -> Vec<String> {
+    if over == Over::Relay {
+        return judge_relayed(variant, received);
+    }
     let mut out = Vec::new();
     match variant.expect {
         Expect::Refuse if !received.is_empty() => out.push(format!(
@@ -80,6 +83,32 @@ pub fn judge(variant: &Variant, over: Over, caller: &str, received: &[Received])
     let want = (over != Over::Plain).then_some(caller);
     for r in received {
         out.extend(judge_one(r, over, want));
+    }
+    out
+}
+
+/// An HTTP relay port passes requests unparsed, so the contract is narrower: the app never reads
+/// an identity (the sidecar stamps none there, and a client's must never arrive), no request
+/// header names the identity in any spelling, and no protocol switch is ever passed (after one,
+/// header names could travel HPACK-encoded past the scan). Controls must still get through.
+fn judge_relayed(variant: &Variant, received: &[Received]) -> Vec<String> {
+    let mut out = Vec::new();
+    if variant.id.starts_with("control-") && received.is_empty() {
+        out.push("control: a request on the relay port never reached the app".to_owned());
+    }
+    for r in received {
+        if let Some(id) = &r.identity {
+            out.push(format!("(a) the app read identity {id:?} on a relay port"));
+        }
+        for (n, v) in &r.headers {
+            let name = fold(n);
+            if name.contains("pqmesh-peer-identity") {
+                out.push(format!("(a) identity header {n:?}: {v:?} reached the app"));
+            }
+            if name == "upgrade" {
+                out.push(format!("upgrade {v:?} passed on a relay port"));
+            }
+        }
     }
     out
 }
@@ -114,7 +143,7 @@ fn judge_one(r: &Received, over: Over, want: Option<&str>) -> Vec<String> {
             _ => {}
         }
     }
-    if over == Over::PeersOnly {
+    if matches!(over, Over::PeersOnly | Over::Relay) {
         return out; // an identity-only policy allows any method and path
     }
     let method = r

@@ -41,6 +41,7 @@ pub struct Ports {
     pub rules: u16,
     pub plain: u16,
     pub peers: u16,
+    pub relay: u16,
 }
 
 impl Ports {
@@ -49,6 +50,7 @@ impl Ports {
             Over::Mtls => self.rules,
             Over::Plain => self.plain,
             Over::PeersOnly => self.peers,
+            Over::Relay => self.relay,
         }
     }
 }
@@ -138,8 +140,9 @@ pub async fn start(kind: Kind) -> StockServer {
         rules: free_port(),
         plain: free_port(),
         peers: free_port(),
+        relay: free_port(),
     };
-    let port_args: Vec<String> = [ports.rules, ports.plain, ports.peers]
+    let port_args: Vec<String> = [ports.rules, ports.plain, ports.peers, ports.relay]
         .iter()
         .map(u16::to_string)
         .collect();

@@ -8,7 +8,10 @@
 //! One oracle (`pqmesh_tests::differential::oracle`) then checks every request an app received:
 //! (a) the identity it read is the caller's (absent for plaintext), (b) the method and path it
 //! interpreted are allowed by the policy's intent under every reading a server might apply, and
-//! (c) variants the contract refuses never reached it. The table goes to
+//! (c) variants the contract refuses never reached it. A fourth port has the identity-only policy
+//! and is an HTTP relay port (`PQMESH_HTTP_RELAY_PORTS`: bytes relayed unparsed): every HTTP/1
+//! variant goes there too, and the app must never read an identity or get a protocol switch.
+//! The table goes to
 //! `target/reliability/differential-<server>.md`.
 //!
 //! What it cannot show: servers not in the list (Tomcat, IIS, nginx, Go's net/http) are only
@@ -60,12 +63,13 @@ kind: AccessPolicy
 metadata: {{name: echo-identity-only, namespace: shop}}
 spec:
   selector: {{matchLabels: {{app: echo}}}}
-  ports: [{peers}]
+  ports: [{peers}, {relay}]
   peers: ["shop/web"]
 "#,
         rules = ports.rules,
         plain = ports.plain,
         peers = ports.peers,
+        relay = ports.relay,
     )
 }
 
@@ -86,9 +90,13 @@ async fn differential(kind: Kind) {
     cp.write_policy("echo.yaml", &policies(&server.ports), 3)
         .await;
     let routes = Arc::new(RoutedOriginalDst::default());
+    let relay_port = server.ports.relay.to_string();
     let env = with(
         cp.sidecar_env("api", ECDSA),
-        &[("PQMESH_WORKLOAD_LABELS", "app=echo")],
+        &[
+            ("PQMESH_WORKLOAD_LABELS", "app=echo"),
+            ("PQMESH_HTTP_RELAY_PORTS", &relay_port),
+        ],
     );
     let config = pqmesh_sidecar::config::Config::from_env(&env).expect("sidecar config");
     let b = pqmesh_sidecar::start_with(config, routes.clone())
@@ -113,19 +121,28 @@ async fn differential(kind: Kind) {
         .expect("client config");
     let caller = spiffe("web");
 
-    // The three ports (policies) run side by side; the app logs which port a request came in on.
+    // The four ports (three policies; the identity-only one also on the HTTP relay port) run
+    // side by side; the app logs which port a request came in on.
     let server = Arc::new(server);
     let corpus = Arc::new(corpus);
     let (routes, inbound) = (routes.clone(), b.inbound_addr);
     let mut runs = Vec::new();
-    for over in [Over::Mtls, Over::Plain, Over::PeersOnly] {
+    for over in [Over::Mtls, Over::Plain, Over::PeersOnly, Over::Relay] {
         let (server, corpus, routes, tls) =
             (server.clone(), corpus.clone(), routes.clone(), tls.clone());
         let caller = caller.clone();
         runs.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for (i, variant) in corpus.iter().enumerate() {
-                if !variant.over.contains(&over) || (variant.prior_knowledge_h2() && !server.h2) {
+                let sent = match over {
+                    // HTTP/2 with prior knowledge is never relayed (the sniffer sends it to the
+                    // HTTP/2 path), so the relay port gets every HTTP/1 variant and nothing else.
+                    Over::Relay => !variant.prior_knowledge_h2(),
+                    _ => {
+                        variant.over.contains(&over) && (!variant.prior_knowledge_h2() || server.h2)
+                    }
+                };
+                if !sent {
                     continue;
                 }
                 let app_port = server.ports.for_over(over);

@@ -158,6 +158,22 @@ spec:
   targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: limited}}
   token: {{issuer: corp, scopes: ["orders:read"]}}
   rateLimit: {{key: clientId, requests: 1, periodSeconds: 2, burst: 2}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: admin, namespace: shop}}
+spec:
+  parentRefs: [{{name: edge, sectionName: http}}]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /admin}}}}]
+      backendRefs: [{{name: orders, port: 80}}]
+---
+apiVersion: pqmesh.io/v1alpha1
+kind: EdgePolicy
+metadata: {{name: admin-edge, namespace: shop}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: admin}}
+  token: {{issuer: corp, scopes: ["admin"]}}
 "#
     )
 }
@@ -166,24 +182,32 @@ fn access_policy() -> String {
     fixtures::orders_policy(
         &[],
         r#"["shop/gateway"]"#,
-        "    - {methods: [GET], paths: [\"/orders/**\"], scopes: [\"orders:read\"]}\n",
+        "    - {methods: [GET], paths: [\"/orders/**\"], scopes: [\"orders:read\"]}\n    - {methods: [GET], paths: [\"/admin/**\"]}\n",
     )
 }
 
-struct Setup {
+pub(crate) struct Setup {
     _cp: ControlPlane,
-    oauth: OAuthServer,
+    pub(crate) oauth: OAuthServer,
     _services: Vec<pqmesh_sidecar::RunningSidecar>,
     web: pqmesh_sidecar::RunningSidecar,
-    gateway: pqmesh_gateway::RunningGateway,
+    pub(crate) gateway: pqmesh_gateway::RunningGateway,
     _dir: TempDir,
     ca: std::path::PathBuf,
-    v1: Arc<AtomicUsize>,
+    /// Requests the `orders` app (v1) and `orders-v2` received.
+    pub(crate) v1: Arc<AtomicUsize>,
     v2: Arc<AtomicUsize>,
-    ports: (u16, u16, u16),
+    /// The HTTP, HTTPS and require-pq listener ports.
+    pub(crate) ports: (u16, u16, u16),
 }
 
-async fn setup() -> Setup {
+pub(crate) async fn setup() -> Setup {
+    setup_with("", &[]).await
+}
+
+/// `extra`: more config documents (then refused objects are expected); `settings`: more
+/// gateway settings.
+pub(crate) async fn setup_with(extra: &str, settings: &[(&str, &str)]) -> Setup {
     let oauth = OAuthServer::start(300).await;
     let cp = ControlPlane::start(ECDSA, &["api", "gateway", "web"]).await;
     cp.write_secrets(&format!(
@@ -219,6 +243,9 @@ async fn setup() -> Setup {
     )
     .unwrap();
     std::fs::write(dir.path().join("config/issuer.yaml"), issuer_yaml(&oauth)).unwrap();
+    if !extra.is_empty() {
+        std::fs::write(dir.path().join("config/extra.yaml"), extra).unwrap();
+    }
     let secrets = dir.path().join("secrets.yaml");
     std::fs::write(
         &secrets,
@@ -263,12 +290,15 @@ async fn setup() -> Setup {
     );
     env.insert("PQMESH_GATEWAY_LISTEN_HOST".into(), "127.0.0.1".into());
     env.insert("PQMESH_GATEWAY_ADMIN_ADDR".into(), "127.0.0.1:0".into());
+    for (k, v) in settings {
+        env.insert((*k).into(), (*v).into());
+    }
     let config = pqmesh_gateway::config::Config::from_env(&env).expect("gateway config");
     let gateway = pqmesh_gateway::start(config).await.expect("gateway starts");
     tokio::time::timeout(Duration::from_secs(20), gateway.ready())
         .await
         .expect("gateway certified");
-    for v in &gateway.verdicts() {
+    for v in gateway.verdicts().iter().filter(|_| extra.is_empty()) {
         assert!(v.accepted.is_ok() && v.resolved_refs.is_ok(), "{v:?}");
     }
     assert_eq!(gateway.listeners().len(), 4);
@@ -322,7 +352,7 @@ pub(crate) async fn call(addr: SocketAddr, path: &str, headers: &[(&str, &str)])
     }
 }
 
-fn bearer(t: &str) -> String {
+pub(crate) fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
 
@@ -535,6 +565,20 @@ async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_recei
         !ok,
         "classical client must fail on a require-pq listener: {out}"
     );
+    // Review 7 F12: the refused outside handshake is counted, as documented.
+    let failures = s
+        .gateway
+        .metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "pqmesh_gateway_tls_handshake_failures_total")
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+        .sum::<f64>();
+    assert!(
+        failures >= 1.0,
+        "no pqmesh_gateway_tls_handshake_failures_total"
+    );
     let before = s.v1.load(Ordering::SeqCst);
 
     // Refusals at the edge: the app sees none of them.
@@ -641,6 +685,16 @@ async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_recei
         r.body
     );
     assert_eq!(call(admin, "/ready", &[]).await.status, 200);
+    // Review 7 F12: pqmesh_ready agrees with /ready; the sidecar's control-plane gauge is gone.
+    let r = call(admin, "/metrics", &[]).await;
+    assert!(
+        r.body.lines().any(|l| l == "pqmesh_ready 1")
+            && !r.body.contains("pqmesh_control_plane_connected")
+            && r.body
+                .contains("pqmesh_gateway_tls_handshake_failures_total{"),
+        "{}",
+        r.body
+    );
 
     // The OAuth server down: a token not yet exchanged gets 503, never a pass.
     let fresh = s.oauth.token("orders:read").await;

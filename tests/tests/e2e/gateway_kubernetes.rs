@@ -6,8 +6,8 @@
 //! and resolves the route's Service through the control plane's discovery to the service's
 //! sidecar (a real one, on a loopback address standing in for its pod IP), which checks the
 //! gateway's identity. Then objects change under it, without a restart: a new route, a bad
-//! route, an edited EdgePolicy, a rotated and then a broken certificate Secret, a new
-//! listener, a deleted route.
+//! route, an EdgePolicy attached and a second one conflicting with it, a rotated and then a
+//! broken certificate Secret, a new listener, a deleted route.
 //! What the stand-in cannot show: a real cluster's network (pod IPs here are 127.0.0.x, the
 //! gateway's Service and kube-proxy are not involved), and the real API server's defaulting of
 //! Gateway API objects (the objects below are written as the API server returns them, with
@@ -370,6 +370,30 @@ async fn kubernetes_mode_serves_from_the_api_server_and_follows_changes_without_
         200,
         "other routes are not limited"
     );
+    // A second EdgePolicy on the route (review 7, F3): both Conflicted, the route closed (503)
+    // until one is left.
+    let mut second = edge_policy("new", 1000);
+    second["metadata"]["name"] = json!("new-edge-2");
+    api.put(second);
+    within(10, "the conflicted route is closed", || async {
+        call(local(c.http), "/new/3", &[]).await.status == 503
+    })
+    .await;
+    let verdicts = call(c.gateway.admin_addr, "/verdicts", &[]).await.body;
+    assert!(
+        verdicts
+            .lines()
+            .any(|l| l.starts_with("EdgePolicy shop/new-edge-2")
+                && l.contains("Accepted=False: Conflicted")),
+        "{verdicts}"
+    );
+    api.delete("apis/pqmesh.io/v1alpha1/edgepolicies", "shop", "new-edge-2");
+    within(
+        10,
+        "with one EdgePolicy left its rate limit applies again",
+        || async { call(local(c.http), "/new/4", &[]).await.status == 429 },
+    )
+    .await;
 
     // A rotated certificate Secret is served to new connections (Secrets are re-read every 10 s).
     let (crt2, key2) = self_signed();

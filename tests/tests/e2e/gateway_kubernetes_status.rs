@@ -100,14 +100,38 @@ async fn status_conditions_follow_the_verdicts_by_server_side_apply_without_a_wr
     let mut bad = http_route("bad", "/bad", "orders");
     bad["spec"]["rules"][0]["timeouts"] = json!({"request": "10s"});
     api.put(bad);
+    // Routes an EdgePolicy conflict or a refused EdgePolicy closes (review 7, F2/F3).
+    api.put(http_route("conflict", "/conflict", "orders"));
+    api.put(http_route("unprotected", "/unprotected", "orders"));
+    for (name, route, rate_limit) in [
+        ("conflict-a", "conflict", true),
+        ("conflict-b", "conflict", true),
+        ("checks-nothing", "unprotected", false),
+    ] {
+        let mut spec = json!({"targetRef": {"group": "gateway.networking.k8s.io",
+                                            "kind": "HTTPRoute", "name": route}});
+        if rate_limit {
+            spec["rateLimit"] = json!({"key": "sourceIP", "requests": 10});
+        }
+        api.put(
+            json!({"apiVersion": "pqmesh.io/v1alpha1", "kind": "EdgePolicy",
+                       "metadata": {"name": name, "namespace": "shop"}, "spec": spec}),
+        );
+    }
 
     within(20, "every route of ours shows its verdict", || async {
         [
-            "orders", "kind", "gone", "foreign", "section", "bad", "shared",
+            "orders", "kind", "gone", "foreign", "section", "bad", "shared", "conflict",
+            "unprotected",
         ]
         .iter()
         .all(|r| !our_parent(api, "shop", r).is_null())
             && !our_parent(api, "evil", "evil").is_null()
+            // The EdgePolicies may be judged a round after their routes.
+            && state(&our_parent(api, "shop", "unprotected")["conditions"], "ResolvedRefs").1
+                == "EdgePolicyRefused"
+            && state(&our_parent(api, "shop", "conflict")["conditions"], "ResolvedRefs").1
+                == "Conflicted"
     })
     .await;
     let class = api.get(CLASSES, "", "pqmesh").unwrap();
@@ -136,8 +160,9 @@ async fn status_conditions_follow_the_verdicts_by_server_side_apply_without_a_wr
         );
     }
     let web = listeners.iter().find(|l| l["name"] == "web").unwrap();
-    // orders, plain, kind, gone, foreign and shared attach; section, evil and bad do not.
-    assert_eq!(web["attachedRoutes"], json!(6), "{web}");
+    // orders, plain, kind, gone, foreign, shared, conflict and unprotected attach; section,
+    // evil and bad do not.
+    assert_eq!(web["attachedRoutes"], json!(8), "{web}");
     // Other controllers' objects get nothing from us.
     assert!(api.get(CLASSES, "", "other").unwrap()["status"].is_null());
     assert!(api.get(GATEWAYS, "shop", "theirs").unwrap()["status"].is_null());
@@ -159,6 +184,8 @@ async fn status_conditions_follow_the_verdicts_by_server_side_apply_without_a_wr
         ("kind", "InvalidKind"),
         ("gone", "BackendNotFound"),
         ("foreign", "RefNotPermitted"),
+        ("conflict", "Conflicted"),
+        ("unprotected", "EdgePolicyRefused"),
     ] {
         let p = our_parent(api, "shop", route);
         assert_eq!(
