@@ -10,102 +10,298 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+/// The EdgePolicy's spec lives in the policy crate, so its CRD comes from the same generator as
+/// the AccessPolicy's and TokenIssuer's (`pqmesh-control-plane crds`).
+pub use pqmesh_policy::edge::{
+    Accept, EdgePolicySpec, EdgeToken, RateLimitKey, RateLimitSpec, TargetRef,
+};
+
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 pub const PQMESH_API_VERSION: &str = "pqmesh.io/v1alpha1";
 /// What a GatewayClass must name for this gateway to serve its Gateways.
 pub const CONTROLLER_NAME: &str = "pqmesh.io/gateway";
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Meta {
-    pub name: String,
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    #[serde(default)]
-    pub creation_timestamp: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    pub generation: Option<i64>,
+/// Declares the API's object types: each derives `Debug, Clone, Deserialize, PartialEq` and
+/// denies unknown fields (camelCase keys), here once, so no type can forget to refuse a field
+/// it does not implement.
+macro_rules! api_types {
+    ($($(#[$meta:meta])* pub struct $name:ident $body:tt)*) => {
+        $(
+            $(#[$meta])*
+            #[derive(Debug, Clone, Deserialize, PartialEq)]
+            #[serde(deny_unknown_fields, rename_all = "camelCase")]
+            pub struct $name $body
+        )*
+    };
+}
+
+api_types! {
+    pub struct Meta {
+        pub name: String,
+        #[serde(default = "default_namespace")]
+        pub namespace: String,
+        #[serde(default)]
+        pub creation_timestamp: Option<String>,
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub annotations: BTreeMap<String, String>,
+        #[serde(default)]
+        pub generation: Option<i64>,
+    }
+
+    pub struct GatewayClass {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: Meta,
+        pub spec: GatewayClassSpec,
+    }
+
+    pub struct GatewayClassSpec {
+        pub controller_name: String,
+        #[serde(default)]
+        pub description: Option<String>,
+    }
+
+    pub struct Gateway {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: Meta,
+        pub spec: GatewaySpec,
+    }
+
+    pub struct GatewaySpec {
+        pub gateway_class_name: String,
+        pub listeners: Vec<Listener>,
+    }
+
+    pub struct Listener {
+        pub name: String,
+        #[serde(default)]
+        pub hostname: Option<String>,
+        pub port: u16,
+        pub protocol: Protocol,
+        #[serde(default)]
+        pub tls: Option<ListenerTls>,
+        /// Only the default is supported: routes of the Gateway's own namespace (`from: Same`),
+        /// of kind HTTPRoute. The API server fills it in on every listener.
+        #[serde(default)]
+        pub allowed_routes: Option<AllowedRoutes>,
+    }
+
+    pub struct AllowedRoutes {
+        #[serde(default)]
+        pub namespaces: Option<RouteNamespaces>,
+        #[serde(default)]
+        pub kinds: Vec<RouteGroupKind>,
+    }
+
+    pub struct RouteNamespaces {
+        #[serde(default)]
+        pub from: Option<String>,
+        #[serde(default)]
+        pub selector: Option<serde_yaml::Value>,
+    }
+
+    pub struct RouteGroupKind {
+        #[serde(default)]
+        pub group: Option<String>,
+        pub kind: String,
+    }
+
+    pub struct ListenerTls {
+        #[serde(default)]
+        pub mode: Option<String>,
+        #[serde(default)]
+        pub certificate_refs: Vec<SecretRef>,
+        /// Implementation-specific options (Gateway API `tls.options`): `pqmesh.io/key-exchange`
+        /// is `prefer-pq` (default) or `require-pq`.
+        #[serde(default)]
+        pub options: BTreeMap<String, String>,
+    }
+
+    pub struct SecretRef {
+        #[serde(default)]
+        pub group: Option<String>,
+        #[serde(default)]
+        pub kind: Option<String>,
+        pub name: String,
+        #[serde(default)]
+        pub namespace: Option<String>,
+    }
+
+    pub struct HttpRoute {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: Meta,
+        pub spec: HttpRouteSpec,
+    }
+
+    pub struct HttpRouteSpec {
+        pub parent_refs: Vec<ParentRef>,
+        #[serde(default)]
+        pub hostnames: Vec<String>,
+        #[serde(default)]
+        pub rules: Vec<RouteRule>,
+    }
+
+    pub struct ParentRef {
+        #[serde(default)]
+        pub group: Option<String>,
+        #[serde(default)]
+        pub kind: Option<String>,
+        pub name: String,
+        #[serde(default)]
+        pub namespace: Option<String>,
+        #[serde(default)]
+        pub section_name: Option<String>,
+        #[serde(default)]
+        pub port: Option<u16>,
+    }
+
+    pub struct RouteRule {
+        #[serde(default)]
+        pub name: Option<String>,
+        #[serde(default)]
+        pub matches: Vec<RouteMatch>,
+        #[serde(default)]
+        pub filters: Vec<Filter>,
+        #[serde(default)]
+        pub backend_refs: Vec<BackendRef>,
+    }
+
+    #[derive(Default)]
+    pub struct RouteMatch {
+        #[serde(default)]
+        pub path: Option<PathMatch>,
+        #[serde(default)]
+        pub method: Option<String>,
+        #[serde(default)]
+        pub headers: Vec<ValueMatch>,
+        #[serde(default)]
+        pub query_params: Vec<ValueMatch>,
+    }
+
+    pub struct PathMatch {
+        #[serde(rename = "type", default = "path_prefix")]
+        pub kind: PathMatchType,
+        #[serde(default = "slash")]
+        pub value: String,
+    }
+
+    /// A header or query-parameter match (only `Exact`; `RegularExpression` is refused).
+    pub struct ValueMatch {
+        #[serde(rename = "type", default = "exact")]
+        pub kind: ExactOnly,
+        pub name: String,
+        pub value: String,
+    }
+
+    pub struct Filter {
+        #[serde(rename = "type")]
+        pub kind: FilterType,
+        #[serde(default)]
+        pub request_header_modifier: Option<HeaderModifier>,
+        #[serde(default)]
+        pub response_header_modifier: Option<HeaderModifier>,
+        #[serde(default)]
+        pub url_rewrite: Option<UrlRewrite>,
+        #[serde(default)]
+        pub request_redirect: Option<RequestRedirect>,
+    }
+
+    #[derive(Default)]
+    pub struct HeaderModifier {
+        #[serde(default)]
+        pub set: Vec<Header>,
+        #[serde(default)]
+        pub add: Vec<Header>,
+        #[serde(default)]
+        pub remove: Vec<String>,
+    }
+
+    pub struct Header {
+        pub name: String,
+        pub value: String,
+    }
+
+    #[derive(Default)]
+    pub struct UrlRewrite {
+        #[serde(default)]
+        pub hostname: Option<String>,
+        #[serde(default)]
+        pub path: Option<PathModifier>,
+    }
+
+    pub struct PathModifier {
+        #[serde(rename = "type")]
+        pub kind: PathModifierType,
+        #[serde(default)]
+        pub replace_full_path: Option<String>,
+        #[serde(default)]
+        pub replace_prefix_match: Option<String>,
+    }
+
+    #[derive(Default)]
+    pub struct RequestRedirect {
+        #[serde(default)]
+        pub scheme: Option<String>,
+        #[serde(default)]
+        pub hostname: Option<String>,
+        #[serde(default)]
+        pub path: Option<PathModifier>,
+        #[serde(default)]
+        pub port: Option<u16>,
+        #[serde(default)]
+        pub status_code: Option<u16>,
+    }
+
+    pub struct BackendRef {
+        #[serde(default)]
+        pub group: Option<String>,
+        #[serde(default)]
+        pub kind: Option<String>,
+        pub name: String,
+        #[serde(default)]
+        pub namespace: Option<String>,
+        pub port: u16,
+        #[serde(default = "one")]
+        pub weight: u32,
+    }
+
+    /// pqmesh's policy for the edge, attached to an HTTPRoute by `targetRef` (Gateway API policy
+    /// attachment): the token an outside client must present, the scopes it needs and a rate limit.
+    pub struct EdgePolicy {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: Meta,
+        pub spec: EdgePolicySpec,
+    }
+
+    /// Local mode: which mesh endpoints serve a Service named by a `backendRef` (in Kubernetes this
+    /// comes from discovery). Each endpoint is what an explicit-mode sidecar is given as its peer:
+    /// the sidecar's address and the SPIFFE ID it must present.
+    #[derive(Default)]
+    pub struct BackendsFile {
+        #[serde(default)]
+        pub services: Vec<ServiceEntry>,
+    }
+
+    pub struct ServiceEntry {
+        /// `<namespace>/<name>`.
+        pub name: String,
+        pub port: u16,
+        pub endpoints: Vec<EndpointEntry>,
+    }
+
+    pub struct EndpointEntry {
+        pub address: String,
+        pub identity: String,
+    }
 }
 
 fn default_namespace() -> String {
     "default".to_owned()
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GatewayClass {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: Meta,
-    pub spec: GatewayClassSpec,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GatewayClassSpec {
-    pub controller_name: String,
-    #[serde(default)]
-    pub description: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Gateway {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: Meta,
-    pub spec: GatewaySpec,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GatewaySpec {
-    pub gateway_class_name: String,
-    pub listeners: Vec<Listener>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Listener {
-    pub name: String,
-    #[serde(default)]
-    pub hostname: Option<String>,
-    pub port: u16,
-    pub protocol: Protocol,
-    #[serde(default)]
-    pub tls: Option<ListenerTls>,
-    /// Which namespaces' routes may attach (Gateway API default: the Gateway's own).
-    #[serde(default)]
-    pub allowed_routes: Option<AllowedRoutes>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AllowedRoutes {
-    #[serde(default)]
-    pub namespaces: Option<RouteNamespaces>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteNamespaces {
-    #[serde(default)]
-    pub from: FromNamespaces,
-    /// Only with `from: Selector` (refused in local mode: there are no namespace labels).
-    #[serde(default)]
-    pub selector: Option<serde_yaml::Value>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-pub enum FromNamespaces {
-    All,
-    #[default]
-    Same,
-    Selector,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -114,102 +310,7 @@ pub enum Protocol {
     HTTPS,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ListenerTls {
-    #[serde(default)]
-    pub mode: Option<String>,
-    #[serde(default)]
-    pub certificate_refs: Vec<SecretRef>,
-    /// Implementation-specific options (Gateway API `tls.options`): `pqmesh.io/key-exchange`
-    /// is `prefer-pq` (default) or `require-pq`.
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-}
-
 pub const KEY_EXCHANGE_OPTION: &str = "pqmesh.io/key-exchange";
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SecretRef {
-    #[serde(default)]
-    pub group: Option<String>,
-    #[serde(default)]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpRoute {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: Meta,
-    pub spec: HttpRouteSpec,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpRouteSpec {
-    pub parent_refs: Vec<ParentRef>,
-    #[serde(default)]
-    pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<RouteRule>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ParentRef {
-    #[serde(default)]
-    pub group: Option<String>,
-    #[serde(default)]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub section_name: Option<String>,
-    #[serde(default)]
-    pub port: Option<u16>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteRule {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub matches: Vec<RouteMatch>,
-    #[serde(default)]
-    pub filters: Vec<Filter>,
-    #[serde(default)]
-    pub backend_refs: Vec<BackendRef>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteMatch {
-    #[serde(default)]
-    pub path: Option<PathMatch>,
-    #[serde(default)]
-    pub method: Option<String>,
-    #[serde(default)]
-    pub headers: Vec<ValueMatch>,
-    #[serde(default)]
-    pub query_params: Vec<ValueMatch>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PathMatch {
-    #[serde(rename = "type", default = "path_prefix")]
-    pub kind: PathMatchType,
-    #[serde(default = "slash")]
-    pub value: String,
-}
 
 fn path_prefix() -> PathMatchType {
     PathMatchType::PathPrefix
@@ -224,16 +325,6 @@ pub enum PathMatchType {
     PathPrefix,
 }
 
-/// A header or query-parameter match (only `Exact`; `RegularExpression` is refused).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ValueMatch {
-    #[serde(rename = "type", default = "exact")]
-    pub kind: ExactOnly,
-    pub name: String,
-    pub value: String,
-}
-
 fn exact() -> ExactOnly {
     ExactOnly::Exact
 }
@@ -241,21 +332,6 @@ fn exact() -> ExactOnly {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub enum ExactOnly {
     Exact,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Filter {
-    #[serde(rename = "type")]
-    pub kind: FilterType,
-    #[serde(default)]
-    pub request_header_modifier: Option<HeaderModifier>,
-    #[serde(default)]
-    pub response_header_modifier: Option<HeaderModifier>,
-    #[serde(default)]
-    pub url_rewrite: Option<UrlRewrite>,
-    #[serde(default)]
-    pub request_redirect: Option<RequestRedirect>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -266,186 +342,12 @@ pub enum FilterType {
     RequestRedirect,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HeaderModifier {
-    #[serde(default)]
-    pub set: Vec<Header>,
-    #[serde(default)]
-    pub add: Vec<Header>,
-    #[serde(default)]
-    pub remove: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Header {
-    pub name: String,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct UrlRewrite {
-    #[serde(default)]
-    pub hostname: Option<String>,
-    #[serde(default)]
-    pub path: Option<PathModifier>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PathModifier {
-    #[serde(rename = "type")]
-    pub kind: PathModifierType,
-    #[serde(default)]
-    pub replace_full_path: Option<String>,
-    #[serde(default)]
-    pub replace_prefix_match: Option<String>,
-}
-
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub enum PathModifierType {
     ReplaceFullPath,
     ReplacePrefixMatch,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RequestRedirect {
-    #[serde(default)]
-    pub scheme: Option<String>,
-    #[serde(default)]
-    pub hostname: Option<String>,
-    #[serde(default)]
-    pub path: Option<PathModifier>,
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub status_code: Option<u16>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BackendRef {
-    #[serde(default)]
-    pub group: Option<String>,
-    #[serde(default)]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    pub port: u16,
-    #[serde(default = "one")]
-    pub weight: u32,
-}
-
 fn one() -> u32 {
     1
-}
-
-/// pqmesh's policy for the edge, attached to an HTTPRoute by `targetRef` (Gateway API policy
-/// attachment): the token an outside client must present, the scopes it needs and a rate limit.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EdgePolicy {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: Meta,
-    pub spec: EdgePolicySpec,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EdgePolicySpec {
-    pub target_ref: TargetRef,
-    #[serde(default)]
-    pub token: Option<EdgeToken>,
-    #[serde(default)]
-    pub rate_limit: Option<RateLimitSpec>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TargetRef {
-    pub group: String,
-    pub kind: String,
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EdgeToken {
-    /// A TokenIssuer in the policy's namespace.
-    pub issuer: String,
-    /// What outside clients may present: `opaque` (default: a JWT from outside is refused, so
-    /// clients never depend on JWT contents), `jwt`, or `any`.
-    #[serde(default)]
-    pub accept: Accept,
-    /// All required (coarse, per route); fine-grained claims stay with the service's sidecar.
-    #[serde(default)]
-    pub scopes: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Accept {
-    #[default]
-    Opaque,
-    Jwt,
-    Any,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RateLimitSpec {
-    /// `clientId`, `sub`, `sourceIP`, or `claim` (with `claim: <name>`, `a.b` reaching into objects).
-    pub key: RateLimitKey,
-    #[serde(default)]
-    pub claim: Option<String>,
-    /// Requests admitted per `periodSeconds` (the refill rate) ...
-    pub requests: u32,
-    #[serde(default = "one")]
-    pub period_seconds: u32,
-    /// ... and at most this many at once (bucket size; default `requests`).
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-pub enum RateLimitKey {
-    #[serde(rename = "clientId")]
-    ClientId,
-    #[serde(rename = "sub")]
-    Sub,
-    #[serde(rename = "claim")]
-    Claim,
-    #[serde(rename = "sourceIP")]
-    SourceIp,
-}
-
-/// Local mode: which mesh endpoints serve a Service named by a `backendRef` (in Kubernetes this
-/// comes from discovery). Each endpoint is what an explicit-mode sidecar is given as its peer:
-/// the sidecar's address and the SPIFFE ID it must present.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BackendsFile {
-    #[serde(default)]
-    pub services: Vec<ServiceEntry>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ServiceEntry {
-    /// `<namespace>/<name>`.
-    pub name: String,
-    pub port: u16,
-    pub endpoints: Vec<EndpointEntry>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EndpointEntry {
-    pub address: String,
-    pub identity: String,
 }

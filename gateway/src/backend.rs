@@ -1,7 +1,11 @@
 //! Connections to backends' sidecars: pqmesh mTLS with the gateway's certificate, requiring the
 //! endpoint's SPIFFE ID, pooled per endpoint by hyper's client (a TLS handshake per request would
-//! dominate the gateway's latency). An endpoint's identity is fixed by its address, so a pooled
-//! connection is only reused for the identity it was verified against.
+//! dominate the gateway's latency). A pooled connection is only reused for the address it was
+//! verified at, so for the identity it presented; when discovery names another identity for an
+//! address, new connections require the new one.
+//!
+//! Which endpoints serve a Service: local mode's `backends.yaml`, or in Kubernetes mode the
+//! Service's cluster IP asked of the control plane's discovery ([`crate::kubernetes`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -68,7 +72,7 @@ impl hyper::rt::Write for MeshConn {
 #[derive(Clone)]
 pub struct MeshConnector {
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
-    identities: Arc<HashMap<SocketAddr, SpiffeId>>,
+    identities: Identities,
     metrics: Arc<pqmesh_sidecar::metrics::Metrics>,
 }
 
@@ -97,8 +101,12 @@ impl MeshConnector {
             .map_err(|e| format!("backend address {uri}: {e}"))?;
         let identity = self
             .identities
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
+            .cloned()
             .ok_or_else(|| format!("{addr} is not a known backend endpoint"))?;
+        let identity = &identity;
         let Some(tls) = self.tls.borrow().clone() else {
             return Err("no gateway certificate yet".into());
         };
@@ -133,23 +141,71 @@ impl MeshConnector {
 
 pub type BackendClient = hyper_util::client::legacy::Client<MeshConnector, Body>;
 
-/// A pooled client for the endpoints in `backends`.
+const MAX_IDENTITIES: usize = 10_000;
+
+/// The identity each endpoint address must present, as last resolved.
+pub type Identities = Arc<std::sync::RwLock<HashMap<SocketAddr, SpiffeId>>>;
+
+/// A pooled client for the endpoints [`Endpoints::resolve`] names.
 pub fn client(
-    backends: &HashMap<(String, u16), Vec<crate::load::Endpoint>>,
+    identities: Identities,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
     metrics: Arc<pqmesh_sidecar::metrics::Metrics>,
 ) -> BackendClient {
-    let identities = backends
-        .values()
-        .flatten()
-        .map(|e| (e.addr, e.identity.clone()))
-        .collect();
     let connector = MeshConnector {
         tls,
-        identities: Arc::new(identities),
+        identities,
         metrics,
     };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
         .build(connector)
+}
+
+/// Where a Service's endpoints come from.
+pub struct Endpoints {
+    pub identities: Identities,
+    /// Kubernetes mode: Services and the control plane's discovery; `None`: local mode's table.
+    pub discovered: Option<crate::kubernetes::ServiceEndpoints>,
+}
+
+impl Endpoints {
+    /// The mesh endpoints of `service` (`<namespace>/<name>`) at `port`, remembered with their
+    /// identities for the connector. An error carries the status to answer with.
+    pub async fn resolve(
+        &self,
+        table: &HashMap<(String, u16), Vec<crate::load::Endpoint>>,
+        service: &str,
+        port: u16,
+    ) -> Result<Vec<crate::load::Endpoint>, (hyper::StatusCode, String)> {
+        let endpoints = match &self.discovered {
+            Some(d) => d.resolve(service, port).await?,
+            None => table
+                .get(&(service.to_owned(), port))
+                .cloned()
+                .ok_or_else(|| {
+                    (
+                        hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("backend {service}:{port} is not known"),
+                    )
+                })?,
+        };
+        let known = {
+            let ids = self.identities.read().unwrap_or_else(|p| p.into_inner());
+            endpoints
+                .iter()
+                .all(|e| ids.get(&e.addr) == Some(&e.identity))
+        };
+        if !known {
+            let mut ids = self.identities.write().unwrap_or_else(|p| p.into_inner());
+            // Bounded: pod addresses churn; what is dropped is re-learnt at its next resolve.
+            if ids.len() >= MAX_IDENTITIES {
+                ids.clear();
+            }
+            for e in &endpoints {
+                ids.insert(e.addr, e.identity.clone());
+            }
+        }
+        Ok(endpoints)
+    }
 }

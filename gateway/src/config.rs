@@ -7,17 +7,17 @@ use std::path::PathBuf;
 use clap::{CommandFactory, FromArgMatches};
 use pqmesh_mtls::env::{self, DefaultValue, Env, EnvError, Setting, Settings};
 use pqmesh_mtls::{KeyAlgorithm, KeyExchangePolicy, SpiffeId};
-use pqmesh_sidecar::config::TokenSource;
+use pqmesh_sidecar::config::{CertifySettings, TokenSource};
 
 pub const SETTINGS: &[Setting] = &[
-    Setting::value("PQMESH_GATEWAY_DIR", "gateway-dir", DefaultValue::Text("required"), "local mode: directory with config/*.yaml (Gateway API + EdgePolicy + TokenIssuer), secrets.yaml, certs/ and backends.yaml (docs/gateway.md)"),
+    Setting::value("PQMESH_GATEWAY_DIR", "gateway-dir", DefaultValue::Text("required without --kubernetes"), "local mode: directory with config/*.yaml (Gateway API + EdgePolicy + TokenIssuer), secrets.yaml, certs/ and backends.yaml (docs/gateway.md)"),
     Setting::value("PQMESH_GATEWAY_LISTEN_HOST", "gateway-listen-host", DefaultValue::Value("0.0.0.0"), "address the Gateway's listener ports are bound on"),
     Setting::value("PQMESH_GATEWAY_ADMIN_ADDR", "gateway-admin-addr", DefaultValue::Value("127.0.0.1:15021"), "admin: `/live`, `/ready` (a mesh certificate is held), `/metrics`, `/verdicts` (each object's Accepted/ResolvedRefs), `/logging`"),
     Setting::value("PQMESH_CONTROL_PLANE_ADDR", "control-plane-addr", DefaultValue::Text("required"), "host:port of the control plane's gRPC port"),
     Setting::value("PQMESH_CONTROL_PLANE_ID", "control-plane-id", DefaultValue::Text("`spiffe://<trust domain>/ns/pqmesh-system/sa/pqmesh-control-plane`"), "SPIFFE ID the control plane must present"),
     Setting::value("PQMESH_TRUST_DOMAIN", "trust-domain", DefaultValue::Value("cluster.local"), "trust domain"),
     Setting::value("PQMESH_TRUST_BUNDLE", "trust-bundle", DefaultValue::Text("required"), "PEM file of the roots that authenticate the control plane before the first certificate"),
-    Setting::value("PQMESH_BOOTSTRAP_TOKEN_FILE", "bootstrap-token-file", DefaultValue::Text("this or PQMESH_BOOTSTRAP_TOKEN is required"), "file holding the gateway's credential (its mesh identity)"),
+    Setting::value("PQMESH_BOOTSTRAP_TOKEN_FILE", "bootstrap-token-file", DefaultValue::Text("this or PQMESH_BOOTSTRAP_TOKEN is required"), "file holding the gateway's credential, re-read at every renewal (in Kubernetes: a projected service-account token with audience pqmesh-ca)"),
     Setting::value("PQMESH_BOOTSTRAP_TOKEN", "bootstrap-token", DefaultValue::Text("this or PQMESH_BOOTSTRAP_TOKEN_FILE is required"), "the gateway's credential inline (local mode; never shown)"),
     Setting::value("PQMESH_KEY_ALG", "key-alg", DefaultValue::Value("ecdsa-p256"), "mesh key algorithm: ecdsa-p256, ml-dsa-44 or ml-dsa-65"),
     Setting::value("PQMESH_GATEWAY_MAX_CONNECTIONS", "gateway-max-connections", DefaultValue::Value("10000"), "open outside connections per listener port; past it new connections are closed at once"),
@@ -34,11 +34,25 @@ pub const TABLES: &[&[Setting]] = &[SETTINGS, pqmesh_mtls::logging::SETTINGS];
     about = "pqmesh edge gateway: Gateway API routes, outside TLS (PQ preferred), phantom tokens and rate limits, into the mesh over PQ mTLS",
     after_help = "Every setting is a flag or a PQMESH_* variable; a flag wins. Reference: docs/gateway.md"
 )]
-pub struct Cli {}
+pub struct Cli {
+    /// Kubernetes mode: Gateway API objects, EdgePolicies, TokenIssuers and Secrets from the API
+    /// server, backends from the control plane's discovery, status written back.
+    #[arg(long)]
+    pub kubernetes: bool,
+}
+
+/// Where the gateway's objects come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `PQMESH_GATEWAY_DIR`: files (docs/gateway.md, "The directory").
+    Local(PathBuf),
+    /// `--kubernetes`: the API server (in-cluster service account, or `KUBECONFIG`).
+    Kubernetes,
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub dir: PathBuf,
+    pub source: Source,
     pub listen_host: std::net::IpAddr,
     pub admin_addr: std::net::SocketAddr,
     pub control_plane_addr: String,
@@ -72,45 +86,44 @@ where
     let argv =
         std::iter::once(OsString::from("pqmesh-gateway")).chain(args.into_iter().map(Into::into));
     let matches = command().try_get_matches_from(argv)?;
-    Cli::from_arg_matches(&matches)?;
+    let cli = Cli::from_arg_matches(&matches)?;
     let settings = Settings::new(TABLES, env).with_flags(&matches);
-    Ok(Config::from_env(&settings)?)
+    Ok(Config::from_settings(cli.kubernetes, &settings)?)
 }
 
 impl Config {
+    /// Local mode (`PQMESH_GATEWAY_DIR` is required).
     pub fn from_env(env: &dyn Env) -> Result<Self, EnvError> {
-        let trust_domain = env
-            .var("PQMESH_TRUST_DOMAIN")
-            .unwrap_or_else(|| "cluster.local".to_owned());
-        let control_plane_id = match env.var("PQMESH_CONTROL_PLANE_ID") {
-            Some(v) => v
-                .parse()
-                .map_err(|e| EnvError::new("PQMESH_CONTROL_PLANE_ID", &v, e))?,
-            None => SpiffeId::new(&trust_domain, "pqmesh-system", "pqmesh-control-plane")
-                .map_err(|e| EnvError::new("PQMESH_TRUST_DOMAIN", &trust_domain, e))?,
+        Self::from_settings(false, env)
+    }
+
+    /// `kubernetes`: the `--kubernetes` switch, which excludes `PQMESH_GATEWAY_DIR`.
+    pub fn from_settings(kubernetes: bool, env: &dyn Env) -> Result<Self, EnvError> {
+        let CertifySettings {
+            control_plane_id,
+            token,
+            ..
+        } = CertifySettings::from_env(env)?;
+        let source = match (kubernetes, env.var("PQMESH_GATEWAY_DIR")) {
+            (true, None) => Source::Kubernetes,
+            (true, Some(dir)) => {
+                return Err(EnvError::new(
+                    "PQMESH_GATEWAY_DIR",
+                    &dir,
+                    "local mode's directory and --kubernetes exclude each other",
+                ))
+            }
+            (false, Some(dir)) => Source::Local(PathBuf::from(dir)),
+            (false, None) => {
+                return Err(EnvError::new(
+                    "PQMESH_GATEWAY_DIR",
+                    "",
+                    "is required (local mode), or pass --kubernetes",
+                ))
+            }
         };
-        let token =
-            match (
-                env.var("PQMESH_BOOTSTRAP_TOKEN_FILE"),
-                env.var("PQMESH_BOOTSTRAP_TOKEN"),
-            ) {
-                (Some(path), None) => TokenSource::File(PathBuf::from(path)),
-                (None, Some(token)) => TokenSource::Inline(token),
-                (Some(_), Some(_)) => return Err(EnvError::new(
-                    "PQMESH_BOOTSTRAP_TOKEN",
-                    "<redacted>",
-                    "set either PQMESH_BOOTSTRAP_TOKEN or PQMESH_BOOTSTRAP_TOKEN_FILE, not both",
-                )),
-                (None, None) => {
-                    return Err(EnvError::new(
-                        "PQMESH_BOOTSTRAP_TOKEN_FILE",
-                        "",
-                        "is required (or PQMESH_BOOTSTRAP_TOKEN)",
-                    ))
-                }
-            };
         Ok(Config {
-            dir: PathBuf::from(env::required(env, "PQMESH_GATEWAY_DIR")?),
+            source,
             listen_host: env::parse_or(
                 env,
                 "PQMESH_GATEWAY_LISTEN_HOST",

@@ -1,42 +1,44 @@
 //! pqmesh's edge gateway: outside clients in through Gateway API listeners (outside TLS with
 //! X25519MLKEM768 preferred), routed by HTTPRoutes, checked by an EdgePolicy (phantom-token
 //! exchange, coarse scopes, rate limits), and forwarded into the mesh over PQ mTLS with the
-//! gateway's own SPIFFE identity. Identity, mesh TLS and token validation are the sidecar's code.
+//! gateway's own SPIFFE identity. Identity, mesh TLS, discovery and token validation are the
+//! sidecar's code. Local mode reads its objects from a directory, Kubernetes mode from the API
+//! server; both feed the same judgement ([`program`]), and a new configuration replaces the
+//! one in force without a restart.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod backend;
+pub mod canonical;
 pub mod config;
+pub mod judge;
+pub mod kubernetes;
 pub mod load;
 pub mod metrics;
 pub mod outside_tls;
+pub mod ports;
+pub mod program;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use pqmesh_mtls::TrustBundle;
 use pqmesh_sidecar::identity::GrpcCertifier;
 use pqmesh_sidecar::metrics::Metrics;
 use pqmesh_sidecar::tls::MeshTls;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Source};
 use crate::load::Verdict;
-use crate::proxy::{Edge, EdgeRuntime};
-
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// An HTTP/1 request head must arrive within this (the sidecar's value): slowloris clients are
-/// closed (review 7, F6).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed `accept` (out of file descriptors): no busy loop.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+use crate::metrics::GatewayMetrics;
+use crate::program::{program, Programmed};
+use crate::proxy::Edge;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,6 +46,8 @@ pub enum StartError {
     Bundle { path: String, reason: String },
     #[error(transparent)]
     Load(#[from] load::LoadError),
+    #[error(transparent)]
+    Kubernetes(#[from] kubernetes::KubernetesError),
     #[error("PQMESH_GATEWAY_ADMIN_ADDR={addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -55,11 +59,10 @@ pub enum StartError {
 
 pub struct RunningGateway {
     pub admin_addr: SocketAddr,
-    /// `(gateway/listener name, bound address)` per programmed listener.
-    pub listeners: Vec<(String, SocketAddr)>,
-    pub verdicts: Vec<Verdict>,
     pub metrics: Arc<Metrics>,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
+    config: watch::Receiver<Arc<Programmed>>,
+    ports: Arc<ports::Ports>,
     _renew: mpsc::Sender<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -75,11 +78,32 @@ impl RunningGateway {
         self.tls.borrow().clone()
     }
 
-    pub fn addr_of(&self, listener: &str) -> Option<SocketAddr> {
-        self.listeners
+    /// Every object's verdict in the configuration in force.
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        self.config.borrow().model.verdicts.clone()
+    }
+
+    /// The configuration in force, following changes.
+    pub fn config(&self) -> watch::Receiver<Arc<Programmed>> {
+        self.config.clone()
+    }
+
+    /// `(<namespace>/<gateway>/<listener>, bound address)` per served listener.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let config = self.config.borrow().clone();
+        config
+            .model
+            .listeners
             .iter()
+            .filter_map(|l| Some((program::label_of(l), self.ports.addr(l.port)?)))
+            .collect()
+    }
+
+    pub fn addr_of(&self, listener: &str) -> Option<SocketAddr> {
+        self.listeners()
+            .into_iter()
             .find(|(n, _)| n.ends_with(&format!("/{listener}")))
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 }
 
@@ -91,8 +115,32 @@ impl Drop for RunningGateway {
     }
 }
 
-/// Reads the directory, certifies with the control plane and serves every programmed listener.
+/// Reads the configuration (the directory, or the API server with `--kubernetes`), certifies
+/// with the control plane and serves every programmed listener.
 pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
+    match config.source {
+        Source::Local(_) => start_with(config, None).await,
+        Source::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| kubernetes::KubernetesError::Client(e.to_string()))?;
+            start_with(config, Some(client)).await
+        }
+    }
+}
+
+/// Kubernetes mode with a given client (tests point it at a recorded API server).
+pub async fn start_kubernetes_with_client(
+    config: Config,
+    client: kube::Client,
+) -> Result<RunningGateway, StartError> {
+    start_with(config, Some(client)).await
+}
+
+async fn start_with(
+    config: Config,
+    client: Option<kube::Client>,
+) -> Result<RunningGateway, StartError> {
     let bundle_err = |reason: String| StartError::Bundle {
         path: config.trust_bundle_path.display().to_string(),
         reason,
@@ -100,24 +148,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let text = std::fs::read_to_string(&config.trust_bundle_path)
         .map_err(|e| bundle_err(e.to_string()))?;
     let bundle = TrustBundle::from_pem(&text).map_err(bundle_err)?;
-    let model = load::load(&config.dir)?;
-    for v in &model.verdicts {
-        match (&v.accepted, &v.resolved_refs) {
-            (Err(e), _) => {
-                tracing::warn!(kind = %v.kind, name = %v.name, source = %v.source, "refused (Accepted=False): {e}")
-            }
-            (Ok(()), Err(e)) => {
-                tracing::warn!(kind = %v.kind, name = %v.name, source = %v.source, "ResolvedRefs=False: {e}")
-            }
-            _ => tracing::info!(kind = %v.kind, name = %v.name, "accepted"),
-        }
-    }
     let metrics = Arc::new(Metrics::new());
-    let gateway_metrics = metrics::GatewayMetrics::new(&metrics.registry);
-    let mut policies = Vec::new();
-    for route in &model.routes {
-        policies.push(route.edge.as_ref().and_then(|e| edge_runtime(e, &metrics)));
-    }
+    let gateway_metrics = GatewayMetrics::new(&metrics.registry);
 
     let (tls_tx, tls_rx) = watch::channel(None);
     let (renew_tx, renew_rx) = mpsc::channel(1);
@@ -137,86 +169,133 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         metrics.clone(),
     ))];
 
-    // One socket per port; listeners sharing it are told apart by SNI (HTTPS) or Host (HTTP).
-    let mut bound = Vec::new();
-    let mut ports: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
-    let mut configs = Vec::new();
-    for (i, l) in model.listeners.iter().enumerate() {
-        let label = format!("{}/{}", l.gateway, l.name);
-        configs.push(match &l.tls {
-            Some(cert) => Some(outside_tls::server_config(cert, l.require_pq).map_err(|e| {
-                StartError::Listener {
-                    listener: label.clone(),
-                    reason: e.to_string(),
-                }
-            })?),
-            None => None,
-        });
-        ports.entry(l.port).or_default().push(i);
-    }
-    let mut sockets = Vec::new();
-    for (port, indices) in ports {
-        let addr = SocketAddr::new(config.listen_host, port);
-        let socket = TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError::Listener {
-                listener: format!("port {port}"),
-                reason: format!("bind {addr}: {e}"),
-            })?;
-        let local = socket.local_addr().unwrap_or(addr);
-        for i in &indices {
-            let l = &model.listeners[*i];
-            bound.push((format!("{}/{}", l.gateway, l.name), local));
+    let identities = backend::Identities::default();
+    let (first, discovered, updates): (Programmed, _, Updates) = match (&config.source, client) {
+        (Source::Kubernetes, None) => {
+            return Err(kubernetes::KubernetesError::Client("no client".into()).into())
         }
-        sockets.push((Arc::<[usize]>::from(indices), socket));
-    }
-    let backends = backend::client(&model.backends, tls_rx.clone(), metrics.clone());
+        (Source::Local(dir), _) => {
+            let dir = dir.clone();
+            let docs = load::local_documents(&dir)?;
+            let known = |s: &str, port: u16| docs.backends.contains_key(&(s.to_owned(), port));
+            let first = program(&docs, None, &known, &metrics, &gateway_metrics);
+            (first, None, Updates::Local(dir))
+        }
+        (Source::Kubernetes, Some(client)) => {
+            let (sources, changed) =
+                kubernetes::watch_sources(&client, kubernetes::FIRST_LIST_TIMEOUT).await?;
+            let (discovery, task) = pqmesh_sidecar::discovery::Discovery::new();
+            let link = pqmesh_sidecar::control_plane::Link::new(
+                &[pqmesh_sidecar::control_plane::Stream::Discovery],
+                metrics.clone(),
+            );
+            tasks.push(tokio::spawn(task.run(
+                config.control_plane_addr.clone(),
+                config.control_plane_id.clone(),
+                tls_rx.clone(),
+                link,
+            )));
+            let endpoints = kubernetes::ServiceEndpoints {
+                services: sources.services.clone(),
+                discovery,
+            };
+            let secrets =
+                kubernetes::read_secrets(&client, &kubernetes::named_secrets(&sources)).await;
+            let docs = kubernetes::documents(&sources, secrets);
+            let first = program(
+                &docs,
+                None,
+                &|s, p| endpoints.knows(s, p),
+                &metrics,
+                &gateway_metrics,
+            );
+            (
+                first,
+                Some(endpoints),
+                Updates::Kubernetes {
+                    client,
+                    sources,
+                    changed,
+                    docs: Box::new(docs),
+                },
+            )
+        }
+    };
+    let (config_tx, config_rx) = watch::channel(Arc::new(first));
+    let backends = backend::client(identities.clone(), tls_rx.clone(), metrics.clone());
     let edge = Arc::new(Edge {
+        config: config_rx.clone(),
         token_failures: ratelimit::Limiter::new(
             proxy::TOKEN_FAILURES_PER_MINUTE,
             Duration::from_secs(60),
             proxy::TOKEN_FAILURE_BURST,
         ),
-        model,
-        policies,
         tls: tls_rx.clone(),
         backends,
-        metrics: gateway_metrics,
+        endpoints: backend::Endpoints {
+            identities,
+            discovered: discovered.clone(),
+        },
+        metrics: gateway_metrics.clone(),
     });
-    let configs: Configs = configs
-        .into_iter()
-        .map(|c| c.map(std::sync::RwLock::new))
-        .collect::<Vec<_>>()
-        .into();
-    for (i, l) in edge.model.listeners.iter().enumerate() {
-        if let Some((ns, name)) = &l.cert_ref {
-            tasks.push(tokio::spawn(watch_certificate(
-                edge.clone(),
-                configs.clone(),
-                i,
-                load::cert_dir(&config.dir, ns, name),
+
+    // Local mode stops at a port it cannot bind (a start-up error, as before); in Kubernetes
+    // mode nothing a user creates stops the gateway: the listener's status says so.
+    let local_mode = matches!(updates, Updates::Local(_));
+    let ports = Arc::new(ports::Ports::new(
+        config.listen_host,
+        ports::Limits {
+            per_port: config.max_connections,
+            per_ip: config.max_connections_per_ip,
+        },
+    ));
+    ports
+        .reconcile(&edge, &config_rx.borrow().clone(), local_mode)
+        .await?;
+    tasks.push(tokio::spawn(ports::follow(
+        ports.clone(),
+        edge.clone(),
+        config_rx.clone(),
+    )));
+    match updates {
+        Updates::Local(dir) => tasks.push(tokio::spawn(follow_directory(
+            dir,
+            config_tx,
+            metrics.clone(),
+            gateway_metrics,
+        ))),
+        Updates::Kubernetes {
+            client,
+            sources,
+            changed,
+            docs,
+        } => {
+            tasks.push(tokio::spawn(status::write_status(
+                client.clone(),
+                sources.clone(),
+                config_rx.clone(),
+                ports.clone(),
+            )));
+            tasks.push(tokio::spawn(follow_cluster(
+                client,
+                sources,
+                changed,
+                *docs,
+                discovered,
+                config_tx,
+                metrics.clone(),
+                gateway_metrics,
             )));
         }
     }
-    let per_ip = Arc::new(PerIp {
-        limit: config.max_connections_per_ip,
-        open: Default::default(),
-    });
-    for (indices, socket) in sockets {
-        tasks.push(tokio::spawn(serve_port(
-            edge.clone(),
-            indices,
-            configs.clone(),
-            socket,
-            Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-            per_ip.clone(),
-        )));
+    // `pqmesh_ready` says what `/ready` says (review 7, F12). The sidecar's control-plane gauge
+    // means nothing in local mode (no stream but certification); Kubernetes mode's discovery
+    // stream sets it.
+    if local_mode {
+        let _ = metrics
+            .registry
+            .unregister(Box::new(metrics.control_plane_connected.clone()));
     }
-    // `pqmesh_ready` says what `/ready` says; the sidecar's control-plane gauge means nothing here
-    // (review 7, F12).
-    let _ = metrics
-        .registry
-        .unregister(Box::new(metrics.control_plane_connected.clone()));
     tasks.push(tokio::spawn({
         let (mut rx, ready) = (tls_rx.clone(), metrics.ready.clone());
         async move {
@@ -232,22 +311,175 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         config.admin_addr,
         &metrics,
         tls_rx.clone(),
-        &edge.model.verdicts,
+        config_rx.clone(),
     )
     .map_err(|source| StartError::Admin {
         addr: config.admin_addr,
         source,
     })?;
-    tracing::info!(listeners = ?bound, %admin_addr, control_plane = %config.control_plane_addr, "gateway started");
-    Ok(RunningGateway {
+    let running = RunningGateway {
         admin_addr,
-        listeners: bound,
-        verdicts: edge.model.verdicts.clone(),
         metrics,
         tls: tls_rx,
+        config: config_rx,
+        ports,
         _renew: renew_tx,
         tasks,
-    })
+    };
+    tracing::info!(listeners = ?running.listeners(), %admin_addr, control_plane = %config.control_plane_addr, "gateway started");
+    Ok(running)
+}
+
+/// Where the next configurations come from.
+enum Updates {
+    Local(std::path::PathBuf),
+    Kubernetes {
+        client: kube::Client,
+        sources: kubernetes::Sources,
+        changed: watch::Receiver<u64>,
+        docs: Box<load::Documents>,
+    },
+}
+
+/// How often local mode's files are checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Every file local mode reads, with its modification time and size.
+fn directory_stamp(
+    dir: &std::path::Path,
+) -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)> {
+    let mut paths = vec![dir.join("secrets.yaml"), dir.join("backends.yaml")];
+    let list = |d: std::path::PathBuf| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(d)
+            .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    paths.extend(list(dir.join("config")));
+    for ns in list(dir.join("certs")) {
+        for secret in list(ns) {
+            paths.push(secret.join("tls.crt"));
+            paths.push(secret.join("tls.key"));
+        }
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).ok();
+            let stamp = (
+                m.as_ref().and_then(|m| m.modified().ok()),
+                m.map_or(0, |m| m.len()),
+            );
+            (p, stamp.0, stamp.1)
+        })
+        .collect()
+}
+
+/// Local mode: a change to any file of the directory is judged again; a directory that does not
+/// read (say a `secrets.yaml` made world-readable) keeps the configuration in force.
+async fn follow_directory(
+    dir: std::path::PathBuf,
+    tx: watch::Sender<Arc<Programmed>>,
+    metrics: Arc<Metrics>,
+    gateway_metrics: GatewayMetrics,
+) {
+    let mut last = directory_stamp(&dir);
+    loop {
+        tokio::time::sleep(FILE_POLL).await;
+        let now = directory_stamp(&dir);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load::local_documents(&dir) {
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway directory not reloaded; the configuration in force stays")
+            }
+            Ok(docs) => {
+                let previous = tx.borrow().clone();
+                let known = |s: &str, port: u16| docs.backends.contains_key(&(s.to_owned(), port));
+                let next = program(&docs, Some(&previous), &known, &metrics, &gateway_metrics);
+                tracing::info!("gateway directory changed; new configuration in force");
+                let _ = tx.send(Arc::new(next));
+            }
+        }
+    }
+}
+
+/// Kubernetes mode: every change of a watched object (debounced), and every
+/// [`kubernetes::SECRET_RECHECK`] the named Secrets, are judged again when the documents
+/// differ from the ones in force (status writes alone change nothing).
+#[allow(clippy::too_many_arguments)]
+async fn follow_cluster(
+    client: kube::Client,
+    sources: kubernetes::Sources,
+    mut changed: watch::Receiver<u64>,
+    mut docs: load::Documents,
+    endpoints: Option<kubernetes::ServiceEndpoints>,
+    tx: watch::Sender<Arc<Programmed>>,
+    metrics: Arc<Metrics>,
+    gateway_metrics: GatewayMetrics,
+) {
+    let mut recheck = tokio::time::interval(kubernetes::SECRET_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.tick().await;
+    let mut services = services_fingerprint(&sources);
+    loop {
+        tokio::select! {
+            c = changed.changed() => {
+                if c.is_err() {
+                    return;
+                }
+                tokio::time::sleep(kubernetes::DEBOUNCE).await;
+                changed.borrow_and_update();
+            }
+            _ = recheck.tick() => {}
+        }
+        let secrets = kubernetes::read_secrets(&client, &kubernetes::named_secrets(&sources)).await;
+        let next = kubernetes::documents(&sources, secrets);
+        let next_services = services_fingerprint(&sources);
+        if next.texts == docs.texts && next.secrets == docs.secrets && next_services == services {
+            continue;
+        }
+        docs = next;
+        services = next_services;
+        let previous = tx.borrow().clone();
+        let known = |s: &str, p: u16| endpoints.as_ref().is_some_and(|e| e.knows(s, p));
+        let programmed = program(&docs, Some(&previous), &known, &metrics, &gateway_metrics);
+        tracing::info!(
+            routes = programmed.model.routes.len(),
+            listeners = programmed.model.listeners.len(),
+            "gateway objects changed; new configuration in force"
+        );
+        if tx.send(Arc::new(programmed)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Which Services exist with which ports (what `BackendNotFound` depends on).
+fn services_fingerprint(sources: &kubernetes::Sources) -> Vec<(String, Vec<i32>)> {
+    let mut out: Vec<_> = sources
+        .services
+        .state()
+        .iter()
+        .map(|s| {
+            let name = format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                s.metadata.name.as_deref().unwrap_or_default()
+            );
+            let ports = s
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .map(|p| p.iter().map(|p| p.port).collect())
+                .unwrap_or_default();
+            (name, ports)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The admin port, on its own thread (the shared admin server of both daemons).
@@ -255,295 +487,42 @@ fn spawn_admin(
     addr: SocketAddr,
     metrics: &Metrics,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
-    verdicts: &[Verdict],
+    config: watch::Receiver<Arc<Programmed>>,
 ) -> std::io::Result<SocketAddr> {
     use hyper::StatusCode;
     use pqmesh_mtls::admin::{render_metrics, Reply};
     let registry = metrics.registry.clone();
-    let verdicts: String = verdicts
-        .iter()
-        .map(|v| {
-            let state = |r: &Result<(), String>| match r {
-                Ok(()) => "True".to_owned(),
-                Err(e) => format!("False: {e}"),
-            };
-            format!(
-                "{} {} ({}): Accepted={}; ResolvedRefs={}\n",
-                v.kind,
-                v.name,
-                v.source,
-                state(&v.accepted),
-                state(&v.resolved_refs)
-            )
-        })
-        .collect();
+    let verdicts = move || -> String {
+        let state = |r: &Result<(), String>| match r {
+            Ok(()) => "True".to_owned(),
+            Err(e) => format!("False: {e}"),
+        };
+        config
+            .borrow()
+            .model
+            .verdicts
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {} ({}): Accepted={}; ResolvedRefs={}\n",
+                    v.kind,
+                    v.name,
+                    v.source,
+                    state(&v.accepted),
+                    state(&v.resolved_refs)
+                )
+            })
+            .collect()
+    };
     let route: pqmesh_mtls::admin::Route = Arc::new(move |_method, path, _peer| match path {
         "/live" => Reply::text(StatusCode::OK, "live"),
         "/ready" if tls.borrow().is_some() => Reply::text(StatusCode::OK, "ready"),
         "/ready" => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "no mesh certificate yet"),
         "/metrics" => render_metrics(&registry),
-        "/verdicts" => Reply::text(StatusCode::OK, verdicts.clone()),
+        "/verdicts" => Reply::text(StatusCode::OK, verdicts()),
         _ => Reply::text(StatusCode::NOT_FOUND, "not found"),
     });
     pqmesh_mtls::admin::spawn(addr, route)
-}
-
-fn edge_runtime(e: &load::EdgeModel, metrics: &Metrics) -> Option<EdgeRuntime> {
-    let (validator, scope_claim) = match (&e.token, &e.issuer) {
-        (None, _) => (None, pqmesh_policy::ScopeClaim::default()),
-        (Some(_), None) => return None,
-        (Some(_), Some(issuer)) => {
-            match pqmesh_sidecar::policy::validator_for(
-                std::slice::from_ref(issuer),
-                metrics.token.clone(),
-            ) {
-                Ok(v) => {
-                    v.prefetch_keys();
-                    (Some(v), issuer.scope_claim)
-                }
-                Err(err) => {
-                    tracing::warn!(policy = %e.name, error = %err, "EdgePolicy's issuer is unusable; its route answers 503");
-                    return None;
-                }
-            }
-        }
-    };
-    let limiter = e.rate_limit.as_ref().map(|r| {
-        (
-            ratelimit::Limiter::new(
-                r.requests,
-                Duration::from_secs(u64::from(r.period_seconds)),
-                r.burst.unwrap_or(r.requests),
-            ),
-            r.key,
-            r.claim.clone(),
-        )
-    });
-    Some(EdgeRuntime {
-        validator,
-        scope_claim,
-        limiter,
-    })
-}
-
-/// Each listener's outside TLS config (`None`: HTTP), replaced when its certificate changes.
-type Configs = Arc<[Option<std::sync::RwLock<Arc<rustls::ServerConfig>>>]>;
-
-/// How often certificate files are checked for changes.
-const CERT_POLL: Duration = Duration::from_secs(1);
-
-/// Re-reads a listener's certificate when its files change; new connections get the new one
-/// (open ones keep theirs). A change that does not load keeps the certificate in force.
-async fn watch_certificate(
-    edge: Arc<Edge>,
-    configs: Configs,
-    index: usize,
-    dir: std::path::PathBuf,
-) {
-    let stamp = |dir: &std::path::Path| {
-        ["tls.crt", "tls.key"].map(|f| {
-            std::fs::metadata(dir.join(f))
-                .and_then(|m| m.modified())
-                .ok()
-        })
-    };
-    let l = &edge.model.listeners[index];
-    let label = format!("{}/{}", l.gateway, l.name);
-    let mut last = stamp(&dir);
-    loop {
-        tokio::time::sleep(CERT_POLL).await;
-        let now = stamp(&dir);
-        if now == last {
-            continue;
-        }
-        last = now;
-        let loaded = load::read_cert(&dir)
-            .and_then(|c| outside_tls::server_config(&c, l.require_pq).map_err(|e| e.to_string()));
-        let outcome = match (loaded, &configs[index]) {
-            (Ok(new), Some(slot)) => {
-                *slot.write().unwrap_or_else(|p| p.into_inner()) = new;
-                tracing::info!(listener = %label, "certificate reloaded");
-                "ok"
-            }
-            (Err(e), _) => {
-                tracing::warn!(listener = %label, error = %e, "certificate change not loaded; the previous certificate stays");
-                "error"
-            }
-            (Ok(_), None) => "error",
-        };
-        edge.metrics
-            .certificate_reloads
-            .with_label_values(&[label.as_str(), outcome])
-            .inc();
-    }
-}
-
-/// Open connections per client IP (all ports), capped (review 7, F6).
-struct PerIp {
-    limit: usize,
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// One open connection counted against its IP; uncounted when dropped.
-struct IpSlot(Arc<PerIp>, std::net::IpAddr);
-
-impl PerIp {
-    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot(self.clone(), ip))
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut open = self.0.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.1);
-            }
-        }
-    }
-}
-
-async fn serve_port(
-    edge: Arc<Edge>,
-    listeners: Arc<[usize]>,
-    configs: Configs,
-    socket: TcpListener,
-    limit: Arc<tokio::sync::Semaphore>,
-    per_ip: Arc<PerIp>,
-) {
-    let port = edge.model.listeners[listeners[0]].port;
-    loop {
-        let (tcp, client) = match socket.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and kin: say so and back off instead of spinning.
-                tracing::warn!(port, error = %e, "accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(port, %client, "connection refused: the listener's connection limit is reached");
-            edge.metrics
-                .connections_refused
-                .with_label_values(&[&port.to_string(), "listener_limit"])
-                .inc();
-            continue;
-        };
-        let Some(slot) = per_ip.admit(client.ip()) else {
-            tracing::debug!(port, %client, "connection refused: the client's connection limit is reached");
-            edge.metrics
-                .connections_refused
-                .with_label_values(&[&port.to_string(), "per_ip_limit"])
-                .inc();
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let (edge, listeners, configs) = (edge.clone(), listeners.clone(), configs.clone());
-        tokio::spawn(async move {
-            serve_connection(edge, listeners, configs, tcp, client).await;
-            drop((permit, slot));
-        });
-    }
-}
-
-async fn serve_connection(
-    edge: Arc<Edge>,
-    listeners: Arc<[usize]>,
-    configs: Configs,
-    tcp: tokio::net::TcpStream,
-    client: SocketAddr,
-) {
-    let https = configs[listeners[0]].is_some();
-    let scheme = if https { "https" } else { "http" };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let service = |listeners: Arc<[usize]>| {
-        let edge = edge.clone();
-        hyper::service::service_fn(move |req| {
-            let (edge, listeners) = (edge.clone(), listeners.clone());
-            async move {
-                Ok::<_, std::convert::Infallible>(
-                    proxy::handle(edge, listeners, client, scheme, req).await,
-                )
-            }
-        })
-    };
-    if !https {
-        let _ = builder
-            .serve_connection(TokioIo::new(tcp), service(listeners))
-            .await;
-        return;
-    }
-    let fail = |label: &str, reason: &str| {
-        edge.metrics
-            .outside_handshake_failures
-            .with_label_values(&[label, reason])
-            .inc();
-    };
-    let port_label = format!("port {}", edge.model.listeners[listeners[0]].port);
-    let handshake = async {
-        let acceptor =
-            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-        let start = acceptor.await.map_err(|e| (port_label.clone(), e))?;
-        let sni = start.client_hello().server_name().unwrap_or("").to_owned();
-        let Some(index) = routes::listener_for(&edge.model.listeners, &listeners, &sni) else {
-            return Err((
-                port_label.clone(),
-                std::io::Error::other(format!("no listener for SNI {sni:?}")),
-            ));
-        };
-        let l = &edge.model.listeners[index];
-        let label = format!("{}/{}", l.gateway, l.name);
-        let config = configs[index]
-            .as_ref()
-            .map(|c| c.read().unwrap_or_else(|p| p.into_inner()).clone())
-            .ok_or_else(|| (label.clone(), std::io::Error::other("not TLS")))?;
-        let stream = start
-            .into_stream(config)
-            .await
-            .map_err(|e| (label.clone(), e))?;
-        Ok((index, label, stream))
-    };
-    let (index, label, stream) = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await
-    {
-        Ok(Ok(done)) => done,
-        Ok(Err((label, e))) => {
-            tracing::debug!(listener = %label, %client, error = %e, "outside TLS handshake failed");
-            fail(&label, pqmesh_mtls::handshake_failure_reason(&e));
-            return;
-        }
-        Err(_) => {
-            fail(&port_label, "timeout");
-            return;
-        }
-    };
-    let conn = stream.get_ref().1;
-    let group = conn
-        .negotiated_key_exchange_group()
-        .map(|g| pqmesh_mtls::provider::group_name(g.name()))
-        .unwrap_or_else(|| "none".to_owned());
-    let version = outside_tls::version_name(conn.protocol_version());
-    edge.metrics
-        .outside_handshakes
-        .with_label_values(&[label.as_str(), version, group.as_str()])
-        .inc();
-    // The listener the SNI chose serves every request on this connection.
-    let _ = builder
-        .serve_connection(TokioIo::new(stream), service(Arc::from([index])))
-        .await;
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use prometheus::{IntCounterVec, Opts};
 
+#[derive(Clone)]
 pub struct GatewayMetrics {
     /// Outside clients' handshakes: listener, TLS version, key-exchange group (the PQ share).
     pub outside_handshakes: IntCounterVec,

@@ -17,8 +17,10 @@ use pqmesh_sidecar::token::{Authenticated, Validator};
 use tokio::sync::watch;
 
 use crate::api::{Accept, FilterType, HeaderModifier, PathModifierType, RateLimitKey};
-use crate::load::{Endpoint, ListenerModel, Model, RouteModel};
+use crate::canonical::{canonical_request, has_access_token_param};
+use crate::load::{Endpoint, ListenerModel, RouteModel};
 use crate::metrics::GatewayMetrics;
+use crate::program::Programmed;
 use crate::ratelimit::Limiter;
 use crate::routes::{self, RequestView};
 
@@ -31,15 +33,17 @@ pub struct EdgeRuntime {
     pub limiter: Option<(Limiter, RateLimitKey, Option<String>)>,
 }
 
+/// What every connection shares: the configuration in force (replaced as a whole when the
+/// objects change; each request reads the one current when it arrives), the gateway's mesh
+/// certificate, the backend connections and where Services' endpoints come from.
 pub struct Edge {
-    pub model: Model,
+    pub config: watch::Receiver<Arc<Programmed>>,
     /// Failed token checks (401) per source IP: a client past its budget gets 429 before its
-    /// token reaches the OAuth server (review 7, F5).
+    /// token reaches the OAuth server (review 7, F5). Kept across configurations.
     pub token_failures: Limiter,
-    /// Per route (same index as `model.routes`): its EdgePolicy, if any.
-    pub policies: Vec<Option<EdgeRuntime>>,
     pub tls: watch::Receiver<Option<Arc<MeshTls>>>,
     pub backends: crate::backend::BackendClient,
+    pub endpoints: crate::backend::Endpoints,
     pub metrics: GatewayMetrics,
 }
 
@@ -116,151 +120,33 @@ fn modify_headers(headers: &mut hyper::HeaderMap, m: &HeaderModifier) {
     }
 }
 
+/// Which listeners a connection may be served by: every listener on its port (HTTP, told
+/// apart by `Host`), or the one its TLS handshake chose by SNI.
+#[derive(Clone)]
+pub enum Bound {
+    Port(u16),
+    Listener { label: Arc<str>, port: u16 },
+}
+
+impl Bound {
+    /// The candidate listeners in `config`.
+    pub fn candidates(&self, config: &Programmed) -> Vec<usize> {
+        match self {
+            Bound::Port(port) => config.on_port(*port),
+            Bound::Listener { label, port } => config.find(label, *port).into_iter().collect(),
+        }
+    }
+}
+
 /// Budget of failed token checks per source IP: this many at once ...
 pub const TOKEN_FAILURE_BURST: u32 = 20;
 /// ... refilled at one per second.
 pub const TOKEN_FAILURES_PER_MINUTE: u32 = 60;
 
-/// Forwarding headers the edge owns: every client copy is removed before routing, and the
-/// gateway sets `x-forwarded-for`, `x-forwarded-proto` and `x-forwarded-host` itself.
-const FORWARDING: &[&str] = &[
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-client-cert",
-    "x-real-ip",
-    "x-client-ip",
-];
-
-/// A request in the form routing, the EdgePolicy and the backend all see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Host for matching (no port, as sent).
-    pub host: String,
-    /// The authority to forward as `Host` (with its port, if any).
-    pub authority: String,
-    /// Normalised as the sidecar normalises it (`pqmesh_policy::path::normalize`).
-    pub path: String,
-    pub query: Option<String>,
-}
-
-/// Why a request cannot be made canonical: status, text and the metric's decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRequest {
-    pub status: StatusCode,
-    pub text: String,
-    pub decision: &'static str,
-}
-
-fn bad(text: impl Into<String>, decision: &'static str) -> BadRequest {
-    BadRequest {
-        status: StatusCode::BAD_REQUEST,
-        text: text.into(),
-        decision,
-    }
-}
-
-/// Makes the request canonical in place, before routing and the EdgePolicy (review 7, F1, F7-F9):
-/// the sidecar's own head rules (`pqmesh_sidecar::canonical`: hop-by-hop and `Connection`-named
-/// headers removed, `_` names, method overrides and CONNECT refused, `x-pqmesh-*` dropped), URL
-/// overrides refused, one `Authorization` at most, forwarding headers dropped, one host (a `host`
-/// header that differs from `:authority` or an absolute-form authority is refused), and the path
-/// normalised exactly as the backend sidecar will (what it refuses is refused here).
-pub fn canonical_request<B>(req: &mut Request<B>) -> Result<Target, BadRequest> {
-    let h2 = req.version() == hyper::Version::HTTP_2;
-    let method = req.method().clone();
-    pqmesh_sidecar::canonical::canonicalize(&method, req.headers_mut(), h2).map_err(|r| {
-        BadRequest {
-            status: r.status(),
-            text: r.to_string(),
-            decision: r.outcome(),
-        }
-    })?;
-    if req.headers().get_all("authorization").iter().count() > 1 {
-        return Err(bad("more than one Authorization header", "bad_header"));
-    }
-    for h in FORWARDING {
-        req.headers_mut().remove(*h);
-    }
-    let hosts: Vec<&HeaderValue> = req.headers().get_all("host").iter().collect();
-    if hosts.len() > 1 {
-        return Err(bad("more than one Host header", "bad_header"));
-    }
-    let header_host = match hosts.first() {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| bad("Host is not ASCII", "bad_header"))?
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let authority = match (req.uri().authority().map(|a| a.as_str()), header_host) {
-        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(&h) => {
-            return Err(bad(
-                "the Host header differs from the request's authority",
-                "bad_header",
-            ))
-        }
-        (Some(a), _) => a.to_owned(),
-        (None, Some(h)) => h,
-        (None, None) => String::new(),
-    };
-    let host = match req.uri().host() {
-        Some(h) => h.to_owned(),
-        None => authority
-            .rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(authority.as_str(), |(h, _)| h)
-            .to_owned(),
-    };
-    let path = pqmesh_policy::path::normalize(req.uri().path())
-        .map_err(|e| bad(e.to_string(), "bad_path"))?;
-    Ok(Target {
-        host,
-        authority,
-        path,
-        query: req.uri().query().map(str::to_owned),
-    })
-}
-
-/// Whether the query carries an RFC 6750 §2.3 `access_token` parameter (its name percent-decoded).
-pub fn has_access_token_param(query: Option<&str>) -> bool {
-    let decode = |s: &str| -> Vec<u8> {
-        let b = s.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            let hex = (b[i] == b'%')
-                .then(|| s.get(i + 1..i + 3))
-                .flatten()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match hex {
-                Some(v) => {
-                    out.push(v);
-                    i += 3;
-                }
-                None => {
-                    out.push(b[i]);
-                    i += 1;
-                }
-            }
-        }
-        out
-    };
-    query.is_some_and(|q| {
-        q.split('&')
-            .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
-            .any(|k| decode(k) == b"access_token")
-    })
-}
-
 /// Serves one request from an outside client on `listener`.
 pub async fn handle(
     edge: Arc<Edge>,
-    listeners: Arc<[usize]>,
+    bound: Bound,
     client: SocketAddr,
     scheme: &'static str,
     req: Request<Incoming>,
@@ -269,7 +155,7 @@ pub async fn handle(
     let method = req.method().clone();
     let mut who = Who::default();
     let (route_name, response, decision) =
-        match route_request(&edge, &listeners, client, scheme, req, &mut who).await {
+        match route_request(&edge, &bound, client, scheme, req, &mut who).await {
             Ok((name, r)) => (name, r, "forwarded"),
             Err((name, r, decision)) => (name, r, decision),
         };
@@ -305,7 +191,7 @@ type Refusal = (String, Response<Body>, &'static str);
 
 async fn route_request(
     edge: &Edge,
-    listeners: &[usize],
+    bound: &Bound,
     client: SocketAddr,
     scheme: &'static str,
     mut req: Request<Incoming>,
@@ -326,13 +212,15 @@ async fn route_request(
             "no_route",
         )
     };
+    let config = edge.config.borrow().clone();
     let listener_index =
-        routes::listener_for(&edge.model.listeners, listeners, &host).ok_or_else(no_route)?;
-    let listener: &ListenerModel = &edge.model.listeners[listener_index];
+        routes::listener_for(&config.model.listeners, &bound.candidates(&config), &host)
+            .ok_or_else(no_route)?;
+    let listener: &ListenerModel = &config.model.listeners[listener_index];
     let path = target.path.clone();
     let query = target.query.clone();
     let chosen = routes::choose(
-        &edge.model.routes,
+        &config.model.routes,
         listener,
         &RequestView {
             host: &host,
@@ -349,7 +237,7 @@ async fn route_request(
             "no_route",
         )
     })?;
-    let route: &RouteModel = &edge.model.routes[chosen.route];
+    let route: &RouteModel = &config.model.routes[chosen.route];
     let name = route.name.clone();
     let refuse = |r: Response<Body>, d: &'static str| (name.clone(), r, d);
     let rule = &route.spec.rules[chosen.rule];
@@ -366,7 +254,7 @@ async fn route_request(
     // The EdgePolicy first: nothing of a refused request reaches a backend or a redirect.
     let mut jwt = None;
     if let Some(edge_model) = &route.edge {
-        let Some(runtime) = edge.policies[chosen.route].as_ref() else {
+        let Some(runtime) = config.policies[chosen.route].as_ref() else {
             return Err(refuse(
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -496,41 +384,47 @@ async fn route_request(
         ));
     };
     let backend = &rule.backend_refs[pick];
-    if backend
-        .namespace
-        .as_deref()
-        .is_some_and(|n| n != route.namespace)
-    {
-        // Cross-namespace without a ReferenceGrant (RefNotPermitted): Gateway API answers 500.
-        return Err(refuse(
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "pqmesh-gateway: the backend is in another namespace (RefNotPermitted)",
-            ),
-            "backend_unresolved",
-        ));
-    }
     let service = format!(
         "{}/{}",
         backend.namespace.as_deref().unwrap_or(&route.namespace),
         backend.name
     );
-    let Some(endpoints) = edge
-        .model
-        .backends
-        .get(&(service.clone(), backend.port))
-        .filter(|e| !e.is_empty())
-    else {
-        return Err(refuse(
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!(
-                    "pqmesh-gateway: backend {service}:{} is not known",
-                    backend.port
+    // A backendRef that is not a core Service of the route's namespace is never forwarded to
+    // (its route's ResolvedRefs says why: InvalidKind, or RefNotPermitted as there is no
+    // ReferenceGrant); the Gateway API answers 500 for it.
+    let permitted =
+        crate::load::is_service(backend) && service.starts_with(&format!("{}/", route.namespace));
+    let resolved = match permitted {
+        false => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("backend {service}:{} is not permitted", backend.port),
+        )),
+        true => {
+            edge.endpoints
+                .resolve(&config.model.backends, &service, backend.port)
+                .await
+        }
+    };
+    let endpoints = match resolved {
+        Ok(e) if !e.is_empty() => e,
+        Ok(_) => {
+            return Err(refuse(
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "pqmesh-gateway: backend {service}:{} has no mesh endpoint",
+                        backend.port
+                    ),
                 ),
-            ),
-            "backend_unresolved",
-        ));
+                "backend_unresolved",
+            ))
+        }
+        Err((status, why)) => {
+            return Err(refuse(
+                text(status, &format!("pqmesh-gateway: {why}")),
+                "backend_unresolved",
+            ))
+        }
     };
     let endpoint = &endpoints[rand::random_range(0..endpoints.len())];
 

@@ -33,25 +33,33 @@ type Specificity = (u8, usize, u8, usize, bool, usize, usize);
 type Tie<'a> = Reverse<(Option<&'a str>, &'a str, usize, usize)>;
 
 /// Whether `route` attaches to `listener`: a parentRef naming its Gateway (and its section, if
-/// any), from a namespace the listener admits (`allowedRoutes`, default the Gateway's own).
+/// any), from the Gateway's own namespace (`allowedRoutes.namespaces.from: Same`, the only value
+/// served). The judgement already drops other parentRefs; this does not rely on it alone.
 pub fn attaches(route: &RouteModel, listener: &ListenerModel) -> bool {
     let gateway_ns = listener.gateway.split('/').next().unwrap_or("");
-    parent_ref_matches(route, listener)
-        && (listener.allow_all_namespaces || route.namespace == gateway_ns)
+    route.namespace == gateway_ns
+        && route.spec.parent_refs.iter().any(|p| {
+            let gw = format!(
+                "{}/{}",
+                p.namespace.as_deref().unwrap_or(&route.namespace),
+                p.name
+            );
+            gw == listener.gateway
+                && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
+                && p.port.is_none_or(|port| port == listener.port)
+        })
 }
 
-/// Whether one of the route's parentRefs names `listener` (namespaces aside).
-pub fn parent_ref_matches(route: &RouteModel, listener: &ListenerModel) -> bool {
-    route.spec.parent_refs.iter().any(|p| {
-        let gw = format!(
-            "{}/{}",
-            p.namespace.as_deref().unwrap_or(&route.namespace),
-            p.name
-        );
-        gw == listener.gateway
-            && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
-            && p.port.is_none_or(|port| port == listener.port)
-    })
+/// Whether a route hostname and a listener hostname can both match some request host (exact or
+/// `*.suffix` on either side).
+pub fn hostnames_intersect(route: &str, listener: &str) -> bool {
+    let (r, l) = (route.to_ascii_lowercase(), listener.to_ascii_lowercase());
+    match (r.strip_prefix('*'), l.strip_prefix('*')) {
+        (None, None) => r == l,
+        (None, Some(_)) => host_rank(std::slice::from_ref(&l), &r).is_some(),
+        (Some(_), None) => host_rank(std::slice::from_ref(&r), &l).is_some(),
+        (Some(rs), Some(ls)) => rs.ends_with(ls) || ls.ends_with(rs),
+    }
 }
 
 /// How specifically `hostnames` match `host`: 2 exact, 1 wildcard, 0 no hostnames (any);

@@ -102,7 +102,6 @@ fn each_bad_object_is_refused_alone_with_a_message_naming_why() {
         ("  rules:\n    - filters: [{type: URLRewrite, requestHeaderModifier: {}}]", "exactly its own field"),
         ("  rules:\n    - matches: [{path: {type: Exact, value: /a}}]\n      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]", "PathPrefix"),
         ("  rules:\n    - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 307}}]", "statusCode 307"),
-        ("  rules:\n    - backendRefs: [{name: x, port: 80, kind: ServiceImport}]", "only core Services"),
         ("  rules:\n    - backendRefs: [{name: x, port: 80, weight: 2000000}]", "weight above"),
     ];
     for (body, why) in table {
@@ -308,7 +307,10 @@ fn settings_are_parsed_once_and_errors_name_the_variable() {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     let c = crate::config::Config::from_env(&base).unwrap();
-    assert_eq!(c.dir, std::path::PathBuf::from("/gw"));
+    assert_eq!(
+        c.source,
+        crate::config::Source::Local(std::path::PathBuf::from("/gw"))
+    );
     assert_eq!(c.listen_host.to_string(), "0.0.0.0");
     assert_eq!(
         c.kx,
@@ -343,6 +345,141 @@ fn settings_are_parsed_once_and_errors_name_the_variable() {
         .unwrap_err()
         .to_string()
         .starts_with("PQMESH_GATEWAY_DIR"));
+    // --kubernetes: no directory, and a directory with it is refused.
+    let k = crate::config::Config::from_settings(true, &env).unwrap();
+    assert_eq!(k.source, crate::config::Source::Kubernetes);
+    let e = crate::config::Config::from_settings(true, &base)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exclude each other"), "{e}");
+    let parsed = crate::config::parse(["--kubernetes"], &env).unwrap();
+    assert_eq!(parsed.source, crate::config::Source::Kubernetes);
+}
+
+fn verdict<'a>(m: &'a Model, kind: &str, name: &str) -> &'a crate::load::Verdict {
+    m.verdicts
+        .iter()
+        .find(|v| v.kind == kind && v.name == name)
+        .unwrap_or_else(|| panic!("no verdict for {kind} {name}: {:?}", m.verdicts))
+}
+
+#[test]
+fn each_parent_ref_and_backend_ref_gets_its_gateway_api_reason() {
+    let routes = [
+        route("ok", "  rules:\n    - backendRefs: [{name: orders, port: 80}]"),
+        route(
+            "kind",
+            "  rules:\n    - backendRefs: [{name: x, port: 80, kind: ServiceImport}]",
+        ),
+        route(
+            "other-ns",
+            "  rules:\n    - backendRefs: [{name: x, namespace: bank, port: 80}]",
+        ),
+        route("missing", "  rules:\n    - backendRefs: [{name: gone, port: 80}]"),
+        route(
+            "section",
+            "  rules: []",
+        )
+        .replace("[{name: edge}]", "[{name: edge, sectionName: nope}]"),
+        route("host", "  hostnames: [other.test]\n  rules: []"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: foreign, namespace: evil}\nspec:\n  parentRefs: [{name: edge, namespace: shop}]\n---\n".to_owned(),
+    ]
+    .concat();
+    let gw = CLASS_AND_GATEWAY.replace(
+        "    - {name: web, port: 8080, protocol: HTTP}",
+        "    - {name: web, port: 8080, protocol: HTTP, hostname: shop.example}",
+    );
+    let mut m = judge(
+        &[("gw.yaml".into(), gw), ("routes.yaml".into(), routes)],
+        &NoSecrets,
+        &no_certs,
+    );
+    crate::load::check_backends(&mut m, &|s, p| s == "shop/orders" && p == 80);
+    let parent = |name: &str| verdict(&m, "HTTPRoute", &format!("shop/{name}")).parents[0].clone();
+    assert_eq!(parent("ok").accepted, Ok(()));
+    assert_eq!(parent("ok").resolved_refs, Ok(()));
+    for (name, reason) in [
+        ("kind", "InvalidKind"),
+        ("other-ns", "RefNotPermitted"),
+        ("missing", "BackendNotFound"),
+    ] {
+        let p = parent(name);
+        assert_eq!(p.accepted, Ok(()), "{name}");
+        assert_eq!(p.resolved_refs.unwrap_err().0, reason, "{name}");
+        assert_eq!(
+            verdict(&m, "HTTPRoute", &format!("shop/{name}")).refs_reason,
+            reason
+        );
+    }
+    for (name, reason) in [
+        ("shop/section", "NoMatchingParent"),
+        ("shop/host", "NoMatchingListenerHostname"),
+        ("evil/foreign", "NotAllowedByListeners"),
+    ] {
+        let v = verdict(&m, "HTTPRoute", name);
+        assert_eq!(
+            v.parents[0].accepted.as_ref().unwrap_err().0,
+            reason,
+            "{name}"
+        );
+        assert!(v.accepted.is_err(), "{name}");
+    }
+    // Routes attach only through accepted parents: the foreign route serves nothing.
+    let foreign = m.routes.iter().find(|r| r.name == "evil/foreign").unwrap();
+    assert!(foreign.spec.parent_refs.is_empty());
+    let gateway = verdict(&m, "Gateway", "shop/edge");
+    assert_eq!(gateway.listeners.len(), 1);
+    assert_eq!(
+        gateway.listeners[0].attached_routes, 4,
+        "ok, kind, other-ns and missing attach"
+    );
+    assert_eq!(gateway.generation, None);
+}
+
+#[test]
+fn listener_reasons_and_allowed_routes() {
+    let text = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: more, namespace: shop, generation: 7}
+spec:
+  gatewayClassName: pqmesh
+  listeners:
+    - {name: cert, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: missing}]}}
+    - {name: foreign-cert, port: 8444, protocol: HTTPS, tls: {certificateRefs: [{name: c, namespace: bank}]}}
+    - {name: all, port: 8081, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+    - {name: same, port: 8082, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}, kinds: [{kind: HTTPRoute}]}}
+    - {name: grpc, port: 8083, protocol: HTTP, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
+"#;
+    let m = judge(
+        &[
+            ("gw.yaml".into(), CLASS_AND_GATEWAY.into()),
+            ("more.yaml".into(), text.into()),
+        ],
+        &NoSecrets,
+        &no_certs,
+    );
+    let v = verdict(&m, "Gateway", "shop/more");
+    assert_eq!(v.generation, Some(7));
+    let l = |n: &str| v.listeners.iter().find(|l| l.name == n).unwrap().clone();
+    assert_eq!(
+        l("cert").resolved_refs.unwrap_err().0,
+        "InvalidCertificateRef"
+    );
+    assert_eq!(l("cert").accepted, Ok(()));
+    assert_eq!(
+        l("foreign-cert").resolved_refs.unwrap_err().0,
+        "RefNotPermitted"
+    );
+    assert_eq!(l("all").accepted.unwrap_err().0, "UnsupportedValue");
+    assert_eq!(l("same").accepted, Ok(()));
+    assert_eq!(l("grpc").accepted.unwrap_err().0, "InvalidRouteKinds");
+    assert!(
+        v.accepted.is_ok(),
+        "a Gateway with one valid listener is accepted"
+    );
+    let names: Vec<_> = m.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["web", "same"]);
 }
 
 #[test]
@@ -390,351 +527,5 @@ spec:
     assert_eq!(pick("other.test"), None);
 }
 
-// ---- Review 7 (outside attack on the gateway) ----
-
-fn request(version: hyper::Version, uri: &str, headers: &[(&str, &str)]) -> hyper::Request<()> {
-    let mut b = hyper::Request::builder().version(version).uri(uri);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(()).unwrap()
-}
-
-/// F1: the path routing and the EdgePolicy judge is the sidecar's normal form of it, and what the
-/// sidecar refuses is refused before any route is chosen.
-#[test]
-fn requests_are_made_canonical_before_routing() {
-    use crate::proxy::canonical_request;
-    let h1 = hyper::Version::HTTP_11;
-    let host = [("host", "shop.example")];
-    for (uri, want) in [
-        ("/orders/../admin/2", "/admin/2"),
-        ("/orders/%2e%2e/admin/2", "/admin/2"),
-        ("/orders/%2E%2e/admin/2", "/admin/2"),
-        ("/orders/.%2e/admin/2", "/admin/2"),
-        ("/orders//../admin/2", "/admin/2"),
-        ("/orders/./../admin/2", "/admin/2"),
-        ("/orders//x/./y/", "/orders/x/y/"),
-        ("/orders/%7euser", "/orders/~user"),
-        ("http://shop.example/orders/../admin/2", "/admin/2"),
-    ] {
-        let t = canonical_request(&mut request(h1, uri, &host)).unwrap();
-        assert_eq!(t.path, want, "{uri}");
-        assert_eq!(t.host, "shop.example", "{uri}");
-    }
-    // HTTP/2 `:path`.
-    let mut r = request(
-        hyper::Version::HTTP_2,
-        "http://shop.example/orders/%2e%2e/admin/2?a=1",
-        &[],
-    );
-    let t = canonical_request(&mut r).unwrap();
-    assert_eq!(
-        (t.path.as_str(), t.query.as_deref()),
-        ("/admin/2", Some("a=1"))
-    );
-    for uri in [
-        "/orders/%2fadmin",
-        "/orders/..%2fadmin",
-        "/orders/..;/admin",
-        "/orders/%252e%252e/admin",
-        "/../admin",
-        "/orders/%5cadmin",
-    ] {
-        let e = canonical_request(&mut request(h1, uri, &host)).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.decision), (400, "bad_path"), "{uri}");
-    }
-}
-
-/// F7-F9: one host, no URL overrides, one Authorization, hop-by-hop removed before the policy,
-/// and the client's forwarding headers dropped.
-#[test]
-fn the_head_is_made_canonical_as_the_sidecar_does_and_edge_headers_are_the_edges() {
-    use crate::proxy::canonical_request;
-    let h1 = hyper::Version::HTTP_11;
-    let h2 = hyper::Version::HTTP_2;
-    type Case<'a> = (hyper::Version, &'a str, &'a [(&'a str, &'a str)], &'a str);
-    let refused: &[Case] = &[
-        (
-            h2,
-            "http://shop.example/x",
-            &[("host", "evil.example")],
-            "differs",
-        ),
-        (
-            h1,
-            "http://shop.example/x",
-            &[("host", "evil.example")],
-            "differs",
-        ),
-        (
-            h1,
-            "/x",
-            &[("host", "a"), ("x-original-url", "/admin/1")],
-            "x-original-url",
-        ),
-        (
-            h1,
-            "/x",
-            &[("host", "a"), ("x-rewrite-url", "/admin/1")],
-            "x-rewrite-url",
-        ),
-        (
-            h1,
-            "/x",
-            &[("host", "a"), ("x-http-method-override", "DELETE")],
-            "method-override",
-        ),
-        (
-            h1,
-            "/x",
-            &[
-                ("host", "a"),
-                ("authorization", "Bearer a"),
-                ("authorization", "Bearer b"),
-            ],
-            "more than one Authorization",
-        ),
-        (
-            h1,
-            "/x",
-            &[("host", "a"), ("x_pqmesh_peer_identity", "spiffe://x")],
-            "'_'",
-        ),
-    ];
-    for (v, uri, headers, why) in refused {
-        let e = canonical_request(&mut request(*v, uri, headers)).unwrap_err();
-        assert_eq!(e.status.as_u16(), 400, "{uri} {headers:?}");
-        assert!(e.text.contains(why), "{headers:?}: {}", e.text);
-    }
-    let t = canonical_request(&mut request(
-        h2,
-        "http://shop.example/x",
-        &[("host", "shop.example")],
-    ))
-    .unwrap();
-    assert_eq!(t.authority, "shop.example");
-    let mut r = request(
-        h1,
-        "/x",
-        &[
-            ("host", "shop.example:8080"),
-            ("connection", "close, authorization"),
-            ("authorization", "Bearer t"),
-            ("x-forwarded-for", "6.6.6.6"),
-            ("forwarded", "for=6.6.6.6"),
-            ("x-real-ip", "6.6.6.6"),
-            (
-                "x-forwarded-client-cert",
-                "URI=spiffe://cluster.local/ns/shop/sa/admin",
-            ),
-            ("x-forwarded-host", "evil"),
-            ("x-forwarded-proto", "http"),
-            ("x-pqmesh-peer-identity", "spoofed"),
-            ("x-kept", "1"),
-        ],
-    );
-    let t = canonical_request(&mut r).unwrap();
-    assert_eq!(
-        (t.host.as_str(), t.authority.as_str()),
-        ("shop.example", "shop.example:8080")
-    );
-    let left: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
-    assert_eq!(
-        left,
-        ["host", "x-kept"],
-        "authorization was named hop-by-hop"
-    );
-}
-
-/// F10.
-#[test]
-fn access_token_query_parameters_are_found_in_any_spelling() {
-    use crate::proxy::has_access_token_param;
-    for q in [
-        "access_token=x",
-        "a=1&access_token=x",
-        "access%5Ftoken=x",
-        "access_token",
-        "%61ccess_token=1",
-    ] {
-        assert!(has_access_token_param(Some(q)), "{q}");
-    }
-    for q in ["access_tokens=x", "a=access_token", "token=x"] {
-        assert!(!has_access_token_param(Some(q)), "{q}");
-    }
-    assert!(!has_access_token_param(None));
-}
-
-const TOKEN_ISSUER_REF: &str = "  token: {issuer: corp, scopes: [admin]}\n";
-
-fn edge_policy(name: &str, target: &str, body: &str) -> String {
-    format!(
-        "apiVersion: pqmesh.io/v1alpha1\nkind: EdgePolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {target}}}\n{body}---\n"
-    )
-}
-
-fn verdict(m: &Model, name: &str) -> crate::load::Verdict {
-    m.verdicts
-        .iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("no verdict for {name}: {:?}", m.verdicts))
-        .clone()
-}
-
-fn closed(m: &Model, route: &str) -> Option<String> {
-    m.routes
-        .iter()
-        .find(|r| r.name == route)
-        .unwrap()
-        .closed
-        .clone()
-}
-
-/// F2: a refused EdgePolicy closes the route it targets (503), with the reason in the verdicts.
-#[test]
-fn a_refused_edge_policy_closes_its_route() {
-    let backend = "  rules:\n    - backendRefs: [{name: orders, port: 80}]";
-    let text = route("typo", backend)
-        + &edge_policy(
-            "typo-edge",
-            "typo",
-            "  token: {issuer: corp, scope: [admin]}\n",
-        )
-        + &route("zero", backend)
-        + &edge_policy(
-            "zero-edge",
-            "zero",
-            &format!("{TOKEN_ISSUER_REF}  rateLimit: {{key: clientId, requests: 0}}\n"),
-        )
-        + &route("open", backend);
-    let m = model(&text);
-    assert!(verdict(&m, "shop/typo-edge")
-        .accepted
-        .unwrap_err()
-        .contains("unknown field `scope`"));
-    for (route, policy) in [
-        ("shop/typo", "shop/typo-edge"),
-        ("shop/zero", "shop/zero-edge"),
-    ] {
-        let why = closed(&m, route).unwrap_or_else(|| panic!("{route} is served unprotected"));
-        assert!(why.contains(policy), "{why}");
-        let refs = verdict(&m, route).resolved_refs.unwrap_err();
-        assert!(refs.contains(policy) && refs.contains("503"), "{refs}");
-    }
-    assert_eq!(
-        closed(&m, "shop/open"),
-        None,
-        "a route no policy names is not affected"
-    );
-}
-
-/// F3: two EdgePolicies on one route: both Conflicted (naming the other), the route closed, read
-/// order irrelevant; an EdgePolicy that sets nothing is refused (and so closes its route).
-#[test]
-fn edge_policies_on_the_same_route_conflict_and_an_empty_one_is_refused() {
-    let backend = "  rules:\n    - backendRefs: [{name: orders, port: 80}]";
-    for order in [0, 1] {
-        let real = edge_policy("orders-edge", "orders", TOKEN_ISSUER_REF);
-        let empty = edge_policy("aaa-orders-edge2", "orders", "");
-        let policies = if order == 0 {
-            real + &empty
-        } else {
-            empty + &real
-        };
-        let m = model(&(route("orders", backend) + &policies));
-        let a = verdict(&m, "shop/orders-edge").accepted.unwrap_err();
-        assert!(
-            a.contains("Conflicted") && a.contains("shop/aaa-orders-edge2"),
-            "{a}"
-        );
-        let b = verdict(&m, "shop/aaa-orders-edge2").accepted.unwrap_err();
-        assert!(b.contains("sets neither token nor rateLimit"), "{b}");
-        assert!(closed(&m, "shop/orders").unwrap().contains("Conflicted"));
-    }
-    let m = model(
-        &(route("orders", backend)
-            + &edge_policy("one", "orders", TOKEN_ISSUER_REF)
-            + &edge_policy("two", "orders", TOKEN_ISSUER_REF)),
-    );
-    assert!(verdict(&m, "shop/one")
-        .accepted
-        .unwrap_err()
-        .contains("shop/two"));
-    assert!(verdict(&m, "shop/two")
-        .accepted
-        .unwrap_err()
-        .contains("shop/one"));
-    assert!(closed(&m, "shop/orders").is_some());
-    let m = model(&(route("orders", backend) + &edge_policy("empty", "orders", "")));
-    assert!(closed(&m, "shop/orders").unwrap().contains("shop/empty"));
-}
-
-/// F4: routes from another namespace attach only where `allowedRoutes` admits them, and a
-/// backendRef into another namespace is RefNotPermitted.
-#[test]
-fn cross_namespace_routes_and_backends_need_permission() {
-    let steal = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: steal, namespace: other}\nspec:\n  parentRefs: [{name: edge, namespace: shop}]\n  rules:\n    - matches: [{path: {type: Exact, value: /admin/1}}]\n      backendRefs: [{name: api, port: 80}]\n---\n";
-    let admin = route("admin", "  rules:\n    - matches: [{path: {type: PathPrefix, value: /admin}}]\n      backendRefs: [{name: api, port: 80}]");
-    let m = model(&(steal.to_owned() + &admin));
-    let v = verdict(&m, "other/steal");
-    assert!(v.accepted.unwrap_err().contains("NotAllowedByListeners"));
-    assert_eq!(
-        pick(&m, "GET", "/admin/1", None, &[]).unwrap().0,
-        "shop/admin"
-    );
-
-    let all = CLASS_AND_GATEWAY.replace(
-        "{name: web, port: 8080, protocol: HTTP}",
-        "{name: web, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}",
-    );
-    let m = judge(
-        &[
-            ("gw.yaml".into(), all),
-            ("r.yaml".into(), steal.to_owned() + &admin),
-        ],
-        &NoSecrets,
-        &no_certs,
-    );
-    assert!(verdict(&m, "other/steal").accepted.is_ok());
-    assert_eq!(
-        pick(&m, "GET", "/admin/1", None, &[]).unwrap().0,
-        "other/steal"
-    );
-
-    let selector = CLASS_AND_GATEWAY.replace(
-        "{name: web, port: 8080, protocol: HTTP}",
-        "{name: web, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {a: b}}}}}",
-    );
-    let m = judge(&[("gw.yaml".into(), selector)], &NoSecrets, &no_certs);
-    assert!(verdict(&m, "shop/edge")
-        .resolved_refs
-        .unwrap_err()
-        .contains("Selector is not supported"));
-    assert!(m.listeners.is_empty());
-
-    let cross = route(
-        "cross",
-        "  rules:\n    - backendRefs: [{name: api, namespace: other, port: 80}]",
-    );
-    let m = model(&cross);
-    let v = verdict(&m, "shop/cross");
-    assert!(v.accepted.is_ok());
-    assert!(v.resolved_refs.unwrap_err().contains("RefNotPermitted"));
-}
-
-/// F1 (rewrites): a URLRewrite or redirect value the sidecar would resolve differently is refused.
-#[test]
-fn path_modifier_values_must_be_normal_paths() {
-    for v in ["/orders/..", "/a//b", "/a/./b", "/%2e%2e/admin"] {
-        let body = format!("  rules:\n    - matches: [{{path: {{type: PathPrefix, value: /v1}}}}]\n      filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: \"{v}\"}}}}}}]\n      backendRefs: [{{name: o, port: 80}}]");
-        let m = model(&route("rw", &body));
-        assert!(
-            verdict(&m, "shop/rw")
-                .accepted
-                .unwrap_err()
-                .contains("not a normal path"),
-            "{v}"
-        );
-    }
-}
+/// What outside review 7 found, one test per finding.
+mod outside_review;

@@ -9,6 +9,8 @@ pub mod keys;
 pub mod logging;
 pub mod process_metrics;
 pub mod provider;
+#[cfg(feature = "kubernetes")]
+pub mod reflect;
 pub mod spiffe;
 pub mod tls;
 pub mod verify;

@@ -7,6 +7,7 @@ use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
+use crate::edge::EdgePolicySpec;
 use crate::model::{AccessPolicySpec, TokenIssuerSpec, GROUP, VERSION};
 
 fn structural<T: JsonSchema>() -> Value {
@@ -63,32 +64,38 @@ fn clean(v: &mut Value) {
     }
 }
 
-fn crd(kind: &str, plural: &str, short: &str, spec_schema: Value, columns: Value) -> Value {
-    let status = json!({
+/// `status.conditions` (metav1.Condition), `description` saying which.
+fn conditions(description: &str) -> Value {
+    json!({
+        "type": "array",
+        "description": description,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status", "reason", "message", "lastTransitionTime"],
+            "properties": {
+                "type": {"type": "string"},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "reason": {"type": "string"},
+                "message": {"type": "string", "maxLength": 32768},
+                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+                "lastTransitionTime": {"type": "string", "format": "date-time"}
+            }
+        }
+    })
+}
+
+/// The status of the control plane's kinds: conditions and sidecar counts per replica.
+fn policy_status() -> Value {
+    json!({
         "type": "object",
         "properties": {
             "observedGeneration": {"type": "integer", "format": "int64"},
             "selectedSidecars": {"type": "integer", "format": "int32", "description": "Connected sidecars this policy selects"},
             "ackedSidecars": {"type": "integer", "format": "int32", "description": "Of those, how many run the current version"},
             "rejectedSidecars": {"type": "integer", "format": "int32", "description": "Of those, how many NACKed it"},
-            "conditions": {
-                "type": "array",
-                "description": "Accepted (the object is valid; reason Invalid when not), ResolvedRefs (its TokenIssuers or client Secret exist and are accepted), Ready (AccessPolicy: every selected sidecar ACKed it)",
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["type"],
-                "items": {
-                    "type": "object",
-                    "required": ["type", "status", "reason", "message", "lastTransitionTime"],
-                    "properties": {
-                        "type": {"type": "string"},
-                        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                        "reason": {"type": "string"},
-                        "message": {"type": "string", "maxLength": 32768},
-                        "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
-                        "lastTransitionTime": {"type": "string", "format": "date-time"}
-                    }
-                }
-            },
+            "conditions": conditions("Accepted (the object is valid; reason Invalid when not), ResolvedRefs (its TokenIssuers or client Secret exist and are accepted), Ready (AccessPolicy: every selected sidecar ACKed it)"),
             "replicas": {
                 "type": "array",
                 "description": "Per control-plane replica: the sidecars connected to it (each replica applies its own entry)",
@@ -107,7 +114,17 @@ fn crd(kind: &str, plural: &str, short: &str, spec_schema: Value, columns: Value
                 }
             }
         }
-    });
+    })
+}
+
+fn crd(
+    kind: &str,
+    plural: &str,
+    short: &str,
+    spec_schema: Value,
+    status: Value,
+    columns: Value,
+) -> Value {
     let mut top = Map::new();
     top.insert("spec".into(), spec_schema);
     top.insert("status".into(), status);
@@ -131,7 +148,7 @@ fn crd(kind: &str, plural: &str, short: &str, spec_schema: Value, columns: Value
     })
 }
 
-/// The two CRDs, as JSON values.
+/// The CRDs (TokenIssuer, AccessPolicy, and the gateway's EdgePolicy), as JSON values.
 pub fn crds() -> Vec<Value> {
     vec![
         crd(
@@ -139,6 +156,7 @@ pub fn crds() -> Vec<Value> {
             "tokenissuers",
             "ti",
             structural::<TokenIssuerSpec>(),
+            policy_status(),
             json!([
                 {"name": "Issuer", "type": "string", "jsonPath": ".spec.issuer"},
                 {"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"},
@@ -151,12 +169,28 @@ pub fn crds() -> Vec<Value> {
             "accesspolicies",
             "ap",
             structural::<AccessPolicySpec>(),
+            policy_status(),
             json!([
                 {"name": "mTLS", "type": "string", "jsonPath": ".spec.mtls"},
                 {"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"},
                 {"name": "Selected", "type": "integer", "jsonPath": ".status.selectedSidecars"},
                 {"name": "Acked", "type": "integer", "jsonPath": ".status.ackedSidecars"},
                 {"name": "Rejected", "type": "integer", "jsonPath": ".status.rejectedSidecars", "priority": 1},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+            ]),
+        ),
+        // Judged by pqmesh-gateway; the verdict is on its admin port (`/verdicts`), not written here yet.
+        crd(
+            "EdgePolicy",
+            "edgepolicies",
+            "ep",
+            structural::<EdgePolicySpec>(),
+            json!({"type": "object", "properties": {
+                "conditions": conditions("Reserved: Accepted and ResolvedRefs, once pqmesh-gateway writes them"),
+            }}),
+            json!([
+                {"name": "Route", "type": "string", "jsonPath": ".spec.targetRef.name"},
+                {"name": "Issuer", "type": "string", "jsonPath": ".spec.token.issuer"},
                 {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
             ]),
         ),
@@ -220,7 +254,7 @@ mod tests {
     #[test]
     fn crds_are_structural_and_describe_every_field() {
         let crds = crds();
-        assert_eq!(crds.len(), 2);
+        assert_eq!(crds.len(), 3);
         for c in &crds {
             let schema = &c["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
             let mut problems = Vec::new();
@@ -318,10 +352,29 @@ mod tests {
                 ["properties"]["conditions"]["x-kubernetes-list-map-keys"],
             json!(["type"])
         );
+        let edge = &crds[2]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"];
+        assert_eq!(
+            edge["targetRef"]["properties"]["kind"]["enum"],
+            json!(["HTTPRoute"])
+        );
+        assert_eq!(
+            edge["rateLimit"]["properties"]["key"]["enum"],
+            json!(["clientId", "sub", "claim", "sourceIP"])
+        );
+        assert_eq!(
+            edge["rateLimit"]["properties"]["requests"]["minimum"],
+            json!(1)
+        );
+        assert_eq!(
+            edge["token"]["properties"]["accept"]["enum"],
+            json!(["opaque", "jwt", "any"])
+        );
         let yaml = crds_yaml();
         assert!(
             yaml.contains("name: accesspolicies.pqmesh.io")
                 && yaml.contains("name: tokenissuers.pqmesh.io")
+                && yaml.contains("name: edgepolicies.pqmesh.io")
         );
     }
 }

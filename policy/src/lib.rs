@@ -6,6 +6,7 @@
 pub mod admit;
 pub mod compile;
 pub mod crd;
+pub mod edge;
 pub mod eval;
 pub mod model;
 pub mod path;

@@ -247,7 +247,19 @@ impl TokenSource {
     }
 }
 
-impl Config {
+/// What every mesh participant certifies with (the sidecar and the gateway read the same
+/// settings): its trust domain, the SPIFFE ID the control plane must present, its credential.
+#[derive(Debug, Clone)]
+pub struct CertifySettings {
+    pub trust_domain: String,
+    pub control_plane_id: SpiffeId,
+    pub token: TokenSource,
+}
+
+impl CertifySettings {
+    /// `PQMESH_TRUST_DOMAIN`, `PQMESH_CONTROL_PLANE_ID` (default: the chart's control plane in
+    /// that trust domain) and exactly one of `PQMESH_BOOTSTRAP_TOKEN_FILE` and
+    /// `PQMESH_BOOTSTRAP_TOKEN` (never repeated in an error).
     pub fn from_env(env: &dyn Env) -> Result<Self, EnvError> {
         let trust_domain = env
             .var("PQMESH_TRUST_DOMAIN")
@@ -279,6 +291,21 @@ impl Config {
                     ))
                 }
             };
+        Ok(CertifySettings {
+            trust_domain,
+            control_plane_id,
+            token,
+        })
+    }
+}
+
+impl Config {
+    pub fn from_env(env: &dyn Env) -> Result<Self, EnvError> {
+        let CertifySettings {
+            trust_domain,
+            control_plane_id,
+            token,
+        } = CertifySettings::from_env(env)?;
         let inbound_allow = match env.var("PQMESH_INBOUND_ALLOW") {
             None => Vec::new(),
             Some(v) => v

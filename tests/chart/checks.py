@@ -389,6 +389,97 @@ def check_single_replica(docs):
     return []
 
 
+def check_no_gateway(docs):
+    return [f"{name_of(d)} rendered with gateway.enabled=false" for d in docs
+            if d["metadata"].get("name") == "pqmesh-gateway"]
+
+
+def check_gateway(docs, ns, variant):
+    """gateway.enabled=true: the gateway runs `pqmesh-gateway --kubernetes` as its own mesh
+    identity (projected token, audience pqmesh-ca), probes its admin /live and /ready, is
+    reached through its Service, may read what it serves and patch only status; variant `hpa`
+    also sets autoscaling and a NodePort Service."""
+    errors = []
+    dep = find(docs, "Deployment", "pqmesh-gateway")
+    svc = find(docs, "Service", "pqmesh-gateway")
+    if not dep or not svc:
+        return ["no Deployment or Service pqmesh-gateway"]
+    pod = dep["spec"]["template"]
+    spec = pod["spec"]
+    c = spec["containers"][0]
+    if c.get("command") != ["/usr/local/bin/pqmesh-gateway"] or c.get("args") != ["--kubernetes"]:
+        errors.append(f"gateway runs {c.get('command')} {c.get('args')}")
+    if pod["metadata"]["labels"].get("pqmesh.io/inject") != "false":
+        errors.append("gateway pods are not excluded from injection")
+    if spec.get("serviceAccountName") != "pqmesh-gateway":
+        errors.append("gateway does not run as ServiceAccount pqmesh-gateway")
+    env = env_of(c)
+    if env.get("PQMESH_CONTROL_PLANE_ADDR") != f"pqmesh-control-plane.{ns}.svc:15012":
+        errors.append(f"PQMESH_CONTROL_PLANE_ADDR {env.get('PQMESH_CONTROL_PLANE_ADDR')}")
+    token = env.get("PQMESH_BOOTSTRAP_TOKEN_FILE", "")
+    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+    projected = [v for v in spec.get("volumes", []) if "projected" in v]
+    sources = [s["serviceAccountToken"] for v in projected for s in v["projected"]["sources"] if "serviceAccountToken" in s]
+    if not sources or sources[0].get("audience") != "pqmesh-ca":
+        errors.append("no projected service-account token with audience pqmesh-ca")
+    elif f"{mounts.get(projected[0]['name'])}/{sources[0]['path']}" != token:
+        errors.append(f"PQMESH_BOOTSTRAP_TOKEN_FILE {token!r} is not the projected token's path")
+    admin = env.get("PQMESH_GATEWAY_ADMIN_ADDR", "")
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    if not admin.endswith(f":{ports.get('http-admin')}"):
+        errors.append(f"admin address {admin!r} is not the http-admin port {ports.get('http-admin')}")
+    for probe, path in (("livenessProbe", "/live"), ("readinessProbe", "/ready")):
+        get = c.get(probe, {}).get("httpGet", {})
+        if get.get("path") != path or get.get("port") != "http-admin":
+            errors.append(f"{probe} is not GET {path} on http-admin: {get}")
+    if spec.get("securityContext", {}).get("runAsNonRoot") is not True:
+        errors.append("gateway pod is not runAsNonRoot")
+    want_type = "NodePort" if variant == "hpa" else "LoadBalancer"
+    if svc["spec"].get("type") != want_type:
+        errors.append(f"Service type {svc['spec'].get('type')}, expected {want_type}")
+    for p in svc["spec"]["ports"]:
+        if p["targetPort"] != p["port"] or p["port"] not in ports.values():
+            errors.append(f"Service port {p} does not reach the same container port")
+    if svc["spec"]["selector"] != dep["spec"]["selector"]["matchLabels"]:
+        errors.append("the Service does not select the gateway's pods")
+    hpa = find(docs, "HorizontalPodAutoscaler", "pqmesh-gateway")
+    if variant == "hpa":
+        if not hpa or hpa["spec"]["scaleTargetRef"]["name"] != "pqmesh-gateway":
+            errors.append("no HorizontalPodAutoscaler on the gateway Deployment")
+        if "replicas" in dep["spec"]:
+            errors.append("the Deployment sets replicas under an HPA")
+        if svc["spec"]["ports"][0].get("nodePort") != 30443:
+            errors.append(f"nodePort not passed through: {svc['spec']['ports'][0]}")
+    else:
+        if hpa:
+            errors.append("an HPA rendered with autoscaling off")
+        if dep["spec"].get("replicas") != 2:
+            errors.append(f"gateway replicas {dep['spec'].get('replicas')}, expected 2")
+    pdb = find(docs, "PodDisruptionBudget", "pqmesh-gateway")
+    if not pdb or pdb["spec"]["selector"]["matchLabels"] != dep["spec"]["selector"]["matchLabels"]:
+        errors.append("no PodDisruptionBudget selecting the gateway's pods")
+    cr = rules_of(docs, "ClusterRole", "pqmesh-gateway") or []
+    needs = [
+        ("gateway.networking.k8s.io", "gatewayclasses", "watch"), ("gateway.networking.k8s.io", "gateways", "watch"),
+        ("gateway.networking.k8s.io", "httproutes", "watch"), ("pqmesh.io", "edgepolicies", "watch"),
+        ("pqmesh.io", "tokenissuers", "watch"), ("", "services", "watch"), ("", "secrets", "get"),
+        ("gateway.networking.k8s.io", "gatewayclasses/status", "patch"),
+        ("gateway.networking.k8s.io", "gateways/status", "patch"),
+        ("gateway.networking.k8s.io", "httproutes/status", "patch"),
+    ]
+    for group, res, verb in needs:
+        if not any(group in r["apiGroups"] and res in r["resources"] and verb in r["verbs"] for r in cr):
+            errors.append(f"ClusterRole pqmesh-gateway cannot {verb} {res}.{group or 'core'}")
+    for r in cr:
+        writes = set(r["verbs"]) & {"create", "update", "patch", "delete"}
+        if writes and not all(res.endswith("/status") for res in r["resources"]):
+            errors.append(f"ClusterRole pqmesh-gateway writes more than status: {r}")
+    crb = find(docs, "ClusterRoleBinding", "pqmesh-gateway")
+    if not crb or crb["subjects"] != [{"kind": "ServiceAccount", "name": "pqmesh-gateway", "namespace": ns}]:
+        errors.append("ClusterRoleBinding pqmesh-gateway does not bind the gateway's ServiceAccount")
+    return errors
+
+
 # ---- custom resources against the CRDs' structural schemas ----
 
 def to_json_schema(node):
@@ -562,6 +653,10 @@ def main(argv):
         errors = check_no_monitoring(load(path))
     elif cmd == "without-monitoring-kinds":
         errors = without_monitoring_kinds(path, argv[3])
+    elif cmd == "gateway":
+        errors = check_gateway(load(path), argv[3], argv[4])
+    elif cmd == "no-gateway":
+        errors = check_no_gateway(load(path))
     elif cmd == "single-replica":
         errors = check_single_replica(load(path))
     elif cmd in ("crs", "crs-invalid"):

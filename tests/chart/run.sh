@@ -118,13 +118,21 @@ check "helm template renders with tests/chart/values-custom.yaml" \
   render "$WORK/custom.yaml" -f tests/chart/values-custom.yaml
 check "helm template renders with replicaCount=1" \
   render "$WORK/single.yaml" --set replicaCount=1
+GATEWAY=(--set gateway.enabled=true)
+GATEWAY_HPA=(--set gateway.enabled=true --set gateway.autoscaling.enabled=true
+  --set gateway.service.type=NodePort --set gateway.service.ports[0].name=https
+  --set gateway.service.ports[0].port=443 --set gateway.service.ports[0].nodePort=30443)
+check "helm lint --strict (gateway.enabled=true)" "$HELM" lint "$CHART" --strict --namespace "$NS" "${GATEWAY[@]}"
+check "helm template renders with gateway.enabled=true" render "$WORK/gateway.yaml" "${GATEWAY[@]}"
+check "helm template renders with the gateway autoscaled behind a NodePort" \
+  render "$WORK/gateway-hpa.yaml" "${GATEWAY_HPA[@]}"
 MONITORING=(--set monitoring.dashboards.enabled=true --set monitoring.alerts.enabled=true
   --set monitoring.serviceMonitor.enabled=true --set monitoring.podMonitor.enabled=true)
 check "helm lint --strict (every monitoring.* toggle on)" \
   "$HELM" lint "$CHART" --strict --namespace "$NS" "${MONITORING[@]}"
 check "helm template renders with every monitoring.* toggle on" \
   render "$WORK/monitoring.yaml" "${MONITORING[@]}"
-for f in default custom single monitoring; do
+for f in default custom single monitoring gateway gateway-hpa; do
   if [ -s "$WORK/$f.yaml" ]; then templates_only "$WORK/$f.yaml" "$WORK/$f-templates.yaml"; fi
 done
 
@@ -193,6 +201,22 @@ need promtool "promtool judges the rendered PrometheusRule (Debian: apt-get inst
 check "promtool check rules: the rendered PrometheusRule's groups" promtool check rules "$WORK/rules.yaml"
 check "default render has no monitoring objects (all monitoring.* off)" \
   "$PY" tests/chart/checks.py no-monitoring "$WORK/default-templates.yaml"
+check "schema rejects a gateway Service type other than LoadBalancer, NodePort or ClusterIP" \
+  rejected "type" --set gateway.enabled=true --set gateway.service.type=ExternalName
+check "schema rejects a misspelt gateway value (gateway.enable)" \
+  rejected "enable" --set gateway.enable=true
+check "schema rejects a projected token shorter than the API server allows (gateway.tokenExpirationSeconds=60)" \
+  rejected "tokenExpirationSeconds" --set gateway.enabled=true --set gateway.tokenExpirationSeconds=60
+check "template rejects a gateway PodDisruptionBudget that blocks drains" \
+  rejected "must be below the gateway's replicas" --set gateway.enabled=true --set gateway.podDisruptionBudget.minAvailable=2
+check "kubernetes-validate --strict -k $K8S_VERSION: gateway.enabled=true render" kube_validate "$WORK/gateway.yaml"
+check "kubernetes-validate --strict -k $K8S_VERSION: gateway autoscaled + NodePort render" kube_validate "$WORK/gateway-hpa.yaml"
+check "gateway: --kubernetes, own identity (projected token), admin probes, Service, PDB, RBAC (status patch only)" \
+  "$PY" tests/chart/checks.py gateway "$WORK/gateway-templates.yaml" "$NS" default
+check "gateway autoscaled: HPA on the Deployment (no replicas), NodePort passed through" \
+  "$PY" tests/chart/checks.py gateway "$WORK/gateway-hpa-templates.yaml" "$NS" hpa
+check "default render has no gateway objects (gateway.enabled=false)" \
+  "$PY" tests/chart/checks.py no-gateway "$WORK/default-templates.yaml"
 check "schema rejects a misspelt monitoring toggle (monitoring.alerts.enable)" \
   rejected "enable" --set monitoring.alerts.enable=true
 # kubernetes-validate has no schemas for custom resources and no option to load CRDs: checks.py
@@ -204,7 +228,7 @@ check "malformed AccessPolicy/TokenIssuer are rejected by the CRD schemas" \
 
 check "standard app.kubernetes.io/* and helm.sh/chart labels on every object (monitoring)" \
   "$PY" tests/chart/checks.py labels "$WORK/monitoring-templates.yaml"
-for f in default custom; do
+for f in default custom gateway; do
   check "every container: non-root, read-only root, no escalation, drop ALL, seccompProfile ($f)" \
     "$PY" tests/chart/checks.py security "$WORK/$f-templates.yaml"
   check "RBAC: no wildcards or escalation verbs, Secrets only by name or get ($f)" \

@@ -12,7 +12,12 @@
 //! custom resource (`crd_schema`): unknown fields pruned (no strict field validation, as with
 //! most clients), defaults applied, the structural schema checked (422 Invalid), and the CEL
 //! rules evaluated by hand-coded equivalents. `metadata.generation` moves on spec changes only.
-//! Status writes: server-side apply (merged as below) and JSON patch (`test`, `remove`, `add`,
+//! Gateway API kinds (GatewayClass, Gateway, HTTPRoute): every status write is checked against
+//! the status schema of the Gateway API's CRDs (`gateway_api_schema`: metav1.Condition's
+//! status enum, reason pattern, message length, RFC 3339 time, observedGeneration ≥ 0, one
+//! condition per type; listener and route-parent required fields) and refused with 422 as the
+//! real server does; unknown status fields are pruned. An apply without apiVersion or kind is a
+//! 400. Status writes: server-side apply (merged as below) and JSON patch (`test`, `remove`, `add`,
 //! `replace`). Field ownership is approximated: a manager owns the status keys and the
 //! `status.replicas` entries it applied; applying a value a key already has shares the key with
 //! its other owners, changing it takes the key over (a forced apply); a manager left owning
@@ -36,6 +41,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
+
+mod status_writes;
+use status_writes::{json_patch, reown, status_fields};
 
 /// `(collection, namespace, name)`; collection is e.g. `api/v1/pods` or
 /// `apis/pqmesh.io/v1alpha1/accesspolicies`.
@@ -82,6 +90,8 @@ pub struct ApiServer {
 fn kind_to_collection(kind: &str, api_version: &str) -> String {
     let plural = match kind {
         "AccessPolicy" => "accesspolicies".to_owned(),
+        "EdgePolicy" => "edgepolicies".to_owned(),
+        "GatewayClass" => "gatewayclasses".to_owned(),
         "EndpointSlice" => "endpointslices".to_owned(),
         "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations".to_owned(),
         k => format!("{}s", k.to_lowercase()),
@@ -243,115 +253,32 @@ fn validate(object: &mut Value) -> Result<(), String> {
     let Some(schema) = crate::crd_schema::schema_for(&kind) else {
         return Ok(());
     };
+    let group = object["apiVersion"]
+        .as_str()
+        .and_then(|v| v.split_once('/'))
+        .map_or("", |(g, _)| g)
+        .to_owned();
     crate::crd_schema::admit(&schema, object).map_err(|errors| {
         format!(
-            "{kind}.pqmesh.io {:?} is invalid: {}",
+            "{kind}.{group} {:?} is invalid: {}",
             object["metadata"]["name"].as_str().unwrap_or_default(),
             errors.join(", ")
         )
     })
 }
 
-/// The status fields an apply names: top-level keys, and `replicas[<name>]` entries.
-fn status_fields(status: &Value) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    for (k, v) in status.as_object().into_iter().flatten() {
-        if k == "replicas" {
-            for e in v.as_array().into_iter().flatten() {
-                let name = e["name"].as_str().unwrap_or_default();
-                out.insert(format!("replicas[{name}]"), e.clone());
-            }
-        } else {
-            out.insert(k.clone(), v.clone());
-        }
+/// A status write to a Gateway API object is checked against the CRD's status schema, as the
+/// real server does (`crate::gateway_api_schema`); pqmesh's kinds are left as before (their
+/// status is the control plane's, checked by its own tests).
+fn status_schema(object: &mut Value) -> Result<(), String> {
+    let gateway_api = object["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/"));
+    if gateway_api {
+        validate(object)
+    } else {
+        Ok(())
     }
-    out
-}
-
-/// Approximate field ownership after a status write; returns the managers left owning nothing.
-/// As on the real server, an apply that sets a field to the value it already has *shares* it
-/// with its other owners (so a replica that is gone keeps co-owning what all replicas applied
-/// alike); one that changes the value takes it over (a forced apply).
-fn reown(
-    state: &mut State,
-    key: &Key,
-    manager: Option<&str>,
-    applied: &BTreeMap<String, Value>,
-    before: &BTreeMap<String, Value>,
-    removed: &[String],
-) -> Vec<String> {
-    let owners = state.owned.entry(key.clone()).or_default();
-    let taken = |f: &String| applied.get(f).is_some_and(|v| before.get(f) != Some(v));
-    for fields in owners.values_mut() {
-        fields.retain(|f| !taken(f) && !removed.contains(f));
-    }
-    if let Some(m) = manager {
-        owners
-            .entry(m.to_owned())
-            .or_default()
-            .extend(applied.keys().cloned());
-    }
-    let empty: Vec<String> = owners
-        .iter()
-        .filter(|(_, f)| f.is_empty())
-        .map(|(m, _)| m.clone())
-        .collect();
-    owners.retain(|_, f| !f.is_empty());
-    empty
-}
-
-/// JSON patch (RFC 6902) on `status`: test, remove, add, replace, with `/status/...` paths.
-fn json_patch(object: &mut Value, ops: &Value) -> Result<Vec<String>, String> {
-    let mut removed = Vec::new();
-    for op in ops.as_array().ok_or("a JSON patch is an array")? {
-        let path = op["path"].as_str().ok_or("op without path")?;
-        let (parent, last) = path.rsplit_once('/').ok_or("bad path")?;
-        let target = object
-            .pointer_mut(parent)
-            .ok_or_else(|| format!("{parent}: not found"))?;
-        match op["op"].as_str().unwrap_or_default() {
-            "test" => {
-                if object.pointer(path) != Some(&op["value"]) {
-                    return Err(format!("testing value {path} failed"));
-                }
-            }
-            "remove" => {
-                let gone = match target {
-                    Value::Array(a) => {
-                        let i: usize = last.parse().map_err(|_| "bad index")?;
-                        if i >= a.len() {
-                            return Err(format!("{path}: not found"));
-                        }
-                        a.remove(i)
-                    }
-                    Value::Object(m) => {
-                        m.remove(last).ok_or_else(|| format!("{path}: not found"))?
-                    }
-                    _ => return Err(format!("{path}: not found")),
-                };
-                if parent == "/status/replicas" {
-                    removed.push(format!(
-                        "replicas[{}]",
-                        gone["name"].as_str().unwrap_or_default()
-                    ));
-                } else if parent == "/status" {
-                    removed.push(last.to_owned());
-                }
-            }
-            "add" | "replace" => match target {
-                Value::Object(m) => {
-                    m.insert(last.to_owned(), op["value"].clone());
-                }
-                _ => return Err(format!("{path}: unsupported")),
-            },
-            other => {
-                return Err(format!(
-                    "op {other:?} not supported by the recorded API server"
-                ))
-            }
-        }
-    }
-    Ok(removed)
 }
 
 /// `(manager, operation)` of a write through the API, kept in `metadata.managedFields`.
@@ -680,7 +607,9 @@ async fn handle(
         {
             match s.objects.get(&key).cloned() {
                 None => (404, status_body(404, "NotFound", &format!("{name} not found"))),
-                Some(mut object) => match json_patch(&mut object, &body) {
+                Some(mut object) => match json_patch(&mut object, &body)
+                    .and_then(|removed| status_schema(&mut object).map(|()| removed))
+                {
                     Err(e) => (422, status_body(422, "Invalid", &e)),
                     Ok(removed) => {
                         let none = BTreeMap::new();
@@ -691,6 +620,16 @@ async fn handle(
                     }
                 },
             }
+        }
+        (&Method::PATCH, false)
+            if content_type.starts_with("application/apply-patch")
+                && (body["apiVersion"].as_str().is_none_or(str::is_empty)
+                    || body["kind"].as_str().is_none_or(str::is_empty)) =>
+        {
+            (
+                400,
+                status_body(400, "BadRequest", "apiVersion and kind are required in an apply patch"),
+            )
         }
         (&Method::PATCH, false) if content_type.starts_with("application/apply-patch") => {
             let mut object = s.objects.get(&key).cloned().unwrap_or_else(|| {
@@ -706,9 +645,14 @@ async fn handle(
                 } else {
                     let before = status_fields(&object["status"]);
                     merge(&mut object["status"], &body["status"]);
-                    let applied = status_fields(&body["status"]);
-                    let empty = reown(&mut s, &key, Some(manager), &applied, &before, &[]);
-                    (200, store_dropping(&mut s, &events, object, Some((manager, "Apply")), &empty))
+                    match status_schema(&mut object) {
+                        Err(e) => (422, status_body(422, "Invalid", &e)),
+                        Ok(()) => {
+                            let applied = status_fields(&body["status"]);
+                            let empty = reown(&mut s, &key, Some(manager), &applied, &before, &[]);
+                            (200, store_dropping(&mut s, &events, object, Some((manager, "Apply")), &empty))
+                        }
+                    }
                 }
             } else {
                 let mut patch = body.clone();

@@ -8,12 +8,14 @@
 
 use serde_json::{Map, Value};
 
-/// The `openAPIV3Schema` of the pqmesh CRD for `kind`, if it is one.
+/// The `openAPIV3Schema` of the pqmesh CRD for `kind`, or the status schema of a Gateway API
+/// kind (`crate::gateway_api_schema`).
 pub fn schema_for(kind: &str) -> Option<Value> {
     pqmesh_policy::crd::crds()
         .into_iter()
         .find(|c| c["spec"]["names"]["kind"] == kind)
         .map(|c| c["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone())
+        .or_else(|| crate::gateway_api_schema::schema_for(kind))
 }
 
 /// Prunes, defaults and validates `object` (only `spec` and `status`; metadata is the server's).
@@ -81,6 +83,20 @@ fn check(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<String>) {
         }
     }
     if let Some(s) = v.as_str() {
+        if schema["maxLength"]
+            .as_u64()
+            .is_some_and(|m| (s.chars().count() as u64) > m)
+        {
+            errors.push(format!(
+                "{path}: Too long: may not be more than {} bytes",
+                schema["maxLength"]
+            ));
+        }
+        if schema["format"] == "date-time" && s.parse::<k8s_openapi::jiff::Timestamp>().is_err() {
+            errors.push(format!(
+                "{path}: Invalid value: {s:?}: {path} in body must be of type date-time"
+            ));
+        }
         if schema["minLength"]
             .as_u64()
             .is_some_and(|m| (s.chars().count() as u64) < m)
@@ -163,6 +179,32 @@ fn check(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<String>) {
             }
         }
         Value::Array(items) => {
+            if schema["maxItems"]
+                .as_u64()
+                .is_some_and(|m| (items.len() as u64) > m)
+            {
+                errors.push(format!(
+                    "{path}: Too many: {}: must have at most {} items",
+                    items.len(),
+                    schema["maxItems"]
+                ));
+            }
+            if schema["x-kubernetes-list-type"] == "map" {
+                let keys = schema["x-kubernetes-list-map-keys"].clone();
+                let mut seen = Vec::new();
+                for item in items.iter() {
+                    let key: Vec<Value> = keys
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|k| item[k.as_str().unwrap_or_default()].clone())
+                        .collect();
+                    if seen.contains(&key) {
+                        errors.push(format!("{path}: Duplicate value: {key:?}"));
+                    }
+                    seen.push(key);
+                }
+            }
             if schema["minItems"]
                 .as_u64()
                 .is_some_and(|m| (items.len() as u64) < m)

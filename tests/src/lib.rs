@@ -5,7 +5,9 @@
 pub mod apiserver;
 pub mod crd_schema;
 pub mod differential;
+pub mod fixtures;
 pub mod forge;
+pub mod gateway_api_schema;
 pub mod http_app;
 pub mod oauth;
 pub mod report;

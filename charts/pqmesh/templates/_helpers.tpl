@@ -53,3 +53,19 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- $wh := include "pqmesh.webhookServiceName" . -}}
 {{- list $cp (printf "%s.%s" $cp $ns) (printf "%s.%s.svc" $cp $ns) $wh (printf "%s.%s" $wh $ns) (printf "%s.%s.svc" $wh $ns) | join "," -}}
 {{- end -}}
+
+{{- define "pqmesh.gatewayName" -}}pqmesh-gateway{{- end -}}
+
+{{/* Labels that select gateway pods (immutable across upgrades). */}}
+{{- define "pqmesh.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{/* The gateway's image reference; falls back to the control-plane image. */}}
+{{- define "pqmesh.gatewayImage" -}}
+{{- $repo := .Values.gateway.image.repository | default .Values.image.repository -}}
+{{- $tag := .Values.gateway.image.tag | default .Values.image.tag | default .Chart.AppVersion -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,15 +13,11 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::Resource;
 use pqmesh_mtls::SpiffeId;
 use pqmesh_policy::admit::{admit, Candidate, ObjectKey, Reach};
 use pqmesh_policy::model::{Resource as PolicyResource, GROUP, VERSION};
 use pqmesh_policy::PolicySet;
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 use tonic::Status;
 
 use crate::endpoints::{Backend, EndpointTable};
@@ -39,34 +34,8 @@ pub const SECRET_RECHECK: Duration = Duration::from_secs(10);
 /// A change counter: every reflector of a group bumps it after each change it applies.
 pub type Changes = watch::Sender<u64>;
 
-/// Drives a reflector for `K` in the background and returns its store.
-pub fn reflect<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    changes: Changes,
-    kind: &str,
-) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-{
-    let store = writer.as_reader();
-    let kind = kind.to_owned();
-    tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer);
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => changes.send_modify(|n| *n += 1),
-                Err(e) => tracing::warn!(%kind, error = %e, "watch failed; retrying with back-off"),
-            }
-        }
-    });
-    store
-}
+/// Drives a reflector (shared with the gateway: `pqmesh_mtls::reflect`).
+pub use pqmesh_mtls::reflect::reflect;
 
 /// The same for pqmesh's custom resources, whose type is only known at run time.
 fn reflect_custom(client: &kube::Client, kind: &str, changes: Changes) -> Store<DynamicObject> {

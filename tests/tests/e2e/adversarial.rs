@@ -35,40 +35,18 @@ pub(crate) struct Mesh {
 }
 
 fn policy(oauth: &OAuthServer, app_port: u16) -> String {
+    let issuer = fixtures::corp_issuer(
+        oauth,
+        "  clockSkewSeconds: 30\n  jwks: {minRefetchSeconds: 1}\n",
+        &format!("    cache: {{maxTtlSeconds: {CACHE_TTL}}}\n"),
+    );
+    let rules = concat!(
+        "    - {methods: [GET], paths: [\"/orders/**\"], scopes: [\"orders:read\"]}\n",
+        "    - {methods: [GET], paths: [\"/admin/**\"], scopes: [\"admin\"]}\n",
+    );
     format!(
-        r#"
-apiVersion: pqmesh.io/v1alpha1
-kind: TokenIssuer
-metadata: {{name: corp, namespace: shop}}
-spec:
-  issuer: {iss}
-  audiences: [orders]
-  jwksUri: {jwks}
-  allowedAlgorithms: [RS256]
-  clockSkewSeconds: 30
-  jwks: {{minRefetchSeconds: 1}}
-  introspection:
-    endpoint: {introspect}
-    clientId: {client}
-    clientSecretRef: {{name: gateway, key: client-secret}}
-    cache: {{maxTtlSeconds: {CACHE_TTL}}}
----
-apiVersion: pqmesh.io/v1alpha1
-kind: AccessPolicy
-metadata: {{name: orders, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: orders}}}}
-  ports: [{app_port}]
-  peers: ["shop/web"]
-  token: {{issuers: [corp]}}
-  rules:
-    - {{methods: [GET], paths: ["/orders/**"], scopes: ["orders:read"]}}
-    - {{methods: [GET], paths: ["/admin/**"], scopes: ["admin"]}}
-"#,
-        iss = oauth.issuer,
-        jwks = oauth.jwks_uri,
-        introspect = oauth.introspection_endpoint,
-        client = oauth::GATEWAY_CLIENT_ID,
+        "{issuer}---\n{}",
+        fixtures::orders_policy(&[app_port], r#"["shop/web"]"#, rules)
     )
 }
 

@@ -504,6 +504,10 @@ fn the_configuration_reference_matches_the_settings_tables() {
             cp[2],
         ),
         ("### pqmesh-sidecar", pqmesh_sidecar::config::SETTINGS),
+        (
+            "### pqmesh-gateway (`--kubernetes` for Kubernetes mode; docs/gateway.md)",
+            pqmesh_gateway::config::SETTINGS,
+        ),
         ("### Both daemons: logging", pqmesh_mtls::logging::SETTINGS),
     ] {
         generated.push_str(&format!("\n{title}\n\n{}", markdown_table(table)));

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 pub(crate) const CP_NS: &str = "pqmesh-system";
 pub(crate) const WEBHOOK_NAME: &str = "pqmesh-control-plane.pqmesh-system.svc";
 
-fn pod(name: &str, sa: &str, ip: &str, app: &str, meshed: bool) -> Value {
+pub(crate) fn pod(name: &str, sa: &str, ip: &str, app: &str, meshed: bool) -> Value {
     let mut init = vec![];
     if meshed {
         init.push(json!({"name": "pqmesh-init", "image": "pqmesh:dev", "args": ["init"]}));
@@ -44,7 +44,7 @@ fn pod(name: &str, sa: &str, ip: &str, app: &str, meshed: bool) -> Value {
     })
 }
 
-fn token(sa: &str) -> String {
+pub(crate) fn token(sa: &str) -> String {
     // Shaped like a projected service-account token (a JWT); the API server, not the control
     // plane, verifies it, so only the shape and `exp` matter here.
     use base64::Engine;
@@ -60,7 +60,7 @@ fn token(sa: &str) -> String {
     )
 }
 
-fn authenticated(sa: &str, audiences: &[&str]) -> Value {
+pub(crate) fn authenticated(sa: &str, audiences: &[&str]) -> Value {
     json!({"authenticated": true,
            "user": {"username": format!("system:serviceaccount:shop:{sa}"), "uid": "0d5c9a4e-2222-4f61-8a0e-3c7b1d2e4f55",
                     "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],

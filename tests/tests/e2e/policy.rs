@@ -28,35 +28,14 @@ struct Setup {
 }
 
 fn policies(oauth: &OAuthServer, app_port: u16, extra_issuer: &str) -> String {
-    format!(
-        r#"
-apiVersion: pqmesh.io/v1alpha1
-kind: TokenIssuer
-metadata: {{name: corp, namespace: shop}}
-spec:
-  issuer: {iss}
-  audiences: [orders]
-  jwksUri: {jwks}
-  allowedAlgorithms: [RS256]
-  scopeClaim: scope                 # oidc-provider: the space-delimited scope string
-  maxTokenLifetimeSeconds: 3600     # its access tokens live `ttl` (at most 300 s here)
-  jwks: {{minRefetchSeconds: 1}}
-  introspection:
-    endpoint: {introspect}
-    clientId: {client}
-    clientSecretRef: {{name: gateway, key: client-secret}}
-{extra_issuer}
----
-apiVersion: pqmesh.io/v1alpha1
-kind: AccessPolicy
-metadata: {{name: orders, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: orders}}}}
-  ports: [{app_port}]
-  peers: ["shop/*"]
-  token: {{issuers: [corp]}}
-  rules:
-    - methods: [GET]
+    let issuer = fixtures::corp_issuer(
+        oauth,
+        // oidc-provider: the space-delimited scope string; its access tokens live `ttl` (at
+        // most 300 s here).
+        "  scopeClaim: scope\n  maxTokenLifetimeSeconds: 3600\n  jwks: {minRefetchSeconds: 1}\n",
+        "",
+    );
+    let rules = r#"    - methods: [GET]
       paths: ["/orders/**"]
       scopes: ["orders:read"]
     - methods: [POST]
@@ -65,12 +44,11 @@ spec:
     - methods: [GET]
       paths: ["/tenants/acme/**"]
       scopes: ["orders:read"]
-      claims: [{{name: tenant, values: [acme]}}]
-"#,
-        iss = oauth.issuer,
-        jwks = oauth.jwks_uri,
-        introspect = oauth.introspection_endpoint,
-        client = oauth::GATEWAY_CLIENT_ID,
+      claims: [{name: tenant, values: [acme]}]
+"#;
+    format!(
+        "{issuer}{extra_issuer}\n---\n{}",
+        fixtures::orders_policy(&[app_port], r#"["shop/*"]"#, rules)
     )
 }
 

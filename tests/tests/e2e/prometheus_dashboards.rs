@@ -185,18 +185,11 @@ async fn call(out: SocketAddr, path: &str, bearer: Option<&str>) -> u16 {
 }
 
 fn policies(oauth: &OAuthServer, app_port: u16) -> String {
+    let issuer = fixtures::corp_issuer(oauth, "  maxTokenLifetimeSeconds: 3600\n", "");
+    let rules = "    - {methods: [GET], paths: [\"/orders/**\"], scopes: [\"orders:read\"]}\n";
     format!(
-        "apiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: corp, namespace: shop}}\n\
-         spec:\n  issuer: {iss}\n  audiences: [orders]\n  jwksUri: {jwks}\n  allowedAlgorithms: [RS256]\n\
-         \x20 maxTokenLifetimeSeconds: 3600\n  introspection:\n    endpoint: {introspect}\n\
-         \x20   clientId: {client}\n    clientSecretRef: {{name: gateway, key: client-secret}}\n---\n\
-         apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: orders, namespace: shop}}\n\
-         spec:\n  selector: {{matchLabels: {{app: orders}}}}\n  ports: [{app_port}]\n  peers: [\"shop/*\"]\n\
-         \x20 token: {{issuers: [corp]}}\n  rules:\n    - {{methods: [GET], paths: [\"/orders/**\"], scopes: [\"orders:read\"]}}\n",
-        iss = oauth.issuer,
-        jwks = oauth.jwks_uri,
-        introspect = oauth.introspection_endpoint,
-        client = oauth::GATEWAY_CLIENT_ID,
+        "{issuer}---\n{}",
+        fixtures::orders_policy(&[app_port], r#"["shop/*"]"#, rules)
     )
 }
 
