@@ -7,18 +7,58 @@ use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 
 /// Forwarding headers the edge owns: every client copy is removed before routing, and the
-/// gateway sets `x-forwarded-for`, `x-forwarded-proto` and `x-forwarded-host` itself.
+/// gateway sets `x-forwarded-for`, `x-forwarded-proto` and `x-forwarded-host` itself. Beside
+/// these, every header some framework, auth proxy or CDN treats as the edge's statement of the
+/// client's address, scheme, certificate, authenticated user or original URL (outside review
+/// 10, F7): the app behind the gateway must not read a client's forgery of them. A route's
+/// `RequestHeaderModifier` can still set any of them: filters run after this.
 const FORWARDING: &[&str] = &[
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-client-cert",
-    "x-real-ip",
-    "x-client-ip",
+    "via",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "client-ip",
+    "front-end-https",
+    "ssl-client-cert",
+    "ssl-client-verify",
 ];
+
+/// Prefixes of edge-owned header families (see [`FORWARDING`]): `x-forwarded-*` (for, host,
+/// proto, port, prefix, ssl, scheme, user, email, groups, uri, path, access-token, ...),
+/// `x-original-*`, `x-real-*`, `x-client-*`, `x-cluster-client-*`, `x-remote-*`, the identity
+/// headers of oauth2-proxy, AWS ALB, Azure App Service, Google IAP and Envoy, client
+/// certificates, and host or scheme overrides.
+const FORWARDING_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-original-",
+    "x-real-",
+    "x-client-",
+    "x-cluster-client-",
+    "x-remote-",
+    "x-proxyuser-",
+    "x-auth-request-",
+    "x-authenticated-",
+    "x-amzn-oidc-",
+    "x-amzn-mtls-",
+    "x-ms-client-principal",
+    "x-goog-authenticated-",
+    "x-goog-iap-",
+    "x-envoy-",
+    "x-ssl-",
+    "x-spiffe-",
+    "x-scheme",
+    "x-url-scheme",
+    "x-host",
+    "x-http-host-override",
+    "x-userinfo",
+    "x-jwt-",
+];
+
+/// Whether `name` (lower case, as `http` stores it) is a header only the edge may set.
+pub fn edge_owned(name: &str) -> bool {
+    FORWARDING.contains(&name) || FORWARDING_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 /// A request in the form routing, the EdgePolicy and the backend all see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,11 +104,26 @@ pub fn canonical_request<B>(req: &mut Request<B>) -> Result<Target, BadRequest> 
             decision: r.outcome(),
         }
     })?;
+    if method == hyper::Method::TRACE {
+        // TRACE echoes the request the backend received, and that carries the JWT the phantom
+        // token was exchanged for: outside clients must not read it.
+        return Err(BadRequest {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            text: "TRACE is not proxied".to_owned(),
+            decision: "bad_method",
+        });
+    }
     if req.headers().get_all("authorization").iter().count() > 1 {
         return Err(bad("more than one Authorization header", "bad_header"));
     }
-    for h in FORWARDING {
-        req.headers_mut().remove(*h);
+    let owned: Vec<hyper::header::HeaderName> = req
+        .headers()
+        .keys()
+        .filter(|n| edge_owned(n.as_str()))
+        .cloned()
+        .collect();
+    for name in owned {
+        req.headers_mut().remove(name);
     }
     let hosts: Vec<&HeaderValue> = req.headers().get_all("host").iter().collect();
     if hosts.len() > 1 {
@@ -93,14 +148,13 @@ pub fn canonical_request<B>(req: &mut Request<B>) -> Result<Target, BadRequest> 
         (None, Some(h)) => h,
         (None, None) => String::new(),
     };
-    let host = match req.uri().host() {
-        Some(h) => h.to_owned(),
-        None => authority
-            .rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(authority.as_str(), |(h, _)| h)
-            .to_owned(),
-    };
+    // One spelling of the authority for routing, `Host`, and `X-Forwarded-Host` (review 10, F9).
+    let (host, authority) = canonical_authority(&authority)?;
+    if !authority.is_empty() {
+        let value = HeaderValue::from_str(&authority)
+            .map_err(|_| bad("the request's authority is not a valid Host", "bad_header"))?;
+        req.headers_mut().insert("host", value);
+    }
     let path = pqmesh_policy::path::normalize(req.uri().path())
         .map_err(|e| bad(e.to_string(), "bad_path"))?;
     Ok(Target {
@@ -111,33 +165,126 @@ pub fn canonical_request<B>(req: &mut Request<B>) -> Result<Target, BadRequest> 
     })
 }
 
-/// Whether the query carries an RFC 6750 §2.3 `access_token` parameter (its name percent-decoded).
-pub fn has_access_token_param(query: Option<&str>) -> bool {
-    let decode = |s: &str| -> Vec<u8> {
-        let b = s.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            let hex = (b[i] == b'%')
-                .then(|| s.get(i + 1..i + 3))
-                .flatten()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match hex {
-                Some(v) => {
-                    out.push(v);
-                    i += 3;
-                }
-                None => {
-                    out.push(b[i]);
-                    i += 1;
-                }
+/// `host[:port]` checked with the `Host` grammar (RFC 9110 §7.2, RFC 3986 §3.2.2) and lower-cased:
+/// no userinfo, a port that is a number up to 65535 when there is a `:`, only the characters of
+/// a DNS name or an address. Returns (host without port, authority). An HTTP/2 `:authority` and
+/// an absolute-form authority used to reach the app verbatim, `evil.com:443@shop.example.com`
+/// included (outside review 10, F9).
+pub fn canonical_authority(raw: &str) -> Result<(String, String), BadRequest> {
+    if raw.is_empty() {
+        return Ok((String::new(), String::new()));
+    }
+    let refuse = || {
+        bad(
+            "the request's authority is not a valid host[:port]",
+            "bad_header",
+        )
+    };
+    let lower = raw.to_ascii_lowercase();
+    let (host, port) = if let Some(rest) = lower.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']').ok_or_else(refuse)?;
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(refuse());
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(refuse)?),
+        };
+        (format!("[{inner}]"), port)
+    } else {
+        let (host, port) = match lower.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (lower.as_str(), None),
+        };
+        let dns = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        if host.is_empty() || !host.bytes().all(dns) {
+            return Err(refuse());
+        }
+        (host.to_owned(), port)
+    };
+    let authority = match port {
+        None => host.clone(),
+        Some(p) => {
+            let digits = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+            let n: u32 = if digits {
+                p.parse().map_err(|_| refuse())?
+            } else {
+                return Err(refuse());
+            };
+            if n > 65535 {
+                return Err(refuse());
+            }
+            format!("{host}:{n}")
+        }
+    };
+    Ok((host, authority))
+}
+
+/// Percent-decodes a query component; `+` is a space, as in the form encoding apps decode
+/// queries with. Invalid escapes stay as they are.
+pub fn decode_component(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (hex, b[i]) {
+            (Some(v), _) => {
+                out.push(v);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, c) => {
+                out.push(c);
+                i += 1;
             }
         }
-        out
+    }
+    out
+}
+
+/// The query's parameters as `(raw name, decoded name, decoded value)`, split at `&` and at `;`
+/// (older Go, Python and Java parsers split at both).
+pub fn query_params(query: &str) -> impl Iterator<Item = (&str, Vec<u8>, Vec<u8>)> {
+    query
+        .split(['&', ';'])
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k, decode_component(k), decode_component(v))
+        })
+}
+
+/// A decoded parameter name as the most lenient parsers read it, for comparisons meant to
+/// catch every spelling of a name: lower case (ASP.NET), cut at a NUL, and PHP's mangling (`.`,
+/// space and `[` become `_`; an array suffix `[...]` is dropped).
+pub fn lenient_name(decoded: &[u8]) -> Vec<u8> {
+    let name = decoded.split(|b| *b == 0).next().unwrap_or_default();
+    let name = match name.iter().position(|b| *b == b'[') {
+        Some(i) if i > 0 && name.ends_with(b"]") => &name[..i],
+        _ => name,
     };
-    query.is_some_and(|q| {
-        q.split('&')
-            .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
-            .any(|k| decode(k) == b"access_token")
-    })
+    name.iter()
+        .map(|b| match b.to_ascii_lowercase() {
+            b'.' | b' ' | b'[' => b'_',
+            c => c,
+        })
+        .collect()
+}
+
+/// Whether the query carries an RFC 6750 §2.3 `access_token` parameter in any spelling an app
+/// might read as one (outside review 10, F8: `ACCESS_TOKEN`, `access_token[]`, `access.token`,
+/// `access+token`, `a=1;access_token=`, `access_token%00`).
+pub fn has_access_token_param(query: Option<&str>) -> bool {
+    query.is_some_and(|q| query_params(q).any(|(_, k, _)| lenient_name(&k) == b"access_token"))
 }

@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 pub mod status;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -14,6 +14,8 @@ pub struct GatewayMetrics {
     pub certificate_reloads: IntCounterVec,
     /// Connections closed at accept by the listener or per-IP cap.
     pub connections_refused: IntCounterVec,
+    /// Connections closed because no request came in time, or they idled (`watchdog`).
+    pub connections_timed_out: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -50,6 +52,11 @@ impl GatewayMetrics {
                 "gateway_connections_refused_total",
                 "Outside connections closed at accept, by port and reason (listener_limit, per_ip_limit)",
                 &["port", "reason"],
+            ),
+            connections_timed_out: counter(
+                "gateway_connections_timed_out_total",
+                "Outside connections closed by port: no first request within 10 s of accept or handshake, or idle (60 s; 300 s with a request in flight)",
+                &["port"],
             ),
             rate_limited: counter(
                 "gateway_rate_limited_total",

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::program::{label_of, Programmed};
 use crate::proxy::{self, Bound, Edge};
+use crate::watchdog::{Activity, Watched};
 use crate::{outside_tls, routes, StartError};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -228,6 +229,34 @@ async fn serve_port(edge: Arc<Edge>, port: u16, socket: TcpListener, caps: Caps)
     }
 }
 
+/// Drives a connection until it ends or its [`Activity`] passes its deadline (then the
+/// connection is dropped, which closes it). A macro, not a generic async fn: through one, rustc
+/// cannot prove the connection future `Send` for every lifetime its service borrows.
+macro_rules! watched {
+    ($conn:ident, $activity:ident, $edge:ident, $port:ident, $client:ident) => {
+        tokio::pin!($conn);
+        loop {
+            tokio::select! {
+                _ = &mut $conn => break,
+                _ = tokio::time::sleep_until($activity.deadline()) => {
+                    if $activity.expired() {
+                        timed_out(&$edge, $port, $client);
+                        break;
+                    }
+                }
+            }
+        }
+    };
+}
+
+fn timed_out(edge: &Edge, port: u16, client: SocketAddr) {
+    tracing::debug!(port, %client, "connection closed: no request in time, or idle");
+    edge.metrics
+        .connections_timed_out
+        .with_label_values(&[&port.to_string()])
+        .inc();
+}
+
 async fn serve_connection(
     edge: Arc<Edge>,
     port: u16,
@@ -247,21 +276,23 @@ async fn serve_connection(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let service = |bound: Bound| {
+    let service = |bound: Bound, activity: Arc<Activity>| {
         let edge = edge.clone();
         hyper::service::service_fn(move |req| {
             let (edge, bound) = (edge.clone(), bound.clone());
+            let in_flight = activity.request();
             async move {
-                Ok::<_, std::convert::Infallible>(
-                    proxy::handle(edge, bound, client, scheme, req).await,
-                )
+                let response = proxy::handle(edge, bound, client, scheme, req).await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(response)
             }
         })
     };
     if !https {
-        let _ = builder
-            .serve_connection(TokioIo::new(tcp), service(Bound::Port(port)))
-            .await;
+        let activity = Activity::new();
+        let io = TokioIo::new(Watched::new(tcp, activity.clone()));
+        let conn = builder.serve_connection(io, service(Bound::Port(port), activity.clone()));
+        watched!(conn, activity, edge, port, client);
         return;
     }
     let fail = |label: &str, reason: &str| {
@@ -319,7 +350,9 @@ async fn serve_connection(
         label: Arc::from(label.as_str()),
         port,
     };
-    let _ = builder
-        .serve_connection(TokioIo::new(stream), service(bound))
-        .await;
+    // The first request's deadline starts after the handshake (which has its own).
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let conn = builder.serve_connection(io, service(bound, activity.clone()));
+    watched!(conn, activity, edge, port, client);
 }

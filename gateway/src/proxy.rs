@@ -216,27 +216,48 @@ async fn route_request(
     let listener_index =
         routes::listener_for(&config.model.listeners, &bound.candidates(&config), &host)
             .ok_or_else(no_route)?;
+    if let Bound::Listener { port, .. } = bound {
+        // The SNI chose this connection's listener (and its key-exchange policy); a Host that
+        // another listener on the port would serve must not be served here: a classical client
+        // with SNI for `*.example.com` asked for a `require-pq` listener's host (review 10, F3).
+        let by_host = routes::listener_for(&config.model.listeners, &config.on_port(*port), &host);
+        if by_host != Some(listener_index) {
+            return Err((
+                "none".to_owned(),
+                text(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "pqmesh-gateway: this connection's TLS server name does not serve that host; connect with SNI for it",
+                ),
+                "misdirected",
+            ));
+        }
+    }
     let listener: &ListenerModel = &config.model.listeners[listener_index];
     let path = target.path.clone();
     let query = target.query.clone();
-    let chosen = routes::choose(
-        &config.model.routes,
-        listener,
-        &RequestView {
+    let chosen = {
+        let view = RequestView {
             host: &host,
             method: req.method().as_str(),
             path: &path,
             query: query.as_deref(),
             headers: req.headers(),
-        },
-    )
-    .ok_or_else(|| {
-        (
-            "none".to_owned(),
-            text(StatusCode::NOT_FOUND, "pqmesh-gateway: no route"),
-            "no_route",
-        )
-    })?;
+        };
+        if let Some(why) = routes::ambiguous(&config.model.routes, listener, &view) {
+            return Err((
+                "none".to_owned(),
+                text(StatusCode::BAD_REQUEST, &format!("pqmesh-gateway: {why}")),
+                "bad_request",
+            ));
+        }
+        routes::choose(&config.model.routes, listener, &view).ok_or_else(|| {
+            (
+                "none".to_owned(),
+                text(StatusCode::NOT_FOUND, "pqmesh-gateway: no route"),
+                "no_route",
+            )
+        })?
+    };
     let route: &RouteModel = &config.model.routes[chosen.route];
     let name = route.name.clone();
     let refuse = |r: Response<Body>, d: &'static str| (name.clone(), r, d);

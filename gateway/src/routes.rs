@@ -6,6 +6,7 @@
 use std::cmp::Reverse;
 
 use crate::api::{PathMatchType, RouteMatch};
+use crate::canonical;
 use crate::load::{ListenerModel, RouteModel};
 
 /// What a request looks like to matching.
@@ -125,12 +126,65 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+/// The decoded value of the parameter named `name` (decoded), the first one; [`ambiguous`]
+/// has already refused a request that names a matched parameter twice or in another spelling.
+fn query_value(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
+    canonical::query_params(query?)
+        .find(|(_, k, _)| k == name.as_bytes())
+        .map(|(_, _, v)| v)
+}
+
+/// Why a request cannot be matched unambiguously on `listener`, if it cannot: it carries a
+/// header or query parameter that a route there matches on more than once, or a parameter in
+/// another spelling than the match's (encoded, another case, PHP-mangled). Apps read such
+/// requests differently (the first, the last or every value; names decoded and folded), so the
+/// route matched on one reading would serve another (outside review 10, F6).
+pub fn ambiguous(
+    routes: &[RouteModel],
+    listener: &ListenerModel,
+    req: &RequestView<'_>,
+) -> Option<String> {
+    let params: Vec<(&str, Vec<u8>)> = req
+        .query
+        .map(|q| {
+            canonical::query_params(q)
+                .map(|(raw, k, _)| (raw, canonical::lenient_name(&k)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let matches = routes
+        .iter()
+        .filter(|r| attaches(r, listener))
+        .flat_map(|r| &r.spec.rules)
+        .flat_map(|rule| &rule.matches);
+    for m in matches {
+        for h in &m.headers {
+            if req.headers.get_all(h.name.as_str()).iter().count() > 1 {
+                return Some(format!("header {:?} is sent more than once", h.name));
+            }
+        }
+        for q in &m.query_params {
+            let lenient = canonical::lenient_name(q.name.as_bytes());
+            let same: Vec<&str> = params
+                .iter()
+                .filter(|(_, k)| *k == lenient)
+                .map(|(raw, _)| *raw)
+                .collect();
+            if same.len() > 1 {
+                return Some(format!(
+                    "query parameter {:?} is sent more than once",
+                    q.name
+                ));
+            }
+            if same.first().is_some_and(|raw| *raw != q.name) {
+                return Some(format!(
+                    "query parameter {:?} is sent as {:?}",
+                    q.name, same[0]
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// `Some((exact, prefix length))` when `m` matches the request.
@@ -158,7 +212,7 @@ fn match_request(m: &RouteMatch, req: &RequestView<'_>) -> Option<(bool, usize)>
         }
     }
     for q in &m.query_params {
-        if query_value(req.query, &q.name) != Some(q.value.as_str()) {
+        if query_value(req.query, &q.name).as_deref() != Some(q.value.as_bytes()) {
             return None;
         }
     }

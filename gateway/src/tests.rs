@@ -529,3 +529,4 @@ spec:
 
 /// What outside review 7 found, one test per finding.
 mod outside_review;
+mod review10;

@@ -64,6 +64,8 @@ pub enum Refusal {
     UrlOverride(String),
     #[error("CONNECT is not proxied to the app")]
     Connect,
+    #[error("method {0:?} is refused: methods are upper case (frameworks that upper-case them would run another method than the policy matched)")]
+    Method(String),
 }
 
 impl Refusal {
@@ -79,7 +81,7 @@ impl Refusal {
         match self {
             Refusal::Underscore(_) => "bad_header",
             Refusal::MethodOverride(_) | Refusal::UrlOverride(_) => "bad_header",
-            Refusal::Connect => "bad_method",
+            Refusal::Connect | Refusal::Method(_) => "bad_method",
         }
     }
 }
@@ -100,6 +102,9 @@ pub fn canonicalize(
 ) -> Result<Upgrade, Refusal> {
     if method == Method::CONNECT {
         return Err(Refusal::Connect);
+    }
+    if !method_is_canonical(method.as_str()) {
+        return Err(Refusal::Method(method.as_str().to_owned()));
     }
     if let Some(name) = headers.keys().find(|n| n.as_str().contains('_')) {
         return Err(Refusal::Underscore(name.as_str().to_owned()));
@@ -129,6 +134,17 @@ pub fn canonicalize(
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     }
     Ok(upgrade)
+}
+
+/// Whether a method is in the one spelling every framework agrees on: upper-case letters, digits,
+/// `-` and `_` (every registered method is). Methods are case-sensitive (RFC 9110 §9.1), so a
+/// rule for `DELETE` does not match `delete`, yet Werkzeug, Django and others upper-case the
+/// method before dispatch and would run their DELETE handler (outside review 10, F5).
+pub fn method_is_canonical(method: &str) -> bool {
+    !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// The sidecar's statement of the caller: always the last change to the head, replacing anything.

@@ -194,3 +194,23 @@ fn connect_and_method_overrides_are_refused() {
         );
     }
 }
+
+/// Outside review 10, F5: `delete` reached a Werkzeug app as DELETE after a rule for `DELETE`
+/// did not match it.
+#[test]
+fn methods_not_in_upper_case_are_refused() {
+    for m in ["delete", "Delete", "gEt", "pOST", "x"] {
+        let method = Method::from_bytes(m.as_bytes()).unwrap();
+        let refusal = canonicalize(&method, &mut HeaderMap::new(), false).unwrap_err();
+        assert_eq!(refusal, Refusal::Method(m.to_owned()));
+        assert_eq!(refusal.status(), hyper::StatusCode::BAD_REQUEST);
+        assert_eq!(refusal.outcome(), "bad_method");
+    }
+    for m in ["GET", "DELETE", "PROPFIND", "VERSION-CONTROL", "M_SEARCH2"] {
+        let method = Method::from_bytes(m.as_bytes()).unwrap();
+        assert!(
+            canonicalize(&method, &mut HeaderMap::new(), false).is_ok(),
+            "{m}"
+        );
+    }
+}

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use crate::gateway::{bearer, call, setup, setup_with, Answer};
 
 /// Raw bytes to `addr`, the whole answer back (the connection is closed by `Connection: close`).
-async fn raw(addr: SocketAddr, request: &str) -> String {
+pub(crate) async fn raw(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
@@ -160,13 +160,13 @@ async fn dot_segments_cannot_escape_the_route_the_edge_checked() {
 }
 
 /// Raw bytes from a chosen local address (to be another client IP on loopback).
-async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+pub(crate) async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((from, 0))).unwrap();
     socket.connect(to).await.unwrap()
 }
 
-async fn get_from(from: [u8; 4], to: SocketAddr, path: &str, token: &str) -> u16 {
+pub(crate) async fn get_from(from: [u8; 4], to: SocketAddr, path: &str, token: &str) -> u16 {
     let tcp = connect_from(from, to).await;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
