@@ -152,6 +152,8 @@ fn mesh_state(ca: &CertificateAuthority, revoked: &RevocationList) -> MeshState 
         revocation_version: revoked.version(),
         revoked_identities: revoked.identities.iter().cloned().collect(),
         revoked_serials: revoked.serials.iter().cloned().collect(),
+        denied_clients: revoked.clients.iter().cloned().collect(),
+        denied_subjects: revoked.subjects.iter().cloned().collect(),
         trust_bundle_der: ca.bundle().roots().iter().map(|c| c.to_vec()).collect(),
     }
 }

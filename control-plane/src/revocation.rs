@@ -25,7 +25,14 @@ pub struct RevocationList {
     pub identities: BTreeSet<String>,
     /// Serial numbers, upper-case hex without separators.
     pub serials: BTreeSet<String>,
+    /// OAuth `client_id`s whose tokens are refused (the gateway and token-checking sidecars).
+    pub clients: BTreeSet<String>,
+    /// Token subjects (`sub`) refused the same way.
+    pub subjects: BTreeSet<String>,
 }
+
+/// Longest client id or subject accepted in the deny list.
+const MAX_NAME: usize = 256;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +41,10 @@ struct RevocationsFile {
     identities: Vec<String>,
     #[serde(default)]
     serials: Vec<String>,
+    #[serde(default)]
+    clients: Vec<String>,
+    #[serde(default)]
+    subjects: Vec<String>,
 }
 
 impl RevocationList {
@@ -44,6 +55,8 @@ impl RevocationList {
             RevocationsFile {
                 identities: vec![],
                 serials: vec![],
+                clients: vec![],
+                subjects: vec![],
             }
         } else {
             serde_yaml::from_str(text).map_err(|e| e.to_string())?
@@ -83,6 +96,8 @@ impl RevocationList {
             }
             list.serials.insert(hex.to_ascii_uppercase());
         }
+        list.clients = names("client", file.clients)?;
+        list.subjects = names("subject", file.subjects)?;
         Ok(list)
     }
 
@@ -97,7 +112,11 @@ impl RevocationList {
 
     /// A content hash ("" for an empty list, so a mesh without revocations shows none).
     pub fn version(&self) -> String {
-        if self.identities.is_empty() && self.serials.is_empty() {
+        if self.identities.is_empty()
+            && self.serials.is_empty()
+            && self.clients.is_empty()
+            && self.subjects.is_empty()
+        {
             return String::new();
         }
         use sha2::{Digest, Sha256};
@@ -112,8 +131,34 @@ impl RevocationList {
             h.update(s.as_bytes());
             h.update([0]);
         }
+        for c in &self.clients {
+            h.update(b"c");
+            h.update(c.as_bytes());
+            h.update([0]);
+        }
+        for u in &self.subjects {
+            h.update(b"u");
+            h.update(u.as_bytes());
+            h.update([0]);
+        }
         hex::encode(&h.finalize()[..8])
     }
+}
+
+/// Client ids or subjects as written: non-empty, at most [`MAX_NAME`] bytes, no control
+/// characters (they are compared byte for byte with the verified token's claim).
+fn names(what: &str, raw: Vec<String>) -> Result<BTreeSet<String>, String> {
+    raw.into_iter()
+        .map(|n| {
+            if n.is_empty() || n.len() > MAX_NAME || n.chars().any(char::is_control) {
+                Err(format!(
+                    "{what} {n:?}: expected 1 to {MAX_NAME} bytes without control characters"
+                ))
+            } else {
+                Ok(n)
+            }
+        })
+        .collect()
 }
 
 fn load(path: &Path, trust_domain: &str) -> Result<RevocationList, String> {
@@ -190,6 +235,8 @@ pub fn summary(list: &RevocationList) -> serde_json::Value {
         "version": list.version(),
         "identities": list.identities,
         "serials": list.serials,
+        "clients": list.clients,
+        "subjects": list.subjects,
     })
 }
 
@@ -202,6 +249,14 @@ fn record(list: &RevocationList, metrics: &Metrics) {
         .revoked
         .with_label_values(&["serial"])
         .set(list.serials.len() as i64);
+    metrics
+        .revoked
+        .with_label_values(&["client"])
+        .set(list.clients.len() as i64);
+    metrics
+        .revoked
+        .with_label_values(&["subject"])
+        .set(list.subjects.len() as i64);
 }
 
 #[cfg(test)]
@@ -230,6 +285,25 @@ mod tests {
         );
     }
 
+    /// The OAuth deny list: clients and subjects as written, in the version.
+    #[test]
+    fn clients_and_subjects_are_kept_as_written_and_change_the_version() {
+        let none = RevocationList::parse("identities: [shop/web]", "cluster.local").unwrap();
+        let list = RevocationList::parse(
+            "identities: [shop/web]\nclients: [partner-app, \"Spam Bot\"]\nsubjects: [alice]\n",
+            "cluster.local",
+        )
+        .unwrap();
+        assert_eq!(
+            list.clients.iter().collect::<Vec<_>>(),
+            ["Spam Bot", "partner-app"]
+        );
+        assert_eq!(list.subjects.iter().collect::<Vec<_>>(), ["alice"]);
+        assert_ne!(list.version(), none.version());
+        let only = RevocationList::parse("subjects: [alice]", "cluster.local").unwrap();
+        assert!(!only.version().is_empty());
+    }
+
     #[test]
     fn bad_documents_are_refused_precisely() {
         let cases = [
@@ -249,6 +323,8 @@ mod tests {
             ("identity: [shop/web]", "unknown field"),
             ("identities: shop/web", "invalid type"),
             ("[1, 2", ""),
+            ("clients: [\"\"]", "client \"\""),
+            ("subjects: [\"a\\nb\"]", "control characters"),
         ];
         for (doc, want) in cases {
             let err = RevocationList::parse(doc, "cluster.local").unwrap_err();

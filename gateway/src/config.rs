@@ -22,6 +22,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting::value("PQMESH_KEY_ALG", "key-alg", DefaultValue::Value("ecdsa-p256"), "mesh key algorithm: ecdsa-p256, ml-dsa-44 or ml-dsa-65"),
     Setting::value("PQMESH_GATEWAY_MAX_CONNECTIONS", "gateway-max-connections", DefaultValue::Value("10000"), "open outside connections per listener port; past it new connections are closed at once"),
     Setting::value("PQMESH_GATEWAY_MAX_CONNECTIONS_PER_IP", "gateway-max-connections-per-ip", DefaultValue::Value("256"), "open outside connections per client IP address (all ports together); past it new connections from that address are closed at once"),
+    Setting::value("PQMESH_POD_NAME", "pod-name", DefaultValue::Text("`$HOSTNAME`"), "shown in the control plane's `/policy_status` for the gateway's policy stream (which brings the client deny list and CA changes)"),
     Setting::value("PQMESH_ALLOW_CLASSICAL_KX", "allow-classical-kx", DefaultValue::Value("false"), "mesh side (to backends and the control plane) also offers classical groups; outside TLS is set per listener"),
 ];
 
@@ -63,6 +64,8 @@ pub struct Config {
     pub kx: KeyExchangePolicy,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Shown in the control plane's `/policy_status`.
+    pub pod_name: String,
     pub logging: pqmesh_mtls::logging::Logging,
 }
 
@@ -150,6 +153,10 @@ impl Config {
                 "PQMESH_GATEWAY_MAX_CONNECTIONS_PER_IP",
                 256usize,
             )?,
+            pod_name: env
+                .var("PQMESH_POD_NAME")
+                .or_else(|| env.var("HOSTNAME"))
+                .unwrap_or_else(|| "pqmesh-gateway".to_owned()),
             logging: pqmesh_mtls::logging::Logging::from_env(env)?,
         })
     }

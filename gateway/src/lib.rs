@@ -7,6 +7,7 @@
 //! one in force without a restart.
 #![forbid(unsafe_code)]
 
+pub mod abuse;
 pub mod api;
 pub mod backend;
 pub mod canonical;
@@ -65,6 +66,8 @@ pub struct RunningGateway {
     config: watch::Receiver<Arc<Programmed>>,
     ports: Arc<ports::Ports>,
     _renew: mpsc::Sender<()>,
+    _policy: watch::Receiver<Option<Arc<pqmesh_sidecar::policy::ActivePolicy>>>,
+    revoked: watch::Receiver<Arc<pqmesh_sidecar::revocation::Revoked>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -77,6 +80,11 @@ impl RunningGateway {
 
     pub fn current(&self) -> Option<Arc<MeshTls>> {
         self.tls.borrow().clone()
+    }
+
+    /// The mesh deny list in force (pushed by the control plane).
+    pub fn revoked(&self) -> Arc<pqmesh_sidecar::revocation::Revoked> {
+        self.revoked.borrow().clone()
     }
 
     /// Every object's verdict in the configuration in force.
@@ -154,21 +162,54 @@ async fn start_with(
 
     let (tls_tx, tls_rx) = watch::channel(None);
     let (renew_tx, renew_rx) = mpsc::channel(1);
-    let certifier = GrpcCertifier {
+    let certifier = Arc::new(GrpcCertifier {
         addr: config.control_plane_addr.clone(),
         server_id: config.control_plane_id.clone(),
         kx: config.kx,
         token: config.token.clone(),
         bundle: std::sync::Mutex::new(bundle),
-    };
+    });
     let mut tasks = vec![tokio::spawn(pqmesh_sidecar::identity::maintain(
-        certifier,
+        certifier.clone(),
         config.key_alg,
         config.kx,
         tls_tx,
         renew_rx,
         metrics.clone(),
     ))];
+    // The policy stream, as a sidecar's: it brings the mesh state (the client and subject deny
+    // list, revocations, CA changes that call for re-certifying now). The gateway serves no
+    // inbound mesh traffic, so the workload policy it also brings is not used. Its outage
+    // changes nothing served: the last deny list stays in force.
+    use pqmesh_sidecar::control_plane::{Link, Stream};
+    let link = Link::new(
+        match config.source {
+            Source::Local(_) => &[Stream::Policy],
+            Source::Kubernetes => &[Stream::Policy, Stream::Discovery],
+        },
+        metrics.clone(),
+    );
+    let (revoked_tx, revoked_rx) =
+        watch::channel(Arc::new(pqmesh_sidecar::revocation::Revoked::default()));
+    let (policy_tx, policy_rx) = watch::channel(None);
+    tasks.push(tokio::spawn(
+        pqmesh_sidecar::policy::PolicyClientTask {
+            labels: Default::default(),
+            pod_name: config.pod_name.clone(),
+            state: policy_tx,
+            metrics: metrics.clone(),
+            revoked: revoked_tx,
+            renew: renew_tx.clone(),
+            certifier,
+            link: link.clone(),
+            inbound_allow_empty: false,
+        }
+        .run(
+            config.control_plane_addr.clone(),
+            config.control_plane_id.clone(),
+            tls_rx.clone(),
+        ),
+    ));
 
     let identities = backend::Identities::default();
     let (first, discovered, updates): (Programmed, _, Updates) = match (&config.source, client) {
@@ -186,15 +227,11 @@ async fn start_with(
             let (sources, changed) =
                 kubernetes::watch_sources(&client, kubernetes::FIRST_LIST_TIMEOUT).await?;
             let (discovery, task) = pqmesh_sidecar::discovery::Discovery::new();
-            let link = pqmesh_sidecar::control_plane::Link::new(
-                &[pqmesh_sidecar::control_plane::Stream::Discovery],
-                metrics.clone(),
-            );
             tasks.push(tokio::spawn(task.run(
                 config.control_plane_addr.clone(),
                 config.control_plane_id.clone(),
                 tls_rx.clone(),
-                link,
+                link.clone(),
             )));
             let endpoints = kubernetes::ServiceEndpoints {
                 services: sources.services.clone(),
@@ -238,6 +275,8 @@ async fn start_with(
             discovered: discovered.clone(),
         },
         metrics: gateway_metrics.clone(),
+        revoked: revoked_rx.clone(),
+        abuse: Default::default(),
     });
 
     // Local mode stops at a port it cannot bind (a start-up error, as before); in Kubernetes
@@ -289,14 +328,8 @@ async fn start_with(
             )));
         }
     }
-    // `pqmesh_ready` says what `/ready` says (review 7, F12). The sidecar's control-plane gauge
-    // means nothing in local mode (no stream but certification); Kubernetes mode's discovery
-    // stream sets it.
-    if local_mode {
-        let _ = metrics
-            .registry
-            .unregister(Box::new(metrics.control_plane_connected.clone()));
-    }
+    // `pqmesh_ready` says what `/ready` says (review 7, F12); `pqmesh_control_plane_connected`
+    // follows the policy stream (and discovery in Kubernetes mode).
     tasks.push(tokio::spawn({
         let (mut rx, ready) = (tls_rx.clone(), metrics.ready.clone());
         async move {
@@ -325,6 +358,8 @@ async fn start_with(
         config: config_rx,
         ports,
         _renew: renew_tx,
+        _policy: policy_rx,
+        revoked: revoked_rx,
         tasks,
     };
     tracing::info!(listeners = ?running.listeners(), %admin_addr, control_plane = %config.control_plane_addr, "gateway started");

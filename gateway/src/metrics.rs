@@ -16,6 +16,8 @@ pub struct GatewayMetrics {
     pub connections_refused: IntCounterVec,
     /// Connections closed because no request came in time, or they idled (`watchdog`).
     pub connections_timed_out: IntCounterVec,
+    /// Abuse signals raised (`abuse`), by signal; the client is in the log event.
+    pub abuse_signals: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -57,6 +59,11 @@ impl GatewayMetrics {
                 "gateway_connections_timed_out_total",
                 "Outside connections closed by port: no first request within 10 s of accept or handshake, or idle (60 s; 300 s with a request in flight)",
                 &["port"],
+            ),
+            abuse_signals: counter(
+                "gateway_abuse_signals_total",
+                "Abuse signals raised per client and window (refusals, enumeration, unexpected, untracked); the client is named in the pqmesh::abuse log event",
+                &["signal"],
             ),
             rate_limited: counter(
                 "gateway_rate_limited_total",

@@ -45,6 +45,10 @@ pub struct Edge {
     pub backends: crate::backend::BackendClient,
     pub endpoints: crate::backend::Endpoints,
     pub metrics: GatewayMetrics,
+    /// The mesh state's deny list (clients and subjects), pushed by the control plane.
+    pub revoked: pqmesh_sidecar::revocation::RevokedState,
+    /// Abuse signals per client (kept across configurations).
+    pub abuse: crate::abuse::Abuse,
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
@@ -153,6 +157,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
+    let ids = crate::abuse::numeric_ids(req.uri().path());
     let mut who = Who::default();
     let (route_name, response, decision) =
         match route_request(&edge, &bound, client, scheme, req, &mut who).await {
@@ -177,6 +182,28 @@ pub async fn handle(
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
+    let key = match &who.client_id {
+        Some(c) => format!("client_id={c}"),
+        None => format!("ip={}", client.ip()),
+    };
+    for signal in edge
+        .abuse
+        .observe(&key, response.status().as_u16(), decision, &ids)
+    {
+        edge.metrics
+            .abuse_signals
+            .with_label_values(&[signal.label()])
+            .inc();
+        tracing::warn!(
+            target: "pqmesh::abuse",
+            client = %key,
+            sub = who.sub.as_deref().unwrap_or("-"),
+            signal = signal.label(),
+            count = edge.abuse.count(&key, signal),
+            window_s = crate::abuse::WINDOW.as_secs(),
+            "abuse signal"
+        );
+    }
     response
 }
 
@@ -274,6 +301,7 @@ async fn route_request(
 
     // The EdgePolicy first: nothing of a refused request reaches a backend or a redirect.
     let mut jwt = None;
+    let mut rate_headers: Option<RateHeaders> = None;
     if let Some(edge_model) = &route.edge {
         let Some(runtime) = config.policies[chosen.route].as_ref() else {
             return Err(refuse(
@@ -285,8 +313,10 @@ async fn route_request(
             ));
         };
         if let Some((limiter, RateLimitKey::SourceIp, _)) = &runtime.limiter {
-            rate_limit(edge, &name, limiter, &client.ip().to_string())
-                .map_err(|r| refuse(r, "rate_limited"))?;
+            rate_headers = Some(
+                rate_limit(edge, &name, limiter, "sourceIP", &client.ip().to_string())
+                    .map_err(|r| refuse(r, "rate_limited"))?,
+            );
         }
         if let Some(token) = &edge_model.token {
             if has_access_token_param(query.as_deref()) {
@@ -303,16 +333,27 @@ async fn route_request(
                 ));
             }
             let ip = client.ip().to_string();
-            let auth = authenticate(
-                edge,
-                &ip,
-                runtime,
-                token.accept,
-                &token.scopes,
-                req.headers(),
-            )
-            .await
-            .map_err(|(r, d)| refuse(r, d))?;
+            let auth = authenticate(edge, &ip, runtime, token.accept, req.headers())
+                .await
+                .map_err(|(r, d)| refuse(r, d))?;
+            who.client_id = claim_value(&auth.claims, "client_id");
+            who.sub = claim_value(&auth.claims, "sub");
+            let denied = edge.revoked.borrow().denies(&auth.claims);
+            if let Some(what) = denied {
+                // The control plane's deny list: a verified token of a listed client or subject.
+                return Err(refuse(
+                    text(
+                        StatusCode::FORBIDDEN,
+                        "pqmesh-gateway: this client is denied",
+                    ),
+                    if what == "client" {
+                        "denied_client"
+                    } else {
+                        "denied_subject"
+                    },
+                ));
+            }
+            check_scopes(runtime, &token.scopes, &auth).map_err(|(r, d)| refuse(r, d))?;
             if let Some((limiter, key, claim)) = &runtime.limiter {
                 let claim_name = match key {
                     RateLimitKey::ClientId => Some("client_id"),
@@ -323,12 +364,12 @@ async fn route_request(
                 if let Some(c) = claim_name {
                     // A token without the claim shares one bucket with every other such token.
                     let value = claim_value(&auth.claims, c).unwrap_or_default();
-                    rate_limit(edge, &name, limiter, &format!("{c}={value}"))
-                        .map_err(|r| refuse(r, "rate_limited"))?;
+                    rate_headers = Some(
+                        rate_limit(edge, &name, limiter, c, &format!("{c}={value}"))
+                            .map_err(|r| refuse(r, "rate_limited"))?,
+                    );
                 }
             }
-            who.client_id = claim_value(&auth.claims, "client_id");
-            who.sub = claim_value(&auth.claims, "sub");
             jwt = Some(auth.jwt.clone());
         }
     }
@@ -534,6 +575,13 @@ async fn route_request(
     if let Some(m) = response_modifier {
         modify_headers(response.headers_mut(), &m);
     }
+    if let Some((policy, state)) = rate_headers {
+        for (h, v) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                response.headers_mut().insert(h, v);
+            }
+        }
+    }
     Ok((name, response))
 }
 
@@ -562,21 +610,39 @@ fn claim_value(claims: &serde_json::Map<String, serde_json::Value>, name: &str) 
     })
 }
 
+/// The `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers) of
+/// a route's limit, for every answer that spent or was refused a token.
+type RateHeaders = (String, String);
+
 fn rate_limit(
     edge: &Edge,
     route: &str,
     limiter: &Limiter,
+    policy: &str,
     key: &str,
-) -> Result<(), Response<Body>> {
-    limiter.take(key).map_err(|wait| {
-        edge.metrics.rate_limited.with_label_values(&[route]).inc();
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        with_header(
-            text(StatusCode::TOO_MANY_REQUESTS, "pqmesh-gateway: rate limit"),
-            "retry-after",
-            &secs.to_string(),
-        )
-    })
+) -> Result<RateHeaders, Response<Body>> {
+    let name = policy.to_owned();
+    match limiter.take(key) {
+        Ok(q) => Ok((
+            limiter.policy_header(&name),
+            format!("\"{name}\";r={};t={}", q.remaining, q.full_in),
+        )),
+        Err(wait) => {
+            edge.metrics.rate_limited.with_label_values(&[route]).inc();
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let r = with_header(
+                text(StatusCode::TOO_MANY_REQUESTS, "pqmesh-gateway: rate limit"),
+                "retry-after",
+                &secs.to_string(),
+            );
+            let r = with_header(r, "ratelimit-policy", &limiter.policy_header(&name));
+            Err(with_header(
+                r,
+                "ratelimit",
+                &format!("\"{name}\";r=0;t={secs}"),
+            ))
+        }
+    }
 }
 
 fn looks_like_jwt(token: &str) -> bool {
@@ -591,7 +657,6 @@ async fn authenticate(
     ip: &str,
     runtime: &EdgeRuntime,
     accept: Accept,
-    required: &[String],
     headers: &hyper::HeaderMap,
 ) -> Result<Arc<Authenticated>, Denied> {
     let unauthorized = |www: &str, d: &'static str| {
@@ -665,18 +730,26 @@ async fn authenticate(
             return Err((r, "invalid_token"));
         }
     };
-    let held = pqmesh_sidecar::token::scopes(&auth.claims, runtime.scope_claim);
-    let missing: Vec<&String> = required.iter().filter(|s| !held.contains(s)).collect();
-    if !missing.is_empty() {
-        let scope = required.join(" ");
-        let r = with_header(
-            text(StatusCode::FORBIDDEN, "pqmesh-gateway: insufficient scope"),
-            "www-authenticate",
-            &format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
-        );
-        return Err((r, "insufficient_scope"));
-    }
     Ok(auth)
+}
+
+/// The route's coarse scope check (the claims stay with the service).
+fn check_scopes(
+    runtime: &EdgeRuntime,
+    required: &[String],
+    auth: &Authenticated,
+) -> Result<(), Denied> {
+    let held = pqmesh_sidecar::token::scopes(&auth.claims, runtime.scope_claim);
+    if required.iter().all(|s| held.contains(s)) {
+        return Ok(());
+    }
+    let scope = required.join(" ");
+    let r = with_header(
+        text(StatusCode::FORBIDDEN, "pqmesh-gateway: insufficient scope"),
+        "www-authenticate",
+        &format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
+    );
+    Err((r, "insufficient_scope"))
 }
 
 /// Sends `req` to the endpoint's sidecar over a pooled pqmesh mTLS connection

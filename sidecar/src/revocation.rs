@@ -15,6 +15,8 @@ pub struct Revoked {
     pub version: String,
     identities: HashSet<String>,
     serials: HashSet<String>,
+    clients: HashSet<String>,
+    subjects: HashSet<String>,
 }
 
 pub type RevokedState = watch::Receiver<Arc<Revoked>>;
@@ -26,7 +28,12 @@ impl Revoked {
     /// Builds the list from a pushed mesh state; refuses an oversized one (the sidecar NACKs it
     /// and keeps the previous list).
     pub fn from_mesh(mesh: &MeshState) -> Result<Self, String> {
-        if mesh.revoked_identities.len() + mesh.revoked_serials.len() > MAX_ENTRIES {
+        if mesh.revoked_identities.len()
+            + mesh.revoked_serials.len()
+            + mesh.denied_clients.len()
+            + mesh.denied_subjects.len()
+            > MAX_ENTRIES
+        {
             return Err(format!("revocation list exceeds {MAX_ENTRIES} entries"));
         }
         Ok(Self {
@@ -37,11 +44,35 @@ impl Revoked {
                 .iter()
                 .map(|s| s.to_ascii_uppercase())
                 .collect(),
+            clients: mesh.denied_clients.iter().cloned().collect(),
+            subjects: mesh.denied_subjects.iter().cloned().collect(),
         })
     }
 
     pub fn len(&self) -> usize {
-        self.identities.len() + self.serials.len()
+        self.identities.len() + self.serials.len() + self.clients.len() + self.subjects.len()
+    }
+
+    /// Why a verified token is refused by the deny list, if it is: its `client_id` or its
+    /// `sub` claim is listed (compared byte for byte).
+    pub fn denies(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<&'static str> {
+        let listed = |set: &HashSet<String>, claim: &str| {
+            !set.is_empty()
+                && claims
+                    .get(claim)
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|v| set.contains(v))
+        };
+        if listed(&self.clients, "client_id") {
+            Some("client")
+        } else if listed(&self.subjects, "sub") {
+            Some("subject")
+        } else {
+            None
+        }
     }
 
     pub fn is_empty(&self) -> bool {

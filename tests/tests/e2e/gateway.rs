@@ -187,7 +187,7 @@ fn access_policy() -> String {
 }
 
 pub(crate) struct Setup {
-    _cp: ControlPlane,
+    pub(crate) cp: ControlPlane,
     pub(crate) oauth: OAuthServer,
     _services: Vec<pqmesh_sidecar::RunningSidecar>,
     web: pqmesh_sidecar::RunningSidecar,
@@ -310,7 +310,7 @@ pub(crate) async fn setup_with(extra: &str, settings: &[(&str, &str)]) -> Setup 
         "the gateway's own mesh identity"
     );
     Setup {
-        _cp: cp,
+        cp,
         oauth,
         _services: vec![b1, b2],
         web,
@@ -687,11 +687,14 @@ async fn outside_clients_exchange_opaque_tokens_at_the_gateway_and_the_app_recei
         r.body
     );
     assert_eq!(call(admin, "/ready", &[]).await.status, 200);
-    // Review 7 F12: pqmesh_ready agrees with /ready; the sidecar's control-plane gauge is gone.
+    // Review 7 F12: pqmesh_ready agrees with /ready; the control-plane gauge follows the
+    // gateway's policy stream (which brings the deny list).
     let r = call(admin, "/metrics", &[]).await;
     assert!(
         r.body.lines().any(|l| l == "pqmesh_ready 1")
-            && !r.body.contains("pqmesh_control_plane_connected")
+            && r.body
+                .lines()
+                .any(|l| l == "pqmesh_control_plane_connected 1")
             && r.body
                 .contains("pqmesh_gateway_tls_handshake_failures_total{"),
         "{}",

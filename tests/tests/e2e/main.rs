@@ -13,6 +13,7 @@ mod differential;
 mod external_peers;
 mod faults;
 mod gateway;
+mod gateway_abuse;
 mod gateway_kubernetes;
 mod gateway_kubernetes_status;
 mod gateway_outside_review;
