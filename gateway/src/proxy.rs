@@ -467,6 +467,13 @@ async fn route_request(
                 .await
         }
     };
+    // Revoked identities (the control plane's push) are never sent a request: a compromised
+    // backend's sidecar keeps its certificate until it expires, so the gateway checks too.
+    let resolved = resolved.map(|mut e| {
+        let revoked = edge.revoked.borrow();
+        e.retain(|e| !revoked.covers(&e.identity, None));
+        e
+    });
     let endpoints = match resolved {
         Ok(e) if !e.is_empty() => e,
         Ok(_) => {

@@ -147,3 +147,32 @@ async fn rate_limits_say_what_is_left_and_abusive_clients_raise_signals() {
         "{m}"
     );
 }
+
+/// The gateway now holds the mesh's revocations too: a backend whose identity is revoked is
+/// never sent a request (its sidecar keeps its certificate until it expires).
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn a_revoked_backend_identity_is_never_sent_a_request() {
+    let s = setup().await;
+    let http = SocketAddr::from(([127, 0, 0, 1], s.ports.0));
+    let auth = bearer(&s.oauth.token("orders:read").await);
+    assert_eq!(
+        call(http, "/orders/1", &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
+    write_deny_list(s.cp.dir.path(), "identities: [shop/api]\n");
+    let refused = within_10s(async || {
+        call(http, "/orders/1", &[("authorization", &auth)])
+            .await
+            .status
+            == 503
+    })
+    .await;
+    assert!(refused, "the gateway kept forwarding to a revoked backend");
+    let before = s.v1.load(Ordering::SeqCst);
+    let r = call(http, "/orders/2", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(s.v1.load(Ordering::SeqCst), before, "the app got nothing");
+}
