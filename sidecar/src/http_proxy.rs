@@ -112,6 +112,8 @@ pub struct Ctx {
     series: crate::metrics::RequestSeries,
     /// `target` as a URI authority, parsed once per connection rather than per request.
     authority: Option<hyper::http::uri::Authority>,
+    /// The mesh deny list: verified tokens of listed OAuth clients and subjects are refused.
+    revoked: Option<crate::revocation::RevokedState>,
 }
 
 impl Ctx {
@@ -143,7 +145,14 @@ impl Ctx {
             peer_header,
             series,
             authority,
+            revoked: None,
         }
+    }
+
+    /// Refuses verified tokens of the clients and subjects the control plane denies.
+    pub fn with_revoked(mut self, revoked: crate::revocation::RevokedState) -> Self {
+        self.revoked = Some(revoked);
+        self
     }
 
     /// Records one finished request in the latency histogram and the per-peer counter.
@@ -604,6 +613,26 @@ async fn authorize(req: &mut Request<Incoming>, ctx: &Ctx) -> Result<(), Respons
             token: token_state,
         }),
     });
+    // The control plane's deny list of OAuth clients and subjects (pushed in the mesh state),
+    // checked on the verified token before the policy's decision takes effect.
+    let denied = match (&authenticated, &ctx.revoked) {
+        (Some(Ok(a)), Some(r)) => r.borrow().denies(&a.claims),
+        _ => None,
+    };
+    if let Some(what) = denied {
+        let reason = if what == "client" {
+            "denied_client"
+        } else {
+            "denied_subject"
+        };
+        tracing::info!(peer = %ctx.peer.as_ref().map_or_else(|| "none".to_owned(), |p| p.to_string()), reason, "request denied: the token's client or subject is on the deny list");
+        return Err(deny(
+            StatusCode::FORBIDDEN,
+            reason,
+            &format!("denied: {reason}"),
+            None,
+        ));
+    }
     match decision {
         Decision::Allow { policy, rule } => {
             ctx.metrics

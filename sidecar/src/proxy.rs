@@ -403,7 +403,8 @@ impl Inbound {
             Some(self.policy.clone()),
             self.trust_domain.clone(),
             self.access_log,
-        );
+        )
+        .with_revoked(self.revoked.clone());
         match protocol {
             Some(AppProtocol::Http1)
                 if self.http_relay_ports.contains(&target.port())

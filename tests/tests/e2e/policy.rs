@@ -576,3 +576,68 @@ async fn config_dump(admin: SocketAddr) -> serde_json::Value {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&body).unwrap()
 }
+
+/// The control plane's deny list of OAuth clients and subjects (`revocations.yaml` `clients`,
+/// `subjects`) reaches B's sidecar in the mesh state: a verified token of a listed client gets
+/// 403 and the app sees nothing, a token of another client of the same OAuth server is served,
+/// and the client is back when its entry goes — no restart.
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn a_denied_client_is_refused_by_the_service_sidecar_live() {
+    let s = setup(300).await;
+    let out = s.a.outbound_addr.unwrap();
+    let shop = s.oauth.token("orders:read").await;
+    let partner = s
+        .oauth
+        .token_as(
+            oauth::PARTNER_CLIENT_ID,
+            oauth::PARTNER_CLIENT_SECRET,
+            "orders:read",
+        )
+        .await;
+    assert_eq!(call(out, "GET", "/orders/1", Some(&shop)).await.status, 200);
+    let write = |yaml: &str| {
+        let path = s.cp.dir.path().join("revocations.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let t = std::time::SystemTime::now() + Duration::from_secs(rand::random::<u8>() as u64 + 1);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    };
+    let until = async |want: u16| {
+        for _ in 0..100 {
+            if call(out, "GET", "/orders/1", Some(&shop)).await.status == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    write(&format!("clients: [{}]\n", oauth::SHOP_CLIENT_ID));
+    assert!(
+        until(403).await,
+        "B's sidecar never refused the denied client"
+    );
+    let before = s
+        .app_stats
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let r = call(out, "GET", "/orders/2", Some(&shop)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        s.app_stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "the app got nothing"
+    );
+    assert_eq!(
+        call(out, "GET", "/orders/3", Some(&partner)).await.status,
+        200
+    );
+    write("clients: []\n");
+    assert!(until(200).await, "the client was not let back in");
+}
