@@ -16,6 +16,7 @@ mod gateway;
 mod gateway_kubernetes;
 mod gateway_kubernetes_status;
 mod gateway_outside_review;
+mod gateway_refused_objects;
 mod handshake_policy;
 mod hostile_clients;
 mod http_relay;
