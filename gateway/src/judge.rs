@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use pqmesh_policy::admit::{admit, candidates_from_yaml, Candidate};
 use pqmesh_policy::{PolicySet, Secrets};
-use serde::Deserialize;
 
 use crate::api::*;
-use crate::load::{
-    CertFiles, ListenerModel, ListenerVerdict, Model, ParentVerdict, RouteModel, Verdict,
-};
+use crate::load::{CertFiles, LastGood, ListenerModel, ListenerVerdict, Model, Verdict};
 
 mod edge_policies;
+mod http_routes;
+mod refused;
+
+use refused::{Kind, RefusedPolicy, RefusedRoute};
 
 /// Judges every document of `texts` (file name, content). `certs` reads a TLS Secret.
 pub fn judge(
@@ -23,86 +24,184 @@ pub fn judge(
     secrets: &dyn Secrets,
     certs: &dyn Fn(&str, &str) -> Result<CertFiles, String>,
 ) -> Model {
-    judge_with(texts, secrets, certs, &PolicySet::default())
+    judge_with(
+        texts,
+        secrets,
+        certs,
+        &PolicySet::default(),
+        &LastGood::default(),
+    )
 }
 
-/// As [`judge`], keeping the last good version of a TokenIssuer whose edit is refused.
+/// As [`judge`], keeping in force the last good version of a TokenIssuer, HTTPRoute or
+/// EdgePolicy whose edit is refused, and of a file that does not read (review 10).
 pub fn judge_with(
     texts: &[(String, String)],
     secrets: &dyn Secrets,
     certs: &dyn Fn(&str, &str) -> Result<CertFiles, String>,
     last_good_issuers: &PolicySet,
+    last: &LastGood,
 ) -> Model {
     let mut model = Model::default();
+    let mut kept = LastGood::default();
     let mut classes = Vec::new();
     let mut gateways = Vec::new();
     let mut routes = Vec::new();
     let mut policies = Vec::new();
-    // EdgePolicies refused before their spec was read: (`<ns>/<targetRef.name>`, policy name).
-    let mut refused_targets: Vec<(String, String)> = Vec::new();
+    let mut route_values: HashMap<String, serde_yaml::Value> = HashMap::new();
+    let mut refused_routes: Vec<RefusedRoute> = Vec::new();
+    let mut refused_policies: Vec<RefusedPolicy> = Vec::new();
     let mut issuer_candidates: Vec<Candidate> = Vec::new();
-    for (file, text) in texts {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let source = format!("{file} document {}", i + 1);
-            let value = match serde_yaml::Value::deserialize(doc) {
-                Ok(v) if v.is_null() => continue,
-                Ok(v) => v,
-                Err(e) => {
-                    model
-                        .verdicts
-                        .push(refused("Unknown", &source, &source, e.to_string()));
-                    break;
-                }
-            };
-            let kind = value
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or("")
-                .to_owned();
-            let name = object_name(&value);
-            macro_rules! parse {
-                ($t:ty, $into:expr) => {
-                    match serde_yaml::from_value::<$t>(value.clone()) {
-                        Ok(o) => $into.push((o, source.clone())),
-                        Err(e) => {
-                            let mut v = refused(&kind, &name, &source, e.to_string());
-                            v.generation = value
-                                .get("metadata")
-                                .and_then(|m| m.get("generation"))
-                                .and_then(|g| g.as_i64());
-                            v.accepted_reason = "UnsupportedValue";
-                            model.verdicts.push(v)
-                        }
-                    }
-                };
+    let read = refused::read_files(texts, last, &mut model.verdicts, &mut kept.files);
+    for (source, value) in read.documents {
+        let kind_text = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let kind = refused::kind_of(&value);
+        let name = object_name(&value);
+        let namespace = value
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+            .map(str::to_owned);
+        let generation = value
+            .get("metadata")
+            .and_then(|m| m.get("generation"))
+            .and_then(|g| g.as_i64());
+        let shown_kind = if kind_text.is_empty() {
+            kind.canonical()
+        } else {
+            &kind_text
+        };
+        let mut refuse = |message: String| {
+            let mut v = refused(shown_kind, &name, &source, message);
+            v.generation = generation;
+            v.accepted_reason = "UnsupportedValue";
+            model.verdicts.push(v);
+        };
+        let checked = match kind {
+            Kind::Other => {
+                refuse(format!(
+                    "kind {kind_text:?} is not supported here (GatewayClass, Gateway, HTTPRoute, \
+                     EdgePolicy, TokenIssuer)"
+                ));
+                continue;
             }
-            match kind.as_str() {
-                "GatewayClass" => parse!(GatewayClass, classes),
-                "Gateway" => parse!(Gateway, gateways),
-                "HTTPRoute" => parse!(HttpRoute, routes),
-                "EdgePolicy" => {
-                    if serde_yaml::from_value::<EdgePolicy>(value.clone()).is_err() {
-                        if let Some(target) = edge_policies::raw_target(&value) {
-                            refused_targets.push((target, name.clone()));
-                        }
-                    }
-                    parse!(EdgePolicy, policies)
+            k if kind_text != k.canonical() => Err(format!(
+                "kind {kind_text:?} is not supported: kinds are case-sensitive (did you mean {}?)",
+                k.canonical()
+            )),
+            Kind::EdgePolicy if namespace.is_none() => Err("metadata.namespace is required for an EdgePolicy: it protects an HTTPRoute of its own namespace, and taking `default` would leave the route it was written for open".into()),
+            _ => Ok(()),
+        };
+        macro_rules! parse {
+            ($t:ty) => {
+                checked.and_then(|()| {
+                    serde_yaml::from_value::<$t>(value.clone()).map_err(|e| e.to_string())
+                })
+            };
+        }
+        match kind {
+            Kind::Other => {}
+            Kind::GatewayClass => match parse!(GatewayClass) {
+                Ok(o) => classes.push((o, source)),
+                Err(e) => refuse(e),
+            },
+            Kind::Gateway => match parse!(Gateway) {
+                Ok(o) => gateways.push((o, source)),
+                Err(e) => refuse(e),
+            },
+            Kind::HttpRoute => match parse!(HttpRoute) {
+                Ok(o) => {
+                    route_values.insert(source.clone(), value);
+                    routes.push((o, source));
                 }
-                "TokenIssuer" => {
+                Err(e) => {
+                    refuse(e);
+                    refused_routes.push(RefusedRoute {
+                        name,
+                        source,
+                        value,
+                        duplicate: false,
+                    });
+                }
+            },
+            Kind::EdgePolicy => match parse!(EdgePolicy) {
+                Ok(o) => policies.push((o, source)),
+                Err(e) => {
+                    refuse(e);
+                    refused_policies.push(RefusedPolicy {
+                        why: format!("EdgePolicy {name} targeting it was refused"),
+                        name,
+                        source,
+                        namespace,
+                        targets: refused::raw_targets(&value),
+                    });
+                }
+            },
+            Kind::TokenIssuer => match checked {
+                Ok(()) => {
                     let text = serde_yaml::to_string(&value).unwrap_or_default();
                     issuer_candidates.extend(candidates_from_yaml(&text, &source));
                 }
-                other => model.verdicts.push(refused(
-                    other,
-                    &name,
-                    &source,
-                    format!(
-                        "kind {other:?} is not supported here (GatewayClass, Gateway, HTTPRoute, \
-                         EdgePolicy, TokenIssuer)"
-                    ),
-                )),
-            }
+                Err(e) => refuse(e),
+            },
         }
+    }
+    // One definition per object (local mode can have two): the version in force wins, then the
+    // first read; the other is refused as `Duplicate` and closes what it would govern.
+    let (classes, _) = without_duplicates(
+        classes,
+        |c: &GatewayClass| c.metadata.name.clone(),
+        |_, _| false,
+        "GatewayClass",
+        &mut model.verdicts,
+    );
+    let (gateways, _) = without_duplicates(
+        gateways,
+        |g: &Gateway| format!("{}/{}", g.metadata.namespace, g.metadata.name),
+        |_, _| false,
+        "Gateway",
+        &mut model.verdicts,
+    );
+    let (routes, losers) = without_duplicates(
+        routes,
+        |r: &HttpRoute| format!("{}/{}", r.metadata.namespace, r.metadata.name),
+        |k, r| last.routes.get(k) == Some(r),
+        "HTTPRoute",
+        &mut model.verdicts,
+    );
+    for (r, source) in losers {
+        refused_routes.push(RefusedRoute {
+            name: format!("{}/{}", r.metadata.namespace, r.metadata.name),
+            value: route_values.remove(&source).unwrap_or_default(),
+            source,
+            duplicate: true,
+        });
+    }
+    let (policies, losers) = without_duplicates(
+        policies,
+        |p: &EdgePolicy| format!("{}/{}", p.metadata.namespace, p.metadata.name),
+        |k, p| last.edge_policies.get(k).is_some_and(|(q, _)| q == p),
+        "EdgePolicy",
+        &mut model.verdicts,
+    );
+    for (p, source) in losers {
+        let name = format!("{}/{}", p.metadata.namespace, p.metadata.name);
+        refused_policies.push(RefusedPolicy {
+            why: format!(
+                "a second definition of EdgePolicy {name} ({source}) targets it and was refused as Duplicate"
+            ),
+            name,
+            source,
+            namespace: Some(p.metadata.namespace.clone()),
+            targets: Some(vec![(
+                Some(p.metadata.namespace.clone()),
+                p.spec.target_ref.name.clone(),
+            )]),
+        });
     }
 
     let issuers = admit(issuer_candidates, last_good_issuers, "cluster.local");
@@ -216,78 +315,62 @@ pub fn judge_with(
     }
 
     for (r, source) in routes {
-        let name = format!("{}/{}", r.metadata.namespace, r.metadata.name);
-        let mut verdict = refs_ok("HTTPRoute", &name, &source);
-        verdict.generation = r.metadata.generation;
-        if let Err(e) =
-            check_api(&r.api_version, GATEWAY_API_VERSION).and_then(|()| check_route(&r.spec))
-        {
-            verdict.accepted_reason = "UnsupportedValue";
-            model.verdicts.push(with(verdict, Err(e)));
-            continue;
-        }
-        let refs = backend_refs(&r.metadata.namespace, &r.spec);
-        let mut unknown = Vec::new();
-        let mut attached = Vec::new();
-        for p in &r.spec.parent_refs {
-            let gw = format!(
-                "{}/{}",
-                p.namespace.as_deref().unwrap_or(&r.metadata.namespace),
-                p.name
-            );
-            let Some(listeners) = our_gateways.get(&gw) else {
-                unknown.push(gw);
-                continue;
-            };
-            let accepted = parent_accepts(&r, p, &gw, listeners, &model.listeners);
-            if accepted.is_ok() {
-                attached.push(p.clone());
-            }
-            verdict.parents.push(ParentVerdict {
-                parent: p.clone(),
-                accepted,
-                resolved_refs: refs.clone(),
-            });
-        }
-        if attached.is_empty() {
-            let mut why: Vec<String> = verdict
-                .parents
-                .iter()
-                .filter_map(|p| p.accepted.as_ref().err())
-                .map(|(reason, m)| format!("{reason}: {m}"))
-                .collect();
-            if !unknown.is_empty() {
-                why.push(format!(
-                    "parentRefs name no accepted Gateway: {}",
-                    unknown.join(", ")
-                ));
-            }
-            verdict.accepted = Err(why.join("; "));
-            verdict.accepted_reason = "NoMatchingParent";
-        }
-        if let Err((reason, message)) = &refs {
-            // The route's own line (logs, `/verdicts`) names the reason its parents' status has.
-            verdict.resolved_refs = Err(format!("{reason}: {message}"));
-            verdict.refs_reason = reason;
-        }
+        let original = r.clone();
+        let (verdict, route) =
+            http_routes::judge_route(r, &source, &our_gateways, &model.listeners);
+        let name = verdict.name.clone();
         model.verdicts.push(verdict);
-        let mut spec = r.spec;
-        spec.parent_refs = attached;
-        model.routes.push(RouteModel {
-            name,
-            namespace: r.metadata.namespace.clone(),
-            created: r.metadata.creation_timestamp.clone(),
-            spec,
-            edge: None,
-            closed: None,
-        });
+        match route {
+            Some(route) => {
+                kept.routes.insert(name, original);
+                model.routes.push(route);
+            }
+            None => refused_routes.push(RefusedRoute {
+                name,
+                value: route_values.remove(&source).unwrap_or_default(),
+                source,
+                duplicate: false,
+            }),
+        }
     }
-    // Attached routes per listener, for the Gateways' listener status.
+    // A refused route never opens its paths to a broader route (review 10, F1): its last
+    // accepted version stays in force, or a placeholder closes what it declares.
+    let mut gateway_names: Vec<String> = our_gateways.keys().cloned().collect();
+    gateway_names.sort();
+    for r in refused_routes {
+        let other_in_force = model.routes.iter().any(|m| m.name == r.name);
+        let good = last
+            .routes
+            .get(&r.name)
+            .filter(|_| !r.duplicate && !other_in_force);
+        if let Some(good) = good {
+            let (_, route) =
+                http_routes::judge_route(good.clone(), &r.source, &our_gateways, &model.listeners);
+            if let Some(route) = route {
+                amend(
+                    &mut model.verdicts,
+                    &r.source,
+                    "; its last accepted version stays in force until it is fixed",
+                );
+                kept.routes.insert(r.name.clone(), good.clone());
+                model.routes.push(route);
+                continue;
+            }
+        }
+        let closed = format!("HTTPRoute {} is refused (see its verdict)", r.name);
+        let (placeholders, what) =
+            refused::placeholder_routes(&r.value, &r.name, &gateway_names, &closed);
+        amend(&mut model.verdicts, &r.source, &format!("; {what}"));
+        model.routes.extend(placeholders);
+    }
+    // Attached routes per listener, for the Gateways' listener status (placeholders, closed
+    // already, are not accepted routes).
     for v in model.verdicts.iter_mut().filter(|v| v.kind == "Gateway") {
         for lv in &mut v.listeners {
             lv.attached_routes = model
                 .routes
                 .iter()
+                .filter(|r| r.closed.is_none())
                 .filter(|r| {
                     model.listeners.iter().any(|l| {
                         l.gateway == v.name && l.name == lv.name && crate::routes::attaches(r, l)
@@ -300,100 +383,70 @@ pub fn judge_with(
     edge_policies::judge_policies(
         &mut model,
         policies,
-        &refused_targets,
+        refused_policies,
+        (last, &mut kept.edge_policies),
         &issuers.set,
         secrets,
     );
+    refused::close_routes_named_in(&mut model.routes, &mut model.verdicts, &read.unread);
     model.issuers = issuers.set;
+    model.last_good = kept;
     model
 }
 
-/// Whether the Gateway `gw` (of ours) accepts route `r` through parentRef `p`: listeners admit
-/// routes of their own namespace only (`allowedRoutes` is not supported, and `Same` is its
-/// default), the sectionName and port must name a listener, and hostnames must intersect.
-fn parent_accepts(
-    r: &HttpRoute,
-    p: &ParentRef,
-    gw: &str,
-    spec_listeners: &[Listener],
-    programmed: &[ListenerModel],
-) -> Result<(), (&'static str, String)> {
-    let gw_ns = gw.split_once('/').map_or("", |(ns, _)| ns);
-    if gw_ns != r.metadata.namespace {
-        return Err((
-            "NotAllowedByListeners",
-            format!(
-                "Gateway {gw} admits routes of namespace {gw_ns} only (allowedRoutes is not supported)"
-            ),
-        ));
+/// Objects with the source each was read from.
+type Sourced<T> = Vec<(T, String)>;
+
+/// Of several definitions of one object, the one `in_force` says is the version in force wins,
+/// then the first read; the others are refused (`Duplicate`, naming the winner's source) and
+/// returned (review 10, F10).
+fn without_duplicates<T>(
+    objects: Vec<(T, String)>,
+    key: impl Fn(&T) -> String,
+    in_force: impl Fn(&str, &T) -> bool,
+    kind: &str,
+    verdicts: &mut Vec<Verdict>,
+) -> (Sourced<T>, Sourced<T>) {
+    let mut winners: Vec<(T, String)> = Vec::new();
+    let mut losers = Vec::new();
+    for (o, source) in objects {
+        let k = key(&o);
+        match winners.iter().position(|(w, _)| key(w) == k) {
+            None => winners.push((o, source)),
+            Some(i) if in_force(&k, &o) && !in_force(&k, &winners[i].0) => {
+                losers.push(std::mem::replace(&mut winners[i], (o, source)));
+            }
+            Some(_) => losers.push((o, source)),
+        }
     }
-    let named: Vec<&Listener> = spec_listeners
-        .iter()
-        .filter(|l| p.section_name.as_ref().is_none_or(|s| *s == l.name))
-        .filter(|l| p.port.is_none_or(|port| port == l.port))
-        .collect();
-    if named.is_empty() {
-        return Err((
-            "NoMatchingParent",
-            format!(
-                "Gateway {gw} has no listener with sectionName {:?} and port {:?}",
-                p.section_name, p.port
-            ),
-        ));
+    for (o, source) in &losers {
+        let k = key(o);
+        let winner = winners
+            .iter()
+            .find(|(w, _)| key(w) == k)
+            .map_or("", |(_, s)| s.as_str());
+        let mut v = refused(
+            kind,
+            &k,
+            source,
+            format!("Duplicate: {winner} already defines {k}, and that definition is the one in force; one definition per object"),
+        );
+        v.accepted_reason = "Duplicate";
+        verdicts.push(v);
     }
-    let live: Vec<&ListenerModel> = programmed
-        .iter()
-        .filter(|m| m.gateway == gw && named.iter().any(|l| l.name == m.name))
-        .collect();
-    if live.is_empty() {
-        return Err((
-            "NoMatchingParent",
-            format!("the listeners of Gateway {gw} this parentRef names are not valid"),
-        ));
-    }
-    let hosts_meet = r.spec.hostnames.is_empty()
-        || live.iter().any(|l| match &l.hostname {
-            None => true,
-            Some(lh) => r
-                .spec
-                .hostnames
-                .iter()
-                .any(|h| crate::routes::hostnames_intersect(h, lh)),
-        });
-    if !hosts_meet {
-        return Err((
-            "NoMatchingListenerHostname",
-            format!("no hostname of the route matches a listener of Gateway {gw}"),
-        ));
-    }
-    Ok(())
+    (winners, losers)
 }
 
-/// The route's `ResolvedRefs` as far as it can be judged without the cluster: core Services of
-/// the route's own namespace (ReferenceGrants are not supported).
-fn backend_refs(namespace: &str, spec: &HttpRouteSpec) -> Result<(), (&'static str, String)> {
-    for b in spec.rules.iter().flat_map(|r| &r.backend_refs) {
-        if !is_service(b) {
-            return Err((
-                "InvalidKind",
-                format!(
-                    "backendRef {}: only core Services; requests picking it get 500",
-                    b.name
-                ),
-            ));
-        }
-        if b.namespace.as_deref().is_some_and(|ns| ns != namespace) {
-            return Err((
-                "RefNotPermitted",
-                format!(
-                    "backendRef {}/{}: another namespace needs a ReferenceGrant (not supported yet); requests picking it get 500",
-                    b.namespace.as_deref().unwrap_or_default(),
-                    b.name
-                ),
-            ));
-        }
+/// Adds `more` to the message of the refused object read from `source`.
+fn amend(verdicts: &mut [Verdict], source: &str, more: &str) {
+    if let Some(Err(e)) = verdicts
+        .iter_mut()
+        .rev()
+        .find(|v| v.source == source && v.kind != "Unknown")
+        .map(|v| &mut v.accepted)
+    {
+        e.push_str(more);
     }
-    Ok(())
 }
 
 /// A backendRef to a core Service (the only kind the gateway forwards to).
@@ -577,109 +630,4 @@ fn listener(
             Ok(model)
         }
     }
-}
-
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
-
-fn check_route(spec: &HttpRouteSpec) -> Result<(), String> {
-    if spec.parent_refs.is_empty() {
-        return Err("spec.parentRefs is empty".into());
-    }
-    for p in &spec.parent_refs {
-        if p.kind.as_deref().is_some_and(|k| k != "Gateway") {
-            return Err(format!("parentRefs kind {:?}: only Gateway", p.kind));
-        }
-    }
-    for (i, rule) in spec.rules.iter().enumerate() {
-        let at = format!("spec.rules[{i}]");
-        for m in &rule.matches {
-            if let Some(p) = &m.path {
-                if !p.value.starts_with('/') {
-                    return Err(format!("{at}: path {:?} must start with /", p.value));
-                }
-            }
-            if let Some(method) = &m.method {
-                if !METHODS.contains(&method.as_str()) {
-                    return Err(format!("{at}: method {method:?} is not an HTTP method"));
-                }
-            }
-        }
-        for f in &rule.filters {
-            let present = [
-                (
-                    FilterType::RequestHeaderModifier,
-                    f.request_header_modifier.is_some(),
-                ),
-                (
-                    FilterType::ResponseHeaderModifier,
-                    f.response_header_modifier.is_some(),
-                ),
-                (FilterType::URLRewrite, f.url_rewrite.is_some()),
-                (FilterType::RequestRedirect, f.request_redirect.is_some()),
-            ];
-            for (kind, set) in present {
-                if (kind == f.kind) != set {
-                    return Err(format!(
-                        "{at}: a filter of type {:?} must set exactly its own field",
-                        f.kind
-                    ));
-                }
-            }
-            let path = f
-                .url_rewrite
-                .as_ref()
-                .and_then(|u| u.path.as_ref())
-                .or(f.request_redirect.as_ref().and_then(|r| r.path.as_ref()));
-            if let Some(p) = path {
-                for v in [&p.replace_full_path, &p.replace_prefix_match]
-                    .into_iter()
-                    .flatten()
-                {
-                    if pqmesh_policy::path::normalize(v).ok().as_deref() != Some(v.as_str()) {
-                        return Err(format!("{at}: path modifier value {v:?} is not a normal path (no '//', '.', '..' or escapes the sidecar would resolve)"));
-                    }
-                }
-                let ok = match p.kind {
-                    PathModifierType::ReplaceFullPath => {
-                        p.replace_full_path.is_some() && p.replace_prefix_match.is_none()
-                    }
-                    PathModifierType::ReplacePrefixMatch => {
-                        p.replace_prefix_match.is_some()
-                            && p.replace_full_path.is_none()
-                            && rule.matches.iter().all(|m| {
-                                m.path
-                                    .as_ref()
-                                    .is_some_and(|p| p.kind == PathMatchType::PathPrefix)
-                            })
-                    }
-                };
-                if !ok {
-                    return Err(format!("{at}: path modifier {:?} needs its own value (and ReplacePrefixMatch a PathPrefix match)", p.kind));
-                }
-            }
-            if let Some(code) = f.request_redirect.as_ref().and_then(|r| r.status_code) {
-                if code != 301 && code != 302 {
-                    return Err(format!("{at}: redirect statusCode {code} (301 or 302)"));
-                }
-            }
-        }
-        if rule
-            .filters
-            .iter()
-            .any(|f| f.kind == FilterType::RequestRedirect)
-            && !rule.backend_refs.is_empty()
-        {
-            return Err(format!(
-                "{at}: RequestRedirect and backendRefs cannot be combined"
-            ));
-        }
-        for b in &rule.backend_refs {
-            if b.weight > 1_000_000 {
-                return Err(format!("{at}: backendRef {}: weight above 1000000", b.name));
-            }
-        }
-    }
-    Ok(())
 }

@@ -101,7 +101,8 @@ pub struct RouteModel {
     pub spec: HttpRouteSpec,
     pub edge: Option<EdgeModel>,
     /// Why the route fails closed (503 for every request): an EdgePolicy targeting it was
-    /// refused, or several target it (review 7, F2/F3).
+    /// refused, or several target it (review 7, F2/F3); or it is the placeholder of a refused
+    /// HTTPRoute, holding what that route declares (review 10, F1).
     pub closed: Option<String>,
 }
 
@@ -122,6 +123,21 @@ pub struct Model {
     pub our_classes: Vec<String>,
     /// The TokenIssuers in force (the last good versions for the next judgement).
     pub issuers: PolicySet,
+    /// The HTTPRoutes, EdgePolicies and files in force, for the next judgement (review 10).
+    pub last_good: LastGood,
+}
+
+/// What one judgement accepted, so that the next keeps it in force when an edit is refused
+/// (review 10, F1/F2): a refused edit must never open what the accepted version closed. Lives
+/// in the running gateway; a restart starts without it (refused objects then get placeholders).
+#[derive(Debug, Clone, Default)]
+pub struct LastGood {
+    /// HTTPRoutes in force by `<namespace>/<name>`.
+    pub routes: BTreeMap<String, HttpRoute>,
+    /// EdgePolicies in force by `<namespace>/<name>`, with the source they were read from.
+    pub edge_policies: BTreeMap<String, (EdgePolicy, String)>,
+    /// Local mode: each file's text the last time it read as YAML (and had documents).
+    pub files: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,7 +3,8 @@
 //! ([`crate::load::judge_with`]), each listener's outside TLS built, each EdgePolicy made ready
 //! to run. The result replaces the previous one for new connections and requests; what carries
 //! over is kept, not rebuilt: a listener's last good certificate when its Secret stops loading,
-//! a TokenIssuer's last good version when its edit is refused, and an unchanged EdgePolicy's
+//! a TokenIssuer's, HTTPRoute's or EdgePolicy's last good version when its edit is refused
+//! (and a local file's when it does not read), and an unchanged EdgePolicy's
 //! token buckets and token caches.
 
 use std::cell::RefCell;
@@ -85,7 +86,9 @@ pub fn program(
     };
     let empty = pqmesh_policy::PolicySet::default();
     let last_issuers = previous.map_or(&empty, |p| &p.model.issuers);
-    let mut model = load::judge_with(&docs.texts, &docs.secrets, &certs, last_issuers);
+    let nothing = load::LastGood::default();
+    let last_good = previous.map_or(&nothing, |p| &p.model.last_good);
+    let mut model = load::judge_with(&docs.texts, &docs.secrets, &certs, last_issuers, last_good);
     model.backends = docs.backends.clone();
     load::check_backends(&mut model, known);
     let kept_old = kept_old.into_inner();

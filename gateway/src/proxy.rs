@@ -293,7 +293,7 @@ async fn route_request(
         return Err(refuse(
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "pqmesh-gateway: the route's EdgePolicy is refused or conflicted (see /verdicts)",
+                "pqmesh-gateway: the route or its EdgePolicy is refused, conflicted or duplicated (see /verdicts)",
             ),
             "policy_refused",
         ));

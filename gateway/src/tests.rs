@@ -118,8 +118,13 @@ fn each_bad_object_is_refused_alone_with_a_message_naming_why() {
             .unwrap_or_else(|| panic!("{body}: no verdict"));
         let message = bad.accepted.as_ref().expect_err(body);
         assert!(message.contains(why), "{body}: {message}");
+        // The refused route is served only as its placeholder, closed (review 10, F1).
         assert_eq!(
-            m.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            m.routes
+                .iter()
+                .filter(|r| r.closed.is_none())
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
             ["shop/good"],
             "{body}"
         );
@@ -188,8 +193,11 @@ spec:
             .collect::<Vec<_>>(),
         ["web", "plain"]
     );
-    assert!(of("shop/p")
-        .accepted
+    // A missing target is a missing reference (review 10): ResolvedRefs=False, saying so.
+    let p = of("shop/p");
+    assert!(p.accepted.is_ok());
+    assert!(p
+        .resolved_refs
         .unwrap_err()
         .contains("no HTTPRoute shop/nothing"));
     assert!(of("shop/q").accepted.unwrap_err().contains("needs `claim`"));
@@ -425,8 +433,8 @@ fn each_parent_ref_and_backend_ref_gets_its_gateway_api_reason() {
         assert!(v.accepted.is_err(), "{name}");
     }
     // Routes attach only through accepted parents: the foreign route serves nothing.
-    let foreign = m.routes.iter().find(|r| r.name == "evil/foreign").unwrap();
-    assert!(foreign.spec.parent_refs.is_empty());
+    // (A refused route's placeholder never reaches another namespace's Gateway.)
+    assert!(!m.routes.iter().any(|r| r.name == "evil/foreign"));
     let gateway = verdict(&m, "Gateway", "shop/edge");
     assert_eq!(gateway.listeners.len(), 1);
     assert_eq!(
@@ -529,4 +537,5 @@ spec:
 
 /// What outside review 7 found, one test per finding.
 mod outside_review;
+mod refused_objects;
 mod review10;

@@ -2,52 +2,133 @@
 //! protection never leaves a route unprotected: a route targeted by a refused EdgePolicy, or by
 //! several (`Conflicted`), fails closed and answers 503 (review 7, F2/F3).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use pqmesh_policy::Secrets;
 
+use super::refused::RefusedPolicy;
 use super::{check_api, refs_ok, with};
 use crate::api::*;
-use crate::load::{EdgeModel, Model};
+use crate::load::{EdgeModel, LastGood, Model, Verdict};
+
+fn name_of(p: &EdgePolicy) -> String {
+    format!("{}/{}", p.metadata.namespace, p.metadata.name)
+}
+
+fn target_of(p: &EdgePolicy) -> String {
+    format!("{}/{}", p.metadata.namespace, p.spec.target_ref.name)
+}
 
 /// Judges `policies` (parsed, with their source) against the routes already in `model`.
-/// `refused_targets` are the EdgePolicies that did not parse: (`<ns>/<targetRef.name>`, name).
+/// `refused` are the EdgePolicies refused before their spec was judged. A refused edit keeps
+/// the last accepted version of its object in force (`last`: found by name, or by the document
+/// it was read from when the edit lost its name or namespace), and every route the refused
+/// edit may target is closed as well (review 10, F2). `kept` receives the versions in force.
 pub(super) fn judge_policies(
     model: &mut Model,
     policies: Vec<(EdgePolicy, String)>,
-    refused_targets: &[(String, String)],
+    mut refused: Vec<RefusedPolicy>,
+    (last, kept): (&LastGood, &mut BTreeMap<String, (EdgePolicy, String)>),
     issuers: &pqmesh_policy::PolicySet,
     secrets: &dyn Secrets,
 ) {
-    // Every EdgePolicy naming a route, accepted or not: more than one on a route is a conflict.
-    let mut targeting: HashMap<String, Vec<String>> = HashMap::new();
-    for (target, name) in refused_targets {
-        targeting
-            .entry(target.clone())
-            .or_default()
-            .push(name.clone());
-    }
-    for (p, _) in &policies {
-        targeting
-            .entry(format!(
-                "{}/{}",
-                p.metadata.namespace, p.spec.target_ref.name
-            ))
-            .or_default()
-            .push(format!("{}/{}", p.metadata.namespace, p.metadata.name));
-    }
-
+    // A policy that parses but is invalid is a refused edit like one that does not parse.
+    let mut valid = Vec::new();
     for (p, source) in policies {
-        let name = format!("{}/{}", p.metadata.namespace, p.metadata.name);
+        let name = name_of(&p);
         let mut verdict = refs_ok("EdgePolicy", &name, &source);
         verdict.generation = p.metadata.generation;
-        if let Err(e) =
-            check_api(&p.api_version, PQMESH_API_VERSION).and_then(|()| check_policy(&p.spec))
-        {
-            model.verdicts.push(with(verdict, Err(e)));
+        match check_api(&p.api_version, PQMESH_API_VERSION).and_then(|()| check_policy(&p.spec)) {
+            Ok(()) => valid.push((p, source, false)),
+            Err(e) => {
+                model.verdicts.push(with(verdict, Err(e)));
+                refused.push(RefusedPolicy {
+                    why: format!("EdgePolicy {name} targeting it was refused"),
+                    name,
+                    source,
+                    namespace: Some(p.metadata.namespace.clone()),
+                    targets: Some(vec![(
+                        Some(p.metadata.namespace.clone()),
+                        p.spec.target_ref.name.clone(),
+                    )]),
+                });
+            }
+        }
+    }
+    let mut kept_target: HashMap<String, String> = HashMap::new();
+    for r in &refused {
+        let found = last.edge_policies.get(&r.name).or_else(|| {
+            last.edge_policies
+                .values()
+                .find(|(_, source)| *source == r.source)
+        });
+        let Some((p, source)) = found else {
+            continue;
+        };
+        if valid.iter().any(|(q, _, _)| name_of(q) == name_of(p)) {
             continue;
         }
-        let target = format!("{}/{}", p.metadata.namespace, p.spec.target_ref.name);
+        super::amend(
+            &mut model.verdicts,
+            &r.source,
+            &format!(
+                "; its last accepted version (targeting HTTPRoute {}) stays in force until it is fixed",
+                target_of(p)
+            ),
+        );
+        kept_target.insert(r.source.clone(), target_of(p));
+        valid.push((p.clone(), source.clone(), true));
+    }
+
+    // Every EdgePolicy naming a route, accepted or not: more than one on a route is a conflict.
+    let mut targeting: HashMap<String, Vec<String>> = HashMap::new();
+    let mut add = |route: String, policy: &str| {
+        let all = targeting.entry(route).or_default();
+        if !all.iter().any(|p| p == policy) {
+            all.push(policy.to_owned());
+        }
+    };
+    let mut refused_why: HashMap<String, String> = HashMap::new();
+    for r in &refused {
+        let named = |route: &crate::load::RouteModel| {
+            let short = route.name.split_once('/').map_or("", |(_, n)| n);
+            match &r.targets {
+                Some(t) => t.iter().any(|(ns, n)| {
+                    n == short && ns.as_ref().is_none_or(|ns| *ns == route.namespace)
+                }),
+                None => r.namespace.as_ref().is_none_or(|ns| *ns == route.namespace),
+            }
+        };
+        for route in model.routes.iter().filter(|route| named(route)) {
+            if kept_target.get(&r.source) != Some(&route.name) {
+                add(route.name.clone(), &r.name);
+            }
+        }
+        let why = if r.targets.is_none() {
+            format!(
+                "{}, and no targetRef of it reads, so it closes every HTTPRoute of its namespace",
+                r.why
+            )
+        } else {
+            r.why.clone()
+        };
+        refused_why.insert(r.name.clone(), why);
+    }
+    for (p, _, _) in &valid {
+        add(target_of(p), &name_of(p));
+    }
+
+    for (p, source, was_kept) in valid {
+        let name = name_of(&p);
+        let mut verdict = refs_ok("EdgePolicy", &name, &source);
+        verdict.generation = p.metadata.generation;
+        // A kept version's verdict is its refused edit's, already given.
+        let mut give = |v: Verdict| {
+            if !was_kept {
+                model.verdicts.push(v);
+            }
+        };
+        let target = target_of(&p);
         if let Some(all) = targeting.get(&target).filter(|all| all.len() > 1) {
             let others: Vec<&str> = all
                 .iter()
@@ -62,14 +143,23 @@ pub(super) fn judge_policies(
                 )),
             );
             v.accepted_reason = "Conflicted";
-            model.verdicts.push(v);
+            give(v);
             continue;
         }
-        let Some(route) = model.routes.iter_mut().find(|r| r.name == target) else {
-            model.verdicts.push(with(
-                verdict,
-                Err(format!("targetRef: no HTTPRoute {target}")),
-            ));
+        kept.insert(name.clone(), (p.clone(), source.clone()));
+        // A refused route's placeholder is closed already; the policy attaches to a route in force.
+        let Some(route) = model
+            .routes
+            .iter_mut()
+            .find(|r| r.name == target && r.closed.is_none())
+        else {
+            verdict.resolved_refs = Err(if model.routes.iter().any(|r| r.name == target) {
+                format!("targetRef: HTTPRoute {target} is refused (see its verdict); what it declares answers 503 until it is fixed")
+            } else {
+                format!("targetRef: no HTTPRoute {target}: this EdgePolicy protects nothing until that route exists (check its name and namespace)")
+            });
+            verdict.refs_reason = "TargetNotFound";
+            give(verdict);
             continue;
         };
         let issuer = match &p.spec.token {
@@ -95,7 +185,7 @@ pub(super) fn judge_policies(
                 }
             }
         };
-        model.verdicts.push(verdict);
+        give(verdict);
         route.edge = Some(EdgeModel {
             name,
             issuer,
@@ -103,15 +193,22 @@ pub(super) fn judge_policies(
             rate_limit: p.spec.rate_limit.clone(),
         });
     }
-    close_unprotected_routes(model, &targeting);
+    close_unprotected_routes(model, &targeting, &refused_why);
 }
 
 /// Fails closed (review 7, F2/F3): a route targeted by a refused EdgePolicy, or by several,
 /// answers 503 rather than being served without the protection someone meant it to have. Its
 /// `ResolvedRefs` (the route's and each parent's, so the status shows it) says why.
-fn close_unprotected_routes(model: &mut Model, targeting: &HashMap<String, Vec<String>>) {
+fn close_unprotected_routes(
+    model: &mut Model,
+    targeting: &HashMap<String, Vec<String>>,
+    refused_why: &HashMap<String, String>,
+) {
     for route in &mut model.routes {
-        let Some(all) = targeting.get(&route.name) else {
+        let Some(all) = targeting
+            .get(&route.name)
+            .filter(|_| route.closed.is_none())
+        else {
             continue;
         };
         let (reason, why) = if all.len() > 1 {
@@ -120,47 +217,47 @@ fn close_unprotected_routes(model: &mut Model, targeting: &HashMap<String, Vec<S
                 format!("Conflicted: EdgePolicies {} all target it", all.join(", ")),
             )
         } else if route.edge.is_none() {
-            (
-                "EdgePolicyRefused",
-                format!("EdgePolicy {} targeting it was refused", all[0]),
-            )
+            let why = refused_why
+                .get(&all[0])
+                .cloned()
+                .unwrap_or_else(|| format!("EdgePolicy {} targeting it was refused", all[0]));
+            ("EdgePolicyRefused", why)
         } else {
             continue;
         };
         let message = format!("{why}; every request gets 503 until that is fixed");
-        let add = |e: &str| format!("{e}; {message}");
-        if let Some(v) = model
-            .verdicts
-            .iter_mut()
-            .find(|v| v.kind == "HTTPRoute" && v.name == route.name)
-        {
-            v.resolved_refs = match &v.resolved_refs {
-                Ok(()) => {
-                    v.refs_reason = reason;
-                    Err(message.clone())
-                }
-                Err(e) => Err(add(e)),
-            };
-            for p in &mut v.parents {
-                p.resolved_refs = match &p.resolved_refs {
-                    Ok(()) => Err((reason, message.clone())),
-                    Err((r, e)) => Err((*r, add(e))),
-                };
-            }
-        }
+        show_closure(&mut model.verdicts, &route.name, reason, &message);
         route.closed = Some(message);
     }
 }
 
-/// `<namespace>/<spec.targetRef.name>` of an EdgePolicy document that did not parse.
-pub(super) fn raw_target(value: &serde_yaml::Value) -> Option<String> {
-    let ns = value
-        .get("metadata")
-        .and_then(|m| m.get("namespace"))
-        .and_then(|n| n.as_str())
-        .unwrap_or("default");
-    let name = value.get("spec")?.get("targetRef")?.get("name")?.as_str()?;
-    Some(format!("{ns}/{name}"))
+/// Shows on a route's verdict (its own `ResolvedRefs` and each parent's, so the status shows
+/// it) why the route is closed.
+pub(super) fn show_closure(
+    verdicts: &mut [Verdict],
+    route: &str,
+    reason: &'static str,
+    message: &str,
+) {
+    let add = |e: &str| format!("{e}; {message}");
+    for v in verdicts
+        .iter_mut()
+        .filter(|v| v.kind == "HTTPRoute" && v.name == route && v.accepted.is_ok())
+    {
+        v.resolved_refs = match &v.resolved_refs {
+            Ok(()) => {
+                v.refs_reason = reason;
+                Err(message.to_owned())
+            }
+            Err(e) => Err(add(e)),
+        };
+        for p in &mut v.parents {
+            p.resolved_refs = match &p.resolved_refs {
+                Ok(()) => Err((reason, message.to_owned())),
+                Err((r, e)) => Err((*r, add(e))),
+            };
+        }
+    }
 }
 
 fn check_policy(spec: &EdgePolicySpec) -> Result<(), String> {

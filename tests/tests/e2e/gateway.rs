@@ -192,11 +192,11 @@ pub(crate) struct Setup {
     _services: Vec<pqmesh_sidecar::RunningSidecar>,
     web: pqmesh_sidecar::RunningSidecar,
     pub(crate) gateway: pqmesh_gateway::RunningGateway,
-    _dir: TempDir,
+    pub(crate) _dir: TempDir,
     pub(crate) ca: std::path::PathBuf,
     /// Requests the `orders` app (v1) and `orders-v2` received.
     pub(crate) v1: Arc<AtomicUsize>,
-    v2: Arc<AtomicUsize>,
+    pub(crate) v2: Arc<AtomicUsize>,
     /// The HTTP, HTTPS and require-pq listener ports.
     pub(crate) ports: (u16, u16, u16),
 }

@@ -349,7 +349,8 @@ async fn kubernetes_mode_serves_from_the_api_server_and_follows_changes_without_
         call(local(c.http), "/new/1", &[]).await.status == 200
     })
     .await;
-    assert_eq!(call(local(c.http), "/bad/1", &[]).await.status, 404);
+    // Refused with no accepted version: a placeholder closes what it declares (review 10, F1).
+    assert_eq!(call(local(c.http), "/bad/1", &[]).await.status, 503);
     assert_eq!(call(local(c.http), "/orders/2", &[]).await.status, 200);
     let verdicts = call(c.gateway.admin_addr, "/verdicts", &[]).await.body;
     assert!(

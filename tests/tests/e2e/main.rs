@@ -17,6 +17,7 @@ mod gateway_abuse;
 mod gateway_kubernetes;
 mod gateway_kubernetes_status;
 mod gateway_outside_review;
+mod gateway_refused_objects;
 mod gateway_review10;
 mod handshake_policy;
 mod hostile_clients;
