@@ -101,6 +101,14 @@ impl RevocationList {
         Ok(list)
     }
 
+    /// Whether the list has no entry of any kind.
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty()
+            && self.serials.is_empty()
+            && self.clients.is_empty()
+            && self.subjects.is_empty()
+    }
+
     pub fn is_identity_revoked(&self, id: &SpiffeId) -> bool {
         self.identities.contains(&id.to_string())
     }
@@ -112,11 +120,7 @@ impl RevocationList {
 
     /// A content hash ("" for an empty list, so a mesh without revocations shows none).
     pub fn version(&self) -> String {
-        if self.identities.is_empty()
-            && self.serials.is_empty()
-            && self.clients.is_empty()
-            && self.subjects.is_empty()
-        {
+        if self.is_empty() {
             return String::new();
         }
         use sha2::{Digest, Sha256};
@@ -200,8 +204,24 @@ pub fn watch_file(
             if now == last {
                 continue;
             }
+            // A file still being written: wait until it is the same on two polls in a row.
+            tokio::time::sleep(POLL_INTERVAL).await;
+            if fingerprint(&path) != now {
+                continue;
+            }
             last = now;
-            match load(&path, &trust_domain) {
+            let emptied = std::fs::read_to_string(&path).is_ok_and(|t| t.trim().is_empty());
+            let loaded = if emptied && !tx.borrow().is_empty() {
+                // An editor's non-atomic save empties the file first: that must not lift every
+                // revocation and deny entry for a moment (review 11, F5).
+                Err(format!(
+                    "{}: the file is empty; write `identities: []` (and the other lists) to clear the list",
+                    path.display()
+                ))
+            } else {
+                load(&path, &trust_domain)
+            };
+            match loaded {
                 Ok(list) => {
                     if **tx.borrow() == list {
                         continue;

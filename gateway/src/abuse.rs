@@ -1,7 +1,8 @@
 //! Abuse signals per client (issue 13): a client — its verified token's `client_id`, else its
 //! address — that within one [`WINDOW`] gets many refusals (401, 403, 404, 429), walks through
-//! many numeric IDs in paths (`/orders/1`, `/orders/2`, ...), or sends many requests the edge
-//! refuses as malformed (methods, headers, paths, misdirected hosts) raises a signal: one WARN
+//! many identifiers (path segments and query values with digits: `/orders/1`, `/users/u2`,
+//! `?id=3`), or sends many requests the edge refuses as malformed (methods, headers, paths,
+//! misdirected hosts) raises a signal: one WARN
 //! log event (`target: pqmesh::abuse`, naming the client, the signal and the count) and one
 //! increment of `pqmesh_gateway_abuse_signals_total{signal}`, once per signal and window. The
 //! client is in the log, not in a metric label: labels per client would grow without bound.
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Refused answers (401, 403, 404, 429) in a window that raise `refusals`.
 pub const REFUSALS: u32 = 20;
-/// Distinct numeric path segments in a window that raise `enumeration`.
+/// Distinct identifiers ([`ids`]) in a window that raise `enumeration`.
 pub const DISTINCT_IDS: usize = 20;
 /// Malformed requests (bad method, header, path, request, misdirected) that raise `unexpected`.
 pub const UNEXPECTED: u32 = 5;
@@ -65,13 +66,29 @@ struct Client {
 #[derive(Default)]
 pub struct Abuse {
     clients: Mutex<HashMap<String, Client>>,
+    /// When `untracked` was last raised: at most once per window, so a flood of new addresses
+    /// cannot flood the log (review 11, F8).
+    untracked: Mutex<Option<Instant>>,
 }
 
-/// The numeric segments of a path (`/orders/42/items/7` → 42, 7), at most 8.
-pub fn numeric_ids(path: &str) -> Vec<u64> {
+/// What looks like an identifier in a request, hashed: every path segment and query value
+/// that holds a digit (`/orders/42`, `/users/u1`, `/files/1fz`, `?id=7`), at most 8. Review 11
+/// F8: only all-digit path segments were counted, so `u1, u2, ...` or `?id=N` raised nothing.
+pub fn ids(path: &str, query: Option<&str>) -> Vec<u64> {
+    use std::hash::{Hash, Hasher};
+    let values = query
+        .into_iter()
+        .flat_map(|q| q.split(['&', ';']))
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v)));
     path.split('/')
-        .filter(|s| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
-        .filter_map(|s| s.parse().ok())
+        .map(|s| ("", s))
+        .chain(values)
+        .filter(|(_, v)| !v.is_empty() && v.len() <= 64 && v.bytes().any(|b| b.is_ascii_digit()))
+        .map(|(k, v)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (k, v).hash(&mut h);
+            h.finish()
+        })
         .take(8)
         .collect()
 }
@@ -99,6 +116,11 @@ impl Abuse {
         if clients.len() >= MAX_CLIENTS && !clients.contains_key(client) {
             clients.retain(|_, c| now.duration_since(c.since) < WINDOW);
             if clients.len() >= MAX_CLIENTS {
+                let mut last = self.untracked.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_some_and(|t| now.duration_since(t) < WINDOW) {
+                    return Vec::new();
+                }
+                *last = Some(now);
                 return vec![Signal::Untracked];
             }
         }
@@ -153,10 +175,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numeric_segments_are_the_ids() {
-        assert_eq!(numeric_ids("/orders/42/items/7"), [42, 7]);
-        assert_eq!(numeric_ids("/orders/4x2/v2"), Vec::<u64>::new());
-        assert_eq!(numeric_ids("/a/99999999999999999999"), Vec::<u64>::new());
+    fn segments_and_query_values_with_digits_are_ids() {
+        assert_eq!(ids("/orders/42/items/7", None).len(), 2);
+        assert_eq!(ids("/users/u1", Some("id=7&page=x")).len(), 2);
+        assert_eq!(ids("/orders/list", Some("sort=name")).len(), 0);
+        assert_ne!(ids("/u1", None), ids("/u2", None));
+        assert_ne!(ids("/", Some("id=1")), ids("/", Some("id=2")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_table_says_untracked_once_per_window() {
+        let a = Abuse::default();
+        for i in 0..MAX_CLIENTS {
+            a.observe(&format!("ip={i}"), 401, "no_token", &[]);
+        }
+        assert_eq!(
+            a.observe("ip=new1", 401, "no_token", &[]),
+            [Signal::Untracked]
+        );
+        assert!(a.observe("ip=new2", 401, "no_token", &[]).is_empty());
+        tokio::time::advance(WINDOW).await;
+        // The window ended: old clients are dropped and the new one is tracked.
+        assert!(a.observe("ip=new3", 401, "no_token", &[]).is_empty());
+        assert_eq!(a.count("ip=new3", Signal::Refusals), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,6 +22,27 @@ const FORWARDING: &[&str] = &[
     "front-end-https",
     "ssl-client-cert",
     "ssl-client-verify",
+    "remote-user",
+    "remote-groups",
+    "remote-email",
+    "remote-name",
+    "remote-addr",
+    "proxy-client-ip",
+    "wl-proxy-client-ip",
+    "https",
+    "gap-auth",
+    "tailscale-user-login",
+    "tailscale-user-name",
+    "tailscale-user-profile-pic",
+    "x-user",
+    "x-user-id",
+    "x-user-name",
+    "x-user-email",
+    "x-user-groups",
+    "x-user-roles",
+    "x-email",
+    "x-groups",
+    "x-roles",
 ];
 
 /// Prefixes of edge-owned header families (see [`FORWARDING`]): `x-forwarded-*` (for, host,
@@ -53,12 +74,37 @@ const FORWARDING_PREFIXES: &[&str] = &[
     "x-http-host-override",
     "x-userinfo",
     "x-jwt-",
+    // Review 11 F6: more auth proxies, platforms and servers.
+    "x-forwarded",
+    "x-webauth-",
+    "x-consumer-",
+    "x-credential-",
+    "x-anonymous-consumer",
+    "x-endpoint-api-",
+    "x-apigateway-",
+    "cf-access-",
+    "x-appengine-",
+    "x-pomerium-",
+    "x-vouch-",
+    "oidc-",
+    "shib-",
+    "x-ms-token-",
+    "x-zumo-",
+    "x-arr-",
+    "x-originating-ip",
+    "x-https",
+    "x-sendfile",
+    "x-accel-",
+    "x-lighttpd-send-file",
 ];
 
 /// Whether `name` (lower case, as `http` stores it) is a header only the edge may set.
 pub fn edge_owned(name: &str) -> bool {
     FORWARDING.contains(&name) || FORWARDING_PREFIXES.iter().any(|p| name.starts_with(p))
 }
+
+/// Methods that echo or expose the request as the backend received it.
+const ECHO_METHODS: &[&str] = &["TRACE", "TRACK", "DEBUG"];
 
 /// A request in the form routing, the EdgePolicy and the backend all see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,14 +150,39 @@ pub fn canonical_request<B>(req: &mut Request<B>) -> Result<Target, BadRequest> 
             decision: r.outcome(),
         }
     })?;
-    if method == hyper::Method::TRACE {
-        // TRACE echoes the request the backend received, and that carries the JWT the phantom
-        // token was exchanged for: outside clients must not read it.
+    if ECHO_METHODS.contains(&method.as_str()) {
+        // TRACE (and IIS's TRACK, ASP.NET's DEBUG) echo or expose the request the backend
+        // received, and that carries the JWT the phantom token was exchanged for: outside
+        // clients must not read it (review 10; review 11 F9 for TRACK and DEBUG).
         return Err(BadRequest {
             status: StatusCode::METHOD_NOT_ALLOWED,
-            text: "TRACE is not proxied".to_owned(),
+            text: format!("{method} is not proxied"),
             decision: "bad_method",
         });
+    }
+    if h2 && req.headers().get_all("cookie").iter().count() > 1 {
+        // RFC 9113 §8.2.3: HTTP/2 splits cookies over fields; to HTTP/1.1 they are one header,
+        // else apps read one of them (review 11, F9).
+        let joined: Vec<u8> = req
+            .headers()
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
+        let value = HeaderValue::from_bytes(&joined)
+            .map_err(|_| bad("cookie fields cannot be joined", "bad_header"))?;
+        req.headers_mut().insert("cookie", value);
+    }
+    if let Some(q) = req.uri().query() {
+        if query_params(q).any(|(_, k, _)| lenient_name(&k) == b"_method") {
+            // Rails, Laravel and Symfony run the method a `_method` parameter names (review 11,
+            // F2): the route and policy judged another. (A form body's `_method` is not read.)
+            return Err(bad(
+                "a _method parameter is refused (the app would run another method than the route judged)",
+                "bad_request",
+            ));
+        }
     }
     if req.headers().get_all("authorization").iter().count() > 1 {
         return Err(bad("more than one Authorization header", "bad_header"));
@@ -231,6 +302,17 @@ pub fn decode_component(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // `%uXXXX`: IIS and classic ASP.NET decode it (review 11, F1).
+        let wide = (b[i] == b'%' && matches!(b.get(i + 1), Some(b'u' | b'U')))
+            .then(|| s.get(i + 2..i + 6))
+            .flatten()
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .and_then(char::from_u32);
+        if let Some(c) = wide {
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            i += 6;
+            continue;
+        }
         let hex = (b[i] == b'%')
             .then(|| s.get(i + 1..i + 3))
             .flatten()
@@ -270,6 +352,11 @@ pub fn query_params(query: &str) -> impl Iterator<Item = (&str, Vec<u8>, Vec<u8>
 /// space and `[` become `_`; an array suffix `[...]` is dropped).
 pub fn lenient_name(decoded: &[u8]) -> Vec<u8> {
     let name = decoded.split(|b| *b == 0).next().unwrap_or_default();
+    // PHP drops leading spaces; other parsers trim either end (review 11, F1).
+    let junk = |b: &u8| b.is_ascii_whitespace() || b.is_ascii_control() || *b == 0x0b;
+    let start = name.iter().position(|b| !junk(b)).unwrap_or(name.len());
+    let end = name.iter().rposition(|b| !junk(b)).map_or(start, |i| i + 1);
+    let name = &name[start..end.max(start)];
     let name = match name.iter().position(|b| *b == b'[') {
         Some(i) if i > 0 && name.ends_with(b"]") => &name[..i],
         _ => name,

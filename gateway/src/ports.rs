@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::program::{label_of, Programmed};
 use crate::proxy::{self, Bound, Edge};
-use crate::watchdog::{Activity, Watched};
+use crate::watchdog::{Activity, Tracked, Watched};
 use crate::{outside_tls, routes, StartError};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -283,7 +283,11 @@ async fn serve_connection(
             let in_flight = activity.request();
             async move {
                 let response = proxy::handle(edge, bound, client, scheme, req).await;
-                drop(in_flight);
+                // In flight until the body is sent: a long download is not idle.
+                let response = response.map(|b| {
+                    use http_body_util::BodyExt;
+                    Tracked::new(b, in_flight).boxed()
+                });
                 Ok::<_, std::convert::Infallible>(response)
             }
         })

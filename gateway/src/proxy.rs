@@ -157,7 +157,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let ids = crate::abuse::numeric_ids(req.uri().path());
+    let ids = crate::abuse::ids(req.uri().path(), req.uri().query());
     let mut who = Who::default();
     let (route_name, response, decision) =
         match route_request(&edge, &bound, client, scheme, req, &mut who).await {
@@ -692,6 +692,10 @@ async fn authenticate(
         Accept::Jwt if !looks_like_jwt(bearer) => Some("this route takes JWTs only"),
         _ => None,
     };
+    let refused_form = refused_form.or_else(|| {
+        (looks_like_jwt(bearer) && pqmesh_sidecar::token::is_introspection_response(bearer))
+            .then_some("an introspection response is not an access token")
+    });
     if let Some(why) = refused_form {
         return Err(unauthorized(
             &format!("Bearer error=\"invalid_token\", error_description=\"{why}\""),

@@ -539,3 +539,4 @@ spec:
 mod outside_review;
 mod refused_objects;
 mod review10;
+mod review11;

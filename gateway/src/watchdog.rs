@@ -4,8 +4,10 @@
 //! connected, or finished its TLS handshake, and then sent nothing held a connection slot (per
 //! port and per address) for ever: 40 silent connections filled a port. Here every connection
 //! must bring its first request within [`FIRST_REQUEST`] of its start (accept, or the end of
-//! the TLS handshake), and is closed after [`IDLE`] without a byte either way while no request
-//! is in flight, or [`STALLED`] without a byte while one is.
+//! the TLS handshake); it is closed [`IDLE`] after its last request ended (its response body
+//! sent) while no request is in flight, or after [`STALLED`] without a byte either way while one
+//! is. Bytes alone do not keep an idle connection open: an HTTP/2 client sending a PING or a
+//! WINDOW_UPDATE every 20 s held its slot for good (review 11, F7).
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -31,6 +33,8 @@ pub struct Activity {
     start: Instant,
     /// Milliseconds after `start` of the last byte read or written.
     last: AtomicU64,
+    /// Milliseconds after `start` of the last request's start or end.
+    last_request: AtomicU64,
     requests: AtomicBool,
     in_flight: AtomicUsize,
 }
@@ -40,13 +44,23 @@ impl Activity {
         Arc::new(Activity {
             start: Instant::now(),
             last: AtomicU64::new(0),
+            last_request: AtomicU64::new(0),
             requests: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         })
     }
 
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
+        self.last.fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn touch_request(&self) {
+        let ms = self.now_ms();
+        self.last_request.fetch_max(ms, Ordering::Relaxed);
         self.last.fetch_max(ms, Ordering::Relaxed);
     }
 
@@ -54,6 +68,7 @@ impl Activity {
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.requests.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch_request();
         InFlight(self.clone())
     }
 
@@ -67,22 +82,57 @@ impl Activity {
         if !self.requests.load(Ordering::Relaxed) {
             return self.start + FIRST_REQUEST;
         }
-        let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+        let at = |t: &AtomicU64| self.start + Duration::from_millis(t.load(Ordering::Relaxed));
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            last + STALLED
+            at(&self.last) + STALLED
         } else {
-            last + IDLE
+            at(&self.last_request) + IDLE
         }
     }
 }
 
-/// A request in flight on a connection.
+/// A request in flight on a connection: held until its response body is sent ([`Tracked`]).
 pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
+        self.0.touch_request();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request in flight until hyper has sent it (or dropped it).
+pub struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, in_flight: InFlight) -> Self {
+        Tracked {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -196,10 +246,31 @@ mod tests {
         assert_eq!(started.elapsed(), STALLED);
     }
 
+    /// Review 11 F7: an HTTP/2 PING every 20 s moved bytes and kept an idle connection open.
+    #[tokio::test(start_paused = true)]
+    async fn bytes_without_a_request_in_flight_do_not_extend_idle() {
+        let activity = Activity::new();
+        drop(activity.request());
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut watched = Watched::new(server, activity.clone());
+        let pings = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut byte = [0u8; 1];
+            loop {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                client.write_all(b"p").await.unwrap();
+                watched.read_exact(&mut byte).await.unwrap();
+            }
+        };
+        let started = Instant::now();
+        assert!(serve(pings, &activity).await);
+        assert_eq!(started.elapsed(), IDLE);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn bytes_moving_keep_a_connection_open_and_an_ending_connection_is_not_cut() {
         let activity = Activity::new();
-        drop(activity.request());
+        let _in_flight = activity.request();
         let (client, server) = tokio::io::duplex(64);
         let mut watched = Watched::new(server, activity.clone());
         let mut client = client;

@@ -53,22 +53,26 @@ impl Revoked {
         self.identities.len() + self.serials.len() + self.clients.len() + self.subjects.len()
     }
 
-    /// Why a verified token is refused by the deny list, if it is: its `client_id` or its
-    /// `sub` claim is listed (compared byte for byte).
+    /// Why a verified token is refused by the deny list, if it is: a client claim (`client_id`,
+    /// or `azp` / `cid` as Keycloak, Auth0 and Okta name it) or its `sub` is listed (compared
+    /// byte for byte). A claim that is there but not a string cannot be compared, so it is
+    /// refused while the list has entries of its kind (review 11, F4: an array or a number
+    /// `client_id` passed).
     pub fn denies(
         &self,
         claims: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<&'static str> {
-        let listed = |set: &HashSet<String>, claim: &str| {
+        let listed = |set: &HashSet<String>, names: &[&str]| {
             !set.is_empty()
-                && claims
-                    .get(claim)
-                    .and_then(|v| v.as_str())
-                    .is_some_and(|v| set.contains(v))
+                && names.iter().any(|n| match claims.get(*n) {
+                    None => false,
+                    Some(serde_json::Value::String(v)) => set.contains(v),
+                    Some(_) => true,
+                })
         };
-        if listed(&self.clients, "client_id") {
+        if listed(&self.clients, &["client_id", "azp", "cid"]) {
             Some("client")
-        } else if listed(&self.subjects, "sub") {
+        } else if listed(&self.subjects, &["sub"]) {
             Some("subject")
         } else {
             None
@@ -124,6 +128,48 @@ mod tests {
             ..Default::default()
         };
         assert!(Revoked::from_mesh(&huge).is_err());
+    }
+
+    /// Review 11 F4: claims the list cannot compare fail closed; other client claim names count.
+    #[test]
+    fn denied_clients_and_subjects_fail_closed_on_claims_that_are_not_strings() {
+        let r = Revoked::from_mesh(&MeshState {
+            denied_clients: vec!["clientA".into()],
+            denied_subjects: vec!["mallory".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        for (c, want) in [
+            (serde_json::json!({"client_id": "clientA"}), Some("client")),
+            (
+                serde_json::json!({"client_id": ["clientA"]}),
+                Some("client"),
+            ),
+            (serde_json::json!({"client_id": 7}), Some("client")),
+            (serde_json::json!({"azp": "clientA"}), Some("client")),
+            (serde_json::json!({"cid": "clientA"}), Some("client")),
+            (
+                serde_json::json!({"client_id": "clientB", "sub": "mallory"}),
+                Some("subject"),
+            ),
+            (
+                serde_json::json!({"client_id": "clientB", "sub": ["x"]}),
+                Some("subject"),
+            ),
+            (
+                serde_json::json!({"client_id": "clientB", "sub": "alice"}),
+                None,
+            ),
+            (serde_json::json!({"client_id": "clienta"}), None),
+        ] {
+            assert_eq!(r.denies(&claims(c.clone())), want, "{c}");
+        }
+        // An empty list refuses nothing, whatever the claims look like.
+        assert_eq!(
+            Revoked::default().denies(&claims(serde_json::json!({"client_id": [1]}))),
+            None
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,6 +32,14 @@ pub use jwks::KeysHealth;
 pub use jws::MAX_TOKEN_LEN;
 pub use metrics::TokenMetrics;
 
+/// Whether `token` is an RFC 9701 introspection response (a JWS with `typ`
+/// `token-introspection+jwt`), the form the phantom-token exchange forwards inside the mesh. The
+/// edge refuses it from outside clients: it is not an access token, and it would outlive a
+/// revocation of the opaque token it came from (review 11, F3).
+pub fn is_introspection_response(token: &str) -> bool {
+    jws::decode(token).is_ok_and(|j| j.is_introspection_response())
+}
+
 use cache::DigestCache;
 use http::HttpClient;
 use issuer::Issuer;

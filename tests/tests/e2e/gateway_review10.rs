@@ -211,6 +211,23 @@ metadata: {name: premium-edge, namespace: shop}
 spec:
   targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: premium}
   token: {issuer: corp, scopes: ["orders:read"]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: any-token, namespace: shop}
+spec:
+  parentRefs: [{name: edge, sectionName: http}]
+  hostnames: [shop.example]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /orders/any}}]
+      backendRefs: [{name: orders, port: 80}]
+---
+apiVersion: pqmesh.io/v1alpha1
+kind: EdgePolicy
+metadata: {name: any-token-edge, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: any-token}
+  token: {issuer: corp, accept: any, scopes: ["orders:read"]}
 "#;
 
 /// One HTTP/2 request (prior knowledge) to `uri` exactly, `:authority` included.
@@ -288,6 +305,13 @@ async fn the_app_gets_one_method_one_host_one_reading_of_the_query_and_no_forged
         "/orders/1?access.token=x",
         "/orders/1?a=1;access_token=x",
         "/orders/1?access_token%00=x",
+        // Review 11 F1: PHP drops leading spaces of names; IIS decodes %uXXXX.
+        "/orders/q?%20tier=premium",
+        "/orders/q?ti%u0065r=premium",
+        "/orders/1?+access_token=x",
+        "/orders/1?%09access_token=x",
+        // Review 11 F2: Rails, Laravel and Symfony run the method `_method` names.
+        "/orders/1?_method=DELETE",
     ] {
         let answer = raw(http, &get(target, "")).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
@@ -296,6 +320,32 @@ async fn the_app_gets_one_method_one_host_one_reading_of_the_query_and_no_forged
         s.v1.load(Ordering::SeqCst),
         before,
         "no refused request reached the app"
+    );
+
+    // Review 11 F3: the JWT the exchange forwards (an RFC 9701 introspection response) is not
+    // an access token: presented from outside on a route that accepts JWTs, it is refused.
+    let r = call(http, "/orders/1", &[("authorization", &auth)]).await;
+    let exchanged = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("authorization: Bearer "))
+        .expect("the app received the exchanged JWT")
+        .to_owned();
+    let seen = s.v1.load(Ordering::SeqCst);
+    let r = call(
+        http,
+        "/orders/any/1",
+        &[("authorization", &bearer(&exchanged))],
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(s.v1.load(Ordering::SeqCst), seen, "the app got nothing");
+    assert_eq!(
+        call(http, "/orders/any/2", &[("authorization", &auth)])
+            .await
+            .status,
+        200,
+        "the route itself serves opaque tokens"
     );
 
     // F6: the value is matched decoded, as the app reads it.
