@@ -79,7 +79,7 @@ pub fn ids(path: &str, query: Option<&str>) -> Vec<u64> {
     let values = query
         .into_iter()
         .flat_map(|q| q.split(['&', ';']))
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v)));
+        .filter_map(|kv| kv.split_once('='));
     path.split('/')
         .map(|s| ("", s))
         .chain(values)
