@@ -13,6 +13,14 @@
 # orders:read, POST /orders needs orders:write: the demo shows one allowed and one refused
 # request with the same read-only token, and one without a token.
 #
+# Then an outside client enters through the edge gateway (pqmesh-gateway, identity shop/gateway, in
+# local mode: Gateway API YAML, an EdgePolicy and its own certificate for shop.example, written to
+# its directory at run time): curl and Node 24 on this machine call https://shop.example/orders/...
+# with the opaque token; the gateway exchanges it (phantom token), forwards the request over PQ
+# mTLS to B's sidecar, which admits shop/gateway too, and B's app receives the signed JWT and the
+# gateway's SPIFFE ID. Without a token the gateway answers 401, without the route's scope 403.
+# The gateway's metrics show the key exchange each client negotiated.
+#
 # Two modes:
 #   network-namespace mode (the default as root): every workload is a "pod" like in Kubernetes:
 #     a network namespace with its own IP on a private bridge, the iptables rules of
@@ -21,9 +29,12 @@
 #     iptables hands that connection to A's sidecar, and B's sidecar hands it to B's app with
 #     the caller's SPIFFE ID in the x-pqmesh-peer-identity header. The OAuth server listens on
 #     127.0.0.1:9000 inside pod B (see start_oauth_server for why).
+#     The gateway runs in a pod of its own (no iptables: it is no workload's sidecar) and dials
+#     B's pod IP; port forwards (like `kubectl port-forward`) connect 127.0.0.1:<free port> on the
+#     host to its HTTPS listener, and 127.0.0.1:9000 in its pod to the OAuth server in pod B.
 #   loopback mode (not root, --loopback, or network namespaces unavailable): everything on
 #     127.0.0.1, sidecars in explicit mode (A's outbound listener forwards to B's inbound with a
-#     configured peer ID), no iptables.
+#     configured peer ID), no iptables; the gateway dials B's sidecar's inbound port.
 #
 # Logs are written to .demo/ at the repository root (recreated on every run). Everything the
 # demo starts or creates (processes, namespaces, links) is stopped and removed when it ends,
@@ -39,7 +50,10 @@ OAuth server (tests/oauth/server.mjs), sends HTTP requests from workload A (shop
 (shop/api) over hybrid post-quantum mTLS, shows that workload C (shop/intruder) is refused by B's
 sidecar, shows B's token policy at work (an opaque "phantom" token exchanged for the signed
 introspection JWT: GET /orders/42 allowed, POST /orders refused for lack of scope, no token
-refused), prints a summary and stops everything again. Exits 0 only if all checks pass.
+refused), then sends an outside client (curl, and Node 24 for the hybrid post-quantum key exchange)
+through the edge gateway pqmesh-gateway (shop/gateway) to B over HTTPS (allowed; 401 without a
+token, 403 without the route's scope), prints a summary and stops everything again. Exits 0 only
+if all checks pass.
 
 The OAuth server needs Node 24 and the npm package oidc-provider; when they are missing the demo
 installs them first (npm, network access to the npm registry): Node 24 into .tools/
@@ -52,7 +66,10 @@ modes:
                      `pqmesh-sidecar init` installs the iptables interception rules in each pod,
                      the sidecars run as UID 1337, the apps as UID 1000, and A's unmodified app
                      calls http://<B's pod IP>:8080/orders/1. The OAuth server runs in pod B's
-                     namespace on 127.0.0.1:9000.
+                     namespace on 127.0.0.1:9000. The gateway runs in pod "gw" (no iptables);
+                     the host reaches its HTTPS listener (:8443 in the pod) through a port
+                     forward on 127.0.0.1:<a free port>, and a second forward gives the gateway
+                     the OAuth server on 127.0.0.1:9000 in its pod.
   otherwise          loopback mode: everything on 127.0.0.1 with explicit sidecar ports (A's
                      outbound listener is configured with B's address and identity), no
                      iptables interception. Used when not root, with --loopback, or when
@@ -68,7 +85,8 @@ options:
 environment:
   PQMESH_DEMO_PORT_BASE      loopback mode: base port (default 17000). The demo uses base+12 and
                              base+14 (control plane), base+20 (OAuth server), base+100..106 (A),
-                             base+200..280 (B) and base+300..306 (C), all on 127.0.0.1.
+                             base+200..280 (B), base+300..306 (C) and base+421 and base+443
+                             (the gateway's admin and HTTPS listener), all on 127.0.0.1.
   PQMESH_DEMO_APP_UID        network-namespace mode: UID the apps run as (default 1000)
   PQMESH_DEMO_FORCE_NONROOT  =1: decide the mode as if not root (tests the loopback fallback)
   PQMESH_LOG                 log filter for the pqmesh processes (default info)
@@ -302,7 +320,7 @@ fi
 if command -v flock >/dev/null 2>&1 && { exec 8<"$ROOT"; } 2>/dev/null; then
     flock -n 8 || fail "another deploy/local/demo.sh is running in this checkout (it would share .demo/); stop it or wait for it to finish"
 fi
-for tool in cargo python3 curl od; do
+for tool in cargo python3 curl od openssl; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         hint=""
         [[ "$tool" != cargo || -z "${SUDO_USER:-}" ]] ||
@@ -371,19 +389,23 @@ if [[ "$MODE" == loopback ]]; then
     B_ADMIN=$((BASE + 200)) B_IN=$((BASE + 206)) B_APP=$((BASE + 280))
     C_ADMIN=$((BASE + 300)) C_OUT=$((BASE + 301)) C_IN=$((BASE + 306)) C_APP=$((BASE + 380))
     OAUTH_PORT=$((BASE + 20))
+    GW_ADMIN=$((BASE + 421)) GW_PORT=$((BASE + 443)) # the gateway's admin and HTTPS listener
     B_APP_PORT=$B_APP # the port B's policy applies to: the app port B's sidecar forwards to
     PORTS=(
         "$CP_GRPC:control plane gRPC" "$CP_ADMIN:control plane admin" "$OAUTH_PORT:OAuth server"
         "$A_ADMIN:sidecar A admin" "$A_OUT:sidecar A outbound" "$A_IN:sidecar A inbound"
         "$B_ADMIN:sidecar B admin" "$B_IN:sidecar B inbound" "$B_APP:workload B app"
         "$C_ADMIN:sidecar C admin" "$C_OUT:sidecar C outbound" "$C_IN:sidecar C inbound"
+        "$GW_ADMIN:gateway admin" "$GW_PORT:gateway HTTPS"
     )
 else
     # Network-namespace mode: the ports are the sidecar's defaults inside each pod (admin 15000,
     # outbound 15001, inbound 15006), the control plane's in its own namespace; nothing to check.
     NET=10.213.99 # the pods' subnet; it only exists on this run's own bridge
-    IP_CP=$NET.2 IP_A=$NET.11 IP_B=$NET.12 IP_C=$NET.13
+    IP_CP=$NET.2 IP_A=$NET.11 IP_B=$NET.12 IP_C=$NET.13 IP_GW=$NET.14
     NS_SW=$NS_PREFIX-sw NS_CP=$NS_PREFIX-cp NS_A=$NS_PREFIX-a NS_B=$NS_PREFIX-b NS_C=$NS_PREFIX-c
+    NS_GW=$NS_PREFIX-gw
+    GW_PORT=8443 # the gateway's HTTPS listener in its pod (admin: 127.0.0.1:15021 there)
     APP_PORT=8080
     B_APP_PORT=$APP_PORT
     OAUTH_PORT=9000 # on 127.0.0.1 inside pod B (see start_oauth_server)
@@ -436,7 +458,8 @@ TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
     fail "could not find cargo's target directory (cargo metadata failed)"
 CP_BIN="$TARGET_DIR/debug/pqmesh-control-plane"
 SIDECAR_BIN="$TARGET_DIR/debug/pqmesh-sidecar"
-for bin in "$CP_BIN" "$SIDECAR_BIN"; do
+GATEWAY_BIN="$TARGET_DIR/debug/pqmesh-gateway"
+for bin in "$CP_BIN" "$SIDECAR_BIN" "$GATEWAY_BIN"; do
     [[ -x "$bin" ]] || fail "expected binary $bin after the build, it is not there"
 done
 
@@ -458,6 +481,7 @@ TD=cluster.local
 ID_A="spiffe://$TD/ns/shop/sa/web"
 ID_B="spiffe://$TD/ns/shop/sa/api"
 ID_C="spiffe://$TD/ns/shop/sa/intruder"
+ID_GW="spiffe://$TD/ns/shop/sa/gateway" # the edge gateway's own mesh identity
 
 random_token() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
 (
@@ -465,7 +489,7 @@ random_token() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
     {
         echo "# written by deploy/local/demo.sh: bootstrap token -> workload identity"
         echo "tokens:"
-        for sa in web api intruder; do
+        for sa in web api intruder gateway; do
             token=$(random_token)
             [[ ${#token} -ge 32 ]] || exit 1
             printf '%s\n' "$token" >"$TOKENS_DIR/$sa.token"
@@ -483,9 +507,8 @@ chmod 600 "$CP_DIR/bootstrap-tokens.yaml" "$TOKENS_DIR"/*.token
 GATEWAY_CLIENT=shop-gateway GATEWAY_SECRET=shop-gateway-secret-0123456789 # tests/oauth/server.mjs's
 SHOP_CLIENT=shop-client SHOP_SECRET=shop-client-secret-0123456789          # demo clients
 mkdir -m 700 "$CP_DIR/policies"
-cat >"$CP_DIR/policies/orders.yaml" <<EOF
-# written by deploy/local/demo.sh: who may call B (shop/api, label app=orders), with which token.
-# The control plane reloads this directory when a file changes: edit it while --keep-running.
+# The TokenIssuer: the control plane's (for B's sidecar) and the gateway's own (config/issuer.yaml).
+ISSUER_YAML=$(cat <<EOF
 apiVersion: pqmesh.io/v1alpha1
 kind: TokenIssuer
 metadata: {name: corp, namespace: shop}
@@ -500,6 +523,12 @@ spec:
     endpoint: $OAUTH_ISS/token/introspection
     clientId: $GATEWAY_CLIENT
     clientSecretRef: {name: gateway, key: client-secret}
+EOF
+)
+cat >"$CP_DIR/policies/orders.yaml" <<EOF
+# written by deploy/local/demo.sh: who may call B (shop/api, label app=orders), with which token.
+# The control plane reloads this directory when a file changes: edit it while --keep-running.
+$ISSUER_YAML
 ---
 apiVersion: pqmesh.io/v1alpha1
 kind: AccessPolicy
@@ -507,7 +536,7 @@ metadata: {name: orders, namespace: shop}
 spec:
   selector: {matchLabels: {app: orders}}
   ports: [$B_APP_PORT]
-  peers: ["$ID_A"]   # only A (shop/web): C is refused whatever token it shows
+  peers: ["$ID_A", "$ID_GW"]   # A (shop/web) and the edge gateway: C is refused whatever token it shows
   token: {issuers: [corp]}
   rules:                   # the first rule matching method and path decides; no match: 403
     - methods: [GET]
@@ -570,7 +599,7 @@ as_uid() { # ns uid command... (no capabilities, no supplementary groups)
         env -i "${BASE_ENV[@]}" "$@"
 }
 
-admin_get() { # cp|a|b|c path -> the admin endpoint's body; non-zero unless 2xx
+admin_get() { # cp|a|b|c|gw path -> the admin endpoint's body; non-zero unless 2xx
     local port ns
     if [[ "$MODE" == netns ]]; then
         case "$1" in
@@ -578,6 +607,7 @@ admin_get() { # cp|a|b|c path -> the admin endpoint's body; non-zero unless 2xx
             a) ns=$NS_A port=15000 ;;
             b) ns=$NS_B port=15000 ;;
             c) ns=$NS_C port=15000 ;;
+            gw) ns=$NS_GW port=15021 ;;
         esac
         # The admin listeners are on 127.0.0.1 inside each pod (never intercepted).
         in_ns "$ns" "$CURL" -fsS --max-time 3 "http://127.0.0.1:$port$2"
@@ -587,6 +617,7 @@ admin_get() { # cp|a|b|c path -> the admin endpoint's body; non-zero unless 2xx
             a) port=$A_ADMIN ;;
             b) port=$B_ADMIN ;;
             c) port=$C_ADMIN ;;
+            gw) port=$GW_ADMIN ;;
         esac
         http_get "http://$HOST:$port$2"
     fi
@@ -705,6 +736,184 @@ wait_policy() { # until B's sidecar runs the policy `orders` the control plane p
 }
 
 # ---------------------------------------------------------------------------------------------
+# The edge gateway (pqmesh-gateway in local mode, docs/gateway.md)
+# ---------------------------------------------------------------------------------------------
+# Its directory: config/*.yaml (Gateway API objects, the EdgePolicy, the TokenIssuer), the
+# listener's certificate for shop.example (certs/shop/edge-cert/, made here with openssl; the
+# outside clients trust it through .demo/gateway-ca.pem), secrets.yaml (0600: the introspection
+# client's secret) and backends.yaml (Service shop/orders -> B, and the identity B must present).
+GW_HOSTNAME=shop.example
+GW_CA="$DEMO/gateway-ca.pem"
+write_gateway_dir() { # dir backend-address owner (uid:gid)
+    local dir=$1 backend=$2 owner=$3
+    mkdir -m 0700 "$dir" "$dir/config" "$dir/certs" "$dir/certs/shop" "$dir/certs/shop/edge-cert"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=$GW_HOSTNAME" -addext "subjectAltName=DNS:$GW_HOSTNAME" \
+        -keyout "$dir/certs/shop/edge-cert/tls.key" -out "$dir/certs/shop/edge-cert/tls.crt" \
+        >"$DEMO/openssl.log" 2>&1 || fail "openssl could not make the gateway's certificate (see .demo/openssl.log)"
+    cp "$dir/certs/shop/edge-cert/tls.crt" "$GW_CA"
+    cat >"$dir/config/edge.yaml" <<EOF
+# written by deploy/local/demo.sh: the edge. The gateway re-reads this directory every second.
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: pqmesh}
+spec: {controllerName: pqmesh.io/gateway}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  gatewayClassName: pqmesh
+  listeners:
+    - name: https
+      port: $GW_PORT
+      protocol: HTTPS
+      hostname: $GW_HOSTNAME
+      tls: {certificateRefs: [{name: edge-cert}]}   # certs/shop/edge-cert/tls.crt, tls.key
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: orders, namespace: shop}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [$GW_HOSTNAME]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /orders}}]
+      backendRefs: [{name: orders, port: 80}]       # backends.yaml: B
+---
+apiVersion: pqmesh.io/v1alpha1
+kind: EdgePolicy
+metadata: {name: orders-edge, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}
+  token: {issuer: corp, scopes: ["orders:read"]}   # opaque tokens only, exchanged for the JWT
+EOF
+    printf '%s\n' "# written by deploy/local/demo.sh: the issuer the EdgePolicy names" "$ISSUER_YAML" \
+        >"$dir/config/issuer.yaml"
+    cat >"$dir/backends.yaml" <<EOF
+# written by deploy/local/demo.sh: which mesh endpoint serves Service shop/orders, and who must answer
+services:
+  - name: shop/orders
+    port: 80
+    endpoints: [{address: "$backend", identity: "$ID_B"}]
+EOF
+    (
+        umask 077
+        cat >"$dir/secrets.yaml" <<EOF
+# written by deploy/local/demo.sh (must be mode 0600)
+secrets:
+  - {namespace: shop, name: gateway, data: {client-secret: $GATEWAY_SECRET}}
+EOF
+    )
+    chmod 0600 "$dir/secrets.yaml" "$dir/certs/shop/edge-cert/tls.key"
+    chown -R "$owner" "$dir"
+}
+
+# A TCP port forward across network namespaces (network-namespace mode only): listens where it is
+# started, then enters the network namespace it forwards into (setns) and connects there for
+# each connection. Prints "LISTENING <port>" once it listens.
+FORWARD_PY='
+import ctypes, os, socket, sys, threading
+host, port, netns, to_host, to_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((host, port))
+srv.listen(64)
+fd = os.open(netns, os.O_RDONLY)
+if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+    sys.exit("setns %s: %s" % (netns, os.strerror(ctypes.get_errno())))
+os.close(fd)
+print("LISTENING %d (-> %s:%d in %s)" % (srv.getsockname()[1], to_host, to_port, netns), flush=True)
+def pump(src, dst):
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def both(client, upstream):
+    t = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+    t.start()
+    pump(client, upstream)
+    t.join()
+    client.close()
+    upstream.close()
+while True:
+    client, _ = srv.accept()
+    try:  # connected from this (the main) thread: it is in the target namespace
+        upstream = socket.create_connection((to_host, to_port), timeout=5)
+        upstream.settimeout(None)
+    except OSError as e:
+        print("connect %s:%d: %s" % (to_host, to_port, e), flush=True)
+        client.close()
+        continue
+    threading.Thread(target=both, args=(client, upstream), daemon=True).start()
+'
+
+forward_port() { # name -> the port its "LISTENING <port>" line names (waits up to 10 s)
+    local line deadline=$((SECONDS + 10)) pid
+    pid=$(pid_of "$1")
+    while :; do
+        line=$(grep -m1 '^LISTENING ' "$DEMO/$1.log" 2>/dev/null || true)
+        if [[ -n "$line" ]]; then
+            line=${line#LISTENING }
+            echo "${line%% *}"
+            return 0
+        fi
+        alive "$pid" || fail "the port forward $1 exited (see .demo/$1.log)"
+        ((SECONDS < deadline)) || fail "the port forward $1 did not listen within 10 s (see .demo/$1.log)"
+        sleep 0.1
+    done
+}
+
+# Network-namespace mode: the gateway's pod (started once the control plane is ready).
+start_gateway_netns() {
+    mkdir -m 0755 "$RUN_DIR/pod-gw"
+    cp "$CP_DIR/trust-bundle.pem" "$RUN_DIR/pod-gw/trust-bundle.pem"
+    chmod 0644 "$RUN_DIR/pod-gw/trust-bundle.pem"
+    cp "$TOKENS_DIR/gateway.token" "$RUN_DIR/pod-gw/token"
+    chown "$PROXY_UID:$PROXY_UID" "$RUN_DIR/pod-gw/token"
+    chmod 0400 "$RUN_DIR/pod-gw/token"
+    GW_DIR="$RUN_DIR/pod-gw/gateway"
+    write_gateway_dir "$GW_DIR" "$IP_B:$APP_PORT" "$PROXY_UID:$PROXY_UID"
+    # The gateway pod has no iptables rules: the gateway dials B's pod IP and app port itself, and
+    # pod B's rules hand the connection to B's sidecar (as with Kubernetes discovery).
+    start gateway ip netns exec "$NS_GW" setpriv --reuid "$PROXY_UID" --regid "$PROXY_UID" \
+        --clear-groups --inh-caps=-all env -i "${BASE_ENV[@]}" \
+        PQMESH_GATEWAY_DIR="$GW_DIR" \
+        PQMESH_GATEWAY_LISTEN_HOST=0.0.0.0 \
+        PQMESH_GATEWAY_ADMIN_ADDR=127.0.0.1:15021 \
+        PQMESH_CONTROL_PLANE_ADDR="$IP_CP:15012" \
+        PQMESH_TRUST_BUNDLE="$RUN_DIR/pod-gw/trust-bundle.pem" \
+        PQMESH_BOOTSTRAP_TOKEN_FILE="$RUN_DIR/pod-gw/token" \
+        PQMESH_KEY_ALG="$KEY_ALG" \
+        "$BIN/pqmesh-gateway"
+    # pqmesh takes http:// only to loopback issuers: the OAuth server (127.0.0.1:9000 in pod B)
+    # appears on 127.0.0.1:9000 in the gateway's pod too.
+    start oauth-forward ip netns exec "$NS_GW" env -i "${BASE_ENV[@]}" \
+        "$PY" -u -c "$FORWARD_PY" 127.0.0.1 "$OAUTH_PORT" "/run/netns/$NS_B" 127.0.0.1 "$OAUTH_PORT"
+    # The outside clients on this machine: 127.0.0.1:<a free port> -> the gateway's :8443.
+    start gateway-forward env -i "${BASE_ENV[@]}" \
+        "$PY" -u -c "$FORWARD_PY" 127.0.0.1 0 "/run/netns/$NS_GW" 127.0.0.1 "$GW_PORT"
+}
+
+wait_gateway() {
+    wait_ready gateway "its admin /ready: a mesh certificate for $ID_GW" "" admin_get gw /ready
+    if [[ "$MODE" == netns ]]; then
+        forward_port oauth-forward >/dev/null
+        GW_OUT_PORT=$(forward_port gateway-forward)
+    else
+        GW_OUT_PORT=$GW_PORT
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
 # The OAuth server (tests/oauth/server.mjs: oidc-provider on Node 24)
 # ---------------------------------------------------------------------------------------------
 # pqmesh accepts plain http:// for an issuer's JWKS and introspection endpoints on loopback hosts
@@ -818,7 +1027,7 @@ print_call() { # what call_b did: the command, the status (and WWW-Authenticate)
 # ---------------------------------------------------------------------------------------------
 start_loopback() {
     echo
-    echo "== starting the OAuth server, the control plane and three sidecars on $HOST (state and logs in .demo/) =="
+    echo "== starting the OAuth server, the control plane, three sidecars and the edge gateway on $HOST (state and logs in .demo/) =="
     echo "  certificates: $KEY_ALG; ports from PQMESH_DEMO_PORT_BASE=$BASE; OAuth server $OAUTH_ISS"
     REQUESTS_FILE="$DEMO/app-b.requests"
     : >"$REQUESTS_FILE"
@@ -835,6 +1044,19 @@ start_loopback() {
 
     start app-b python3 -u "$SCRIPT_DIR/hello_app.py" --port "$B_APP" --requests-file "$REQUESTS_FILE"
 
+    # The edge gateway, shop/gateway: HTTPS on $HOST:$GW_PORT, forwarding to B's sidecar's inbound.
+    GW_DIR="$DEMO/gateway"
+    write_gateway_dir "$GW_DIR" "$HOST:$B_IN" "$(id -u):$(id -g)"
+    start gateway env \
+        PQMESH_GATEWAY_DIR="$GW_DIR" \
+        PQMESH_GATEWAY_LISTEN_HOST="$HOST" \
+        PQMESH_GATEWAY_ADMIN_ADDR="$HOST:$GW_ADMIN" \
+        PQMESH_CONTROL_PLANE_ADDR="$HOST:$CP_GRPC" \
+        PQMESH_TRUST_BUNDLE="$CP_DIR/trust-bundle.pem" \
+        PQMESH_BOOTSTRAP_TOKEN_FILE="$TOKENS_DIR/gateway.token" \
+        PQMESH_KEY_ALG="$KEY_ALG" \
+        "$GATEWAY_BIN"
+
     # B: the server, labelled app=orders so that the control plane pushes it the policy `orders`
     # (which then decides who may come in; until it arrives, the allow-list admits only shop/web).
     loopback_sidecar sidecar-b api "$B_ADMIN" "$B_IN" "$B_APP" "$ID_A" app=orders
@@ -848,6 +1070,7 @@ start_loopback() {
     wait_ready sidecar-a "http://$HOST:$A_ADMIN/ready" "" admin_get a /ready
     wait_ready sidecar-c "http://$HOST:$C_ADMIN/ready" "" admin_get c /ready
     wait_oauth_server
+    wait_gateway
 
     A_WHERE="A's app talks to its sidecar's outbound port; the sidecar is configured with B's address and identity"
     C_WHERE="C's app, through its sidecar's outbound port, configured like A's"
@@ -887,14 +1110,14 @@ start_netns() {
     chmod 0755 "$RUN_DIR"
     BIN="$RUN_DIR/bin"
     mkdir -m 0755 "$BIN" "$RUN_DIR/pod-a" "$RUN_DIR/pod-b" "$RUN_DIR/pod-c"
-    cp "$CP_BIN" "$SIDECAR_BIN" "$SCRIPT_DIR/hello_app.py" "$BIN/"
+    cp "$CP_BIN" "$SIDECAR_BIN" "$GATEWAY_BIN" "$SCRIPT_DIR/hello_app.py" "$BIN/"
     chmod 0755 "$BIN"/*
 
     echo
     echo "== pods: network namespaces on a private bridge (state and logs in .demo/) =="
     NETNS_USED=1
     local ns
-    for ns in "$NS_SW" "$NS_CP" "$NS_A" "$NS_B" "$NS_C"; do
+    for ns in "$NS_SW" "$NS_CP" "$NS_A" "$NS_B" "$NS_C" "$NS_GW"; do
         ip netns add "$ns" 2>"$DEMO/netns.err" ||
             fail "cannot create network namespace $ns: $(cat "$DEMO/netns.err")"
         ip -n "$ns" link set lo up
@@ -914,12 +1137,15 @@ start_netns() {
     attach "$NS_A" "$IP_A" veth-a
     attach "$NS_B" "$IP_B" veth-b
     attach "$NS_C" "$IP_C" veth-c
+    attach "$NS_GW" "$IP_GW" veth-gw
     start_oauth_server # now (it only needs pod B's namespace): Node takes a moment to start
     printf '  %-14s %-22s %-12s %s\n' \
         "pod A" "$NS_A" "$IP_A" "shop/web: sidecar (UID $PROXY_UID), app = curl (UID $APP_UID)" \
         "pod B" "$NS_B" "$IP_B" "shop/api, label app=orders: sidecar, hello app on :$APP_PORT (UID $APP_UID)" \
         "" "" "" "+ the OAuth server on 127.0.0.1:$OAUTH_PORT (UID $OAUTH_UID; outside the mesh)" \
         "pod C" "$NS_C" "$IP_C" "shop/intruder: sidecar, app = curl (UID $APP_UID)" \
+        "pod gw" "$NS_GW" "$IP_GW" "shop/gateway: pqmesh-gateway (UID $PROXY_UID), HTTPS :$GW_PORT, no iptables" \
+        "" "" "" "+ port forwards: host 127.0.0.1:<free port> -> its :$GW_PORT, its 127.0.0.1:$OAUTH_PORT -> pod B's" \
         "control plane" "$NS_CP" "$IP_CP" "gRPC :15012, admin 127.0.0.1:15014"
     echo "  bridge br0 in $NS_SW; certificates: $KEY_ALG"
 
@@ -939,6 +1165,9 @@ endpoints:
   - ip: $IP_C
     namespace: shop
     serviceAccount: intruder
+  - ip: $IP_GW
+    namespace: shop
+    serviceAccount: gateway
 EOF
     )
     start control-plane ip netns exec "$NS_CP" env -i "${BASE_ENV[@]}" \
@@ -963,7 +1192,7 @@ EOF
     done
 
     echo
-    echo "== starting the OAuth server, the control plane, B's app and the three sidecars =="
+    echo "== starting the OAuth server, the control plane, B's app, the three sidecars and the gateway =="
     wait_ready control-plane "http://127.0.0.1:15014/ready in $NS_CP" "$CP_DIR/trust-bundle.pem" \
         admin_get cp /ready
 
@@ -977,6 +1206,7 @@ EOF
         chown "$PROXY_UID:$PROXY_UID" "$RUN_DIR/pod-$pod/token"
         chmod 0400 "$RUN_DIR/pod-$pod/token"
     done
+    start_gateway_netns
     REQUESTS_FILE="$RUN_DIR/pod-b/app-b.requests"
     : >"$REQUESTS_FILE"
     chown "$APP_UID:$APP_UID" "$REQUESTS_FILE"
@@ -1002,6 +1232,7 @@ EOF
         wait_ready "sidecar-$pod" "http://127.0.0.1:15000/ready in $NS_PREFIX-$pod" "" admin_get "$pod" /ready
     done
     wait_oauth_server
+    wait_gateway
 
     A_WHERE="A's app, UID $APP_UID in $NS_A, calls B's pod IP and app port: no sidecar address, no proxy settings"
     C_WHERE="C's app, UID $APP_UID in $NS_C, calls B's pod IP and app port like A's"
@@ -1187,12 +1418,153 @@ B_POLICY=$(b_policy)
 POLICY_VERSION=${B_POLICY%%$'\t'*}
 
 # ---------------------------------------------------------------------------------------------
+# The outside client through the edge gateway
+# ---------------------------------------------------------------------------------------------
+# From this machine (in network-namespace mode through the port forward), with curl and then
+# Node 24, over HTTPS to shop.example. Sets CALL_* like call_b; returns the client's exit code.
+call_gw() { # curl|node path token-or-""
+    local client=$1 path=$2 token=$3 out meta rc=0
+    local url="https://$GW_HOSTNAME:$GW_OUT_PORT$path"
+    if [[ "$client" == curl ]]; then
+        local args=(-sS --max-time 5 --cacert "$GW_CA" --resolve "$GW_HOSTNAME:$GW_OUT_PORT:127.0.0.1"
+            -w '\n%{http_code} %header{www-authenticate}')
+        local show=(curl --cacert .demo/gateway-ca.pem --resolve "$GW_HOSTNAME:$GW_OUT_PORT:127.0.0.1")
+        if [[ -n "$token" ]]; then
+            args+=(-H "Authorization: Bearer $token")
+            # shellcheck disable=SC2016 # shown to the reader as is
+            show+=(-H '"Authorization: Bearer $TOKEN"')
+        fi
+        out=$(curl --noproxy '*' "${args[@]}" "$url" 2>"$DEMO/curl-gw.err") || rc=$?
+        CALL_SHOW="${show[*]} $url"
+    else
+        # Node 24 (OpenSSL 3.5) offers X25519MLKEM768 first; the gateway prefers it.
+        out=$(TOKEN="$token" timeout 10 env -u NODE_OPTIONS "$NODE24" -e '
+const https = require("https"), fs = require("fs");
+const [port, ca, host, path] = process.argv.slice(1);
+const headers = {host: host + ":" + port};
+if (process.env.TOKEN) headers.authorization = "Bearer " + process.env.TOKEN;
+const req = https.request({host: "127.0.0.1", port, path, servername: host, ca: fs.readFileSync(ca), headers}, res => {
+  let body = ""; res.setEncoding("utf8"); res.on("data", d => body += d);
+  res.on("end", () => console.log(body.replace(/\n$/, "") + "\n" + res.statusCode + " " + (res.headers["www-authenticate"] || "")));
+});
+req.on("error", e => { console.error(e.message); process.exit(1); });
+req.end();' "$GW_OUT_PORT" "$GW_CA" "$GW_HOSTNAME" "$path" 2>"$DEMO/node-gw.err") || rc=$?
+        CALL_SHOW="node -e 'https.request({host: \"127.0.0.1\", port: $GW_OUT_PORT, servername: \"$GW_HOSTNAME\", path: \"$path\", headers: {authorization: \"Bearer \$TOKEN\"}, ca: <.demo/gateway-ca.pem>})'   (Node 24)"
+    fi
+    meta=${out##*$'\n'}
+    CALL_BODY=${out%$'\n'*}
+    [[ "$out" == *$'\n'* ]] || CALL_BODY=
+    CALL_BODY=${CALL_BODY%$'\n'}
+    CALL_STATUS=${meta%% *}
+    CALL_STATUS=${CALL_STATUS:-000}
+    CALL_WWW=${meta#"$CALL_STATUS"}
+    CALL_WWW=${CALL_WWW# }
+    return "$rc"
+}
+
+gw_handshakes() { # -> the gateway's pqmesh_gateway_tls_handshakes_total samples
+    metric_lines gw pqmesh_gateway_tls_handshakes_total
+}
+
+handshake_grown() { # before after -> "group<TAB>version" of the series that grew most ("" if none)
+    python3 -c '
+import re, sys
+def parse(text):
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^pqmesh_gateway_tls_handshakes_total\{(.*)\}\s+(\S+)", line)
+        if m:
+            labels = dict(re.findall(r"(\w+)=\"((?:[^\"\\]|\\.)*)\"", m.group(1)))
+            out[(labels.get("group", ""), labels.get("version", ""))] = float(m.group(2))
+    return out
+before, after = parse(sys.argv[1]), parse(sys.argv[2])
+grown = sorted((after[k] - before.get(k, 0), k) for k in after if after[k] > before.get(k, 0))
+if grown:
+    print("\t".join(grown[-1][1]))
+' "$1" "$2"
+}
+
+gw_check_allowed() { # client: the last call_gw was a 200 from B's app, as the gateway, with the JWT
+    [[ "$CALL_STATUS" == 200 && "$CALL_BODY" == "hello from workload B (shop/api); caller: $ID_GW; $JWT_SAYS"* &&
+        "$CALL_BODY" == *'scope="orders:read"'* ]] ||
+        fail "$1 through the gateway: expected 200 and B's app reporting caller $ID_GW and the signed introspection JWT, got HTTP $CALL_STATUS '$CALL_BODY'"
+}
+
+echo
+echo "== an outside client -> the edge gateway (shop/gateway) -> B (shop/api) =="
+if [[ "$MODE" == netns ]]; then
+    echo "  (pqmesh-gateway, $ID_GW, runs in pod $NS_GW ($IP_GW); curl and"
+    echo "   Node on this machine reach its HTTPS listener :$GW_PORT through the port forward 127.0.0.1:$GW_OUT_PORT)"
+else
+    echo "  (pqmesh-gateway as $ID_GW; HTTPS listener $HOST:$GW_PORT, admin $HOST:$GW_ADMIN)"
+fi
+echo "  (route https://$GW_HOSTNAME/orders -> Service shop/orders = B over PQ mTLS; EdgePolicy: an opaque"
+echo "   corp token with orders:read, exchanged at the gateway for the JWT the OAuth server signs)"
+APP_REQUESTS_GW0=$(count_requests)
+HS0=$(gw_handshakes)
+rc=0
+call_gw curl /orders/7 "$TOKEN" || rc=$?
+print_call
+((rc == 0)) || fail "curl through the gateway failed (curl exit code $rc: $(tr -s '\n' ' ' <"$DEMO/curl-gw.err"))"
+gw_check_allowed curl
+GW_CURL_BODY=$CALL_BODY
+HS1=$(gw_handshakes)
+GW_CURL_HS=$(handshake_grown "$HS0" "$HS1")
+[[ -n "$GW_CURL_HS" ]] || fail "the gateway's /metrics shows no new handshake for curl (pqmesh_gateway_tls_handshakes_total)"
+GW_CURL_GROUP=${GW_CURL_HS%%$'\t'*} GW_CURL_VERSION=${GW_CURL_HS#*$'\t'}
+echo "key exchange (the gateway's metrics): $GW_CURL_GROUP, $GW_CURL_VERSION   ($(curl -V | head -n1 | grep -o 'OpenSSL/[0-9.]*' || echo curl))"
+
+echo
+rc=0
+call_gw node /orders/8 "$TOKEN" || rc=$?
+print_call
+((rc == 0)) || fail "Node 24 through the gateway failed (exit code $rc: $(tr -s '\n' ' ' <"$DEMO/node-gw.err"))"
+gw_check_allowed "Node 24"
+HS2=$(gw_handshakes)
+GW_NODE_HS=$(handshake_grown "$HS1" "$HS2")
+GW_NODE_GROUP=${GW_NODE_HS%%$'\t'*} GW_NODE_VERSION=${GW_NODE_HS#*$'\t'}
+echo "key exchange (the gateway's metrics): ${GW_NODE_GROUP:-none}, ${GW_NODE_VERSION:-?}   (Node $("$NODE24" -p 'process.versions.node + ", OpenSSL/" + process.versions.openssl'))"
+[[ "$GW_NODE_GROUP" == X25519MLKEM768 ]] ||
+    fail "Node 24's handshake with the gateway used '${GW_NODE_GROUP:-nothing}', expected X25519MLKEM768 (hybrid post-quantum)"
+APP_REQUESTS_GW1=$(count_requests)
+((APP_REQUESTS_GW1 == APP_REQUESTS_GW0 + 2)) ||
+    fail "B's app saw $((APP_REQUESTS_GW1 - APP_REQUESTS_GW0)) request(s) from the gateway, expected 2"
+
+echo
+rc=0
+call_gw curl /orders/7 "" || rc=$?
+print_call
+((rc == 0)) || fail "curl through the gateway without a token failed (curl exit code $rc: $(tr -s '\n' ' ' <"$DEMO/curl-gw.err"))"
+GW_NONE_STATUS=$CALL_STATUS GW_NONE_WWW=$CALL_WWW
+[[ "$GW_NONE_STATUS" == 401 && "$GW_NONE_WWW" == Bearer* ]] ||
+    fail "no token at the gateway: expected 401 with WWW-Authenticate: Bearer, got HTTP $GW_NONE_STATUS '$GW_NONE_WWW'"
+
+echo
+echo "\$ curl -u $SHOP_CLIENT:<secret> -d grant_type=client_credentials -d scope=orders:write $OAUTH_ISS/token"
+WRITE_TOKEN=$(get_token orders:write) || fail "could not get an orders:write token from the OAuth server"
+echo "WRITE_TOKEN=${WRITE_TOKEN:0:10}... (${#WRITE_TOKEN} chars)   scope orders:write only: not the route's orders:read"
+rc=0
+call_gw curl /orders/7 "$WRITE_TOKEN" || rc=$?
+CALL_SHOW=${CALL_SHOW//\$TOKEN/\$WRITE_TOKEN}
+print_call
+((rc == 0)) || fail "curl through the gateway with the orders:write token failed (curl exit code $rc: $(tr -s '\n' ' ' <"$DEMO/curl-gw.err"))"
+GW_SCOPE_STATUS=$CALL_STATUS GW_SCOPE_WWW=$CALL_WWW
+[[ "$GW_SCOPE_STATUS" == 403 && "$GW_SCOPE_WWW" == *'error="insufficient_scope"'* ]] ||
+    fail "a token without orders:read at the gateway: expected 403 with WWW-Authenticate: Bearer error=\"insufficient_scope\", got HTTP $GW_SCOPE_STATUS '$GW_SCOPE_WWW'"
+sleep 0.3 # a refused request that got through would have been logged by now
+APP_REQUESTS_GW2=$(count_requests)
+((APP_REQUESTS_GW2 == APP_REQUESTS_GW1)) ||
+    fail "B's app saw $((APP_REQUESTS_GW2 - APP_REQUESTS_GW1)) of the requests the gateway should have refused"
+APP_REQUESTS_END=$APP_REQUESTS_GW2
+mapfile -t GW_METRICS < <(gw_handshakes; metric_lines gw pqmesh_gateway_requests_total)
+
+# ---------------------------------------------------------------------------------------------
 # Summary
 # ---------------------------------------------------------------------------------------------
 echo
 echo "== pqmesh demo: A (shop/web) -> B (shop/api) over hybrid post-quantum mTLS =="
 if [[ "$MODE" == netns ]]; then
-    echo "mode: network namespaces (pods $NS_PREFIX-a/-b/-c) with iptables interception"
+    echo "mode: network namespaces (pods $NS_PREFIX-a/-b/-c, the gateway's -gw) with iptables interception"
 else
     echo "mode: loopback (127.0.0.1, explicit sidecar ports, no iptables interception)"
 fi
@@ -1209,7 +1581,7 @@ if [[ "$MODE" == netns ]]; then
     echo "  A: pqmesh_connections_total{direction=\"outbound\",outcome=\"established\"} $ESTABLISHED_A"
 fi
 echo "C ($ID_C) -> B: REFUSED (403 from B's sidecar, although C showed"
-echo "  a valid token: the policy's peers admit only shop/web; B's app saw nothing)"
+echo "  a valid token: the policy's peers admit only shop/web and shop/gateway; B's app saw nothing)"
 echo "  B: pqmesh_policy_decisions_total{decision=\"deny\",reason=\"peer_not_allowed\"} $DENIED"
 echo
 echo "token policy: B's sidecar applied policy version $POLICY_VERSION from the control plane"
@@ -1219,8 +1591,17 @@ echo "  GET  /orders/42 with it:   $READ_STATUS ALLOWED; B's app received the JW
 echo "                             $READ_TOKEN_SEEN"
 echo "  POST /orders with it:      $WRITE_STATUS REFUSED; WWW-Authenticate: $WRITE_WWW"
 echo "  GET  /orders/42, no token: $NONE_STATUS REFUSED; WWW-Authenticate: $NONE_WWW"
-echo "  B's app served $APP_REQUESTS_END request(s), all from A with the token; introspection at B (its /metrics):"
+echo "  B's app served $APP_REQUESTS_READ request(s) from A, all with the token; introspection at B (its /metrics):"
 printf '    %s\n' "${TOKEN_METRICS[@]}"
+echo
+echo "edge gateway: pqmesh-gateway as $ID_GW, https://$GW_HOSTNAME (outside client on this machine)"
+echo "  curl    GET /orders/7 with the opaque token: 200 ALLOWED; key exchange $GW_CURL_GROUP ($GW_CURL_VERSION)"
+echo "  Node 24 GET /orders/8 with the opaque token: 200 ALLOWED; key exchange $GW_NODE_GROUP ($GW_NODE_VERSION)"
+echo "    B's app received: ${GW_CURL_BODY#hello from workload B (shop/api); }"
+echo "  curl    GET /orders/7, no token:             $GW_NONE_STATUS REFUSED at the gateway; WWW-Authenticate: $GW_NONE_WWW"
+echo "  curl    GET /orders/7, orders:write only:    $GW_SCOPE_STATUS REFUSED at the gateway; WWW-Authenticate: $GW_SCOPE_WWW"
+echo "  B's app served $((APP_REQUESTS_END - APP_REQUESTS_READ)) request(s) from the gateway, none of the refused ones; the gateway's /metrics:"
+printf '    %s\n' "${GW_METRICS[@]}"
 echo
 echo "demo OK"
 
@@ -1228,6 +1609,7 @@ if ((KEEP_RUNNING)); then
     TOKEN_CMD="curl -s -u $SHOP_CLIENT:$SHOP_SECRET -d grant_type=client_credentials -d scope=orders:read $OAUTH_ISS/token"
     # shellcheck disable=SC2016 # printed for the reader to run: expanded in their shell
     JSON_TOKEN='python3 -c '"'"'import json, sys; print(json.load(sys.stdin)["access_token"])'"'"
+    GW_CURL_CMD="curl --cacert $GW_CA --resolve $GW_HOSTNAME:$GW_OUT_PORT:127.0.0.1 -H \"Authorization: Bearer \$TOKEN\" https://$GW_HOSTNAME:$GW_OUT_PORT/orders/42"
     if [[ "$MODE" == netns ]]; then
         cat <<EOF
 
@@ -1241,12 +1623,16 @@ interception, so root's requests in a pod go through its sidecar too):
   ip netns exec $NS_A curl -i http://$IP_B:$APP_PORT/orders/42     # 401: no token
   ip netns exec $NS_C curl -i -H "Authorization: Bearer \$TOKEN" http://$IP_B:$APP_PORT/orders/42   # 403: C is not shop/web
   ip netns exec $NS_A iptables -t nat -S PQMESH_OUTPUT     # pod A's interception rules
+  # an outside client through the edge gateway (pod $NS_GW, forwarded to 127.0.0.1:$GW_OUT_PORT here):
+  $GW_CURL_CMD   # 200, B's app sees shop/gateway and the JWT
 B's policy: edit .demo/control-plane/policies/orders.yaml (the control plane reloads it), then
   ip netns exec $NS_B curl http://127.0.0.1:15000/config_dump    # .policy.version changes
 admin endpoints (/ready /live /metrics /config_dump), inside each pod:
   ip netns exec $NS_CP curl http://127.0.0.1:15014/metrics   # control plane
   ip netns exec $NS_A curl http://127.0.0.1:15000/config_dump    # sidecar A (-b, -c alike)
   ip netns exec $NS_B curl http://127.0.0.1:15000/metrics
+  ip netns exec $NS_GW curl http://127.0.0.1:15021/metrics   # gateway (also /verdicts)
+the gateway's directory (Gateway API YAML, EdgePolicy, backends.yaml): $GW_DIR
 logs: .demo/*.log (the OAuth server's: .demo/oauth-server.log)
 EOF
     else
@@ -1259,6 +1645,7 @@ Everything keeps running until you press Ctrl-C. Try:
   curl -i -H "Authorization: Bearer \$TOKEN" -d '{}' http://$HOST:$A_OUT/orders  # 403 without orders:write
   curl -i http://$HOST:$A_OUT/orders/42                                        # 401: no token
   curl -i -H "Authorization: Bearer \$TOKEN" http://$HOST:$C_OUT/orders/42       # C -> B: 403, C is not shop/web
+  $GW_CURL_CMD   # through the edge gateway: 200
 B's policy: edit .demo/control-plane/policies/orders.yaml (the control plane reloads it), then
   curl http://$HOST:$B_ADMIN/config_dump    # .policy.version changes
 admin endpoints (/ready /live /metrics /config_dump):
@@ -1266,6 +1653,8 @@ admin endpoints (/ready /live /metrics /config_dump):
   sidecar A      http://$HOST:$A_ADMIN/metrics   http://$HOST:$A_ADMIN/config_dump
   sidecar B      http://$HOST:$B_ADMIN/metrics   http://$HOST:$B_ADMIN/config_dump
   sidecar C      http://$HOST:$C_ADMIN/metrics   http://$HOST:$C_ADMIN/config_dump
+  gateway        http://$HOST:$GW_ADMIN/metrics   http://$HOST:$GW_ADMIN/verdicts
+the gateway's directory (Gateway API YAML, EdgePolicy, backends.yaml): .demo/gateway/
 logs: .demo/*.log (the OAuth server's: .demo/oauth-server.log)
 EOF
     fi
