@@ -46,7 +46,7 @@ done
 # 10,000 idle connections and 10,000 policy streams need file descriptors.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-PKGS=(-p pqmesh-sidecar -p pqmesh-control-plane -p pqmesh-bench)
+PKGS=(-p pqmesh-sidecar -p pqmesh-control-plane -p pqmesh-gateway -p pqmesh-bench)
 if ((SMOKE)); then
     cargo build -q "${PKGS[@]}" --bins
     BIN=target/debug
@@ -71,7 +71,10 @@ if ((SMOKE)); then
         'pair RSS after the load runs[^|]*\| [^|]+ \| [0-9.]+ MiB' \
         'the same CPU target on an HTTP relay port[^|]*\| [^|]+ \| [0-9.]+ vCPU' \
         'saturation on an HTTP relay port[^|]*\| [^|]+ \| [0-9]+ rps' \
-        'the same on an HTTP relay port \([0-9]+ connections[^|]*\| [^|]+ \| -?[0-9.]+ KiB'; do
+        'the same on an HTTP relay port \([0-9]+ connections[^|]*\| [^|]+ \| -?[0-9.]+ KiB' \
+        'edge gateway: added latency p50 / p99[^|]*X25519MLKEM768[^|]*\| [^|]+ \| -?[0-9.]+ / -?[0-9.]+ ms \| edge-nginx -?[0-9.]+ / -?[0-9.]+ ms; edge-nginx-mtls -?[0-9.]+ / -?[0-9.]+ ms' \
+        'edge gateway: requests/s at saturation[^|]*\| [^|]+ \| [0-9]+ rps \| edge-nginx [0-9]+ rps; edge-nginx-mtls [0-9]+ rps' \
+        'edge gateway: vCPU per 1,000 rps[^|]*\| [^|]+ \| [0-9.]+ vCPU \([0-9.]+ \+ [0-9.]+\) \| edge-nginx [0-9.]+ vCPU'; do
         grep -qE "$row" <<<"$table" || { echo "bench smoke: no row matching: $row" >&2; exit 1; }
     done
     grep -qE 'X25519MLKEM768 [0-9]+ /s \| X25519 [0-9]+ /s' <<<"$table" || {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod gateway;
 pub mod issuance;
 pub mod jwt;
 pub mod load;

@@ -30,6 +30,19 @@ impl Default for Request {
 }
 
 impl Request {
+    /// `GET /` with this `Host` (the edge scenario: the listener's hostname).
+    pub fn with_host(host: &str) -> Self {
+        Request(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")
+                .into_bytes()
+                .into(),
+        )
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     pub fn with_bearer(token: &str) -> Self {
         Request(
             format!(
@@ -38,6 +51,37 @@ impl Request {
             .into_bytes()
             .into(),
         )
+    }
+}
+
+/// Where `latency` and `saturation` open their keep-alive connections: plain TCP to a proxy's
+/// entry (a `SocketAddr`), or outside HTTPS to an edge proxy ([`TlsTarget`]).
+pub trait Connect: Clone + Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn connect(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Connect for SocketAddr {
+    type Stream = TcpStream;
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        let tcp = TcpStream::connect(*self).await?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+}
+
+/// TLS (no client certificate) to `addr` with SNI `server_name`.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub addr: SocketAddr,
+    pub connector: TlsConnector,
+    pub server_name: &'static str,
+}
+
+impl Connect for TlsTarget {
+    type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+    async fn connect(&self) -> std::io::Result<Self::Stream> {
+        connect_tls(&self.connector, self.addr, self.server_name).await
     }
 }
 
@@ -150,8 +194,8 @@ impl LatencyResult {
 
 /// `rate` requests per second spread over `conns` keep-alive connections for `duration`, after
 /// `warmup` (not recorded).
-pub async fn latency(
-    target: SocketAddr,
+pub async fn latency<C: Connect>(
+    target: C,
     request: &Request,
     rate: u32,
     conns: u32,
@@ -166,15 +210,14 @@ pub async fn latency(
     for c in 0..conns {
         // Stagger the connections evenly over one period.
         let offset = period.mul_f64(c as f64 / conns as f64);
-        let request = request.0.clone();
+        let (request, target) = (request.0.clone(), target.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut errors = 0u64;
             let mut done = 0u64;
-            let Ok(mut tcp) = TcpStream::connect(target).await else {
+            let Ok(mut tcp) = target.connect().await else {
                 return (hist, 1, 0);
             };
-            let _ = tcp.set_nodelay(true);
             let mut buf = Vec::new();
             let mut prev_done = start;
             for i in 0u64.. {
@@ -192,10 +235,9 @@ pub async fn latency(
                 if !ok {
                     errors += 1;
                     // Reconnect so one failure does not fail the rest of the run.
-                    match TcpStream::connect(target).await {
+                    match target.connect().await {
                         Ok(t) => {
                             tcp = t;
-                            let _ = tcp.set_nodelay(true);
                             buf.clear();
                         }
                         Err(_) => break,
@@ -236,8 +278,8 @@ pub struct SaturationResult {
 
 /// Closed loop: `conns` keep-alive connections, each sending its next request as soon as the
 /// previous answer is complete, for `duration` after `warmup`; answers per second.
-pub async fn saturation(
-    target: SocketAddr,
+pub async fn saturation<C: Connect>(
+    target: C,
     request: &Request,
     conns: u32,
     warmup: Duration,
@@ -247,7 +289,7 @@ pub async fn saturation(
     let (from, end) = (start + warmup, start + warmup + duration);
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let request = request.0.clone();
+        let (request, target) = (request.0.clone(), target.clone());
         tasks.push(tokio::spawn(async move {
             let (mut done, mut errors) = (0u64, 0u64);
             let mut tcp = None;
@@ -256,12 +298,11 @@ pub async fn saturation(
                 let conn = match &mut tcp {
                     Some(c) => c,
                     None => {
-                        let Ok(t) = TcpStream::connect(target).await else {
+                        let Ok(t) = target.connect().await else {
                             errors += 1;
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         };
-                        let _ = t.set_nodelay(true);
                         buf.clear();
                         tcp.insert(t)
                     }

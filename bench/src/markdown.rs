@@ -229,6 +229,7 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
         };
         let _ = writeln!(s, "| policy push: reload → all {n} streams ACKed (file write → ACKed incl. 250 ms polling) | report | {} ms ({} ms{runs_note}) | – | – | reported |", f(median(rows.iter().map(|x| x.reload_ms).collect()), 0), f(median(rows.iter().map(|x| x.write_ms).collect()), 0));
     }
+    s += &crate::gateway::target_rows(r);
     let _ = writeln!(s, "\nAnchors from the issue (published figures, not measured here): Istio sidecar ≈ 0.20 vCPU and 60 MB per 1,000 rps and +2.8 ms p99 for two proxies; ztunnel ≈ 0.06 vCPU and 12 MB; Linkerd proxy ≈ 26 MB.\n");
     let floor = runs(crate::peers::FLOOR);
     if !floor.is_empty() {
@@ -329,6 +330,7 @@ pub fn write(r: &Results, out: &Path, plots: &Path, command: &str, took: Duratio
         }
     }
 
+    s += &crate::gateway::section(r);
     // Plots.
     let curves: Vec<(String, Vec<(f64, f64)>)> = names
         .iter()

@@ -34,19 +34,24 @@ impl Drop for Pair {
     /// SIGTERM first, so nginx's master stops its workers (a SIGKILLed master leaves them
     /// running, holding CPU and ports into the next measurement), then SIGKILL after 2 s.
     fn drop(&mut self) {
-        for c in &self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+        stop(&mut self.children);
+    }
+}
+
+/// SIGTERM to each child, then SIGKILL to any still running after 2 s.
+pub fn stop(children: &mut [Child]) {
+    for c in children.iter() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    for c in children.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        for c in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -119,7 +124,7 @@ pub fn make_peer_certs(dir: &Path) {
     }
 }
 
-fn spawn(cmd: &mut Command, log: &Path) -> Child {
+pub fn spawn(cmd: &mut Command, log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))

@@ -93,6 +93,8 @@ pub struct Results {
     pub sat_conns: u32,
     pub seconds: u64,
     pub repeats: usize,
+    /// (edge system, outside key exchange negotiated), when the gateway scenario ran.
+    pub edge_groups: Vec<(String, String)>,
 }
 
 fn fmt(v: f64, digits: usize) -> String {
@@ -242,6 +244,8 @@ impl Results {
         self.systems
             .keys()
             .filter(|k| *k != "direct" && !k.starts_with("pqmesh") && *k != crate::peers::FLOOR)
+            // The edge scenario's nginx proxies are compared with the gateway only.
+            .filter(|k| !k.starts_with("edge-"))
             .cloned()
             .collect()
     }

@@ -13,7 +13,7 @@ use pqmesh_bench::load::{self, LatencyResult};
 use pqmesh_bench::peers::{self, Pair, PEER_SERVER_NAME};
 use pqmesh_bench::procstat::{self, CpuMeter};
 use pqmesh_bench::report::{self, Fanout, IdleConnections, Issuance, Results, Run};
-use pqmesh_bench::{backend, issuance, jwt};
+use pqmesh_bench::{backend, gateway, issuance, jwt};
 use pqmesh_mtls::tls::ALPN_MESH;
 use pqmesh_mtls::{KeyAlgorithm, KeyExchangePolicy};
 use pqmesh_sidecar::config::TokenSource;
@@ -429,7 +429,7 @@ async fn main() {
         &o.bin_dir,
         &work.join("cp-ecdsa"),
         "ecdsa-p256",
-        &["web", "api"],
+        &["web", "api", gateway::GATEWAY_SA],
     );
     let cp_mldsa = wanted(MLDSA).then(|| {
         peers::ControlPlaneProcess::start(
@@ -510,6 +510,10 @@ async fn main() {
     {
         pairs.push(peers::start_peer(name, &work, backend));
     }
+    let edge = match wanted(gateway::SCENARIO) {
+        true => Some(gateway::EdgeBench::start(&o.bin_dir, &work, &cp, backend).await),
+        false => None,
+    };
     for p in &pairs {
         eprintln!(
             "{}: client pid {}, server pid {}",
@@ -612,7 +616,21 @@ async fn main() {
                 .or_default()
                 .push(run);
         }
+        if let Some(edge) = &edge {
+            let (rate, conns, sat_conns, warmup) = (o.rate, o.conns, o.sat_conns, o.warmup);
+            let l = gateway::Load {
+                rate,
+                conns,
+                sat_conns,
+                warmup,
+                seconds: o.seconds,
+            };
+            edge.measure(&l, repeat, &mut systems).await;
+        }
     }
+    gateway::summary(&systems);
+    let edge_groups = edge.as_ref().map(|e| e.groups()).unwrap_or_default();
+    drop(edge);
     if o.latency_only || o.no_extras || o.saturation_only {
         for (name, runs) in &systems {
             let m = |f: fn(&Run) -> f64| report::med(runs, f);
@@ -749,6 +767,7 @@ async fn main() {
         sat_conns: o.sat_conns,
         seconds: o.seconds,
         repeats: o.repeats,
+        edge_groups,
     };
     let took = started.elapsed();
     pqmesh_bench::markdown::write(&results, &o.out, &o.plots, &o.command, took);
