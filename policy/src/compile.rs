@@ -20,6 +20,10 @@ use crate::path::PathPattern;
 pub struct PolicySet {
     pub issuers: Vec<TokenIssuer>,
     pub policies: Vec<AccessPolicy>,
+    /// Local mode: where each object in force was read from (`file document N`), so that the
+    /// next judgement knows which of two definitions is the one in force, and which objects a
+    /// refused document of their file may have hidden. Empty in Kubernetes mode.
+    pub sources: BTreeMap<crate::admit::ObjectKey, String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -100,19 +100,30 @@ fn a_missing_issuer_fails_closed_for_its_policy_only() {
 fn unreadable_documents_and_duplicates_are_reported_on_their_own() {
     let text = format!("{POLICY}---\nkind: AccessPolicy\nmetadata: [oops]\n---{ISSUER}---{ISSUER}");
     let a = admit(docs(&text), &PolicySet::default(), TD);
-    assert_eq!(a.set.policies.len(), 1);
-    assert_eq!(a.set.issuers.len(), 1);
-    let reasons: Vec<_> = a
+    // The nameless AccessPolicy still fails closed over what it selects (its namespace).
+    let placeholders: Vec<_> = a
+        .set
+        .policies
+        .iter()
+        .filter(|p| p.metadata.annotations.contains_key(PLACEHOLDER))
+        .map(|p| p.metadata.namespace.as_str())
+        .collect();
+    assert_eq!((a.set.policies.len(), placeholders), (2, vec!["default"]));
+    // Two definitions and no version in force (review 12 F2): neither is picked by read order.
+    assert_eq!(a.set.issuers.len(), 0);
+    let mut reasons: Vec<_> = a
         .verdicts
         .values()
         .filter(|v| !v.accepted.status)
         .map(|v| (v.source.clone(), v.accepted.reason.clone()))
         .collect();
+    reasons.sort();
     assert_eq!(
         reasons,
         vec![
-            ("p.yaml document 4".to_owned(), "Duplicate".to_owned()),
             ("p.yaml document 2".to_owned(), "Invalid".to_owned()),
+            ("p.yaml document 3".to_owned(), "Duplicate".to_owned()),
+            ("p.yaml document 4".to_owned(), "Duplicate".to_owned()),
         ]
     );
 }
@@ -343,4 +354,199 @@ fn a_duplicate_never_displaces_the_version_in_force() {
         .map(|v| (v.source.as_str(), v.accepted.reason.as_str()))
         .collect();
     assert_eq!(refused, [("a-dup.yaml document 1", "Duplicate")]);
+}
+
+/// Candidates of several local files, read in name order as the control plane does.
+fn files(files: &[(&str, &str)]) -> Vec<crate::admit::Candidate> {
+    let mut files = files.to_vec();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|(name, text)| candidates_from_yaml(text, name))
+        .collect()
+}
+
+fn denies_web(set: &PolicySet) -> bool {
+    let w = set
+        .compile(&workload(&[("app", "orders")]), &TestSecrets)
+        .unwrap();
+    let peer: pqmesh_mtls::SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
+    let request = crate::Request {
+        port: 8080,
+        peer: Some(&peer),
+        trust_domain: TD,
+        http: None,
+    };
+    !w.is_empty() && matches!(w.evaluate(&request), crate::Decision::Deny(_))
+}
+
+/// Outside review 12 F1: an edit that made the AccessPolicy's kind unreadable (a typo, another
+/// case, no `kind`, `{}`, a half-written file) dropped the policy, so its workload fell back to
+/// its sidecar's `PQMESH_INBOUND_ALLOW` and the app got requests no policy checked. Each keeps
+/// the last accepted version in force.
+#[test]
+fn an_edit_that_hides_the_kind_keeps_the_last_good_version() {
+    let first = admit(
+        files(&[("orders.yaml", &format!("{ISSUER}---{POLICY}"))]),
+        &PolicySet::default(),
+        TD,
+    );
+    assert_eq!(first.rejected(), 0);
+    for (case, edit) in [
+        (
+            "kind typo",
+            POLICY.replace("kind: AccessPolicy", "kind: AccessPolcy"),
+        ),
+        (
+            "kind lower case",
+            POLICY.replace("kind: AccessPolicy", "kind: accesspolicy"),
+        ),
+        ("no kind", POLICY.replace("kind: AccessPolicy", "")),
+        (
+            "no kind, no apiVersion",
+            POLICY
+                .replace("kind: AccessPolicy", "")
+                .replace("apiVersion: pqmesh.io/v1alpha1", ""),
+        ),
+        ("empty object", "{}\n".to_owned()),
+        ("a scalar", "garbage\n".to_owned()),
+        (
+            "half-written",
+            POLICY[..POLICY.len() / 2].replace("spec:", "spec: ["),
+        ),
+    ] {
+        let second = admit(
+            files(&[("orders.yaml", &format!("{ISSUER}---{edit}"))]),
+            &first.set,
+            TD,
+        );
+        assert_eq!(
+            second.set.policies, first.set.policies,
+            "{case}: {:#?}",
+            second.verdicts
+        );
+        assert!(second.rejected() >= 1, "{case}: the edit is refused");
+        let v = &second.verdicts[&ObjectKey::new("AccessPolicy", "shop", "orders")];
+        assert_eq!(v.in_force, InForce::LastGood, "{case}: {v:?}");
+        // Judged again from its own result (the next poll): still in force.
+        let third = admit(
+            files(&[("orders.yaml", &format!("{ISSUER}---{edit}"))]),
+            &second.set,
+            TD,
+        );
+        assert_eq!(third.set.policies, first.set.policies, "{case} (again)");
+    }
+    // The file removed, or every document of it accepted: the removal takes effect.
+    let removed = admit(files(&[("issuer.yaml", ISSUER)]), &first.set, TD);
+    assert!(removed.set.policies.is_empty());
+    let renamed = POLICY.replace("name: orders,", "name: orders-v2,");
+    let clean = admit(
+        files(&[("orders.yaml", &format!("{ISSUER}---{renamed}"))]),
+        &first.set,
+        TD,
+    );
+    let names: Vec<_> = clean
+        .set
+        .policies
+        .iter()
+        .map(|p| &p.metadata.name)
+        .collect();
+    assert_eq!(names, ["orders-v2"]);
+}
+
+/// The same with no version in force (a control-plane restart): a document whose kind does not
+/// read but whose spec is an AccessPolicy's fails closed over what it selects.
+#[test]
+fn a_policy_with_a_broken_kind_fails_closed_after_a_restart() {
+    for edit in [
+        POLICY.replace("kind: AccessPolicy", "kind: AccessPolcy"),
+        POLICY.replace("kind: AccessPolicy", ""),
+        POLICY.replace("kind: AccessPolicy", "kind: ' accesspolicy'"),
+    ] {
+        let a = admit(
+            files(&[("orders.yaml", &format!("{ISSUER}---{edit}"))]),
+            &PolicySet::default(),
+            TD,
+        );
+        assert!(denies_web(&a.set), "{edit}: {:#?}", a.verdicts);
+    }
+    // Another API's object is not mistaken for a policy.
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec: {rules: []}\n";
+    let a = admit(files(&[("r.yaml", route)]), &PolicySet::default(), TD);
+    assert!(a.set.policies.is_empty());
+}
+
+/// Outside review 12 F2: a copy of a TokenIssuer in a file that sorts first was refused as a
+/// duplicate, until the owner made a valid edit: then nothing equalled the version in force and
+/// the copy (pointing at the attacker's keys) took over. The definition in force is the one
+/// read from where it was read; with none in force, neither definition is.
+#[test]
+fn a_duplicate_never_takes_over_after_the_owner_edits() {
+    let evil = ISSUER.replace("127.0.0.1:9000", "127.0.0.1:9666");
+    let owner = format!("{ISSUER}---{POLICY}");
+    let first = admit(files(&[("orders.yaml", &owner)]), &PolicySet::default(), TD);
+    let with_copy = admit(
+        files(&[("aaa-evil.yaml", &evil), ("orders.yaml", &owner)]),
+        &first.set,
+        TD,
+    );
+    assert_eq!(with_copy.set.issuers, first.set.issuers);
+    let edited_issuer = ISSUER.replace(
+        "audiences: [orders]",
+        "audiences: [orders]\n  clockSkewSeconds: 30",
+    );
+    let edited = format!("{edited_issuer}---{POLICY}");
+    let after_edit = admit(
+        files(&[("aaa-evil.yaml", &evil), ("orders.yaml", &edited)]),
+        &with_copy.set,
+        TD,
+    );
+    assert_eq!(after_edit.set.issuers.len(), 1);
+    assert_eq!(
+        after_edit.set.issuers[0].spec.issuer, "http://127.0.0.1:9000",
+        "the owner's edit is in force"
+    );
+    assert_eq!(after_edit.set.issuers[0].spec.clock_skew_seconds, 30);
+    let copy = after_edit
+        .verdicts
+        .values()
+        .find(|v| v.source.starts_with("aaa-evil.yaml"))
+        .unwrap();
+    assert_eq!(
+        (copy.accepted.reason.as_str(), copy.in_force),
+        ("Duplicate", InForce::None)
+    );
+    // A refused edit of the owner's file keeps the owner's last good version, not the copy.
+    let broken = edited.replace("clockSkewSeconds: 30", "clockSkewSeconds: 30\n  typo: 1");
+    let after_broken = admit(
+        files(&[("aaa-evil.yaml", &evil), ("orders.yaml", &broken)]),
+        &after_edit.set,
+        TD,
+    );
+    assert_eq!(after_broken.set.issuers, after_edit.set.issuers);
+    // A restart with both files: neither is picked by read order; policies naming it fail
+    // closed (no token satisfies them), nothing trusts the copy's keys.
+    let restarted = admit(
+        files(&[("aaa-evil.yaml", &evil), ("orders.yaml", &edited)]),
+        &PolicySet::default(),
+        TD,
+    );
+    assert!(
+        restarted.set.issuers.is_empty(),
+        "{:#?}",
+        restarted.verdicts
+    );
+    let w = restarted
+        .set
+        .compile(&workload(&[("app", "orders")]), &TestSecrets)
+        .unwrap();
+    assert_eq!(w.policies[0].token_issuers, Some(vec![]));
+    // The same for two definitions of an AccessPolicy: placeholders, which admit no caller.
+    let loose = POLICY.replace("[\"shop/*\"]", "[\"*\"]");
+    let restarted = admit(
+        files(&[("aaa.yaml", &loose), ("orders.yaml", &owner)]),
+        &PolicySet::default(),
+        TD,
+    );
+    assert!(denies_web(&restarted.set), "{:#?}", restarted.verdicts);
 }

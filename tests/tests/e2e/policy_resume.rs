@@ -159,3 +159,146 @@ async fn invalid_edits_and_duplicates_never_open_a_workload_across_restarts() {
     assert_eq!(served(), 0, "web never reached the app");
     drop(cp);
 }
+
+/// Outside review 12, judged by the app behind B (as above: the policy admits only
+/// `shop/admin`, B's allow-list would admit `shop/web`). F1: an edit that hides the document's
+/// kind (a typo, `{}`) used to drop the policy, handing B to its allow-list; F2: a copy in a
+/// file read first took over once the owner made a valid edit, or after a restart. Web never
+/// reaches the app. What this cannot show: a real API server (Kubernetes keys are unique and
+/// kinds are never misspelt there).
+#[tokio::test]
+async fn hidden_kinds_and_copies_never_open_a_workload() {
+    let locked = "apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {name: locked, namespace: shop}\n\
+                  spec:\n  selector: {matchLabels: {app: api}}\n  peers: [\"shop/admin\"]\n";
+    let cp = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web", "api"]).await;
+    cp.write_policy("locked.yaml", locked, 1).await;
+    let (app, _, stats) = http_app::start("api").await;
+    let b = sidecar_redirected(
+        with(
+            cp.sidecar_env("api", KeyAlgorithm::EcdsaP256),
+            &[
+                ("PQMESH_WORKLOAD_LABELS", "app=api"),
+                ("PQMESH_INBOUND_ALLOW", "shop/web"),
+            ],
+        ),
+        Some(app),
+    )
+    .await;
+    cp.set_endpoints(
+        &format!("endpoints:\n  - ip: 127.0.0.1\n    ports: [{}]\n    namespace: shop\n    serviceAccount: api\n", b.inbound_addr.port()),
+        1,
+    )
+    .await;
+    let a = sidecar_redirected(
+        cp.sidecar_env("web", KeyAlgorithm::EcdsaP256),
+        Some(b.inbound_addr),
+    )
+    .await;
+    let out = a.outbound_addr.unwrap();
+    let served = || stats.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let status = |path: &'static str| async move {
+        let mut tcp = tokio::net::TcpStream::connect(out).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer).await;
+        answer.lines().next().unwrap_or("").to_owned()
+    };
+    assert!(status("/first").await.contains("403"));
+    let dir = cp.dir.path().join("policies");
+    let rejected = |cp: &ControlPlane| {
+        metric(
+            &cp.running.metrics.registry,
+            "pqmesh_policy_objects_rejected",
+            &[],
+        )
+    };
+    // F1: the kind hidden, four ways; each refused, the last good version stays.
+    for (case, edit) in [
+        (
+            "kind typo",
+            locked.replace("kind: AccessPolicy", "kind: AccessPolcy"),
+        ),
+        (
+            "kind lower case",
+            locked.replace("kind: AccessPolicy", "kind: accesspolicy"),
+        ),
+        ("no kind", locked.replace("kind: AccessPolicy\n", "")),
+        ("empty object", "{}\n".to_owned()),
+    ] {
+        std::fs::write(dir.join("locked.yaml"), &edit).unwrap();
+        eventually(case, || rejected(&cp) >= 1.0).await;
+        let answer = status("/hidden").await;
+        assert!(answer.contains("403"), "{case}: {answer}");
+        std::fs::write(dir.join("locked.yaml"), locked).unwrap();
+        eventually("fixed", || rejected(&cp) == 0.0).await;
+    }
+    // F2: a copy admitting web in a file read first, then a valid edit by the owner.
+    std::fs::write(
+        dir.join("a-copy.yaml"),
+        locked.replace("shop/admin", "shop/web"),
+    )
+    .unwrap();
+    eventually("the copy is refused", || rejected(&cp) == 1.0).await;
+    let edited = locked.replace("[\"shop/admin\"]", "[\"shop/admin\", \"shop/ops\"]");
+    std::fs::write(dir.join("locked.yaml"), &edited).unwrap();
+    let v = b.policy().unwrap().version.clone();
+    eventually("B applied the owner's edit", || {
+        b.policy().is_some_and(|p| p.version != v)
+    })
+    .await;
+    assert_eq!(rejected(&cp), 1.0, "the copy is still the one refused");
+    let answer = status("/after-edit").await;
+    assert!(answer.contains("403"), "{answer}");
+    // A restart with both files: neither is in force, the workload fails closed.
+    let v = b.policy().unwrap().version.clone();
+    let cp = cp.restart().await;
+    new_snapshot(&b, &v).await;
+    let answer = status("/restarted-with-copy").await;
+    assert!(answer.contains("403"), "{answer}");
+    // Back to one valid definition, then the kind misspelt (the last good version stays),
+    // then a restart, which forgets it: still governed by policy, through a placeholder.
+    let v = b.policy().unwrap().version.clone();
+    std::fs::remove_file(dir.join("a-copy.yaml")).unwrap();
+    std::fs::write(dir.join("locked.yaml"), locked).unwrap();
+    eventually("accepted", || rejected(&cp) == 0.0).await;
+    eventually("B applied it", || {
+        b.policy().is_some_and(|p| p.version != v)
+    })
+    .await;
+    let v = b.policy().unwrap().version.clone();
+    std::fs::write(
+        dir.join("locked.yaml"),
+        locked.replace("kind: AccessPolicy", "kind: AccessPolcy"),
+    )
+    .unwrap();
+    eventually("refused", || rejected(&cp) == 1.0).await;
+    assert_eq!(
+        b.policy().unwrap().version,
+        v,
+        "the last good version stays"
+    );
+    let cp = cp.restart().await;
+    new_snapshot(&b, &v).await;
+    let answer = status("/restarted-with-typo").await;
+    assert!(answer.contains("403"), "{answer}");
+    assert_eq!(served(), 0, "web never reached the app");
+    drop(cp);
+}
+
+/// Waits for B to apply a snapshot other than `v` (a second restart reconnects after the
+/// sidecar's backoff, which can exceed `eventually`'s 5 s).
+async fn new_snapshot(b: &pqmesh_sidecar::RunningSidecar, v: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while b.policy().is_none_or(|p| p.version == v) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never applied the restarted control plane's snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
