@@ -54,14 +54,44 @@ struct Options {
     saturation_only: bool,
     /// With --no-extras: also the idle-connection memory of every pqmesh pair (A/B of memory).
     ab_idle: bool,
-    /// A second pqmesh pair from another build ("pqmesh-baseline"), measured in the same run
-    /// as the current one: before/after comparisons of a change (with --latency-only or
+    /// A second pqmesh pair from another build ("pqmesh-baseline", and "pqmesh-jwt-baseline" /
+    /// "pqmesh-relay-baseline" when those pairs are wanted), measured in the same run as the
+    /// current one: before/after comparisons of a change (with --latency-only or
     /// --no-extras only; the report has no row for it).
     baseline_bin_dir: Option<PathBuf>,
 }
 
+const USAGE: &str = "usage: mesh-bench [--smoke] [--repeats N] [--seconds S] [--rate RPS] \
+[--conns N] [--sat-conns N] [--idle-conns N] [--idle-conns-peers N] [--fanout N,M] [--bin-dir DIR] \
+[--out FILE] [--plots DIR] [--command TEXT] [--only a,b] [--latency-only] [--no-extras] \
+[--saturation-only] [--ab-idle] [--baseline-bin-dir DIR]
+Runs every scenario of docs/benchmarks.md (pqmesh and the classical peers) and rewrites the
+report (--out, default docs/benchmarks.md); bench/run.sh installs the peers and builds first.";
+
 fn options() -> Options {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        std::process::exit(0);
+    }
+    const FLAGS: [&str; 6] = [
+        "--smoke",
+        "--latency-only",
+        "--no-extras",
+        "--saturation-only",
+        "--ab-idle",
+        "--help",
+    ];
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        let with_value = USAGE.contains(&format!("[{a} "));
+        if with_value {
+            rest.next();
+        } else if !FLAGS.contains(&a.as_str()) {
+            eprintln!("mesh-bench: unknown option {a:?}\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
     let smoke = args.iter().any(|a| a == "--smoke");
     let value = |name: &str| {
         args.iter()
@@ -486,6 +516,17 @@ async fn main() {
         pairs.push(peers::start_pqmesh_with(
             RELAY,
             &o.bin_dir,
+            &cp,
+            "ecdsa-p256",
+            backend,
+            "",
+            &[("PQMESH_HTTP_RELAY_PORTS", backend.port().to_string())],
+        ));
+    }
+    if let Some(dir) = o.baseline_bin_dir.as_ref().filter(|_| wanted(RELAY)) {
+        pairs.push(peers::start_pqmesh_with(
+            &format!("{RELAY}-baseline"),
+            dir,
             &cp,
             "ecdsa-p256",
             backend,
