@@ -72,10 +72,13 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
-    /// Waits for the gateway's first mesh certificate.
+    /// Waits until `/ready` would answer 200: the gateway's first mesh certificate and the
+    /// control plane's first policy snapshot (the deny list) applied.
     pub async fn ready(&self) {
         let mut rx = self.tls.clone();
         let _ = rx.wait_for(|t| t.is_some()).await;
+        let mut rx = self.revoked.clone();
+        let _ = rx.wait_for(|r| r.received()).await;
     }
 
     pub fn current(&self) -> Option<Arc<MeshTls>> {
@@ -179,8 +182,10 @@ async fn start_with(
     ))];
     // The policy stream, as a sidecar's: it brings the mesh state (the client and subject deny
     // list, revocations, CA changes that call for re-certifying now). The gateway serves no
-    // inbound mesh traffic, so the workload policy it also brings is not used. Its outage
-    // changes nothing served: the last deny list stays in force.
+    // inbound mesh traffic, so the workload policy it also brings is not used. Until its first
+    // mesh state is applied the deny list is unknown, and every request is answered 503
+    // (`proxy::route_request`, review 12 F5); a later outage changes nothing served: the last
+    // deny list stays in force.
     use pqmesh_sidecar::control_plane::{Link, Stream};
     let link = Link::new(
         match config.source {
@@ -331,20 +336,37 @@ async fn start_with(
     // `pqmesh_ready` says what `/ready` says (review 7, F12); `pqmesh_control_plane_connected`
     // follows the policy stream (and discovery in Kubernetes mode).
     tasks.push(tokio::spawn({
-        let (mut rx, ready) = (tls_rx.clone(), metrics.ready.clone());
+        let (mut tls, mut revoked, ready) =
+            (tls_rx.clone(), revoked_rx.clone(), metrics.ready.clone());
         async move {
+            let mut said = false;
             loop {
-                ready.set(i64::from(rx.borrow_and_update().is_some()));
-                if rx.changed().await.is_err() {
-                    return;
+                let received = revoked.borrow_and_update().received();
+                ready.set(i64::from(
+                    tls.borrow_and_update().is_some() && received,
+                ));
+                if received && !said {
+                    said = true;
+                    tracing::info!(
+                        entries = revoked.borrow().len(),
+                        "the control plane's first policy snapshot is applied (deny list in force); serving requests"
+                    );
+                }
+                tokio::select! {
+                    c = tls.changed() => if c.is_err() { return },
+                    c = revoked.changed() => if c.is_err() { return },
                 }
             }
         }
     }));
+    tracing::info!(
+        "until the control plane's first policy snapshot (deny list) is applied, every request is answered 503 and /ready is 503"
+    );
     let admin_addr = spawn_admin(
         config.admin_addr,
         &metrics,
         tls_rx.clone(),
+        revoked_rx.clone(),
         config_rx.clone(),
     )
     .map_err(|source| StartError::Admin {
@@ -523,6 +545,7 @@ fn spawn_admin(
     addr: SocketAddr,
     metrics: &Metrics,
     tls: watch::Receiver<Option<Arc<MeshTls>>>,
+    revoked: pqmesh_sidecar::revocation::RevokedState,
     config: watch::Receiver<Arc<Programmed>>,
 ) -> std::io::Result<SocketAddr> {
     use hyper::StatusCode;
@@ -552,8 +575,13 @@ fn spawn_admin(
     };
     let route: pqmesh_mtls::admin::Route = Arc::new(move |_method, path, _peer| match path {
         "/live" => Reply::text(StatusCode::OK, "live"),
-        "/ready" if tls.borrow().is_some() => Reply::text(StatusCode::OK, "ready"),
-        "/ready" => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "no mesh certificate yet"),
+        "/ready" if tls.borrow().is_none() => {
+            Reply::text(StatusCode::SERVICE_UNAVAILABLE, "no mesh certificate yet")
+        }
+        "/ready" if !revoked.borrow().received() => {
+            Reply::text(StatusCode::SERVICE_UNAVAILABLE, proxy::AWAITING_POLICY)
+        }
+        "/ready" => Reply::text(StatusCode::OK, "ready"),
         "/metrics" => render_metrics(&registry),
         "/verdicts" => Reply::text(StatusCode::OK, verdicts()),
         _ => Reply::text(StatusCode::NOT_FOUND, "not found"),

@@ -142,6 +142,12 @@ impl Bound {
     }
 }
 
+/// Why every request is answered 503 (and `/ready` is 503) after a start or restart until the
+/// control plane's first policy snapshot is applied: the deny list (denied clients and subjects,
+/// revoked identities) is unknown until then, not empty (review 12, F5).
+pub const AWAITING_POLICY: &str =
+    "waiting for the control plane's first policy snapshot (deny list); not serving yet";
+
 /// Budget of failed token checks per source IP: this many at once ...
 pub const TOKEN_FAILURE_BURST: u32 = 20;
 /// ... refilled at one per second.
@@ -224,6 +230,23 @@ async fn route_request(
     mut req: Request<Incoming>,
     who: &mut Who,
 ) -> Result<(String, Response<Body>), Refusal> {
+    // Fail closed until the first mesh state: a denied client's token would pass, and a revoked
+    // backend identity would be dialled, on an empty list that only looks empty. Every request,
+    // whatever its route: which routes check tokens may change with the next reload.
+    if !edge.revoked.borrow().received() {
+        return Err((
+            "none".to_owned(),
+            with_header(
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("pqmesh-gateway: {AWAITING_POLICY}"),
+                ),
+                "retry-after",
+                "1",
+            ),
+            "awaiting_policy",
+        ));
+    }
     let target = canonical_request(&mut req).map_err(|b| {
         (
             "none".to_owned(),

@@ -134,41 +134,70 @@ fn query_value(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
         .map(|(_, _, v)| v)
 }
 
+/// A query parameter: raw name, lenient name ([`canonical::lenient_name`]), decoded value.
+type Param<'a> = (&'a str, Vec<u8>, Vec<u8>);
+
 /// Why a request cannot be matched unambiguously on `listener`, if it cannot: it carries a
 /// header or query parameter that a route there matches on more than once, or a parameter in
 /// another spelling than the match's (encoded, another case, PHP-mangled). Apps read such
 /// requests differently (the first, the last or every value; names decoded and folded), so the
 /// route matched on one reading would serve another (outside review 10, F6).
+///
+/// The single value of such a header or parameter must also have one reading (review 12, F6):
+/// a header value with a comma is a list (RFC 9110 §5.3: `x-role: admin, user` means what two
+/// `x-role` lines mean), and a value with leading or trailing whitespace, a control character
+/// (a NUL, a tab) or, for headers, a byte outside visible ASCII is read as the matched value by
+/// apps that trim or cut it (`gold%00`, `%20gold`), while the exact match refuses it and the
+/// request would go to a broader, perhaps open, route.
+///
+/// Nothing is decoded unless a route on the listener matches on headers or query parameters.
 pub fn ambiguous(
     routes: &[RouteModel],
     listener: &ListenerModel,
     req: &RequestView<'_>,
 ) -> Option<String> {
-    let params: Vec<(&str, Vec<u8>)> = req
-        .query
-        .map(|q| {
-            canonical::query_params(q)
-                .map(|(raw, k, _)| (raw, canonical::lenient_name(&k)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let matches = routes
+    let matches: Vec<&RouteMatch> = routes
         .iter()
         .filter(|r| attaches(r, listener))
         .flat_map(|r| &r.spec.rules)
-        .flat_map(|rule| &rule.matches);
+        .flat_map(|rule| &rule.matches)
+        .filter(|m| !m.headers.is_empty() || !m.query_params.is_empty())
+        .collect();
+    if matches.is_empty() {
+        return None;
+    }
+    let mut params: Option<Vec<Param<'_>>> = None;
     for m in matches {
         for h in &m.headers {
-            if req.headers.get_all(h.name.as_str()).iter().count() > 1 {
+            let mut values = req.headers.get_all(h.name.as_str()).iter();
+            let (Some(value), more) = (values.next(), values.next()) else {
+                continue;
+            };
+            if more.is_some() {
                 return Some(format!("header {:?} is sent more than once", h.name));
             }
+            if let Some(why) = header_value_ambiguity(value.as_bytes()) {
+                return Some(format!("header {:?} {why}", h.name));
+            }
         }
+        if m.query_params.is_empty() {
+            continue;
+        }
+        let params = params.get_or_insert_with(|| {
+            req.query
+                .map(|q| {
+                    canonical::query_params(q)
+                        .map(|(raw, k, v)| (raw, canonical::lenient_name(&k), v))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
         for q in &m.query_params {
             let lenient = canonical::lenient_name(q.name.as_bytes());
-            let same: Vec<&str> = params
+            let same: Vec<(&str, &[u8])> = params
                 .iter()
-                .filter(|(_, k)| *k == lenient)
-                .map(|(raw, _)| *raw)
+                .filter(|(_, k, _)| *k == lenient)
+                .map(|(raw, _, v)| (*raw, v.as_slice()))
                 .collect();
             if same.len() > 1 {
                 return Some(format!(
@@ -176,13 +205,46 @@ pub fn ambiguous(
                     q.name
                 ));
             }
-            if same.first().is_some_and(|raw| *raw != q.name) {
-                return Some(format!(
-                    "query parameter {:?} is sent as {:?}",
-                    q.name, same[0]
-                ));
+            let Some((raw, value)) = same.first() else {
+                continue;
+            };
+            if *raw != q.name {
+                return Some(format!("query parameter {:?} is sent as {raw:?}", q.name));
+            }
+            if let Some(why) = query_value_ambiguity(value) {
+                return Some(format!("query parameter {:?} {why}", q.name));
             }
         }
+    }
+    None
+}
+
+/// Why a header value that a route matches on has more than one reading, if it has.
+fn header_value_ambiguity(value: &[u8]) -> Option<&'static str> {
+    if value.contains(&b',') {
+        return Some("carries a list (a comma): send one value");
+    }
+    if value.first().is_some_and(|b| *b == b' ' || *b == b'\t')
+        || value.last().is_some_and(|b| *b == b' ' || *b == b'\t')
+    {
+        return Some("has leading or trailing whitespace");
+    }
+    if value.iter().any(|b| b.is_ascii_control() || !b.is_ascii()) {
+        return Some("carries a control character or a byte outside visible ASCII");
+    }
+    None
+}
+
+/// Why a decoded query value that a route matches on has more than one reading, if it has:
+/// control characters anywhere (a NUL cuts the value in C-based parsers), whitespace at either
+/// end (ASCII or Unicode: Python's `strip()` removes `U+00A0` too).
+fn query_value_ambiguity(value: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(value);
+    if value.iter().any(|b| b.is_ascii_control()) || text.chars().any(char::is_control) {
+        return Some("carries a control character");
+    }
+    if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+        return Some("has leading or trailing whitespace");
     }
     None
 }

@@ -260,9 +260,11 @@ impl Inbound {
             Err((outcome, reason)) => return self.deny(outcome, reason),
         };
         // Until the first snapshot is applied, whether a policy selects this workload is not
-        // known: the allow-list could admit what the policy refuses (review 8 F6). /ready is
-        // false meanwhile, so endpoints send nothing here yet.
-        if self.policy.borrow().is_none() {
+        // known: the allow-list could admit what the policy refuses (review 8 F6), and the deny
+        // list (revoked peers, denied clients) is unknown, not empty (review 12 F5). /ready is
+        // false meanwhile, so endpoints send nothing here yet. The policy task applies a
+        // snapshot's mesh state before its policy; both are checked all the same.
+        if self.policy.borrow().is_none() || !self.revoked.borrow().received() {
             return self.deny("no_policy", "waiting for the first policy snapshot");
         }
         let (transport, hello) =

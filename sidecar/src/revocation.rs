@@ -17,9 +17,18 @@ pub struct Revoked {
     serials: HashSet<String>,
     clients: HashSet<String>,
     subjects: HashSet<String>,
+    /// Built from a mesh state the control plane pushed. `Revoked::default()` is what a
+    /// process holds before its first snapshot: an empty list that is not known to be empty,
+    /// so nothing may be served on it (review 12, F5).
+    received: bool,
 }
 
 pub type RevokedState = watch::Receiver<Arc<Revoked>>;
+
+/// The claims that name a token's OAuth client, as issuers spell it: `client_id` (RFC 9068,
+/// RFC 7662), `azp` (OpenID Connect, Keycloak, Auth0), `cid` (Okta), `appid` (Azure AD / Entra ID
+/// v1 access tokens; review 12, F6c). The deny list's `clients` entries are compared with each.
+pub const CLIENT_CLAIMS: &[&str] = &["client_id", "azp", "cid", "appid"];
 
 /// The largest list accepted from the control plane (a sanity bound, not a design limit).
 const MAX_ENTRIES: usize = 100_000;
@@ -46,16 +55,22 @@ impl Revoked {
                 .collect(),
             clients: mesh.denied_clients.iter().cloned().collect(),
             subjects: mesh.denied_subjects.iter().cloned().collect(),
+            received: true,
         })
+    }
+
+    /// Whether this list came from the control plane (false until the first mesh state is
+    /// applied: the deny list is then unknown, not empty).
+    pub fn received(&self) -> bool {
+        self.received
     }
 
     pub fn len(&self) -> usize {
         self.identities.len() + self.serials.len() + self.clients.len() + self.subjects.len()
     }
 
-    /// Why a verified token is refused by the deny list, if it is: a client claim (`client_id`,
-    /// or `azp` / `cid` as Keycloak, Auth0 and Okta name it) or its `sub` is listed (compared
-    /// byte for byte). A claim that is there but not a string cannot be compared, so it is
+    /// Why a verified token is refused by the deny list, if it is: a client claim (any of
+    /// [`CLIENT_CLAIMS`]) or its `sub` is listed (compared byte for byte). A claim that is there but not a string cannot be compared, so it is
     /// refused while the list has entries of its kind (review 11, F4: an array or a number
     /// `client_id` passed).
     pub fn denies(
@@ -70,7 +85,7 @@ impl Revoked {
                     Some(_) => true,
                 })
         };
-        if listed(&self.clients, &["client_id", "azp", "cid"]) {
+        if listed(&self.clients, CLIENT_CLAIMS) {
             Some("client")
         } else if listed(&self.subjects, &["sub"]) {
             Some("subject")
@@ -149,6 +164,15 @@ mod tests {
             (serde_json::json!({"client_id": 7}), Some("client")),
             (serde_json::json!({"azp": "clientA"}), Some("client")),
             (serde_json::json!({"cid": "clientA"}), Some("client")),
+            // Review 12 F6c: Azure AD's v1 tokens name the client `appid`.
+            (serde_json::json!({"appid": "clientA"}), Some("client")),
+            (serde_json::json!({"appid": ["clientA"]}), Some("client")),
+            (serde_json::json!({"appid": 7}), Some("client")),
+            (
+                serde_json::json!({"client_id": "clientB", "appid": "clientA"}),
+                Some("client"),
+            ),
+            (serde_json::json!({"appid": "clientB"}), None),
             (
                 serde_json::json!({"client_id": "clientB", "sub": "mallory"}),
                 Some("subject"),
@@ -170,6 +194,17 @@ mod tests {
             Revoked::default().denies(&claims(serde_json::json!({"client_id": [1]}))),
             None
         );
+    }
+
+    /// Review 12 F5: the list a process starts with is not one the control plane sent.
+    #[test]
+    fn only_a_pushed_list_counts_as_received() {
+        assert!(!Revoked::default().received());
+        let empty = Revoked::from_mesh(&MeshState::default()).unwrap();
+        assert!(empty.received());
+        assert!(empty.is_empty());
+        // So the first push differs from the start value even when it is empty (and is sent).
+        assert_ne!(empty, Revoked::default());
     }
 
     #[tokio::test(start_paused = true)]

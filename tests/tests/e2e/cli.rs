@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use pqmesh_mtls::env::{markdown_table, Setting};
 
-fn binary(name: &str) -> PathBuf {
+pub(crate) fn binary(name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

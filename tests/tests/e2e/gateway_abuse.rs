@@ -15,7 +15,7 @@ use pqmesh_tests::oauth::{PARTNER_CLIENT_ID, PARTNER_CLIENT_SECRET, SHOP_CLIENT_
 use crate::gateway::{bearer, call, setup};
 
 /// Writes the control plane's `DIR/revocations.yaml` with a visibly new timestamp.
-fn write_deny_list(dir: &std::path::Path, yaml: &str) {
+pub(crate) fn write_deny_list(dir: &std::path::Path, yaml: &str) {
     let path = dir.join("revocations.yaml");
     std::fs::write(&path, yaml).unwrap();
     let t = std::time::SystemTime::now() + Duration::from_secs(rand::random::<u8>() as u64 + 1);

@@ -34,6 +34,7 @@ use crate::kubernetes::{authenticated, cluster, mounted_bundle, pod, replica, si
 /// The loopback address standing in for the orders pod's IP.
 const ORDERS_IP: &str = "127.0.0.21";
 const UNMESHED_IP: &str = "127.0.0.22";
+const GATEWAY_IP: &str = "127.0.0.23";
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -197,6 +198,10 @@ pub(crate) async fn gateway_cluster() -> Cluster {
         "plain",
         false,
     ));
+    // The gateway's own pod: in Kubernetes mode the control plane opens a policy stream only for
+    // a known pod running as the caller's service account, and the gateway serves nothing until
+    // its first snapshot (the deny list) is applied (review 12, F5).
+    api.put(pod("gateway-0", "gateway", GATEWAY_IP, "gateway", false));
     api.put(service("orders", "10.96.0.30"));
     api.put(service("plain", "10.96.0.31"));
     api.put(endpoint_slice("plain", UNMESHED_IP, 8080));
@@ -255,7 +260,6 @@ pub(crate) async fn gateway_cluster() -> Cluster {
         "PQMESH_INBOUND_ADDR",
         "PQMESH_OUTBOUND_ADDR",
         "PQMESH_ADMIN_ADDR",
-        "PQMESH_POD_NAME",
     ] {
         env.remove(k);
     }
@@ -267,7 +271,7 @@ pub(crate) async fn gateway_cluster() -> Cluster {
         .expect("gateway starts");
     tokio::time::timeout(Duration::from_secs(20), gateway.ready())
         .await
-        .expect("gateway certified");
+        .expect("gateway certified and got its first policy snapshot");
     Cluster {
         api,
         gateway,

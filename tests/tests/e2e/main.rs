@@ -19,6 +19,7 @@ mod gateway_kubernetes_status;
 mod gateway_outside_review;
 mod gateway_refused_objects;
 mod gateway_review10;
+mod gateway_review12;
 mod handshake_policy;
 mod hostile_clients;
 mod http_relay;
