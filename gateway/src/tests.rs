@@ -540,3 +540,4 @@ mod outside_review;
 mod refused_objects;
 mod review10;
 mod review11;
+mod review12;
