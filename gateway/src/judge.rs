@@ -3,19 +3,23 @@
 //! left out with a verdict saying why and affects nothing else; what is left becomes the
 //! [`Model`] the proxy serves. Rules a schema cannot express live here, not in the CRDs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use pqmesh_policy::admit::{admit, candidates_from_yaml, Candidate};
 use pqmesh_policy::{PolicySet, Secrets};
 
 use crate::api::*;
-use crate::load::{CertFiles, LastGood, ListenerModel, ListenerVerdict, Model, Verdict};
+use crate::load::{
+    CertFiles, LastGood, ListenerModel, ListenerVerdict, Model, RouteModel, Verdict,
+};
 
 mod edge_policies;
 mod http_routes;
+mod in_force;
 mod refused;
 
+use in_force::Pick;
 use refused::{Kind, RefusedPolicy, RefusedRoute};
 
 /// Judges every document of `texts` (file name, content). `certs` reads a TLS Secret.
@@ -89,12 +93,19 @@ pub fn judge_with(
                 ));
                 continue;
             }
-            k if kind_text != k.canonical() => Err(format!(
+            k if kind_text.eq_ignore_ascii_case(k.canonical()) && kind_text != k.canonical() => Err(format!(
                 "kind {kind_text:?} is not supported: kinds are case-sensitive (did you mean {}?)",
                 k.canonical()
             )),
+            k if kind_text != k.canonical() => Err(format!(
+                "kind {kind_text:?} is not supported (apiVersion {:?}); read as the {} its spec looks like, and refused (did you mean kind {}?)",
+                value.get("apiVersion").and_then(|a| a.as_str()).unwrap_or(""),
+                k.canonical(),
+                k.canonical()
+            )),
             Kind::EdgePolicy if namespace.is_none() => Err("metadata.namespace is required for an EdgePolicy: it protects an HTTPRoute of its own namespace, and taking `default` would leave the route it was written for open".into()),
-            _ => Ok(()),
+            Kind::TokenIssuer => Ok(()),
+            k => in_force::check_metadata(&value, k != Kind::GatewayClass),
         };
         macro_rules! parse {
             ($t:ty) => {
@@ -129,15 +140,39 @@ pub fn judge_with(
                 }
             },
             Kind::EdgePolicy => match parse!(EdgePolicy) {
-                Ok(o) => policies.push((o, source)),
+                Ok(o) => match check_api(&o.api_version, PQMESH_API_VERSION)
+                    .and_then(|()| edge_policies::check_policy(&o.spec))
+                {
+                    Ok(()) => policies.push((o, source)),
+                    // A policy that parses but is invalid is a refused edit like one that
+                    // does not parse (judged here, so that its file counts as refused).
+                    Err(e) => {
+                        let mut v = refused("EdgePolicy", &name, &source, e);
+                        v.generation = o.metadata.generation;
+                        model.verdicts.push(v);
+                        refused_policies.push(RefusedPolicy {
+                            why: format!("EdgePolicy {name} targeting it was refused"),
+                            name,
+                            source,
+                            namespace: Some(o.metadata.namespace.clone()),
+                            targets: Some(vec![(
+                                Some(o.metadata.namespace.clone()),
+                                o.spec.target_ref.name.clone(),
+                            )]),
+                            duplicate: false,
+                        });
+                    }
+                },
                 Err(e) => {
                     refuse(e);
                     refused_policies.push(RefusedPolicy {
                         why: format!("EdgePolicy {name} targeting it was refused"),
                         name,
                         source,
-                        namespace,
+                        // A namespace that is no DNS label does not read: any namespace.
+                        namespace: namespace.filter(|n| in_force::is_dns_label(n)),
                         targets: refused::raw_targets(&value),
+                        duplicate: false,
                     });
                 }
             },
@@ -150,8 +185,9 @@ pub fn judge_with(
             },
         }
     }
-    // One definition per object (local mode can have two): the version in force wins, then the
-    // first read; the other is refused as `Duplicate` and closes what it would govern.
+    // One definition per object (local mode can have two): of GatewayClasses and Gateways the
+    // first read wins; HTTPRoutes and EdgePolicies go by the source of the version in force
+    // (below). The other is refused as `Duplicate` and closes what it would govern.
     let (classes, _) = without_duplicates(
         classes,
         |c: &GatewayClass| c.metadata.name.clone(),
@@ -166,44 +202,6 @@ pub fn judge_with(
         "Gateway",
         &mut model.verdicts,
     );
-    let (routes, losers) = without_duplicates(
-        routes,
-        |r: &HttpRoute| format!("{}/{}", r.metadata.namespace, r.metadata.name),
-        |k, r| last.routes.get(k) == Some(r),
-        "HTTPRoute",
-        &mut model.verdicts,
-    );
-    for (r, source) in losers {
-        refused_routes.push(RefusedRoute {
-            name: format!("{}/{}", r.metadata.namespace, r.metadata.name),
-            value: route_values.remove(&source).unwrap_or_default(),
-            source,
-            duplicate: true,
-        });
-    }
-    let (policies, losers) = without_duplicates(
-        policies,
-        |p: &EdgePolicy| format!("{}/{}", p.metadata.namespace, p.metadata.name),
-        |k, p| last.edge_policies.get(k).is_some_and(|(q, _)| q == p),
-        "EdgePolicy",
-        &mut model.verdicts,
-    );
-    for (p, source) in losers {
-        let name = format!("{}/{}", p.metadata.namespace, p.metadata.name);
-        refused_policies.push(RefusedPolicy {
-            why: format!(
-                "a second definition of EdgePolicy {name} ({source}) targets it and was refused as Duplicate"
-            ),
-            name,
-            source,
-            namespace: Some(p.metadata.namespace.clone()),
-            targets: Some(vec![(
-                Some(p.metadata.namespace.clone()),
-                p.spec.target_ref.name.clone(),
-            )]),
-        });
-    }
-
     let issuers = admit(issuer_candidates, last_good_issuers, "cluster.local");
     for v in issuers.verdicts.values() {
         let mut verdict = refs_ok(
@@ -314,36 +312,129 @@ pub fn judge_with(
         model.verdicts.push(verdict);
     }
 
+    // Every parsed route is judged on its own first, so that which documents are refused is
+    // known before the definition in force is picked (outside review 12, F2/F3).
+    let mut defs: Vec<RouteDef> = Vec::new();
     for (r, source) in routes {
-        let original = r.clone();
         let (verdict, route) =
-            http_routes::judge_route(r, &source, &our_gateways, &model.listeners);
-        let name = verdict.name.clone();
-        model.verdicts.push(verdict);
-        match route {
-            Some(route) => {
-                kept.routes.insert(name, original);
+            http_routes::judge_route(r.clone(), &source, &our_gateways, &model.listeners);
+        defs.push(RouteDef {
+            name: verdict.name.clone(),
+            value: route_values.remove(&source).unwrap_or_default(),
+            source,
+            parsed: Some((r, verdict, route)),
+        });
+    }
+    for r in refused_routes.drain(..) {
+        // Refused before they were parsed; their verdicts are given.
+        defs.push(RouteDef {
+            name: r.name,
+            source: r.source,
+            value: r.value,
+            parsed: None,
+        });
+    }
+    let files: HashSet<&str> = texts.iter().map(|(f, _)| f.as_str()).collect();
+    let refused_files: HashSet<String> = model
+        .verdicts
+        .iter()
+        .filter(|v| v.accepted.is_err())
+        .map(|v| v.source.as_str())
+        .chain(defs.iter().filter_map(|d| {
+            d.parsed
+                .as_ref()
+                .filter(|(_, v, _)| v.accepted.is_err())
+                .map(|_| d.source.as_str())
+        }))
+        .map(|s| in_force::file_of(s).to_owned())
+        .collect();
+    // Objects whose last accepted version is held because their file has a refused document:
+    // (kind, name, source of that version).
+    let mut held: Vec<(&str, String, String)> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for n in defs.iter().map(|d| &d.name).chain(last.routes.keys()) {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let mut slots: Vec<Option<RouteDef>> = defs.into_iter().map(Some).collect();
+    for name in names {
+        let idx: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots[i].as_ref().is_some_and(|d| d.name == name))
+            .collect();
+        let good = last.routes.get(&name);
+        let sources: Vec<String> = idx
+            .iter()
+            .filter_map(|&i| slots[i].as_ref().map(|d| d.source.clone()))
+            .collect();
+        let cands: Vec<in_force::Candidate> = idx
+            .iter()
+            .filter_map(|&i| slots[i].as_ref())
+            .map(|d| in_force::Candidate {
+                source: &d.source,
+                equal: good.is_some_and(|(g, _)| d.parsed.as_ref().is_some_and(|(r, _, _)| r == g)),
+            })
+            .collect();
+        let pick = in_force::pick(
+            &cands,
+            good.map(|(_, s)| s.as_str()),
+            &files,
+            &refused_files,
+        );
+        drop(cands);
+        let winner = match pick {
+            Pick::Winner(w) => Some(sources[w].as_str()),
+            Pick::Hold => good.map(|(_, s)| s.as_str()),
+            Pick::NoWinner => None,
+        };
+        let all: Vec<&str> = sources.iter().map(String::as_str).collect();
+        let message = in_force::duplicate_message("HTTPRoute", &name, pick, winner, &all);
+        if let (Pick::Hold, Some((g, src))) = (pick, good) {
+            let (_, route) =
+                http_routes::judge_route(g.clone(), src, &our_gateways, &model.listeners);
+            if let Some(route) = route {
+                kept.routes.insert(name.clone(), (g.clone(), src.clone()));
                 model.routes.push(route);
+                held.push(("HTTPRoute", name.clone(), src.clone()));
             }
-            None => refused_routes.push(RefusedRoute {
-                name,
-                value: route_values.remove(&source).unwrap_or_default(),
-                source,
-                duplicate: false,
-            }),
+        }
+        for (k, &i) in idx.iter().enumerate() {
+            let Some(d) = slots[i].take() else { continue };
+            let duplicate = pick != Pick::Winner(k);
+            match d.parsed {
+                Some((r, verdict, Some(route))) if !duplicate => {
+                    model.verdicts.push(verdict);
+                    kept.routes.insert(name.clone(), (r, d.source));
+                    model.routes.push(route);
+                    continue;
+                }
+                Some((_, verdict, _)) if !duplicate => model.verdicts.push(verdict),
+                Some((_, verdict, _)) => {
+                    let mut v = refused("HTTPRoute", &name, &d.source, message.clone());
+                    v.generation = verdict.generation;
+                    v.accepted_reason = "Duplicate";
+                    model.verdicts.push(v);
+                }
+                None if duplicate => amend(&mut model.verdicts, &d.source, &format!("; {message}")),
+                None => {}
+            }
+            refused_routes.push(RefusedRoute {
+                name: name.clone(),
+                source: d.source,
+                value: d.value,
+                duplicate,
+            });
         }
     }
     // A refused route never opens its paths to a broader route (review 10, F1): its last
     // accepted version stays in force, or a placeholder closes what it declares.
     let mut gateway_names: Vec<String> = our_gateways.keys().cloned().collect();
     gateway_names.sort();
+    // Duplicates last, so that the definition in force of their name is known.
+    refused_routes.sort_by_key(|r| r.duplicate);
     for r in refused_routes {
-        let other_in_force = model.routes.iter().any(|m| m.name == r.name);
-        let good = last
-            .routes
-            .get(&r.name)
-            .filter(|_| !r.duplicate && !other_in_force);
-        if let Some(good) = good {
+        let good = last.routes.get(&r.name).filter(|_| !r.duplicate);
+        if let Some((good, _)) = good {
             let (_, route) =
                 http_routes::judge_route(good.clone(), &r.source, &our_gateways, &model.listeners);
             if let Some(route) = route {
@@ -352,14 +443,70 @@ pub fn judge_with(
                     &r.source,
                     "; its last accepted version stays in force until it is fixed",
                 );
-                kept.routes.insert(r.name.clone(), good.clone());
+                kept.routes
+                    .insert(r.name.clone(), (good.clone(), r.source.clone()));
                 model.routes.push(route);
                 continue;
             }
         }
+        // A refused edit that renamed the route held from this very document: the held
+        // version is what it edits, so nothing more is closed.
+        if let Some((_, name, _)) = held
+            .iter()
+            .find(|(k, n, s)| *k == "HTTPRoute" && *s == r.source && *n != r.name)
+        {
+            amend(
+                &mut model.verdicts,
+                &r.source,
+                &format!("; read as an edit of HTTPRoute {name} (read from this document before), whose last accepted version stays in force until it is fixed"),
+            );
+            continue;
+        }
         let closed = format!("HTTPRoute {} is refused (see its verdict)", r.name);
-        let (placeholders, what) =
+        let (mut placeholders, mut what) =
             refused::placeholder_routes(&r.value, &r.name, &gateway_names, &closed);
+        // A duplicate never closes what the definition in force of its name serves (that
+        // would let anyone who can write a file take the owner's route down): only what it
+        // declares beyond that is closed.
+        let winner = model
+            .routes
+            .iter()
+            .find(|m| m.name == r.name && m.closed.is_none());
+        if let Some(w) = winner.filter(|_| r.duplicate) {
+            let served: Vec<(PathMatchType, String)> = w
+                .spec
+                .rules
+                .iter()
+                .flat_map(|rule| {
+                    let all = [RouteMatch::default()];
+                    let matches = if rule.matches.is_empty() {
+                        &all[..]
+                    } else {
+                        &rule.matches[..]
+                    };
+                    matches.iter().map(path_of).collect::<Vec<_>>()
+                })
+                .collect();
+            let mut hosts = w.spec.hostnames.clone();
+            hosts.sort();
+            for p in &mut placeholders {
+                let mut mine = p.spec.hostnames.clone();
+                mine.sort();
+                if mine == hosts {
+                    p.spec
+                        .rules
+                        .retain(|rule| rule.matches.iter().any(|m| !served.contains(&path_of(m))));
+                }
+            }
+            placeholders.retain(|p| !p.spec.rules.is_empty());
+            if placeholders.is_empty() {
+                what = format!(
+                    "what it declares is served by the definition in force of {} ({}), so it closes nothing",
+                    r.name,
+                    w.spec.hostnames.join(", ")
+                );
+            }
+        }
         amend(&mut model.verdicts, &r.source, &format!("; {what}"));
         model.routes.extend(placeholders);
     }
@@ -380,18 +527,163 @@ pub fn judge_with(
         }
     }
 
+    // EdgePolicies: the definition in force picked by source, as for routes.
+    let mut pdefs: Vec<PolicyDef> = policies
+        .into_iter()
+        .map(|(p, source)| PolicyDef {
+            name: format!("{}/{}", p.metadata.namespace, p.metadata.name),
+            source,
+            parsed: Some(p),
+            refused: None,
+        })
+        .collect();
+    pdefs.extend(refused_policies.into_iter().map(|r| PolicyDef {
+        name: r.name.clone(),
+        source: r.source.clone(),
+        parsed: None,
+        refused: Some(r),
+    }));
+    let mut names: Vec<String> = Vec::new();
+    for n in pdefs
+        .iter()
+        .map(|d| &d.name)
+        .chain(last.edge_policies.keys())
+    {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let mut slots: Vec<Option<PolicyDef>> = pdefs.into_iter().map(Some).collect();
+    let mut policies = Vec::new();
+    let mut refused_policies = Vec::new();
+    let mut held_policies = Vec::new();
+    for name in names {
+        let idx: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots[i].as_ref().is_some_and(|d| d.name == name))
+            .collect();
+        let good = last.edge_policies.get(&name);
+        let sources: Vec<String> = idx
+            .iter()
+            .filter_map(|&i| slots[i].as_ref().map(|d| d.source.clone()))
+            .collect();
+        let cands: Vec<in_force::Candidate> = idx
+            .iter()
+            .filter_map(|&i| slots[i].as_ref())
+            .map(|d| in_force::Candidate {
+                source: &d.source,
+                equal: good.is_some_and(|(g, _)| d.parsed.as_ref() == Some(g)),
+            })
+            .collect();
+        let pick = in_force::pick(
+            &cands,
+            good.map(|(_, s)| s.as_str()),
+            &files,
+            &refused_files,
+        );
+        drop(cands);
+        let winner = match pick {
+            Pick::Winner(w) => Some(sources[w].as_str()),
+            Pick::Hold => good.map(|(_, s)| s.as_str()),
+            Pick::NoWinner => None,
+        };
+        let all: Vec<&str> = sources.iter().map(String::as_str).collect();
+        let message = in_force::duplicate_message("EdgePolicy", &name, pick, winner, &all);
+        if let (Pick::Hold, Some((g, src))) = (pick, good) {
+            held_policies.push((g.clone(), src.clone()));
+            held.push(("EdgePolicy", name.clone(), src.clone()));
+        }
+        for (k, &i) in idx.iter().enumerate() {
+            let Some(d) = slots[i].take() else { continue };
+            let duplicate = pick != Pick::Winner(k);
+            match (d.parsed, d.refused) {
+                (Some(p), _) if !duplicate => policies.push((p, d.source)),
+                (Some(p), _) => {
+                    let mut v = refused("EdgePolicy", &name, &d.source, message.clone());
+                    v.generation = p.metadata.generation;
+                    v.accepted_reason = "Duplicate";
+                    model.verdicts.push(v);
+                    refused_policies.push(RefusedPolicy {
+                        why: format!(
+                            "a second definition of EdgePolicy {name} ({}) targets it and was refused as Duplicate",
+                            d.source
+                        ),
+                        name: name.clone(),
+                        namespace: Some(p.metadata.namespace.clone()),
+                        targets: Some(vec![(
+                            Some(p.metadata.namespace.clone()),
+                            p.spec.target_ref.name.clone(),
+                        )]),
+                        source: d.source,
+                        duplicate: true,
+                    });
+                }
+                (None, Some(mut r)) => {
+                    if duplicate {
+                        amend(&mut model.verdicts, &r.source, &format!("; {message}"));
+                        r.duplicate = true;
+                    }
+                    refused_policies.push(r);
+                }
+                (None, None) => {}
+            }
+        }
+    }
     edge_policies::judge_policies(
         &mut model,
-        policies,
+        (policies, held_policies),
         refused_policies,
         (last, &mut kept.edge_policies),
         &issuers.set,
         secrets,
     );
     refused::close_routes_named_in(&mut model.routes, &mut model.verdicts, &read.unread);
+    // Say on each refused document of a file why an object it no longer defines stays in force.
+    for (kind, name, src) in &held {
+        let file = in_force::file_of(src);
+        let more = format!(
+            "; {kind} {name} (last accepted from {src}) is not found in {file}, which has this \
+             refused document: its last accepted version stays in force until the file reads \
+             cleanly (delete the file to remove it)"
+        );
+        for v in model
+            .verdicts
+            .iter_mut()
+            .filter(|v| v.accepted.is_err() && in_force::file_of(&v.source) == file)
+        {
+            if let Err(e) = &mut v.accepted {
+                e.push_str(&more);
+            }
+        }
+    }
     model.issuers = issuers.set;
     model.last_good = kept;
     model
+}
+
+/// A match's path as the proxy reads it (no path: every path).
+fn path_of(m: &RouteMatch) -> (PathMatchType, String) {
+    m.path
+        .as_ref()
+        .map_or((PathMatchType::PathPrefix, "/".to_owned()), |p| {
+            (p.kind, p.value.clone())
+        })
+}
+
+/// One definition of an HTTPRoute: parsed (with its verdict, and its model when accepted), or
+/// refused before it parsed (its verdict given).
+struct RouteDef {
+    name: String,
+    source: String,
+    value: serde_yaml::Value,
+    parsed: Option<(HttpRoute, Verdict, Option<RouteModel>)>,
+}
+
+/// One definition of an EdgePolicy: parsed and valid, or refused.
+struct PolicyDef {
+    name: String,
+    source: String,
+    parsed: Option<EdgePolicy>,
+    refused: Option<RefusedPolicy>,
 }
 
 /// Objects with the source each was read from.

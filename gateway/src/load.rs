@@ -132,8 +132,9 @@ pub struct Model {
 /// in the running gateway; a restart starts without it (refused objects then get placeholders).
 #[derive(Debug, Clone, Default)]
 pub struct LastGood {
-    /// HTTPRoutes in force by `<namespace>/<name>`.
-    pub routes: BTreeMap<String, HttpRoute>,
+    /// HTTPRoutes in force by `<namespace>/<name>`, with the source they were read from (the
+    /// definition read from there is the object, whatever its content: outside review 12).
+    pub routes: BTreeMap<String, (HttpRoute, String)>,
     /// EdgePolicies in force by `<namespace>/<name>`, with the source they were read from.
     pub edge_policies: BTreeMap<String, (EdgePolicy, String)>,
     /// Local mode: each file's text the last time it read as YAML (and had documents).

@@ -541,3 +541,4 @@ mod refused_objects;
 mod review10;
 mod review11;
 mod review12;
+mod review12_objects;

@@ -7,9 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 use pqmesh_policy::Secrets;
 
 use super::refused::RefusedPolicy;
-use super::{check_api, refs_ok, with};
+use super::{refs_ok, with};
 use crate::api::*;
 use crate::load::{EdgeModel, LastGood, Model, Verdict};
+
+/// EdgePolicies with the source each was read from.
+type Sourced = Vec<(EdgePolicy, String)>;
 
 fn name_of(p: &EdgePolicy) -> String {
     format!("{}/{}", p.metadata.namespace, p.metadata.name)
@@ -19,44 +22,27 @@ fn target_of(p: &EdgePolicy) -> String {
     format!("{}/{}", p.metadata.namespace, p.spec.target_ref.name)
 }
 
-/// Judges `policies` (parsed, with their source) against the routes already in `model`.
-/// `refused` are the EdgePolicies refused before their spec was judged. A refused edit keeps
+/// Judges `policies` (parsed and valid, with their source; and the `held` last accepted versions
+/// of policies whose file has a refused document) against the routes already in `model`.
+/// `refused` are the EdgePolicies refused (duplicates keep no last version: theirs is another's). A refused edit keeps
 /// the last accepted version of its object in force (`last`: found by name, or by the document
 /// it was read from when the edit lost its name or namespace), and every route the refused
 /// edit may target is closed as well (review 10, F2). `kept` receives the versions in force.
 pub(super) fn judge_policies(
     model: &mut Model,
-    policies: Vec<(EdgePolicy, String)>,
-    mut refused: Vec<RefusedPolicy>,
+    (policies, held): (Sourced, Sourced),
+    refused: Vec<RefusedPolicy>,
     (last, kept): (&LastGood, &mut BTreeMap<String, (EdgePolicy, String)>),
     issuers: &pqmesh_policy::PolicySet,
     secrets: &dyn Secrets,
 ) {
-    // A policy that parses but is invalid is a refused edit like one that does not parse.
-    let mut valid = Vec::new();
-    for (p, source) in policies {
-        let name = name_of(&p);
-        let mut verdict = refs_ok("EdgePolicy", &name, &source);
-        verdict.generation = p.metadata.generation;
-        match check_api(&p.api_version, PQMESH_API_VERSION).and_then(|()| check_policy(&p.spec)) {
-            Ok(()) => valid.push((p, source, false)),
-            Err(e) => {
-                model.verdicts.push(with(verdict, Err(e)));
-                refused.push(RefusedPolicy {
-                    why: format!("EdgePolicy {name} targeting it was refused"),
-                    name,
-                    source,
-                    namespace: Some(p.metadata.namespace.clone()),
-                    targets: Some(vec![(
-                        Some(p.metadata.namespace.clone()),
-                        p.spec.target_ref.name.clone(),
-                    )]),
-                });
-            }
-        }
-    }
+    // Checked when read (`super::judge_with`): every policy here is valid. Held versions (their
+    // file has a refused document and no longer defines them) stay in force as kept ones.
+    let mut valid: Vec<(EdgePolicy, String, bool)> =
+        policies.into_iter().map(|(p, s)| (p, s, false)).collect();
+    valid.extend(held.into_iter().map(|(p, s)| (p, s, true)));
     let mut kept_target: HashMap<String, String> = HashMap::new();
-    for r in &refused {
+    for r in refused.iter().filter(|r| !r.duplicate) {
         let found = last.edge_policies.get(&r.name).or_else(|| {
             last.edge_policies
                 .values()
@@ -66,6 +52,14 @@ pub(super) fn judge_policies(
             continue;
         };
         if valid.iter().any(|(q, _, _)| name_of(q) == name_of(p)) {
+            // Held already (its file has this refused document): this edit of it closes nothing
+            // more than it does.
+            if valid
+                .iter()
+                .any(|(q, s, kept)| *kept && q == p && s == source)
+            {
+                kept_target.insert(r.source.clone(), target_of(p));
+            }
             continue;
         }
         super::amend(
@@ -260,7 +254,7 @@ pub(super) fn show_closure(
     }
 }
 
-fn check_policy(spec: &EdgePolicySpec) -> Result<(), String> {
+pub(super) fn check_policy(spec: &EdgePolicySpec) -> Result<(), String> {
     if spec.token.is_none() && spec.rate_limit.is_none() {
         return Err("sets neither token nor rateLimit: an EdgePolicy that checks nothing is refused (it would look like protection); its route answers 503".into());
     }

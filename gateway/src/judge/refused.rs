@@ -73,12 +73,57 @@ pub(super) fn kind_of(value: &Value) -> Kind {
             })
     };
     if api.starts_with("pqmesh.io/") && spec_has("targetRef") {
-        Kind::EdgePolicy
+        return Kind::EdgePolicy;
     } else if api.starts_with("gateway.networking.k8s.io/") && spec_has("rules") {
+        return Kind::HttpRoute;
+    }
+    // Outside review 12, F3: a kind that is missing or a typo of ours (`HTTPRoutes`,
+    // `EdgePolcy`), whatever its apiVersion, with a readable `metadata.name` and a spec shaped
+    // like a route or a policy, is read as what it most likely is, and so closes what it
+    // declares instead of vanishing. A kind further from ours (an Ingress, a GRPCRoute) is
+    // left alone.
+    let kind = value.get("kind");
+    let near = match kind {
+        None | Some(Value::Null) => true,
+        Some(k) => k.as_str().is_some_and(|k| {
+            let k = k.trim().to_ascii_lowercase();
+            ["httproute", "edgepolicy"]
+                .iter()
+                .any(|ours| edit_distance(&k, ours) <= 2)
+        }),
+    };
+    let named = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    if !(near && named) {
+        Kind::Other
+    } else if spec_has("targetRef") {
+        Kind::EdgePolicy
+    } else if spec_has("parentRefs") || spec_has("rules") {
         Kind::HttpRoute
     } else {
         Kind::Other
     }
+}
+
+/// Levenshtein distance (short strings: kinds).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(here + 1);
+            prev = here;
+        }
+    }
+    row[b.len()]
 }
 
 /// The documents to judge, `(source, value)`, and the texts of files that did not read and
@@ -209,10 +254,12 @@ pub(super) fn close_routes_named_in(
 /// An EdgePolicy as far as a refused document reads: `(namespace, route name)` it may target
 /// (`None` namespace: not stated, so any), or `None` when no target reads at all.
 pub(super) fn raw_targets(value: &Value) -> Option<Vec<(Option<String>, String)>> {
+    // A namespace that is no DNS label (`Shop`) does not read: any namespace (review 12, F4).
     let ns = value
         .get("metadata")
         .and_then(|m| m.get("namespace"))
         .and_then(Value::as_str)
+        .filter(|n| super::in_force::is_dns_label(n))
         .map(str::to_owned);
     let spec = value.get("spec")?.as_mapping()?;
     let mut out = Vec::new();
@@ -281,7 +328,8 @@ pub(super) fn placeholder_routes(
     let ns = value
         .get("metadata")
         .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str);
+        .and_then(Value::as_str)
+        .filter(|n| super::in_force::is_dns_label(n));
     let spec = value.get("spec");
     let named: Vec<(Option<&str>, &str)> = spec
         .and_then(|s| s.get("parentRefs"))
@@ -460,4 +508,6 @@ pub(super) struct RefusedPolicy {
     pub targets: Option<Vec<(Option<String>, String)>>,
     /// Why the routes it targets are closed, for their verdicts.
     pub why: String,
+    /// A second definition of a name: the last accepted version is not this one's to keep.
+    pub duplicate: bool,
 }

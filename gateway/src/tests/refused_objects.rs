@@ -295,18 +295,24 @@ fn an_edge_policy_edit_that_does_not_parse_never_reopens_its_route() {
     }
 }
 
-/// F10: a second definition of an object is refused as `Duplicate`; the one in force wins and
-/// what the loser would govern is closed, and each route's verdict names the real cause.
+/// F10 (with review 12's source rule): a second definition of an object is refused as
+/// `Duplicate`; the one read from where the version in force was read wins, what the loser
+/// would govern is closed, and each route's verdict names the real cause. With no version in
+/// force, no definition wins (see `review12`).
 #[test]
 fn duplicates_are_refused_and_close_what_they_would_govern() {
     let dupe = VICTIM.replace("value: /victim", "value: /dupe");
+    let first = judge_files(
+        &[("a.yaml", &routes_yaml(VICTIM)), ("policy.yaml", POLICY)],
+        None,
+    );
     let m = judge_files(
         &[
             ("a.yaml", &routes_yaml(VICTIM)),
             ("b.yaml", &dupe),
             ("policy.yaml", POLICY),
         ],
-        None,
+        Some(&first),
     );
     assert_eq!(answer(&m, "/victim/x"), ("shop/victim".into(), "401"));
     assert_eq!(answer(&m, "/dupe/x"), ("shop/victim".into(), "503"));
@@ -321,7 +327,8 @@ fn duplicates_are_refused_and_close_what_they_would_govern() {
         .iter()
         .filter(|v| v.name == "shop/victim" && v.accepted.is_ok())
         .all(|v| v.resolved_refs.is_ok()));
-    // The version in force wins, whichever file is read first.
+    // The definition read from the in-force source wins whatever its content (an edit there
+    // is the owner's): b.yaml, though equal to the old version, stays a duplicate and closed.
     let m2 = judge_files(
         &[
             ("a.yaml", &routes_yaml(&dupe)),
@@ -330,20 +337,22 @@ fn duplicates_are_refused_and_close_what_they_would_govern() {
         ],
         Some(&m),
     );
-    assert_eq!(answer(&m2, "/victim/x"), ("shop/victim".into(), "401"));
-    assert_eq!(answer(&m2, "/dupe/x").1, "503");
+    assert_eq!(answer(&m2, "/dupe/x"), ("shop/victim".into(), "401"));
+    assert_eq!(answer(&m2, "/victim/x").1, "503");
     // Two EdgePolicies shop/v: the second is Duplicate, and the route it names is closed with
     // that cause (not "refused" for a policy that shows Accepted=True).
     let other = VICTIM
         .replace("name: victim", "name: other")
         .replace("value: /victim", "value: /other2");
     let second = POLICY.replace("name: victim}", "name: other}");
+    let routes = routes_yaml(VICTIM) + "---\n" + &other;
+    let first = judge_files(&[("routes.yaml", &routes), ("policy.yaml", POLICY)], None);
     let m = judge_files(
         &[
-            ("routes.yaml", &(routes_yaml(VICTIM) + "---\n" + &other)),
+            ("routes.yaml", &routes),
             ("policy.yaml", &format!("{POLICY}---\n{second}")),
         ],
-        None,
+        Some(&first),
     );
     assert_eq!(answer(&m, "/victim/x"), ("shop/victim".into(), "401"));
     assert_eq!(answer(&m, "/other2/x"), ("shop/other".into(), "503"));
