@@ -562,3 +562,76 @@ fn names_kubernetes_would_refuse_are_refused() {
         m.verdicts
     );
 }
+
+/// F2(a): a copy of the gateway's TokenIssuer in a file read first, pointing at the attacker's
+/// keys, was refused until the owner made a valid edit; then the copy became the issuer in force
+/// and the attacker's tokens opened `/secret`. The definition in force is the one read from
+/// where it was read (`pqmesh_policy::admit`); with none in force (a restart), neither is.
+#[test]
+fn a_copied_token_issuer_never_takes_over() {
+    let issuer = |iss: &str, skew: &str| {
+        format!(
+            "apiVersion: pqmesh.io/v1alpha1\nkind: TokenIssuer\nmetadata: {{name: corp, namespace: shop}}\n\
+             spec:\n  issuer: {iss}\n  audiences: [shop]\n  jwksUri: {iss}/jwks\n{skew}"
+        )
+    };
+    let owner = issuer("https://idp.example", "");
+    let evil = issuer("https://evil.example", "");
+    let edited = issuer("https://idp.example", "  clockSkewSeconds: 30\n");
+    let secret_yaml = secret(ROUTE, POLICY);
+    let in_force = |m: &Model| {
+        m.issuers
+            .issuers
+            .iter()
+            .map(|t| t.spec.issuer.clone())
+            .collect::<Vec<_>>()
+    };
+    let first = judge_files(
+        &[
+            ("app.yaml", APP),
+            ("issuer.yaml", &owner),
+            ("secret.yaml", &secret_yaml),
+        ],
+        None,
+    );
+    assert_eq!(in_force(&first), ["https://idp.example"]);
+    let copied = judge_files(
+        &[
+            ("aaa-evil.yaml", &evil),
+            ("app.yaml", APP),
+            ("issuer.yaml", &owner),
+            ("secret.yaml", &secret_yaml),
+        ],
+        Some(&first),
+    );
+    assert_eq!(in_force(&copied), ["https://idp.example"]);
+    let after_edit = judge_files(
+        &[
+            ("aaa-evil.yaml", &evil),
+            ("app.yaml", APP),
+            ("issuer.yaml", &edited),
+            ("secret.yaml", &secret_yaml),
+        ],
+        Some(&copied),
+    );
+    assert_eq!(
+        in_force(&after_edit),
+        ["https://idp.example"],
+        "{:#?}",
+        after_edit.verdicts
+    );
+    assert_eq!(
+        after_edit.issuers.issuers[0].spec.clock_skew_seconds, 30,
+        "the owner's edit"
+    );
+    let restarted = judge_files(
+        &[
+            ("aaa-evil.yaml", &evil),
+            ("app.yaml", APP),
+            ("issuer.yaml", &edited),
+            ("secret.yaml", &secret_yaml),
+        ],
+        None,
+    );
+    assert!(in_force(&restarted).is_empty(), "{:#?}", restarted.verdicts);
+}
