@@ -12,6 +12,7 @@ pub mod api;
 pub mod backend;
 pub mod canonical;
 pub mod config;
+pub mod filters;
 pub mod judge;
 pub mod kubernetes;
 pub mod load;

@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use pqmesh_sidecar::tls::MeshTls;
 use pqmesh_sidecar::token::{Authenticated, Validator};
 use tokio::sync::watch;
 
-use crate::api::{Accept, FilterType, HeaderModifier, PathModifierType, RateLimitKey};
+use crate::api::{Accept, FilterType, RateLimitKey};
 use crate::canonical::{canonical_request, has_access_token_param};
+use crate::filters::{modified_path, modify_headers, strip_hop_by_hop};
 use crate::load::{Endpoint, ListenerModel, RouteModel};
 use crate::metrics::GatewayMetrics;
 use crate::program::Programmed;
@@ -66,62 +67,6 @@ fn with_header(mut r: Response<Body>, name: &'static str, value: &str) -> Respon
         r.headers_mut().insert(name, v);
     }
     r
-}
-
-/// Headers never forwarded: hop-by-hop, and mesh headers only the receiving sidecar may set.
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
-    for n in named {
-        headers.remove(n.as_str());
-    }
-    for h in [
-        "connection",
-        "keep-alive",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authorization",
-        "http2-settings",
-    ] {
-        headers.remove(h);
-    }
-    let mesh: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-pqmesh-"))
-        .cloned()
-        .collect();
-    for k in mesh {
-        headers.remove(k);
-    }
-}
-
-fn modify_headers(headers: &mut hyper::HeaderMap, m: &HeaderModifier) {
-    let pair = |name: &str, value: &str| {
-        Some((
-            HeaderName::from_bytes(name.as_bytes()).ok()?,
-            HeaderValue::from_str(value).ok()?,
-        ))
-    };
-    for h in &m.set {
-        if let Some((n, v)) = pair(&h.name, &h.value) {
-            headers.insert(n, v);
-        }
-    }
-    for h in &m.add {
-        if let Some((n, v)) = pair(&h.name, &h.value) {
-            headers.append(n, v);
-        }
-    }
-    for name in &m.remove {
-        headers.remove(name.to_ascii_lowercase().as_str());
-    }
 }
 
 /// Which listeners a connection may be served by: every listener on its port (HTTP, told
@@ -613,19 +558,6 @@ async fn route_request(
         }
     }
     Ok((name, response))
-}
-
-fn modified_path(path: &str, matched_prefix: Option<&str>, m: &crate::api::PathModifier) -> String {
-    match m.kind {
-        PathModifierType::ReplaceFullPath => {
-            m.replace_full_path.clone().unwrap_or_else(|| "/".into())
-        }
-        PathModifierType::ReplacePrefixMatch => routes::replace_prefix(
-            path,
-            matched_prefix.unwrap_or("/"),
-            m.replace_prefix_match.as_deref().unwrap_or("/"),
-        ),
-    }
 }
 
 fn claim_value(claims: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<String> {
