@@ -138,6 +138,22 @@ impl ControlPlane {
         .await;
     }
 
+    /// Writes `revocations.yaml` (revoked identities, denied clients and subjects) with a visibly
+    /// new modification time, so that the control plane's poll sees a change even within one
+    /// second of the last write.
+    pub fn write_revocations(&self, yaml: &str) {
+        let path = self.dir.path().join("revocations.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let t = std::time::SystemTime::now()
+            + std::time::Duration::from_secs(rand::random::<u8>() as u64 + 1);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
     /// Writes `secrets.yaml` (mode 0600).
     pub fn write_secrets(&self, yaml: &str) {
         use std::os::unix::fs::PermissionsExt;

@@ -14,19 +14,6 @@ use pqmesh_tests::oauth::{PARTNER_CLIENT_ID, PARTNER_CLIENT_SECRET, SHOP_CLIENT_
 
 use crate::gateway::{bearer, call, setup};
 
-/// Writes the control plane's `DIR/revocations.yaml` with a visibly new timestamp.
-pub(crate) fn write_deny_list(dir: &std::path::Path, yaml: &str) {
-    let path = dir.join("revocations.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let t = std::time::SystemTime::now() + Duration::from_secs(rand::random::<u8>() as u64 + 1);
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
-
 /// Polls `f` every 100 ms for up to 10 s.
 async fn within_10s(mut f: impl AsyncFnMut() -> bool) -> bool {
     for _ in 0..100 {
@@ -63,7 +50,7 @@ async fn a_client_denied_by_the_control_plane_is_refused_live_and_let_back_in() 
         200
     );
 
-    write_deny_list(s.cp.dir.path(), &format!("clients: [{SHOP_CLIENT_ID}]\n"));
+    s.cp.write_revocations(&format!("clients: [{SHOP_CLIENT_ID}]\n"));
     let denied = within_10s(async || {
         call(http, "/orders/1", &[("authorization", &shop)])
             .await
@@ -85,7 +72,7 @@ async fn a_client_denied_by_the_control_plane_is_refused_live_and_let_back_in() 
 
     // Review 11 F5: an editor's non-atomic save empties the file first; that must not lift the
     // list, not even for a moment.
-    write_deny_list(s.cp.dir.path(), "");
+    s.cp.write_revocations("");
     for _ in 0..15 {
         let r = call(http, "/orders/4", &[("authorization", &shop)]).await;
         assert_eq!(
@@ -97,7 +84,7 @@ async fn a_client_denied_by_the_control_plane_is_refused_live_and_let_back_in() 
     }
 
     // Emptied: the client is back without any restart.
-    write_deny_list(s.cp.dir.path(), "clients: []\n");
+    s.cp.write_revocations("clients: []\n");
     let back = within_10s(async || {
         call(http, "/orders/1", &[("authorization", &shop)])
             .await
@@ -177,7 +164,7 @@ async fn a_revoked_backend_identity_is_never_sent_a_request() {
             .status,
         200
     );
-    write_deny_list(s.cp.dir.path(), "identities: [shop/api]\n");
+    s.cp.write_revocations("identities: [shop/api]\n");
     let refused = within_10s(async || {
         call(http, "/orders/1", &[("authorization", &auth)])
             .await

@@ -31,7 +31,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::gateway::{free_port, header_app};
-use crate::gateway_abuse::write_deny_list;
 
 const ECDSA: KeyAlgorithm = KeyAlgorithm::EcdsaP256;
 
@@ -296,7 +295,7 @@ fn hammer(addr: SocketAddr, released: Arc<AtomicBool>, stop: Arc<AtomicBool>, se
 #[tokio::test]
 async fn a_starting_gateway_answers_503_until_its_first_policy_snapshot() {
     let s = stack().await;
-    write_deny_list(s.cp.dir.path(), "clients: [spam-bot-7]\n");
+    s.cp.write_revocations("clients: [spam-bot-7]\n");
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Seen = Default::default();
     for _ in 0..16 {

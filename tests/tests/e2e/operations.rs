@@ -394,19 +394,6 @@ async fn the_drain_deadline_cuts_connections_that_do_not_finish() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-/// Writes `DIR/revocations.yaml` with a visibly new timestamp.
-fn write_revocations(cp: &ControlPlane, yaml: &str) {
-    let path = cp.dir.path().join("revocations.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let t = std::time::SystemTime::now() + Duration::from_secs(rand::random::<u8>() as u64 + 1);
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_workload_is_cut_off_within_seconds() {
     let m = mesh(KeyAlgorithm::EcdsaP256, &[]).await;
@@ -417,7 +404,7 @@ async fn a_revoked_workload_is_cut_off_within_seconds() {
     get(out, "/before").await.unwrap();
 
     let revoked_at = Instant::now();
-    write_revocations(&m.cp, "identities: [shop/web]\n");
+    m.cp.write_revocations("identities: [shop/web]\n");
     // Each latency ends when the client sees the failure; B's metrics must then show that B's
     // revocation enforcement caused it (so an unrelated error cannot pass for a fast revocation;
     // B counts right after it dropped the connection, hence the short wait).
@@ -559,7 +546,7 @@ async fn a_revoked_workload_is_cut_off_within_seconds() {
     );
 
     // Lifting the revocation lets it back in.
-    write_revocations(&m.cp, "identities: []\n");
+    m.cp.write_revocations("identities: []\n");
     eventually_async("web is admitted again", || async {
         get(out, "/after").await.is_ok()
     })
@@ -572,10 +559,7 @@ async fn a_revoked_serial_refuses_that_certificate_until_it_is_replaced() {
     let out = m.a.outbound_addr.unwrap();
     get(out, "/before").await.unwrap();
     let b_serial = m.b.current().unwrap().creds.serial_hex.clone();
-    write_revocations(
-        &m.cp,
-        &format!("serials: [\"{}\"]\n", b_serial.to_lowercase()),
-    );
+    m.cp.write_revocations(&format!("serials: [\"{}\"]\n", b_serial.to_lowercase()));
     eventually("A enforces the list", || m.a.revoked().len() == 1).await;
     // A (the client) refuses B's revoked certificate itself.
     assert!(get(out, "/refused").await.is_err());
@@ -599,9 +583,9 @@ async fn a_revoked_serial_refuses_that_certificate_until_it_is_replaced() {
 async fn an_invalid_revocation_edit_keeps_the_last_good_list() {
     let m = mesh(KeyAlgorithm::EcdsaP256, &[]).await;
     let out = m.a.outbound_addr.unwrap();
-    write_revocations(&m.cp, "identities: [shop/other]\n");
+    m.cp.write_revocations("identities: [shop/other]\n");
     eventually("the list arrived", || m.a.revoked().len() == 1).await;
-    write_revocations(&m.cp, "identities: [not-an-identity]\n");
+    m.cp.write_revocations("identities: [not-an-identity]\n");
     let cp = m.cp.running.metrics.registry.clone();
     eventually("the bad edit was refused", || {
         metric(
@@ -677,7 +661,7 @@ async fn a_revoked_sidecars_control_plane_streams_are_closed() {
     let streams = |name: &str| metric(&registry, name, &[]);
     assert_eq!(streams("pqmesh_discovery_streams"), 1.0);
     assert_eq!(streams("pqmesh_policy_streams"), 1.0);
-    write_revocations(&cp, "identities: [shop/web]\n");
+    cp.write_revocations("identities: [shop/web]\n");
     eventually("both streams were closed", || {
         streams("pqmesh_discovery_streams") == 0.0 && streams("pqmesh_policy_streams") == 0.0
     })

@@ -596,17 +596,7 @@ async fn a_denied_client_is_refused_by_the_service_sidecar_live() {
         )
         .await;
     assert_eq!(call(out, "GET", "/orders/1", Some(&shop)).await.status, 200);
-    let write = |yaml: &str| {
-        let path = s.cp.dir.path().join("revocations.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        let t = std::time::SystemTime::now() + Duration::from_secs(rand::random::<u8>() as u64 + 1);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
-    };
+    let write = |yaml: &str| s.cp.write_revocations(yaml);
     let until = async |want: u16| {
         for _ in 0..100 {
             if call(out, "GET", "/orders/1", Some(&shop)).await.status == want {
