@@ -27,6 +27,9 @@ use crate::compile::{
 };
 use crate::model::{AccessPolicy, Resource, TokenIssuer};
 
+mod local;
+pub use local::candidates_from_yaml;
+
 /// Which object: kind (`AccessPolicy` or `TokenIssuer`), namespace, name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ObjectKey {
@@ -624,9 +627,10 @@ type OnePerKey = (
 
 /// Of several definitions of one object (local mode), the one read from where the version in
 /// force was read stays, whatever it now says (a valid edit replaces the version in force, an
-/// invalid one keeps it); if that source no longer defines it, the one equal to the version in
-/// force (a moved file); otherwise none of them (outside review 12 F2: read order, or equality
-/// with content the owner has since edited, let a copy in a file that sorts first take over).
+/// invalid one keeps it); if that document moved within its file, the file's only definition;
+/// otherwise none of them (outside reviews 12 F2 and 13 F1: read order, or equality with the
+/// version in force, let a copy in a file that sorts first take over once the owner edited,
+/// moved or renamed their file; then the copy's next edit was in force).
 fn one_per_key(candidates: Vec<Candidate>, last_good: &PolicySet) -> OnePerKey {
     let mut by_key: BTreeMap<ObjectKey, Vec<usize>> = BTreeMap::new();
     for (i, c) in candidates.iter().enumerate() {
@@ -638,24 +642,24 @@ fn one_per_key(candidates: Vec<Candidate>, last_good: &PolicySet) -> OnePerKey {
             stays.insert(at[0], None);
             continue;
         }
-        let in_force = previous(last_good, key);
-        let from = last_good.sources.get(key);
+        let from = last_good.sources.get(key).map(String::as_str);
+        let same_file: Vec<usize> = at
+            .iter()
+            .copied()
+            .filter(|&i| from.is_some_and(|f| file_of(f) == file_of(&candidates[i].source)))
+            .collect();
         let winner = at
             .iter()
-            .find(|&&i| from == Some(&candidates[i].source))
-            .or_else(|| {
-                at.iter().find(|&&i| {
-                    in_force.is_some() && candidates[i].parsed.as_ref().ok() == in_force.as_ref()
-                })
-            })
-            .copied();
+            .copied()
+            .find(|&i| from == Some(candidates[i].source.as_str()))
+            .or_else(|| (same_file.len() == 1).then(|| same_file[0]));
         for &i in at {
-            stays.insert(i, winner.filter(|&w| w != i));
-        }
-        if winner.is_none() {
-            for &i in at {
-                stays.insert(i, Some(usize::MAX));
-            }
+            let stay = match winner {
+                Some(w) if w == i => None,
+                Some(w) => Some(w),
+                None => Some(usize::MAX),
+            };
+            stays.insert(i, stay);
         }
     }
     let sources: Vec<String> = candidates.iter().map(|c| c.source.clone()).collect();
@@ -691,90 +695,4 @@ fn previous(last_good: &PolicySet, key: &ObjectKey) -> Option<Resource> {
             .cloned()
             .map(Resource::AccessPolicy),
     }
-}
-
-/// The kind a document means (outside review 12 F1): `kind` whatever its case and spacing, or,
-/// when `kind` names neither kind (a typo, missing), what its `spec` is shaped like — a
-/// selector, peers, rules or ports make an AccessPolicy, an issuer or keys a TokenIssuer — so
-/// that `kind: AccessPolcy` is judged (and refused) as the AccessPolicy it was, keeping that
-/// policy's last accepted version or failing closed, instead of vanishing.
-fn kind_meant(kind: &str, value: &serde_yaml::Value) -> Option<&'static str> {
-    for meant in ["AccessPolicy", "TokenIssuer"] {
-        if kind.trim().eq_ignore_ascii_case(meant) {
-            return Some(meant);
-        }
-    }
-    let api = value
-        .get("apiVersion")
-        .and_then(serde_yaml::Value::as_str)
-        .unwrap_or_default();
-    if !(api.is_empty() || api.trim().to_ascii_lowercase().starts_with("pqmesh")) {
-        return None; // another API's object (an HTTPRoute has `rules` too)
-    }
-    let spec = value.get("spec")?;
-    let has = |fields: &[&str]| fields.iter().any(|f| spec.get(*f).is_some());
-    if has(&["selector", "peers", "rules", "ports", "mtls", "token"]) {
-        Some("AccessPolicy")
-    } else if has(&["issuer", "jwksUri", "audiences", "introspection"]) {
-        Some("TokenIssuer")
-    } else {
-        None
-    }
-}
-
-/// Candidates from one (multi-document) YAML text: each document is its own object, keyed by
-/// its `kind` and `metadata` even when the rest of it does not parse. A document without a
-/// readable key is reported under `<source> document N`.
-pub fn candidates_from_yaml(text: &str, source: &str) -> Vec<Candidate> {
-    use serde::Deserialize;
-    let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let at = format!("{source} document {}", i + 1);
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(v) if v.is_null() => continue,
-            Ok(v) => v,
-            Err(e) => {
-                // A YAML syntax error ends the stream: the rest of the file is unreadable.
-                out.push(Candidate {
-                    key: ObjectKey::new("Unknown", "", &at),
-                    source: at,
-                    generation: None,
-                    created: None,
-                    parsed: Err(e.to_string()),
-                    reach: None,
-                });
-                break;
-            }
-        };
-        let text_of = |v: Option<&serde_yaml::Value>| {
-            v.and_then(serde_yaml::Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let kind = text_of(value.get("kind"));
-        let meta = value.get("metadata");
-        let name = text_of(meta.and_then(|m| m.get("name")));
-        let namespace = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(serde_yaml::Value::as_str)
-            .unwrap_or("default")
-            .to_owned();
-        let key = match (kind_meant(&kind, &value), name.is_empty()) {
-            (Some(kind), false) => ObjectKey::new(kind, &namespace, &name),
-            // A nameless AccessPolicy still selects what it selects (it fails closed below).
-            (Some("AccessPolicy"), true) => ObjectKey::new("AccessPolicy", &namespace, &at),
-            _ => ObjectKey::new("Unknown", "", &at),
-        };
-        let reach = (key.kind == "AccessPolicy").then(|| Reach::of_yaml(&value));
-        let parsed = serde_yaml::from_value::<Resource>(value).map_err(|e| e.to_string());
-        out.push(Candidate {
-            key,
-            source: at,
-            generation: None,
-            created: None,
-            parsed,
-            reach,
-        });
-    }
-    out
 }

@@ -550,3 +550,126 @@ fn a_duplicate_never_takes_over_after_the_owner_edits() {
     );
     assert!(denies_web(&restarted.set), "{:#?}", restarted.verdicts);
 }
+
+/// Outside review 13 F1: a copy in a file read first took over when the owner's document moved
+/// (a document inserted above it) or the owner's file was renamed — equality with the version
+/// in force picked the copy — and the copy's next edit was then in force.
+#[test]
+fn a_copy_never_takes_over_when_the_owner_moves_or_renames() {
+    let owner = format!("{ISSUER}---{POLICY}");
+    let first = admit(files(&[("orders.yaml", &owner)]), &PolicySet::default(), TD);
+    let copied = admit(
+        files(&[("a.yaml", POLICY), ("orders.yaml", &owner)]),
+        &first.set,
+        TD,
+    );
+    assert_eq!(copied.set.policies, first.set.policies);
+    let loose = POLICY.replace("[\"shop/*\"]", "[\"*\"]");
+    // (a) a document inserted above the policy, with an edit that narrows it.
+    let narrowed = POLICY.replace("[\"shop/*\"]", "[\"shop/web\"]");
+    let moved = format!("{ISSUER}---{OTHER_ISSUER}---{narrowed}");
+    let after_move = admit(
+        files(&[("a.yaml", POLICY), ("orders.yaml", &moved)]),
+        &copied.set,
+        TD,
+    );
+    let peers = |set: &PolicySet| {
+        set.policies
+            .iter()
+            .map(|p| p.spec.peers.join(","))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        peers(&after_move.set),
+        ["shop/web"],
+        "the owner's edit is in force"
+    );
+    let then = admit(
+        files(&[("a.yaml", &loose), ("orders.yaml", &moved)]),
+        &after_move.set,
+        TD,
+    );
+    assert_eq!(peers(&then.set), ["shop/web"], "{:#?}", then.verdicts);
+    // (b) the owner's file renamed: neither definition is picked; the last good version stays,
+    // and the copy's edit changes nothing.
+    let renamed = admit(
+        files(&[("a.yaml", POLICY), ("orders2.yaml", &owner)]),
+        &copied.set,
+        TD,
+    );
+    assert_eq!(
+        renamed.set.policies, first.set.policies,
+        "{:#?}",
+        renamed.verdicts
+    );
+    let then = admit(
+        files(&[("a.yaml", &loose), ("orders2.yaml", &owner)]),
+        &renamed.set,
+        TD,
+    );
+    assert_eq!(
+        then.set.policies, first.set.policies,
+        "{:#?}",
+        then.verdicts
+    );
+    // The copy removed: the owner's renamed file is the one definition, in force.
+    let alone = admit(files(&[("orders2.yaml", &owner)]), &then.set, TD);
+    assert_eq!(alone.set.policies, first.set.policies);
+    assert_eq!(alone.rejected(), 0);
+}
+
+/// Outside review 13 F2: after a restart, a policy file with a duplicate key or cut off half way
+/// named nothing (the YAML stream ended), so its workload fell back to its sidecar's allow-list.
+/// What the document declares up to the error is read, and it fails closed over that.
+#[test]
+fn an_unparsable_policy_file_fails_closed_after_a_restart() {
+    let duplicate_key = POLICY.replace(
+        "  peers: [\"shop/*\"]\n",
+        "  peers: [\"shop/*\"]\n  peers: [\"shop/web\"]\n",
+    );
+    let cut = &POLICY[..POLICY.find("{app: orders}").unwrap() + "{app: ord".len()];
+    for (case, text) in [
+        ("duplicate key", format!("{ISSUER}---{duplicate_key}")),
+        ("cut off", format!("{ISSUER}---{cut}")),
+        (
+            "duplicate key, first document",
+            format!("{duplicate_key}---{ISSUER}"),
+        ),
+    ] {
+        let a = admit(files(&[("orders.yaml", &text)]), &PolicySet::default(), TD);
+        assert!(denies_web(&a.set), "{case}: {:#?}", a.verdicts);
+        assert_eq!(
+            a.set.issuers.len(),
+            1,
+            "{case}: the other document is judged on its own"
+        );
+    }
+}
+
+/// Outside review 13 F3: an edit that dropped `metadata.namespace` was accepted as a new object
+/// in `default`, removing the policy from its workloads. It is refused; the last good stays.
+#[test]
+fn a_policy_without_a_namespace_is_refused() {
+    let first = admit(files(&[("orders.yaml", POLICY)]), &PolicySet::default(), TD);
+    let edit = POLICY.replace(
+        "metadata: {name: orders, namespace: shop}",
+        "metadata: {name: orders}",
+    );
+    let second = admit(files(&[("orders.yaml", &edit)]), &first.set, TD);
+    let real: Vec<_> = second
+        .set
+        .policies
+        .iter()
+        .filter(|p| !p.metadata.annotations.contains_key(PLACEHOLDER))
+        .cloned()
+        .collect();
+    assert_eq!(real, first.set.policies, "{:#?}", second.verdicts);
+    let v = &second.verdicts[&ObjectKey::new("AccessPolicy", "default", "orders")];
+    assert!(
+        v.accepted
+            .message
+            .contains("metadata.namespace is required"),
+        "{v:?}"
+    );
+    assert!(denies_web(&second.set));
+}

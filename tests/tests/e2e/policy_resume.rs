@@ -75,6 +75,63 @@ async fn a_restarted_control_plane_resumes_policy_streams_without_reapplying() {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
+/// B's policy: only `shop/admin` may call; B's own allow-list would admit `shop/web`.
+const LOCKED: &str = "apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {name: locked, namespace: shop}\n\
+                      spec:\n  selector: {matchLabels: {app: api}}\n  peers: [\"shop/admin\"]\n";
+
+/// A control plane with `LOCKED` in `policies/locked.yaml`, B (`shop/api`, allow-list
+/// `shop/web`) in front of a test app, and A (`shop/web`) whose outbound reaches B.
+struct Locked {
+    cp: ControlPlane,
+    b: pqmesh_sidecar::RunningSidecar,
+    a: pqmesh_sidecar::RunningSidecar,
+    stats: std::sync::Arc<http_app::AppStats>,
+}
+
+impl Locked {
+    async fn start() -> Locked {
+        let cp = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web", "api"]).await;
+        cp.write_policy("locked.yaml", LOCKED, 1).await;
+        let (app, _, stats) = http_app::start("api").await;
+        let b = sidecar_redirected(
+            with(
+                cp.sidecar_env("api", KeyAlgorithm::EcdsaP256),
+                &[
+                    ("PQMESH_WORKLOAD_LABELS", "app=api"),
+                    ("PQMESH_INBOUND_ALLOW", "shop/web"),
+                ],
+            ),
+            Some(app),
+        )
+        .await;
+        cp.set_endpoints(
+            &format!("endpoints:\n  - ip: 127.0.0.1\n    ports: [{}]\n    namespace: shop\n    serviceAccount: api\n", b.inbound_addr.port()),
+            1,
+        )
+        .await;
+        let a = sidecar_redirected(
+            cp.sidecar_env("web", KeyAlgorithm::EcdsaP256),
+            Some(b.inbound_addr),
+        )
+        .await;
+        Locked { cp, b, a, stats }
+    }
+}
+
+/// The status line A's caller gets for `GET path`.
+async fn status(out: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(out).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer).await;
+    answer.lines().next().unwrap_or("").to_owned()
+}
+
 /// Outside review 9, judged by the app behind B. B's AccessPolicy admits only `shop/admin`; B's
 /// own allow-list (`PQMESH_INBOUND_ALLOW`) would admit `shop/web`. F2: a copy of the policy in a
 /// file read first, admitting `shop/web`, is the refused duplicate — the version in force stays.
@@ -83,46 +140,11 @@ async fn a_restarted_control_plane_resumes_policy_streams_without_reapplying() {
 /// refused, where it used to reach the app through the allow-list.
 #[tokio::test]
 async fn invalid_edits_and_duplicates_never_open_a_workload_across_restarts() {
-    let locked = "apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {name: locked, namespace: shop}\n\
-                  spec:\n  selector: {matchLabels: {app: api}}\n  peers: [\"shop/admin\"]\n";
-    let cp = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web", "api"]).await;
-    cp.write_policy("locked.yaml", locked, 1).await;
-    let (app, _, stats) = http_app::start("api").await;
-    let b = sidecar_redirected(
-        with(
-            cp.sidecar_env("api", KeyAlgorithm::EcdsaP256),
-            &[
-                ("PQMESH_WORKLOAD_LABELS", "app=api"),
-                ("PQMESH_INBOUND_ALLOW", "shop/web"),
-            ],
-        ),
-        Some(app),
-    )
-    .await;
-    cp.set_endpoints(
-        &format!("endpoints:\n  - ip: 127.0.0.1\n    ports: [{}]\n    namespace: shop\n    serviceAccount: api\n", b.inbound_addr.port()),
-        1,
-    )
-    .await;
-    let a = sidecar_redirected(
-        cp.sidecar_env("web", KeyAlgorithm::EcdsaP256),
-        Some(b.inbound_addr),
-    )
-    .await;
+    let Locked { cp, b, a, stats } = Locked::start().await;
+    let locked = LOCKED;
     let out = a.outbound_addr.unwrap();
     let served = || stats.requests.load(std::sync::atomic::Ordering::SeqCst);
-    let status = |path: &'static str| async move {
-        let mut tcp = tokio::net::TcpStream::connect(out).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        tcp.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut answer = String::new();
-        let _ = tcp.read_to_string(&mut answer).await;
-        answer.lines().next().unwrap_or("").to_owned()
-    };
+    let status = |path: &'static str| status(out, path);
     assert!(status("/first").await.contains("403"));
 
     // F2: a duplicate in a file that sorts first.
@@ -168,46 +190,11 @@ async fn invalid_edits_and_duplicates_never_open_a_workload_across_restarts() {
 /// kinds are never misspelt there).
 #[tokio::test]
 async fn hidden_kinds_and_copies_never_open_a_workload() {
-    let locked = "apiVersion: pqmesh.io/v1alpha1\nkind: AccessPolicy\nmetadata: {name: locked, namespace: shop}\n\
-                  spec:\n  selector: {matchLabels: {app: api}}\n  peers: [\"shop/admin\"]\n";
-    let cp = ControlPlane::start(KeyAlgorithm::EcdsaP256, &["web", "api"]).await;
-    cp.write_policy("locked.yaml", locked, 1).await;
-    let (app, _, stats) = http_app::start("api").await;
-    let b = sidecar_redirected(
-        with(
-            cp.sidecar_env("api", KeyAlgorithm::EcdsaP256),
-            &[
-                ("PQMESH_WORKLOAD_LABELS", "app=api"),
-                ("PQMESH_INBOUND_ALLOW", "shop/web"),
-            ],
-        ),
-        Some(app),
-    )
-    .await;
-    cp.set_endpoints(
-        &format!("endpoints:\n  - ip: 127.0.0.1\n    ports: [{}]\n    namespace: shop\n    serviceAccount: api\n", b.inbound_addr.port()),
-        1,
-    )
-    .await;
-    let a = sidecar_redirected(
-        cp.sidecar_env("web", KeyAlgorithm::EcdsaP256),
-        Some(b.inbound_addr),
-    )
-    .await;
+    let Locked { cp, b, a, stats } = Locked::start().await;
+    let locked = LOCKED;
     let out = a.outbound_addr.unwrap();
     let served = || stats.requests.load(std::sync::atomic::Ordering::SeqCst);
-    let status = |path: &'static str| async move {
-        let mut tcp = tokio::net::TcpStream::connect(out).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        tcp.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut answer = String::new();
-        let _ = tcp.read_to_string(&mut answer).await;
-        answer.lines().next().unwrap_or("").to_owned()
-    };
+    let status = |path: &'static str| status(out, path);
     assert!(status("/first").await.contains("403"));
     let dir = cp.dir.path().join("policies");
     let rejected = |cp: &ControlPlane| {
@@ -301,4 +288,65 @@ async fn new_snapshot(b: &pqmesh_sidecar::RunningSidecar, v: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Outside review 13, judged by the app behind B. F1: a copy of B's policy in a file read first
+/// took over when the owner renamed their file (both equal to the version in force, the first
+/// read won) and the copy's next edit opened B to web. F2: after a restart, a policy file with a
+/// duplicate key named nothing, and B fell back to its allow-list. F3: an edit that dropped the
+/// namespace moved the policy to `default`. Web never reaches the app.
+#[tokio::test]
+async fn renamed_files_broken_files_and_lost_namespaces_never_open_a_workload() {
+    let Locked { cp, b, a, stats } = Locked::start().await;
+    let out = a.outbound_addr.unwrap();
+    let dir = cp.dir.path().join("policies");
+    let rejected = |cp: &ControlPlane| {
+        metric(
+            &cp.running.metrics.registry,
+            "pqmesh_policy_objects_rejected",
+            &[],
+        )
+    };
+    assert!(status(out, "/first").await.contains("403"));
+    // F1: a copy, the owner's file renamed, then the copy edited.
+    std::fs::write(dir.join("a.yaml"), LOCKED).unwrap();
+    eventually("the copy is refused", || rejected(&cp) == 1.0).await;
+    std::fs::rename(dir.join("locked.yaml"), dir.join("locked2.yaml")).unwrap();
+    eventually("neither is picked", || rejected(&cp) == 2.0).await;
+    std::fs::write(dir.join("a.yaml"), LOCKED.replace("shop/admin", "shop/web")).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let answer = status(out, "/after-copy-edit").await;
+    assert!(answer.contains("403"), "{answer}");
+    std::fs::remove_file(dir.join("a.yaml")).unwrap();
+    eventually("the owner's file alone", || rejected(&cp) == 0.0).await;
+    // F3: the namespace dropped: refused, the last good version stays.
+    std::fs::write(
+        dir.join("locked2.yaml"),
+        LOCKED.replace("namespace: shop}", "}").replace(", }", "}"),
+    )
+    .unwrap();
+    eventually("refused", || rejected(&cp) >= 1.0).await;
+    let answer = status(out, "/no-namespace").await;
+    assert!(answer.contains("403"), "{answer}");
+    // F2: a duplicate key, then a restart.
+    std::fs::write(
+        dir.join("locked2.yaml"),
+        LOCKED.replace(
+            "  peers: [\"shop/admin\"]\n",
+            "  peers: [\"shop/admin\"]\n  peers: [\"shop/web\"]\n",
+        ),
+    )
+    .unwrap();
+    eventually("refused", || rejected(&cp) >= 1.0).await;
+    let v = b.policy().unwrap().version.clone();
+    let cp = cp.restart().await;
+    new_snapshot(&b, &v).await;
+    let answer = status(out, "/restarted").await;
+    assert!(answer.contains("403"), "{answer}");
+    assert_eq!(
+        stats.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "web never reached the app"
+    );
+    drop(cp);
 }
