@@ -14,6 +14,7 @@ use crate::load::{CertFiles, LastGood, ListenerVerdict, Model, RouteModel, Verdi
 mod edge_policies;
 mod http_routes;
 mod in_force;
+mod lenient;
 mod listeners;
 mod refused;
 
@@ -186,6 +187,12 @@ pub fn judge_with(
             },
         }
     }
+    lenient::judge_partial(
+        read.partial,
+        &mut model.verdicts,
+        &mut refused_routes,
+        &mut refused_policies,
+    );
     // One definition per object (local mode can have two): of GatewayClasses and Gateways the
     // first read wins; HTTPRoutes and EdgePolicies go by the source of the version in force
     // (below). The other is refused as `Duplicate` and closes what it would govern.

@@ -542,3 +542,4 @@ mod review10;
 mod review11;
 mod review12;
 mod review12_objects;
+mod review13;

@@ -41,6 +41,7 @@ pub(super) fn judge_policies(
     let mut valid: Vec<(EdgePolicy, String, bool)> =
         policies.into_iter().map(|(p, s)| (p, s, false)).collect();
     valid.extend(held.into_iter().map(|(p, s)| (p, s, true)));
+    keep_retargeted(model, &mut valid, &refused, last);
     let mut kept_target: HashMap<String, String> = HashMap::new();
     for r in refused.iter().filter(|r| !r.duplicate) {
         let found = last.edge_policies.get(&r.name).or_else(|| {
@@ -188,6 +189,78 @@ pub(super) fn judge_policies(
         });
     }
     close_unprotected_routes(model, &targeting, &refused_why);
+}
+
+/// An EdgePolicy edit whose targetRef names no route (outside review 13, F3: retargeted to
+/// another namespace, `namespace: default`, or a typo, `name: secrte`) is refused for what stays
+/// in force: the last accepted version of that EdgePolicy, found by name, then by the document
+/// it was read from, then as the only one of that file (the edit may have changed its namespace
+/// or name), stays in force on the route it protected (when that route still exists and no
+/// other definition of it is in force). The edit's verdict is `Accepted=True`,
+/// `ResolvedRefs=False` saying so, and it is not kept as a last accepted version itself. With
+/// no last accepted version (a restart) it protects nothing: the route it was meant to name
+/// cannot be known (docs/gateway.md).
+fn keep_retargeted(
+    model: &mut Model,
+    valid: &mut [(EdgePolicy, String, bool)],
+    refused: &[RefusedPolicy],
+    last: &LastGood,
+) {
+    let exists = |model: &Model, route: &str| model.routes.iter().any(|r| r.name == route);
+    for i in 0..valid.len() {
+        let (p, source, was_kept) = &valid[i];
+        if *was_kept || exists(model, &target_of(p)) {
+            continue;
+        }
+        let name = name_of(p);
+        // Defined now (other than by this edit): that definition is its own edit.
+        let defined = |n: &str| {
+            n != name
+                && (valid.iter().any(|(q, _, _)| name_of(q) == n)
+                    || refused.iter().any(|r| r.name == n))
+        };
+        let usable = |(n, (q, _)): &(&String, &(EdgePolicy, String))| {
+            !defined(n) && exists(model, &target_of(q))
+        };
+        let file = super::in_force::file_of(source);
+        let same_file: Vec<_> = last
+            .edge_policies
+            .iter()
+            .filter(|(_, (_, s))| super::in_force::file_of(s) == file)
+            .filter(usable)
+            .collect();
+        let found = last
+            .edge_policies
+            .get_key_value(&name)
+            .filter(usable)
+            .or_else(|| {
+                last.edge_policies
+                    .iter()
+                    .filter(|(_, (_, s))| s == source)
+                    .find(usable)
+            })
+            .or(match same_file.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            });
+        let Some((_, (good, good_source))) = found else {
+            continue;
+        };
+        let mut v = refs_ok("EdgePolicy", &name, source);
+        v.generation = p.metadata.generation;
+        v.refs_reason = "TargetNotFound";
+        v.resolved_refs = Err(format!(
+            "targetRef: no HTTPRoute {}: this edit of EdgePolicy {} (last accepted from {}) \
+             names no route, so the last accepted version (targeting HTTPRoute {}) stays in force \
+             until the targetRef names a route (delete the document to remove it)",
+            target_of(p),
+            name_of(good),
+            good_source,
+            target_of(good)
+        ));
+        model.verdicts.push(v);
+        valid[i] = (good.clone(), good_source.clone(), true);
+    }
 }
 
 /// Fails closed (review 7, F2/F3): a route targeted by a refused EdgePolicy, or by several,

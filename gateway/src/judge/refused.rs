@@ -109,7 +109,7 @@ pub(super) fn kind_of(value: &Value) -> Kind {
 }
 
 /// Levenshtein distance (short strings: kinds).
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -126,10 +126,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// The documents to judge, `(source, value)`, and the texts of files that did not read and
-/// have no readable version to keep (their rest is scanned by [`close_routes_named_in`]).
+/// The documents to judge, `(source, value)`; of files that did not read and have no readable
+/// version to keep, the documents that do not parse on their own: as far as they read
+/// (`partial`, judged refused by `lenient::judge_partial`) and their texts (scanned by
+/// [`close_routes_named_in`]).
 pub(super) struct Read {
     pub documents: Vec<(String, Value)>,
+    pub partial: Vec<(String, Value)>,
     pub unread: Vec<(String, String)>,
 }
 
@@ -144,6 +147,7 @@ pub(super) fn read_files(
 ) -> Read {
     let mut read = Read {
         documents: Vec::new(),
+        partial: Vec::new(),
         unread: Vec::new(),
     };
     for (file, text) in texts {
@@ -170,7 +174,7 @@ pub(super) fn read_files(
                 kept.insert(file.clone(), text.clone());
                 read.documents.extend(docs);
             }
-            Err((before, source, e)) => {
+            Err((_, source, e)) => {
                 match previous {
                     Some((old, docs)) => {
                         verdicts.push(super::refused(
@@ -183,17 +187,40 @@ pub(super) fn read_files(
                         read.documents.extend(docs);
                     }
                     None => {
-                        verdicts.push(super::refused(
-                            "Unknown",
-                            &source,
-                            &source,
-                            format!(
-                            "{e}; the documents before it are judged, and every HTTPRoute named \
-                             from there on answers 503 until the file reads"
-                        ),
-                        ));
-                        read.documents.extend(before);
-                        read.unread.push((source, text.clone()));
+                        let mut any = false;
+                        for doc in super::lenient::recover(file, text) {
+                            match doc {
+                                super::lenient::Doc::Whole(s, v) => read.documents.push((s, v)),
+                                super::lenient::Doc::Partial {
+                                    source,
+                                    value,
+                                    error,
+                                    text,
+                                } => {
+                                    any = true;
+                                    verdicts.push(super::refused(
+                                        "Unknown",
+                                        &source,
+                                        &source,
+                                        format!(
+                                            "{error}; the file is read document by document: \
+                                             this one, read as far as it does, is refused and \
+                                             what it may declare answers 503 until the file reads"
+                                        ),
+                                    ));
+                                    read.partial.push((source.clone(), value));
+                                    read.unread.push((source, text));
+                                }
+                            }
+                        }
+                        if !any {
+                            verdicts.push(super::refused(
+                                "Unknown",
+                                &source,
+                                &source,
+                                format!("{e}; every document of the file reads on its own, and is judged"),
+                            ));
+                        }
                     }
                 }
             }
@@ -220,8 +247,10 @@ fn documents_of(file: &str, text: &str) -> Result<Documents, (Documents, String,
     Ok(out)
 }
 
-/// Closes (503) every route whose name appears as a word in the text of a file that does not
-/// read and has no readable version: an EdgePolicy in it may name that route.
+/// Closes (503) every route whose name appears as a word in the text of a document that does
+/// not parse in a file with no readable version (with what its lines that did not read decode
+/// to: `lenient::recover`): an EdgePolicy there may name that route. The last resort, beside
+/// what the document reads as (`lenient::judge_partial`).
 pub(super) fn close_routes_named_in(
     routes: &mut [RouteModel],
     verdicts: &mut [Verdict],

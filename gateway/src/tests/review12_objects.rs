@@ -10,7 +10,7 @@ use super::{no_certs, NoSecrets, CLASS_AND_GATEWAY};
 use crate::load::{judge_with, LastGood, Model};
 use crate::routes::{choose, RequestView};
 
-const APP: &str = "apiVersion: gateway.networking.k8s.io/v1
+pub(super) const APP: &str = "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: app, namespace: shop}
 spec:
@@ -20,7 +20,7 @@ spec:
       backendRefs: [{name: app, port: 80}]
 ";
 
-const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+pub(super) const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: secret, namespace: shop}
 spec:
@@ -30,7 +30,7 @@ spec:
       backendRefs: [{name: app, port: 80}]
 ";
 
-const POLICY: &str = "apiVersion: pqmesh.io/v1alpha1
+pub(super) const POLICY: &str = "apiVersion: pqmesh.io/v1alpha1
 kind: EdgePolicy
 metadata: {name: secret-edge, namespace: shop}
 spec:
@@ -58,13 +58,13 @@ spec:
       backendRefs: [{name: tenant, port: 80}]
 ";
 
-fn secret(route: &str, policy: &str) -> String {
+pub(super) fn secret(route: &str, policy: &str) -> String {
     format!("{route}---\n{policy}")
 }
 
 /// Judges `files` (read in this order, as a directory listing is), carrying `previous`'s
 /// accepted state as the running gateway does (`None`: a restart).
-fn judge_files(files: &[(&str, &str)], previous: Option<&Model>) -> Model {
+pub(super) fn judge_files(files: &[(&str, &str)], previous: Option<&Model>) -> Model {
     let texts: Vec<(String, String)> = [("gw.yaml", CLASS_AND_GATEWAY)]
         .iter()
         .chain(files)
@@ -78,7 +78,7 @@ fn judge_files(files: &[(&str, &str)], previous: Option<&Model>) -> Model {
 
 /// How `/secret/x` is answered: by which route, and `503` (closed), `token:<scopes>` (the
 /// owner's token check), `rate-limit only` or `open`.
-fn answer(m: &Model) -> (String, String) {
+pub(super) fn answer(m: &Model) -> (String, String) {
     let headers = HeaderMap::new();
     let req = RequestView {
         host: "shop.example",
@@ -102,7 +102,7 @@ fn answer(m: &Model) -> (String, String) {
     (r.name.clone(), what)
 }
 
-fn protected(m: &Model, scopes: &str, case: &str) {
+pub(super) fn protected(m: &Model, scopes: &str, case: &str) {
     assert_eq!(
         answer(m),
         ("shop/secret".into(), format!("token:{scopes}")),
@@ -111,7 +111,7 @@ fn protected(m: &Model, scopes: &str, case: &str) {
     );
 }
 
-fn verdict<'a>(m: &'a Model, source: &str) -> &'a crate::load::Verdict {
+pub(super) fn verdict<'a>(m: &'a Model, source: &str) -> &'a crate::load::Verdict {
     m.verdicts
         .iter()
         .rev()
@@ -119,7 +119,7 @@ fn verdict<'a>(m: &'a Model, source: &str) -> &'a crate::load::Verdict {
         .unwrap_or_else(|| panic!("no verdict for {source}: {:#?}", m.verdicts))
 }
 
-fn owner() -> Model {
+pub(super) fn owner() -> Model {
     let m = judge_files(
         &[("app.yaml", APP), ("secret.yaml", &secret(ROUTE, POLICY))],
         None,

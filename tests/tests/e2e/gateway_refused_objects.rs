@@ -357,3 +357,59 @@ async fn an_unrecognisable_document_never_opens_the_route() {
     assert_eq!(received(&s), before, "restart: an app received the request");
     drop(fresh);
 }
+
+/// R13-F3: an EdgePolicy edit whose targetRef names no route (moved to namespace `default`, a
+/// typo in the route's name) keeps the last accepted version on the route. R13-F4: after a
+/// restart, an EdgePolicy file that does not parse (a duplicate key) and names the route with a
+/// YAML escape (`"secr\u0065t"`) closes it (503); the catch-all stays open.
+#[tokio::test]
+#[ignore = "needs Node 24 + oidc-provider; run by ./test.sh"]
+async fn an_edge_policy_retargeted_to_nothing_or_escaped_never_opens_the_route() {
+    let s = setup_with(CATCH_ALL, &[]).await;
+    let http = SocketAddr::from(([127, 0, 0, 1], s.ports.0));
+    backends_trust_the_gateway(&s, http).await;
+    let good = secret_yaml(SECRET_ROUTE, SECRET_POLICY);
+    edit(&s, "secret.yaml", &good).await;
+    assert_eq!(never_reaches_an_app(&s, http, "owner's").await, 401);
+    for (case, policy) in [
+        (
+            "namespace default",
+            SECRET_POLICY.replace("namespace: shop}", "namespace: default}"),
+        ),
+        (
+            "name typo",
+            SECRET_POLICY.replace("name: secret}", "name: secrte}"),
+        ),
+    ] {
+        edit(&s, "secret.yaml", &secret_yaml(SECRET_ROUTE, &policy)).await;
+        assert_eq!(never_reaches_an_app(&s, http, case).await, 401, "{case}");
+        let v = call(s.gateway.admin_addr, "/verdicts", &[]).await.body;
+        assert!(
+            v.contains("stays in force until the targetRef names a route"),
+            "{case}: {v}"
+        );
+        edit(&s, "secret.yaml", &good).await;
+        assert_eq!(never_reaches_an_app(&s, http, "fixed").await, 401);
+    }
+    catch_all_reaches_the_app(&s, http).await;
+    // F4: the policy in a file of its own, then edited into one that does not parse.
+    edit(&s, "secret.yaml", SECRET_ROUTE).await;
+    edit(&s, "policy.yaml", SECRET_POLICY).await;
+    assert_eq!(never_reaches_an_app(&s, http, "policy.yaml").await, 401);
+    let escaped = SECRET_POLICY
+        .replace("name: secret}", "name: \"secr\\u0065t\"}")
+        .replace("  token:", "  token: {issuer: corp}\n  token:");
+    edit(&s, "policy.yaml", &escaped).await;
+    assert_eq!(
+        never_reaches_an_app(&s, http, "escaped, running").await,
+        401
+    );
+    let (fresh, _dir, fresh_http) = restarted(&s).await;
+    let before = received(&s);
+    let r = call(fresh_http, "/secret/x", &[]).await;
+    assert_eq!(r.status, 503, "restart with an escaped name: {}", r.body);
+    assert_eq!(received(&s), before, "restart: an app received the request");
+    let other = call(fresh_http, "/other", &[]).await;
+    assert_eq!(other.status, 200, "restart, catch-all: {}", other.body);
+    drop(fresh);
+}
