@@ -383,20 +383,16 @@ pub fn judge_with(
                 equal: good.is_some_and(|(g, _)| d.parsed.as_ref().is_some_and(|(r, _, _)| r == g)),
             })
             .collect();
-        let pick = in_force::pick(
+        let (pick, message) = in_force::settle(
+            "HTTPRoute",
+            &name,
             &cands,
             good.map(|(_, s)| s.as_str()),
+            &sources,
             &files,
             &refused_files,
         );
         drop(cands);
-        let winner = match pick {
-            Pick::Winner(w) => Some(sources[w].as_str()),
-            Pick::Hold => good.map(|(_, s)| s.as_str()),
-            Pick::NoWinner => None,
-        };
-        let all: Vec<&str> = sources.iter().map(String::as_str).collect();
-        let message = in_force::duplicate_message("HTTPRoute", &name, pick, winner, &all);
         if let (Pick::Hold, Some((g, src))) = (pick, good) {
             let (_, route) =
                 http_routes::judge_route(g.clone(), src, &our_gateways, &model.listeners);
@@ -582,20 +578,16 @@ pub fn judge_with(
                 equal: good.is_some_and(|(g, _)| d.parsed.as_ref() == Some(g)),
             })
             .collect();
-        let pick = in_force::pick(
+        let (pick, message) = in_force::settle(
+            "EdgePolicy",
+            &name,
             &cands,
             good.map(|(_, s)| s.as_str()),
+            &sources,
             &files,
             &refused_files,
         );
         drop(cands);
-        let winner = match pick {
-            Pick::Winner(w) => Some(sources[w].as_str()),
-            Pick::Hold => good.map(|(_, s)| s.as_str()),
-            Pick::NoWinner => None,
-        };
-        let all: Vec<&str> = sources.iter().map(String::as_str).collect();
-        let message = in_force::duplicate_message("EdgePolicy", &name, pick, winner, &all);
         if let (Pick::Hold, Some((g, src))) = (pick, good) {
             held_policies.push((g.clone(), src.clone()));
             held.push(("EdgePolicy", name.clone(), src.clone()));

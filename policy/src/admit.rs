@@ -462,8 +462,8 @@ fn duplicate_key(c: &Candidate) -> ObjectKey {
     )
 }
 
-/// The file a local source names (`file document N` → `file`).
-fn file_of(source: &str) -> &str {
+/// The file a local source names (`file document N` → `file`); in Kubernetes mode, the object.
+pub fn file_of(source: &str) -> &str {
     source
         .rsplit_once(" document ")
         .map_or(source, |(file, _)| file)

@@ -6,11 +6,7 @@
 use std::collections::HashSet;
 
 /// The file (local mode) or object (Kubernetes mode) a source `<file> document <n>` is in.
-pub(super) fn file_of(source: &str) -> &str {
-    source
-        .rsplit_once(" document ")
-        .map_or(source, |(file, _)| file)
-}
+pub(super) use pqmesh_policy::admit::file_of;
 
 /// What `pick` decided for one object's definitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +38,7 @@ pub(super) struct Candidate<'a> {
 /// - Then, as a fallback when that source no longer defines it, the only candidate equal to it.
 /// - Else one candidate is simply the object; several with no version in force (a restart, or
 ///   two new definitions) are all refused: read order never picks a winner.
-pub(super) fn pick(
+fn pick(
     candidates: &[Candidate],
     in_force: Option<&str>,
     files: &HashSet<&str>,
@@ -84,7 +80,28 @@ pub(super) fn pick(
 }
 
 /// The reason a losing definition is refused as `Duplicate`.
-pub(super) fn duplicate_message(
+/// [`pick`] among the definitions of `kind` `name` read from `sources` (in read order), and the
+/// message every refused definition carries.
+pub(super) fn settle(
+    kind: &str,
+    name: &str,
+    candidates: &[Candidate],
+    in_force: Option<&str>,
+    sources: &[String],
+    files: &HashSet<&str>,
+    refused_files: &HashSet<String>,
+) -> (Pick, String) {
+    let pick = pick(candidates, in_force, files, refused_files);
+    let winner = match pick {
+        Pick::Winner(w) => Some(sources[w].as_str()),
+        Pick::Hold => in_force,
+        Pick::NoWinner => None,
+    };
+    let all: Vec<&str> = sources.iter().map(String::as_str).collect();
+    (pick, duplicate_message(kind, name, pick, winner, &all))
+}
+
+fn duplicate_message(
     kind: &str,
     name: &str,
     pick: Pick,

@@ -176,7 +176,7 @@ pub(super) fn judge_partial(
             let k = k.trim().to_ascii_lowercase();
             ["httproute", "edgepolicy"]
                 .iter()
-                .any(|ours| super::refused::edit_distance(&k, ours) <= 2)
+                .any(|ours| pqmesh_mtls::env::edit_distance(&k, ours) <= 2)
         });
         let read_as = match kind {
             Kind::Other if near => Kind::EdgePolicy,

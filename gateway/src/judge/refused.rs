@@ -89,7 +89,7 @@ pub(super) fn kind_of(value: &Value) -> Kind {
             let k = k.trim().to_ascii_lowercase();
             ["httproute", "edgepolicy"]
                 .iter()
-                .any(|ours| edit_distance(&k, ours) <= 2)
+                .any(|ours| pqmesh_mtls::env::edit_distance(&k, ours) <= 2)
         }),
     };
     let named = value
@@ -106,24 +106,6 @@ pub(super) fn kind_of(value: &Value) -> Kind {
     } else {
         Kind::Other
     }
-}
-
-/// Levenshtein distance (short strings: kinds).
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let here = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(here + 1);
-            prev = here;
-        }
-    }
-    row[b.len()]
 }
 
 /// The documents to judge, `(source, value)`; of files that did not read and have no readable
